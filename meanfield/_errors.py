@@ -1,0 +1,39 @@
+"""Input validation shared by all entry points.
+
+Three tiers (see shared/DESIGN.md): shape problems raise ``ValueError`` at trace time
+naming the argument; value checks that need data raise ``ValueError`` at once when the data
+is concrete (eager call) and go through ``eqx.error_if`` when it is traced (inside a
+user's ``jit``/``vmap``); solver failures are result codes.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def is_concrete(*arrays) -> bool:
+    """True when no argument is a JAX tracer, so its values can be read in Python."""
+    return not any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(arrays))
+
+
+def check_value(x, bad, message: str):
+    """Fail with ``message`` where the boolean array ``bad`` has any True entry.
+
+    Eager inputs raise ``ValueError`` immediately (before any compute is launched);
+    traced inputs get an ``eqx.error_if`` guard so that the check still fires at run time.
+    Returns ``x`` (possibly wrapped by the runtime check) so callers can thread it through.
+    """
+    if is_concrete(bad):
+        if bool(np.any(np.asarray(bad))):
+            raise ValueError(message)
+        return x
+    return eqx.error_if(x, jnp.any(bad), message)
+
+
+def require(condition: bool, message: str) -> None:
+    """Shape/structure check evaluated at trace time."""
+    if not condition:
+        raise ValueError(message)

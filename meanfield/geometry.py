@@ -1,0 +1,132 @@
+r"""Where tokens live (geometry) and how a discrete layer moves them (layer maps).
+
+Continuous time (depth as time) uses a :class:`AbstractGeometry`: the velocity field v of the
+kernel is projected on the tangent space,
+
+    Sphere S^{d-1}:  dx_i/dt = P_{x_i} v_i,   P_x = I - x x^T   (preserves |x_i| = 1)
+    Euclidean R^d:   dx_i/dt = v_i.
+
+Discrete depth uses a :class:`AbstractLayerMap` with step h; n(y) = y / |y| is the
+normalisation (a LayerNorm without centering or gain, i.e. an RMSNorm up to the factor sqrt(d)):
+
+    PostLN:  x <- n(x + h F(x))                          (state on the sphere)
+    PreLN:   x <- x + h F(n(x))                          (state in R^d, grows)
+    PeriLN:  x <- x + h n(F(n(x)))                       (Kim et al. 2025; state in R^d)
+    NGPT:    x <- n(x + h (n(F(x)) - x))                 (Loshchilov et al. 2024, alpha = h)
+
+with F the attention field. Post-LN with small h is the Euler step of the sphere dynamics
+followed by a retraction.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax.numpy as jnp
+
+from ._errors import check_value
+
+
+def normalise(y, eps: float = 0.0):
+    """Row-wise y / |y| (the retraction onto the unit sphere)."""
+    return y / (jnp.linalg.norm(y, axis=-1, keepdims=True) + eps)
+
+
+class AbstractGeometry(eqx.Module):
+    """Tangent projection and retraction of a state manifold."""
+
+    def project(self, x, v):
+        raise NotImplementedError
+
+    def retract(self, x):
+        raise NotImplementedError
+
+    def check(self, x, name: str = "x0"):
+        """Value check that ``x`` lies on the manifold (eager raise / traced error_if)."""
+        return x
+
+
+class Sphere(AbstractGeometry):
+    """The unit sphere S^{d-1}: P_x v = v - <x, v> x, retraction x / |x|.
+
+    ``tol`` is the tolerance of the on-sphere check of initial states; ``None`` picks
+    100 * machine epsilon of the input dtype (about 2e-14 in float64, 1e-5 in float32).
+    """
+
+    tol: float | None = None
+
+    def project(self, x, v):
+        return v - jnp.sum(x * v, axis=-1, keepdims=True) * x
+
+    def retract(self, x):
+        return normalise(x)
+
+    def check(self, x, name: str = "x0"):
+        tol = self.tol if self.tol is not None else 100 * float(jnp.finfo(x.dtype).eps)
+        err = jnp.abs(jnp.linalg.norm(x, axis=-1) - 1.0)
+        return check_value(
+            x,
+            ~(err <= tol),
+            f"{name}: tokens must lie on the unit sphere for the Sphere geometry "
+            f"(| |x_i| - 1 | <= {tol:g}); normalise them, e.g. x / |x|",
+        )
+
+
+class Euclidean(AbstractGeometry):
+    """R^d: no projection."""
+
+    def project(self, x, v):
+        return v
+
+    def retract(self, x):
+        return x
+
+    def check(self, x, name: str = "x0"):
+        return check_value(x, ~jnp.isfinite(x), f"{name}: tokens must be finite")
+
+
+class AbstractLayerMap(eqx.Module):
+    """One discrete layer x -> x' built from the attention field F and a step h."""
+
+    def step(self, field, x, h):
+        raise NotImplementedError
+
+    @property
+    def geometry(self) -> AbstractGeometry:
+        """Where the state lives (used to validate the input)."""
+        return Euclidean()
+
+
+class PostLN(AbstractLayerMap):
+    """x <- n(x + h F(x)) (Geshkovski et al.'s discrete model; state on the sphere)."""
+
+    def step(self, field, x, h):
+        return normalise(x + h * field(x))
+
+    @property
+    def geometry(self):
+        return Sphere()
+
+
+class PreLN(AbstractLayerMap):
+    """x <- x + h F(n(x)) (GPT-2 style residual stream; the state is not normalised)."""
+
+    def step(self, field, x, h):
+        return x + h * field(normalise(x))
+
+
+class PeriLN(AbstractLayerMap):
+    """x <- x + h n(F(n(x))) (normalise both the sublayer input and output)."""
+
+    def step(self, field, x, h):
+        return x + h * normalise(field(normalise(x)))
+
+
+class NGPT(AbstractLayerMap):
+    """x <- n(x + h (n(F(x)) - x)) (nGPT: hypersphere residual with eigen learning rate h)."""
+
+    def step(self, field, x, h):
+        return normalise(x + h * (normalise(field(x)) - x))
+
+    @property
+    def geometry(self):
+        return Sphere()

@@ -1,0 +1,13 @@
+"""The attention kernel: scores, masks, auxiliary variables, prompts, heads, backends."""
+
+from .attention import Attention as Attention
+from .masks import ALiBi as ALiBi
+from .masks import AbstractMask as AbstractMask
+from .masks import Causal as Causal
+from .masks import Compose as Compose
+from .masks import CustomBias as CustomBias
+from .masks import Full as Full
+from .masks import Slots as Slots
+from .masks import Window as Window
+from .tokens import Prompt as Prompt
+from .tokens import TokenAux as TokenAux

@@ -1,0 +1,172 @@
+r"""Position couplings b(z_i, z_j): masks and decays, in log-weight form.
+
+A mask adds a log-weight to every score, a_ij = beta <Q x_i, K x_j> + b_ij, with b_ij = -inf
+for forbidden pairs. Masks compose by adding their log-weights (``mask1 & mask2``), so
+"causal ALiBi with a window" is ``Causal() & ALiBi(0.1) & Window(64)``.
+
+Each mask implements two methods:
+
+* ``bias(q, k, heads)``: the (h, nq, nk) log-weights for query slots ``q`` and key slots
+  ``k`` (each a :class:`Slots` of token indices and positions), with h = 1 or ``heads``;
+* ``block_active(q_lo, q_hi, k_lo, k_hi)``: whether *any* pair with query position in
+  [q_lo, q_hi] and key position in [k_lo, k_hi] may have finite weight. The chunked backend
+  skips blocks for which this is False (e.g. the upper triangle of a causal mask).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import equinox as eqx
+import jax.numpy as jnp
+
+from .._errors import require
+from .._types import Array
+
+
+class Slots(NamedTuple):
+    """Token indices (into the query or key array) and their positions."""
+
+    idx: Array
+    pos: Array
+
+
+class AbstractMask(eqx.Module):
+    """Base class: a log-weight b(z_i, z_j) added to the attention scores."""
+
+    def bias(self, q: Slots, k: Slots, heads: int) -> Array:
+        raise NotImplementedError
+
+    def block_active(self, q_lo, q_hi, k_lo, k_hi):
+        return jnp.asarray(True)
+
+    def validate(self, n_queries: int, n_keys: int, heads: int) -> None:
+        """Trace-time shape checks against the problem size."""
+
+    def __and__(self, other: "AbstractMask") -> "Compose":
+        left = self.masks if isinstance(self, Compose) else (self,)
+        right = other.masks if isinstance(other, Compose) else (other,)
+        return Compose(left + right)
+
+
+def _zeros(q: Slots, k: Slots) -> Array:
+    return jnp.zeros((1, q.pos.shape[0], k.pos.shape[0]), dtype=q.pos.dtype)
+
+
+class Full(AbstractMask):
+    """Every token attends to every token: b = 0."""
+
+    def bias(self, q, k, heads):
+        return _zeros(q, k)
+
+
+class Causal(AbstractMask):
+    """Token i attends to j iff pos_j <= pos_i (the first token attends only to itself)."""
+
+    def bias(self, q, k, heads):
+        allowed = k.pos[None, None, :] <= q.pos[None, :, None]
+        return jnp.where(allowed, 0.0, -jnp.inf).astype(q.pos.dtype)
+
+    def block_active(self, q_lo, q_hi, k_lo, k_hi):
+        return k_lo <= q_hi
+
+
+class Window(AbstractMask):
+    """Sliding window: i attends to j iff |pos_i - pos_j| < width (compose with Causal for a
+    causal window of ``width`` tokens including the token itself)."""
+
+    width: float
+
+    def __init__(self, width):
+        require(float(width) > 0, f"Window: width must be > 0, got {width}")
+        self.width = float(width)
+
+    def bias(self, q, k, heads):
+        allowed = jnp.abs(q.pos[None, :, None] - k.pos[None, None, :]) < self.width
+        return jnp.where(allowed, 0.0, -jnp.inf).astype(q.pos.dtype)
+
+    def block_active(self, q_lo, q_hi, k_lo, k_hi):
+        gap = jnp.maximum(jnp.maximum(k_lo - q_hi, q_lo - k_hi), 0.0)
+        return gap < self.width
+
+
+class ALiBi(AbstractMask):
+    """Exponential decay with distance: b_ij = -slope_h |pos_i - pos_j| (ALiBi, Press et al.).
+
+    ``slope`` is a scalar or one slope per head (shape (heads,)). Composed with
+    :class:`Causal` this is the usual causal ALiBi b = -lambda (i - j), j <= i. With positions
+    s = pos/(N-1) in [0, 1] it reads b = -lambda (N-1) (s_i - s_j).
+    """
+
+    slope: Array
+
+    def __init__(self, slope):
+        slope = jnp.asarray(slope)
+        require(slope.ndim <= 1, f"ALiBi: slope must be a scalar or shape (heads,), got {slope.shape}")
+        self.slope = slope
+
+    def validate(self, n_queries, n_keys, heads):
+        require(
+            self.slope.ndim == 0 or self.slope.shape[0] in (1, heads),
+            f"ALiBi: slope has {self.slope.shape[0]} entries but the attention has {heads} heads",
+        )
+
+    def bias(self, q, k, heads):
+        dist = jnp.abs(q.pos[:, None] - k.pos[None, :])
+        slope = jnp.reshape(self.slope, (-1, 1, 1)).astype(q.pos.dtype)
+        return -slope * dist[None]
+
+
+class CustomBias(AbstractMask):
+    """An explicit log-weight matrix indexed by token index: shape (N, N_keys) or
+    (heads, N, N_keys), with N_keys = N + P when a prompt is present (prompt keys last).
+    Use ``-inf`` to forbid a pair. ``CustomBias.from_bool(allowed)`` builds it from a mask."""
+
+    matrix: Array
+
+    def __init__(self, matrix):
+        matrix = jnp.asarray(matrix)
+        require(matrix.ndim in (2, 3), f"CustomBias: matrix must be 2-D or 3-D, got {matrix.shape}")
+        self.matrix = matrix if matrix.ndim == 3 else matrix[None]
+
+    @classmethod
+    def from_bool(cls, allowed) -> "CustomBias":
+        allowed = jnp.asarray(allowed, dtype=bool)
+        return cls(jnp.where(allowed, 0.0, -jnp.inf))
+
+    def validate(self, n_queries, n_keys, heads):
+        h, nq, nk = self.matrix.shape
+        require(
+            (nq, nk) == (n_queries, n_keys),
+            f"CustomBias: matrix has shape {(nq, nk)} but the attention has "
+            f"N = {n_queries} queries and {n_keys} keys (mask length must equal N)",
+        )
+        require(h in (1, heads), f"CustomBias: matrix has {h} heads but the attention has {heads}")
+
+    def bias(self, q, k, heads):
+        n_q, n_k = self.matrix.shape[1:]
+        qi = jnp.clip(q.idx, 0, n_q - 1)
+        ki = jnp.clip(k.idx, 0, n_k - 1)
+        return self.matrix[:, qi][:, :, ki].astype(q.pos.dtype)
+
+
+class Compose(AbstractMask):
+    """Sum of log-weights of several masks (``m1 & m2``): a pair is allowed iff all allow it."""
+
+    masks: tuple
+
+    def bias(self, q, k, heads):
+        total = _zeros(q, k)
+        for m in self.masks:
+            total = total + m.bias(q, k, heads)
+        return total
+
+    def block_active(self, q_lo, q_hi, k_lo, k_hi):
+        active = jnp.asarray(True)
+        for m in self.masks:
+            active = active & m.block_active(q_lo, q_hi, k_lo, k_hi)
+        return active
+
+    def validate(self, n_queries, n_keys, heads):
+        for m in self.masks:
+            m.validate(n_queries, n_keys, heads)

@@ -1,0 +1,281 @@
+r"""Particle dynamics: continuous depth through diffrax, discrete depth as layer maps.
+
+Continuous time (``simulate``): the tokens solve
+
+    dx_i/dt = P_{x_i} v_i(x),   v = Attention(x; aux, prompt)
+
+with the geometry's projection P (identity in R^d). Time stepping is a diffrax solver chosen
+by the caller: fixed step (``dt=...``; Euler, RK4, ...) or adaptive with a PID controller
+(``dt=None``; Tsit5, Dopri5, Dopri8 with ``rtol``/``atol``). The solve is jitted once per
+problem *shape*: new values of beta, Q/K/V, x0, ts, dt or tolerances do not retrace.
+It is differentiable (reverse mode through diffrax's checkpointed adjoint) and vmappable
+over initial conditions and parameters.
+
+Discrete depth (``layers``): H applications of a layer map (PostLN, PreLN, PeriLN, NGPT)
+x <- step(F, x, h), saved after every layer.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from typing import ClassVar
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from diffrax._local_interpolation import ThirdOrderHermitePolynomialInterpolation
+from diffrax._solver.runge_kutta import AbstractERK, ButcherTableau
+
+from ._errors import check_value, require
+from ._types import Array
+from .geometry import AbstractGeometry, AbstractLayerMap, PostLN, Sphere
+from .kernel import Attention, Prompt, TokenAux
+
+TRACE_COUNTS: collections.Counter = collections.Counter()
+"""How many times each jitted entry point has been traced (tests use it to detect retracing)."""
+
+
+_rk4_tableau = ButcherTableau(
+    a_lower=(np.array([0.5]), np.array([0.0, 0.5]), np.array([0.0, 0.0, 1.0])),
+    b_sol=np.array([1 / 6, 1 / 3, 1 / 3, 1 / 6]),
+    # Embedded Euler estimate (RK4 minus Euler); only used if RK4 is run adaptively.
+    b_error=np.array([1 / 6 - 1.0, 1 / 3, 1 / 3, 1 / 6]),
+    c=np.array([0.5, 0.5, 1.0]),
+)
+
+
+class RK4(AbstractERK):
+    """The classical 4th-order Runge--Kutta method, as a diffrax explicit RK tableau.
+
+    Intended for fixed steps (layer-like depth); its embedded error estimate is the crude
+    RK4 - Euler difference.
+    """
+
+    tableau: ClassVar[ButcherTableau] = _rk4_tableau
+    interpolation_cls: ClassVar[Callable[..., ThirdOrderHermitePolynomialInterpolation]] = (
+        ThirdOrderHermitePolynomialInterpolation.from_k
+    )
+
+    def order(self, terms):
+        del terms
+        return 4
+
+
+SOLVERS: dict[str, Callable[[], diffrax.AbstractSolver]] = {
+    "euler": diffrax.Euler,
+    "heun": diffrax.Heun,
+    "midpoint": diffrax.Midpoint,
+    "rk4": RK4,
+    "tsit5": diffrax.Tsit5,
+    "dopri5": diffrax.Dopri5,
+    "dopri8": diffrax.Dopri8,
+}
+"""Solvers by name; any diffrax ODE solver instance is accepted as well."""
+
+
+class Trajectory(eqx.Module):
+    """A solved particle trajectory.
+
+    Attributes:
+        ts: save times (or depths h*k for discrete layers), shape (T,).
+        xs: token clouds at those times, shape (T, N, d).
+        result: diffrax result code (``diffrax.RESULTS.successful`` on success).
+        stats: solver statistics (number of steps, accepted/rejected steps).
+    """
+
+    ts: Array
+    xs: Array
+    result: diffrax.RESULTS | None = None
+    stats: dict = eqx.field(default_factory=dict)
+
+    @property
+    def final(self) -> Array:
+        """The last saved state, shape (N, d)."""
+        return self.xs[..., -1, :, :]
+
+
+def velocity(
+    attn: Attention,
+    x,
+    *,
+    geometry: AbstractGeometry = Sphere(),
+    aux: TokenAux | None = None,
+    prompt: Prompt | None = None,
+) -> Array:
+    """The right-hand side P_x v(x) of the continuous dynamics, shape (N, d)."""
+    return geometry.project(x, attn(x, aux, prompt))
+
+
+def _resolve_solver(solver) -> diffrax.AbstractSolver:
+    if isinstance(solver, str):
+        require(solver in SOLVERS, f"solver must be one of {sorted(SOLVERS)} or a diffrax solver, got {solver!r}")
+        return SOLVERS[solver]()
+    require(
+        isinstance(solver, diffrax.AbstractSolver),
+        f"solver must be a name in {sorted(SOLVERS)} or a diffrax solver instance, got {solver!r}",
+    )
+    return solver
+
+
+def _as_float(name, value, dtype):
+    value = jnp.asarray(value, dtype=dtype)
+    require(value.ndim == 0, f"{name} must be a scalar, got shape {value.shape}")
+    return value
+
+
+def simulate(
+    attn: Attention,
+    x0,
+    ts,
+    *,
+    geometry: AbstractGeometry = Sphere(),
+    aux: TokenAux | None = None,
+    prompt: Prompt | None = None,
+    solver="tsit5",
+    dt=None,
+    rtol=1e-6,
+    atol=1e-9,
+    max_steps: int = 100_000,
+    throw: bool = True,
+    adjoint: diffrax.AbstractAdjoint | None = None,
+) -> Trajectory:
+    """Integrate dx/dt = P_x Attention(x) from ``ts[0]`` to ``ts[-1]``, saving at ``ts``.
+
+    Args:
+        attn: the attention kernel (beta, Q, K, V, heads, mask, backend).
+        x0: initial tokens, shape (N, d); on the unit sphere for ``Sphere()``.
+        ts: increasing save times, shape (T,), T >= 2; integration runs from ts[0] to ts[-1].
+        geometry: ``Sphere()`` (default) or ``Euclidean()``.
+        aux: positions / features / masses of the tokens (default positions 0..N-1, mass 1/N).
+        prompt: fixed extra key/value tokens that never move.
+        solver: a name in ``SOLVERS`` ("euler", "rk4", "tsit5", ...) or a diffrax solver.
+        dt: fixed step size; ``None`` selects adaptive stepping with ``rtol``/``atol``
+            (requires a solver with an error estimate, e.g. Tsit5/Dopri5/Dopri8). Saves off the
+            fixed step grid are interpolated by the solver's dense output.
+        max_steps: step budget (static; also bounds reverse-mode memory).
+        throw: raise if the solver fails; otherwise inspect ``result``.
+        adjoint: diffrax adjoint for gradients (default: recursive checkpointing).
+
+    Returns:
+        :class:`Trajectory` with ``ts`` (T,) and ``xs`` (T, N, d).
+
+    Example:
+        >>> x0 = meanfield.sphere_uniform(jax.random.key(0), 32, 3)
+        >>> traj = meanfield.simulate(meanfield.Attention(beta=1.0), x0, jnp.linspace(0, 10, 11))
+        >>> meanfield.observables.diameter(traj.xs)   # (11,) diameter over time
+    """
+    require(isinstance(attn, Attention), f"attn must be a meanfield.Attention, got {type(attn).__name__}")
+    x0 = jnp.asarray(x0)
+    require(jnp.issubdtype(x0.dtype, jnp.floating), f"x0 must be a floating-point array, got {x0.dtype}")
+    attn.validate(x0, aux, prompt, name="x0")
+    ts = jnp.asarray(ts, dtype=x0.dtype)
+    require(ts.ndim == 1 and ts.shape[0] >= 2, f"ts must be a 1-D array of at least 2 save times, got shape {ts.shape}")
+    solver = _resolve_solver(solver)
+    if dt is None:
+        require(
+            not isinstance(solver, (diffrax.Euler, RK4)),
+            f"dt: adaptive stepping (dt=None) needs a solver with an error estimate; "
+            f"give a fixed step dt for {type(solver).__name__}",
+        )
+    else:
+        dt = _as_float("dt", dt, x0.dtype)
+        x0 = check_value(x0, ~(dt > 0), "dt must be > 0")
+    x0 = geometry.check(x0, "x0")
+    x0 = attn.check_values(x0)
+    x0 = check_value(x0, ~jnp.all(jnp.diff(ts) > 0), "ts must be strictly increasing")
+    rtol = _as_float("rtol", rtol, x0.dtype)
+    atol = _as_float("atol", atol, x0.dtype)
+    return _simulate(attn, x0, ts, geometry, aux, prompt, solver, dt, rtol, atol, int(max_steps), throw, adjoint)
+
+
+@eqx.filter_jit
+def _simulate(attn, x0, ts, geometry, aux, prompt, solver, dt, rtol, atol, max_steps, throw, adjoint):
+    TRACE_COUNTS["simulate"] += 1
+
+    def rhs(t, y, args):
+        return velocity(attn, y, geometry=geometry, aux=aux, prompt=prompt)
+
+    if dt is None:
+        controller = diffrax.PIDController(rtol=rtol, atol=atol)
+    else:
+        controller = diffrax.ConstantStepSize()
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(rhs),
+        solver,
+        t0=ts[0],
+        t1=ts[-1],
+        dt0=dt,
+        y0=x0,
+        saveat=diffrax.SaveAt(ts=ts),
+        stepsize_controller=controller,
+        max_steps=max_steps,
+        throw=throw,
+        adjoint=diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint,
+    )
+    return Trajectory(ts=sol.ts, xs=sol.ys, result=sol.result, stats=dict(sol.stats))
+
+
+def layers(
+    attn: Attention,
+    x0,
+    n_layers: int,
+    *,
+    h=1.0,
+    norm: AbstractLayerMap = PostLN(),
+    aux: TokenAux | None = None,
+    prompt: Prompt | None = None,
+) -> Trajectory:
+    """Run ``n_layers`` discrete layers x <- norm.step(Attention, x, h); saves every layer.
+
+    Args:
+        attn: the attention kernel.
+        x0: input tokens (N, d); on the sphere for PostLN/NGPT.
+        n_layers: depth H (static).
+        h: step size (the residual weight); traced, so changing it does not retrace.
+        norm: ``PostLN()``, ``PreLN()``, ``PeriLN()`` or ``NGPT()``.
+
+    Returns:
+        :class:`Trajectory` with ``ts = h * [0, 1, ..., H]`` and ``xs`` of shape (H+1, N, d).
+
+    Example:
+        >>> out = meanfield.layers(meanfield.Attention(beta=4.0), x0, 12, h=0.5)
+    """
+    require(isinstance(attn, Attention), f"attn must be a meanfield.Attention, got {type(attn).__name__}")
+    require(isinstance(norm, AbstractLayerMap), f"norm must be a layer map (PostLN, PreLN, ...), got {norm!r}")
+    require(int(n_layers) >= 1, f"n_layers must be >= 1, got {n_layers}")
+    x0 = jnp.asarray(x0)
+    attn.validate(x0, aux, prompt, name="x0")
+    h = _as_float("h", h, x0.dtype)
+    x0 = norm.geometry.check(x0, "x0")
+    x0 = attn.check_values(x0)
+    x0 = check_value(x0, ~(h > 0), "h must be > 0")
+    return _layers(attn, x0, int(n_layers), h, norm, aux, prompt)
+
+
+@eqx.filter_jit
+def _layers(attn, x0, n_layers, h, norm, aux, prompt):
+    TRACE_COUNTS["layers"] += 1
+
+    def field(y):
+        return attn(y, aux, prompt)
+
+    def body(x, _):
+        x = norm.step(field, x, h)
+        return x, x
+
+    _, xs = jax.lax.scan(body, x0, None, length=n_layers)
+    xs = jnp.concatenate([x0[None], xs], axis=0)
+    ts = h * jnp.arange(n_layers + 1, dtype=x0.dtype)
+    return Trajectory(ts=ts, xs=xs, result=diffrax.RESULTS.successful, stats={})
+
+
+def sphere_uniform(key, n: int, d: int, dtype=None) -> Array:
+    """N i.i.d. uniform points on S^{d-1} (normalised Gaussians), shape (N, d).
+
+    ``dtype`` defaults to JAX's default float (float64 when x64 is enabled).
+    """
+    x = jax.random.normal(key, (n, d), dtype=dtype or float)
+    return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
