@@ -106,10 +106,11 @@ class ALiBi(AbstractMask):
         self.slope = slope
 
     def validate(self, n_queries, n_keys, heads):
-        require(
-            self.slope.ndim == 0 or self.slope.shape[0] in (1, heads),
-            f"ALiBi: slope has {self.slope.shape[0]} entries but the attention has {heads} heads",
-        )
+        if self.slope.ndim == 1:
+            require(
+                self.slope.shape[0] in (1, heads),
+                f"ALiBi: slope has {self.slope.shape[0]} entries but the attention has {heads} heads",
+            )
 
     def bias(self, q, k, heads):
         dist = jnp.abs(q.pos[:, None] - k.pos[None, :])
