@@ -24,7 +24,7 @@ def masks():
     }
 
 
-def make(kind, form, heads, mask, dtype, backend="dense", block=8):
+def make(kind, form, heads, mask, dtype, backend="dense", block=8, row_block=1024):
     rng = np.random.default_rng(1)
     if kind == "identity":
         mats = {}
@@ -32,7 +32,9 @@ def make(kind, form, heads, mask, dtype, backend="dense", block=8):
         shape = (heads, D, D)
         mats = {m: jnp.asarray(rng.normal(size=shape) / np.sqrt(D), dtype) for m in "QKVW"}
     beta = jnp.asarray(np.linspace(0.5, 2.0, heads) if heads > 1 else 1.5, dtype)
-    return mf.Attention(beta, **mats, heads=heads, form=form, mask=mask, backend=backend, block=block)
+    return mf.Attention(
+        beta, **mats, heads=heads, form=form, mask=mask, backend=backend, block=block, row_block=row_block
+    )
 
 
 @pytest.mark.parametrize(
@@ -48,11 +50,13 @@ def test_dense_equals_chunked(mask_name, form, heads, kind, dtype, tol):
     mask = masks()[mask_name]
     x = mf.sphere_uniform(jax.random.key(7), N, D, dtype)
     dense = make(kind, form, heads, mask, dtype)
+    dense_slabs = make(kind, form, heads, mask, dtype, row_block=16)  # 3 row slabs, last one padded
     chunked = make(kind, form, heads, mask, dtype, backend="chunked", block=8)
-    a, b = dense(x), chunked(x)
-    assert a.dtype == b.dtype == dtype
+    a, b, c = dense(x), chunked(x), dense_slabs(x)
+    assert a.dtype == b.dtype == c.dtype == dtype
     scale = float(jnp.max(jnp.abs(a)))
     assert float(jnp.max(jnp.abs(a - b))) <= tol * scale
+    assert float(jnp.max(jnp.abs(a - c))) <= tol * scale
 
 
 @pytest.mark.parametrize("mask", [mf.Full(), mf.Causal() & mf.ALiBi(0.2)])
