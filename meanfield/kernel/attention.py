@@ -216,7 +216,7 @@ class Attention(eqx.Module):
             v=proj(self.V, keys),
             qs=Slots(jnp.arange(n), aux.pos.astype(dt)),
             ks=Slots(jnp.arange(keys.shape[0]), kpos),
-            logm=jnp.log(kmass),
+            mass=kmass,
             free=free,
             beta=jnp.reshape(self.beta.astype(dt), (-1, 1, 1)),
         )
@@ -228,21 +228,24 @@ class _Prepared(eqx.Module):
     v: Array  # (hv, M, d)
     qs: Slots
     ks: Slots
-    logm: Array  # (M,)
+    mass: Array  # (M,) key masses
     free: Array  # (M,) bool: prompt keys that bypass the mask
     beta: Array  # (hb, 1, 1)
 
 
-def _scores(attn: Attention, q, k, qs, ks, logm, free, beta):
-    """a_ij = beta <q_i, k_j> + b(z_i, z_j) + log m_j, shape (h, nq, nk)."""
+def _scores(attn: Attention, q, k, qs, ks, free, beta, logm=None):
+    """a_ij = <beta q_i, k_j> + b(z_i, z_j) [+ log m_j], shape (h, nq, nk)."""
     bias = attn.mask.bias(qs, ks, attn.heads)
     bias = jnp.where(free[None, None, :], 0.0, bias)
-    return beta * (q @ jnp.swapaxes(k, -1, -2)) + bias + logm
+    s = (beta * q) @ jnp.swapaxes(k, -1, -2)
+    if not isinstance(attn.mask, Full):
+        s = s + bias
+    return s if logm is None else s + logm
 
 
 def _dense_weights(attn: Attention, p: _Prepared, q, qs):
-    """Unnormalised weights of the query rows ``q`` and their normaliser (None for USA)."""
-    s = _scores(attn, q, p.k, qs, p.ks, p.logm, p.free, p.beta)
+    """Weights m_j e^{a_ij} (shifted by the row max for SA) and the row normaliser (None for USA)."""
+    s = _scores(attn, q, p.k, qs, p.ks, p.free, p.beta, jnp.log(p.mass))
     if attn.form == "USA":
         return jnp.exp(s), None
     smax = jnp.max(s, axis=-1, keepdims=True)
@@ -254,18 +257,20 @@ def _dense_weights(attn: Attention, p: _Prepared, q, qs):
 def _dense(attn: Attention, p: _Prepared) -> Array:
     """Exact row softmax, ``row_block`` query rows at a time (lax.map over row slabs).
 
-    For SA the values get an extra column of ones, so one GEMM returns both
-    sum_j w_ij V x_j and the normaliser sum_j w_ij.
+    The masses multiply the values instead of entering the exponent: with
+    w_ij = e^{a_ij - max_j a_ij} (a without log m), the SA field is
+    (w @ (m * V x)) / (w @ m), two GEMMs and no extra pass over the (rows x keys) slab.
     """
     n, d_out = p.q.shape[1], p.v.shape[-1]
-    v = p.v
-    if attn.form == "SA":
-        v = jnp.concatenate([v, jnp.ones(v.shape[:-1] + (1,), v.dtype)], axis=-1)
+    mv = p.v * p.mass[:, None]
 
     def rows(q, qidx, qpos):
-        w, _ = _dense_weights(attn, p, q, Slots(qidx, qpos))
-        o = w @ v
-        return o if attn.form == "USA" else _divide(o[..., :d_out], o[..., d_out:])
+        s = _scores(attn, q, p.k, Slots(qidx, qpos), p.ks, p.free, p.beta)
+        if attn.form == "USA":
+            return jnp.exp(s) @ mv
+        smax = jnp.max(s, axis=-1, keepdims=True)
+        w = jnp.exp(s - jnp.where(jnp.isfinite(smax), smax, 0.0))
+        return _divide(w @ mv, (w @ p.mass)[..., None])
 
     b = attn.row_block
     if n <= b:
@@ -318,7 +323,7 @@ def _chunked(attn: Attention, p: _Prepared) -> Array:
     v = _blocks(_pad_to(p.v, nk * bk, 1, 0.0), nk, 1)
     kidx = _blocks(_pad_to(p.ks.idx, nk * bk, 0), nk, 0)
     kpos = _blocks(_pad_to(p.ks.pos, nk * bk, 0), nk, 0)
-    logm = _blocks(_pad_to(p.logm, nk * bk, 0, -jnp.inf), nk, 0)
+    logm = _blocks(_pad_to(jnp.log(p.mass), nk * bk, 0, -jnp.inf), nk, 0)
     free = _blocks(_pad_to(p.free, nk * bk, 0, False), nk, 0)
     k_lo, k_hi = kpos.min(axis=1), kpos.max(axis=1)
     k_live = jnp.any(jnp.isfinite(logm), axis=1)
@@ -333,7 +338,7 @@ def _chunked(attn: Attention, p: _Prepared) -> Array:
         def update(carry, kb):
             mx, l, acc = carry
             kj, vj, kix, kp, lm, fr = kb
-            s = _scores(attn, qi, kj, qs, Slots(kix, kp), lm, fr, p.beta)
+            s = _scores(attn, qi, kj, qs, Slots(kix, kp), fr, p.beta, lm)
             s = jnp.broadcast_to(s, (h, bq, bk))
             m_new = jnp.maximum(mx, s.max(axis=-1))
             m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
