@@ -147,3 +147,18 @@ def test_weights_rows_are_stochastic_for_sa():
     np.testing.assert_allclose(w.sum(-1), 1.0, rtol=1e-13)
     assert float(jnp.max(jnp.abs(jnp.triu(w[0], 1)))) == 0.0
     assert float(jnp.max(jnp.abs(jnp.tril(w[0], -4)))) == 0.0
+
+
+def test_chunked_memory_is_linear_in_n():
+    # XLA's own buffer accounting of the compiled RHS (no run needed): the chunked backend's
+    # scratch memory grows like N * block, not N^2. At N = 100,000, d = 16, causal, float32 it
+    # must be tens of MiB (a dense (N, N) score matrix alone would be 37 GiB).
+    def temp_mib(n):
+        x = jax.ShapeDtypeStruct((n, 16), jnp.float32)
+        attn = mf.Attention(1.0, mask=mf.Causal(), backend="chunked", block=512)
+        compiled = jax.jit(lambda y: mf.velocity(attn, y)).lower(x).compile()
+        return compiled.memory_analysis().temp_size_in_bytes / 2**20
+
+    small, large = temp_mib(10_000), temp_mib(100_000)
+    assert large < 64, large
+    assert large / small < 15, (small, large)  # ~10x for 10x more tokens, not 100x
