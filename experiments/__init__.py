@@ -1,2 +1,7 @@
-"""One module per scientific claim: a config dataclass, ``run(cfg) -> xarray.Dataset`` and
-``plot(ds, outdir)``. Run one with ``python -m experiments.<name>``."""
+"""One module per scientific claim, each registering presets for the ``meanfield`` command.
+
+A preset is a config dataclass plus pure JAX ``init``/``advance`` pieces (see
+``meanfield.runner.Preset``), a ``dataset`` builder and ``plot``.
+"""
+
+from . import clustering as clustering  # noqa: F401

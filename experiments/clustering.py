@@ -1,131 +1,101 @@
-"""Clustering of self-attention dynamics on the sphere (Geshkovski et al. 2023).
+"""Clustering of self-attention dynamics on the sphere (Geshkovski et al. 2023), and its
+causal-mask variant (Karagodin et al. 2024).
 
-N tokens uniform on S^2 evolve by dx_i/dt = P_{x_i} SA(x)_i with Q = K = V = I; for d >= 3
-they collapse to a single point, and the diameter then decays like e^{-t}. The figure shows
-the cloud on the sphere at four times and energy, diameter, cluster count and rank-collapse
-residual against time.
+N tokens uniform on S^{d-1} evolve by dx_i/dt = P_{x_i} SA(x)_i with Q = K = V = I. With full
+attention and d >= 3 they collapse to one point and the diameter then decays like e^{-t}.
+With the causal mask token 1 never moves and every later token converges to it (through
+transient clusters). Figures: the cloud at four times; energy, diameter, cluster count and
+rank-collapse residual against time; for the causal preset also each token's distance to
+token 1 over time.
 
-    python -m experiments.clustering [--out out/clustering] [--beta 1.0] [--n 64] [--t1 15]
+    meanfield run clustering [--set beta=4 --set n=128]
+    meanfield run causal-clustering
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import time
+import json
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-import meanfield as mf
-from meanfield.io import trajectory_dataset, write_atomic
+from meanfield.runner import register
+
+from ._common import ParticleConfig, ParticlePreset, first_point, observable_panels, plt, sphere_snapshots, sweep_figure
+
+PANELS = [
+    ("energy", "energy $E_\\beta$", False),
+    ("diameter", "diameter (log)", True),
+    ("n_clusters", "clusters at tol", False),
+    ("rank_collapse", "$\\|X - 1\\bar x^T\\| / \\|X\\|$ (log)", True),
+]
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    n: int = 64
-    """number of tokens"""
-    d: int = 3
-    """dimension (tokens on S^{d-1})"""
-    beta: float = 1.0
-    """inverse temperature"""
-    mask: str = "full"
-    """'full' or 'causal'"""
-    t1: float = 15.0
-    """final time"""
-    n_save: int = 61
-    """number of saved times"""
-    seed: int = 0
-    rtol: float = 1e-7
-    atol: float = 1e-9
-    cluster_tol: float = 1e-2
-    """tokens closer than this are one cluster"""
+class Config(ParticleConfig):
+    pass
 
 
-def run(cfg: Config = Config()):
-    """Simulate and return an xarray Dataset (time, token, dim) with the observables."""
-    if cfg.mask not in ("full", "causal"):
-        raise ValueError(f"mask must be 'full' or 'causal', got {cfg.mask!r}")
-    mask = mf.Causal() if cfg.mask == "causal" else mf.Full()
-    x0 = mf.sphere_uniform(jax.random.key(cfg.seed), cfg.n, cfg.d)
-    ts = jnp.linspace(0.0, cfg.t1, cfg.n_save)
-    traj = mf.simulate(mf.Attention(cfg.beta, mask=mask), x0, ts, rtol=cfg.rtol, atol=cfg.atol)
-    return trajectory_dataset(traj, beta=cfg.beta, tol=cfg.cluster_tol, config=cfg, seed=cfg.seed)
+@dataclasses.dataclass(frozen=True)
+class CausalConfig(ParticleConfig):
+    mask: str = "causal"
+    beta: float = 4.0
+    t1: float = 40.0
+    n_save: int = 81
+    chunks: int = 8
 
 
-def plot(ds, outdir) -> Path:
-    """Sphere snapshots and observables vs time; returns the PNG path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    outdir = Path(outdir)
-    t = ds.time.values
-    x = ds.x.values
-    fig = plt.figure(figsize=(13, 6.2))
-    picks = np.unique(np.searchsorted(t, np.array([0.0, 0.3, 0.42, 1.0]) * t[-1]).clip(0, len(t) - 1))
-    u, v = np.mgrid[0 : 2 * np.pi : 40j, 0 : np.pi : 20j]
-    for k, i in enumerate(picks):
-        ax = fig.add_subplot(2, 4, k + 1, projection="3d")
-        ax.plot_wireframe(np.cos(u) * np.sin(v), np.sin(u) * np.sin(v), np.cos(v), color="0.9", lw=0.3)
-        pts = x[i, :, :3] if x.shape[-1] >= 3 else np.pad(x[i], ((0, 0), (0, 3 - x.shape[-1])))
-        ax.scatter(*pts.T, c=np.arange(len(pts)), cmap="viridis", s=14, depthshade=False)
-        ax.set_title(f"t = {t[i]:.1f}   clusters = {int(ds.n_clusters.values[i])}", fontsize=9)
-        ax.set_axis_off()
-        ax.set_box_aspect((1, 1, 1))
-    panels = [
-        ("energy", "energy $E_\\beta$", False),
-        ("diameter", "diameter (log)", True),
-        ("n_clusters", "clusters at tol", False),
-        ("rank_collapse", "$\\|X - 1\\bar x^T\\| / \\|X\\|$ (log)", True),
-    ]
-    for k, (name, label, logy) in enumerate(panels):
-        ax = fig.add_subplot(2, 4, 5 + k)
-        ax.plot(t, ds[name].values, lw=1.8)
-        if logy:
-            ax.set_yscale("log")
-        ax.set_xlabel("t (depth)")
-        ax.set_title(label, fontsize=9)
-        ax.grid(alpha=0.3)
-    import json
-
+def _title(ds):
     cfg = json.loads(ds.attrs["config"])
-    fig.suptitle(
-        f"SA dynamics on $S^{{{cfg['d'] - 1}}}$: N = {cfg['n']}, $\\beta$ = {cfg['beta']}, mask = {cfg['mask']}",
-        fontsize=11,
-    )
-    fig.tight_layout()
-    outdir.mkdir(parents=True, exist_ok=True)
-    path = outdir / "clustering.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return f"SA dynamics on $S^{{{cfg['d'] - 1}}}$: N = {cfg['n']}, $\\beta$ = {cfg['beta']}, mask = {cfg['mask']}"
 
 
-def main(argv=None):
-    jax.config.update("jax_enable_x64", True)  # entry point: reference precision
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="out/clustering", help="output directory")
-    defaults = Config()
-    for f in dataclasses.fields(Config):
-        ap.add_argument(f"--{f.name.replace('_', '-')}", type=type(getattr(defaults, f.name)), default=getattr(defaults, f.name))
-    args = ap.parse_args(argv)
-    cfg = Config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Config)})
-    t0 = time.perf_counter()
-    ds = run(cfg)
-    out = Path(args.out)
-    nc = write_atomic(ds, out / "result.nc")
-    png = plot(ds, out)
-    print(
-        f"clustering: N={cfg.n} d={cfg.d} beta={cfg.beta} mask={cfg.mask}: diameter "
-        f"{float(ds.diameter[0]):.3f} -> {float(ds.diameter[-1]):.2e}, clusters "
-        f"{int(ds.n_clusters[0])} -> {int(ds.n_clusters[-1])} ({time.perf_counter() - t0:.1f} s)"
-    )
-    print(f"wrote {nc} and {png}")
+@register
+class Clustering(ParticlePreset):
+    name = "clustering"
+    description = "SA on S^2 with Q=K=V=I: tokens collapse to one point (snapshots, energy, diameter, clusters)"
+    Config = Config
+
+    def plot(self, ds, outdir):
+        one = first_point(ds)
+        p = plt()
+        fig = p.figure(figsize=(13, 6.2))
+        sphere_snapshots(fig, one, [0.0, 0.3, 0.42, 1.0], 0, 4)
+        observable_panels(fig, one, PANELS, 1, 4)
+        fig.suptitle(_title(ds), fontsize=11)
+        fig.tight_layout()
+        path = Path(outdir) / f"{self.name}.png"
+        fig.savefig(path, dpi=110)
+        p.close(fig)
+        return [q for q in (path, sweep_figure(ds, outdir, ["diameter", "n_clusters", "energy"])) if q]
 
 
-if __name__ == "__main__":
-    main()
+@register
+class CausalClustering(Clustering):
+    name = "causal-clustering"
+    description = "causal SA on S^2: token 1 is fixed, later tokens pass through clusters and converge to it"
+    Config = CausalConfig
+
+    def plot(self, ds, outdir):
+        one = first_point(ds)
+        p = plt()
+        fig = p.figure(figsize=(16, 6.2))
+        sphere_snapshots(fig, one, [0.0, 0.1, 0.3, 1.0], 0, 5)
+        observable_panels(fig, one, PANELS, 1, 5)
+        ax = fig.add_subplot(2, 5, 10)
+        x = one.x.values
+        dist = np.linalg.norm(x - x[:, :1], axis=-1).T  # (token, time)
+        im = ax.pcolormesh(one.time.values, np.arange(x.shape[1]) + 1, np.log10(np.maximum(dist, 1e-12)), shading="auto", cmap="magma")
+        fig.colorbar(im, ax=ax, label="log10 |x_i - x_1|")
+        ax.set_xlabel("t")
+        ax.set_ylabel("token i")
+        ax.set_title("distance to token 1", fontsize=9)
+        ax5 = fig.add_subplot(2, 5, 5)
+        ax5.axis("off")
+        fig.suptitle(_title(ds), fontsize=11)
+        fig.tight_layout()
+        path = Path(outdir) / f"{self.name}.png"
+        fig.savefig(path, dpi=110)
+        p.close(fig)
+        return [q for q in (path, sweep_figure(ds, outdir, ["diameter", "n_clusters", "energy"])) if q]

@@ -30,6 +30,21 @@ def trajectory_dataset(traj, *, beta, tol=1e-2, config=None, seed=None) -> xr.Da
     return xr.Dataset(data, coords={"time": np.asarray(traj.ts)}, attrs=attrs)
 
 
+def observable_vars(x, beta, dims, tol=1e-2) -> dict:
+    """Every collapse observable of the clouds ``x`` (..., N, d), as Dataset variables with
+    ``dims`` (names of x's leading axes). ``beta`` (the energy's temperature) broadcasts
+    against ``x.shape[:-2]``, so swept temperatures get their own energy."""
+    import jax
+    import jax.numpy as jnp
+
+    x = jnp.asarray(x)
+    lead = x.shape[:-2]
+    flat = x.reshape((-1,) + x.shape[-2:])
+    b = jnp.broadcast_to(jnp.asarray(beta, x.dtype), lead).reshape(-1)
+    out = jax.jit(jax.vmap(lambda c, bb: obs.summary(c, bb, tol)))(flat, b)
+    return {k: (tuple(dims), np.asarray(v).reshape(lead)) for k, v in out.items()}
+
+
 def write_atomic(ds: xr.Dataset, path) -> Path:
     """Write ``ds`` to netCDF at ``path`` via a temporary file and an atomic rename, so a
     crash never leaves a half-written file where a finished one was expected."""

@@ -1,0 +1,164 @@
+"""Shared pieces of the particle presets: a base config, the simulate-in-chunks preset, plots."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import xarray as xr
+
+import meanfield as mf
+from meanfield.config import ConfigError
+from meanfield.io import observable_vars
+from meanfield.runner import Preset, grid_param
+
+
+def require(cond, msg):
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParticleConfig:
+    n: int = 64
+    """number of tokens"""
+    d: int = 3
+    """token dimension (tokens on S^{d-1})"""
+    beta: float = 1.0
+    """inverse temperature"""
+    mask: str = "full"
+    """full | causal"""
+    t1: float = 15.0
+    """final time"""
+    n_save: int = 61
+    """saved times (linear in [0, t1])"""
+    chunks: int = 6
+    """integration chunks (progress, checkpoints)"""
+    seed: int = 0
+    rtol: float = 1e-7
+    atol: float = 1e-9
+    cluster_tol: float = 1e-2
+    """tokens closer than this are one cluster"""
+
+    def validate(self):
+        require(self.n >= 2, f"n must be >= 2, got {self.n}")
+        require(self.d >= 2, f"d must be >= 2, got {self.d}")
+        require(self.beta >= 0, f"beta must be >= 0, got {self.beta}")
+        require(self.mask in ("full", "causal"), f"mask must be 'full' or 'causal', got {self.mask!r}")
+        require(self.t1 > 0, f"t1 must be > 0, got {self.t1}")
+        require(self.n_save >= 2, f"n_save must be >= 2, got {self.n_save}")
+        require(1 <= self.chunks <= self.n_save - 1, f"chunks must be in [1, n_save - 1], got {self.chunks}")
+        require(self.rtol > 0 and self.atol > 0, "rtol and atol must be > 0")
+        require(self.cluster_tol > 0, f"cluster_tol must be > 0, got {self.cluster_tol}")
+
+
+class ParticlePreset(Preset):
+    """Tokens uniform on S^{d-1} (from ``seed``) evolved by ``simulate`` chunk by chunk."""
+
+    vmap_keys = ("beta", "seed")
+
+    def times(self, cfg):
+        return np.linspace(0.0, cfg.t1, cfg.n_save)
+
+    def attention(self, cfg, p):
+        mask = mf.Causal() if cfg.mask == "causal" else mf.Full()
+        return mf.Attention(p["beta"], mask=mask)
+
+    def init(self, cfg, p):
+        return mf.sphere_uniform(jax.random.key(p["seed"]), cfg.n, cfg.d)
+
+    def record(self, cfg, p, state):
+        return {"x": state[None]}
+
+    def advance(self, cfg, p, state, ts):
+        traj = mf.simulate(self.attention(cfg, p), state, ts, rtol=cfg.rtol, atol=cfg.atol)
+        # restart the next chunk exactly on the sphere (the solve drifts by ~ its tolerance)
+        return mf.Sphere().retract(traj.xs[-1]), {"x": traj.xs[1:]}
+
+    def dataset(self, cfg, ts, recs, grid):
+        dims = grid.keys + ("time",)
+        beta = grid_param(grid, cfg, "beta")[..., None]
+        data = {"x": (dims + ("token", "dim"), recs["x"])}
+        data.update(observable_vars(recs["x"], beta, dims, cfg.cluster_tol))
+        coords = {"time": ts, **{k: list(v) for k, v in zip(grid.keys, grid.values)}}
+        return xr.Dataset(data, coords=coords)
+
+
+def first_point(ds):
+    """The Dataset at the first point of every swept dimension (for single-run figures)."""
+    grid = json.loads(ds.attrs.get("grid", "{}"))
+    return ds.isel({k: 0 for k in grid}) if grid else ds
+
+
+def plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def sphere_snapshots(fig, ds, fracs, row, ncols, nrows=2):
+    """Scatter the cloud at fractions of the final time on sphere wireframes (3-D) or circles."""
+    t, x = ds.time.values, ds.x.values
+    picks = np.unique(np.searchsorted(t, np.asarray(fracs) * t[-1]).clip(0, len(t) - 1))
+    u, v = np.mgrid[0 : 2 * np.pi : 40j, 0 : np.pi : 20j]
+    for k, i in enumerate(picks):
+        if x.shape[-1] >= 3:
+            ax = fig.add_subplot(nrows, ncols, row * ncols + k + 1, projection="3d")
+            ax.plot_wireframe(np.cos(u) * np.sin(v), np.sin(u) * np.sin(v), np.cos(v), color="0.9", lw=0.3)
+            ax.scatter(*x[i, :, :3].T, c=np.arange(x.shape[1]), cmap="viridis", s=14, depthshade=False)
+            ax.set_box_aspect((1, 1, 1))
+        else:
+            ax = fig.add_subplot(nrows, ncols, row * ncols + k + 1)
+            th = np.linspace(0, 2 * np.pi, 200)
+            ax.plot(np.cos(th), np.sin(th), color="0.85", lw=0.8)
+            ax.scatter(*x[i, :, :2].T, c=np.arange(x.shape[1]), cmap="viridis", s=14)
+            ax.set_aspect("equal")
+        ax.set_title(f"t = {t[i]:.3g}   clusters = {int(ds.n_clusters.values[i])}", fontsize=9)
+        ax.set_axis_off()
+
+
+def observable_panels(fig, ds, panels, row, ncols, nrows=2, logx=False):
+    t = ds.time.values
+    for k, (name, label, logy) in enumerate(panels):
+        ax = fig.add_subplot(nrows, ncols, row * ncols + k + 1)
+        ax.plot(t, ds[name].values, lw=1.8)
+        if logy:
+            ax.set_yscale("log")
+        if logx:
+            ax.set_xscale("symlog", linthresh=max(t[1], 1e-3) if len(t) > 1 else 1.0)
+        ax.set_xlabel("t (depth)")
+        ax.set_title(label, fontsize=9)
+        ax.grid(alpha=0.3)
+
+
+def sweep_figure(ds, outdir, names, logx=False) -> Path | None:
+    """One line per sweep point for each observable in ``names``; None for a single run."""
+    grid = json.loads(ds.attrs.get("grid", "{}"))
+    if not grid:
+        return None
+    p = plt()
+    stacked = ds.stack(point=list(grid))
+    fig, axes = p.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for i in range(stacked.sizes["point"]):
+            pt = stacked.isel(point=i)
+            lab = ", ".join(f"{k}={pt[k].item()}" for k in grid)
+            ax.plot(ds.time.values, pt[name].values, lw=1.2, label=lab)
+        ax.set_title(name)
+        ax.set_xlabel("t")
+        if logx:
+            ax.set_xscale("symlog", linthresh=ds.time.values[1])
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(outdir) / "sweep.png"
+    fig.savefig(path, dpi=100)
+    p.close(fig)
+    return path

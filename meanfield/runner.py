@@ -1,0 +1,293 @@
+"""Presets and the chunked, checkpointed, vmap-batched executor behind ``meanfield run/sweep``.
+
+A :class:`Preset` describes one experiment as pure JAX pieces:
+
+* ``times(cfg)``: the save times (or depths), shape (T,);
+* ``init(cfg, p)``: the initial state (a pytree), where ``p`` maps every key of ``vmap_keys``
+  to a traced scalar (so sweeps over those keys are batched by ``jax.vmap``);
+* ``advance(cfg, p, state, ts)``: integrate over one chunk of save times ``ts`` (its first
+  entry is the chunk's start), returning the new state and a record with a leading time axis
+  of length ``len(ts) - 1``; ``record(cfg, p, state)`` is the record of the initial state;
+* ``dataset(cfg, ts, recs, grid)`` turns the stacked records into an ``xarray.Dataset``;
+  ``plot(ds, outdir)`` writes PNGs.
+
+The executor splits the save times into ``cfg.chunks`` chunks and runs them one after the other
+(one jitted, vmapped call each), showing a progress bar, and every ``checkpoint_every`` chunks
+writes the state and the records so far to ``DIR/checkpoint.npz`` atomically. A run killed at
+any point and restarted with ``resume=True`` redoes exactly the same chunk calls from the saved
+state, so its result is bit-for-bit the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .config import ConfigError, coerce
+
+PRESETS: dict[str, "Preset"] = {}
+
+
+class RunError(RuntimeError):
+    """A refused run (existing result, unfinished checkpoint, mismatched resume): exit status 3."""
+
+
+class Preset:
+    name: str = ""
+    description: str = ""
+    Config: type = None
+    vmap_keys: tuple[str, ...] = ()
+
+    def times(self, cfg) -> np.ndarray:
+        raise NotImplementedError
+
+    def init(self, cfg, p):
+        raise NotImplementedError
+
+    def advance(self, cfg, p, state, ts):
+        raise NotImplementedError
+
+    def record(self, cfg, p, state):
+        return jax.tree.map(lambda a: a[None], state)
+
+    def dataset(self, cfg, ts, recs, grid):
+        raise NotImplementedError
+
+    def plot(self, ds, outdir) -> list[Path]:
+        return []
+
+
+def register(preset_cls):
+    """Class decorator: instantiate and add to PRESETS under ``preset_cls.name``."""
+    inst = preset_cls()
+    PRESETS[inst.name] = inst
+    return preset_cls
+
+
+def load_presets() -> dict[str, Preset]:
+    """Import the experiment modules (they register themselves) and return the registry."""
+    import experiments  # noqa: F401  (imports every experiment module)
+
+    return PRESETS
+
+
+def get_preset(name: str) -> Preset:
+    presets = load_presets()
+    if name not in presets:
+        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(sorted(presets))}")
+    return presets[name]
+
+
+# ----------------------------------------------------------------------------- grids
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """Swept keys (in the user's order) and their values; empty for a single run."""
+
+    keys: tuple[str, ...] = ()
+    values: tuple[tuple, ...] = ()
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(len(v) for v in self.values)
+
+    def points(self):
+        return list(itertools.product(*self.values))
+
+
+def parse_grid(cfg, specs: list[str] | None) -> Grid:
+    """``["beta=1,2,4", "seed=0,1"]`` -> Grid, values coerced to the config's field types."""
+    keys, values = [], []
+    for spec in specs or []:
+        if "=" not in spec:
+            raise ConfigError(f"--grid expects key=v1,v2,..., got {spec!r}")
+        key, raw = (s.strip() for s in spec.split("=", 1))
+        if key in keys:
+            raise ConfigError(f"--grid key {key!r} given twice")
+        vals = tuple(coerce(type(cfg), key, v) for v in raw.split(",") if v.strip())
+        if not vals:
+            raise ConfigError(f"--grid {key}: no values")
+        keys.append(key)
+        values.append(vals)
+    return Grid(tuple(keys), tuple(values))
+
+
+# ------------------------------------------------------------------------- execution
+def _meta(preset, cfg, grid) -> str:
+    from . import __version__
+
+    return json.dumps(
+        {"preset": preset.name, "config": dataclasses.asdict(cfg), "grid": [grid.keys, grid.values], "version": __version__},
+        sort_keys=True,
+        default=list,
+    )
+
+
+def _save_npz_atomic(path: Path, arrays: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _groups(preset, cfg, grid):
+    """Split the grid into groups of equal static keys; vmapped keys vary inside a group."""
+    static = [k for k in grid.keys if k not in preset.vmap_keys]
+    batched = [k for k in grid.keys if k in preset.vmap_keys]
+    index = {k: i for i, k in enumerate(grid.keys)}
+    groups = {}
+    for point in grid.points():
+        skey = tuple(point[index[k]] for k in static)
+        groups.setdefault(skey, []).append(point)
+    out = []
+    for skey, pts in groups.items():
+        gcfg = dataclasses.replace(cfg, **dict(zip(static, skey)))
+        params = {k: [getattr(gcfg, k)] * len(pts) for k in preset.vmap_keys}
+        for k in batched:
+            params[k] = [pt[index[k]] for pt in pts]
+        out.append((gcfg, pts, {k: np.asarray(v) for k, v in params.items()}))
+    return out
+
+
+def execute(preset: Preset, cfg, grid: Grid, outdir, *, resume=False, force=False, checkpoint_every=1, progress=True):
+    """Run (or sweep) ``preset`` and write DIR/result.nc and DIR/*.png; returns the Dataset."""
+    from tqdm import tqdm
+
+    from .io import write_atomic
+
+    outdir = Path(outdir)
+    result, ckpt = outdir / "result.nc", outdir / "checkpoint.npz"
+    if result.exists() and not force:
+        raise RunError(f"{result} already exists; pass --force to overwrite it")
+    if ckpt.exists() and not (resume or force):
+        raise RunError(f"{outdir} holds an unfinished run ({ckpt.name}); pass --resume to continue it or --force to start over")
+    if checkpoint_every < 1:
+        raise ConfigError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    outdir.mkdir(parents=True, exist_ok=True)
+    meta = _meta(preset, cfg, grid)
+    groups = _groups(preset, cfg, grid)
+    n_chunks = cfg.chunks
+    saved = None
+    if resume and ckpt.exists() and not force:
+        saved = dict(np.load(ckpt, allow_pickle=False))
+        if str(saved["meta"]) != meta:
+            raise RunError(f"{ckpt} was written by a different preset/config/grid; refusing to resume (use --force)")
+
+    shapes = {
+        str(jax.eval_shape(jax.vmap(lambda q, gc=gcfg: preset.init(gc, q)), {k: jnp.asarray(v[:1]) for k, v in prm.items()}))
+        for gcfg, _pts, prm in groups
+    }
+    if len(shapes) > 1:
+        static = [k for k in grid.keys if k not in preset.vmap_keys]
+        raise ConfigError(f"swept keys {static} change the shape of the state; sweep them in separate runs")
+
+    done: list[dict] = []
+    g0, c0 = (int(saved["pos"][0]), int(saved["pos"][1])) if saved is not None else (0, 0)
+    for g in range(g0):
+        names = [k[len(f"done{g}_") :] for k in saved if k.startswith(f"done{g}_")]
+        done.append({n: saved[f"done{g}_{n}"] for n in names})
+
+    bar = tqdm(total=len(groups) * n_chunks, initial=g0 * n_chunks + c0, desc=preset.name, unit="chunk",
+               delay=2.0, file=sys.stderr, disable=not progress)
+    group_ts = [np.asarray(preset.times(gc)) for gc, _, _ in groups]
+    ts_all = group_ts[0]
+    if any(len(t) != len(ts_all) for t in group_ts):
+        raise ConfigError("swept keys may not change the number of saved times (n_save)")
+    for g in range(g0, len(groups)):
+        gcfg, _pts, params = groups[g]
+        ts = group_ts[g]
+        chunks = [c for c in np.array_split(np.arange(1, len(ts)), n_chunks) if len(c)]
+        p = {k: jnp.asarray(v) for k, v in params.items()}
+        init = jax.jit(jax.vmap(lambda q: preset.init(gcfg, q)))
+        state_shape = jax.eval_shape(init, p)
+        treedef = jax.tree.structure(state_shape)
+        advance = jax.jit(jax.vmap(lambda q, s, t: preset.advance(gcfg, q, s, t), in_axes=(0, 0, None)))
+        if saved is not None and g == g0 and c0 > 0:
+            state = jax.tree.unflatten(treedef, [jnp.asarray(saved[f"state_{i}"]) for i in range(treedef.num_leaves)])
+            names = [k[4:] for k in saved if k.startswith("cur_")]
+            recs = {n: [saved[f"cur_{n}"]] for n in names}
+            start = c0
+        else:
+            state = init(p)
+            first = jax.vmap(lambda q, s: preset.record(gcfg, q, s))(p, state)
+            recs = {n: [np.asarray(a)] for n, a in first.items()}
+            start = 0
+        for c in range(start, len(chunks)):
+            idx = chunks[c]
+            t_chunk = jnp.asarray(ts[np.concatenate([[idx[0] - 1], idx])])
+            state, rec = advance(p, state, t_chunk)
+            for n, a in rec.items():
+                recs[n].append(np.asarray(a))
+            bar.update(1)
+            last = c == len(chunks) - 1 and g == len(groups) - 1
+            if (c + 1) % checkpoint_every == 0 and not last:
+                arrays = {"meta": np.asarray(meta), "pos": np.asarray([g, c + 1])}
+                if c + 1 == len(chunks):  # group finished: store it as done, next group from scratch
+                    arrays["pos"] = np.asarray([g + 1, 0])
+                else:
+                    arrays.update({f"state_{i}": np.asarray(a) for i, a in enumerate(jax.tree.leaves(state))})
+                    arrays.update({f"cur_{n}": np.concatenate(v, axis=1) for n, v in recs.items()})
+                for gg, dd in enumerate(done + ([{n: np.concatenate(v, axis=1) for n, v in recs.items()}] if c + 1 == len(chunks) else [])):
+                    arrays.update({f"done{gg}_{n}": a for n, a in dd.items()})
+                _save_npz_atomic(ckpt, arrays)
+        done.append({n: np.concatenate(v, axis=1) for n, v in recs.items()})
+    bar.close()
+
+    # stack per-point records into the grid shape, in the user's grid order
+    lookup = {}
+    for g, (_gcfg, pts, _p) in enumerate(groups):
+        for b, pt in enumerate(pts):
+            lookup[pt] = (g, b)
+    names = list(done[0])
+    stacked = {}
+    for n in names:
+        arrs = [done[lookup[pt][0]][n][lookup[pt][1]] for pt in grid.points()]
+        stacked[n] = np.stack(arrs).reshape(grid.shape + arrs[0].shape)
+    ds = preset.dataset(cfg, ts_all, stacked, grid)
+    if any(not np.array_equal(t, ts_all) for t in group_ts):
+        # swept keys changed the save times (e.g. t1): keep the true times of every point
+        t_pts = np.stack([group_ts[lookup[pt][0]] for pt in grid.points()]).reshape(grid.shape + ts_all.shape)
+        ds["t"] = (grid.keys + ("time",), t_pts)
+        ds = ds.assign_coords(time=np.arange(len(ts_all)))
+        ds["time"].attrs["note"] = "save index; the times of each point are in variable t"
+    from . import __version__
+
+    ds.attrs.update({
+        "preset": preset.name,
+        "config": json.dumps(dataclasses.asdict(cfg), sort_keys=True),
+        "grid": json.dumps(dict(zip(grid.keys, grid.values))),
+        "meanfield_version": __version__,
+        "seed": int(getattr(cfg, "seed", 0)),
+        "chunks": n_chunks,
+    })
+    write_atomic(ds, result)
+    preset.plot(ds, outdir)
+    if ckpt.exists():
+        ckpt.unlink()
+    return ds
+
+
+def grid_param(grid: Grid, cfg, key: str) -> np.ndarray:
+    """The value of config ``key`` at every grid point, shape ``grid.shape``."""
+    if key in grid.keys:
+        i = grid.keys.index(key)
+        vals = np.asarray(grid.values[i])
+        shape = [1] * len(grid.keys)
+        shape[i] = len(vals)
+        return np.broadcast_to(vals.reshape(shape), grid.shape)
+    return np.full(grid.shape, getattr(cfg, key))
