@@ -5,3 +5,6 @@ A preset is a config dataclass plus pure JAX ``init``/``advance`` pieces (see
 """
 
 from . import clustering as clustering  # noqa: F401
+from . import phase_diagram as phase_diagram  # noqa: F401
+from . import layernorm as layernorm  # noqa: F401
+from . import metastability as metastability  # noqa: F401

@@ -3,8 +3,9 @@ causal-mask variant (Karagodin et al. 2024).
 
 N tokens uniform on S^{d-1} evolve by dx_i/dt = P_{x_i} SA(x)_i with Q = K = V = I. With full
 attention and d >= 3 they collapse to one point and the diameter then decays like e^{-t}.
-With the causal mask token 1 never moves and every later token converges to it (through
-transient clusters). Figures: the cloud at four times; energy, diameter, cluster count and
+With the causal mask token 1 never moves; at beta = 1 every later token converges to it, at
+larger beta (the preset uses 4) they form long-lived clusters, one of them at token 1
+(Karagodin et al.). Figures: the cloud at four times; energy, diameter, cluster count and
 rank-collapse residual against time; for the causal preset also each token's distance to
 token 1 over time.
 
@@ -74,7 +75,7 @@ class Clustering(ParticlePreset):
 @register
 class CausalClustering(Clustering):
     name = "causal-clustering"
-    description = "causal SA on S^2: token 1 is fixed, later tokens pass through clusters and converge to it"
+    description = "causal SA on S^2: token 1 never moves; later tokens form long-lived clusters (one at token 1)"
     Config = CausalConfig
 
     def plot(self, ds, outdir):

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -12,22 +11,6 @@ import numpy as np
 import xarray as xr
 
 from . import observables as obs
-
-
-def trajectory_dataset(traj, *, beta, tol=1e-2, config=None, seed=None) -> xr.Dataset:
-    """A Dataset of a trajectory: ``x`` (time, token, dim) and every collapse observable
-    (time,), with ``config`` (a dataclass or dict), package version and seed in attrs."""
-    from . import __version__
-
-    xs = np.asarray(traj.xs)
-    data = {"x": (("time", "token", "dim"), xs)}
-    for name, val in obs.summary(traj.xs, beta, tol).items():
-        data[name] = (("time",), np.asarray(val))
-    cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config or {})
-    attrs = {"config": json.dumps(cfg, sort_keys=True), "meanfield_version": __version__}
-    if seed is not None:
-        attrs["seed"] = int(seed)
-    return xr.Dataset(data, coords={"time": np.asarray(traj.ts)}, attrs=attrs)
 
 
 def observable_vars(x, beta, dims, tol=1e-2) -> dict:
@@ -45,18 +28,36 @@ def observable_vars(x, beta, dims, tol=1e-2) -> dict:
     return {k: (tuple(dims), np.asarray(v).reshape(lead)) for k, v in out.items()}
 
 
-def write_atomic(ds: xr.Dataset, path) -> Path:
-    """Write ``ds`` to netCDF at ``path`` via a temporary file and an atomic rename, so a
-    crash never leaves a half-written file where a finished one was expected."""
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path`` in one
+    step (os.replace), on any error it is removed. A crash never leaves a half-written file
+    where a finished one was expected, and never destroys the previous version."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        ds.to_netcdf(tmp, engine="h5netcdf")
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
-    return path
+
+
+def write_atomic(ds: xr.Dataset, path) -> Path:
+    """Write ``ds`` to netCDF (h5netcdf) at ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        ds.to_netcdf(tmp, engine="h5netcdf")
+    return Path(path)
+
+
+def save_npz_atomic(path, arrays: dict) -> Path:
+    """``np.savez`` to ``path`` atomically (fsynced before the rename)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+    return Path(path)

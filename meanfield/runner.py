@@ -23,9 +23,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import jax
@@ -131,20 +129,6 @@ def _meta(preset, cfg, grid) -> str:
     )
 
 
-def _save_npz_atomic(path: Path, arrays: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _groups(preset, cfg, grid):
     """Split the grid into groups of equal static keys; vmapped keys vary inside a group."""
     static = [k for k in grid.keys if k not in preset.vmap_keys]
@@ -168,7 +152,7 @@ def execute(preset: Preset, cfg, grid: Grid, outdir, *, resume=False, force=Fals
     """Run (or sweep) ``preset`` and write DIR/result.nc and DIR/*.png; returns the Dataset."""
     from tqdm import tqdm
 
-    from .io import write_atomic
+    from .io import save_npz_atomic, write_atomic
 
     outdir = Path(outdir)
     result, ckpt = outdir / "result.nc", outdir / "checkpoint.npz"
@@ -244,7 +228,7 @@ def execute(preset: Preset, cfg, grid: Grid, outdir, *, resume=False, force=Fals
                     arrays.update({f"cur_{n}": np.concatenate(v, axis=1) for n, v in recs.items()})
                 for gg, dd in enumerate(done + ([{n: np.concatenate(v, axis=1) for n, v in recs.items()}] if c + 1 == len(chunks) else [])):
                     arrays.update({f"done{gg}_{n}": a for n, a in dd.items()})
-                _save_npz_atomic(ckpt, arrays)
+                save_npz_atomic(ckpt, arrays)
         done.append({n: np.concatenate(v, axis=1) for n, v in recs.items()})
     bar.close()
 

@@ -1,0 +1,131 @@
+"""The meanfield command: presets, sweeps, outputs, checkpoints and refusals."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from meanfield.cli import main
+from meanfield.config import ConfigError, apply_overrides
+from meanfield.runner import execute, get_preset, load_presets, parse_grid
+
+TINY = {
+    "clustering": ["n=8", "t1=3", "n_save=7", "chunks=2"],
+    "causal-clustering": ["n=8", "t1=3", "n_save=7", "chunks=2"],
+    "phase-diagram": ["n=6", "betas=1,8", "n_seeds=2", "t1=2", "n_save=5", "chunks=2"],
+    "layernorm": ["n=6", "d=4", "n_layers=6", "chunks=2"],
+    "metastability": ["n=8", "t1=50", "n_save=9", "chunks=2"],
+}
+OBSERVABLES = {"energy", "diameter", "min_cosine", "mean_cosine", "n_clusters", "rank_collapse", "effective_rank"}
+
+
+def test_every_preset_is_listed_and_tested(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert set(load_presets()) == set(TINY)
+    for name in TINY:
+        assert name in out
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_preset_runs_tiny(name, tmp_path):
+    preset = get_preset(name)
+    cfg = apply_overrides(preset.Config(), TINY[name])
+    ds = execute(preset, cfg, parse_grid(cfg, None), tmp_path, progress=False)
+    back = xr.load_dataset(tmp_path / "result.nc")
+    assert OBSERVABLES <= set(back.data_vars) and "x" in back
+    assert {"time", "token", "dim"} <= set(back.x.dims)
+    assert back.attrs["preset"] == name and "meanfield_version" in back.attrs and "seed" in back.attrs
+    assert json.loads(back.attrs["config"]) == json.loads(ds.attrs["config"])
+    assert np.all(np.isfinite(back.x.values))
+    pngs = list(tmp_path.glob("*.png"))
+    assert pngs and all(p.stat().st_size > 10_000 for p in pngs)
+    assert not (tmp_path / "checkpoint.npz").exists()
+
+
+def test_sweep_is_the_cross_product(tmp_path):
+    preset = get_preset("clustering")
+    cfg = apply_overrides(preset.Config(), TINY["clustering"])
+    grid = parse_grid(cfg, ["beta=0.5,2,4", "t1=2,3"])  # one batched (vmap) key, one static key
+    ds = execute(preset, cfg, grid, tmp_path, progress=False)
+    assert ds.x.dims[:2] == ("beta", "t1") and ds.x.shape[:2] == (3, 2)
+    np.testing.assert_array_equal(ds.beta.values, [0.5, 2, 4])
+    np.testing.assert_array_equal(ds.t.values[0, 1, -1], 3.0)  # true save times kept per point
+    # each point equals the same config run alone
+    single = execute(preset, apply_overrides(cfg, ["beta=2", "t1=3"]), parse_grid(cfg, None), tmp_path / "one", progress=False)
+    np.testing.assert_allclose(ds.x.values[1, 1], single.x.values, rtol=0, atol=1e-10)
+
+
+def test_toml_overrides(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('beta = 3.5\nmask = "causal"\nn = 10\n')
+    cfg = apply_overrides(get_preset("clustering").Config(), [str(path), "n=12"])
+    assert (cfg.beta, cfg.mask, cfg.n) == (3.5, "causal", 12)
+
+
+def _files(d):
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in d.iterdir()}
+
+
+def test_bad_input_exit_codes_touch_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "clustering", "--out", str(out), "--no-progress", *sum((["--set", s] for s in TINY["clustering"]), [])]) == 0
+    before = _files(out)
+    assert main(["run", "clustering", "--set", "nope=1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'nope'" in err and "beta: float" in err  # lists the valid keys
+    assert main(["run", "clustering", "--set", "n=abc", "--out", str(out)]) == 2
+    assert "bad value 'abc' for 'n': expected int" in capsys.readouterr().err
+    assert main(["run", "clustering", "--set", "mask=diagonal", "--out", str(out)]) == 2
+    assert main(["run", "nope-preset"]) == 2
+    assert main(["sweep", "clustering", "--grid", "beta", "--out", str(out)]) == 2
+    assert main(["run", "clustering", "--out", str(out), *sum((["--set", s] for s in TINY["clustering"]), [])]) == 3
+    assert "already exists; pass --force" in capsys.readouterr().err
+    assert _files(out) == before
+
+
+def _cli(args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "meanfield.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_bit_identical(tmp_path):
+    sets = ["n=24", "t1=1e4", "n_save=121", "chunks=60"]
+    args = ["run", "metastability", "--no-progress", *sum((["--set", s] for s in sets), [])]
+    ref = _cli([*args, "--out", str(tmp_path / "ref")])
+    assert ref.wait(timeout=300) == 0, ref.stderr.read().decode()
+
+    killed = tmp_path / "killed"
+    proc = _cli([*args, "--out", str(killed), "--checkpoint-every", "1"])
+    ckpt = killed / "checkpoint.npz"
+    deadline = time.time() + 240
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists() and not (killed / "result.nc").exists(), "run was not interrupted mid-way"
+    pos = np.load(ckpt)["pos"]
+    assert 0 < pos[1] < 60
+
+    # without --resume the unfinished run is refused; with it, it finishes identically
+    again = _cli([*args, "--out", str(killed)])
+    assert again.wait(timeout=120) == 3
+    resumed = _cli([*args, "--out", str(killed), "--resume"])
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()
+    a, b = xr.load_dataset(tmp_path / "ref" / "result.nc"), xr.load_dataset(killed / "result.nc")
+    for name in a.data_vars:
+        np.testing.assert_array_equal(a[name].values, b[name].values)
+    assert not ckpt.exists()
+
+
+def test_config_validation_messages():
+    with pytest.raises(ConfigError, match="chunks must be in"):
+        apply_overrides(get_preset("clustering").Config(), ["chunks=0"])
+    with pytest.raises(ConfigError, match="--grid key 'beta' given twice"):
+        parse_grid(get_preset("clustering").Config(), ["beta=1", "beta=2"])
