@@ -71,9 +71,6 @@ class ParticlePreset(Preset):
     def init(self, cfg, p):
         return mf.sphere_uniform(jax.random.key(p["seed"]), cfg.n, cfg.d)
 
-    def record(self, cfg, p, state):
-        return {"x": state[None]}
-
     def advance(self, cfg, p, state, ts):
         traj = mf.simulate(self.attention(cfg, p), state, ts, rtol=cfg.rtol, atol=cfg.atol)
         # restart the next chunk exactly on the sphere (the solve drifts by ~ its tolerance)

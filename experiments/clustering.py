@@ -52,6 +52,35 @@ def _title(ds):
     return f"SA dynamics on $S^{{{cfg['d'] - 1}}}$: N = {cfg['n']}, $\\beta$ = {cfg['beta']}, mask = {cfg['mask']}"
 
 
+def _figure(preset, ds, outdir, fracs, ncols, extra=None):
+    """Snapshots on top, observable panels below (plus ``extra(fig, ds)`` if given)."""
+    one = first_point(ds)
+    p = plt()
+    fig = p.figure(figsize=(3.2 * ncols + 0.2, 6.2))
+    sphere_snapshots(fig, one, fracs, 0, ncols)
+    observable_panels(fig, one, PANELS, 1, ncols)
+    if extra is not None:
+        extra(fig, one)
+    fig.suptitle(_title(ds), fontsize=11)
+    fig.tight_layout()
+    path = Path(outdir) / f"{preset.name}.png"
+    fig.savefig(path, dpi=110)
+    p.close(fig)
+    return [q for q in (path, sweep_figure(ds, outdir, ["diameter", "n_clusters", "energy"])) if q]
+
+
+def _distance_to_first(fig, one):
+    ax = fig.add_subplot(2, 5, 10)
+    x = one.x.values
+    dist = np.linalg.norm(x - x[:, :1], axis=-1).T  # (token, time)
+    im = ax.pcolormesh(one.time.values, np.arange(x.shape[1]) + 1, np.log10(np.maximum(dist, 1e-12)),
+                       shading="auto", cmap="magma")
+    fig.colorbar(im, ax=ax, label="log10 |x_i - x_1|")
+    ax.set_xlabel("t")
+    ax.set_ylabel("token i")
+    ax.set_title("distance to token 1", fontsize=9)
+
+
 @register
 class Clustering(ParticlePreset):
     name = "clustering"
@@ -59,17 +88,7 @@ class Clustering(ParticlePreset):
     Config = Config
 
     def plot(self, ds, outdir):
-        one = first_point(ds)
-        p = plt()
-        fig = p.figure(figsize=(13, 6.2))
-        sphere_snapshots(fig, one, [0.0, 0.3, 0.42, 1.0], 0, 4)
-        observable_panels(fig, one, PANELS, 1, 4)
-        fig.suptitle(_title(ds), fontsize=11)
-        fig.tight_layout()
-        path = Path(outdir) / f"{self.name}.png"
-        fig.savefig(path, dpi=110)
-        p.close(fig)
-        return [q for q in (path, sweep_figure(ds, outdir, ["diameter", "n_clusters", "energy"])) if q]
+        return _figure(self, ds, outdir, [0.0, 0.3, 0.42, 1.0], 4)
 
 
 @register
@@ -79,24 +98,4 @@ class CausalClustering(Clustering):
     Config = CausalConfig
 
     def plot(self, ds, outdir):
-        one = first_point(ds)
-        p = plt()
-        fig = p.figure(figsize=(16, 6.2))
-        sphere_snapshots(fig, one, [0.0, 0.1, 0.3, 1.0], 0, 5)
-        observable_panels(fig, one, PANELS, 1, 5)
-        ax = fig.add_subplot(2, 5, 10)
-        x = one.x.values
-        dist = np.linalg.norm(x - x[:, :1], axis=-1).T  # (token, time)
-        im = ax.pcolormesh(one.time.values, np.arange(x.shape[1]) + 1, np.log10(np.maximum(dist, 1e-12)), shading="auto", cmap="magma")
-        fig.colorbar(im, ax=ax, label="log10 |x_i - x_1|")
-        ax.set_xlabel("t")
-        ax.set_ylabel("token i")
-        ax.set_title("distance to token 1", fontsize=9)
-        ax5 = fig.add_subplot(2, 5, 5)
-        ax5.axis("off")
-        fig.suptitle(_title(ds), fontsize=11)
-        fig.tight_layout()
-        path = Path(outdir) / f"{self.name}.png"
-        fig.savefig(path, dpi=110)
-        p.close(fig)
-        return [q for q in (path, sweep_figure(ds, outdir, ["diameter", "n_clusters", "energy"])) if q]
+        return _figure(self, ds, outdir, [0.0, 0.1, 0.3, 1.0], 5, _distance_to_first)

@@ -67,9 +67,6 @@ class LayerNorm(Preset):
         x0 = mf.sphere_uniform(jax.random.key(p["seed"]), cfg.n, cfg.d)
         return jnp.stack([x0] * len(NORMS))
 
-    def record(self, cfg, p, state):
-        return {"x": state[None]}
-
     def advance(self, cfg, p, state, ts):
         attn = mf.Attention(p["beta"], mask=mf.Causal() if cfg.mask == "causal" else mf.Full())
         n_layers = ts.shape[0] - 1

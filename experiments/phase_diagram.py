@@ -81,9 +81,6 @@ class PhaseDiagram(Preset):
         _, seeds = self._grid(cfg, p)
         return jax.vmap(jax.vmap(lambda s: mf.sphere_uniform(jax.random.key(s), cfg.n, cfg.d)))(seeds)
 
-    def record(self, cfg, p, state):
-        return {"x": state[None]}
-
     def advance(self, cfg, p, state, ts):
         betas, seeds = self._grid(cfg, p)
 

@@ -55,7 +55,8 @@ class Preset:
         raise NotImplementedError
 
     def record(self, cfg, p, state):
-        return jax.tree.map(lambda a: a[None], state)
+        """Record of the initial state; default: the state itself, as variable ``x``."""
+        return {"x": state[None]}
 
     def dataset(self, cfg, ts, recs, grid):
         raise NotImplementedError
