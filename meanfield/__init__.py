@@ -14,13 +14,16 @@ from .geometry import PostLN as PostLN
 from .geometry import PreLN as PreLN
 from .geometry import Sphere as Sphere
 from .kernel import ALiBi as ALiBi
+from .kernel import AdditivePE as AdditivePE
 from .kernel import Attention as Attention
 from .kernel import Causal as Causal
 from .kernel import CustomBias as CustomBias
 from .kernel import Full as Full
 from .kernel import Prompt as Prompt
+from .kernel import RoPE as RoPE
 from .kernel import TokenAux as TokenAux
 from .kernel import Window as Window
+from .kernel import ZBias as ZBias
 from .particles import RK4 as RK4
 from .particles import SOLVERS as SOLVERS
 from .particles import Trajectory as Trajectory

@@ -11,3 +11,11 @@ from .masks import Slots as Slots
 from .masks import Window as Window
 from .tokens import Prompt as Prompt
 from .tokens import TokenAux as TokenAux
+from .encodings import AbstractPE as AbstractPE
+from .encodings import AdditivePE as AdditivePE
+from .encodings import RoPE as RoPE
+from .encodings import ZBias as ZBias
+from .encodings import gaussian as gaussian
+from .encodings import random_fourier as random_fourier
+from .encodings import rope_rotate as rope_rotate
+from .encodings import sinusoidal as sinusoidal

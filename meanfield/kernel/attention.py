@@ -33,6 +33,7 @@ import jax.numpy as jnp
 
 from .._errors import check_value, is_concrete, require
 from .._types import Array
+from .encodings import AbstractPE
 from .masks import AbstractMask, Full, Slots
 from .tokens import Prompt, TokenAux
 
@@ -60,7 +61,9 @@ class Attention(eqx.Module):
         heads: number of heads (inferred from 3-D matrices or a per-head beta if omitted).
         form: ``"SA"`` (softmax) or ``"USA"`` (unnormalised).
         mask: a position coupling from :mod:`meanfield.kernel.masks` (default :class:`Full`);
-            compose with ``&``, e.g. ``Causal() & ALiBi(0.5)``.
+            compose with ``&``, e.g. ``Causal() & ALiBi(0.5)``; ``ZBias(A)`` couples the
+            auxiliary variables z (concatenated positional-encoding channel).
+        pe: ``AdditivePE(scale, U)`` (y = x + scale U z) or ``RoPE(base, scale)``, or None.
         backend: ``"dense"`` or ``"chunked"``.
         block: block size of the chunked backend (queries and keys).
         row_block: query rows per slab of the dense backend (memory heads * row_block * N).
@@ -77,6 +80,7 @@ class Attention(eqx.Module):
     V: Array | None
     W: Array | None
     mask: AbstractMask
+    pe: AbstractPE | None
     heads: int = eqx.field(static=True)
     form: str = eqx.field(static=True)
     backend: str = eqx.field(static=True)
@@ -94,6 +98,7 @@ class Attention(eqx.Module):
         heads: int | None = None,
         form: str = "SA",
         mask: AbstractMask | None = None,
+        pe: AbstractPE | None = None,
         backend: str = "dense",
         block: int = 512,
         row_block: int = 1024,
@@ -125,6 +130,7 @@ class Attention(eqx.Module):
         self.beta = beta
         self.Q, self.K, self.V, self.W = mats["Q"], mats["K"], mats["V"], mats["W"]
         self.mask = Full() if mask is None else mask
+        self.pe = pe
         self.form = form
         self.backend = backend
         self.block = int(block)
@@ -196,7 +202,8 @@ class Attention(eqx.Module):
         n, d = x.shape
         dt = x.dtype
         aux = TokenAux.default(n, dt) if aux is None else aux
-        keys, kpos, kmass, free = x, aux.pos.astype(dt), aux.mass.astype(dt), jnp.zeros((n,), bool)
+        zq = None if aux.z is None else aux.z.astype(dt)
+        keys, kpos, kmass, free, zk = x, aux.pos.astype(dt), aux.mass.astype(dt), jnp.zeros((n,), bool), zq
         if prompt is not None:
             psz = prompt.size
             pmass = jnp.full((psz,), 1.0 / n, dt) if prompt.mass is None else prompt.mass.astype(dt)
@@ -206,16 +213,27 @@ class Attention(eqx.Module):
             kpos = jnp.concatenate([kpos, ppos])
             kmass = jnp.concatenate([kmass, pmass])
             free = jnp.concatenate([free, pfree])
+            if zq is not None:
+                pz = jnp.zeros((psz, zq.shape[1]), dt) if prompt.z is None else prompt.z.astype(dt)
+                zk = jnp.concatenate([zq, pz], axis=0)
+        qs = Slots(jnp.arange(n), aux.pos.astype(dt), zq)
+        ks = Slots(jnp.arange(keys.shape[0]), kpos, zk)
 
         def proj(m, y):
             return y[None] if m is None else jnp.einsum("hed,nd->hne", m.astype(dt), y)
 
+        xq, xk, xv = x, keys, keys
+        if self.pe is not None:
+            xq, xk, xv = self.pe.inputs(x, keys, qs, ks)
+        q, k = proj(self.Q, xq), proj(self.K, xk)
+        if self.pe is not None:
+            q, k = self.pe.rotate(q, k, qs, ks)
         return _Prepared(
-            q=proj(self.Q, x),
-            k=proj(self.K, keys),
-            v=proj(self.V, keys),
-            qs=Slots(jnp.arange(n), aux.pos.astype(dt)),
-            ks=Slots(jnp.arange(keys.shape[0]), kpos),
+            q=q,
+            k=k,
+            v=proj(self.V, xv),
+            qs=qs,
+            ks=ks,
             mass=kmass,
             free=free,
             beta=jnp.reshape(self.beta.astype(dt), (-1, 1, 1)),
@@ -264,8 +282,8 @@ def _dense(attn: Attention, p: _Prepared) -> Array:
     n, d_out = p.q.shape[1], p.v.shape[-1]
     mv = p.v * p.mass[:, None]
 
-    def rows(q, qidx, qpos):
-        s = _scores(attn, q, p.k, Slots(qidx, qpos), p.ks, p.free, p.beta)
+    def rows(q, qs):
+        s = _scores(attn, q, p.k, qs, p.ks, p.free, p.beta)
         if attn.form == "USA":
             return jnp.exp(s) @ mv
         smax = jnp.max(s, axis=-1, keepdims=True)
@@ -274,14 +292,17 @@ def _dense(attn: Attention, p: _Prepared) -> Array:
 
     b = attn.row_block
     if n <= b:
-        return rows(p.q, p.qs.idx, p.qs.pos)
+        return rows(p.q, p.qs)
     nb = math.ceil(n / b)
     q = _blocks(_pad_to(p.q, nb * b, 1, 0.0), nb, 1)
-    qidx = _blocks(_pad_to(p.qs.idx, nb * b, 0), nb, 0)
-    qpos = _blocks(_pad_to(p.qs.pos, nb * b, 0), nb, 0)
-    out = jax.lax.map(lambda a: rows(*a), (q, qidx, qpos))  # (nb, h, b, d)
+    out = jax.lax.map(lambda a: rows(*a), (q, _block_rows(p.qs, nb, b)))  # (nb, h, b, d)
     out = jnp.moveaxis(out, 0, 1)
     return out.reshape(out.shape[0], nb * b, d_out)[:, :n]
+
+
+def _block_rows(tree, nb, b, fill="edge"):
+    """Pad every array of ``tree`` along its first axis to nb * b and split it into blocks."""
+    return jax.tree.map(lambda a: _blocks(_pad_to(a, nb * b, 0, fill), nb, 0), tree)
 
 
 def _divide(num, norm):
@@ -317,28 +338,25 @@ def _chunked(attn: Attention, p: _Prepared) -> Array:
     dt = p.q.dtype
 
     q = _blocks(_pad_to(p.q, nq * bq, 1, 0.0), nq, 1)  # (nq, hq, bq, d)
-    qidx = _blocks(_pad_to(p.qs.idx, nq * bq, 0), nq, 0)
-    qpos = _blocks(_pad_to(p.qs.pos, nq * bq, 0), nq, 0)
+    qslots = _block_rows(p.qs, nq, bq)
     k = _blocks(_pad_to(p.k, nk * bk, 1, 0.0), nk, 1)
     v = _blocks(_pad_to(p.v, nk * bk, 1, 0.0), nk, 1)
-    kidx = _blocks(_pad_to(p.ks.idx, nk * bk, 0), nk, 0)
-    kpos = _blocks(_pad_to(p.ks.pos, nk * bk, 0), nk, 0)
+    kslots = _block_rows(p.ks, nk, bk)
     logm = _blocks(_pad_to(jnp.log(p.mass), nk * bk, 0, -jnp.inf), nk, 0)
     free = _blocks(_pad_to(p.free, nk * bk, 0, False), nk, 0)
-    k_lo, k_hi = kpos.min(axis=1), kpos.max(axis=1)
+    k_lo, k_hi = kslots.pos.min(axis=1), kslots.pos.max(axis=1)
     k_live = jnp.any(jnp.isfinite(logm), axis=1)
     k_free = jnp.any(free, axis=1)
 
     def one_query_block(qb):
-        qi, qix, qp = qb
-        q_lo, q_hi = qp.min(), qp.max()
-        qs = Slots(qix, qp)
+        qi, qs = qb
+        q_lo, q_hi = qs.pos.min(), qs.pos.max()
 
         @jax.checkpoint
         def update(carry, kb):
             mx, l, acc = carry
-            kj, vj, kix, kp, lm, fr = kb
-            s = _scores(attn, qi, kj, qs, Slots(kix, kp), fr, p.beta, lm)
+            kj, vj, ks, lm, fr = kb
+            s = _scores(attn, qi, kj, qs, ks, fr, p.beta, lm)
             s = jnp.broadcast_to(s, (h, bq, bk))
             m_new = jnp.maximum(mx, s.max(axis=-1))
             m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
@@ -349,21 +367,22 @@ def _chunked(attn: Attention, p: _Prepared) -> Array:
             return m_new, l, acc
 
         def body(carry, kb):
-            active = (attn.mask.block_active(q_lo, q_hi, kb[-2], kb[-1]) | kb[-3]) & kb[-4]
-            new = jax.lax.cond(active, update, lambda c, _: c, carry, kb[:-4])
-            return new, None
+            tile, (live, has_free, lo, hi) = kb
+            active = (attn.mask.block_active(q_lo, q_hi, lo, hi) | has_free) & live
+            return jax.lax.cond(active, update, lambda c, _: c, carry, tile), None
 
         init = (
             jnp.full((h, bq), -jnp.inf, dt),
             jnp.zeros((h, bq), dt),
             jnp.zeros((h, bq, d_out), dt),
         )
-        (mx, l, acc), _ = jax.lax.scan(body, init, (k, v, kidx, kpos, logm, free, k_live, k_free, k_lo, k_hi))
+        tiles = ((k, v, kslots, logm, free), (k_live, k_free, k_lo, k_hi))
+        (mx, l, acc), _ = jax.lax.scan(body, init, tiles)
         if attn.form == "USA":
             m_safe = jnp.where(jnp.isfinite(mx), mx, 0.0)
             return acc * jnp.exp(m_safe)[..., None]
         return _divide(acc, l[..., None])
 
-    out = jax.lax.map(one_query_block, (q, qidx, qpos))  # (nq, h, bq, d)
+    out = jax.lax.map(one_query_block, (q, qslots))  # (nq, h, bq, d)
     out = jnp.moveaxis(out, 0, 1).reshape(h, nq * bq, d_out)
     return out[:, :n]

@@ -25,10 +25,11 @@ from .._types import Array
 
 
 class Slots(NamedTuple):
-    """Token indices (into the query or key array) and their positions."""
+    """Token indices (into the query or key array), positions and auxiliary features z."""
 
     idx: Array
     pos: Array
+    z: Array | None = None
 
 
 class AbstractMask(eqx.Module):
