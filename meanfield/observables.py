@@ -23,6 +23,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._errors import require
 
@@ -137,3 +138,99 @@ def summary(x, beta, tol=1e-2) -> dict:
         "rank_collapse": rank_collapse(x),
         "effective_rank": effective_rank(x),
     }
+
+
+# ---------------------------------------------------------------- distances between measures
+def _weights(n, w, dtype):
+    return jnp.full((n,), 1.0 / n, dtype) if w is None else jnp.asarray(w, dtype) / jnp.sum(w)
+
+
+@_per_cloud
+def dirac_distance(x, mass=None):
+    """W2 distance from the cloud (weights ``mass``, default uniform) to the nearest Dirac mass
+    on the unit sphere. For unit tokens, sum_i m_i |x_i - c|^2 = 2 - 2 <xbar, c> is minimised
+    over |c| = 1 by c = xbar / |xbar|, so W2 = sqrt(2 - 2 |xbar|) (xbar = sum_i m_i x_i);
+    for general tokens the same algebra gives sqrt(sum m_i |x_i|^2 - 2 |xbar| + 1)."""
+    m = _weights(x.shape[0], mass, x.dtype)
+    xbar = m @ x
+    val = m @ jnp.sum(x * x, axis=-1) - 2 * jnp.linalg.norm(xbar) + 1.0
+    return jnp.sqrt(jnp.maximum(val, 0.0))
+
+
+def wasserstein_1d(a, b, wa=None, wb=None, p: int = 2):
+    """Exact W_p between weighted samples on the line: (int_0^1 |F^-1(u) - G^-1(u)|^p du)^(1/p),
+    integrated exactly over the merged breakpoints of the two quantile functions."""
+    a, b = jnp.asarray(a), jnp.asarray(b)
+    wa, wb = _weights(a.shape[0], wa, a.dtype), _weights(b.shape[0], wb, b.dtype)
+    ia, ib = jnp.argsort(a), jnp.argsort(b)
+    a, wa, b, wb = a[ia], wa[ia], b[ib], wb[ib]
+    ca, cb = jnp.cumsum(wa), jnp.cumsum(wb)
+    u = jnp.sort(jnp.concatenate([ca, cb]))
+    du = jnp.diff(jnp.concatenate([jnp.zeros(1, u.dtype), u]))
+    mid = u - du / 2
+    qa = a[jnp.clip(jnp.searchsorted(ca, mid), 0, a.shape[0] - 1)]
+    qb = b[jnp.clip(jnp.searchsorted(cb, mid), 0, b.shape[0] - 1)]
+    return jnp.sum(du * jnp.abs(qa - qb) ** p) ** (1.0 / p)
+
+
+def circle_w1(theta_a, theta_b, wa=None, wb=None):
+    """Exact W1 on the circle (geodesic distance, angles in radians):
+    W1 = min_c int_0^{2 pi} |F(t) - G(t) - c| dt, attained at a weighted median of F - G."""
+    ta = jnp.mod(jnp.asarray(theta_a), 2 * jnp.pi)
+    tb = jnp.mod(jnp.asarray(theta_b), 2 * jnp.pi)
+    wa, wb = _weights(ta.shape[0], wa, ta.dtype), _weights(tb.shape[0], wb, tb.dtype)
+    t = jnp.concatenate([ta, tb])
+    w = jnp.concatenate([wa, -wb])
+    order = jnp.argsort(t)
+    t, w = t[order], w[order]
+    diff = jnp.cumsum(w)  # F - G on [t_k, t_{k+1})
+    length = jnp.diff(jnp.concatenate([t, t[:1] + 2 * jnp.pi]))
+    # weighted median of diff with weights length
+    o = jnp.argsort(diff)
+    cum = jnp.cumsum(length[o])
+    c = diff[o][jnp.searchsorted(cum, cum[-1] / 2)]
+    return jnp.sum(length * jnp.abs(diff - c))
+
+
+def sliced_wasserstein(x, y, key, n_proj: int = 256, wx=None, wy=None, p: int = 2):
+    """Sliced W_p between weighted clouds x (n, d) and y (m, d): the W_p of the 1-D projections
+    on ``n_proj`` random unit directions, averaged in the p-th power (Monte Carlo over directions,
+    exact in each direction)."""
+    dirs = jax.random.normal(key, (n_proj, x.shape[-1]), x.dtype)
+    dirs = dirs / jnp.linalg.norm(dirs, axis=-1, keepdims=True)
+    per = jax.vmap(lambda u: wasserstein_1d(x @ u, y @ u, wx, wy, p) ** p)(dirs)
+    return jnp.mean(per) ** (1.0 / p)
+
+
+def mmd(x, y, sigma=0.5, wx=None, wy=None):
+    """Maximum mean discrepancy with the Gaussian kernel exp(-|a-b|^2 / (2 sigma^2))
+    (weighted V-statistic; >= 0, zero iff the two weighted clouds coincide as measures)."""
+    wx, wy = _weights(x.shape[0], wx, x.dtype), _weights(y.shape[0], wy, y.dtype)
+
+    def k(a, b):
+        d2 = jnp.sum(a * a, -1)[:, None] + jnp.sum(b * b, -1)[None, :] - 2 * a @ b.T
+        return jnp.exp(-jnp.maximum(d2, 0.0) / (2 * sigma**2))
+
+    val = wx @ k(x, x) @ wx + wy @ k(y, y) @ wy - 2 * wx @ k(x, y) @ wy
+    return jnp.sqrt(jnp.maximum(val, 0.0))
+
+
+def plateaus(ts, values, *, min_decades: float = 0.5, rtol: float = 1e-3):
+    """Metastable plateaus of a series on a log-time axis (NumPy post-processing).
+
+    A plateau is a maximal run of saves (at t > 0) over which ``values`` stays within a relative
+    band ``rtol`` of its first value (exactly constant for integer series such as cluster counts)
+    and which lasts at least ``min_decades`` decades: log10(t_end / t_start) >= min_decades.
+    Returns a list of ``(t_start, t_end, value)``.
+    """
+    ts, values = np.asarray(ts), np.asarray(values)
+    keep = ts > 0
+    ts, values = ts[keep], values[keep]
+    out, start = [], 0
+    for i in range(1, len(ts) + 1):
+        ref = values[start]
+        if i == len(ts) or abs(values[i] - ref) > rtol * max(abs(ref), 1e-300):
+            if np.log10(ts[i - 1] / ts[start]) >= min_decades:
+                out.append((float(ts[start]), float(ts[i - 1]), float(ref)))
+            start = i
+    return out
