@@ -108,3 +108,41 @@ def test_missing_z_is_a_clear_error(setup):
         mf.Attention(1.0, mask=mf.ZBias())(x0)
     with pytest.raises(ValueError, match="AdditivePE needs auxiliary variables"):
         mf.Attention(1.0, pe=mf.AdditivePE())(x0)
+
+
+@pytest.mark.slow
+def test_additive_pe_limit_is_the_pushforward_not_a_dirac():
+    # u(s) = alpha (cos pi s, sin pi s) at s_i = (i + 1/2)/N on the circle; theory x*(s) from the
+    # engine-free energy maximiser on M = 600 nodes. An N-point midpoint sample of a smooth map
+    # s -> theta*(s) is at circle-W1 ~ (range of theta*) / (4N) from its continuum pushforward, so
+    # we require W1 <= range / N (4x that) and a decrease with N, while the run without the
+    # encoding collapses to a Dirac mass (distance < 1e-6) far from the pushforward.
+    from meanfield import observables as obs
+    from meanfield.theory import additive_pe_pushforward
+
+    beta, alpha = 2.0, 0.8
+
+    def u_of(s):
+        return alpha * np.stack([np.cos(np.pi * s), np.sin(np.pi * s)], 1)
+
+    sq = (np.arange(600) + 0.5) / 600
+    xq, _ = additive_pe_pushforward(u_of(sq), beta)
+    thq = np.arctan2(xq[:, 1], xq[:, 0])
+    spread = np.ptp(np.unwrap(thq))
+    assert spread > 1.0  # the theory limit is far from a Dirac mass
+    w1 = []
+    for n in [16, 32, 64, 128]:
+        s = (np.arange(n) + 0.5) / n
+        aux = mf.TokenAux.default(n, z=jnp.asarray(u_of(s) / alpha))
+        x0 = mf.sphere_uniform(jax.random.key(n), n, 2)
+        ts = jnp.array([0.0, 100.0])
+        with_pe = mf.simulate(mf.Attention(beta, form="USA", pe=mf.AdditivePE(alpha)), x0, ts, aux=aux, rtol=1e-9, atol=1e-9).final
+        without = mf.simulate(mf.Attention(beta, form="USA"), x0, ts, aux=aux, rtol=1e-9, atol=1e-9).final
+        th = np.arctan2(with_pe[:, 1], with_pe[:, 0])
+        w1.append(float(obs.circle_w1(th, thq)))
+        assert w1[-1] <= spread / n, (n, w1)
+        assert float(obs.dirac_distance(with_pe)) > 0.5
+        assert float(obs.dirac_distance(without)) < 1e-6
+        th0 = np.arctan2(without[:, 1], without[:, 0])
+        assert float(obs.circle_w1(th0, thq)) > 0.3
+    assert all(a > b for a, b in zip(w1, w1[1:])), w1
