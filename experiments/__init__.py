@@ -8,3 +8,4 @@ from . import clustering as clustering  # noqa: F401
 from . import phase_diagram as phase_diagram  # noqa: F401
 from . import layernorm as layernorm  # noqa: F401
 from . import metastability as metastability  # noqa: F401
+from . import anti_collapse as anti_collapse  # noqa: F401

@@ -21,6 +21,7 @@ TINY = {
     "phase-diagram": ["n=6", "betas=1,8", "n_seeds=2", "t1=2", "n_save=5", "chunks=2"],
     "layernorm": ["n=6", "d=4", "n_layers=6", "chunks=2"],
     "metastability": ["n=8", "t1=50", "n_save=9", "chunks=2"],
+    "anti-collapse": ["n=8", "t1=5", "n_save=7", "chunks=2", "quadrature=40"],
 }
 OBSERVABLES = {"energy", "diameter", "min_cosine", "mean_cosine", "n_clusters", "rank_collapse", "effective_rank"}
 
