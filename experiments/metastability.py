@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from meanfield import observables as obs
 from meanfield.runner import register
 
 from ._common import ParticleConfig, ParticlePreset, first_point, plt, require, sphere_snapshots
@@ -57,9 +58,13 @@ class Metastability(ParticlePreset):
         for k, (name, label) in enumerate([("energy", "energy $E_\\beta$"), ("n_clusters", "clusters at tol")]):
             ax = fig.add_subplot(2, 2, 3 + k)
             ax.plot(t[1:], one[name].values[1:], lw=1.8, drawstyle="steps-post" if name == "n_clusters" else "default")
+            if name == "n_clusters":
+                for t0, t1, val in obs.plateaus(t, one.n_clusters.values, min_decades=0.5):
+                    ax.axvspan(t0, t1, color="C1", alpha=0.12)
+                    ax.text(np.sqrt(t0 * t1), val, f"{int(val)}", ha="center", va="bottom", fontsize=8, color="C1")
             ax.set_xscale("log")
             ax.set_xlabel("t (log)")
-            ax.set_title(label, fontsize=10)
+            ax.set_title(label + (" (shaded: plateaus >= 0.5 decade)" if name == "n_clusters" else ""), fontsize=10)
             ax.grid(alpha=0.3, which="both")
         cfg = json.loads(ds.attrs["config"])
         fig.suptitle(f"metastable clusters on $S^{{{cfg['d'] - 1}}}$: N = {cfg['n']}, $\\beta$ = {cfg['beta']} "

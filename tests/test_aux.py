@@ -146,3 +146,17 @@ def test_additive_pe_limit_is_the_pushforward_not_a_dirac():
         th0 = np.arctan2(without[:, 1], without[:, 0])
         assert float(obs.circle_w1(th0, thq)) > 0.3
     assert all(a > b for a, b in zip(w1, w1[1:])), w1
+
+
+def test_concatenated_channel_still_collapses(key):
+    # b_ij = <A z_i, z_j> only reweights attention: every weight stays positive, so the energy
+    # sum_ij m_i m_j e^{beta <x_i, x_j> + b_ij} is still maximised by a Dirac mass (each term is
+    # maximal at x_i = x_j); the theory limit is the pushforward of a constant map.
+    from meanfield import observables as obs
+
+    n = 16
+    s = (np.arange(n) + 0.5) / n
+    aux = mf.TokenAux.default(n, z=jnp.stack([jnp.cos(jnp.pi * s), jnp.sin(jnp.pi * s)], 1))
+    x0 = mf.sphere_uniform(key, n, 3)
+    out = mf.simulate(mf.Attention(1.0, mask=mf.ZBias(scale=2.0)), x0, jnp.array([0.0, 60.0]), aux=aux, rtol=1e-9, atol=1e-9)
+    assert float(obs.dirac_distance(out.final)) < 1e-6
