@@ -9,7 +9,6 @@ For USA with masses 1/2, v_1 = (e^beta x1 + e^{beta rho} x2) / 2, hence
 The engine integrates the full 2 x d system; scipy integrates the scalar ODE.
 """
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
