@@ -65,3 +65,20 @@ def additive_pe_pushforward(u, beta: float, weights=None, *, n_starts: int = 4, 
             best = res
     w = best.x.reshape(m, d)
     return w / np.linalg.norm(w, axis=1, keepdims=True), float(np.exp(-best.fun) / (2 * beta))
+
+
+def circle_growth_rate(n: int, beta: float, a: float = 1.0, form: str = "SA") -> float:
+    r"""Growth rate of Fourier mode n of a small perturbation of the uniform density on S^1
+    (mean-field SA/USA with Q = K = I, V = a I + b J; b only adds a drift, no growth).
+
+    Derivation (see meanfield.pde.circle for the velocity u = N / D): with rho = rho_0 + eps e^{i n t},
+    rho_0 = 1/(2 pi), the kernels' Fourier coefficients are K_n = 2 pi I_n(beta) and
+    g_n = 2 pi (a (i n / beta) I_n(beta) + b I_n'(beta)); linearising d_t rho + d_t(rho u) = 0 gives
+    lambda_n = -i n u_0 - i n rho_0 (g_n / D_0 - N_0 K_n / D_0^2) whose real part is
+
+        SA:  a n^2 I_n(beta) / (beta I_0(beta)),        USA:  a n^2 I_n(beta) / beta.
+    """
+    from scipy.special import iv
+
+    rate = a * n**2 * iv(n, beta) / beta
+    return float(rate / iv(0, beta)) if form == "SA" else float(rate)
