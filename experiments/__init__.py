@@ -10,3 +10,4 @@ from . import layernorm as layernorm  # noqa: F401
 from . import metastability as metastability  # noqa: F401
 from . import anti_collapse as anti_collapse  # noqa: F401
 from . import aux_sweeps as aux_sweeps  # noqa: F401
+from . import meanfield_circle as meanfield_circle  # noqa: F401

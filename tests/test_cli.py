@@ -24,8 +24,11 @@ TINY = {
     "anti-collapse": ["n=8", "t1=5", "n_save=7", "chunks=2", "quadrature=40"],
     "pe-sweep": ["n=6", "alphas=0,0.5", "betas=1,2", "t1=2", "n_save=5", "chunks=2", "quadrature=30"],
     "prompt-sweep": ["n=6", "sizes=1,3", "weights=0.5,2", "t1=2", "n_save=5", "chunks=2"],
+    "meanfield-circle": ["m=32", "betas=1,2", "t1=1", "n_save=5", "chunks=2"],
+    "particles-vs-pde": ["ns=8,16", "n_seeds=2", "m=64", "t1=0.5"],
 }
 GRID_PRESETS = {"pe-sweep", "prompt-sweep"}
+DENSITY_PRESETS = {"meanfield-circle": {"rho", "mass"}, "particles-vs-pde": {"w1", "w1_mean"}}
 OBSERVABLES = {"energy", "diameter", "min_cosine", "mean_cosine", "n_clusters", "rank_collapse", "effective_rank"}
 
 
@@ -43,12 +46,16 @@ def test_preset_runs_tiny(name, tmp_path):
     cfg = apply_overrides(preset.Config(), TINY[name])
     ds = execute(preset, cfg, parse_grid(cfg, None), tmp_path, progress=False)
     back = xr.load_dataset(tmp_path / "result.nc")
-    expected = {"dirac_distance", "n_clusters"} if name in GRID_PRESETS else OBSERVABLES
-    assert expected <= set(back.data_vars) and "x" in back
-    assert {"time", "token", "dim"} <= set(back.x.dims)
+    if name in DENSITY_PRESETS:
+        assert DENSITY_PRESETS[name] <= set(back.data_vars) and "time" in back.dims
+    else:
+        expected = {"dirac_distance", "n_clusters"} if name in GRID_PRESETS else OBSERVABLES
+        assert expected <= set(back.data_vars) and "x" in back
+        assert {"time", "token", "dim"} <= set(back.x.dims)
     assert back.attrs["preset"] == name and "meanfield_version" in back.attrs and "seed" in back.attrs
     assert json.loads(back.attrs["config"]) == json.loads(ds.attrs["config"])
-    assert np.all(np.isfinite(back.x.values))
+    assert all(np.all(np.isfinite(back[v].values)) for v in back.data_vars if back[v].dtype.kind == "f"
+               and not v.startswith("pushforward"))
     pngs = list(tmp_path.glob("*.png"))
     assert pngs and all(p.stat().st_size > 10_000 for p in pngs)
     assert not (tmp_path / "checkpoint.npz").exists()

@@ -1,0 +1,218 @@
+"""Mean-field densities on the circle (N -> infinity) and their agreement with particles.
+
+``meanfield-circle``: rho(t, theta) from rho_0 = (1 + eps cos 3 theta + small noise) / 2 pi for SA
+and USA at several beta (heatmaps theta x t): the uniform state is linearly unstable with growth
+rates a n^2 I_n(beta) / (beta I_0(beta)) (SA), so clusters nucleate at the fastest mode.
+
+``particles-vs-pde``: N particles sampled from rho_0 and evolved by the particle engine against
+the PDE density at time T: exact circle W1 versus N on a log-log plot, with the fitted slope
+(expected -1/2, the empirical-measure fluctuation).
+
+    meanfield run meanfield-circle [--set betas=0.5,1,2,4]
+    meanfield run particles-vs-pde [--set ns=64,256,1024,4096,16384]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import xarray as xr
+
+import meanfield as mf
+from meanfield.pde.circle import CircleMeanField, density_to_particles, density_w1
+from meanfield.runner import Preset, register
+from meanfield.theory import circle_growth_rate
+
+from ._common import plt, require
+
+FORMS = ("SA", "USA")
+
+
+@dataclasses.dataclass(frozen=True)
+class CircleConfig:
+    m: int = 256
+    """cells"""
+    betas: tuple[float, ...] = (1.0, 2.0, 4.0)
+    """(USA moves at rates ~ e^beta: beyond ~5 it needs a much shorter t1)"""
+    eps: float = 0.05
+    """amplitude of the initial cos(3 theta) perturbation"""
+    t1: float = 12.0
+    n_save: int = 61
+    chunks: int = 4
+    cfl: float = 0.4
+    seed: int = 0
+
+    def validate(self):
+        require(self.m >= 8 and len(self.betas) >= 1 and min(self.betas) > 0, "need m >= 8 and betas > 0")
+        require(0 <= self.eps < 1, f"eps must be in [0, 1), got {self.eps}")
+        require(0 < self.cfl <= 0.5, f"cfl must be in (0, 1/2], got {self.cfl}")
+        require(1 <= self.chunks <= self.n_save - 1, f"chunks must be in [1, n_save - 1], got {self.chunks}")
+
+
+@register
+class MeanFieldCircle(Preset):
+    name = "meanfield-circle"
+    description = "density rho(theta, t) on S^1 for SA and USA at several beta (PDE solver, heatmaps)"
+    Config = CircleConfig
+    vmap_keys = ("seed",)
+
+    def times(self, cfg):
+        return np.linspace(0.0, cfg.t1, cfg.n_save)
+
+    def init(self, cfg, p):
+        th = (jnp.arange(cfg.m) + 0.5) * 2 * jnp.pi / cfg.m
+        noise = 1e-3 * jax.random.normal(jax.random.key(p["seed"]), (cfg.m,))
+        rho = (1 + cfg.eps * jnp.cos(3 * th) + noise - jnp.mean(noise)) / (2 * jnp.pi)
+        return jnp.broadcast_to(rho, (len(FORMS), len(cfg.betas), cfg.m))
+
+    def advance(self, cfg, p, state, ts):
+        out = []
+        for i, form in enumerate(FORMS):
+            def one(beta, rho, form=form):
+                return CircleMeanField(cfg.m, beta=beta, form=form).solve(rho, ts, cfl=cfg.cfl).rho[1:]
+            out.append(jax.vmap(one)(jnp.asarray(cfg.betas), state[i]))
+        rho = jnp.stack(out)  # (form, beta, L, M)
+        return rho[:, :, -1], {"x": jnp.moveaxis(rho, 2, 0)}
+
+    def dataset(self, cfg, ts, recs, grid):
+        rho = np.moveaxis(recs["x"], len(grid.keys), len(grid.keys) + 2)  # (*grid, form, beta, time, M)
+        dims = grid.keys + ("form", "beta", "time", "theta")
+        theta = (np.arange(cfg.m) + 0.5) * 2 * np.pi / cfg.m
+        rates = np.array([[circle_growth_rate(3, b, form=f) for b in cfg.betas] for f in FORMS])
+        data = {
+            "rho": (dims, rho),
+            "mass": (dims[:-1], rho.sum(-1) * 2 * np.pi / cfg.m),
+            "growth_rate_mode3": (("form", "beta"), rates),
+        }
+        coords = {"time": ts, "theta": theta, "form": list(FORMS), "beta": list(cfg.betas)}
+        coords.update({k: list(v) for k, v in zip(grid.keys, grid.values)})
+        return xr.Dataset(data, coords=coords)
+
+    def plot(self, ds, outdir):
+        grid = json.loads(ds.attrs.get("grid", "{}"))
+        one = ds.isel({k: 0 for k in grid}) if grid else ds
+        p = plt()
+        nb = one.sizes["beta"]
+        fig, axes = p.subplots(2, nb, figsize=(4.2 * nb, 6.6), squeeze=False)
+        for i, form in enumerate(one.form.values):
+            for j, b in enumerate(one.beta.values):
+                ax = axes[i][j]
+                r = one.rho.sel(form=form, beta=b).values
+                im = ax.pcolormesh(one.time.values, one.theta.values, r.T, shading="auto", cmap="magma",
+                                   norm=p.matplotlib.colors.LogNorm(vmin=max(r.min(), 1e-4), vmax=r.max()))
+                fig.colorbar(im, ax=ax)
+                rate = float(one.growth_rate_mode3.sel(form=form, beta=b))
+                ax.set_title(f"{form}, $\\beta$ = {b:g}  (mode-3 rate {rate:.2f})", fontsize=9)
+                ax.set_xlabel("t")
+                ax.set_ylabel("$\\theta$")
+        cfg = json.loads(ds.attrs["config"])
+        fig.suptitle(f"mean-field density on $S^1$ (M = {cfg['m']}), $\\rho_0 \\propto 1 + {cfg['eps']} \\cos 3\\theta$ (log colour)")
+        fig.tight_layout()
+        path = Path(outdir) / "meanfield-circle.png"
+        fig.savefig(path, dpi=110)
+        p.close(fig)
+        return [path]
+
+
+@dataclasses.dataclass(frozen=True)
+class PvPConfig:
+    beta: float = 3.0
+    t1: float = 1.0
+    ns: tuple[int, ...] = (64, 256, 1024, 4096)
+    """particle numbers"""
+    n_seeds: int = 4
+    m: int = 1024
+    """PDE cells"""
+    chunks: int = 1
+    seed: int = 0
+    rtol: float = 1e-8
+    atol: float = 1e-8
+
+    def validate(self):
+        require(len(self.ns) >= 2 and min(self.ns) >= 2, "need at least two particle numbers >= 2")
+        require(self.n_seeds >= 1 and self.m >= 8 and self.t1 > 0, "need n_seeds >= 1, m >= 8, t1 > 0")
+        require(self.chunks == 1, "particles-vs-pde runs in one chunk")
+
+
+def _rho0(m):
+    h = 2 * np.pi / m
+    e = np.arange(m + 1) * h
+    F = lambda t: (t + 0.6 * np.sin(t) - 0.15 * np.cos(2 * t)) / (2 * np.pi)  # noqa: E731
+    return jnp.asarray((F(e[1:]) - F(e[:-1])) / h)
+
+
+@register
+class ParticlesVsPDE(Preset):
+    name = "particles-vs-pde"
+    description = "W1 between N particles and the mean-field PDE density at time T, vs N (log-log, fitted slope)"
+    Config = PvPConfig
+    vmap_keys = ("seed",)
+
+    def times(self, cfg):
+        return np.array([0.0, cfg.t1])
+
+    def init(self, cfg, p):
+        rho0 = _rho0(cfg.m)
+        out = {}
+        for n in cfg.ns:
+            th = jax.vmap(lambda s: density_to_particles(jax.random.key(s), rho0, n))(p["seed"] * 1000 + jnp.arange(cfg.n_seeds))
+            out[f"n{n}"] = jnp.stack([jnp.cos(th), jnp.sin(th)], -1)
+        out["rho"] = rho0
+        return out
+
+    def _w1(self, cfg, state):
+        return jnp.stack([
+            jax.vmap(lambda x: density_w1(jnp.arctan2(x[:, 1], x[:, 0]), state["rho"]))(state[f"n{n}"]) for n in cfg.ns
+        ])  # (n, seed)
+
+    def record(self, cfg, p, state):
+        return {"w1": self._w1(cfg, state)[None]}
+
+    def advance(self, cfg, p, state, ts):
+        new = {"rho": CircleMeanField(cfg.m, beta=cfg.beta).solve(state["rho"], ts, cfl=0.2).rho[-1]}
+        for n in cfg.ns:
+            run = lambda x: mf.simulate(mf.Attention(cfg.beta), x, ts, rtol=cfg.rtol, atol=cfg.atol).final  # noqa: E731
+            new[f"n{n}"] = jax.vmap(run)(state[f"n{n}"])
+        return new, {"w1": self._w1(cfg, new)[None]}
+
+    def dataset(self, cfg, ts, recs, grid):
+        dims = grid.keys + ("time", "n", "seed_index")
+        w1 = recs["w1"]
+        mean = w1.mean(-1)
+        slope = np.polyfit(np.log(cfg.ns), np.log(mean[..., -1, :].reshape(-1, len(cfg.ns)).mean(0)), 1)[0]
+        ds = xr.Dataset(
+            {"w1": (dims, w1), "w1_mean": (dims[:-1], mean)},
+            coords={"time": ts, "n": list(cfg.ns), "seed_index": np.arange(cfg.n_seeds),
+                    **{k: list(v) for k, v in zip(grid.keys, grid.values)}},
+        )
+        ds.attrs["fitted_slope_at_t1"] = float(slope)
+        return ds
+
+    def plot(self, ds, outdir):
+        grid = json.loads(ds.attrs.get("grid", "{}"))
+        one = ds.isel({k: 0 for k in grid}) if grid else ds
+        p = plt()
+        fig, ax = p.subplots(figsize=(5.6, 4.4))
+        ns = one.n.values
+        for ti, label in ((0, "t = 0 (sampling)"), (-1, f"t = {one.time.values[-1]:g}")):
+            w = one.w1.isel(time=ti).values
+            ax.errorbar(ns, w.mean(-1), yerr=w.std(-1), marker="o", capsize=3, label=label)
+        ref = one.w1_mean.isel(time=-1).values
+        ax.plot(ns, ref[0] * (ns / ns[0]) ** -0.5, "k--", lw=1, label="$N^{-1/2}$")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("N particles")
+        ax.set_ylabel("circle W1 to the PDE density")
+        ax.set_title(f"particles vs mean-field PDE: fitted slope {ds.attrs['fitted_slope_at_t1']:.2f}", fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = Path(outdir) / "particles-vs-pde.png"
+        fig.savefig(path, dpi=110)
+        p.close(fig)
+        return [path]
