@@ -80,7 +80,7 @@ class ParticlePreset(Preset):
         beta = grid_param(grid, cfg, "beta")[..., None]
         data = {"x": (dims + ("token", "dim"), recs["x"])}
         data.update(observable_vars(recs["x"], beta, dims, cfg.cluster_tol))
-        coords = {"time": ts, **{k: list(v) for k, v in zip(grid.keys, grid.values)}}
+        coords = {"time": ts, **grid.coords()}
         return xr.Dataset(data, coords=coords)
 
 

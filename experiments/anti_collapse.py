@@ -34,7 +34,7 @@ from meanfield.kernel import gaussian, random_fourier
 from meanfield.runner import Preset, grid_param, register
 from meanfield.theory import additive_pe_pushforward
 
-from ._common import plt, require
+from ._common import first_point, plt, require
 
 VARIANTS = ("none", "additive-sinusoidal", "additive-rff", "additive-gaussian", "concat", "rope", "prompt")
 ADDITIVE = VARIANTS[1:4]
@@ -160,12 +160,11 @@ class AntiCollapse(Preset):
                 mmd[pt + (slice(None), vi)] = np.asarray(jax.vmap(lambda c: obs.mmd(c, jnp.asarray(xs_star)))(cloud))
         data["pushforward_w1"] = (dims, w1)
         data["pushforward_mmd"] = (dims, mmd)
-        coords = {"time": ts, "variant": list(VARIANTS), **{k: list(v) for k, v in zip(grid.keys, grid.values)}}
+        coords = {"time": ts, "variant": list(VARIANTS), **grid.coords()}
         return xr.Dataset(data, coords=coords)
 
     def plot(self, ds, outdir):
-        grid = json.loads(ds.attrs.get("grid", "{}"))
-        one = ds.isel({k: 0 for k in grid}) if grid else ds
+        one = first_point(ds)
         p = plt()
         nv = one.sizes["variant"]
         fig = p.figure(figsize=(2.3 * nv, 6.6))

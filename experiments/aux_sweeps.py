@@ -29,7 +29,7 @@ from meanfield import observables as obs
 from meanfield.runner import Preset, register
 from meanfield.theory import additive_pe_pushforward
 
-from ._common import plt, require
+from ._common import first_point, plt, require
 
 
 def _positions(n):
@@ -122,12 +122,11 @@ class _GridPreset(Preset):
             "n_clusters": (dims, np.asarray(obs.n_clusters(x, cfg.cluster_tol))),
         }
         coords = {"time": ts, self.rows[0]: list(getattr(cfg, self.rows[1])), self.cols[0]: list(getattr(cfg, self.cols[1]))}
-        coords.update({kk: list(v) for kk, v in zip(grid.keys, grid.values)})
+        coords.update(grid.coords())
         return xr.Dataset(data, coords=coords)
 
     def heatmaps(self, ds, outdir, names, title):
-        grid = json.loads(ds.attrs.get("grid", "{}"))
-        one = (ds.isel({k: 0 for k in grid}) if grid else ds).isel(time=-1)
+        one = first_point(ds).isel(time=-1)
         p = plt()
         fig, axes = p.subplots(1, len(names), figsize=(4.8 * len(names), 4.0), squeeze=False)
         for ax, (name, label) in zip(axes[0], names):

@@ -25,7 +25,7 @@ import meanfield as mf
 from meanfield.io import observable_vars
 from meanfield.runner import Preset, grid_param, register
 
-from ._common import plt, require
+from ._common import first_point, plt, require
 
 NORMS = {"post-LN": mf.PostLN(), "pre-LN": mf.PreLN(), "peri-LN": mf.PeriLN(), "nGPT": mf.NGPT()}
 
@@ -81,14 +81,13 @@ class LayerNorm(Preset):
         beta = grid_param(grid, cfg, "beta")[..., None, None]
         data = {"x": (dims + ("token", "dim"), x), "mean_norm": (dims, np.linalg.norm(x, axis=-1).mean(-1))}
         data.update(observable_vars(u, beta, dims, cfg.cluster_tol))
-        coords = {"time": ts, "norm": list(NORMS), **{k: list(v) for k, v in zip(grid.keys, grid.values)}}
+        coords = {"time": ts, "norm": list(NORMS), **grid.coords()}
         ds = xr.Dataset(data, coords=coords)
         ds["time"].attrs["long_name"] = "depth h * layer"
         return ds
 
     def plot(self, ds, outdir):
-        grid = json.loads(ds.attrs.get("grid", "{}"))
-        one = ds.isel({k: 0 for k in grid}) if grid else ds
+        one = first_point(ds)
         p = plt()
         panels = [("mean_cosine", "mean pairwise cosine", False), ("rank_collapse", "rank-collapse residual", True),
                   ("effective_rank", "effective rank", False), ("mean_norm", "mean |x| (residual stream)", True)]

@@ -28,7 +28,7 @@ from meanfield.pde.circle import CircleMeanField, density_to_particles, density_
 from meanfield.runner import Preset, register
 from meanfield.theory import circle_growth_rate
 
-from ._common import plt, require
+from ._common import first_point, plt, require
 
 FORMS = ("SA", "USA")
 
@@ -90,12 +90,11 @@ class MeanFieldCircle(Preset):
             "growth_rate_mode3": (("form", "beta"), rates),
         }
         coords = {"time": ts, "theta": theta, "form": list(FORMS), "beta": list(cfg.betas)}
-        coords.update({k: list(v) for k, v in zip(grid.keys, grid.values)})
+        coords.update(grid.coords())
         return xr.Dataset(data, coords=coords)
 
     def plot(self, ds, outdir):
-        grid = json.loads(ds.attrs.get("grid", "{}"))
-        one = ds.isel({k: 0 for k in grid}) if grid else ds
+        one = first_point(ds)
         p = plt()
         nb = one.sizes["beta"]
         fig, axes = p.subplots(2, nb, figsize=(4.2 * nb, 6.6), squeeze=False)
@@ -188,14 +187,13 @@ class ParticlesVsPDE(Preset):
         ds = xr.Dataset(
             {"w1": (dims, w1), "w1_mean": (dims[:-1], mean)},
             coords={"time": ts, "n": list(cfg.ns), "seed_index": np.arange(cfg.n_seeds),
-                    **{k: list(v) for k, v in zip(grid.keys, grid.values)}},
+                    **grid.coords()},
         )
         ds.attrs["fitted_slope_at_t1"] = float(slope)
         return ds
 
     def plot(self, ds, outdir):
-        grid = json.loads(ds.attrs.get("grid", "{}"))
-        one = ds.isel({k: 0 for k in grid}) if grid else ds
+        one = first_point(ds)
         p = plt()
         fig, ax = p.subplots(figsize=(5.6, 4.4))
         ns = one.n.values

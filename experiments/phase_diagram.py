@@ -24,7 +24,7 @@ import meanfield as mf
 from meanfield.io import observable_vars
 from meanfield.runner import Preset, register
 
-from ._common import plt, require
+from ._common import first_point, plt, require
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,12 +98,11 @@ class PhaseDiagram(Preset):
         data = {"x": (dims + ("token", "dim"), x)}
         data.update(observable_vars(x, beta, dims, cfg.cluster_tol))
         coords = {"time": ts, "beta": list(cfg.betas), "seed_index": np.arange(cfg.n_seeds)}
-        coords.update({k: list(v) for k, v in zip(grid.keys, grid.values)})
+        coords.update(grid.coords())
         return xr.Dataset(data, coords=coords)
 
     def plot(self, ds, outdir):
-        grid = json.loads(ds.attrs.get("grid", "{}"))
-        one = ds.isel({k: 0 for k in grid}) if grid else ds
+        one = first_point(ds)
         p = plt()
         fig, axes = p.subplots(1, 3, figsize=(15, 4.4))
         mean_nc = one.n_clusters.mean("seed_index")

@@ -101,6 +101,10 @@ class Grid:
     def points(self):
         return list(itertools.product(*self.values))
 
+    def coords(self) -> dict:
+        """Coordinates of the swept dimensions, for an xarray Dataset."""
+        return {k: list(v) for k, v in zip(self.keys, self.values)}
+
 
 def parse_grid(cfg, specs: list[str] | None) -> Grid:
     """``["beta=1,2,4", "seed=0,1"]`` -> Grid, values coerced to the config's field types."""
