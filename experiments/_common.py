@@ -7,10 +7,12 @@ import json
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
 import meanfield as mf
+from meanfield import observables as obs
 from meanfield.config import ConfigError
 from meanfield.io import observable_vars
 from meanfield.runner import Preset, grid_param
@@ -55,6 +57,22 @@ class ParticleConfig:
         require(self.cluster_tol > 0, f"cluster_tol must be > 0, got {self.cluster_tol}")
 
 
+def simulate_chunk(attn, x, ts, cfg, aux=None, prompt=None):
+    """One chunk of sphere dynamics: (final state retracted onto the sphere, states at ts[1:]).
+
+    The next chunk restarts exactly on the sphere (the solve drifts by ~ its tolerance)."""
+    traj = mf.simulate(attn, x, ts, aux=aux, prompt=prompt, rtol=cfg.rtol, atol=cfg.atol)
+    return mf.Sphere().retract(traj.xs[-1]), traj.xs[1:]
+
+
+def circle_w1_to(theta, theta_ref):
+    """Exact circle W1 from every cloud of angles in ``theta`` (..., N) to the angles ``theta_ref``."""
+    theta = np.asarray(theta)
+    flat = jnp.asarray(theta.reshape(-1, theta.shape[-1]))
+    ref = jnp.asarray(theta_ref)
+    return np.asarray(jax.vmap(lambda t: obs.circle_w1(t, ref))(flat)).reshape(theta.shape[:-1])
+
+
 class ParticlePreset(Preset):
     """Tokens uniform on S^{d-1} (from ``seed``) evolved by ``simulate`` chunk by chunk."""
 
@@ -71,9 +89,8 @@ class ParticlePreset(Preset):
         return mf.sphere_uniform(jax.random.key(p["seed"]), cfg.n, cfg.d)
 
     def advance(self, cfg, p, state, ts):
-        traj = mf.simulate(self.attention(cfg, p), state, ts, rtol=cfg.rtol, atol=cfg.atol)
-        # restart the next chunk exactly on the sphere (the solve drifts by ~ its tolerance)
-        return mf.Sphere().retract(traj.xs[-1]), {"x": traj.xs[1:]}
+        final, xs = simulate_chunk(self.attention(cfg, p), state, ts, cfg)
+        return final, {"x": xs}
 
     def dataset(self, cfg, ts, recs, grid):
         dims = grid.keys + ("time",)

@@ -34,7 +34,7 @@ from meanfield.kernel import gaussian, random_fourier
 from meanfield.runner import Preset, grid_param, register
 from meanfield.theory import additive_pe_pushforward
 
-from ._common import first_point, plt, require
+from ._common import circle_w1_to, first_point, plt, require, simulate_chunk
 
 VARIANTS = ("none", "additive-sinusoidal", "additive-rff", "additive-gaussian", "concat", "rope", "prompt")
 ADDITIVE = VARIANTS[1:4]
@@ -127,9 +127,9 @@ class AntiCollapse(Preset):
     def advance(self, cfg, p, state, ts):
         finals, xs = [], []
         for i, (attn, aux, prompt) in enumerate(self._setups(cfg, p)):
-            traj = mf.simulate(attn, state[i], ts, aux=aux, prompt=prompt, rtol=cfg.rtol, atol=cfg.atol)
-            finals.append(mf.Sphere().retract(traj.xs[-1]))
-            xs.append(traj.xs[1:])
+            final, chunk = simulate_chunk(attn, state[i], ts, cfg, aux, prompt)
+            finals.append(final)
+            xs.append(chunk)
         return jnp.stack(finals), {"x": jnp.stack(xs, axis=1)}  # (L, variant, N, 2)
 
     def dataset(self, cfg, ts, recs, grid):
@@ -156,7 +156,7 @@ class AntiCollapse(Preset):
                 xs_star, _ = additive_pe_pushforward(u, float(g["beta"]))
                 th_star = np.arctan2(xs_star[:, 1], xs_star[:, 0])
                 cloud = jnp.asarray(x[pt + (slice(None), vi)])
-                w1[pt + (slice(None), vi)] = np.asarray(jax.vmap(lambda th: obs.circle_w1(th, th_star))(jnp.asarray(theta[pt + (slice(None), vi)])))
+                w1[pt + (slice(None), vi)] = circle_w1_to(theta[pt + (slice(None), vi)], th_star)
                 mmd[pt + (slice(None), vi)] = np.asarray(jax.vmap(lambda c: obs.mmd(c, jnp.asarray(xs_star)))(cloud))
         data["pushforward_w1"] = (dims, w1)
         data["pushforward_mmd"] = (dims, mmd)

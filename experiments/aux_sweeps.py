@@ -29,7 +29,7 @@ from meanfield import observables as obs
 from meanfield.runner import Preset, register
 from meanfield.theory import additive_pe_pushforward
 
-from ._common import first_point, plt, require
+from ._common import circle_w1_to, first_point, plt, require, simulate_chunk
 
 
 def _positions(n):
@@ -106,8 +106,7 @@ class _GridPreset(Preset):
 
         def one(r, c, x):
             attn, aux, prompt = self.setup(cfg, p, r, c)
-            traj = mf.simulate(attn, x, ts, aux=aux, prompt=prompt, rtol=cfg.rtol, atol=cfg.atol)
-            return mf.Sphere().retract(traj.xs[-1]), traj.xs[1:]
+            return simulate_chunk(attn, x, ts, cfg, aux, prompt)
 
         xf, xs = jax.vmap(lambda r, xr_: jax.vmap(lambda c, x: one(r, c, x))(cols, xr_))(rows, state)
         return xf, {"x": jnp.moveaxis(xs, 2, 0)}
@@ -169,10 +168,7 @@ class PESweep(_GridPreset):
         for bi, b in enumerate(cfg.betas):
             for ai, a in enumerate(cfg.alphas):
                 xs, _ = additive_pe_pushforward(a * _u(sq, cfg.freq), float(b))
-                th_star = jnp.asarray(np.arctan2(xs[:, 1], xs[:, 0]))
-                sel = (Ellipsis, bi, ai, slice(None), slice(None))
-                flat = theta[sel].reshape(-1, theta.shape[-1])
-                w1[sel[:-1]] = np.asarray(jax.vmap(lambda t: obs.circle_w1(t, th_star))(jnp.asarray(flat))).reshape(w1[sel[:-1]].shape)
+                w1[..., bi, ai, :] = circle_w1_to(theta[..., bi, ai, :, :], np.arctan2(xs[:, 1], xs[:, 0]))
         ds["pushforward_w1"] = (ds.dirac_distance.dims, w1)
         return ds
 

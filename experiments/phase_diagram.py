@@ -24,7 +24,7 @@ import meanfield as mf
 from meanfield.io import observable_vars
 from meanfield.runner import Preset, register
 
-from ._common import first_point, plt, require
+from ._common import first_point, plt, require, simulate_chunk
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,8 +85,7 @@ class PhaseDiagram(Preset):
         betas, seeds = self._grid(cfg, p)
 
         def one(b, s, x):
-            traj = mf.simulate(_attention(cfg, b, s), x, ts, rtol=cfg.rtol, atol=cfg.atol)
-            return mf.Sphere().retract(traj.xs[-1]), traj.xs[1:]
+            return simulate_chunk(_attention(cfg, b, s), x, ts, cfg)
 
         xf, xs = jax.vmap(jax.vmap(one))(betas, seeds, state)
         return xf, {"x": jnp.moveaxis(xs, 2, 0)}  # time first
