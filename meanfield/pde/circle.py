@@ -31,6 +31,7 @@ import numpy as np
 
 from .._errors import check_value, require
 from .._types import Array
+from ._fv import cfl_solve, muscl_divergence, periodic_conv
 
 
 class DensitySolution(eqx.Module):
@@ -39,10 +40,6 @@ class DensitySolution(eqx.Module):
     ts: Array
     rho: Array
     theta: Array
-
-
-def _minmod(a, b):
-    return jnp.where(a * b > 0, jnp.sign(a) * jnp.minimum(jnp.abs(a), jnp.abs(b)), 0.0)
 
 
 class CircleMeanField(eqx.Module):
@@ -92,22 +89,14 @@ class CircleMeanField(eqx.Module):
         beta, a, b = (v.astype(rho.dtype) for v in (self.beta, self.a, self.b))
         k = jnp.exp(beta * jnp.cos(p))
         g = k * (-a * jnp.sin(p) + b * jnp.cos(p))
-        fr = jnp.fft.rfft(rho)
-        num = h * jnp.fft.irfft(jnp.fft.rfft(g) * fr, n=self.m)
+        num = periodic_conv(jnp.fft.rfft(g), rho, h, self.m)
         if self.form == "USA":
             return num
-        den = h * jnp.fft.irfft(jnp.fft.rfft(k) * fr, n=self.m)
-        return num / den
+        return num / periodic_conv(jnp.fft.rfft(k), rho, h, self.m)
 
     def rhs(self, t, rho, args=None) -> Array:
         """-(F_{i+1/2} - F_{i-1/2}) / h with upwind, minmod-limited MUSCL fluxes."""
-        u = self.face_velocity(rho)
-        right = jnp.roll(rho, -1)
-        slope = _minmod(rho - jnp.roll(rho, 1), right - rho)
-        left_state = rho + 0.5 * slope  # at face i+1/2 from cell i
-        right_state = right - 0.5 * jnp.roll(slope, -1)  # at face i+1/2 from cell i+1
-        flux = jnp.where(u > 0, u * left_state, u * right_state)
-        return -(flux - jnp.roll(flux, 1)) / self.h
+        return muscl_divergence(rho, self.face_velocity(rho), self.h)
 
     def max_speed(self, rho) -> Array:
         return jnp.max(jnp.abs(self.face_velocity(rho)))
@@ -130,22 +119,8 @@ class CircleMeanField(eqx.Module):
             require(0 < cfl <= 0.5, f"cfl must be in (0, 1/2], got {cfl}")
         cfl_or_dt = jnp.asarray(cfl if dt is None else dt, rho0.dtype)
         solver = diffrax.Heun() if solver is None else solver
-        return _solve(self, rho0, ts, cfl_or_dt, dt is None, solver, int(max_steps))
-
-
-@eqx.filter_jit
-def _solve(pde, rho0, ts, cfl_or_dt, adaptive_cfl, solver, max_steps):
-    def interval(rho, t01):
-        t0, t1 = t01
-        dt = cfl_or_dt * pde.h / jnp.maximum(pde.max_speed(rho), 1e-12) if adaptive_cfl else cfl_or_dt
-        sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(pde.rhs), solver, t0=t0, t1=t1, dt0=jnp.minimum(dt, t1 - t0), y0=rho,
-            stepsize_controller=diffrax.ConstantStepSize(), max_steps=max_steps,
-        )
-        return sol.ys[-1], sol.ys[-1]
-
-    _, rhos = jax.lax.scan(interval, rho0, (ts[:-1], ts[1:]))
-    return DensitySolution(ts=ts, rho=jnp.concatenate([rho0[None], rhos]), theta=pde.theta)
+        rho = cfl_solve(self, rho0, ts, cfl_or_dt, dt is None, solver, int(max_steps))
+        return DensitySolution(ts=ts, rho=rho, theta=self.theta)
 
 
 def particles_to_density(theta, m: int, bandwidth: float = 0.1, weights=None) -> Array:
