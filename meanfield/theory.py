@@ -82,3 +82,32 @@ def circle_growth_rate(n: int, beta: float, a: float = 1.0, form: str = "SA") ->
 
     rate = a * n**2 * iv(n, beta) / beta
     return float(rate / iv(0, beta)) if form == "SA" else float(rate)
+
+
+def causal_coupling(n_s: int, lam: float, self_weight: float = 0.5) -> np.ndarray:
+    r"""Dense (S, S) causal ALiBi coupling c_kj = w e^{-lam (s_k - s_j)} (j < k), self_weight w
+    e^0 (j = k), 0 (j > k), on the cell centres s_k = (k + 1/2)/S with w = 1/S: the quadrature of
+    int_0^s e^{-lam (s - s')} f(s') ds' that ``meanfield.pde.KineticMeanField`` applies by a scan."""
+    s = (np.arange(n_s) + 0.5) / n_s
+    diff = s[:, None] - s[None, :]
+    c = np.exp(-lam * np.abs(diff)) / n_s
+    return np.where(diff > 0, c, 0.0) + np.eye(n_s) * self_weight / n_s
+
+
+def causal_mode_propagator(t: float, n: int, beta: float, lam: float, n_s: int, *, form: str = "SA",
+                           self_weight: float = 0.5) -> np.ndarray:
+    r"""exp(t lambda_n C~): the linear evolution of the Fourier mode n of a small perturbation of
+    the uniform state of the causal kinetic equation, f_n(t, .) = P f_n(0, .).
+
+    Derivation: at f = 1/2pi the SA denominator is D_0(s) = I_0(beta) sum_j c(s, s_j) and the
+    numerator is linear in the perturbation, so the circle computation of
+    :func:`circle_growth_rate` goes through with the perturbation replaced by its causal average
+    C~ f_n, C~ = C / (row sums of C) (SA); for USA the average is not normalised (C itself).
+    lambda_n = circle_growth_rate(n, beta) (V = I).
+    """
+    from scipy.linalg import expm
+
+    c = causal_coupling(n_s, lam, self_weight)
+    if form == "SA":
+        c = c / c.sum(axis=1, keepdims=True)
+    return expm(t * circle_growth_rate(n, beta, form=form) * c)

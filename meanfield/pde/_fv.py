@@ -39,11 +39,13 @@ def periodic_conv(kernel_hat: Array, rho: Array, h, m: int) -> Array:
 
 
 @eqx.filter_jit
-def cfl_solve(pde, y0, ts, cfl_or_dt, adaptive_cfl: bool, solver, max_steps: int):
+def cfl_solve(pde, y0, ts, cfl_or_dt, adaptive_cfl: bool, solver, max_steps: int, adjoint=None):
     """Integrate ``pde.rhs`` from ts[0] to ts[-1], returning the states at every ts (stacked).
 
     ``adaptive_cfl``: dt = cfl * h / max|u| chosen at the start of every save interval (fixed
-    steps inside it); otherwise ``cfl_or_dt`` is the step itself."""
+    steps inside it); otherwise ``cfl_or_dt`` is the step itself. ``adjoint``: a diffrax adjoint
+    (``diffrax.ForwardMode()`` for forward-mode derivatives; default reverse-mode checkpointing)."""
+    adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
 
     def interval(y, t01):
         t0, t1 = t01
@@ -53,7 +55,7 @@ def cfl_solve(pde, y0, ts, cfl_or_dt, adaptive_cfl: bool, solver, max_steps: int
             dt = cfl_or_dt
         sol = diffrax.diffeqsolve(
             diffrax.ODETerm(pde.rhs), solver, t0=t0, t1=t1, dt0=jnp.minimum(dt, t1 - t0), y0=y,
-            stepsize_controller=diffrax.ConstantStepSize(), max_steps=max_steps,
+            stepsize_controller=diffrax.ConstantStepSize(), max_steps=max_steps, adjoint=adjoint,
         )
         return sol.ys[-1], sol.ys[-1]
 

@@ -1,0 +1,302 @@
+r"""Kinetic mean-field dynamics over (auxiliary variable, state): f(t, z, theta) on Z x S^1.
+
+Every token carries a fixed auxiliary variable z (its sequence position s in [0, 1], an encoding)
+with marginal weights w(z), and a state theta on the circle. ``f(t, z_k, .)`` is the conditional
+density of the state of the tokens with auxiliary value z_k (each row integrates to 1; the token
+measure is sum_k w_k f(z_k, theta) dtheta). With score a = beta cos(theta - theta') + b(z, z')
+(Q = K = I, V = a I + b J as in :mod:`meanfield.pde.circle`) the token at (z, theta) moves with
+
+    u(z, theta) = N / D (SA)   or   N (USA),
+    N(z, .) = sum_{z'} c(z, z') (g * f(z', .)) + sum_p pi_p(z) g(. - theta_p),
+    D(z, .) = sum_{z'} c(z, z') (K * f(z', .)) + sum_p pi_p(z) K(. - theta_p),
+    c(z, z') = w(z') e^{b(z, z')},   pi_p(z) = m_p e^{b(z, z_p)}   (fixed prompt tokens),
+
+with K(p) = e^{beta cos p}, g(p) = K(p)(-a sin p + b cos p) as on the circle, and each row obeys
+the continuity equation d_t f + d_theta(f u) = 0 (z never moves, so every row keeps its mass).
+
+The z-coupling and the theta-convolutions act on different axes and commute: F = C f (S x M) is
+formed first, then one FFT convolution per row, O(S M log M) per evaluation plus the cost of C f.
+
+Couplings
+---------
+* ``causal`` (z = s, cell centres s_k = (k + 1/2)/S, token density uniform in s): keys only from
+  s' <= s with ALiBi decay of slope lam (b = -lam (s - s')):
+
+      F(s) = int_0^s e^{-lam (s - s')} f(s') ds'
+      ~ F_k = A_k + sigma w_k f_k,   A_k = e^{-lam (s_k - s_{k-1})} (A_{k-1} + w_{k-1} f_{k-1}),  A_0 = 0,
+
+  a linear recurrence evaluated by ``jax.lax.associative_scan`` (O(S M) work, O(log S) depth; no
+  S x S matrix). ``sigma`` = 1/2 by default: half of a token's own cell lies before it, which
+  makes the quadrature second order in s; sigma = 1 is the convention of N discrete tokens with
+  one token per cell (token i sees itself with full weight).
+* ``matrix``: an explicit S x S coupling c (any b(z, z'): concatenated encodings <A z, z'>,
+  windows, custom masks), O(S^2 M).
+
+:func:`engine_face_velocity` computes the same u through the particle engine's own
+:class:`meanfield.Attention` (grid cells become weighted key tokens, faces become massless
+query tokens): O((S M)^2) but valid for any Q, K, V, heads, masks and encodings on S^1. It is the
+direct-quadrature path for general attention and the independent check of the fast path.
+
+Linear theory and the influence of positions (``meanfield.theory.causal_mode_matrix``): around
+the uniform state f = 1/2pi, the Fourier mode n of a perturbation evolves by
+d_t f_n(s) = lambda_n (C~ f_n)(s) with lambda_n the circle rate and C~ the row-normalised
+coupling (SA; USA uses C unnormalised), so f_n(t) = exp(t lambda_n C~) f_n(0).
+:meth:`KineticMeanField.influence` differentiates the nonlinear solver instead: the response of
+the mean angle of the last position to rotating the initial state at position s.
+"""
+
+from __future__ import annotations
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._errors import check_value, require
+from .._types import Array
+from ..kernel.tokens import Prompt, TokenAux
+from ._fv import cfl_solve, muscl_divergence, periodic_conv
+
+
+class KineticSolution(eqx.Module):
+    """Saved densities: ``ts`` (T,), ``f`` (T, S, M) cell averages, ``s`` (S,) auxiliary values
+    (positions), ``w`` (S,) their weights, ``theta`` (M,) cell centres."""
+
+    ts: Array
+    f: Array
+    s: Array
+    w: Array
+    theta: Array
+
+    def moment(self, n: int = 1) -> Array:
+        """Circular moment int e^{i n theta} f dtheta per row, shape (T, S) complex."""
+        h = 2 * np.pi / self.theta.shape[0]
+        return h * jnp.einsum("tsm,m->ts", self.f.astype(complex), jnp.exp(1j * n * self.theta))
+
+
+class KineticMeanField(eqx.Module):
+    """Mean-field SA/USA dynamics of f(t, z, theta) (see module docstring).
+
+    Args:
+        s: auxiliary values (positions) of the S rows, shape (S,); for ``coupling="causal"``
+            increasing in [0, 1]. Default: the S = ``n_s`` cell centres (k + 1/2)/S.
+        m: cells in theta.
+        beta, a, b, form: as in :class:`meanfield.pde.CircleMeanField`.
+        coupling: ``"causal"`` (Volterra in s with ALiBi slope ``lam``), ``"full"`` (every row
+            sees every row, b = -lam |s - s'|), or an explicit (S, S) array of weights c(z_k, z_j)
+            (the z-marginal weights already included).
+        lam: ALiBi/decay slope in units of s (b = -lam |s - s'|).
+        w: z-marginal weights (S,), default 1/S each; normalised to sum 1.
+        self_weight: sigma of the causal quadrature (1/2: continuum; 1: discrete tokens).
+        prompt_theta, prompt_weight: fixed prompt tokens at angles (P,) and their weights
+            pi_p(z_k), shape (S, P) or (P,) (the same for every row).
+
+    Example:
+        >>> pde = KineticMeanField(n_s=64, m=128, beta=2.0, lam=1.0)
+        >>> sol = pde.solve(pde.von_mises(kappa=1.0), jnp.linspace(0, 5, 11))
+    """
+
+    s: Array
+    w: Array
+    m: int = eqx.field(static=True)
+    beta: Array
+    a: Array
+    b: Array
+    form: str = eqx.field(static=True)
+    coupling: str = eqx.field(static=True)
+    cmat: Array | None
+    lam: Array
+    self_weight: Array
+    prompt_theta: Array | None
+    prompt_weight: Array | None
+
+    def __init__(self, n_s: int | None = None, m: int = 128, beta=1.0, a=1.0, b=0.0, form: str = "SA", *,
+                 s=None, coupling="causal", lam=0.0, w=None, self_weight=0.5, prompt_theta=None,
+                 prompt_weight=None):
+        require(int(m) >= 8, f"m must be >= 8 cells, got {m}")
+        require(form in ("SA", "USA"), f"form must be 'SA' or 'USA', got {form!r}")
+        if s is None:
+            require(n_s is not None and int(n_s) >= 1, f"n_s must be a positive number of rows, got {n_s}")
+            s = (np.arange(int(n_s)) + 0.5) / int(n_s)
+        s = jnp.asarray(s, dtype=float)
+        require(s.ndim == 1 and s.shape[0] >= 1, f"s must be a 1-D array of auxiliary values, got shape {s.shape}")
+        n_rows = s.shape[0]
+        if isinstance(coupling, str):
+            require(coupling in ("causal", "full"), f"coupling must be 'causal', 'full' or an (S, S) array, got {coupling!r}")
+            if coupling == "causal":
+                require(bool(np.all(np.diff(np.asarray(s)) > 0)), "s must be strictly increasing for coupling='causal'")
+            self.coupling, self.cmat = coupling, None
+        else:
+            cmat = jnp.asarray(coupling, dtype=float)
+            require(cmat.shape == (n_rows, n_rows), f"coupling matrix must have shape ({n_rows}, {n_rows}), got {cmat.shape}")
+            require(bool(jnp.all(cmat >= 0)), "coupling matrix weights must be non-negative")
+            self.coupling, self.cmat = "matrix", cmat
+        w = jnp.full((n_rows,), 1.0 / n_rows) if w is None else jnp.asarray(w, dtype=float)
+        require(w.shape == (n_rows,), f"w must have shape ({n_rows},), got {w.shape}")
+        require(bool(jnp.all(w > 0)), "w (z-marginal weights) must be positive")
+        self.s, self.w = s, w / jnp.sum(w)
+        self.m = int(m)
+        self.beta, self.a, self.b = (jnp.asarray(v, dtype=float) for v in (beta, a, b))
+        self.form = form
+        self.lam = jnp.asarray(lam, dtype=float)
+        require(self.lam.ndim == 0, "lam must be a scalar")
+        self.self_weight = jnp.asarray(self_weight, dtype=float)
+        if prompt_theta is None:
+            require(prompt_weight is None, "prompt_weight given without prompt_theta")
+            self.prompt_theta = self.prompt_weight = None
+        else:
+            pt = jnp.atleast_1d(jnp.asarray(prompt_theta, dtype=float))
+            pw = jnp.ones(pt.shape) / n_rows if prompt_weight is None else jnp.asarray(prompt_weight, dtype=float)
+            pw = jnp.broadcast_to(pw, (n_rows, pt.shape[0])) if pw.ndim == 1 else pw
+            require(pw.shape == (n_rows, pt.shape[0]), f"prompt_weight must have shape ({pt.shape[0]},) or ({n_rows}, {pt.shape[0]}), got {pw.shape}")
+            self.prompt_theta, self.prompt_weight = pt, pw
+
+    # ----------------------------------------------------------------------------------------
+    @property
+    def n_s(self) -> int:
+        return self.s.shape[0]
+
+    @property
+    def h(self) -> float:
+        return 2 * np.pi / self.m
+
+    @property
+    def theta(self) -> Array:
+        return (jnp.arange(self.m) + 0.5) * self.h
+
+    def uniform(self) -> Array:
+        return jnp.full((self.n_s, self.m), 1.0 / (2 * np.pi))
+
+    def von_mises(self, kappa=1.0, mean=0.0) -> Array:
+        """Rows exp(kappa cos(theta - mean_k)) / (2 pi I_0(kappa)) at the cell centres, each
+        renormalised to unit mass on the grid; ``mean`` scalar or (S,)."""
+        mean = jnp.broadcast_to(jnp.asarray(mean, dtype=float), (self.n_s,))
+        logf = kappa * (jnp.cos(self.theta[None, :] - mean[:, None]) - 1.0)
+        f = jnp.exp(logf)
+        return f / (self.h * jnp.sum(f, axis=1, keepdims=True))
+
+    def coupling_matrix(self) -> Array:
+        """The (S, S) weights c_kj (dense; the solver itself never forms it for ``causal``)."""
+        if self.coupling == "matrix":
+            return self.cmat
+        diff = self.s[:, None] - self.s[None, :]
+        c = self.w[None, :] * jnp.exp(-self.lam * jnp.abs(diff))
+        if self.coupling == "full":
+            return c
+        eye = jnp.eye(self.n_s, dtype=bool)
+        return jnp.where(eye, self.self_weight * c, jnp.where(diff > 0, c, 0.0))
+
+    def mix(self, f: Array) -> Array:
+        """F = C f over the rows (the z-coupling), shape (S, M)."""
+        if self.coupling == "matrix":
+            return self.cmat @ f
+        if self.coupling == "full":
+            return self.coupling_matrix() @ f
+        decay = jnp.exp(-self.lam * jnp.diff(self.s)).astype(f.dtype)  # (S-1,)
+        wf = self.w[:, None].astype(f.dtype) * f
+        a = jnp.concatenate([jnp.ones((1,), f.dtype), decay])[:, None] * jnp.ones_like(f)
+        bvec = jnp.concatenate([jnp.zeros_like(f[:1]), decay[:, None] * wf[:-1]])
+
+        def combine(left, right):
+            (a1, b1), (a2, b2) = left, right
+            return a1 * a2, a2 * b1 + b2
+
+        _, acc = jax.lax.associative_scan(combine, (a, bvec))
+        return acc + self.self_weight.astype(f.dtype) * wf
+
+    def face_velocity(self, f: Array) -> Array:
+        """u at the theta faces (i + 1) h of every row, shape (S, M)."""
+        dt = f.dtype
+        p = (jnp.arange(self.m, dtype=dt) + 0.5) * self.h
+        beta, a, b = (v.astype(dt) for v in (self.beta, self.a, self.b))
+        k = jnp.exp(beta * jnp.cos(p))
+        g = k * (-a * jnp.sin(p) + b * jnp.cos(p))
+        F = self.mix(f)
+        num = periodic_conv(jnp.fft.rfft(g), F, self.h, self.m)
+        den = periodic_conv(jnp.fft.rfft(k), F, self.h, self.m)
+        if self.prompt_theta is not None:
+            faces = (jnp.arange(self.m, dtype=dt) + 1.0) * self.h
+            q = faces[:, None] - self.prompt_theta.astype(dt)[None, :]  # (M, P)
+            kp = jnp.exp(beta * jnp.cos(q))
+            gp = kp * (-a * jnp.sin(q) + b * jnp.cos(q))  # <e_face, V x_p> K, as g on the grid
+            pw = self.prompt_weight.astype(dt)
+            num = num + pw @ gp.T
+            den = den + pw @ kp.T
+        return num if self.form == "USA" else num / den
+
+    def rhs(self, t, f, args=None) -> Array:
+        return muscl_divergence(f, self.face_velocity(f), self.h)
+
+    def max_speed(self, f) -> Array:
+        return jnp.max(jnp.abs(self.face_velocity(f)))
+
+    def solve(self, f0, ts, *, dt=None, cfl: float = 0.4, solver=None, max_steps: int = 1_000_000, adjoint=None) -> KineticSolution:
+        """Integrate from ts[0] to ts[-1], saving at ``ts`` (as :meth:`CircleMeanField.solve`:
+        ``dt=None`` re-picks dt = cfl h / max|u| at every save interval, SSP Heun; a fixed ``dt``
+        makes the solve smooth in its inputs, which :meth:`influence` needs; ``adjoint`` as in
+        diffrax, ``diffrax.ForwardMode()`` for jvp/jacfwd)."""
+        f0 = jnp.asarray(f0)
+        require(f0.shape == (self.n_s, self.m), f"f0 must have shape ({self.n_s}, {self.m}), got {f0.shape}")
+        ts = jnp.asarray(ts, f0.dtype)
+        require(ts.ndim == 1 and ts.shape[0] >= 2, f"ts must be a 1-D array of >= 2 times, got shape {ts.shape}")
+        f0 = check_value(f0, ~jnp.all(f0 >= 0), "f0 must be non-negative")
+        if dt is None:
+            require(0 < cfl <= 0.5, f"cfl must be in (0, 1/2], got {cfl}")
+        cfl_or_dt = jnp.asarray(cfl if dt is None else dt, f0.dtype)
+        solver = diffrax.Heun() if solver is None else solver
+        f = cfl_solve(self, f0, ts, cfl_or_dt, dt is None, solver, int(max_steps), adjoint)
+        return KineticSolution(ts=ts, f=f, s=self.s, w=self.w, theta=self.theta)
+
+    def influence(self, ts, *, kappa=1.0, target: int = -1, dt=None) -> Array:
+        r"""Linearised correlation profile c(t, s) of the row ``target`` (default: the last
+        position) with every initial position, shape (T, S):
+
+            c(t, s_k) = (1 / w_k) d phi_target(t) / d delta_k,
+
+        phi = the mean angle arg int e^{i theta} f dtheta of the target row, delta_k a rotation of
+        the initial row k, around the base state f_0 = von Mises(kappa) in every row. Forward-mode
+        derivatives through the solver (fixed step ``dt``, default 0.4 h / max speed bound).
+        Rotating every row rotates every output, so sum_k w_k c(t, s_k) = 1 exactly.
+        """
+        ts = jnp.asarray(ts, dtype=float)
+        if dt is None:
+            bound = jnp.abs(self.a) + jnp.abs(self.b)
+            if self.form == "USA":
+                bound = bound * jnp.exp(self.beta) * (1.0 + jnp.sum(jnp.abs(self.prompt_weight)) if self.prompt_weight is not None else 1.0)
+            dt = 0.4 * self.h / bound
+
+        def phi(delta):
+            sol = self.solve(self.von_mises(kappa, delta), ts, dt=dt, adjoint=diffrax.ForwardMode())
+            mom = sol.moment(1)[:, target]
+            return jnp.angle(mom)
+
+        jac = jax.jacfwd(phi)(jnp.zeros((self.n_s,)))  # (T, S)
+        return jac / self.w[None, :]
+
+
+def engine_face_velocity(attn, f: Array, s: Array, w: Array, *, z=None) -> Array:
+    r"""u(z_k, face_i) of the kinetic field computed by the particle engine's kernel.
+
+    The M S grid cells become key tokens x = (cos theta_j, sin theta_j) with masses
+    w_k f_kj h and positions s_k (features z_k); the faces become query tokens of mass 0 with the
+    same positions and features; u = <e_face, v> with e = (-sin, cos), the tangential component of
+    ``attn``'s velocity. Any d = 2 attention (Q, K, V, heads, masks on ``pos = s``, encodings)
+    works; cost O((S M)^2).
+    """
+    n_s, m = f.shape
+    h = 2 * np.pi / m
+    dt = f.dtype
+    centres = (jnp.arange(m, dtype=dt) + 0.5) * h
+    faces = centres + 0.5 * h
+    circ = lambda t: jnp.stack([jnp.cos(t), jnp.sin(t)], -1)
+
+    pos = jnp.repeat(jnp.asarray(s, dt), m)
+    zz = None if z is None else jnp.repeat(jnp.asarray(z, dt), m, axis=0)
+    keys = Prompt(x=jnp.tile(circ(centres), (n_s, 1)), mass=(jnp.asarray(w, dt)[:, None] * f * h).reshape(-1),
+                  pos=pos, z=zz)
+    xq = jnp.tile(circ(faces), (n_s, 1))
+    aux = TokenAux(pos=pos, mass=jnp.zeros((n_s * m,), dt), z=zz)
+    v = attn(xq, aux=aux, prompt=keys)
+    e = jnp.stack([-jnp.sin(faces), jnp.cos(faces)], -1)
+    return jnp.einsum("kmd,md->km", v.reshape(n_s, m, 2), e)
