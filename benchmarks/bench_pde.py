@@ -1,6 +1,10 @@
-"""Cost per right-hand side of the circle mean-field solver vs the number of cells M, with the
-fitted exponent of time ~ M^p (FFT convolutions: p ~ 1, i.e. O(M log M)), in one run, against a
-direct O(M^2) quadrature of the same velocity (the baseline the FFT replaces).
+"""Cost per right-hand side of the density solvers, in one run.
+
+1. Circle solver vs the number of cells M, with the fitted exponent of time ~ M^p (FFT
+   convolutions: p ~ 1, i.e. O(M log M)), against a direct O(M^2) quadrature of the same velocity.
+2. Causal kinetic solver vs S x M (scan in s, FFT in theta), with the fitted exponent of time vs
+   S M, against the dense O(S^2 M) coupling (the same RHS with an explicit S x S matrix) and, at
+   small sizes, the engine-kernel quadrature O((S M)^2).
 
 Run:  python benchmarks/bench_pde.py
 """
@@ -13,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from meanfield.pde import CircleMeanField
+import meanfield as mf
+from meanfield.pde import CircleMeanField, KineticMeanField, engine_face_velocity
 
 K = 50
 
@@ -58,6 +63,42 @@ def main():
     big = ms_a >= 4096
     p = np.polyfit(np.log(ms_a[big]), np.log(ts_a[big]), 1)[0]
     print(f"fitted exponent of the FFT RHS for M >= 4096: time ~ M^{p:.2f}")
+    kinetic()
+
+
+def _rhs_loop(pde):
+    return jax.jit(lambda f: jax.lax.fori_loop(0, K, lambda i, y: y + 1e-6 * pde.rhs(0.0, y), f))
+
+
+def kinetic():
+    print()
+    print(f"{'S':>5} {'M':>5} | {'scan+FFT RHS us':>15} | {'dense C RHS us':>14} | {'engine quad. us':>15} | dense/scan | engine/scan"
+          f" | {'s-mix: scan us':>14} | {'dense C f us':>12}")
+    rows = []
+    for S, M in [(16, 64), (64, 64), (64, 256), (256, 256), (256, 1024), (1024, 1024), (1024, 4096)]:
+        pde = KineticMeanField(S, M, beta=2.0, lam=1.0)
+        f = pde.von_mises(1.0, 3.0 * pde.s)
+        t_scan = per_call(_rhs_loop(pde), f)
+        t_dense = float("nan")
+        if S <= 1024:
+            dense = KineticMeanField(S, M, beta=2.0, coupling=pde.coupling_matrix())
+            t_dense = per_call(_rhs_loop(dense), f)
+        t_eng = float("nan")
+        if S * M <= 4096:
+            attn = mf.Attention(2.0, mask=mf.Causal() & mf.ALiBi(1.0))
+            eng = jax.jit(lambda y: jax.lax.fori_loop(
+                0, K, lambda i, z: z + 1e-6 * engine_face_velocity(attn, z, pde.s, pde.w), y))
+            t_eng = per_call(eng, f)
+        mix_scan = per_call(jax.jit(lambda y, pde=pde: jax.lax.fori_loop(0, K, lambda i, z: z + 1e-6 * pde.mix(z), y)), f)
+        cm = pde.coupling_matrix()
+        mix_dense = per_call(jax.jit(lambda y, cm=cm: jax.lax.fori_loop(0, K, lambda i, z: z + 1e-6 * (cm @ z), y)), f)
+        rows.append((S * M, t_scan))
+        print(f"{S:>5} {M:>5} | {t_scan * 1e6:>15.1f} | {t_dense * 1e6:>14.1f} | {t_eng * 1e6:>15.1f} | "
+              f"{t_dense / t_scan:>10.1f} | {t_eng / t_scan:>11.1f} | {mix_scan * 1e6:>14.1f} | {mix_dense * 1e6:>12.1f}")
+    sm, tt = np.array([r[0] for r in rows], float), np.array([r[1] for r in rows])
+    big = sm >= 16384
+    p = np.polyfit(np.log(sm[big]), np.log(tt[big]), 1)[0]
+    print(f"fitted exponent of the kinetic RHS for S M >= 16384: time ~ (S M)^{p:.2f}")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,15 @@ import numpy as np
 
 from meanfield.runner import register
 
-from ._common import ParticleConfig, ParticlePreset, first_point, observable_panels, plt, sphere_snapshots, sweep_figure
+from ._common import (
+    ParticleConfig,
+    ParticlePreset,
+    first_point,
+    observable_panels,
+    plt,
+    sphere_snapshots,
+    sweep_figure,
+)
 
 PANELS = [
     ("energy", "energy $E_\\beta$", False),

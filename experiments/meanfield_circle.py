@@ -141,7 +141,7 @@ class PvPConfig:
 def _rho0(m):
     h = 2 * np.pi / m
     e = np.arange(m + 1) * h
-    F = lambda t: (t + 0.6 * np.sin(t) - 0.15 * np.cos(2 * t)) / (2 * np.pi)  # noqa: E731
+    F = lambda t: (t + 0.6 * np.sin(t) - 0.15 * np.cos(2 * t)) / (2 * np.pi)
     return jnp.asarray((F(e[1:]) - F(e[:-1])) / h)
 
 
@@ -175,7 +175,7 @@ class ParticlesVsPDE(Preset):
     def advance(self, cfg, p, state, ts):
         new = {"rho": CircleMeanField(cfg.m, beta=cfg.beta).solve(state["rho"], ts, cfl=0.2).rho[-1]}
         for n in cfg.ns:
-            run = lambda x: mf.simulate(mf.Attention(cfg.beta), x, ts, rtol=cfg.rtol, atol=cfg.atol).final  # noqa: E731
+            run = lambda x: mf.simulate(mf.Attention(cfg.beta), x, ts, rtol=cfg.rtol, atol=cfg.atol).final
             new[f"n{n}"] = jax.vmap(run)(state[f"n{n}"])
         return new, {"w1": self._w1(cfg, new)[None]}
 

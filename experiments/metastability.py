@@ -16,7 +16,14 @@ import numpy as np
 from meanfield import observables as obs
 from meanfield.runner import register
 
-from ._common import ParticleConfig, ParticlePreset, first_point, plt, require, sphere_snapshots
+from ._common import (
+    ParticleConfig,
+    ParticlePreset,
+    first_point,
+    plt,
+    require,
+    sphere_snapshots,
+)
 
 
 @dataclasses.dataclass(frozen=True)

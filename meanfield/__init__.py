@@ -13,8 +13,8 @@ from .geometry import PeriLN as PeriLN
 from .geometry import PostLN as PostLN
 from .geometry import PreLN as PreLN
 from .geometry import Sphere as Sphere
-from .kernel import ALiBi as ALiBi
 from .kernel import AdditivePE as AdditivePE
+from .kernel import ALiBi as ALiBi
 from .kernel import Attention as Attention
 from .kernel import Causal as Causal
 from .kernel import CustomBias as CustomBias

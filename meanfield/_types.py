@@ -17,15 +17,15 @@ Bias = Float[Array, "heads nq nk"]
 
 __all__ = [
     "Array",
+    "Bias",
     "Bool",
     "Float",
-    "Int",
-    "PRNGKeyArray",
-    "Scalar",
-    "Tokens",
-    "TokenTrajectory",
-    "Positions",
-    "Masses",
     "HeadMatrices",
-    "Bias",
+    "Int",
+    "Masses",
+    "PRNGKeyArray",
+    "Positions",
+    "Scalar",
+    "TokenTrajectory",
+    "Tokens",
 ]

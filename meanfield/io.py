@@ -55,9 +55,8 @@ def write_atomic(ds: xr.Dataset, path) -> Path:
 
 def save_npz_atomic(path, arrays: dict) -> Path:
     """``np.savez`` to ``path`` atomically (fsynced before the rename)."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+        fh.flush()
+        os.fsync(fh.fileno())
     return Path(path)

@@ -32,7 +32,7 @@ import numpy as np
 
 from .config import ConfigError, coerce
 
-PRESETS: dict[str, "Preset"] = {}
+PRESETS: dict[str, Preset] = {}
 
 
 class RunError(RuntimeError):

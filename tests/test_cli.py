@@ -26,9 +26,11 @@ TINY = {
     "prompt-sweep": ["n=6", "sizes=1,3", "weights=0.5,2", "t1=2", "n_save=5", "chunks=2"],
     "meanfield-circle": ["m=32", "betas=1,2", "t1=1", "n_save=5", "chunks=2"],
     "particles-vs-pde": ["ns=8,16", "n_seeds=2", "m=64", "t1=0.5"],
+    "kinetic-causal": ["n_s=16", "m=16", "betas=1,2", "bins=8", "t_early=1", "n_early=6", "t1=1.5", "n_late=2", "chunks=2"],
 }
 GRID_PRESETS = {"pe-sweep", "prompt-sweep"}
-DENSITY_PRESETS = {"meanfield-circle": {"rho", "mass"}, "particles-vs-pde": {"w1", "w1_mean"}}
+DENSITY_PRESETS = {"meanfield-circle": {"rho", "mass"}, "particles-vs-pde": {"w1", "w1_mean"},
+                   "kinetic-causal": {"f", "influence", "u_onset"}}
 OBSERVABLES = {"energy", "diameter", "min_cosine", "mean_cosine", "n_clusters", "rank_collapse", "effective_rank"}
 
 

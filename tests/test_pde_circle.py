@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 
 import meanfield as mf
-from meanfield.pde.circle import CircleMeanField, density_to_particles, density_w1, particles_to_density
+from meanfield.pde.circle import (
+    CircleMeanField,
+    density_to_particles,
+    density_w1,
+    particles_to_density,
+)
 from meanfield.theory import circle_growth_rate
 
 
@@ -15,7 +20,7 @@ def cell_averages(m):
     """Exact cell averages of rho(t) = (1 + 0.6 cos t + 0.3 sin 2t) / (2 pi)."""
     h = 2 * np.pi / m
     e = np.arange(m + 1) * h
-    F = lambda t: (t + 0.6 * np.sin(t) - 0.15 * np.cos(2 * t)) / (2 * np.pi)  # noqa: E731
+    F = lambda t: (t + 0.6 * np.sin(t) - 0.15 * np.cos(2 * t)) / (2 * np.pi)
     return jnp.asarray((F(e[1:]) - F(e[:-1])) / h)
 
 

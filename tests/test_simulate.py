@@ -97,7 +97,7 @@ def test_layer_maps_match_their_formulas(key, norm):
     def n(y):
         return y / np.linalg.norm(y, axis=-1, keepdims=True)
 
-    F = lambda y: np.asarray(attn(jnp.asarray(y)))  # noqa: E731
+    F = lambda y: np.asarray(attn(jnp.asarray(y)))
     x = np.asarray(x0)
     for _ in range(2):
         x = {

@@ -1,16 +1,6 @@
 """The attention kernel: scores, masks, auxiliary variables, prompts, heads, backends."""
 
 from .attention import Attention as Attention
-from .masks import ALiBi as ALiBi
-from .masks import AbstractMask as AbstractMask
-from .masks import Causal as Causal
-from .masks import Compose as Compose
-from .masks import CustomBias as CustomBias
-from .masks import Full as Full
-from .masks import Slots as Slots
-from .masks import Window as Window
-from .tokens import Prompt as Prompt
-from .tokens import TokenAux as TokenAux
 from .encodings import AbstractPE as AbstractPE
 from .encodings import AdditivePE as AdditivePE
 from .encodings import RoPE as RoPE
@@ -19,3 +9,13 @@ from .encodings import gaussian as gaussian
 from .encodings import random_fourier as random_fourier
 from .encodings import rope_rotate as rope_rotate
 from .encodings import sinusoidal as sinusoidal
+from .masks import AbstractMask as AbstractMask
+from .masks import ALiBi as ALiBi
+from .masks import Causal as Causal
+from .masks import Compose as Compose
+from .masks import CustomBias as CustomBias
+from .masks import Full as Full
+from .masks import Slots as Slots
+from .masks import Window as Window
+from .tokens import Prompt as Prompt
+from .tokens import TokenAux as TokenAux

@@ -198,7 +198,7 @@ class Attention(eqx.Module):
         out = jnp.broadcast_to(out, (self.heads,) + out.shape[1:])
         return jnp.einsum("hed,hnd->ne", self.W.astype(dtype), out)
 
-    def _prepare(self, x, aux, prompt) -> "_Prepared":
+    def _prepare(self, x, aux, prompt) -> _Prepared:
         n, d = x.shape
         dt = x.dtype
         aux = TokenAux.default(n, dt) if aux is None else aux

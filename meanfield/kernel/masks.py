@@ -44,7 +44,7 @@ class AbstractMask(eqx.Module):
     def validate(self, n_queries: int, n_keys: int, heads: int) -> None:
         """Trace-time shape checks against the problem size."""
 
-    def __and__(self, other: "AbstractMask") -> "Compose":
+    def __and__(self, other: AbstractMask) -> Compose:
         left = self.masks if isinstance(self, Compose) else (self,)
         right = other.masks if isinstance(other, Compose) else (other,)
         return Compose(left + right)
@@ -132,7 +132,7 @@ class CustomBias(AbstractMask):
         self.matrix = matrix if matrix.ndim == 3 else matrix[None]
 
     @classmethod
-    def from_bool(cls, allowed) -> "CustomBias":
+    def from_bool(cls, allowed) -> CustomBias:
         allowed = jnp.asarray(allowed, dtype=bool)
         return cls(jnp.where(allowed, 0.0, -jnp.inf))
 

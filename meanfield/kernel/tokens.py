@@ -37,7 +37,7 @@ class TokenAux(eqx.Module):
     z: Array | None = None
 
     @classmethod
-    def default(cls, n: int, dtype=None, *, pos=None, mass=None, z=None) -> "TokenAux":
+    def default(cls, n: int, dtype=None, *, pos=None, mass=None, z=None) -> TokenAux:
         """Positions 0..N-1 and masses 1/N unless given."""
         pos = jnp.arange(n, dtype=dtype or jnp.float32) if pos is None else jnp.asarray(pos)
         mass = jnp.full((n,), 1.0 / n, dtype=dtype or jnp.float32) if mass is None else jnp.asarray(mass)

@@ -119,23 +119,26 @@ class KineticMeanField(eqx.Module):
         if s is None:
             require(n_s is not None and int(n_s) >= 1, f"n_s must be a positive number of rows, got {n_s}")
             s = (np.arange(int(n_s)) + 0.5) / int(n_s)
-        s = jnp.asarray(s, dtype=float)
+        concrete = lambda v: not isinstance(v, jax.core.Tracer)  # noqa: E731
+        s = np.asarray(s, dtype=float) if concrete(s) else s
         require(s.ndim == 1 and s.shape[0] >= 1, f"s must be a 1-D array of auxiliary values, got shape {s.shape}")
         n_rows = s.shape[0]
         if isinstance(coupling, str):
             require(coupling in ("causal", "full"), f"coupling must be 'causal', 'full' or an (S, S) array, got {coupling!r}")
-            if coupling == "causal":
-                require(bool(np.all(np.diff(np.asarray(s)) > 0)), "s must be strictly increasing for coupling='causal'")
+            if coupling == "causal" and concrete(s):
+                require(bool(np.all(np.diff(s) > 0)), "s must be strictly increasing for coupling='causal'")
             self.coupling, self.cmat = coupling, None
         else:
             cmat = jnp.asarray(coupling, dtype=float)
             require(cmat.shape == (n_rows, n_rows), f"coupling matrix must have shape ({n_rows}, {n_rows}), got {cmat.shape}")
-            require(bool(jnp.all(cmat >= 0)), "coupling matrix weights must be non-negative")
+            if concrete(coupling):
+                require(bool(np.all(np.asarray(coupling) >= 0)), "coupling matrix weights must be non-negative")
             self.coupling, self.cmat = "matrix", cmat
-        w = jnp.full((n_rows,), 1.0 / n_rows) if w is None else jnp.asarray(w, dtype=float)
-        require(w.shape == (n_rows,), f"w must have shape ({n_rows},), got {w.shape}")
-        require(bool(jnp.all(w > 0)), "w (z-marginal weights) must be positive")
-        self.s, self.w = s, w / jnp.sum(w)
+        w = np.full((n_rows,), 1.0 / n_rows) if w is None else w
+        require(jnp.shape(w) == (n_rows,), f"w must have shape ({n_rows},), got {jnp.shape(w)}")
+        if concrete(w):
+            require(bool(np.all(np.asarray(w) > 0)), "w (z-marginal weights) must be positive")
+        self.s, self.w = jnp.asarray(s, dtype=float), jnp.asarray(w, dtype=float) / jnp.sum(jnp.asarray(w, dtype=float))
         self.m = int(m)
         self.beta, self.a, self.b = (jnp.asarray(v, dtype=float) for v in (beta, a, b))
         self.form = form
