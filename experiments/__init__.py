@@ -12,3 +12,4 @@ from . import layernorm as layernorm
 from . import meanfield_circle as meanfield_circle
 from . import metastability as metastability
 from . import phase_diagram as phase_diagram
+from . import cesaro as cesaro  # noqa: F401

@@ -8,6 +8,7 @@ from . import geometry as geometry
 from . import kernel as kernel
 from . import observables as observables
 from .geometry import NGPT as NGPT
+from .geometry import Residual as Residual
 from .geometry import Euclidean as Euclidean
 from .geometry import PeriLN as PeriLN
 from .geometry import PostLN as PostLN

@@ -13,6 +13,7 @@ normalisation (a LayerNorm without centering or gain, i.e. an RMSNorm up to the 
     PreLN:   x <- x + h F(n(x))                          (state in R^d, grows)
     PeriLN:  x <- x + h n(F(n(x)))                       (Kim et al. 2025; state in R^d)
     NGPT:    x <- n(x + h (n(F(x)) - x))                 (Loshchilov et al. 2024, alpha = h)
+    Residual: x <- (1 - h) x + h F(x)                    (convex residual, the Cesàro model)
 
 with F the attention field. Post-LN with small h is the Euler step of the sphere dynamics
 followed by a retraction.
@@ -131,3 +132,12 @@ class NGPT(AbstractLayerMap):
     @property
     def geometry(self):
         return Sphere()
+
+
+class Residual(AbstractLayerMap):
+    """x <- (1 - h) x + h F(x): convex residual mixing with weight alpha = h, no normalisation
+    (state in R^d). With uniform causal attention this is the Cesàro model of position bias:
+    the layer is linear, x <- ((1 - alpha) I + alpha A) x."""
+
+    def step(self, field, x, h):
+        return x + h * (field(x) - x)

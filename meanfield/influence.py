@@ -1,4 +1,4 @@
-r"""Influence profiles over input positions and their shape observables.
+r"""Influence profiles over input positions: Jacobian, attention rollout, shape observables.
 
 A profile p_j (j = 0..n-1, positions in [0, 1] in order) says how much the output at one position
 (typically the last) depends on the input at position j, as a mass per position (so profiles of
@@ -8,10 +8,26 @@ U-shaped: large at the start (primacy), large at the end (recency), smaller in b
 Why bin: in the continuum limit of causal attention the influence of the first positions has an
 integrable (logarithmic) singularity at s = 0 (the Cesàro primacy tail), so point values near
 s = 0 depend on the grid while the mass of a bin of fixed width converges.
+
+Three ways to get a profile (all for the output token ``target``, default the last):
+
+* :func:`jacobian_profile` / :func:`layers_influence` / :func:`flow_influence`:
+  p_j = ||d x_target(T) / d x_j(0)||_F through any map, H discrete layers or the continuous
+  dynamics, by reverse-mode autodiff: one VJP per output component (d of them, vmapped), so the
+  (N d) x (N d) Jacobian is never formed;
+* :func:`rollout`: the last row of prod_l ((1 - alpha) I + alpha A_l) with A_l the engine's own
+  attention matrices along a layer trajectory (heads averaged);
+* theory: ``meanfield.theory.cesaro_rollout`` (discrete, n tokens) and ``cesaro_density`` (the
+  continuum closed form).
+
+:func:`profile_stats` turns any of them into comparable numbers (primacy and recency mass,
+dead-zone depth and location) after normalising to unit mass on positions s_j = (j + 1)/n.
 """
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -55,3 +71,74 @@ def u_shape_onset(ts, profiles) -> float:
     if g0 > 0 or g1 <= g0:
         return float(ts[i])
     return float(ts[i - 1] + (ts[i] - ts[i - 1]) * (-g0) / (g1 - g0))
+
+
+# ----------------------------------------------------------------------------- profiles
+def jacobian_profile(fn, x0, target: int = -1):
+    """p_j = ||d fn(x0)[target] / d x0[j]||_F for a map fn: (N, d) -> (N, d'), shape (N,).
+
+    One VJP per output component of the target token (vmapped): cost d' backward passes."""
+    x0 = jnp.asarray(x0)
+    out, vjp = jax.vjp(fn, x0)
+    dout = out.shape[-1]
+    cot = jnp.zeros((dout,) + out.shape, out.dtype).at[jnp.arange(dout), target, jnp.arange(dout)].set(1.0)
+    (rows,) = jax.vmap(vjp)(cot)  # (d', N, d): rows[a, j] = d out[target, a] / d x0[j]
+    return jnp.sqrt(jnp.sum(rows**2, axis=(0, 2)))
+
+
+def layers_influence(attn, x0, n_layers: int, *, h=1.0, norm=None, aux=None, prompt=None, target: int = -1):
+    """Jacobian profile of the output of ``meanfield.layers`` (H discrete layers)."""
+    from .geometry import PostLN
+    from .particles import layers
+
+    norm = PostLN() if norm is None else norm
+    return jacobian_profile(lambda x: layers(attn, x, n_layers, h=h, norm=norm, aux=aux, prompt=prompt).xs[-1], x0, target)
+
+
+def flow_influence(attn, x0, t1, *, target: int = -1, **simulate_kwargs):
+    """Jacobian profile of the continuous dynamics x(t1) (``meanfield.simulate``, its keyword
+    arguments passed through: geometry, aux, prompt, solver, dt, rtol, atol)."""
+    from .particles import simulate
+
+    ts = jnp.asarray([0.0, t1], dtype=jnp.asarray(x0).dtype)
+    return jacobian_profile(lambda x: simulate(attn, x, ts, **simulate_kwargs).xs[-1], x0, target)
+
+
+def rollout(attn, xs, alpha, *, aux=None, target: int = -1):
+    """Attention rollout: row ``target`` of prod_l ((1 - alpha) I + alpha A_l), A_l = the
+    engine's attention matrix at layer input xs[l] (l = 0..H-1, heads averaged), applied from
+    the last layer down: r <- (1 - alpha) r + alpha r A_l. ``xs``: (H, N, d) layer inputs, e.g.
+    ``layers(...).xs[:-1]``."""
+    xs = jnp.asarray(xs)
+    n = xs.shape[1]
+    r0 = jnp.zeros((n,), xs.dtype).at[target].set(1.0)
+
+    def body(r, x):
+        a = jnp.mean(attn.weights(x, aux), axis=0)[:, :n]
+        return (1 - alpha) * r + alpha * r @ a, None
+
+    r, _ = jax.lax.scan(body, r0, xs[::-1])
+    return r
+
+
+def profile_stats(profile, *, edge: float = 0.1) -> dict:
+    """Shape numbers of a (n,) influence profile on the last token, normalised to unit mass on
+    positions s_j = (j + 1)/n (density n q_j comparable to the continuum rho(s)):
+
+    primacy_mass: mass on s <= edge; recency_mass: mass of the last token itself;
+    dead_zone_depth: min of the density over the interior (positions 2..n-1, i.e. excluding the
+    first and the last token), dead_zone_location: its s; u_ratio: dead-zone depth / density at
+    the first token (small = deep U)."""
+    p = np.asarray(profile, dtype=float)
+    n = p.shape[-1]
+    q = p / p.sum()
+    s = np.arange(1, n + 1) / n
+    dens = n * q
+    k = 1 + int(np.argmin(dens[1:-1]))
+    return {
+        "primacy_mass": float(q[s <= edge].sum()),
+        "recency_mass": float(q[-1]),
+        "dead_zone_depth": float(dens[k]),
+        "dead_zone_location": float(s[k]),
+        "u_ratio": float(dens[k] / dens[0]),
+    }

@@ -111,3 +111,57 @@ def causal_mode_propagator(t: float, n: int, beta: float, lam: float, n_s: int, 
     if form == "SA":
         c = c / c.sum(axis=1, keepdims=True)
     return expm(t * circle_growth_rate(n, beta, form=form) * c)
+
+
+# ----------------------------------------------------------------------------- Cesàro theory
+def cesaro_matrix(n: int) -> np.ndarray:
+    """Uniform causal averaging A_ij = 1/i for j <= i (1-based), the attention matrix of causal
+    attention with constant scores (beta = 0 or Q = K = 0)."""
+    i = np.arange(1, n + 1)
+    return np.tril(np.ones((n, n))) / i[:, None]
+
+
+def cesaro_rollout(n: int, depth: int, alpha):
+    """Last row of ((1 - alpha) I + alpha A)^H for the Cesàro matrix A: the influence of every
+    input position on the last token after H residual layers of uniform causal attention (sums
+    to 1). (r A)_j = sum_{i >= j} r_i / i is a reversed cumulative sum, so each layer is O(n)
+    and the power is never formed; jnp, so it runs under jit/vmap (alpha may be traced)."""
+    import jax.numpy as jnp
+
+    inv_i = 1.0 / jnp.arange(1, n + 1, dtype=float)
+    row = jnp.zeros(n).at[-1].set(1.0)
+    for _ in range(depth):
+        row = (1 - alpha) * row + alpha * jnp.cumsum((row * inv_i)[::-1])[::-1]
+    return row
+
+
+def cesaro_density(y, depth: int, alpha: float) -> np.ndarray:
+    r"""Continuum influence density on the last token (x = 1) after H residual layers:
+
+        ((1 - alpha) I + alpha C)^H = sum_k binom(H, k) (1 - alpha)^{H-k} alpha^k C^k,
+        (C^k f)(x) = int_0^x (log(x/y))^{k-1} / ((k-1)! x) f(y) dy   (k >= 1),
+
+    (C f)(x) = (1/x) int_0^x f: induction, C^{k+1} has kernel (1/x) int_y^x (log(t/y))^{k-1}/((k-1)! t) dt
+    = (log(x/y))^k / (k! x). At x = 1 the density over y in (0, 1) is
+
+        rho_H(y) = sum_{k=1}^H binom(H, k) (1 - alpha)^{H-k} alpha^k (log(1/y))^{k-1} / (k-1)!
+
+    (primacy tail: rho ~ alpha^H (log 1/y)^{H-1}/(H-1)! as y -> 0), plus the recency delta of
+    mass ``cesaro_recency(H, alpha)`` = (1 - alpha)^H at y = 1. Each C^k kernel has unit mass, so
+    int rho + delta = 1.
+    """
+    from scipy.special import comb, gammaln, xlogy
+
+    y = np.asarray(y, dtype=float)
+    with np.errstate(divide="ignore"):
+        log_inv = -np.log(y)
+    out = np.zeros_like(y)
+    for k in range(1, depth + 1):
+        logterm = xlogy(k - 1, log_inv) - gammaln(k)  # log((log 1/y)^{k-1} / (k-1)!), 0^0 = 1
+        out = out + comb(depth, k) * (1 - alpha) ** (depth - k) * alpha**k * np.exp(logterm)
+    return out
+
+
+def cesaro_recency(depth: int, alpha: float) -> float:
+    """Mass (1 - alpha)^H of the isolated recency delta on the last token."""
+    return float((1 - alpha) ** depth)

@@ -1,0 +1,163 @@
+"""Lost in the middle at birth (Chowdhury 2026): uniform causal attention with residual mixing is
+the Cesàro model, ((1 - alpha) I + alpha A)^H, and its influence profile on the last token has a
+closed-form continuum limit (``meanfield.theory.cesaro_density``): a primacy tail diverging like
+(log 1/s)^{H-1}, an isolated recency delta (1 - alpha)^H, and a dead zone in between.
+
+``cesaro``: for H = 1, 2, 4, 8, 16 the discrete profile (n = 512 and 4096 tokens,
+``theory.cesaro_rollout``; the engine's Jacobian and attention rollout of uniform causal
+attention with ``Residual`` layers equal it to round-off, see tests/test_influence.py) against
+the closed form on a log-log scale; the interior error vs n
+with its fitted rate; and the dead-zone depth vs H: the residual floor H alpha (1 - alpha)^{H-1}
+(the density just before the last token), and the attention-only (alpha = 1) mid-sequence
+density (log 2)^{H-1}/(H-1)! against 1/(H-1)!.
+
+    meanfield run cesaro [--set alpha=0.5]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import xarray as xr
+
+from meanfield import theory
+from meanfield.influence import profile_stats
+from meanfield.runner import Preset, register
+
+from ._common import plt, require
+
+
+@dataclasses.dataclass(frozen=True)
+class CesaroConfig:
+    depths: tuple[int, ...] = (1, 2, 4, 8, 16)
+    ns: tuple[int, ...] = (512, 4096)
+    """token counts drawn against the closed form"""
+    n_conv: tuple[int, ...] = (256, 512, 1024, 2048, 4096, 8192)
+    """token counts of the convergence fit"""
+    alpha: float = 0.5
+    """residual mixing weight (layer: (1 - alpha) x + alpha A x)"""
+    interior: float = 0.05
+    """the error is measured on s in [interior, 1 - interior]"""
+    chunks: int = 1
+    seed: int = 0
+
+    def validate(self):
+        require(len(self.depths) >= 1 and min(self.depths) >= 1, "depths must be >= 1")
+        require(min(self.ns) >= 8 and len(self.n_conv) >= 3 and min(self.n_conv) >= 8, "need n >= 8 and 3+ n_conv")
+        require(0 < self.alpha <= 1, f"alpha must be in (0, 1], got {self.alpha}")
+        require(0 < self.interior < 0.5, "interior must be in (0, 1/2)")
+        require(self.chunks == 1, "cesaro runs in one chunk")
+
+
+def _interior_error(n, depth, alpha, interior):
+    r = np.asarray(theory.cesaro_rollout(n, depth, alpha))
+    s = np.arange(1, n + 1) / n
+    keep = (s >= interior) & (s <= 1 - interior)
+    return float(np.max(np.abs(n * r[keep] / theory.cesaro_density(s[keep], depth, alpha) - 1)))
+
+
+@register
+class Cesaro(Preset):
+    name = "cesaro"
+    description = "Cesàro theory of position bias: discrete vs closed-form influence for H = 1..16, dead zone vs H"
+    Config = CesaroConfig
+    vmap_keys = ("seed",)  # unused: the Cesàro model is deterministic
+
+    def times(self, cfg):
+        return np.array([0.0, 1.0])
+
+    def init(self, cfg, p):
+        return {f"n{n}": jnp.zeros((len(cfg.depths), n)) for n in cfg.ns}
+
+    def record(self, cfg, p, state):
+        return {k: v[None] for k, v in state.items()}
+
+    def advance(self, cfg, p, state, ts):
+        new = {f"n{n}": jnp.stack([theory.cesaro_rollout(n, h, cfg.alpha) for h in cfg.depths]) for n in cfg.ns}
+        return new, {k: v[None] for k, v in new.items()}
+
+    def dataset(self, cfg, ts, recs, grid):
+        require(not grid.keys, "cesaro does not take a sweep grid")
+        data, coords = {}, {"depth": list(cfg.depths), "n_conv": list(cfg.n_conv)}
+        for n in cfg.ns:
+            prof = recs[f"n{n}"][-1]  # (H, n)
+            s = np.arange(1, n + 1) / n
+            data[f"profile_n{n}"] = (("depth", f"s{n}"), prof)
+            data[f"closed_form_n{n}"] = (("depth", f"s{n}"), np.stack(
+                [np.append(theory.cesaro_density(s[:-1], h, cfg.alpha), np.nan) for h in cfg.depths]))
+            coords[f"s{n}"] = s
+            stats = [profile_stats(p) for p in prof]
+            for key in ("primacy_mass", "recency_mass", "dead_zone_depth", "dead_zone_location"):
+                data[f"{key}_n{n}"] = (("depth",), np.array([st[key] for st in stats]))
+        err = np.array([[_interior_error(n, h, cfg.alpha, cfg.interior) for n in cfg.n_conv] for h in cfg.depths])
+        data["interior_rel_error"] = (("depth", "n_conv"), err)
+        rates = [np.polyfit(np.log(cfg.n_conv), np.log(e), 1)[0] if np.all(e > 0) else np.nan for e in err]
+        data["error_rate"] = (("depth",), np.array(rates))
+        data["recency_theory"] = (("depth",), np.array([theory.cesaro_recency(h, cfg.alpha) for h in cfg.depths]))
+        data["floor_theory"] = (("depth",), np.array([h * cfg.alpha * (1 - cfg.alpha) ** (h - 1) for h in cfg.depths]))
+        nmax = max(cfg.ns)
+        mid = np.array([nmax * float(theory.cesaro_rollout(nmax, h, 1.0)[nmax // 2 - 1]) for h in cfg.depths])
+        data["midpoint_depth_attention_only"] = (("depth",), mid)
+        data["midpoint_depth_theory"] = (("depth",), np.array([math.log(2) ** (h - 1) / math.factorial(h - 1) for h in cfg.depths]))
+        return xr.Dataset(data, coords=coords)
+
+    def plot(self, ds, outdir):
+        cfg = json.loads(ds.attrs["config"])
+        p = plt()
+        fig, axes = p.subplots(1, 3, figsize=(16, 4.8))
+        ax = axes[0]
+        cmap = p.get_cmap("plasma")
+        depths = ds.depth.values
+        ns = cfg["ns"]
+        for i, h in enumerate(depths):
+            c = cmap(i / max(1, len(depths)))
+            for n, ls in zip(ns, ("--", "-")):
+                s = ds[f"s{n}"].values
+                ax.plot(s[:-1], n * ds[f"profile_n{n}"].sel(depth=h).values[:-1], ls=ls, color=c, lw=1.2,
+                        label=f"H = {h}" if n == ns[-1] else None)
+            s = ds[f"s{ns[-1]}"].values
+            ax.plot(s[:-1], ds[f"closed_form_n{ns[-1]}"].sel(depth=h).values[:-1], ":", color="k", lw=1)
+            ax.plot([1.0], [ns[-1] * ds[f"profile_n{ns[-1]}"].sel(depth=h).values[-1]], "o", color=c)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_ylim(1e-6, None)
+        ax.set_xlabel("input position s = j/n")
+        ax.set_ylabel("influence density n p_j on the last token")
+        ax.set_title(f"discrete (n = {ns[0]} dashed, {ns[-1]} solid) vs closed form (dotted)\n"
+                     f"alpha = {cfg['alpha']}; dots: last token (recency delta, times n)", fontsize=9)
+        ax.legend(fontsize=7)
+        ax = axes[1]
+        nc = ds.n_conv.values
+        for i, h in enumerate(depths):
+            rate = float(ds.error_rate.sel(depth=h))
+            if not np.isfinite(rate):
+                continue  # H = 1: the discrete profile is exactly the closed form
+            ax.loglog(nc, ds.interior_rel_error.sel(depth=h).values, "o-", color=cmap(i / len(depths)),
+                      label=f"H = {h}: rate {rate:.2f}")
+        ax.set_xticks(nc, [str(v) for v in nc])
+        ax.minorticks_off()
+        ax.set_xlabel("n tokens")
+        ax.set_ylabel(f"max relative error on s in [{cfg['interior']}, {1 - cfg['interior']}]")
+        ax.set_title("discrete -> continuum convergence", fontsize=9)
+        ax.legend(fontsize=7)
+        ax = axes[2]
+        nmax = max(ns)
+        ax.semilogy(depths, ds[f"dead_zone_depth_n{nmax}"].values, "o", label=f"residual floor, n = {nmax}")
+        ax.semilogy(depths, ds.floor_theory.values, "-", label="H alpha (1 - alpha)^{H-1}")
+        ax.semilogy(depths, ds.midpoint_depth_attention_only.values, "s", label=f"alpha = 1, density at s = 1/2, n = {nmax}")
+        ax.semilogy(depths, ds.midpoint_depth_theory.values, "-", label="(log 2)^{H-1} / (H-1)!")
+        ax.semilogy(depths, [1 / math.factorial(h - 1) for h in depths], "k:", label="1 / (H-1)!")
+        ax.set_xlabel("depth H")
+        ax.set_ylabel("dead-zone depth (density)")
+        ax.set_title("dead zone vs depth", fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = Path(outdir) / "cesaro.png"
+        fig.savefig(path, dpi=110)
+        p.close(fig)
+        return [path]

@@ -1,0 +1,116 @@
+"""Influence profiles: rollout and Jacobian of uniform causal attention equal the Cesàro power;
+the discrete profile converges to the closed-form continuum density at rate 1/n; autodiff
+Jacobians match finite differences; the dead-zone laws; the U-shape observables."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.integrate import quad
+
+import meanfield as mf
+from meanfield import theory
+from meanfield.influence import (
+    bin_profile,
+    flow_influence,
+    is_u_shaped,
+    jacobian_profile,
+    layers_influence,
+    profile_stats,
+    rollout,
+    u_shape_onset,
+)
+
+
+@pytest.mark.parametrize("n,depth,alpha", [(7, 1, 1.0), (20, 3, 0.5), (33, 6, 0.3)])
+def test_engine_rollout_and_jacobian_equal_the_cesaro_power(n, depth, alpha):
+    power = np.linalg.matrix_power((1 - alpha) * np.eye(n) + alpha * theory.cesaro_matrix(n), depth)[-1]
+    np.testing.assert_allclose(theory.cesaro_rollout(n, depth, alpha), power, rtol=1e-12, atol=1e-15)
+    attn = mf.Attention(0.0, mask=mf.Causal())  # constant scores: A = Cesàro matrix
+    x0 = jax.random.normal(jax.random.key(n), (n, 3))
+    xs = mf.layers(attn, x0, depth, h=alpha, norm=mf.Residual()).xs
+    np.testing.assert_allclose(rollout(attn, xs[:-1], alpha), power, rtol=1e-12, atol=1e-15)
+    # the layer is linear: d x_n(H) / d x_j(0) = power_j * I_d, Frobenius norm sqrt(d) power_j
+    jac = layers_influence(attn, x0, depth, h=alpha, norm=mf.Residual())
+    np.testing.assert_allclose(jac / np.sqrt(3), power, rtol=1e-12, atol=1e-15)
+
+
+def test_closed_form_has_unit_mass_with_the_recency_delta():
+    for depth, alpha in [(1, 0.5), (4, 0.5), (8, 0.3), (16, 0.9)]:
+        mass, _ = quad(lambda u: theory.cesaro_density(np.array([np.exp(-u)]), depth, alpha)[0] * np.exp(-u), 0, 200, limit=400)
+        assert abs(mass + theory.cesaro_recency(depth, alpha) - 1) < 1e-8
+
+
+@pytest.mark.parametrize("depth", [2, 4, 8])
+def test_discrete_profile_converges_to_closed_form_at_rate_one_over_n(depth):
+    ns = [256, 512, 1024, 2048, 4096]
+    errs = []
+    for n in ns:
+        r = np.asarray(theory.cesaro_rollout(n, depth, 0.5))
+        s = np.arange(1, n + 1) / n
+        keep = (s >= 0.05) & (s <= 0.95)
+        errs.append(np.max(np.abs(n * r[keep] / theory.cesaro_density(s[keep], depth, 0.5) - 1)))
+    rate = np.polyfit(np.log(ns), np.log(errs), 1)[0]
+    assert abs(rate + 1) < 0.1, (errs, rate)
+    assert abs(r[-1] - theory.cesaro_recency(depth, 0.5)) < depth / n  # recency delta, O(H/n)
+
+
+def test_dead_zone_laws():
+    """Attention only (alpha = 1): the mid-sequence density is (log 2)^{H-1}/(H-1)!, i.e. it
+    shrinks factorially; measured relative discretisation error ~ H^2/n, so the tolerance is
+    2 H^2 / n. With residual mixing the interior minimum sits just before the last token at
+    H alpha (1 - alpha)^{H-1} (the one-hop term), within O(H/n)."""
+    n = 4096
+    for depth in [1, 2, 4, 8, 12, 16]:
+        mid = n * float(theory.cesaro_rollout(n, depth, 1.0)[n // 2 - 1])
+        law = math.log(2) ** (depth - 1) / math.factorial(depth - 1)
+        assert abs(mid / law - 1) < 2 * depth**2 / n + 1e-12, (depth, mid, law)
+        st = profile_stats(theory.cesaro_rollout(n, depth, 0.5))
+        floor = depth * 0.5 * 0.5 ** (depth - 1)
+        assert abs(st["dead_zone_depth"] / floor - 1) < 2 * depth / n + 1e-12, (depth, st, floor)
+        assert abs(st["recency_mass"] - 0.5**depth) < depth / n
+
+
+def test_jacobian_matches_finite_differences_nonlinear():
+    n, d = 10, 3
+    x0 = mf.sphere_uniform(jax.random.key(1), n, d)
+    attn = mf.Attention(2.0, mask=mf.Causal() & mf.ALiBi(0.3))
+    fn = lambda x: mf.layers(attn, x, 3, h=0.4).xs[-1]  # noqa: E731  (post-LN, nonlinear)
+    prof = jacobian_profile(fn, x0)
+    eps = 1e-6
+    for j in [0, 4, n - 1]:
+        block = np.zeros((d, d))
+        for b in range(d):
+            e = jnp.zeros((n, d)).at[j, b].set(eps)
+            block[:, b] = (fn(x0 + e)[-1] - fn(x0 - e)[-1]) / (2 * eps)
+        assert abs(np.linalg.norm(block) - float(prof[j])) < 1e-7
+    # continuous dynamics: the same through simulate
+    t1 = 1.5
+    kw = dict(rtol=1e-11, atol=1e-11)
+    pf = flow_influence(attn, x0, t1, **kw)
+    g = lambda x: mf.simulate(attn, x, jnp.array([0.0, t1]), **kw).xs[-1]  # noqa: E731
+    for j in [0, n - 1]:
+        block = np.zeros((d, d))
+        for b in range(d):
+            e = jnp.zeros((n, d)).at[j, b].set(eps)
+            block[:, b] = (g(x0 + e)[-1] - g(x0 - e)[-1]) / (2 * eps)
+        assert abs(np.linalg.norm(block) - float(pf[j])) < 1e-6
+
+
+def test_causal_influence_is_zero_on_the_future_and_u_shape_helpers():
+    n = 12
+    x0 = mf.sphere_uniform(jax.random.key(2), n, 3)
+    attn = mf.Attention(1.0, mask=mf.Causal())
+    prof = layers_influence(attn, x0, 2, h=0.5, target=5)
+    np.testing.assert_array_equal(prof[6:], 0.0)
+    assert bool(jnp.all(prof[:6] > 0))
+    u = np.array([3.0, 1.0, 0.5, 1.0, 4.0])
+    assert is_u_shaped(u) and not is_u_shaped(np.sort(u)) and not is_u_shaped(np.sort(u)[::-1])
+    np.testing.assert_array_equal(bin_profile(np.arange(6.0), 3), [1.0, 5.0, 9.0])
+    with pytest.raises(ValueError, match="n_bins"):
+        bin_profile(np.arange(6.0), 4)
+    ts = np.array([0.0, 1.0, 2.0])
+    profs = np.array([[0.0, 1.0, 2.0, 3.0], [1.0, 0.5, 1.0, 3.0], [2.0, 0.5, 1.0, 3.0]])
+    assert u_shape_onset(ts, profs) == pytest.approx(0.0 + 1.0 * 1.0 / 1.5)
