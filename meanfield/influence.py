@@ -75,24 +75,40 @@ def u_shape_onset(ts, profiles) -> float:
 
 # ----------------------------------------------------------------------------- profiles
 def jacobian_profile(fn, x0, target: int = -1):
-    """p_j = ||d fn(x0)[target] / d x0[j]||_F for a map fn: (N, d) -> (N, d'), shape (N,).
+    """p_j = ||d fn(x0)[..., target, :] / d x0[j]||_F for a map fn: (N, d) -> (..., N, d'),
+    shape (..., N): one profile per leading index of the output (e.g. one per saved depth).
 
-    One VJP per output component of the target token (vmapped): cost d' backward passes."""
+    One VJP per output component of the target token and leading index (vmapped), so the
+    (N d) x (N d) Jacobian is never formed."""
     x0 = jnp.asarray(x0)
     out, vjp = jax.vjp(fn, x0)
-    dout = out.shape[-1]
-    cot = jnp.zeros((dout,) + out.shape, out.dtype).at[jnp.arange(dout), target, jnp.arange(dout)].set(1.0)
-    (rows,) = jax.vmap(vjp)(cot)  # (d', N, d): rows[a, j] = d out[target, a] / d x0[j]
-    return jnp.sqrt(jnp.sum(rows**2, axis=(0, 2)))
+    lead, dout = out.shape[:-2], out.shape[-1]
+    n_cot = int(np.prod(lead, dtype=int)) * dout
+    flat = jnp.zeros((n_cot,) + (int(np.prod(lead, dtype=int)),) + out.shape[-2:], out.dtype)
+    rows_i = jnp.arange(n_cot)
+    flat = flat.at[rows_i, rows_i // dout, target, rows_i % dout].set(1.0)
+    (rows,) = jax.vmap(vjp)(flat.reshape((n_cot,) + out.shape))  # rows[c, j] = d out_c / d x0[j]
+    sq = jnp.sum(rows.reshape((-1, dout) + x0.shape) ** 2, axis=(1, 3))  # (prod(lead), N)
+    return jnp.sqrt(sq).reshape(lead + x0.shape[:1])
 
 
-def layers_influence(attn, x0, n_layers: int, *, h=1.0, norm=None, aux=None, prompt=None, target: int = -1):
-    """Jacobian profile of the output of ``meanfield.layers`` (H discrete layers)."""
+def layers_influence(attn, x0, n_layers: int | None = None, *, h=1.0, norm=None, aux=None, prompt=None,
+                     target: int = -1, depths=None):
+    """Jacobian profile of the output of ``meanfield.layers`` (H = ``n_layers`` discrete layers),
+    shape (N,); with ``depths`` = (H_1, H_2, ...) instead, the profiles after each of those depths
+    from one forward pass and one batch of VJPs, shape (len(depths), N)."""
     from .geometry import PostLN
     from .particles import layers
 
     norm = PostLN() if norm is None else norm
-    return jacobian_profile(lambda x: layers(attn, x, n_layers, h=h, norm=norm, aux=aux, prompt=prompt).xs[-1], x0, target)
+    if depths is None:
+        return jacobian_profile(lambda x: layers(attn, x, n_layers, h=h, norm=norm, aux=aux, prompt=prompt).xs[-1],
+                                x0, target)
+    idx = np.asarray(depths, dtype=int)
+    if idx.ndim != 1 or idx.size == 0 or idx.min() < 1:
+        raise ValueError(f"depths must be a non-empty list of depths >= 1, got {depths}")
+    return jacobian_profile(lambda x: layers(attn, x, int(idx.max()), h=h, norm=norm, aux=aux, prompt=prompt).xs[idx],
+                            x0, target)
 
 
 def flow_influence(attn, x0, t1, *, target: int = -1, **simulate_kwargs):
@@ -104,21 +120,27 @@ def flow_influence(attn, x0, t1, *, target: int = -1, **simulate_kwargs):
     return jacobian_profile(lambda x: simulate(attn, x, ts, **simulate_kwargs).xs[-1], x0, target)
 
 
-def rollout(attn, xs, alpha, *, aux=None, target: int = -1):
+def rollout(attn, xs, alpha, *, aux=None, target: int = -1, depths=None):
     """Attention rollout: row ``target`` of prod_l ((1 - alpha) I + alpha A_l), A_l = the
     engine's attention matrix at layer input xs[l] (l = 0..H-1, heads averaged), applied from
     the last layer down: r <- (1 - alpha) r + alpha r A_l. ``xs``: (H, N, d) layer inputs, e.g.
-    ``layers(...).xs[:-1]``."""
+    ``layers(...).xs[:-1]``. Returns (N,); with ``depths`` = (H_1, ...), the rollouts of the
+    first H_k layers for every k in one sweep, shape (len(depths), N)."""
     xs = jnp.asarray(xs)
-    n = xs.shape[1]
-    r0 = jnp.zeros((n,), xs.dtype).at[target].set(1.0)
+    n_layers, n = xs.shape[0], xs.shape[1]
+    hs = np.asarray([n_layers] if depths is None else depths, dtype=int)
+    if hs.ndim != 1 or hs.size == 0 or hs.min() < 1 or hs.max() > n_layers:
+        raise ValueError(f"depths must lie in [1, {n_layers}] (the layers in xs), got {depths}")
+    r0 = jnp.zeros((hs.shape[0], n), xs.dtype).at[:, target].set(1.0)
 
-    def body(r, x):
+    def body(r, lx):
+        layer, x = lx
         a = jnp.mean(attn.weights(x, aux), axis=0)[:, :n]
-        return (1 - alpha) * r + alpha * r @ a, None
+        new = (1 - alpha) * r + alpha * r @ a
+        return jnp.where((layer < hs)[:, None], new, r), None
 
-    r, _ = jax.lax.scan(body, r0, xs[::-1])
-    return r
+    r, _ = jax.lax.scan(body, r0, (jnp.arange(n_layers)[::-1], xs[::-1]))
+    return r[0] if depths is None else r
 
 
 def profile_stats(profile, *, edge: float = 0.1) -> dict:

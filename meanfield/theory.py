@@ -165,3 +165,44 @@ def cesaro_density(y, depth: int, alpha: float) -> np.ndarray:
 def cesaro_recency(depth: int, alpha: float) -> float:
     """Mass (1 - alpha)^H of the isolated recency delta on the last token."""
     return float((1 - alpha) ** depth)
+
+
+# ------------------------------------------------------------- masks as graphs (Wu et al. 2025)
+def cesaro_mean_position(n: int, depth: int, alpha: float) -> float:
+    r"""Mean input position E[s] = sum_j (j/n) r_j (j = 1..n) of the Cesàro rollout r on the last
+    token after H residual layers of uniform causal attention (``cesaro_rollout``).
+
+    Read r as the law of a walk started at j = n: each layer, with probability alpha, jumps to a
+    uniform j' in {1..j}, so E[j'/n | j] = (j/n + 1/n)/2 and E[s] obeys
+    E[s_{H+1}] = c E[s_H] + alpha/(2n), c = 1 - alpha/2, hence exactly
+
+        E[s_H] = c^H + (1 - c^H) / n          (continuum: (1 - alpha/2)^H, geometric in H).
+    """
+    c = 1.0 - alpha / 2.0
+    return float(c**depth + (1.0 - c**depth) / n)
+
+
+def mask_walk_drift(alpha: float, lam: float = 0.0, window: float = float("inf")) -> float:
+    r"""Mean backward jump per layer of the rollout of a position-only causal mask in the bulk.
+
+    With constant scores (beta = 0) the attention of token i is A_ij ∝ e^{-lam (i - j)} on the
+    window 0 <= i - j < w, so away from the first token the rollout is the law of a walk whose
+    jumps k = i - j have P(k) ∝ q^k (q = e^{-lam}), k < w, taken with probability alpha per
+    layer: the mean position after H layers moves back by H * drift tokens (exactly, as long as
+    the walk cannot reach the first token), with
+
+        drift = alpha * sum_{k<w} k q^k / sum_{k<w} q^k
+              = alpha q / (1 - q)  (ALiBi, w = inf),   alpha (w - 1) / 2  (window, lam = 0).
+
+    Decay and window masks move the influence back additively (linear in H); the plain causal
+    mask moves it multiplicatively (``cesaro_mean_position``)."""
+    if lam < 0 or alpha < 0 or not window >= 1:
+        raise ValueError(f"need lam >= 0, alpha >= 0, window >= 1; got lam={lam}, alpha={alpha}, window={window}")
+    if np.isinf(window):
+        if lam == 0:
+            return float("inf")
+        q = np.exp(-lam)
+        return float(alpha * q / (1 - q))
+    k = np.arange(int(np.ceil(window)))
+    w = np.exp(-lam * k)
+    return float(alpha * np.sum(k * w) / np.sum(w))

@@ -28,13 +28,15 @@ TINY = {
     "particles-vs-pde": ["ns=8,16", "n_seeds=2", "m=64", "t1=0.5"],
     "step0": ["n=8", "depth=2", "width=8", "heads=2", "n_inits=2"],
     "cesaro": ["depths=1,2,4", "ns=64,128", "n_conv=64,128,256"],
+    "masks": ["n=12", "d=4", "depths=1,3", "window=3", "n_starts=2"],
     "kinetic-causal": ["n_s=16", "m=16", "betas=1,2", "bins=8", "t_early=1", "n_early=6", "t1=1.5", "n_late=2", "chunks=2"],
 }
 GRID_PRESETS = {"pe-sweep", "prompt-sweep"}
 DENSITY_PRESETS = {"meanfield-circle": {"rho", "mass"}, "particles-vs-pde": {"w1", "w1_mean"},
                    "kinetic-causal": {"f", "influence", "u_onset"},
                    "cesaro": {"profile_n64", "interior_rel_error", "dead_zone_depth_n128"},
-                   "step0": {"influence", "influence_mean", "alpha_matched"}}
+                   "step0": {"influence", "influence_mean", "alpha_matched"},
+                   "masks": {"influence", "first_token_mass", "mean_position_graph_theory"}}
 OBSERVABLES = {"energy", "diameter", "min_cosine", "mean_cosine", "n_clusters", "rank_collapse", "effective_rank"}
 
 
@@ -53,7 +55,7 @@ def test_preset_runs_tiny(name, tmp_path):
     ds = execute(preset, cfg, parse_grid(cfg, None), tmp_path, progress=False)
     back = xr.load_dataset(tmp_path / "result.nc")
     if name in DENSITY_PRESETS:
-        assert DENSITY_PRESETS[name] <= set(back.data_vars) and ("time" in back.dims or name in ("cesaro", "step0"))
+        assert DENSITY_PRESETS[name] <= set(back.data_vars) and ("time" in back.dims or name in ("cesaro", "step0", "masks"))
     else:
         expected = {"dirac_distance", "n_clusters"} if name in GRID_PRESETS else OBSERVABLES
         assert expected <= set(back.data_vars) and "x" in back

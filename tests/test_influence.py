@@ -136,3 +136,94 @@ def test_random_decoder_step0_u_shape_with_and_without_rope(style):
     assert dens[0] > 1.5 * st["dead_zone_depth"]  # primacy above the dead zone
     assert dens[-1] > 5 * st["dead_zone_depth"]  # isolated recency peak
     assert 0 < st["dead_zone_location"] < 1
+
+
+# ------------------------------------------------------------------ masks as graphs (Wu et al.)
+def test_cesaro_mean_position_is_exact():
+    for n, depth, alpha in [(16, 1, 1.0), (100, 5, 0.5), (1000, 12, 0.3)]:
+        r = np.asarray(theory.cesaro_rollout(n, depth, alpha))
+        s = np.arange(1, n + 1) / n
+        assert abs(r @ s - theory.cesaro_mean_position(n, depth, alpha)) < 1e-12
+
+
+@pytest.mark.parametrize("mask", ["causal", "alibi", "window", "rope"])
+def test_causal_masks_make_the_first_token_a_sink(mask):
+    """Every causal mask makes token 1 absorbing (A_11 = 1). For a fixed attention matrix A
+    (here the engine's at beta = 4 on one random cloud) the rollout's mass on token 1 can only
+    grow with depth: ((1 - alpha) r + alpha r A)_1 >= r_1 + alpha sum_{i>1} r_i A_i1 >= r_1.
+    Along the real post-LN trajectory (A changes with the layer) it is not monotone in general
+    (RoPE is not, here), but it still tends to 1: at n = 24, depth 3n gives 0.2 with RoPE (its
+    distance decay holds the influence back) and depth 10n gives > 0.999 for every mask."""
+    n = 24
+    attn = {
+        "causal": mf.Attention(4.0, mask=mf.Causal()),
+        "alibi": mf.Attention(4.0, mask=mf.Causal() & mf.ALiBi(0.1)),
+        "window": mf.Attention(4.0, mask=mf.Causal() & mf.Window(4)),
+        "rope": mf.Attention(4.0, mask=mf.Causal(), pe=mf.RoPE(100.0)),
+    }[mask]
+    x0 = mf.sphere_uniform(jax.random.key(3), n, 8)
+    depths = np.arange(1, 10 * n + 1)
+    frozen = np.asarray(rollout(attn, jnp.tile(x0[None], (depths[-1], 1, 1)), 0.5, depths=depths))[:, 0]
+    assert np.all(np.diff(frozen) >= -1e-14), frozen
+    xs = mf.layers(attn, x0, int(depths[-1]), h=1.0).xs[:-1]
+    first = np.asarray(rollout(attn, xs, 0.5, depths=depths))[:, 0]
+    assert first[0] < 0.2 and first[-1] > 0.999, (first[0], first[-1])
+
+
+@pytest.mark.parametrize("lam,window", [(0.5, float("inf")), (0.0, 8), (0.3, 6)])
+def test_decay_and_window_masks_move_influence_back_by_the_walk_drift(lam, window):
+    """With constant scores (beta = 0) the rollout of a causal decay/window mask is the law of a
+    walk with jumps P(k) ∝ e^{-lam k}, k < w (``theory.mask_walk_drift``): after one layer the
+    profile is that jump law (distance decay inside a layer), after H layers its mean has moved
+    back by exactly H * drift tokens while the walk cannot reach the first token, and the
+    support is the H-hop reach of the mask graph (window)."""
+    n, alpha = 400, 0.5
+    mask = mf.Causal()
+    if lam > 0:
+        mask = mask & mf.ALiBi(lam)
+    if np.isfinite(window):
+        mask = mask & mf.Window(window)
+    attn = mf.Attention(0.0, mask=mask)
+    depths = np.arange(1, 21)
+    xs = jnp.zeros((depths[-1], n, 2))  # the scores ignore the states at beta = 0
+    r = np.asarray(rollout(attn, xs, alpha, depths=depths))
+    k = np.arange(n)[::-1]  # jump length to each position
+    jump = np.where(k < window, np.exp(-lam * k), 0.0)
+    np.testing.assert_allclose(r[0], (1 - alpha) * (k == 0) + alpha * jump / jump.sum(), rtol=1e-12, atol=1e-300)
+    moved = r @ k
+    drift = theory.mask_walk_drift(alpha, lam=lam, window=window)
+    np.testing.assert_allclose(moved, depths * drift, rtol=1e-10)
+    if np.isfinite(window):
+        reach = depths * (window - 1)
+        for h_, row in zip(depths, r):
+            assert np.all(row[k > reach[h_ - 1]] == 0) and row[k == reach[h_ - 1]][0] > 0
+
+
+def test_rope_on_aligned_tokens_is_a_distance_decay_of_the_scores():
+    """For identical tokens x (Q = K = I) RoPE's score depends on the distance only:
+    beta sum_k |x_(k)|^2 cos(Delta theta_k), |x_(k)|^2 the energy of x in rotation plane k; the
+    engine's weights equal its causal softmax."""
+    n, d, beta, base = 40, 8, 3.0, 50.0
+    x = jnp.tile(mf.sphere_uniform(jax.random.key(4), 1, d), (n, 1))
+    a = np.asarray(mf.Attention(beta, mask=mf.Causal(), pe=mf.RoPE(base)).weights(x))[0, -1]
+    energy = np.asarray(x[0, 0::2] ** 2 + x[0, 1::2] ** 2)
+    freqs = base ** (-np.arange(0, d, 2) / d)
+    dist = np.arange(n)[::-1]
+    score = beta * (energy[None] * np.cos(dist[:, None] * freqs[None])).sum(1)
+    np.testing.assert_allclose(a, np.exp(score) / np.exp(score).sum(), rtol=1e-12)
+
+
+def test_profiles_at_several_depths_equal_one_depth_at_a_time():
+    x0 = mf.sphere_uniform(jax.random.key(5), 10, 4)
+    attn = mf.Attention(2.0, mask=mf.Causal() & mf.ALiBi(0.2))
+    depths = [1, 3, 5]
+    jac = layers_influence(attn, x0, h=0.7, depths=depths)
+    xs = mf.layers(attn, x0, 5, h=0.7).xs[:-1]
+    roll = rollout(attn, xs, 0.4, depths=depths)
+    for i, h_ in enumerate(depths):
+        np.testing.assert_allclose(jac[i], layers_influence(attn, x0, h_, h=0.7), rtol=1e-12)
+        np.testing.assert_allclose(roll[i], rollout(attn, xs[:h_], 0.4), rtol=1e-12)
+    with pytest.raises(ValueError, match="depths"):
+        rollout(attn, xs, 0.4, depths=[0, 2])
+    with pytest.raises(ValueError, match="depths"):
+        layers_influence(attn, x0, depths=[])
