@@ -6,13 +6,21 @@
     meanfield sweep PRESET --grid key=v1,v2,... [--grid ...] [--set ...] [--out DIR]
     meanfield plot DIR                                redraw the figures of a finished run
 
+Devices: ``--mesh auto|none|data|tokens|data,tokens|data=2,tokens=4`` lays sweep points over the
+mesh's data axis and each run's tokens over its tokens axis (meanfield.sharding; default auto).
+Multi-host: ``--distributed`` (or the environment variable JAX_COORDINATOR_ADDRESS, with
+JAX_NUM_PROCESSES and JAX_PROCESS_ID) calls jax.distributed.initialize() first; every process
+runs the same command, process 0 writes the outputs.
+
 Exit status: 0 success, 2 bad arguments/keys/values, 3 refused (existing result, unfinished
-run without --resume, mismatched checkpoint). Runs use float64 (reference precision).
+run without --resume, mismatched checkpoint), 4 paused by --max-chunks (checkpoint written;
+continue with --resume). Runs use float64 (reference precision).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -35,6 +43,11 @@ def _parser():
         p.add_argument("--force", action="store_true", help="overwrite a finished result / discard a checkpoint")
         p.add_argument("--checkpoint-every", type=int, default=1, metavar="K", help="checkpoint every K chunks")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        p.add_argument("--mesh", default="auto", metavar="SPEC",
+                       help="device mesh: auto, none, data, tokens, data,tokens or data=2,tokens=4 (default auto)")
+        p.add_argument("--distributed", action="store_true", help="multi-host: call jax.distributed.initialize() first")
+        p.add_argument("--max-chunks", type=int, default=None, metavar="K",
+                       help="stop after K chunks with a checkpoint (exit 4); continue with --resume")
     pl = sub.add_parser("plot", help="redraw figures from DIR/result.nc")
     pl.add_argument("dir")
     return ap
@@ -44,10 +57,12 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     import jax
 
+    if getattr(args, "distributed", False) or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        jax.distributed.initialize()  # arguments from the environment / cluster (SLURM, TPU pods, ...)
     jax.config.update("jax_enable_x64", True)  # entry point: reference precision
 
     from .config import ConfigError, apply_overrides, describe
-    from .runner import RunError, execute, get_preset, load_presets, parse_grid
+    from .runner import Paused, RunError, execute, get_preset, load_presets, parse_grid
 
     try:
         if args.cmd == "list":
@@ -75,7 +90,8 @@ def main(argv=None) -> int:
         out = Path(args.out or f"out/{preset.name}{'-sweep' if args.cmd == 'sweep' else ''}")
         t0 = time.perf_counter()
         ds = execute(preset, cfg, grid, out, resume=args.resume, force=args.force,
-                     checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
+                     checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
+                     mesh=args.mesh, max_chunks=args.max_chunks)
         figs = sorted(str(p) for p in out.glob("*.png"))
         print(f"{preset.name}: done in {time.perf_counter() - t0:.1f} s; dims {dict(ds.sizes)}")
         print(f"wrote {out / 'result.nc'}" + "".join(f"\nwrote {f}" for f in figs))
@@ -86,6 +102,9 @@ def main(argv=None) -> int:
     except RunError as err:
         print(f"meanfield: refused: {err}", file=sys.stderr)
         return 3
+    except Paused as err:
+        print(f"meanfield: {err}", file=sys.stderr)
+        return 4
 
 
 if __name__ == "__main__":

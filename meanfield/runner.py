@@ -16,10 +16,18 @@ The executor splits the save times into ``cfg.chunks`` chunks and runs them one 
 writes the state and the records so far to ``DIR/checkpoint.npz`` atomically. A run killed at
 any point and restarted with ``resume=True`` redoes exactly the same chunk calls from the saved
 state, so its result is bit-for-bit the uninterrupted one.
+
+Devices (``mesh``, see :mod:`meanfield.sharding`): the batch of a sweep group (its vmapped
+points) is split over the mesh's ``"data"`` axis (padded to a multiple of it by repeating the
+last point, whose copies are dropped), and the run executes inside ``jax.set_mesh(mesh)``, so
+the attention kernels of the presets split their tokens over its ``"tokens"`` axis. Records and
+checkpoints are gathered to the host (all processes of a multi-host run) and written by process
+0 only; a checkpoint holds no device layout, so it resumes on any number of devices.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -153,12 +161,18 @@ def _groups(preset, cfg, grid):
     return out
 
 
-def execute(preset: Preset, cfg, grid: Grid, outdir, *, resume=False, force=False, checkpoint_every=1, progress=True):
-    """Run (or sweep) ``preset`` and write DIR/result.nc and DIR/*.png; returns the Dataset."""
-    from tqdm import tqdm
+class Paused(Exception):
+    """``max_chunks`` reached: the state is in DIR/checkpoint.npz; continue with ``resume=True``."""
 
-    from .io import save_npz_atomic, write_atomic
 
+def execute(preset: Preset, cfg, grid: Grid, outdir, *, resume=False, force=False, checkpoint_every=1, progress=True,
+            mesh="auto", max_chunks=None):
+    """Run (or sweep) ``preset`` and write DIR/result.nc and DIR/*.png; returns the Dataset.
+
+    ``mesh``: a :func:`meanfield.sharding.make_mesh` spec (``"auto"``, ``"none"``, ``"data"``,
+    ``"tokens"``, ``"data,tokens"``, ``"data=2,tokens=4"``) or a ``jax.sharding.Mesh``.
+    ``max_chunks``: stop after that many chunk calls in this call, with the checkpoint written,
+    raising :class:`Paused` (for time-limited job slots; finish later with ``resume=True``)."""
     outdir = Path(outdir)
     result, ckpt = outdir / "result.nc", outdir / "checkpoint.npz"
     if result.exists() and not force:
@@ -167,10 +181,12 @@ def execute(preset: Preset, cfg, grid: Grid, outdir, *, resume=False, force=Fals
         raise RunError(f"{outdir} holds an unfinished run ({ckpt.name}); pass --resume to continue it or --force to start over")
     if checkpoint_every < 1:
         raise ConfigError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    if max_chunks is not None and max_chunks < 1:
+        raise ConfigError(f"max_chunks must be >= 1, got {max_chunks}")
     outdir.mkdir(parents=True, exist_ok=True)
     meta = _meta(preset, cfg, grid)
     groups = _groups(preset, cfg, grid)
-    n_chunks = cfg.chunks
+    dev = _Devices.make(mesh, max(len(pts) for _, pts, _ in groups), int(getattr(cfg, "n", 0) or 0))
     saved = None
     if resume and ckpt.exists() and not force:
         saved = dict(np.load(ckpt, allow_pickle=False))
@@ -184,6 +200,58 @@ def execute(preset: Preset, cfg, grid: Grid, outdir, *, resume=False, force=Fals
     if len(shapes) > 1:
         static = [k for k in grid.keys if k not in preset.vmap_keys]
         raise ConfigError(f"swept keys {static} change the shape of the state; sweep them in separate runs")
+    with dev.context():
+        return _execute(preset, cfg, grid, outdir, groups, saved, meta, dev, checkpoint_every, progress, max_chunks)
+
+
+class _Devices:
+    """The mesh of a run and how a group's batch is laid on it."""
+
+    def __init__(self, mesh):
+        self.mesh = mesh
+        self.on = mesh is not None and mesh.size > 1
+        self.data = int(mesh.shape["data"]) if self.on else 1
+
+    @classmethod
+    def make(cls, spec, batch, n_tokens):
+        from .sharding import make_mesh
+
+        if isinstance(spec, jax.sharding.Mesh):
+            return cls(spec)
+        try:
+            return cls(make_mesh(spec, batch=batch, n_tokens=n_tokens))
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
+    def context(self):
+        return jax.set_mesh(self.mesh) if self.on else contextlib.nullcontext()
+
+    def vmap(self, fn, **kw):
+        return jax.vmap(fn, spmd_axis_name="data", **kw) if self.on else jax.vmap(fn, **kw)
+
+    def put(self, tree, batch):
+        """Pad the leading (batch) axis to a multiple of the data axis and split it over it."""
+        from .sharding import pad_rows, shard_leading
+
+        size = -(-batch // self.data) * self.data
+        tree = jax.tree.map(lambda a: pad_rows(jnp.asarray(a), size), tree)
+        return shard_leading(tree, self.mesh) if self.on else tree
+
+    @staticmethod
+    def get(tree, batch):
+        from .sharding import to_host
+
+        return jax.tree.map(lambda a: a[:batch], to_host(tree))
+
+
+def _execute(preset, cfg, grid, outdir, groups, saved, meta, dev, checkpoint_every, progress, max_chunks):
+    from tqdm import tqdm
+
+    from .io import save_npz_atomic, write_atomic
+    from .sharding import is_writer
+
+    result, ckpt = outdir / "result.nc", outdir / "checkpoint.npz"
+    n_chunks = cfg.chunks
 
     done: list[dict] = []
     g0, c0 = (int(saved["pos"][0]), int(saved["pos"][1])) if saved is not None else (0, 0)
@@ -197,43 +265,53 @@ def execute(preset: Preset, cfg, grid: Grid, outdir, *, resume=False, force=Fals
     ts_all = group_ts[0]
     if any(len(t) != len(ts_all) for t in group_ts):
         raise ConfigError("swept keys may not change the number of saved times (n_save)")
+    calls = 0
     for g in range(g0, len(groups)):
-        gcfg, _pts, params = groups[g]
+        gcfg, pts, params = groups[g]
+        batch = len(pts)
         ts = group_ts[g]
         chunks = [c for c in np.array_split(np.arange(1, len(ts)), n_chunks) if len(c)]
-        p = {k: jnp.asarray(v) for k, v in params.items()}
-        init = jax.jit(jax.vmap(lambda q: preset.init(gcfg, q)))
+        p = dev.put({k: jnp.asarray(v) for k, v in params.items()}, batch)
+        init = jax.jit(dev.vmap(lambda q: preset.init(gcfg, q)))
         state_shape = jax.eval_shape(init, p)
         treedef = jax.tree.structure(state_shape)
-        advance = jax.jit(jax.vmap(lambda q, s, t: preset.advance(gcfg, q, s, t), in_axes=(0, 0, None)))
+        advance = jax.jit(dev.vmap(lambda q, s, t: preset.advance(gcfg, q, s, t), in_axes=(0, 0, None)))
         if saved is not None and g == g0 and c0 > 0:
             state = jax.tree.unflatten(treedef, [jnp.asarray(saved[f"state_{i}"]) for i in range(treedef.num_leaves)])
+            state = dev.put(state, batch)
             names = [k[4:] for k in saved if k.startswith("cur_")]
             recs = {n: [saved[f"cur_{n}"]] for n in names}
             start = c0
         else:
             state = init(p)
-            first = jax.vmap(lambda q, s: preset.record(gcfg, q, s))(p, state)
-            recs = {n: [np.asarray(a)] for n, a in first.items()}
+            first = jax.jit(dev.vmap(lambda q, s: preset.record(gcfg, q, s)))(p, state)
+            recs = {n: [a] for n, a in dev.get(first, batch).items()}
             start = 0
         for c in range(start, len(chunks)):
             idx = chunks[c]
             t_chunk = jnp.asarray(ts[np.concatenate([[idx[0] - 1], idx])])
             state, rec = advance(p, state, t_chunk)
-            for n, a in rec.items():
-                recs[n].append(np.asarray(a))
+            for n, a in dev.get(rec, batch).items():
+                recs[n].append(a)
             bar.update(1)
+            calls += 1
             last = c == len(chunks) - 1 and g == len(groups) - 1
-            if (c + 1) % checkpoint_every == 0 and not last:
+            pause = max_chunks is not None and calls >= max_chunks and not last
+            if ((c + 1) % checkpoint_every == 0 or pause) and not last:
                 arrays = {"meta": np.asarray(meta), "pos": np.asarray([g, c + 1])}
                 if c + 1 == len(chunks):  # group finished: store it as done, next group from scratch
                     arrays["pos"] = np.asarray([g + 1, 0])
                 else:
-                    arrays.update({f"state_{i}": np.asarray(a) for i, a in enumerate(jax.tree.leaves(state))})
+                    host = dev.get(jax.tree.leaves(state), batch)
+                    arrays.update({f"state_{i}": a for i, a in enumerate(host)})
                     arrays.update({f"cur_{n}": np.concatenate(v, axis=1) for n, v in recs.items()})
                 for gg, dd in enumerate(done + ([{n: np.concatenate(v, axis=1) for n, v in recs.items()}] if c + 1 == len(chunks) else [])):
                     arrays.update({f"done{gg}_{n}": a for n, a in dd.items()})
-                save_npz_atomic(ckpt, arrays)
+                if is_writer():
+                    save_npz_atomic(ckpt, arrays)
+            if pause:
+                bar.close()
+                raise Paused(f"paused after {calls} chunk(s); {ckpt} holds the state: continue with --resume")
         done.append({n: np.concatenate(v, axis=1) for n, v in recs.items()})
     bar.close()
 
@@ -264,10 +342,11 @@ def execute(preset: Preset, cfg, grid: Grid, outdir, *, resume=False, force=Fals
         "seed": int(getattr(cfg, "seed", 0)),
         "chunks": n_chunks,
     })
-    write_atomic(ds, result)
-    preset.plot(ds, outdir)
-    if ckpt.exists():
-        ckpt.unlink()
+    if is_writer():
+        write_atomic(ds, result)
+        preset.plot(ds, outdir)
+        if ckpt.exists():
+            ckpt.unlink()
     return ds
 
 

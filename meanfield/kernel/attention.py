@@ -39,6 +39,7 @@ from .tokens import Prompt, TokenAux
 
 _FORMS = ("SA", "USA")
 _BACKENDS = ("dense", "chunked")
+_PRECISIONS = ("highest", "tf32", "bf16")
 
 
 def _as_heads(name: str, m, heads: int | None):
@@ -67,6 +68,16 @@ class Attention(eqx.Module):
         backend: ``"dense"`` or ``"chunked"``.
         block: block size of the chunked backend (queries and keys).
         row_block: query rows per slab of the dense backend (memory heads * row_block * N).
+        precision: matmul precision of the scores <Q x_i, K x_j>: ``"highest"`` (default: full
+            precision of the input dtype), ``"tf32"`` (the backend's fast default: TF32 tensor
+            cores for float32 on recent NVIDIA GPUs, exact float32 on CPU), ``"bf16"`` (queries
+            and keys rounded to bfloat16, products accumulated in the input dtype). Values,
+            normalisers and the softmax stay in the input dtype. ``benchmarks/bench_precision.py``
+            reports the field error of each against float64.
+        shard_tokens: under a mesh context with a ``"tokens"`` axis (``jax.set_mesh``, see
+            :mod:`meanfield.sharding`) evaluate the field with the tokens split over that axis
+            (``jax.shard_map``: keys/values all-gathered, each device its own query rows;
+            identical to the single-device field up to round-off). ``False`` never shards.
 
     Example:
         >>> attn = Attention(beta=1.0, mask=Causal())
@@ -86,6 +97,8 @@ class Attention(eqx.Module):
     backend: str = eqx.field(static=True)
     block: int = eqx.field(static=True)
     row_block: int = eqx.field(static=True)
+    precision: str = eqx.field(static=True)
+    shard_tokens: bool = eqx.field(static=True)
 
     def __init__(
         self,
@@ -102,8 +115,11 @@ class Attention(eqx.Module):
         backend: str = "dense",
         block: int = 512,
         row_block: int = 1024,
+        precision: str = "highest",
+        shard_tokens: bool = True,
     ):
         require(form in _FORMS, f"form must be one of {_FORMS}, got {form!r}")
+        require(precision in _PRECISIONS, f"precision must be one of {_PRECISIONS}, got {precision!r}")
         require(backend in _BACKENDS, f"backend must be one of {_BACKENDS}, got {backend!r}")
         require(int(block) > 0, f"block must be a positive integer, got {block}")
         require(int(row_block) > 0, f"row_block must be a positive integer, got {row_block}")
@@ -135,6 +151,8 @@ class Attention(eqx.Module):
         self.backend = backend
         self.block = int(block)
         self.row_block = int(row_block)
+        self.precision = precision
+        self.shard_tokens = bool(shard_tokens)
 
     # ------------------------------------------------------------------ checks
     @property
@@ -177,7 +195,18 @@ class Attention(eqx.Module):
     def __call__(self, x, aux: TokenAux | None = None, prompt: Prompt | None = None) -> Array:
         """The velocity field v(x), shape (N, d) (not yet projected on any tangent space)."""
         self.validate(x, aux, prompt)
-        p = self._prepare(x, aux, prompt)
+        if self.shard_tokens:
+            from ..sharding import sharded_field, token_shards
+
+            if token_shards() > 1:
+                return sharded_field(self, x, aux, prompt)
+        return self.rows(x, 0, x.shape[0], aux, prompt)
+
+    def rows(self, x, start, size: int, aux: TokenAux | None = None, prompt: Prompt | None = None) -> Array:
+        """The field of the query rows ``start .. start + size - 1`` only, shape (size, d): every
+        token of ``x`` (and the prompt) is a key, only those rows are queries. ``start`` may be
+        traced (the sharded path passes its device's offset); ``size`` is static."""
+        p = self._prepare(x, aux, prompt, (start, int(size)))
         out = _dense(self, p) if self.backend == "dense" else _chunked(self, p)
         return self._mix(out, x.dtype)
 
@@ -198,7 +227,7 @@ class Attention(eqx.Module):
         out = jnp.broadcast_to(out, (self.heads,) + out.shape[1:])
         return jnp.einsum("hed,hnd->ne", self.W.astype(dtype), out)
 
-    def _prepare(self, x, aux, prompt) -> _Prepared:
+    def _prepare(self, x, aux, prompt, rows=None) -> _Prepared:
         n, d = x.shape
         dt = x.dtype
         aux = TokenAux.default(n, dt) if aux is None else aux
@@ -217,14 +246,20 @@ class Attention(eqx.Module):
                 pz = jnp.zeros((psz, zq.shape[1]), dt) if prompt.z is None else prompt.z.astype(dt)
                 zk = jnp.concatenate([zq, pz], axis=0)
         qs = Slots(jnp.arange(n), aux.pos.astype(dt), zq)
+        xq = x
+        start, size = (0, n) if rows is None else rows
+        if not (isinstance(start, int) and start == 0 and size == n):
+            cut = lambda a: jax.lax.dynamic_slice_in_dim(a, start, size)  # noqa: E731
+            qs = Slots(start + jnp.arange(size), cut(qs.pos), None if zq is None else cut(zq))
+            xq = cut(x)
         ks = Slots(jnp.arange(keys.shape[0]), kpos, zk)
 
         def proj(m, y):
             return y[None] if m is None else jnp.einsum("hed,nd->hne", m.astype(dt), y)
 
-        xq, xk, xv = x, keys, keys
+        xk, xv = keys, keys
         if self.pe is not None:
-            xq, xk, xv = self.pe.inputs(x, keys, qs, ks)
+            xq, xk, xv = self.pe.inputs(xq, keys, qs, ks)
         q, k = proj(self.Q, xq), proj(self.K, xk)
         if self.pe is not None:
             q, k = self.pe.rotate(q, k, qs, ks)
@@ -255,7 +290,12 @@ def _scores(attn: Attention, q, k, qs, ks, free, beta, logm=None):
     """a_ij = <beta q_i, k_j> + b(z_i, z_j) [+ log m_j], shape (h, nq, nk)."""
     bias = attn.mask.bias(qs, ks, attn.heads)
     bias = jnp.where(free[None, None, :], 0.0, bias)
-    s = (beta * q) @ jnp.swapaxes(k, -1, -2)
+    kt = jnp.swapaxes(k, -1, -2)
+    if attn.precision == "bf16":
+        s = jnp.matmul((beta * q).astype(jnp.bfloat16), kt.astype(jnp.bfloat16), preferred_element_type=q.dtype)
+    else:
+        prec = jax.lax.Precision.HIGHEST if attn.precision == "highest" else jax.lax.Precision.DEFAULT
+        s = jnp.matmul(beta * q, kt, precision=prec)
     if not isinstance(attn.mask, Full):
         s = s + bias
     return s if logm is None else s + logm

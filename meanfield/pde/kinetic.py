@@ -201,11 +201,10 @@ class KineticMeanField(eqx.Module):
         a = jnp.concatenate([jnp.ones((1,), f.dtype), decay])[:, None] * jnp.ones_like(f)
         bvec = jnp.concatenate([jnp.zeros_like(f[:1]), decay[:, None] * wf[:-1]])
 
-        def combine(left, right):
-            (a1, b1), (a2, b2) = left, right
-            return a1 * a2, a2 * b1 + b2
+        from ..sharding import token_shards
 
-        _, acc = jax.lax.associative_scan(combine, (a, bvec))
+        shards = token_shards()
+        acc = _sharded_prefix(a, bvec, shards) if shards > 1 else jax.lax.associative_scan(_combine, (a, bvec))[1]
         return acc + self.self_weight.astype(f.dtype) * wf
 
     def face_velocity(self, f: Array) -> Array:
@@ -229,6 +228,10 @@ class KineticMeanField(eqx.Module):
         return num if self.form == "USA" else num / den
 
     def rhs(self, t, f, args=None) -> Array:
+        from ..sharding import token_shards
+
+        if token_shards() > 1 and f.shape[0] % token_shards() == 0:  # rows stay on their devices
+            f = jax.lax.with_sharding_constraint(f, jax.sharding.PartitionSpec("tokens"))
         return muscl_divergence(f, self.face_velocity(f), self.h)
 
     def max_speed(self, f) -> Array:
@@ -276,6 +279,38 @@ class KineticMeanField(eqx.Module):
 
         jac = jax.jacfwd(phi)(jnp.zeros((self.n_s,)))  # (T, S)
         return jac / self.w[None, :]
+
+
+def _combine(left, right):
+    """Composition of the affine maps c -> a c + b (left first): the monoid of the causal scan."""
+    (a1, b1), (a2, b2) = left, right
+    return a1 * a2, a2 * b1 + b2
+
+
+def _sharded_prefix(a, b, shards: int):
+    """The causal recurrence v_k = a_k v_{k-1} + b_k (v_{-1} = 0) over rows split across the
+    ``"tokens"`` mesh axis: each device scans its block from zero, the P block summaries are
+    all-gathered and scanned (P values per theta cell), and each block adds its incoming value
+    v_in times its local product of a. Rows are padded (a = 1, b = 0 after the end: no effect on
+    earlier rows) to a multiple of the axis."""
+    from ..sharding import pad_rows
+
+    n = a.shape[0]
+    size = -(-n // shards) * shards
+    a, b = pad_rows(a, size, 1.0), pad_rows(b, size, 0.0)
+
+    def local(al, bl):
+        ca, cb = jax.lax.associative_scan(_combine, (al, bl))
+        ends_a = jax.lax.all_gather(ca[-1], "tokens")  # (P, M)
+        ends_b = jax.lax.all_gather(cb[-1], "tokens")
+        _, v_end = jax.lax.associative_scan(_combine, (ends_a, ends_b))  # value at each block's end
+        idx = jax.lax.axis_index("tokens")
+        v_in = jnp.where(idx > 0, v_end[jnp.maximum(idx - 1, 0)], 0.0)
+        return ca * v_in[None] + cb
+
+    spec = jax.sharding.PartitionSpec("tokens")
+    out = jax.shard_map(local, in_specs=(spec, spec), out_specs=spec, check_vma=False)(a, b)
+    return out[:n]
 
 
 def engine_face_velocity(attn, f: Array, s: Array, w: Array, *, z=None) -> Array:

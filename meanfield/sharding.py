@@ -1,0 +1,205 @@
+r"""Device meshes and sharded evaluation: JAX's own multi-device machinery, no scheduler of ours.
+
+One mesh with two named axes serves every solver:
+
+* ``"data"``: independent runs (ensembles, sweep points, seeds) are split over it; a vmapped
+  batch whose leading axis is placed on it (``shard_leading``) is partitioned by XLA, and
+  ``jax.vmap(..., spmd_axis_name="data")`` lets sharded kernels inside the batch know it;
+* ``"tokens"``: the tokens of one run are split over it. Under a mesh context
+  (``with jax.set_mesh(mesh):``) every :class:`meanfield.Attention` whose ``shard_tokens`` is on
+  (the default) evaluates its field with ``jax.shard_map``: each device holds N/P query rows,
+  all-gathers the keys/values (positions, masses, features), and runs the dense or chunked
+  kernel on its rows (the chunked kernel skips the key blocks a causal or window mask forbids).
+  Nothing else changes: ``simulate``, ``layers``, influence profiles and the runner are the same
+  code, and the result equals the single-device field up to floating-point reassociation.
+  :class:`meanfield.pde.KineticMeanField` splits its rows (the auxiliary variable z) over the
+  same axis (the causal prefix in s crosses devices by one all-gather of block summaries).
+
+``make_mesh(spec)`` builds the mesh from a spec string: ``"auto"`` (a sensible default for the
+devices present, see :func:`make_mesh`), ``"none"``, ``"data"``, ``"tokens"``, ``"data,tokens"``
+or explicit sizes ``"data=2,tokens=4"``. The library never enters a mesh context by itself; the
+``meanfield`` command and user scripts do.
+
+Multi-host: call ``jax.distributed.initialize()`` first (the ``meanfield`` command does so with
+``--distributed`` or when ``JAX_COORDINATOR_ADDRESS`` is set); ``jax.devices()`` then lists the
+devices of every process and the mesh spans them. :func:`to_host` gathers a sharded array to
+every process as NumPy (so process 0 can write it), and a state saved that way is restored onto
+any device count with ``shard_leading``.
+
+Example (8 devices: 2 ensembles of runs x 4 token shards):
+
+    >>> mesh = mf.sharding.make_mesh("data=2,tokens=4")
+    >>> with jax.set_mesh(mesh):
+    ...     x0s = mf.sharding.shard_leading(x0s, mesh)                  # (B, N, d), B split over data
+    ...     run = jax.vmap(lambda x: mf.simulate(attn, x, ts).xs, spmd_axis_name="data")
+    ...     xs = jax.jit(run)(x0s)
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from ._errors import require
+
+AXES = ("data", "tokens")
+TOKENS_PER_DEVICE = 2048
+"""``make_mesh("auto")`` splits a run's tokens over devices only when each device keeps at least
+this many (below it, the all-gather costs more than the rows save)."""
+
+
+def _parse(spec: str, n_dev: int, batch: int, n_tokens: int) -> tuple[int, int]:
+    spec = spec.replace(" ", "")
+    if spec in ("none", "single"):
+        return 1, 1
+    if spec == "data":
+        return n_dev, 1
+    if spec == "tokens":
+        return 1, n_dev
+    if spec in ("data,tokens", "tokens,data"):
+        data = math.gcd(max(batch, 1), n_dev) if batch > 1 else max(1, n_dev // 2)
+        return data, n_dev // data
+    if spec == "auto":
+        data = math.gcd(max(batch, 1), n_dev)
+        rest = n_dev // data
+        tokens = rest if n_tokens >= TOKENS_PER_DEVICE * rest else 1
+        return data, tokens
+    m = re.fullmatch(r"(data|tokens)=(\d+)(?:,(data|tokens)=(\d+))?", spec)
+    if m is None:
+        raise ValueError(
+            f"mesh: unknown spec {spec!r}; expected auto, none, data, tokens, data,tokens or sizes like data=2,tokens=4"
+        )
+    sizes = {"data": 1, "tokens": 1}
+    sizes[m.group(1)] = int(m.group(2))
+    if m.group(3):
+        require(m.group(3) != m.group(1), f"mesh: axis {m.group(1)!r} given twice in {spec!r}")
+        sizes[m.group(3)] = int(m.group(4))
+    return sizes["data"], sizes["tokens"]
+
+
+def make_mesh(spec: str = "auto", *, batch: int = 1, n_tokens: int = 0, devices=None) -> Mesh:
+    """A ("data", "tokens") mesh over ``devices`` (default: all of ``jax.devices()``).
+
+    Args:
+        spec: ``"auto"``: the batch over ``data`` (gcd(batch, devices) devices), the rest over
+            ``tokens`` if each device keeps >= ``TOKENS_PER_DEVICE`` tokens, else left idle (one
+            device per data shard: small runs gain nothing from splitting their tokens);
+            ``"none"``: one device; ``"data"`` / ``"tokens"``: every device on that axis;
+            ``"data,tokens"``: data = gcd(batch, devices), tokens = the rest;
+            ``"data=2,tokens=4"``: explicit sizes (their product may be less than the devices).
+        batch: number of independent runs to split (for ``auto`` / ``data,tokens``).
+        n_tokens: tokens per run (for ``auto``).
+    """
+    devs = list(jax.devices() if devices is None else devices)
+    data, tokens = _parse(str(spec), len(devs), int(batch), int(n_tokens))
+    require(data >= 1 and tokens >= 1, f"mesh: axis sizes must be >= 1, got data={data}, tokens={tokens}")
+    require(
+        data * tokens <= len(devs),
+        f"mesh: {spec!r} needs data x tokens = {data * tokens} devices but {len(devs)} are present",
+    )
+    grid = np.asarray(devs[: data * tokens], dtype=object).reshape(data, tokens)
+    return Mesh(grid, AXES, axis_types=(jax.sharding.AxisType.Auto,) * 2)
+
+
+def _axis_size(name: str) -> int:
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or name not in mesh.axis_names or name in mesh.manual_axes:
+        return 1
+    return int(mesh.shape[name])
+
+
+def token_shards() -> int:
+    """Size of the ``"tokens"`` axis of the mesh context (1 outside a mesh context)."""
+    return _axis_size("tokens")
+
+
+def data_shards() -> int:
+    """Size of the ``"data"`` axis of the mesh context (1 outside a mesh context)."""
+    return _axis_size("data")
+
+
+def pad_rows(a, size: int, value=None):
+    """Pad the leading axis of ``a`` to ``size`` (repeating the last row, or with ``value``)."""
+    extra = size - a.shape[0]
+    if extra <= 0:
+        return a
+    if value is None:
+        return jnp.concatenate([a, jnp.repeat(a[-1:], extra, axis=0)], axis=0)
+    return jnp.concatenate([a, jnp.full((extra,) + a.shape[1:], value, a.dtype)], axis=0)
+
+
+def sharded_field(attn, x, aux=None, prompt=None):
+    """The field ``attn(x, aux, prompt)`` with the N tokens split over the ``"tokens"`` axis of
+    the mesh context (see module docstring). N need not divide the axis: padding tokens get mass
+    0 (never a key) and a position after every real token, and their rows are dropped."""
+    from .kernel.tokens import TokenAux
+
+    shards = token_shards()
+    n, dt = x.shape[0], x.dtype
+    aux = TokenAux.default(n, dt) if aux is None else aux
+    n_loc = -(-n // shards)
+    size = n_loc * shards
+    pos = aux.pos.astype(dt)
+    xp = pad_rows(x, size)
+    posp = pad_rows(pos, size, jnp.max(pos) + 1) if size > n else pos
+    massp = pad_rows(aux.mass.astype(dt), size, 0.0)
+    zp = None if aux.z is None else pad_rows(aux.z, size)
+    if prompt is not None and prompt.mass is None:  # its default, 1/N, counts the real tokens only
+        prompt = type(prompt)(prompt.x, jnp.full((prompt.size,), 1.0 / n, dt), prompt.pos, prompt.z)
+    dyn, static = eqx.partition((attn, prompt), eqx.is_array)
+    spec = P("tokens")
+
+    def local(dyn, xl, posl, massl, zl):
+        attn_, prompt_ = eqx.combine(dyn, static)
+        gather = lambda a: None if a is None else jax.lax.all_gather(a, "tokens", tiled=True)  # noqa: E731
+        aux_all = TokenAux(pos=gather(posl), mass=gather(massl), z=gather(zl))
+        start = jax.lax.axis_index("tokens") * n_loc
+        return attn_.rows(gather(xl), start, n_loc, aux_all, prompt_)
+
+    out = jax.shard_map(
+        local,
+        in_specs=(P(), spec, spec, spec, None if zp is None else spec),
+        out_specs=spec,
+        check_vma=False,  # the chunked kernel's lax.cond mixes replicated and per-device carries
+    )(dyn, xp, posp, massp, zp)
+    return out[:n]
+
+
+def shard_leading(tree, mesh: Mesh, axis: str = "data"):
+    """Place every array of ``tree`` on ``mesh`` with its leading axis split over ``axis``
+    (the other axes replicated); the leading size must be a multiple of the axis size."""
+    size = int(mesh.shape[axis])
+
+    def put(a):
+        a = jnp.asarray(a)
+        require(a.ndim >= 1 and a.shape[0] % size == 0,
+                f"shard_leading: leading axis of shape {a.shape} is not a multiple of the {axis!r} axis ({size})")
+        return jax.device_put(a, NamedSharding(mesh, P(axis)))
+
+    return jax.tree.map(put, tree)
+
+
+def to_host(tree):
+    """Every array of ``tree`` as a NumPy array on this process, gathered from all devices (and
+    from all processes in a multi-host run: ``multihost_utils.process_allgather``)."""
+
+    def get(a):
+        if isinstance(a, jax.Array) and not a.is_fully_addressable:
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+        return np.asarray(a)
+
+    return jax.tree.map(get, tree)
+
+
+def is_writer() -> bool:
+    """True on the process that writes outputs (process 0 of a multi-host run)."""
+    return jax.process_index() == 0
