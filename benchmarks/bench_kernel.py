@@ -20,23 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
-import time
 
 import numpy as np
-
-
-def median_time(fn, repeats=7, min_time=0.2):
-    fn()  # warm-up / compile
-    times = []
-    t_start = time.perf_counter()
-    while len(times) < repeats or (time.perf_counter() - t_start < min_time and len(times) < 200):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+from _timing import chunked_memory, matmul_rates, median_time
 
 
 K_STEPS = 20
@@ -56,46 +44,6 @@ def torch_rhs(torch, x, beta):
     a = torch.softmax(s, dim=1)
     v = a @ x
     return v - (x * v).sum(dim=1, keepdim=True) * x
-
-
-def matmul_rates(n=2048):
-    import jax
-    import jax.numpy as jnp
-
-    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
-    t_np = median_time(lambda: a @ a, repeats=5)
-    aj = jnp.asarray(a)
-    mm = jax.jit(lambda u: u @ u)
-    t_jx = median_time(lambda: mm(aj).block_until_ready(), repeats=5)
-    flops = 2 * n**3
-    return flops / t_np, flops / t_jx
-
-
-def _current_rss_mib():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def chunked_memory(n, d, block):
-    """Runs in a subprocess: peak RSS of one causal chunked evaluation."""
-    import jax
-    import jax.numpy as jnp
-
-    import meanfield as mf
-
-    x = mf.sphere_uniform(jax.random.key(0), n, d, jnp.float32)
-    attn = mf.Attention(1.0, mask=mf.Causal(), backend="chunked", block=block)
-    f = jax.jit(lambda y: mf.velocity(attn, y))
-    f(x[:1024]).block_until_ready()
-    base = _current_rss_mib()
-    t0 = time.perf_counter()
-    out = f(x).block_until_ready()
-    t1 = time.perf_counter()
-    t_second = median_time(lambda: f(x).block_until_ready(), repeats=1, min_time=0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    assert bool(jnp.all(jnp.isfinite(out)))
-    return {"n": n, "d": d, "block": block, "rss_before_mib": base, "peak_rss_mib": peak,
-            "first_call_s": t1 - t0, "time_per_rhs_s": t_second}
 
 
 def main():

@@ -70,6 +70,9 @@ def test_dense_equals_chunked_with_prompt_and_masses(mask, form):
         a = mf.Attention(2.0, form=form, mask=mask)(x, aux, prompt)
         b = mf.Attention(2.0, form=form, mask=mask, backend="chunked", block=7)(x, aux, prompt)
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * float(jnp.max(jnp.abs(a))))
+        # query blocks evaluated 3 at a time (vmapped; the last batch padded): the same field
+        c = mf.Attention(2.0, form=form, mask=mask, backend="chunked", block=7, query_batch=3)(x, aux, prompt)
+        np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12 * float(jnp.max(jnp.abs(a))))
 
 
 def test_matches_explicit_formula():
@@ -162,3 +165,20 @@ def test_chunked_memory_is_linear_in_n():
     small, large = temp_mib(10_000), temp_mib(100_000)
     assert large < 64, large
     assert large / small < 15, (small, large)  # ~10x for 10x more tokens, not 100x
+
+
+def test_score_precision_options_accuracy():
+    """float32 scores at 'highest' precision are float32-accurate; bf16-rounded queries and keys
+    (unit roundoff u = 2^-8) perturb each score by at most about 2 beta u |q||k|, so the field's
+    relative error is O(beta u): measurably above float32, below beta 2^-8."""
+    from meanfield.kernel import precision_report
+
+    x = mf.sphere_uniform(jax.random.key(0), 256, 16)
+    beta = 4.0
+    rep = precision_report(mf.Attention(beta, mask=mf.Causal() & mf.ALiBi(0.01)), x)
+    assert rep["highest"]["max_rel"] < 1e-5
+    assert 1e-5 < rep["bf16"]["max_rel"] < beta * 2.0**-8
+    if jax.default_backend() == "cpu":  # no TF32 units: the fast default is exact float32
+        assert rep["tf32"] == rep["highest"]
+    with pytest.raises(ValueError, match="precision must be one of"):
+        mf.Attention(1.0, precision="half")

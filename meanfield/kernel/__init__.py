@@ -1,6 +1,7 @@
 """The attention kernel: scores, masks, auxiliary variables, prompts, heads, backends."""
 
 from .attention import Attention as Attention
+from .attention import precision_report as precision_report
 from .encodings import AbstractPE as AbstractPE
 from .encodings import AdditivePE as AdditivePE
 from .encodings import RoPE as RoPE

@@ -16,8 +16,8 @@ geometry (e.g. the sphere's tangent projection) is applied by the integrator.
 Two backends evaluate the same formula:
 
 * ``"dense"``: exact row softmax over all keys, evaluated ``row_block`` query rows at a time
-  (a (heads, row_block, N+P) slab; the normaliser rides along the value GEMM as an extra
-  column of ones). Fastest for N up to ~10^4.
+  (a (heads, row_block, N+P) slab; by default about 2^21 scores per slab, which keeps it in
+  cache). Fastest for N up to ~10^4.
 * ``"chunked"``: online softmax over key blocks (flash-attention style), O(N * block) memory;
   blocks the mask forbids entirely (upper triangle of a causal mask, far blocks of a window)
   are skipped with ``lax.cond``. N = 100,000 tokens in d = 16 fit in a few hundred MB.
@@ -25,6 +25,7 @@ Two backends evaluate the same formula:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import equinox as eqx
@@ -67,7 +68,13 @@ class Attention(eqx.Module):
         pe: ``AdditivePE(scale, U)`` (y = x + scale U z) or ``RoPE(base, scale)``, or None.
         backend: ``"dense"`` or ``"chunked"``.
         block: block size of the chunked backend (queries and keys).
-        row_block: query rows per slab of the dense backend (memory heads * row_block * N).
+        query_batch: query blocks the chunked backend evaluates at once (``jax.lax.map``'s
+            ``batch_size``; default 1 = one after the other, which skips every tile a causal or
+            window mask forbids; larger values expose more parallelism to a GPU, at the cost of
+            evaluating forbidden tiles whose query block shares a batch with allowed ones).
+        row_block: query rows per slab of the dense backend (memory heads * row_block * N);
+            ``None`` (default) picks 2^21 / (N + P) rows, clipped to [128, 1024] (the fastest
+            measured on a 2-core CPU for N = 1k..16k; ``benchmarks/bench_kernel.py``).
         precision: matmul precision of the scores <Q x_i, K x_j>: ``"highest"`` (default: full
             precision of the input dtype), ``"tf32"`` (the backend's fast default: TF32 tensor
             cores for float32 on recent NVIDIA GPUs, exact float32 on CPU), ``"bf16"`` (queries
@@ -96,7 +103,8 @@ class Attention(eqx.Module):
     form: str = eqx.field(static=True)
     backend: str = eqx.field(static=True)
     block: int = eqx.field(static=True)
-    row_block: int = eqx.field(static=True)
+    query_batch: int = eqx.field(static=True)
+    row_block: int | None = eqx.field(static=True)
     precision: str = eqx.field(static=True)
     shard_tokens: bool = eqx.field(static=True)
 
@@ -114,7 +122,8 @@ class Attention(eqx.Module):
         pe: AbstractPE | None = None,
         backend: str = "dense",
         block: int = 512,
-        row_block: int = 1024,
+        query_batch: int = 1,
+        row_block: int | None = None,
         precision: str = "highest",
         shard_tokens: bool = True,
     ):
@@ -122,7 +131,8 @@ class Attention(eqx.Module):
         require(precision in _PRECISIONS, f"precision must be one of {_PRECISIONS}, got {precision!r}")
         require(backend in _BACKENDS, f"backend must be one of {_BACKENDS}, got {backend!r}")
         require(int(block) > 0, f"block must be a positive integer, got {block}")
-        require(int(row_block) > 0, f"row_block must be a positive integer, got {row_block}")
+        require(row_block is None or int(row_block) > 0, f"row_block must be a positive integer or None, got {row_block}")
+        require(int(query_batch) > 0, f"query_batch must be a positive integer, got {query_batch}")
         mats = {n: _as_heads(n, m, heads) for n, m in dict(Q=Q, K=K, V=V, W=W).items()}
         beta = jnp.asarray(beta)
         if not jnp.issubdtype(beta.dtype, jnp.floating):
@@ -150,7 +160,8 @@ class Attention(eqx.Module):
         self.form = form
         self.backend = backend
         self.block = int(block)
-        self.row_block = int(row_block)
+        self.query_batch = int(query_batch)
+        self.row_block = None if row_block is None else int(row_block)
         self.precision = precision
         self.shard_tokens = bool(shard_tokens)
 
@@ -315,22 +326,25 @@ def _dense_weights(attn: Attention, p: _Prepared, q, qs):
 def _dense(attn: Attention, p: _Prepared) -> Array:
     """Exact row softmax, ``row_block`` query rows at a time (lax.map over row slabs).
 
-    The masses multiply the values instead of entering the exponent: with
-    w_ij = e^{a_ij - max_j a_ij} (a without log m), the SA field is
-    (w @ (m * V x)) / (w @ m), two GEMMs and no extra pass over the (rows x keys) slab.
+    The masses multiply the exponentials instead of entering the exponent: with
+    w_ij = m_j e^{a_ij - max_j a_ij} (a without log m), the SA field is (w @ V x) / sum_j w_ij,
+    one GEMM and one pass over the (rows x keys) slab, which XLA:CPU fuses with the score GEMM
+    as long as no ``where`` sits in between (see :func:`_finite`).
     """
     n, d_out = p.q.shape[1], p.v.shape[-1]
-    mv = p.v * p.mass[:, None]
 
     def rows(q, qs):
         s = _scores(attn, q, p.k, qs, p.ks, p.free, p.beta)
         if attn.form == "USA":
-            return jnp.exp(s) @ mv
+            return (jnp.exp(s) * p.mass) @ p.v
         smax = jnp.max(s, axis=-1, keepdims=True)
-        w = jnp.exp(s - jnp.where(jnp.isfinite(smax), smax, 0.0))
-        return _divide(w @ mv, (w @ p.mass)[..., None])
+        w = jnp.exp(s - _finite(smax)) * p.mass
+        # + tiny: a fully masked row gives 0 / tiny = 0; any other row has sum >= max_j m_j
+        return (w @ p.v) / (jnp.sum(w, axis=-1, keepdims=True) + jnp.finfo(w.dtype).tiny)
 
     b = attn.row_block
+    if b is None:
+        b = int(min(1024, max(128, 2**21 // p.k.shape[1])))
     if n <= b:
         return rows(p.q, p.qs)
     nb = math.ceil(n / b)
@@ -343,6 +357,14 @@ def _dense(attn: Attention, p: _Prepared) -> Array:
 def _block_rows(tree, nb, b, fill="edge"):
     """Pad every array of ``tree`` along its first axis to nb * b and split it into blocks."""
     return jax.tree.map(lambda a: _blocks(_pad_to(a, nb * b, 0, fill), nb, 0), tree)
+
+
+def _finite(m):
+    """Row maxima with -inf (fully masked so far) replaced by the most negative finite number, so
+    e^{s - m} = 0 there. A ``jnp.maximum``, not a ``where``: XLA:CPU keeps the GEMM, exp and
+    row sums in one fused kernel around it (a select splits the fusion; 4-9x slower measured
+    under vmap, jax 0.10)."""
+    return jnp.maximum(m, jnp.finfo(m.dtype).min)
 
 
 def _divide(num, norm):
@@ -399,7 +421,7 @@ def _chunked(attn: Attention, p: _Prepared) -> Array:
             s = _scores(attn, qi, kj, qs, ks, fr, p.beta, lm)
             s = jnp.broadcast_to(s, (h, bq, bk))
             m_new = jnp.maximum(mx, s.max(axis=-1))
-            m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
+            m_safe = _finite(m_new)
             w = jnp.exp(s - m_safe[..., None])
             scale = jnp.exp(mx - m_safe)
             l = l * scale + w.sum(axis=-1)
@@ -423,6 +445,28 @@ def _chunked(attn: Attention, p: _Prepared) -> Array:
             return acc * jnp.exp(m_safe)[..., None]
         return _divide(acc, l[..., None])
 
-    out = jax.lax.map(one_query_block, (q, qslots))  # (nq, h, bq, d)
+    batch = None if attn.query_batch == 1 else min(attn.query_batch, nq)
+    out = jax.lax.map(one_query_block, (q, qslots), batch_size=batch)  # (nq, h, bq, d)
     out = jnp.moveaxis(out, 0, 1).reshape(h, nq * bq, d_out)
     return out[:, :n]
+
+
+def precision_report(attn: Attention, x, aux: TokenAux | None = None, prompt: Prompt | None = None) -> dict:
+    """Accuracy of the score-precision options on one cloud: for every option of
+    ``Attention.precision`` the field in float32 against a float64 reference,
+    {option: {"max_rel": max_i |v_i - v_i^64| / max_i |v_i^64|, "rms_rel": rms / rms}}.
+
+    Needs float64 (``jax.config.update("jax_enable_x64", True)`` in the calling script; the
+    library never sets it)."""
+    require(jax.config.jax_enable_x64, "precision_report needs float64: call jax.config.update('jax_enable_x64', True) first")
+    cast = lambda tree, dt: jax.tree.map(  # noqa: E731
+        lambda a: a.astype(dt) if eqx.is_array(a) and jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+    ref = cast(attn, jnp.float64)(jnp.asarray(x, jnp.float64), cast(aux, jnp.float64), cast(prompt, jnp.float64))
+    out = {}
+    for option in _PRECISIONS:
+        a32 = cast(dataclasses.replace(attn, precision=option), jnp.float32)
+        v = a32(jnp.asarray(x, jnp.float32), cast(aux, jnp.float32), cast(prompt, jnp.float32)).astype(jnp.float64)
+        err = jnp.linalg.norm(v - ref, axis=-1)
+        norm = jnp.linalg.norm(ref, axis=-1)
+        out[option] = {"max_rel": float(err.max() / norm.max()), "rms_rel": float(jnp.sqrt(jnp.mean(err**2) / jnp.mean(norm**2)))}
+    return out

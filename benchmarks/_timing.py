@@ -1,0 +1,72 @@
+"""Timing and memory helpers shared by the benchmark scripts (run them as
+``python benchmarks/NAME.py``; this folder is then on sys.path)."""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+
+import numpy as np
+
+
+def median_time(fn, repeats=7, min_time=0.2):
+    """Median wall time of ``fn()`` after one warm-up call (compilation)."""
+    fn()
+    times = []
+    t_start = time.perf_counter()
+    while len(times) < repeats or (time.perf_counter() - t_start < min_time and len(times) < 200):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def matmul_rates(n=2048, dtype=np.float32):
+    """(NumPy/BLAS, XLA) square-GEMM flop rates of this machine at n^3."""
+    import jax
+    import jax.numpy as jnp
+
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(dtype)
+    t_np = median_time(lambda: a @ a, repeats=5)
+    aj = jnp.asarray(a)
+    mm = jax.jit(lambda u: u @ u)
+    t_jx = median_time(lambda: mm(aj).block_until_ready(), repeats=5)
+    flops = 2 * n**3
+    return flops / t_np, flops / t_jx
+
+
+def current_rss_mib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def chunked_memory(n, d, block, repeats=1):
+    """Peak RSS and time of one causal chunked SA evaluation (run it in a fresh process)."""
+    import jax
+    import jax.numpy as jnp
+
+    import meanfield as mf
+
+    x = mf.sphere_uniform(jax.random.key(0), n, d, jnp.float32)
+    attn = mf.Attention(1.0, mask=mf.Causal(), backend="chunked", block=block)
+    f = jax.jit(lambda y: mf.velocity(attn, y))
+    f(x[:1024]).block_until_ready()
+    base = current_rss_mib()
+    t0 = time.perf_counter()
+    out = f(x).block_until_ready()
+    t1 = time.perf_counter()
+    t_next = min(_timed(lambda: f(x).block_until_ready()) for _ in range(repeats))
+    assert bool(jnp.all(jnp.isfinite(out)))
+    return {"n": n, "d": d, "block": block, "rss_before_mib": base, "peak_rss_mib": peak_rss_mib(),
+            "first_call_s": t1 - t0, "time_per_rhs_s": t_next}
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
