@@ -53,12 +53,29 @@ def _parser():
     return ap
 
 
+def _initialize_distributed(jax):
+    """jax.distributed.initialize() with JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
+    JAX_PROCESS_ID where set, else from the cluster's own environment (SLURM, TPU pods, ...).
+    On CPU hosts the collectives between processes go through gloo."""
+    env = os.environ
+    kw = {}
+    if env.get("JAX_COORDINATOR_ADDRESS"):
+        kw["coordinator_address"] = env["JAX_COORDINATOR_ADDRESS"]
+    if env.get("JAX_NUM_PROCESSES"):
+        kw["num_processes"] = int(env["JAX_NUM_PROCESSES"])
+    if env.get("JAX_PROCESS_ID"):
+        kw["process_id"] = int(env["JAX_PROCESS_ID"])
+    if jax.config.jax_platforms in (None, "", "cpu"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**kw)
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     import jax
 
     if getattr(args, "distributed", False) or os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        jax.distributed.initialize()  # arguments from the environment / cluster (SLURM, TPU pods, ...)
+        _initialize_distributed(jax)
     jax.config.update("jax_enable_x64", True)  # entry point: reference precision
 
     from .config import ConfigError, apply_overrides, describe
@@ -92,9 +109,10 @@ def main(argv=None) -> int:
         ds = execute(preset, cfg, grid, out, resume=args.resume, force=args.force,
                      checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
                      mesh=args.mesh, max_chunks=args.max_chunks)
-        figs = sorted(str(p) for p in out.glob("*.png"))
         print(f"{preset.name}: done in {time.perf_counter() - t0:.1f} s; dims {dict(ds.sizes)}")
-        print(f"wrote {out / 'result.nc'}" + "".join(f"\nwrote {f}" for f in figs))
+        if jax.process_index() == 0:  # the writer (multi-host: the other processes write nothing)
+            figs = sorted(str(p) for p in out.glob("*.png"))
+            print(f"wrote {out / 'result.nc'}" + "".join(f"\nwrote {f}" for f in figs))
         return 0
     except ConfigError as err:
         print(f"meanfield: error: {err}", file=sys.stderr)

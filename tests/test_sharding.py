@@ -41,3 +41,51 @@ def test_eight_device_suite():
     print(proc.stdout[-3000:])
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     assert " passed" in proc.stdout and "skipped" not in proc.stdout.splitlines()[-1]
+
+
+def _two_processes(args, tmp_path, port):
+    """Run the command in 2 processes x 2 emulated CPU devices joined by jax.distributed."""
+    procs = []
+    for rank in (0, 1):
+        env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                   JAX_PROCESS_ID=str(rank), XLA_FLAGS="--xla_force_host_platform_device_count=2")
+        procs.append(subprocess.Popen([sys.executable, "-m", "meanfield.cli", *args], env=env, cwd=tmp_path,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=300) for p in procs]
+    return [p.returncode for p in procs], outs
+
+
+@pytest.mark.slow
+def test_multihost_sweep_and_checkpoint_resume_on_one_process(tmp_path):
+    """Two processes (4 devices in all, mesh over data): the sweep equals the single-process
+    one; process 0 alone writes; a run paused there (--max-chunks) resumes in one process."""
+    import socket
+
+    import numpy as np
+    import xarray as xr
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sets = sum((["--set", v] for v in ["n=8", "t1=2", "n_save=5", "chunks=4"]), [])
+    grid = ["--grid", "beta=0.5,1,2,4"]
+    assert main(["sweep", "clustering", *grid, *sets, "--out", str(tmp_path / "ref"), "--no-progress", "--mesh", "none"]) == 0
+    ref = xr.load_dataset(tmp_path / "ref" / "result.nc")
+
+    codes, outs = _two_processes(["sweep", "clustering", *grid, *sets, "--out", "mh", "--no-progress", "--mesh", "data"],
+                                 tmp_path, port)
+    assert codes == [0, 0], outs
+    assert "wrote" in outs[0][0] and "wrote" not in outs[1][0]
+    got = xr.load_dataset(tmp_path / "mh" / "result.nc")
+    for name in ref.data_vars:
+        np.testing.assert_allclose(got[name].values, ref[name].values, rtol=0, atol=1e-12, err_msg=name)
+
+    codes, outs = _two_processes(["sweep", "clustering", *grid, *sets, "--out", "paused", "--no-progress", "--mesh", "data",
+                                  "--max-chunks", "2"], tmp_path, port + 1 if port < 65535 else port - 1)
+    assert codes == [4, 4], outs
+    assert (tmp_path / "paused" / "checkpoint.npz").exists()
+    assert main(["sweep", "clustering", *grid, *sets, "--out", str(tmp_path / "paused"), "--no-progress", "--resume",
+                 "--mesh", "none"]) == 0
+    got = xr.load_dataset(tmp_path / "paused" / "result.nc")
+    for name in ref.data_vars:
+        np.testing.assert_allclose(got[name].values, ref[name].values, rtol=0, atol=1e-12, err_msg=name)
