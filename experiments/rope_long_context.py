@@ -1,0 +1,197 @@
+"""RoPE distinguishes neither positions nor tokens at long context (Du et al. 2026).
+
+``rope-long-context``: Monte-Carlo estimates (``meanfield.rope``, Wilson 95 % intervals) of
+
+* the locality probability P(s(q, k, Delta_1) > s(q, k, Delta_2)), Delta_1 < Delta_2 < L, and
+* the token-consistency flip probability (the ordering of two keys' scores flips between two
+  distances),
+
+against context length L (log x) for several RoPE bases; the base trade-off (locality at a short
+context against flips at a long one, one point per base); the fraction of (q, k, Delta) for which
+a position at least L/4 away gives the same score (1 % of its spread); and the same two
+properties measured on the engine's own multi-head attention after 0 and ``n_layers`` post-LN
+layers (``meanfield.rope.engine_locality``).
+
+    meanfield run rope-long-context [--set d=128 --set n_samples=400000]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import xarray as xr
+
+import meanfield as mf
+from meanfield import rope
+from meanfield.runner import Preset, register
+
+from ._common import plt, require
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeConfig:
+    d: int = 64
+    """head dimension"""
+    bases: tuple[float, ...] = (10.0, 100.0, 10000.0, 1000000.0)
+    lengths: tuple[int, ...] = (4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576)
+    signal: float = 1.0
+    """shared mean of queries and keys (content similarity), in units of the noise norm"""
+    n_samples: int = 131072
+    """Monte-Carlo draws per estimate"""
+    tradeoff_bases: tuple[float, ...] = (3.0, 10.0, 30.0, 100.0, 1000.0, 10000.0, 100000.0, 1000000.0, 100000000.0)
+    short: int = 16
+    """context length of the locality axis of the trade-off"""
+    long: int = 4096
+    """context length of the flip axis of the trade-off"""
+    engine_d: int = 16
+    engine_heads: int = 4
+    engine_base: float = 100.0
+    engine_beta: float = 4.0
+    n_layers: int = 2
+    engine_lengths: tuple[int, ...] = (16, 64, 256, 1024, 2048)
+    n_sequences: int = 4
+    twin_max_length: int = 16384
+    """the score-twin fraction is measured up to this length (it scans all L positions)"""
+    chunks: int = 1
+    seed: int = 0
+
+    def validate(self):
+        require(self.d >= 2 and self.d % 2 == 0, f"d must be even and >= 2, got {self.d}")
+        require(min(self.bases) > 1 and min(self.tradeoff_bases) > 1 and self.engine_base > 1, "RoPE bases must be > 1")
+        require(min(self.lengths) >= 2 and min(self.engine_lengths) >= 3, "lengths must be >= 2 (engine: >= 3)")
+        require(self.n_samples >= 1000, f"n_samples must be >= 1000, got {self.n_samples}")
+        require(self.short >= 2 and self.long >= 2, "short and long must be >= 2")
+        require(self.engine_d % 2 == 0 and self.engine_heads >= 1 and self.n_layers >= 0, "engine_d even, heads >= 1, n_layers >= 0")
+        require(self.n_sequences >= 1, "n_sequences must be >= 1")
+        require(self.chunks == 1, "rope-long-context runs in one chunk")
+
+
+def _est(e):
+    return [e.p, e.lo, e.hi]
+
+
+@register
+class RopeLongContext(Preset):
+    name = "rope-long-context"
+    description = "RoPE at long context (Du et al. 2026): locality and token-consistency failures vs length and base"
+    Config = RopeConfig
+    vmap_keys = ("seed",)  # the estimates run outside the traced chunk (they draw in jitted batches)
+
+    def times(self, cfg):
+        return np.array([0.0, 1.0])
+
+    def init(self, cfg, p):
+        return jnp.zeros(())
+
+    def record(self, cfg, p, state):
+        return {"x": state[None]}
+
+    def advance(self, cfg, p, state, ts):
+        return state, {"x": state[None]}
+
+    def dataset(self, cfg, ts, recs, grid):
+        require(not grid.keys, "rope-long-context does not take a sweep grid")
+        key = jax.random.key(cfg.seed)
+        dist = rope.QKDistribution(cfg.d, cfg.signal)
+        loc = np.zeros((len(cfg.bases), len(cfg.lengths), 3))
+        flip = np.zeros_like(loc)
+        same = np.zeros_like(loc)
+        for i, b in enumerate(cfg.bases):
+            for j, n in enumerate(cfg.lengths):
+                k = jax.random.fold_in(key, 1000 * i + j)
+                loc[i, j] = _est(rope.locality_probability(jax.random.fold_in(k, 0), n, dist, b, cfg.n_samples))
+                flip[i, j] = _est(rope.consistency_flip_probability(jax.random.fold_in(k, 1), n, dist, b, cfg.n_samples))
+                if n <= cfg.twin_max_length:
+                    same[i, j] = _est(rope.unchanged_fraction(jax.random.fold_in(k, 2), n, dist, b, n_samples=128))
+                else:
+                    same[i, j] = np.nan
+        trade = np.array([[*_est(rope.locality_probability(jax.random.fold_in(key, 7000 + i), cfg.short, dist, b, cfg.n_samples)),
+                           *_est(rope.consistency_flip_probability(jax.random.fold_in(key, 8000 + i), cfg.long, dist, b, cfg.n_samples))]
+                          for i, b in enumerate(cfg.tradeoff_bases)])
+        q = jnp.eye(cfg.engine_d) + 0.3 * jax.random.normal(jax.random.fold_in(key, 9), (cfg.engine_heads, cfg.engine_d, cfg.engine_d))
+        attn = mf.Attention(cfg.engine_beta, Q=q, K=q, mask=mf.Causal(), pe=mf.RoPE(cfg.engine_base))
+        eng = np.zeros((2, len(cfg.engine_lengths), 2, 3))  # (layers 0 / n_layers, length, locality/flip, est)
+        for a, nl in enumerate((0, cfg.n_layers)):
+            for j, n in enumerate(cfg.engine_lengths):
+                e_loc, e_flip = rope.engine_locality(attn, jax.random.fold_in(key, 9000 + j), n, d=cfg.engine_d,
+                                                     signal=cfg.signal, n_layers=nl, n_sequences=cfg.n_sequences)
+                eng[a, j] = [_est(e_loc), _est(e_flip)]
+        stat = ["p", "lo", "hi"]
+        return xr.Dataset(
+            {
+                "locality": (("base", "length", "stat"), loc),
+                "consistency_flip": (("base", "length", "stat"), flip),
+                "unchanged_position": (("base", "length", "stat"), same),
+                "tradeoff_locality": (("tradeoff_base", "stat"), trade[:, :3]),
+                "tradeoff_flip": (("tradeoff_base", "stat"), trade[:, 3:]),
+                "engine_locality": (("layers", "engine_length", "stat"), eng[..., 0, :]),
+                "engine_flip": (("layers", "engine_length", "stat"), eng[..., 1, :]),
+            },
+            coords={"base": list(cfg.bases), "length": list(cfg.lengths), "stat": stat,
+                    "tradeoff_base": list(cfg.tradeoff_bases), "layers": [0, cfg.n_layers],
+                    "engine_length": list(cfg.engine_lengths)},
+        )
+
+    def plot(self, ds, outdir):
+        cfg = json.loads(ds.attrs["config"])
+        p = plt()
+        fig, axes = p.subplots(1, 5, figsize=(25, 4.6))
+        cmap = p.get_cmap("viridis")
+        nb = len(ds.base)
+        for ax, var, title in ((axes[0], "locality", "locality: P(nearer copy of a key scores higher)"),
+                               (axes[1], "consistency_flip", "token consistency: P(two keys' order flips)")):
+            for i, b in enumerate(ds.base.values):
+                e = ds[var].sel(base=b)
+                c = cmap(i / max(1, nb - 1))
+                ax.plot(ds.length, e.sel(stat="p"), "o-", color=c, ms=3, label=f"base {b:g}")
+                ax.fill_between(ds.length, e.sel(stat="lo"), e.sel(stat="hi"), color=c, alpha=0.25)
+            ax.axhline(0.5, color="k", lw=0.8, ls=":")
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("context length L")
+            ax.set_title(f"{title}\nd = {cfg['d']}, signal {cfg['signal']}, {cfg['n_samples']} draws (bands: 95 %)", fontsize=9)
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=8)
+        ax = axes[2]
+        tl, tf = ds.tradeoff_locality.sel(stat="p").values, ds.tradeoff_flip.sel(stat="p").values
+        ax.plot(tl, 1 - tf, "o-", color="C3")
+        for b, x_, y_ in zip(ds.tradeoff_base.values, tl, 1 - tf):
+            ax.annotate(f"{b:g}", (x_, y_), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel(f"locality probability at L = {cfg['short']} (positions told apart)")
+        ax.set_ylabel(f"1 - flip probability at L = {cfg['long']} (tokens told apart)")
+        ax.set_title("the base trade-off (labels: RoPE base)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax = axes[3]
+        for a, nl in enumerate(ds.layers.values):
+            for var, mk, lab in (("engine_locality", "o-", "locality"), ("engine_flip", "s--", "flip")):
+                e = ds[var].sel(layers=nl)
+                ax.plot(ds.engine_length, e.sel(stat="p"), mk, color=f"C{a}", ms=4, label=f"{lab}, {nl} layers")
+                ax.fill_between(ds.engine_length, e.sel(stat="lo"), e.sel(stat="hi"), color=f"C{a}", alpha=0.2)
+        ax.axhline(0.5, color="k", lw=0.8, ls=":")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("sequence length")
+        ax.set_title(f"engine: {cfg['engine_heads']} heads, d = {cfg['engine_d']}, beta = {cfg['engine_beta']}, "
+                     f"base {cfg['engine_base']:g}\nlast token's attention (flip: vs the same heads without RoPE)", fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        ax = axes[4]
+        for i, b in enumerate(ds.base.values):
+            e = ds.unchanged_position.sel(base=b).dropna("length")
+            c = cmap(i / max(1, nb - 1))
+            ax.plot(e.length, e.sel(stat="p"), "o-", color=c, ms=3, label=f"base {b:g}")
+            ax.fill_between(e.length, e.sel(stat="lo"), e.sel(stat="hi"), color=c, alpha=0.25)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("context length L")
+        ax.set_title("P(a position >= L/4 away gives the same score)\n(to 1 % of the score's spread over positions; 128 draws)",
+                     fontsize=9)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = Path(outdir) / "rope-long-context.png"
+        fig.savefig(path, dpi=100)
+        p.close(fig)
+        return [path]
