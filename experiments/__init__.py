@@ -14,5 +14,6 @@ from . import metastability as metastability
 from . import phase_diagram as phase_diagram
 from . import cesaro as cesaro  # noqa: F401
 from . import masks as masks  # noqa: F401
+from . import recall_capacity as recall_capacity  # noqa: F401
 from . import rope_long_context as rope_long_context  # noqa: F401
 from . import step0 as step0  # noqa: F401

@@ -29,6 +29,8 @@ TINY = {
     "step0": ["n=8", "depth=2", "width=8", "heads=2", "n_inits=2"],
     "cesaro": ["depths=1,2,4", "ns=64,128", "n_conv=64,128,256"],
     "masks": ["n=12", "d=4", "depths=1,3", "window=3", "n_starts=2"],
+    "recall-capacity": ["ds=4,8,16", "ls=2,4,8", "ns=32,64,128", "d0=8", "l0=4", "n0=64", "seeds=1",
+                        "regimes=early-gd", "m_min=2", "m_max=16"],
     "rope-long-context": ["d=8", "bases=10,100", "lengths=4,64", "n_samples=2000", "tradeoff_bases=10,100",
                           "short=8", "long=64", "engine_d=8", "engine_heads=2", "engine_lengths=8,16",
                           "n_sequences=1", "twin_max_length=64"],
@@ -40,6 +42,7 @@ DENSITY_PRESETS = {"meanfield-circle": {"rho", "mass"}, "particles-vs-pde": {"w1
                    "cesaro": {"profile_n64", "interior_rel_error", "dead_zone_depth_n128"},
                    "step0": {"influence", "influence_mean", "alpha_matched"},
                    "masks": {"influence", "first_token_mass", "mean_position_graph_theory"},
+                   "recall-capacity": {"capacity_vs_d", "exponent_L", "capacity_vs_N"},
                    "rope-long-context": {"locality", "consistency_flip", "tradeoff_flip", "engine_locality"}}
 OBSERVABLES = {"energy", "diameter", "min_cosine", "mean_cosine", "n_clusters", "rank_collapse", "effective_rank"}
 
@@ -59,7 +62,7 @@ def test_preset_runs_tiny(name, tmp_path):
     ds = execute(preset, cfg, parse_grid(cfg, None), tmp_path, progress=False)
     back = xr.load_dataset(tmp_path / "result.nc")
     if name in DENSITY_PRESETS:
-        assert DENSITY_PRESETS[name] <= set(back.data_vars) and ("time" in back.dims or name in ("cesaro", "step0", "masks", "rope-long-context"))
+        assert DENSITY_PRESETS[name] <= set(back.data_vars) and ("time" in back.dims or name in ("cesaro", "step0", "masks", "rope-long-context", "recall-capacity"))
     else:
         expected = {"dirac_distance", "n_clusters"} if name in GRID_PRESETS else OBSERVABLES
         assert expected <= set(back.data_vars) and "x" in back

@@ -1,0 +1,133 @@
+"""Storage capacity of a one-layer attention model with random (non-orthogonal) embeddings
+(after Vural, Bietti, Soltanolkotabi, Wu 2026): ``meanfield.recall``.
+
+``recall-capacity``: the largest number of facts M stored at mean test accuracy >= ``threshold``
+(``recall.capacity``, ``seeds`` instances vmapped) against the embedding dimension d, the
+sequence length L and the sample size N (the other two fixed at ``d0, L0, N0``), for the early
+phase (``early_steps`` steps of full-batch gradient descent from the uniform-attention start) and
+after training with Adam (``adam_steps``); log-log, with fitted exponents and 95 % intervals.
+
+    meanfield run recall-capacity [--set ds=16,32,64,128 --set seeds=8]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import xarray as xr
+
+from meanfield import recall
+from meanfield.runner import Preset, register
+
+from ._common import plt, require
+
+AXES = ("d", "L", "N")
+
+
+@dataclasses.dataclass(frozen=True)
+class RecallConfig:
+    ds: tuple[int, ...] = (16, 32, 64, 128)
+    ls: tuple[int, ...] = (2, 4, 8, 16)
+    ns: tuple[int, ...] = (512, 1024, 2048, 4096, 8192)
+    d0: int = 64
+    l0: int = 8
+    n0: int = 2048
+    threshold: float = 0.5
+    """test accuracy at which a number of facts counts as stored"""
+    seeds: int = 4
+    early_steps: int = 1
+    """gradient-descent steps of the early phase (lr = 10 M)"""
+    adam_steps: int = 100
+    adam_lr: float = 0.01
+    regimes: tuple[str, ...] = ("early-gd", "adam")
+    """early-gd: early_steps of gradient descent; adam: adam_steps of Adam"""
+    m_min: int = 4
+    """the doubling grid of M starts here ..."""
+    m_max: int = 4096
+    """... and stops here"""
+    chunks: int = 1
+    seed: int = 0
+
+    def validate(self):
+        for name in ("ds", "ls", "ns"):
+            vals = getattr(self, name)
+            require(len(vals) >= 3 and min(vals) >= 1, f"{name} needs >= 3 positive values for a fit, got {vals}")
+        require(0 < self.threshold < 1, f"threshold must be in (0, 1), got {self.threshold}")
+        require(self.seeds >= 1 and self.early_steps >= 1 and self.adam_steps >= 1, "seeds and steps must be >= 1")
+        require(self.adam_lr > 0 and 2 <= self.m_min < self.m_max, "need adam_lr > 0 and 2 <= m_min < m_max")
+        require(len(self.regimes) >= 1 and set(self.regimes) <= set(REGIMES), f"regimes must be among {REGIMES}")
+        require(self.chunks == 1, "recall-capacity runs in one chunk")
+
+
+REGIMES = ("early-gd", "adam")
+
+
+@register
+class RecallCapacity(Preset):
+    name = "recall-capacity"
+    description = "storage capacity of one-layer attention with random embeddings vs d, L, N (Vural et al. 2026), log-log fits"
+    Config = RecallConfig
+    vmap_keys = ("seed",)  # the trainings run outside the traced chunk (vmapped over seeds themselves)
+
+    def times(self, cfg):
+        return np.array([0.0, 1.0])
+
+    def init(self, cfg, p):
+        return jnp.zeros(())
+
+    def record(self, cfg, p, state):
+        return {"x": state[None]}
+
+    def advance(self, cfg, p, state, ts):
+        return state, {"x": state[None]}
+
+    def dataset(self, cfg, ts, recs, grid):
+        require(not grid.keys, "recall-capacity does not take a sweep grid")
+        key = jax.random.key(cfg.seed)
+        data, coords = {}, {"regime": list(cfg.regimes), "fit": ["slope", "lo", "hi"]}
+        for axis, values in zip(AXES, (cfg.ds, cfg.ls, cfg.ns)):
+            caps = np.zeros((len(cfg.regimes), len(values)))
+            for r, regime in enumerate(cfg.regimes):
+                kw = dict(steps=cfg.early_steps, opt="gd") if regime == "early-gd" else \
+                    dict(steps=cfg.adam_steps, opt="adam", lr=cfg.adam_lr)
+                for i, v in enumerate(values):
+                    d, ll, n = (v if axis == "d" else cfg.d0), (v if axis == "L" else cfg.l0), (v if axis == "N" else cfg.n0)
+                    caps[r, i], _ = recall.capacity(jax.random.fold_in(key, 7919 * r + i), d, ll, n,
+                                                    threshold=cfg.threshold, seeds=cfg.seeds, m_min=cfg.m_min,
+                                                    m_max=cfg.m_max, **kw)
+            fits = np.array([recall.loglog_fit(values, c) if np.isfinite(c).sum() >= 3 else (np.nan,) * 3 for c in caps])
+            data[f"capacity_vs_{axis}"] = (("regime", axis), caps)
+            data[f"exponent_{axis}"] = (("regime", "fit"), fits)
+            coords[axis] = list(values)
+        return xr.Dataset(data, coords=coords)
+
+    def plot(self, ds, outdir):
+        cfg = json.loads(ds.attrs["config"])
+        p = plt()
+        fig, axes = p.subplots(1, 3, figsize=(15, 4.4))
+        fixed = {"d": f"L = {cfg['l0']}, N = {cfg['n0']}", "L": f"d = {cfg['d0']}, N = {cfg['n0']}",
+                 "N": f"d = {cfg['d0']}, L = {cfg['l0']}"}
+        labels = {"early-gd": f"early phase ({cfg['early_steps']} GD step)", "adam": f"Adam, {cfg['adam_steps']} steps"}
+        for ax, axis in zip(axes, AXES):
+            x = ds[axis].values
+            for r, regime in enumerate(ds.regime.values):
+                c = ds[f"capacity_vs_{axis}"].sel(regime=regime).values
+                s, lo, hi = ds[f"exponent_{axis}"].sel(regime=regime).values
+                ax.loglog(x, c, "o-", color=f"C{REGIMES.index(regime)}", label=f"{labels[regime]}: slope {s:.2f} [{lo:.2f}, {hi:.2f}]")
+            ax.set_xticks(x, [str(v) for v in x])
+            ax.minorticks_off()
+            ax.set_xlabel(axis)
+            ax.set_ylabel(f"capacity: facts stored at test accuracy >= {cfg['threshold']}")
+            ax.set_title(f"capacity vs {axis} ({fixed[axis]}, {cfg['seeds']} seeds)", fontsize=9)
+            ax.legend(fontsize=7)
+            ax.grid(alpha=0.3, which="both")
+        fig.tight_layout()
+        path = Path(outdir) / "recall-capacity.png"
+        fig.savefig(path, dpi=110)
+        p.close(fig)
+        return [path]
