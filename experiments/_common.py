@@ -101,6 +101,26 @@ class ParticlePreset(Preset):
         return xr.Dataset(data, coords=coords)
 
 
+class HostPreset(Preset):
+    """A preset whose work is a host-side loop of jitted calls (Monte-Carlo batches, trainings,
+    each compiled for its own shapes), run in ``dataset``: the runner's traced chunk is a no-op,
+    so there is one chunk and nothing to checkpoint; sweeps are refused by the preset."""
+
+    vmap_keys = ("seed",)
+
+    def times(self, cfg):
+        return np.array([0.0, 1.0])
+
+    def init(self, cfg, p):
+        return jnp.zeros(())
+
+    def record(self, cfg, p, state):
+        return {"x": state[None]}
+
+    def advance(self, cfg, p, state, ts):
+        return state, {"x": state[None]}
+
+
 def first_point(ds):
     """The Dataset at the first point of every swept dimension (for single-run figures)."""
     grid = json.loads(ds.attrs.get("grid", "{}"))

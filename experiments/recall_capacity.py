@@ -17,14 +17,13 @@ import json
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
 from meanfield import recall
-from meanfield.runner import Preset, register
+from meanfield.runner import register
 
-from ._common import plt, require
+from ._common import HostPreset, plt, require
 
 AXES = ("d", "L", "N")
 
@@ -68,23 +67,10 @@ REGIMES = ("early-gd", "adam")
 
 
 @register
-class RecallCapacity(Preset):
+class RecallCapacity(HostPreset):
     name = "recall-capacity"
     description = "storage capacity of one-layer attention with random embeddings vs d, L, N (Vural et al. 2026), log-log fits"
     Config = RecallConfig
-    vmap_keys = ("seed",)  # the trainings run outside the traced chunk (vmapped over seeds themselves)
-
-    def times(self, cfg):
-        return np.array([0.0, 1.0])
-
-    def init(self, cfg, p):
-        return jnp.zeros(())
-
-    def record(self, cfg, p, state):
-        return {"x": state[None]}
-
-    def advance(self, cfg, p, state, ts):
-        return state, {"x": state[None]}
 
     def dataset(self, cfg, ts, recs, grid):
         require(not grid.keys, "recall-capacity does not take a sweep grid")

@@ -28,9 +28,9 @@ import xarray as xr
 
 import meanfield as mf
 from meanfield import rope
-from meanfield.runner import Preset, register
+from meanfield.runner import register
 
-from ._common import plt, require
+from ._common import HostPreset, plt, require
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,23 +76,10 @@ def _est(e):
 
 
 @register
-class RopeLongContext(Preset):
+class RopeLongContext(HostPreset):
     name = "rope-long-context"
     description = "RoPE at long context (Du et al. 2026): locality and token-consistency failures vs length and base"
     Config = RopeConfig
-    vmap_keys = ("seed",)  # the estimates run outside the traced chunk (they draw in jitted batches)
-
-    def times(self, cfg):
-        return np.array([0.0, 1.0])
-
-    def init(self, cfg, p):
-        return jnp.zeros(())
-
-    def record(self, cfg, p, state):
-        return {"x": state[None]}
-
-    def advance(self, cfg, p, state, ts):
-        return state, {"x": state[None]}
 
     def dataset(self, cfg, ts, recs, grid):
         require(not grid.keys, "rope-long-context does not take a sweep grid")
