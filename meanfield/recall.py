@@ -102,13 +102,18 @@ def optimizer(name: str, lr):
     return optax.sgd(lr) if name == "gd" else optax.adam(lr)
 
 
+def _default_lr(opt: str, n_facts) -> float:
+    """10 M for 'gd' (the gradient in W scales like 1/M at the uniform start), 1e-2 for 'adam'."""
+    return 10.0 * n_facts if opt == "gd" else 1e-2
+
+
 def train(key, n_facts, d: int, length: int, n_train: int, *, steps: int = 20, opt: str = "gd", lr=None,
           n_test: int = 2048, n_noise: int = 4096, max_facts: int | None = None):
     """Train one model on one random instance; returns (model, train accuracy, test accuracy).
 
     ``lr`` default: 10 M for 'gd' (the gradient in W scales like 1/M at the uniform start),
     1e-2 for 'adam'. Pure JAX: vmap it over keys for seeds (see :func:`accuracy`)."""
-    lr = (10.0 * n_facts if opt == "gd" else 1e-2) if lr is None else lr
+    lr = _default_lr(opt, n_facts) if lr is None else lr
     kt, ks, kv = jax.random.split(key, 3)
     task = RecallTask(kt, n_facts, d, length, n_noise, max_facts)
     x, y = task.sample(ks, n_train)
@@ -151,7 +156,7 @@ def accuracy(key, n_facts: int, d: int, length: int, n_train: int, *, seeds: int
              lr: float | None = None):
     """(train, test) accuracies (seeds,) of ``seeds`` independent instances, vmapped."""
     require(int(n_facts) >= 2, f"n_facts must be >= 2, got {n_facts}")
-    lr = (10.0 * n_facts if opt == "gd" else 1e-2) if lr is None else lr
+    lr = _default_lr(opt, n_facts) if lr is None else lr
     optimizer(opt, lr)  # validate before compiling
     tr, te = _accuracy(jax.random.split(key, seeds), jnp.asarray(int(n_facts)), jnp.asarray(float(lr), jnp.float32),
                        int(d), int(length), int(n_train), int(steps), opt, _padded(int(n_facts)))

@@ -127,12 +127,9 @@ def data_shards() -> int:
 
 def pad_rows(a, size: int, value=None):
     """Pad the leading axis of ``a`` to ``size`` (repeating the last row, or with ``value``)."""
-    extra = size - a.shape[0]
-    if extra <= 0:
-        return a
-    if value is None:
-        return jnp.concatenate([a, jnp.repeat(a[-1:], extra, axis=0)], axis=0)
-    return jnp.concatenate([a, jnp.full((extra,) + a.shape[1:], value, a.dtype)], axis=0)
+    from .kernel.attention import _pad_to
+
+    return _pad_to(jnp.asarray(a), max(size, a.shape[0]), 0, "edge" if value is None else value)
 
 
 def sharded_field(attn, x, aux=None, prompt=None):
