@@ -207,19 +207,20 @@ def execute(preset: Preset, cfg, grid: Grid, outdir, *, resume=False, force=Fals
 class _Devices:
     """The mesh of a run and how a group's batch is laid on it."""
 
-    def __init__(self, mesh):
+    def __init__(self, mesh, n_tokens: int = 0):
         self.mesh = mesh
         self.on = mesh is not None and mesh.size > 1
         self.data = int(mesh.shape["data"]) if self.on else 1
+        self.n_tokens = int(n_tokens)
 
     @classmethod
     def make(cls, spec, batch, n_tokens):
         from .sharding import make_mesh
 
         if isinstance(spec, jax.sharding.Mesh):
-            return cls(spec)
+            return cls(spec, n_tokens)
         try:
-            return cls(make_mesh(spec, batch=batch, n_tokens=n_tokens))
+            return cls(make_mesh(spec, batch=batch, n_tokens=n_tokens), n_tokens)
         except ValueError as err:
             raise ConfigError(str(err)) from None
 
@@ -227,7 +228,11 @@ class _Devices:
         return jax.set_mesh(self.mesh) if self.on else contextlib.nullcontext()
 
     def vmap(self, fn, **kw):
-        return jax.vmap(fn, spmd_axis_name="data", **kw) if self.on else jax.vmap(fn, **kw)
+        """The batch map: split over the data axis on a mesh; on one device, in chunks of runs
+        small enough that their attention scores stay in cache (``sharding.ensemble_vmap``)."""
+        from .sharding import ensemble_vmap
+
+        return ensemble_vmap(fn, self.n_tokens, spmd_axis_name="data" if self.on else None, **kw)
 
     def put(self, tree, batch):
         """Pad the leading (batch) axis to a multiple of the data axis and split it over it."""

@@ -200,3 +200,50 @@ def to_host(tree):
 def is_writer() -> bool:
     """True on the process that writes outputs (process 0 of a multi-host run)."""
     return jax.process_index() == 0
+
+
+ENSEMBLE_SCORES = 2**20
+"""Attention scores that :func:`ensemble_vmap` lets one vmapped chunk of runs hold (about
+k N^2 <= 2^20, 4 MiB of float32: a chunk's score slabs stay in cache)."""
+
+
+def ensemble_chunk(n_tokens: int, scores: int = ENSEMBLE_SCORES) -> int:
+    """Runs per vmapped chunk for runs of ``n_tokens`` tokens: max(1, scores // n_tokens^2)."""
+    require(int(n_tokens) >= 0, f"n_tokens must be >= 0, got {n_tokens}")
+    return max(1, int(scores) // max(1, int(n_tokens)) ** 2)
+
+
+def ensemble_vmap(fn, n_tokens: int, *, in_axes=0, spmd_axis_name=None, scores: int = ENSEMBLE_SCORES):
+    """``jax.vmap(fn, in_axes)`` for an ensemble of runs of ``n_tokens`` tokens each, evaluated
+    in chunks of k = :func:`ensemble_chunk` runs (``jax.lax.map(..., batch_size=k)``: a scan
+    over chunks, each chunk vmapped).
+
+    Why: a vmapped dense kernel evaluates the score slabs of every run at once, B N^2 numbers.
+    Once that leaves the cache the ensemble runs memory-bound (measured on 2 CPU cores: B = 64
+    runs of N = 512 took 2.8x the time per pair of one run with the same pairs; in chunks of 4,
+    0.6x; ``benchmarks/bench_scale.py``). The result equals the plain vmap (the same per-run
+    program). Arguments with ``in_axes`` None are closed over; the mapped ones share their
+    leading size B. With ``spmd_axis_name`` (a batch split over a mesh axis) this is the plain
+    vmap: each device then already holds only its share of the runs.
+    """
+    if spmd_axis_name is not None:
+        return jax.vmap(fn, in_axes=in_axes, spmd_axis_name=spmd_axis_name)
+    k = ensemble_chunk(n_tokens, scores)
+
+    def call(*args):
+        axes = in_axes if isinstance(in_axes, (tuple, list)) else (in_axes,) * len(args)
+        require(len(axes) == len(args), f"ensemble_vmap: in_axes has {len(axes)} entries for {len(args)} arguments")
+        require(all(a in (0, None) for a in axes), f"ensemble_vmap: in_axes entries must be 0 or None, got {in_axes}")
+        mapped = tuple(a for a, ax in zip(args, axes) if ax == 0)
+        sizes = {leaf.shape[0] for leaf in jax.tree.leaves(mapped)}
+        require(len(sizes) == 1, f"ensemble_vmap: mapped arguments have different leading sizes {sorted(sizes)}")
+        if sizes.pop() <= k:
+            return jax.vmap(fn, in_axes=in_axes)(*args)
+
+        def one(m):
+            it = iter(m)
+            return fn(*(next(it) if ax == 0 else a for a, ax in zip(args, axes)))
+
+        return jax.lax.map(one, mapped, batch_size=k)
+
+    return call

@@ -26,6 +26,23 @@ def test_single_device_mesh_and_no_context():
         mf.Attention(1.0, precision="fp8")
 
 
+def test_ensemble_vmap_is_the_vmap_in_chunks():
+    """Chunked ensemble map (lax.map over chunks of k runs) = plain vmap, with a remainder chunk
+    (B = 11 runs, k = 4) and an unmapped argument; k follows k N^2 <= scores."""
+    import jax.numpy as jnp
+
+    attn = mf.Attention(2.0, mask=mf.Causal())
+    xs = mf.sphere_uniform(jax.random.key(0), 11 * 16, 3).reshape(11, 16, 3)
+    scale = jnp.asarray(0.5)
+    fn = lambda x, c: c * mf.velocity(attn, x)  # noqa: E731
+    assert sharding.ensemble_chunk(16, scores=4 * 16**2) == 4 and sharding.ensemble_chunk(10**4) == 1
+    chunked = sharding.ensemble_vmap(fn, 16, in_axes=(0, None), scores=4 * 16**2)
+    ref = jax.vmap(fn, in_axes=(0, None))(xs, scale)
+    assert jnp.max(jnp.abs(jax.jit(chunked)(xs, scale) - ref)) <= 1e-13
+    with pytest.raises(ValueError, match="different leading sizes"):
+        sharding.ensemble_vmap(lambda a, b: a + b, 16, scores=16**2)(xs, xs[:5])
+
+
 def test_cli_rejects_a_bad_mesh(tmp_path, capsys):
     assert main(["run", "clustering", "--mesh", "data=4", "--out", str(tmp_path), "--set", "n=8"]) == 2
     assert "mesh:" in capsys.readouterr().err
