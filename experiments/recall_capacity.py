@@ -5,7 +5,8 @@
 (``recall.capacity``, ``seeds`` instances vmapped) against the embedding dimension d, the
 sequence length L and the sample size N (the other two fixed at ``d0, L0, N0``), for the early
 phase (``early_steps`` steps of full-batch gradient descent from the uniform-attention start) and
-after training with Adam (``adam_steps``); log-log, with fitted exponents and 95 % intervals.
+after training with Adam (``adam_steps``); log-log, with fitted exponents and 95 % intervals, and
+the early-phase Gaussian theory (``recall.early_phase_capacity``, no simulation) as a dashed line.
 
     meanfield run recall-capacity [--set ds=16,32,64,128 --set seeds=8]
 """
@@ -87,8 +88,14 @@ class RecallCapacity(HostPreset):
                                                     threshold=cfg.threshold, seeds=cfg.seeds, m_min=cfg.m_min,
                                                     m_max=cfg.m_max, **kw)
             fits = np.array([recall.loglog_fit(values, c) if np.isfinite(c).sum() >= 3 else (np.nan,) * 3 for c in caps])
+            theory = np.array([recall.early_phase_capacity(v if axis == "d" else cfg.d0, v if axis == "L" else cfg.l0,
+                                                           v if axis == "N" else cfg.n0, threshold=cfg.threshold)
+                               for v in values])
             data[f"capacity_vs_{axis}"] = (("regime", axis), caps)
             data[f"exponent_{axis}"] = (("regime", "fit"), fits)
+            data[f"theory_vs_{axis}"] = ((axis,), theory)
+            data[f"theory_exponent_{axis}"] = (("fit",), np.array(
+                recall.loglog_fit(values, theory) if np.isfinite(theory).sum() >= 3 else (np.nan,) * 3))
             coords[axis] = list(values)
         return xr.Dataset(data, coords=coords)
 
@@ -105,6 +112,10 @@ class RecallCapacity(HostPreset):
                 c = ds[f"capacity_vs_{axis}"].sel(regime=regime).values
                 s, lo, hi = ds[f"exponent_{axis}"].sel(regime=regime).values
                 ax.loglog(x, c, "o-", color=f"C{REGIMES.index(regime)}", label=f"{labels[regime]}: slope {s:.2f} [{lo:.2f}, {hi:.2f}]")
+            if f"theory_vs_{axis}" in ds:
+                s = float(ds[f"theory_exponent_{axis}"].values[0])
+                ax.loglog(x, ds[f"theory_vs_{axis}"].values, "k--", lw=1,
+                          label=f"early-phase Gaussian theory: slope {s:.2f}")
             ax.set_xticks(x, [str(v) for v in x])
             ax.minorticks_off()
             ax.set_xlabel(axis)
