@@ -42,7 +42,7 @@ DENSITY_PRESETS = {"meanfield-circle": {"rho", "mass"}, "particles-vs-pde": {"w1
                    "cesaro": {"profile_n64", "interior_rel_error", "dead_zone_depth_n128"},
                    "step0": {"influence", "influence_mean", "alpha_matched"},
                    "masks": {"influence", "first_token_mass", "mean_position_graph_theory"},
-                   "recall-capacity": {"capacity_vs_d", "exponent_L", "capacity_vs_N"},
+                   "recall-capacity": {"capacity_vs_d", "exponent_L", "capacity_vs_N", "theory_vs_L"},
                    "rope-long-context": {"locality", "consistency_flip", "tradeoff_flip", "engine_locality"}}
 OBSERVABLES = {"energy", "diameter", "min_cosine", "mean_cosine", "n_clusters", "rank_collapse", "effective_rank"}
 
