@@ -181,9 +181,7 @@ def capacity(key, d: int, length: int, n_train: int, *, threshold: float = 0.5, 
         if a < threshold:
             if prev is None:
                 return float("nan"), accs
-            a0 = float(accs[prev].mean())
-            t = (a0 - threshold) / (a0 - a)
-            return float(np.exp(np.log(prev) + t * np.log(m / prev))), accs
+            return _crossing(prev, float(accs[prev].mean()), m, a, threshold), accs
         prev, m = m, 2 * m
     return float("nan"), accs
 
@@ -272,5 +270,11 @@ def early_phase_capacity(d: int, length: int, n_train: int, *, threshold: float 
             lo, a_lo = mid, a_mid
         else:
             hi, a_hi = mid, a_mid
-    t = (a_lo - threshold) / (a_lo - a_hi) if a_lo > a_hi else 0.0
-    return float(np.exp(np.log(lo) + t * np.log(hi / lo)))
+    return _crossing(lo, a_lo, hi, a_hi, threshold)
+
+
+def _crossing(m0, a0, m1, a1, threshold) -> float:
+    """M where the accuracy crosses ``threshold`` between (m0, a0 >= threshold) and (m1, a1 <
+    threshold), linear in log M."""
+    t = (a0 - threshold) / (a0 - a1) if a0 > a1 else 0.0
+    return float(np.exp(np.log(m0) + t * np.log(m1 / m0)))
