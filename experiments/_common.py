@@ -13,9 +13,8 @@ import xarray as xr
 
 import meanfield as mf
 from meanfield import observables as obs
-from meanfield.config import ConfigError
-from meanfield.io import observable_vars
-from meanfield.runner import Preset, grid_param
+from meanfield.run import ConfigError, Preset, RunConfig, grid_param
+from meanfield.run.io import observable_vars
 
 
 def require(cond, msg):
@@ -24,7 +23,7 @@ def require(cond, msg):
 
 
 @dataclasses.dataclass(frozen=True)
-class ParticleConfig:
+class ParticleConfig(RunConfig):
     n: int = 64
     """number of tokens"""
     d: int = 3
@@ -39,20 +38,19 @@ class ParticleConfig:
     """saved times (linear in [0, t1])"""
     chunks: int = 6
     """integration chunks (progress, checkpoints)"""
-    seed: int = 0
     rtol: float = 1e-7
     atol: float = 1e-9
     cluster_tol: float = 1e-2
     """tokens closer than this are one cluster"""
 
     def validate(self):
+        super().validate()
         require(self.n >= 2, f"n must be >= 2, got {self.n}")
         require(self.d >= 2, f"d must be >= 2, got {self.d}")
         require(self.beta >= 0, f"beta must be >= 0, got {self.beta}")
         require(self.mask in ("full", "causal"), f"mask must be 'full' or 'causal', got {self.mask!r}")
         require(self.t1 > 0, f"t1 must be > 0, got {self.t1}")
         require(self.n_save >= 2, f"n_save must be >= 2, got {self.n_save}")
-        require(1 <= self.chunks <= self.n_save - 1, f"chunks must be in [1, n_save - 1], got {self.chunks}")
         require(self.rtol > 0 and self.atol > 0, "rtol and atol must be > 0")
         require(self.cluster_tol > 0, f"cluster_tol must be > 0, got {self.cluster_tol}")
 
@@ -104,9 +102,10 @@ class ParticlePreset(Preset):
 class HostPreset(Preset):
     """A preset whose work is a host-side loop of jitted calls (Monte-Carlo batches, trainings,
     each compiled for its own shapes), run in ``dataset``: the runner's traced chunk is a no-op,
-    so there is one chunk and nothing to checkpoint; sweeps are refused by the preset."""
+    so there is one chunk and nothing to checkpoint; sweeps are refused up front."""
 
     vmap_keys = ("seed",)
+    sweepable = False
 
     def times(self, cfg):
         return np.array([0.0, 1.0])

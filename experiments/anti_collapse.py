@@ -29,9 +29,9 @@ import xarray as xr
 
 import meanfield as mf
 from meanfield import observables as obs
-from meanfield.io import observable_vars
+from meanfield.run.io import observable_vars
 from meanfield.kernel import gaussian, random_fourier
-from meanfield.runner import Preset, grid_param, register
+from meanfield.run import Preset, RunConfig, grid_param, register
 from meanfield.theory import additive_pe_pushforward
 
 from ._common import circle_w1_to, first_point, plt, require, simulate_chunk
@@ -41,7 +41,7 @@ ADDITIVE = VARIANTS[1:4]
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(RunConfig):
     n: int = 64
     """moving tokens (on the circle S^1)"""
     beta: float = 2.0
@@ -61,7 +61,6 @@ class Config:
     t_first: float = 0.01
     n_save: int = 61
     chunks: int = 6
-    seed: int = 0
     rtol: float = 1e-8
     atol: float = 1e-8
     cluster_tol: float = 0.05
@@ -69,12 +68,12 @@ class Config:
     """nodes of the theory's z-quadrature (sinusoidal encoding)"""
 
     def validate(self):
+        super().validate()
         require(self.n >= 2, f"n must be >= 2, got {self.n}")
         require(self.beta >= 0 and self.alpha >= 0, "beta and alpha must be >= 0")
         require(self.form in ("SA", "USA"), f"form must be SA or USA, got {self.form!r}")
         require(self.prompt_size >= 1 and self.prompt_weight > 0, "prompt_size must be >= 1 and prompt_weight > 0")
         require(0 < self.t_first < self.t1, "need 0 < t_first < t1")
-        require(1 <= self.chunks <= self.n_save - 1, f"chunks must be in [1, n_save - 1], got {self.chunks}")
         require(self.quadrature >= 10, "quadrature must be >= 10")
 
 

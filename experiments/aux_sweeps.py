@@ -26,7 +26,7 @@ import xarray as xr
 
 import meanfield as mf
 from meanfield import observables as obs
-from meanfield.runner import Preset, register
+from meanfield.run import Preset, RunConfig, register
 from meanfield.theory import additive_pe_pushforward
 
 from ._common import circle_w1_to, first_point, plt, require, simulate_chunk
@@ -41,7 +41,7 @@ def _u(s, freq):
 
 
 @dataclasses.dataclass(frozen=True)
-class PEConfig:
+class PEConfig(RunConfig):
     n: int = 48
     alphas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0)
     """PE coupling scales (heatmap columns)"""
@@ -52,20 +52,19 @@ class PEConfig:
     t1: float = 60.0
     n_save: int = 31
     chunks: int = 3
-    seed: int = 0
     rtol: float = 1e-7
     atol: float = 1e-8
     cluster_tol: float = 0.05
     quadrature: int = 300
 
     def validate(self):
+        super().validate()
         require(self.n >= 2 and len(self.alphas) >= 1 and len(self.betas) >= 1, "need n >= 2 and non-empty alphas, betas")
         require(min(self.alphas) >= 0 and min(self.betas) >= 0, "alphas and betas must be >= 0")
-        require(1 <= self.chunks <= self.n_save - 1, f"chunks must be in [1, n_save - 1], got {self.chunks}")
 
 
 @dataclasses.dataclass(frozen=True)
-class PromptConfig:
+class PromptConfig(RunConfig):
     n: int = 48
     sizes: tuple[int, ...] = (1, 2, 3, 4, 6, 8)
     """numbers of prompt tokens P (heatmap columns)"""
@@ -75,14 +74,13 @@ class PromptConfig:
     t1: float = 60.0
     n_save: int = 31
     chunks: int = 3
-    seed: int = 0
     rtol: float = 1e-7
     atol: float = 1e-8
     cluster_tol: float = 0.05
 
     def validate(self):
+        super().validate()
         require(self.n >= 2 and min(self.sizes) >= 1 and min(self.weights) > 0, "need n >= 2, sizes >= 1, weights > 0")
-        require(1 <= self.chunks <= self.n_save - 1, f"chunks must be in [1, n_save - 1], got {self.chunks}")
 
 
 class _GridPreset(Preset):

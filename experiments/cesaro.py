@@ -27,13 +27,13 @@ import xarray as xr
 
 from meanfield import theory
 from meanfield.influence import profile_stats
-from meanfield.runner import Preset, register
+from meanfield.run import Preset, RunConfig, register
 
 from ._common import plt, require
 
 
 @dataclasses.dataclass(frozen=True)
-class CesaroConfig:
+class CesaroConfig(RunConfig):
     depths: tuple[int, ...] = (1, 2, 4, 8, 16)
     ns: tuple[int, ...] = (512, 4096)
     """token counts drawn against the closed form"""
@@ -43,15 +43,13 @@ class CesaroConfig:
     """residual mixing weight (layer: (1 - alpha) x + alpha A x)"""
     interior: float = 0.05
     """the error is measured on s in [interior, 1 - interior]"""
-    chunks: int = 1
-    seed: int = 0
 
     def validate(self):
+        super().validate()
         require(len(self.depths) >= 1 and min(self.depths) >= 1, "depths must be >= 1")
         require(min(self.ns) >= 8 and len(self.n_conv) >= 3 and min(self.n_conv) >= 8, "need n >= 8 and 3+ n_conv")
         require(0 < self.alpha <= 1, f"alpha must be in (0, 1], got {self.alpha}")
         require(0 < self.interior < 0.5, "interior must be in (0, 1/2)")
-        require(self.chunks == 1, "cesaro runs in one chunk")
 
 
 def _interior_error(n, depth, alpha, interior):
@@ -66,6 +64,7 @@ class Cesaro(Preset):
     name = "cesaro"
     description = "Cesàro theory of position bias: discrete vs closed-form influence for H = 1..16, dead zone vs H"
     Config = CesaroConfig
+    sweepable = False
     vmap_keys = ("seed",)  # unused: the Cesàro model is deterministic
 
     def times(self, cfg):
@@ -82,7 +81,6 @@ class Cesaro(Preset):
         return new, {k: v[None] for k, v in new.items()}
 
     def dataset(self, cfg, ts, recs, grid):
-        require(not grid.keys, "cesaro does not take a sweep grid")
         data, coords = {}, {"depth": list(cfg.depths), "n_conv": list(cfg.n_conv)}
         for n in cfg.ns:
             prof = recs[f"n{n}"][-1]  # (H, n)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from meanfield.runner import register
+from meanfield.run import register
 
 from ._common import (
     ParticleConfig,

@@ -31,13 +31,13 @@ import xarray as xr
 from meanfield import theory
 from meanfield.influence import bin_profile, is_u_shaped, u_shape_onset
 from meanfield.pde import KineticMeanField
-from meanfield.runner import Preset, register
+from meanfield.run import Preset, RunConfig, register
 
 from ._common import first_point, plt, require
 
 
 @dataclasses.dataclass(frozen=True)
-class KineticConfig:
+class KineticConfig(RunConfig):
     n_s: int = 64
     """rows in s (cell centres (k + 1/2)/S)"""
     m: int = 128
@@ -60,9 +60,9 @@ class KineticConfig:
     cfl: float = 0.4
     """fixed step dt = cfl * 2 pi / m (SA speeds are <= 1)"""
     chunks: int = 4
-    seed: int = 0
 
     def validate(self):
+        super().validate()
         require(self.n_s >= 2 and self.m >= 8, "need n_s >= 2 and m >= 8")
         require(len(self.betas) >= 1 and min(self.betas) > 0, "betas must be > 0")
         require(self.lam >= 0 and self.kappa >= 0, "lam and kappa must be >= 0")
@@ -70,8 +70,6 @@ class KineticConfig:
         require(self.n_early >= 3 and self.n_late >= 1, "need n_early >= 3 and n_late >= 1")
         require(self.bins >= 3 and self.n_s % self.bins == 0, f"bins must be >= 3 and divide n_s = {self.n_s}")
         require(0 < self.cfl <= 0.5, f"cfl must be in (0, 1/2], got {self.cfl}")
-        n_t = self.n_early + self.n_late
-        require(1 <= self.chunks <= n_t - 1, f"chunks must be in [1, {n_t - 1}]")
 
 
 def _pde(cfg, beta):

@@ -22,8 +22,8 @@ import numpy as np
 import xarray as xr
 
 import meanfield as mf
-from meanfield.io import observable_vars
-from meanfield.runner import Preset, grid_param, register
+from meanfield.run.io import observable_vars
+from meanfield.run import Preset, RunConfig, grid_param, register
 
 from ._common import first_point, plt, require
 
@@ -31,7 +31,7 @@ NORMS = {"post-LN": mf.PostLN(), "pre-LN": mf.PreLN(), "peri-LN": mf.PeriLN(), "
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(RunConfig):
     n: int = 32
     d: int = 8
     beta: float = 2.0
@@ -41,15 +41,14 @@ class Config:
     chunks: int = 4
     mask: str = "full"
     """full | causal"""
-    seed: int = 0
     cluster_tol: float = 1e-2
 
     def validate(self):
+        super().validate()
         require(self.n >= 2 and self.d >= 2, "n and d must be >= 2")
         require(self.beta >= 0, f"beta must be >= 0, got {self.beta}")
         require(self.h > 0, f"h must be > 0, got {self.h}")
         require(self.n_layers >= 1, f"n_layers must be >= 1, got {self.n_layers}")
-        require(1 <= self.chunks <= self.n_layers, f"chunks must be in [1, n_layers], got {self.chunks}")
         require(self.mask in ("full", "causal"), f"mask must be 'full' or 'causal', got {self.mask!r}")
 
 

@@ -31,7 +31,7 @@ import xarray as xr
 import meanfield as mf
 from meanfield import theory
 from meanfield.influence import layers_influence, rollout
-from meanfield.runner import Preset, register
+from meanfield.run import Preset, RunConfig, register
 
 from ._common import plt, require
 
@@ -39,7 +39,7 @@ MASKS = ("causal", "alibi", "window", "rope")
 
 
 @dataclasses.dataclass(frozen=True)
-class MasksConfig:
+class MasksConfig(RunConfig):
     n: int = 128
     """tokens"""
     d: int = 16
@@ -59,10 +59,9 @@ class MasksConfig:
     """start: x_i = n(e_1 + spread g_i), g_i standard Gaussian (large = uniform on the sphere)"""
     n_starts: int = 4
     """random starts averaged"""
-    chunks: int = 1
-    seed: int = 0
 
     def validate(self):
+        super().validate()
         require(self.n >= 8, f"n must be >= 8, got {self.n}")
         require(self.d >= 2 and self.d % 2 == 0, f"d must be even and >= 2 (RoPE), got {self.d}")
         require(self.beta >= 0, f"beta must be >= 0, got {self.beta}")
@@ -75,7 +74,6 @@ class MasksConfig:
         require(self.rope_base > 1, f"rope_base must be > 1, got {self.rope_base}")
         require(self.spread > 0, f"spread must be > 0, got {self.spread}")
         require(self.n_starts >= 1, f"n_starts must be >= 1, got {self.n_starts}")
-        require(self.chunks == 1, "masks runs in one chunk")
 
 
 def attention(cfg, mask: str, beta) -> mf.Attention:
@@ -114,6 +112,7 @@ class Masks(Preset):
     name = "masks"
     description = "causal vs ALiBi vs window vs RoPE: last-token influence across depth (Wu et al. 2025), Jacobian and rollout"
     Config = MasksConfig
+    sweepable = False
     vmap_keys = ("beta", "seed")
 
     def times(self, cfg):
@@ -137,7 +136,6 @@ class Masks(Preset):
         return new, {"x": new[None]}
 
     def dataset(self, cfg, ts, recs, grid):
-        require(not grid.keys, "masks does not take a sweep grid (set beta, seed with --set)")
         prof = np.asarray(recs["x"][-1])
         s = np.arange(1, cfg.n + 1) / cfg.n
         dims = ("mask", "estimator", "depth")

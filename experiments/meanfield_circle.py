@@ -25,7 +25,7 @@ import xarray as xr
 
 import meanfield as mf
 from meanfield.pde.circle import CircleMeanField, density_to_particles, density_w1
-from meanfield.runner import Preset, register
+from meanfield.run import Preset, RunConfig, register
 from meanfield.theory import circle_growth_rate
 
 from ._common import first_point, plt, require
@@ -34,7 +34,7 @@ FORMS = ("SA", "USA")
 
 
 @dataclasses.dataclass(frozen=True)
-class CircleConfig:
+class CircleConfig(RunConfig):
     m: int = 256
     """cells"""
     betas: tuple[float, ...] = (1.0, 2.0, 4.0)
@@ -45,13 +45,12 @@ class CircleConfig:
     n_save: int = 61
     chunks: int = 4
     cfl: float = 0.4
-    seed: int = 0
 
     def validate(self):
+        super().validate()
         require(self.m >= 8 and len(self.betas) >= 1 and min(self.betas) > 0, "need m >= 8 and betas > 0")
         require(0 <= self.eps < 1, f"eps must be in [0, 1), got {self.eps}")
         require(0 < self.cfl <= 0.5, f"cfl must be in (0, 1/2], got {self.cfl}")
-        require(1 <= self.chunks <= self.n_save - 1, f"chunks must be in [1, n_save - 1], got {self.chunks}")
 
 
 @register
@@ -119,7 +118,7 @@ class MeanFieldCircle(Preset):
 
 
 @dataclasses.dataclass(frozen=True)
-class PvPConfig:
+class PvPConfig(RunConfig):
     beta: float = 3.0
     t1: float = 1.0
     ns: tuple[int, ...] = (64, 256, 1024, 4096)
@@ -127,15 +126,13 @@ class PvPConfig:
     n_seeds: int = 4
     m: int = 1024
     """PDE cells"""
-    chunks: int = 1
-    seed: int = 0
     rtol: float = 1e-8
     atol: float = 1e-8
 
     def validate(self):
+        super().validate()
         require(len(self.ns) >= 2 and min(self.ns) >= 2, "need at least two particle numbers >= 2")
         require(self.n_seeds >= 1 and self.m >= 8 and self.t1 > 0, "need n_seeds >= 1, m >= 8, t1 > 0")
-        require(self.chunks == 1, "particles-vs-pde runs in one chunk")
 
 
 def _rho0(m):

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from meanfield import observables as obs
-from meanfield.runner import register
+from meanfield.run import register
 
 from ._common import (
     ParticleConfig,

@@ -21,14 +21,14 @@ import numpy as np
 import xarray as xr
 
 import meanfield as mf
-from meanfield.io import observable_vars
-from meanfield.runner import Preset, register
+from meanfield.run.io import observable_vars
+from meanfield.run import Preset, RunConfig, register
 
 from ._common import first_point, plt, require, simulate_chunk
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(RunConfig):
     n: int = 32
     """tokens"""
     d: int = 3
@@ -41,18 +41,16 @@ class Config:
     t1: float = 30.0
     n_save: int = 31
     chunks: int = 3
-    seed: int = 0
-    """base seed (draw s uses seed + s)"""
     rtol: float = 1e-6
     atol: float = 1e-8
     cluster_tol: float = 0.05
 
     def validate(self):
+        super().validate()
         require(self.n >= 2 and self.d >= 2, "n and d must be >= 2")
         require(len(self.betas) >= 1 and min(self.betas) >= 0, f"betas must be non-empty and >= 0, got {self.betas}")
         require(self.n_seeds >= 1, f"n_seeds must be >= 1, got {self.n_seeds}")
         require(self.t1 > 0 and self.n_save >= 2, "t1 must be > 0 and n_save >= 2")
-        require(1 <= self.chunks <= self.n_save - 1, f"chunks must be in [1, n_save - 1], got {self.chunks}")
 
 
 def _attention(cfg, beta, s):

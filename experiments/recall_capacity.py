@@ -1,5 +1,5 @@
 """Storage capacity of a one-layer attention model with random (non-orthogonal) embeddings
-(after Vural, Bietti, Soltanolkotabi, Wu 2026): ``meanfield.recall``.
+(after Vural, Bietti, Soltanolkotabi, Wu 2026): ``meanfield.studies.recall``.
 
 ``recall-capacity``: the largest number of facts M stored at mean test accuracy >= ``threshold``
 (``recall.capacity``, ``seeds`` instances vmapped) against the embedding dimension d, the
@@ -21,8 +21,8 @@ import jax
 import numpy as np
 import xarray as xr
 
-from meanfield import recall
-from meanfield.runner import register
+from meanfield.studies import recall
+from meanfield.run import RunConfig, register
 
 from ._common import HostPreset, plt, require
 
@@ -30,7 +30,7 @@ AXES = ("d", "L", "N")
 
 
 @dataclasses.dataclass(frozen=True)
-class RecallConfig:
+class RecallConfig(RunConfig):
     ds: tuple[int, ...] = (16, 32, 64, 128)
     ls: tuple[int, ...] = (2, 4, 8, 16)
     ns: tuple[int, ...] = (512, 1024, 2048, 4096, 8192)
@@ -50,10 +50,9 @@ class RecallConfig:
     """the doubling grid of M starts here ..."""
     m_max: int = 4096
     """... and stops here"""
-    chunks: int = 1
-    seed: int = 0
 
     def validate(self):
+        super().validate()
         for name in ("ds", "ls", "ns"):
             vals = getattr(self, name)
             require(len(vals) >= 3 and min(vals) >= 1, f"{name} needs >= 3 positive values for a fit, got {vals}")
@@ -61,7 +60,6 @@ class RecallConfig:
         require(self.seeds >= 1 and self.early_steps >= 1 and self.adam_steps >= 1, "seeds and steps must be >= 1")
         require(self.adam_lr > 0 and 2 <= self.m_min < self.m_max, "need adam_lr > 0 and 2 <= m_min < m_max")
         require(len(self.regimes) >= 1 and set(self.regimes) <= set(REGIMES), f"regimes must be among {REGIMES}")
-        require(self.chunks == 1, "recall-capacity runs in one chunk")
 
 
 REGIMES = ("early-gd", "adam")
@@ -74,7 +72,6 @@ class RecallCapacity(HostPreset):
     Config = RecallConfig
 
     def dataset(self, cfg, ts, recs, grid):
-        require(not grid.keys, "recall-capacity does not take a sweep grid")
         key = jax.random.key(cfg.seed)
         data, coords = {}, {"regime": list(cfg.regimes), "fit": ["slope", "lo", "hi"]}
         for axis, values in zip(AXES, (cfg.ds, cfg.ls, cfg.ns)):

@@ -1,6 +1,6 @@
 """RoPE distinguishes neither positions nor tokens at long context (Du et al. 2026).
 
-``rope-long-context``: Monte-Carlo estimates (``meanfield.rope``, Wilson 95 % intervals) of
+``rope-long-context``: Monte-Carlo estimates (``meanfield.studies.rope_locality``, Wilson 95 % intervals) of
 
 * the locality probability P(s(q, k, Delta_1) > s(q, k, Delta_2)), Delta_1 < Delta_2 < L, and
 * the token-consistency flip probability (the ordering of two keys' scores flips between two
@@ -10,7 +10,7 @@ against context length L (log x) for several RoPE bases; the base trade-off (loc
 context against flips at a long one, one point per base); the fraction of (q, k, Delta) for which
 a position at least L/4 away gives the same score (1 % of its spread); and the same two
 properties measured on the engine's own multi-head attention after 0 and ``n_layers`` post-LN
-layers (``meanfield.rope.engine_locality``).
+layers (``meanfield.studies.rope_locality.engine_locality``).
 
     meanfield run rope-long-context [--set d=128 --set n_samples=400000]
 """
@@ -27,14 +27,14 @@ import numpy as np
 import xarray as xr
 
 import meanfield as mf
-from meanfield import rope
-from meanfield.runner import register
+from meanfield.studies import rope_locality as rope
+from meanfield.run import RunConfig, register
 
 from ._common import HostPreset, plt, require
 
 
 @dataclasses.dataclass(frozen=True)
-class RopeConfig:
+class RopeConfig(RunConfig):
     d: int = 64
     """head dimension"""
     bases: tuple[float, ...] = (10.0, 100.0, 10000.0, 1000000.0)
@@ -57,10 +57,9 @@ class RopeConfig:
     n_sequences: int = 4
     twin_max_length: int = 16384
     """the score-twin fraction is measured up to this length (it scans all L positions)"""
-    chunks: int = 1
-    seed: int = 0
 
     def validate(self):
+        super().validate()
         require(self.d >= 2 and self.d % 2 == 0, f"d must be even and >= 2, got {self.d}")
         require(min(self.bases) > 1 and min(self.tradeoff_bases) > 1 and self.engine_base > 1, "RoPE bases must be > 1")
         require(min(self.lengths) >= 2 and min(self.engine_lengths) >= 3, "lengths must be >= 2 (engine: >= 3)")
@@ -68,7 +67,6 @@ class RopeConfig:
         require(self.short >= 2 and self.long >= 2, "short and long must be >= 2")
         require(self.engine_d % 2 == 0 and self.engine_heads >= 1 and self.n_layers >= 0, "engine_d even, heads >= 1, n_layers >= 0")
         require(self.n_sequences >= 1, "n_sequences must be >= 1")
-        require(self.chunks == 1, "rope-long-context runs in one chunk")
 
 
 def _est(e):
@@ -82,7 +80,6 @@ class RopeLongContext(HostPreset):
     Config = RopeConfig
 
     def dataset(self, cfg, ts, recs, grid):
-        require(not grid.keys, "rope-long-context does not take a sweep grid")
         key = jax.random.key(cfg.seed)
         dist = rope.QKDistribution(cfg.d, cfg.signal)
         loc = np.zeros((len(cfg.bases), len(cfg.lengths), 3))

@@ -2,7 +2,7 @@
 without RoPE, against the Cesàro theory (Chowdhury 2026).
 
 ``step0``: influence of each input position on the last position's output
-(||d h_last / d emb_j||, ``meanfield.models.step0_influence``), averaged over ``n_inits`` random
+(||d h_last / d emb_j||, ``meanfield.studies.step0_influence``), averaged over ``n_inits`` random
 inits and inputs, for gpt2/qwen2 x RoPE off/on, on a log-log density plot with the seed-to-seed
 spread, next to the discrete Cesàro profile whose residual weight alpha is matched to the
 measured recency mass ((1 - alpha)^H = recency).
@@ -22,8 +22,8 @@ import xarray as xr
 
 from meanfield import theory
 from meanfield.influence import profile_stats
-from meanfield.models import DecoderConfig, step0_influence
-from meanfield.runner import Preset, register
+from meanfield.studies.decoders import DecoderConfig, step0_influence
+from meanfield.run import Preset, RunConfig, register
 
 from ._common import plt, require
 
@@ -31,7 +31,7 @@ VARIANTS = (("gpt2", False), ("gpt2", True), ("qwen2", False), ("qwen2", True))
 
 
 @dataclasses.dataclass(frozen=True)
-class Step0Config:
+class Step0Config(RunConfig):
     n: int = 64
     """sequence length"""
     depth: int = 8
@@ -39,13 +39,11 @@ class Step0Config:
     heads: int = 4
     n_inits: int = 8
     """random (model, input) pairs averaged"""
-    chunks: int = 1
-    seed: int = 0
 
     def validate(self):
+        super().validate()
         require(self.n >= 4 and self.depth >= 1 and self.n_inits >= 2, "need n >= 4, depth >= 1, n_inits >= 2")
         require(self.width % self.heads == 0 and (self.width // self.heads) % 2 == 0, "width/heads must be even")
-        require(self.chunks == 1, "step0 runs in one chunk")
 
 
 @register
@@ -53,6 +51,7 @@ class Step0(Preset):
     name = "step0"
     description = "random-init GPT-2/Qwen2-style decoders, RoPE on/off: last-token influence U-shape vs Cesàro theory"
     Config = Step0Config
+    sweepable = False
 
     def times(self, cfg):
         return np.array([0.0, 1.0])
@@ -72,7 +71,6 @@ class Step0(Preset):
         return new, {"x": new[None]}
 
     def dataset(self, cfg, ts, recs, grid):
-        require(not grid.keys, "step0 does not take a sweep grid")
         return _dataset(cfg, np.asarray(recs["x"][-1]))
 
     def plot(self, ds, outdir):

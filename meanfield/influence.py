@@ -30,6 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .geometry import PostLN
+from .particles import layers, simulate
+
 
 def bin_profile(profile, n_bins: int) -> np.ndarray:
     """Sum the masses of a (..., n) profile over ``n_bins`` equal contiguous bins (n must be a
@@ -97,9 +100,6 @@ def layers_influence(attn, x0, n_layers: int | None = None, *, h=1.0, norm=None,
     """Jacobian profile of the output of ``meanfield.layers`` (H = ``n_layers`` discrete layers),
     shape (N,); with ``depths`` = (H_1, H_2, ...) instead, the profiles after each of those depths
     from one forward pass and one batch of VJPs, shape (len(depths), N)."""
-    from .geometry import PostLN
-    from .particles import layers
-
     norm = PostLN() if norm is None else norm
     if depths is None:
         return jacobian_profile(lambda x: layers(attn, x, n_layers, h=h, norm=norm, aux=aux, prompt=prompt).xs[-1],
@@ -114,8 +114,6 @@ def layers_influence(attn, x0, n_layers: int | None = None, *, h=1.0, norm=None,
 def flow_influence(attn, x0, t1, *, target: int = -1, **simulate_kwargs):
     """Jacobian profile of the continuous dynamics x(t1) (``meanfield.simulate``, its keyword
     arguments passed through: geometry, aux, prompt, solver, dt, rtol, atol)."""
-    from .particles import simulate
-
     ts = jnp.asarray([0.0, t1], dtype=jnp.asarray(x0).dtype)
     return jacobian_profile(lambda x: simulate(attn, x, ts, **simulate_kwargs).xs[-1], x0, target)
 

@@ -37,16 +37,18 @@ Example (8 devices: 2 ensembles of runs x 4 token shards):
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ._arrays import pad_axis
 from ._errors import require
 
 AXES = ("data", "tokens")
@@ -127,46 +129,7 @@ def data_shards() -> int:
 
 def pad_rows(a, size: int, value=None):
     """Pad the leading axis of ``a`` to ``size`` (repeating the last row, or with ``value``)."""
-    from .kernel.attention import _pad_to
-
-    return _pad_to(jnp.asarray(a), max(size, a.shape[0]), 0, "edge" if value is None else value)
-
-
-def sharded_field(attn, x, aux=None, prompt=None):
-    """The field ``attn(x, aux, prompt)`` with the N tokens split over the ``"tokens"`` axis of
-    the mesh context (see module docstring). N need not divide the axis: padding tokens get mass
-    0 (never a key) and a position after every real token, and their rows are dropped."""
-    from .kernel.tokens import TokenAux
-
-    shards = token_shards()
-    n, dt = x.shape[0], x.dtype
-    aux = TokenAux.default(n, dt) if aux is None else aux
-    n_loc = -(-n // shards)
-    size = n_loc * shards
-    pos = aux.pos.astype(dt)
-    xp = pad_rows(x, size)
-    posp = pad_rows(pos, size, jnp.max(pos) + 1) if size > n else pos
-    massp = pad_rows(aux.mass.astype(dt), size, 0.0)
-    zp = None if aux.z is None else pad_rows(aux.z, size)
-    if prompt is not None and prompt.mass is None:  # its default, 1/N, counts the real tokens only
-        prompt = type(prompt)(prompt.x, jnp.full((prompt.size,), 1.0 / n, dt), prompt.pos, prompt.z)
-    dyn, static = eqx.partition((attn, prompt), eqx.is_array)
-    spec = P("tokens")
-
-    def local(dyn, xl, posl, massl, zl):
-        attn_, prompt_ = eqx.combine(dyn, static)
-        gather = lambda a: None if a is None else jax.lax.all_gather(a, "tokens", tiled=True)  # noqa: E731
-        aux_all = TokenAux(pos=gather(posl), mass=gather(massl), z=gather(zl))
-        start = jax.lax.axis_index("tokens") * n_loc
-        return attn_.rows(gather(xl), start, n_loc, aux_all, prompt_)
-
-    out = jax.shard_map(
-        local,
-        in_specs=(P(), spec, spec, spec, None if zp is None else spec),
-        out_specs=spec,
-        check_vma=False,  # the chunked kernel's lax.cond mixes replicated and per-device carries
-    )(dyn, xp, posp, massp, zp)
-    return out[:n]
+    return pad_axis(jnp.asarray(a), max(size, a.shape[0]), 0, "edge" if value is None else value)
 
 
 def shard_leading(tree, mesh: Mesh, axis: str = "data"):
@@ -189,8 +152,6 @@ def to_host(tree):
 
     def get(a):
         if isinstance(a, jax.Array) and not a.is_fully_addressable:
-            from jax.experimental import multihost_utils
-
             return np.asarray(multihost_utils.process_allgather(a, tiled=True))
         return np.asarray(a)
 
@@ -247,3 +208,51 @@ def ensemble_vmap(fn, n_tokens: int, *, in_axes=0, spmd_axis_name=None, scores: 
         return jax.lax.map(one, mapped, batch_size=k)
 
     return call
+
+
+class BatchPlacement:
+    """How a batch of independent runs (a sweep group, an ensemble) is laid on a mesh.
+
+    On a mesh with more than one device the batch is split over its ``"data"`` axis (padded to a
+    multiple of it by repeating the last run; :meth:`get` drops the copies) and the batch map is a
+    ``jax.vmap`` with ``spmd_axis_name="data"``; on one device the batch map is
+    :func:`ensemble_vmap` (chunks of runs whose scores stay in cache). :meth:`context` enters the
+    mesh (``jax.set_mesh``) so that the kernels inside split their tokens over ``"tokens"``.
+
+    Example:
+        >>> place = BatchPlacement.make("auto", batch=16, n_tokens=512)
+        >>> with place.context():
+        ...     xs = place.get(jax.jit(place.vmap(run))(place.put(x0s, 16)), 16)
+    """
+
+    def __init__(self, mesh: Mesh | None, n_tokens: int = 0):
+        self.mesh = mesh
+        self.on = mesh is not None and mesh.size > 1
+        self.data = int(mesh.shape["data"]) if self.on else 1
+        self.n_tokens = int(n_tokens)
+
+    @classmethod
+    def make(cls, spec, batch: int, n_tokens: int) -> BatchPlacement:
+        """From a :func:`make_mesh` spec string or a ``jax.sharding.Mesh``."""
+        if isinstance(spec, Mesh):
+            return cls(spec, n_tokens)
+        return cls(make_mesh(spec, batch=batch, n_tokens=n_tokens), n_tokens)
+
+    def context(self):
+        return jax.set_mesh(self.mesh) if self.on else contextlib.nullcontext()
+
+    def vmap(self, fn, **kw):
+        """The batch map: split over the data axis on a mesh; on one device, in chunks of runs
+        small enough that their attention scores stay in cache (:func:`ensemble_vmap`)."""
+        return ensemble_vmap(fn, self.n_tokens, spmd_axis_name="data" if self.on else None, **kw)
+
+    def put(self, tree, batch: int):
+        """Pad the leading (batch) axis to a multiple of the data axis and split it over it."""
+        size = -(-batch // self.data) * self.data
+        tree = jax.tree.map(lambda a: pad_rows(jnp.asarray(a), size), tree)
+        return shard_leading(tree, self.mesh) if self.on else tree
+
+    @staticmethod
+    def get(tree, batch: int):
+        """The first ``batch`` runs of every array, as NumPy on this process."""
+        return jax.tree.map(lambda a: a[:batch], to_host(tree))

@@ -23,6 +23,7 @@ several starts and keeps the best.
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import minimize
 
@@ -126,8 +127,6 @@ def cesaro_rollout(n: int, depth: int, alpha):
     input position on the last token after H residual layers of uniform causal attention (sums
     to 1). (r A)_j = sum_{i >= j} r_i / i is a reversed cumulative sum, so each layer is O(n)
     and the power is never formed; jnp, so it runs under jit/vmap (alpha may be traced)."""
-    import jax.numpy as jnp
-
     inv_i = 1.0 / jnp.arange(1, n + 1, dtype=float)
     row = jnp.zeros(n).at[-1].set(1.0)
     for _ in range(depth):

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from meanfield.cli import main
-from meanfield.config import ConfigError, apply_overrides
-from meanfield.runner import execute, get_preset, load_presets, parse_grid
+from meanfield.run.cli import main
+from meanfield.run import ConfigError, apply_overrides
+from meanfield.run import execute, get_preset, load_presets, parse_grid
 
 TINY = {
     "clustering": ["n=8", "t1=3", "n_save=7", "chunks=2"],
@@ -118,7 +118,7 @@ def test_bad_input_exit_codes_touch_nothing(tmp_path, capsys):
 
 
 def _cli(args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "meanfield.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+    return subprocess.Popen([sys.executable, "-m", "meanfield.run.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
 
 
 @pytest.mark.slow

@@ -122,7 +122,7 @@ def test_random_decoder_step0_u_shape_with_and_without_rope(style):
     positions, a dead zone, the recency peak at the last) and RoPE does not change it: the mean
     profiles with and without RoPE differ by less than the seed-to-seed spread (standard error
     of the mean over 8 random inits and inputs, times 3)."""
-    from meanfield.models import DecoderConfig, step0_influence
+    from meanfield.studies import DecoderConfig, step0_influence
 
     n = 32
     prof = {}

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from meanfield import recall
+from meanfield.studies import recall
 
 
 @pytest.mark.parametrize("opt,steps,lr", [("gd", 200, None), ("adam", 300, 0.05)])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import meanfield as mf
-from meanfield import rope
+from meanfield.studies import rope_locality as rope
 
 
 def _rotation(delta, d, base):

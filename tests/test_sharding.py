@@ -11,7 +11,7 @@ import pytest
 
 import meanfield as mf
 from meanfield import sharding
-from meanfield.cli import main
+from meanfield.run.cli import main
 
 
 def test_single_device_mesh_and_no_context():
@@ -66,7 +66,7 @@ def _two_processes(args, tmp_path, port):
     for rank in (0, 1):
         env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
                    JAX_PROCESS_ID=str(rank), XLA_FLAGS="--xla_force_host_platform_device_count=2")
-        procs.append(subprocess.Popen([sys.executable, "-m", "meanfield.cli", *args], env=env, cwd=tmp_path,
+        procs.append(subprocess.Popen([sys.executable, "-m", "meanfield.run.cli", *args], env=env, cwd=tmp_path,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=300) for p in procs]
     return [p.returncode for p in procs], outs

@@ -32,10 +32,13 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from .._arrays import pad_axis as _pad_to
 from .._errors import check_value, is_concrete, require
+from ..sharding import token_shards
 from .._types import Array
 from .encodings import AbstractPE
 from .masks import AbstractMask, Full, Slots
+from .sharded import sharded_field
 from .tokens import Prompt, TokenAux
 
 _FORMS = ("SA", "USA")
@@ -207,8 +210,6 @@ class Attention(eqx.Module):
         """The velocity field v(x), shape (N, d) (not yet projected on any tangent space)."""
         self.validate(x, aux, prompt)
         if self.shard_tokens:
-            from ..sharding import sharded_field, token_shards
-
             if token_shards() > 1:
                 return sharded_field(self, x, aux, prompt)
         return self.rows(x, 0, x.shape[0], aux, prompt)
@@ -371,17 +372,6 @@ def _divide(num, norm):
     if norm is None:
         return num
     return num / jnp.where(norm > 0, norm, 1.0)
-
-
-def _pad_to(a, size, axis, mode="edge"):
-    extra = size - a.shape[axis]
-    if extra == 0:
-        return a
-    widths = [(0, 0)] * a.ndim
-    widths[axis] = (0, extra)
-    if mode == "edge":
-        return jnp.pad(a, widths, mode="edge")
-    return jnp.pad(a, widths, constant_values=mode)
 
 
 def _blocks(a, nb, axis):

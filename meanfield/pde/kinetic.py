@@ -56,6 +56,7 @@ import numpy as np
 from .._errors import check_value, require
 from .._types import Array
 from ..kernel.tokens import Prompt, TokenAux
+from ..sharding import pad_rows, token_shards
 from ._fv import cfl_solve, muscl_divergence, periodic_conv
 
 
@@ -201,8 +202,6 @@ class KineticMeanField(eqx.Module):
         a = jnp.concatenate([jnp.ones((1,), f.dtype), decay])[:, None] * jnp.ones_like(f)
         bvec = jnp.concatenate([jnp.zeros_like(f[:1]), decay[:, None] * wf[:-1]])
 
-        from ..sharding import token_shards
-
         shards = token_shards()
         acc = _sharded_prefix(a, bvec, shards) if shards > 1 else jax.lax.associative_scan(_combine, (a, bvec))[1]
         return acc + self.self_weight.astype(f.dtype) * wf
@@ -228,8 +227,6 @@ class KineticMeanField(eqx.Module):
         return num if self.form == "USA" else num / den
 
     def rhs(self, t, f, args=None) -> Array:
-        from ..sharding import token_shards
-
         if token_shards() > 1 and f.shape[0] % token_shards() == 0:  # rows stay on their devices
             f = jax.lax.with_sharding_constraint(f, jax.sharding.PartitionSpec("tokens"))
         return muscl_divergence(f, self.face_velocity(f), self.h)
@@ -293,8 +290,6 @@ def _sharded_prefix(a, b, shards: int):
     all-gathered and scanned (P values per theta cell), and each block adds its incoming value
     v_in times its local product of a. Rows are padded (a = 1, b = 0 after the end: no effect on
     earlier rows) to a multiple of the axis."""
-    from ..sharding import pad_rows
-
     n = a.shape[0]
     size = -(-n // shards) * shards
     a, b = pad_rows(a, size, 1.0), pad_rows(b, size, 0.0)

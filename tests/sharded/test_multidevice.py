@@ -12,9 +12,9 @@ import xarray as xr
 
 import meanfield as mf
 from meanfield import sharding
-from meanfield.config import apply_overrides
+from meanfield.run import apply_overrides
 from meanfield.pde import KineticMeanField
-from meanfield.runner import Paused, execute, get_preset, parse_grid
+from meanfield.run import Paused, execute, get_preset, parse_grid
 
 if jax.device_count() < 8:
     pytest.skip("needs 8 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8)", allow_module_level=True)
@@ -124,7 +124,7 @@ def test_checkpoint_saved_on_eight_devices_resumes_on_one(tmp_path):
     args = ["sweep", "clustering", "--out", str(out), "--resume", "--no-progress", "--mesh", "none",
             "--grid", "beta=0.5,1,2,4", "--grid", "seed=0,1", *sum((["--set", s] for s in SWEEP), [])]
     env = {k: v for k, v in __import__("os").environ.items() if k not in ("XLA_FLAGS", "MEANFIELD_SHARDED_TESTS")}
-    proc = subprocess.run([sys.executable, "-c", "import jax, sys; from meanfield.cli import main; "
+    proc = subprocess.run([sys.executable, "-c", "import jax, sys; from meanfield.run.cli import main; "
                            "assert jax.device_count() == 1; sys.exit(main(sys.argv[1:]))", *args],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

@@ -1,35 +1,23 @@
-"""Presets and the chunked, checkpointed, vmap-batched executor behind ``meanfield run/sweep``.
+"""The chunked, checkpointed, vmap-batched executor behind ``meanfield run/sweep``.
 
-A :class:`Preset` describes one experiment as pure JAX pieces:
-
-* ``times(cfg)``: the save times (or depths), shape (T,);
-* ``init(cfg, p)``: the initial state (a pytree), where ``p`` maps every key of ``vmap_keys``
-  to a traced scalar (so sweeps over those keys are batched by ``jax.vmap``);
-* ``advance(cfg, p, state, ts)``: integrate over one chunk of save times ``ts`` (its first
-  entry is the chunk's start), returning the new state and a record with a leading time axis
-  of length ``len(ts) - 1``; ``record(cfg, p, state)`` is the record of the initial state;
-* ``dataset(cfg, ts, recs, grid)`` turns the stacked records into an ``xarray.Dataset``;
-  ``plot(ds, outdir)`` writes PNGs.
-
-The executor splits the save times into ``cfg.chunks`` chunks and runs them one after the other
-(one jitted, vmapped call each), showing a progress bar, and every ``checkpoint_every`` chunks
-writes the state and the records so far to ``DIR/checkpoint.npz`` atomically. A run killed at
-any point and restarted with ``resume=True`` redoes exactly the same chunk calls from the saved
-state, so its result is bit-for-bit the uninterrupted one.
+The executor splits a preset's save times into ``cfg.chunks`` chunks and runs them one after
+the other (one jitted, vmapped call each), showing a progress bar, and every
+``checkpoint_every`` chunks writes the state and the records so far to ``DIR/checkpoint.npz``
+atomically. A run killed at any point and restarted with ``resume=True`` redoes exactly the same
+chunk calls from the saved state, so its result is bit-for-bit the uninterrupted one.
 
 Devices (``mesh``, see :mod:`meanfield.sharding`): the batch of a sweep group (its vmapped
-points) is split over the mesh's ``"data"`` axis (padded to a multiple of it by repeating the
-last point, whose copies are dropped), and the run executes inside ``jax.set_mesh(mesh)``, so
-the attention kernels of the presets split their tokens over its ``"tokens"`` axis. Records and
-checkpoints are gathered to the host (all processes of a multi-host run) and written by process
-0 only; a checkpoint holds no device layout, so it resumes on any number of devices.
+points) is laid on the mesh by :class:`meanfield.sharding.BatchPlacement` (split over the
+``"data"`` axis, padded by repeating the last point, whose copies are dropped), and the run
+executes inside ``jax.set_mesh(mesh)``, so the attention kernels of the presets split their
+tokens over its ``"tokens"`` axis. Records and checkpoints are gathered to the host (all
+processes of a multi-host run) and written by process 0 only; a checkpoint holds no device
+layout, so it resumes on any number of devices.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import itertools
 import json
 import sys
 from pathlib import Path
@@ -37,104 +25,20 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
-from .config import ConfigError, coerce
-
-PRESETS: dict[str, Preset] = {}
+from .. import __version__
+from ..sharding import BatchPlacement, is_writer
+from .config import ConfigError
+from .io import save_npz_atomic, write_atomic
+from .presets import Grid, Preset
 
 
 class RunError(RuntimeError):
     """A refused run (existing result, unfinished checkpoint, mismatched resume): exit status 3."""
 
 
-class Preset:
-    name: str = ""
-    description: str = ""
-    Config: type = None
-    vmap_keys: tuple[str, ...] = ()
-
-    def times(self, cfg) -> np.ndarray:
-        raise NotImplementedError
-
-    def init(self, cfg, p):
-        raise NotImplementedError
-
-    def advance(self, cfg, p, state, ts):
-        raise NotImplementedError
-
-    def record(self, cfg, p, state):
-        """Record of the initial state; default: the state itself, as variable ``x``."""
-        return {"x": state[None]}
-
-    def dataset(self, cfg, ts, recs, grid):
-        raise NotImplementedError
-
-    def plot(self, ds, outdir) -> list[Path]:
-        return []
-
-
-def register(preset_cls):
-    """Class decorator: instantiate and add to PRESETS under ``preset_cls.name``."""
-    inst = preset_cls()
-    PRESETS[inst.name] = inst
-    return preset_cls
-
-
-def load_presets() -> dict[str, Preset]:
-    """Import the experiment modules (they register themselves) and return the registry."""
-    import experiments  # noqa: F401  (imports every experiment module)
-
-    return PRESETS
-
-
-def get_preset(name: str) -> Preset:
-    presets = load_presets()
-    if name not in presets:
-        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(sorted(presets))}")
-    return presets[name]
-
-
-# ----------------------------------------------------------------------------- grids
-@dataclasses.dataclass(frozen=True)
-class Grid:
-    """Swept keys (in the user's order) and their values; empty for a single run."""
-
-    keys: tuple[str, ...] = ()
-    values: tuple[tuple, ...] = ()
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(len(v) for v in self.values)
-
-    def points(self):
-        return list(itertools.product(*self.values))
-
-    def coords(self) -> dict:
-        """Coordinates of the swept dimensions, for an xarray Dataset."""
-        return {k: list(v) for k, v in zip(self.keys, self.values)}
-
-
-def parse_grid(cfg, specs: list[str] | None) -> Grid:
-    """``["beta=1,2,4", "seed=0,1"]`` -> Grid, values coerced to the config's field types."""
-    keys, values = [], []
-    for spec in specs or []:
-        if "=" not in spec:
-            raise ConfigError(f"--grid expects key=v1,v2,..., got {spec!r}")
-        key, raw = (s.strip() for s in spec.split("=", 1))
-        if key in keys:
-            raise ConfigError(f"--grid key {key!r} given twice")
-        vals = tuple(coerce(type(cfg), key, v) for v in raw.split(",") if v.strip())
-        if not vals:
-            raise ConfigError(f"--grid {key}: no values")
-        keys.append(key)
-        values.append(vals)
-    return Grid(tuple(keys), tuple(values))
-
-
-# ------------------------------------------------------------------------- execution
 def _meta(preset, cfg, grid) -> str:
-    from . import __version__
-
     return json.dumps(
         {"preset": preset.name, "config": dataclasses.asdict(cfg), "grid": [grid.keys, grid.values], "version": __version__},
         sort_keys=True,
@@ -183,10 +87,14 @@ def execute(preset: Preset, cfg, grid: Grid, outdir, *, resume=False, force=Fals
         raise ConfigError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     if max_chunks is not None and max_chunks < 1:
         raise ConfigError(f"max_chunks must be >= 1, got {max_chunks}")
+    check_run(preset, cfg, grid)
     outdir.mkdir(parents=True, exist_ok=True)
     meta = _meta(preset, cfg, grid)
     groups = _groups(preset, cfg, grid)
-    dev = _Devices.make(mesh, max(len(pts) for _, pts, _ in groups), int(getattr(cfg, "n", 0) or 0))
+    try:
+        dev = BatchPlacement.make(mesh, max(len(pts) for _, pts, _ in groups), int(getattr(cfg, "n", 0) or 0))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     saved = None
     if resume and ckpt.exists() and not force:
         saved = dict(np.load(ckpt, allow_pickle=False))
@@ -204,57 +112,17 @@ def execute(preset: Preset, cfg, grid: Grid, outdir, *, resume=False, force=Fals
         return _execute(preset, cfg, grid, outdir, groups, saved, meta, dev, checkpoint_every, progress, max_chunks)
 
 
-class _Devices:
-    """The mesh of a run and how a group's batch is laid on it."""
-
-    def __init__(self, mesh, n_tokens: int = 0):
-        self.mesh = mesh
-        self.on = mesh is not None and mesh.size > 1
-        self.data = int(mesh.shape["data"]) if self.on else 1
-        self.n_tokens = int(n_tokens)
-
-    @classmethod
-    def make(cls, spec, batch, n_tokens):
-        from .sharding import make_mesh
-
-        if isinstance(spec, jax.sharding.Mesh):
-            return cls(spec, n_tokens)
-        try:
-            return cls(make_mesh(spec, batch=batch, n_tokens=n_tokens), n_tokens)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
-
-    def context(self):
-        return jax.set_mesh(self.mesh) if self.on else contextlib.nullcontext()
-
-    def vmap(self, fn, **kw):
-        """The batch map: split over the data axis on a mesh; on one device, in chunks of runs
-        small enough that their attention scores stay in cache (``sharding.ensemble_vmap``)."""
-        from .sharding import ensemble_vmap
-
-        return ensemble_vmap(fn, self.n_tokens, spmd_axis_name="data" if self.on else None, **kw)
-
-    def put(self, tree, batch):
-        """Pad the leading (batch) axis to a multiple of the data axis and split it over it."""
-        from .sharding import pad_rows, shard_leading
-
-        size = -(-batch // self.data) * self.data
-        tree = jax.tree.map(lambda a: pad_rows(jnp.asarray(a), size), tree)
-        return shard_leading(tree, self.mesh) if self.on else tree
-
-    @staticmethod
-    def get(tree, batch):
-        from .sharding import to_host
-
-        return jax.tree.map(lambda a: a[:batch], to_host(tree))
+def check_run(preset: Preset, cfg, grid: Grid) -> None:
+    """The checks every preset shares, before any compute: a sweep grid only where the preset
+    takes one, and ``chunks`` between 1 and the number of save intervals."""
+    if grid.keys and not preset.sweepable:
+        raise ConfigError(f"{preset.name} does not take a sweep grid (set its keys with --set)")
+    intervals = len(preset.times(cfg)) - 1
+    if not 1 <= cfg.chunks <= intervals:
+        raise ConfigError(f"chunks must be in [1, {intervals}] for {preset.name} ({intervals} save intervals), got {cfg.chunks}")
 
 
 def _execute(preset, cfg, grid, outdir, groups, saved, meta, dev, checkpoint_every, progress, max_chunks):
-    from tqdm import tqdm
-
-    from .io import save_npz_atomic, write_atomic
-    from .sharding import is_writer
-
     result, ckpt = outdir / "result.nc", outdir / "checkpoint.npz"
     n_chunks = cfg.chunks
 
@@ -337,8 +205,6 @@ def _execute(preset, cfg, grid, outdir, groups, saved, meta, dev, checkpoint_eve
         ds["t"] = (grid.keys + ("time",), t_pts)
         ds = ds.assign_coords(time=np.arange(len(ts_all)))
         ds["time"].attrs["note"] = "save index; the times of each point are in variable t"
-    from . import __version__
-
     ds.attrs.update({
         "preset": preset.name,
         "config": json.dumps(dataclasses.asdict(cfg), sort_keys=True),
@@ -353,14 +219,3 @@ def _execute(preset, cfg, grid, outdir, groups, saved, meta, dev, checkpoint_eve
         if ckpt.exists():
             ckpt.unlink()
     return ds
-
-
-def grid_param(grid: Grid, cfg, key: str) -> np.ndarray:
-    """The value of config ``key`` at every grid point, shape ``grid.shape``."""
-    if key in grid.keys:
-        i = grid.keys.index(key)
-        vals = np.asarray(grid.values[i])
-        shape = [1] * len(grid.keys)
-        shape[i] = len(vals)
-        return np.broadcast_to(vals.reshape(shape), grid.shape)
-    return np.full(grid.shape, getattr(cfg, key))

@@ -25,6 +25,13 @@ import sys
 import time
 from pathlib import Path
 
+import jax
+import xarray as xr
+
+from .config import ConfigError, apply_overrides, describe
+from .executor import Paused, RunError, execute
+from .presets import get_preset, load_presets, parse_grid
+
 
 def _parser():
     ap = argparse.ArgumentParser(prog="meanfield", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -53,7 +60,7 @@ def _parser():
     return ap
 
 
-def _initialize_distributed(jax):
+def _initialize_distributed():
     """jax.distributed.initialize() with JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
     JAX_PROCESS_ID where set, else from the cluster's own environment (SLURM, TPU pods, ...).
     On CPU hosts the collectives between processes go through gloo."""
@@ -72,14 +79,9 @@ def _initialize_distributed(jax):
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    import jax
-
     if getattr(args, "distributed", False) or os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        _initialize_distributed(jax)
+        _initialize_distributed()
     jax.config.update("jax_enable_x64", True)  # entry point: reference precision
-
-    from .config import ConfigError, apply_overrides, describe
-    from .runner import Paused, RunError, execute, get_preset, load_presets, parse_grid
 
     try:
         if args.cmd == "list":
@@ -91,8 +93,6 @@ def main(argv=None) -> int:
             print(f"{preset.name}: {preset.description}\n{describe(preset.Config)}")
             return 0
         if args.cmd == "plot":
-            import xarray as xr
-
             path = Path(args.dir) / "result.nc"
             if not path.exists():
                 raise ConfigError(f"{path} not found")

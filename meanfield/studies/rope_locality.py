@@ -40,6 +40,7 @@ the engine, on random token sequences (see its docstring).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import equinox as eqx
@@ -47,8 +48,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._errors import require
-from .kernel.encodings import rope_rotate
+from .._errors import require
+from ..geometry import PostLN, normalise
+from ..kernel.encodings import rope_rotate
+from ..particles import layers
 
 
 class Estimate(NamedTuple):
@@ -254,11 +257,6 @@ def engine_locality(attn, key, length: int, *, d: int, signal: float = 1.0, n_la
     Returns (locality, consistency_flip) estimates. Their Wilson intervals treat the triples as
     independent; triples of one sequence share its tokens, so the spread across seeds is larger
     (raise ``n_sequences`` for tight intervals)."""
-    import dataclasses
-
-    from .geometry import PostLN, normalise
-    from .particles import layers
-
     require(int(length) >= 3, f"length must be >= 3, got {length}")
     nope = dataclasses.replace(attn, pe=None)
     u = jnp.full((d,), 1.0 / np.sqrt(d))

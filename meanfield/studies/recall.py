@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ._errors import require
+from .._errors import require
 
 
 class RecallTask(eqx.Module):

@@ -7,19 +7,18 @@ import os
 import tempfile
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
-from . import observables as obs
+from .. import observables as obs
 
 
 def observable_vars(x, beta, dims, tol=1e-2) -> dict:
     """Every collapse observable of the clouds ``x`` (..., N, d), as Dataset variables with
     ``dims`` (names of x's leading axes). ``beta`` (the energy's temperature) broadcasts
     against ``x.shape[:-2]``, so swept temperatures get their own energy."""
-    import jax
-    import jax.numpy as jnp
-
     x = jnp.asarray(x)
     lead = x.shape[:-2]
     flat = x.reshape((-1,) + x.shape[-2:])

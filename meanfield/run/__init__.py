@@ -1,0 +1,25 @@
+"""The run tier: the ``meanfield`` command, presets, the executor, checkpoints and outputs.
+
+The only code that knows presets exist. It imports the engine (``meanfield``) and is never
+imported by it; presets live in the ``experiments/`` folder (installed as
+``meanfield_experiments``) or any package that declares modules in the ``meanfield.presets``
+entry-point group.
+"""
+
+from .config import ConfigError as ConfigError
+from .config import apply_overrides as apply_overrides
+from .config import describe as describe
+from .executor import Paused as Paused
+from .executor import RunError as RunError
+from .executor import check_run as check_run
+from .executor import execute as execute
+from .presets import ENTRY_POINTS as ENTRY_POINTS
+from .presets import PRESETS as PRESETS
+from .presets import Grid as Grid
+from .presets import Preset as Preset
+from .presets import RunConfig as RunConfig
+from .presets import get_preset as get_preset
+from .presets import grid_param as grid_param
+from .presets import load_presets as load_presets
+from .presets import parse_grid as parse_grid
+from .presets import register as register

@@ -1,0 +1,163 @@
+"""Presets: one experiment as pure JAX pieces, found through the ``meanfield.presets`` entry points.
+
+A :class:`Preset` describes one experiment:
+
+* ``Config``: a frozen dataclass deriving from :class:`RunConfig` (``chunks``, ``seed``) with the
+  preset's own keys, each a typed field with a default;
+* ``times(cfg)``: the save times (or depths), shape (T,);
+* ``init(cfg, p)``: the initial state (a pytree), where ``p`` maps every key of ``vmap_keys``
+  to a traced scalar (so sweeps over those keys are batched by ``jax.vmap``);
+* ``advance(cfg, p, state, ts)``: integrate over one chunk of save times ``ts`` (its first
+  entry is the chunk's start), returning the new state and a record with a leading time axis
+  of length ``len(ts) - 1``; ``record(cfg, p, state)`` is the record of the initial state;
+* ``dataset(cfg, ts, recs, grid)`` turns the stacked records into an ``xarray.Dataset``;
+  ``plot(ds, outdir)`` writes PNGs.
+
+Registration: a module of presets decorates each class with :func:`register`; the ``meanfield``
+command imports every module named in the ``meanfield.presets`` entry-point group (this project's
+``experiments/`` folder, installed as ``meanfield_experiments``, and any other installed package
+that declares presets there). Nothing in the engine knows presets exist.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import importlib.metadata
+import itertools
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from .config import ConfigError, coerce
+
+ENTRY_POINTS = "meanfield.presets"
+"""The entry-point group whose modules register presets when imported."""
+
+PRESETS: dict[str, Preset] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """The keys every preset has: how many chunks the run is cut into, and its random seed.
+
+    ``chunks`` is checked once by the executor against the preset's save times (between 1 and
+    the number of intervals); a preset whose work is one piece has two save times, so 1 is the
+    only valid value."""
+
+    chunks: int = 1
+    """integration chunks (progress bar, checkpoints)"""
+    seed: int = 0
+    """random seed"""
+
+    def validate(self):
+        """Checks that need no preset (the executor checks ``chunks`` against the save times);
+        subclasses that add checks call ``super().validate()``."""
+        if self.chunks < 1:
+            raise ConfigError(f"chunks must be in [1, number of save intervals], got {self.chunks}")
+
+
+class Preset(abc.ABC):
+    """One experiment (see the module docstring). Subclasses set the class attributes and
+    implement the abstract methods; ``record`` and ``plot`` have defaults."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    Config: ClassVar[type] = RunConfig
+    vmap_keys: ClassVar[tuple[str, ...]] = ()
+    sweepable: ClassVar[bool] = True
+    """False: the preset runs one configuration only (``meanfield sweep`` is refused up front)."""
+
+    @abc.abstractmethod
+    def times(self, cfg) -> np.ndarray: ...
+
+    @abc.abstractmethod
+    def init(self, cfg, p): ...
+
+    @abc.abstractmethod
+    def advance(self, cfg, p, state, ts): ...
+
+    @abc.abstractmethod
+    def dataset(self, cfg, ts, recs, grid): ...
+
+    def record(self, cfg, p, state):
+        """Record of the initial state; default: the state itself, as variable ``x``."""
+        return {"x": state[None]}
+
+    def plot(self, ds, outdir) -> list[Path]:
+        return []
+
+
+def register(preset_cls):
+    """Class decorator: instantiate and add to PRESETS under ``preset_cls.name``."""
+    if not preset_cls.name:
+        raise TypeError(f"{preset_cls.__name__} has no name")
+    if not issubclass(preset_cls.Config, RunConfig):
+        raise TypeError(f"{preset_cls.__name__}.Config must derive from meanfield.run.RunConfig")
+    inst = preset_cls()
+    PRESETS[inst.name] = inst
+    return preset_cls
+
+
+def load_presets() -> dict[str, Preset]:
+    """Import every module of the ``meanfield.presets`` entry-point group (they register
+    themselves) and return the registry."""
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINTS):
+        ep.load()
+    return PRESETS
+
+
+def get_preset(name: str) -> Preset:
+    presets = load_presets()
+    if name not in presets:
+        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(sorted(presets))}")
+    return presets[name]
+
+
+# ----------------------------------------------------------------------------- grids
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """Swept keys (in the user's order) and their values; empty for a single run."""
+
+    keys: tuple[str, ...] = ()
+    values: tuple[tuple, ...] = ()
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(len(v) for v in self.values)
+
+    def points(self):
+        return list(itertools.product(*self.values))
+
+    def coords(self) -> dict:
+        """Coordinates of the swept dimensions, for an xarray Dataset."""
+        return {k: list(v) for k, v in zip(self.keys, self.values)}
+
+
+def parse_grid(cfg, specs: list[str] | None) -> Grid:
+    """``["beta=1,2,4", "seed=0,1"]`` -> Grid, values coerced to the config's field types."""
+    keys, values = [], []
+    for spec in specs or []:
+        if "=" not in spec:
+            raise ConfigError(f"--grid expects key=v1,v2,..., got {spec!r}")
+        key, raw = (s.strip() for s in spec.split("=", 1))
+        if key in keys:
+            raise ConfigError(f"--grid key {key!r} given twice")
+        vals = tuple(coerce(type(cfg), key, v) for v in raw.split(",") if v.strip())
+        if not vals:
+            raise ConfigError(f"--grid {key}: no values")
+        keys.append(key)
+        values.append(vals)
+    return Grid(tuple(keys), tuple(values))
+
+
+def grid_param(grid: Grid, cfg, key: str) -> np.ndarray:
+    """The value of config ``key`` at every grid point, shape ``grid.shape``."""
+    if key in grid.keys:
+        i = grid.keys.index(key)
+        vals = np.asarray(grid.values[i])
+        shape = [1] * len(grid.keys)
+        shape[i] = len(vals)
+        return np.broadcast_to(vals.reshape(shape), grid.shape)
+    return np.full(grid.shape, getattr(cfg, key))

@@ -1,0 +1,155 @@
+"""The import graph of the package, read from the source (no import executed).
+
+Three tiers, imports only downward (docs/ARCHITECTURE.md):
+
+    engine  meanfield, meanfield.<anything but studies/run>
+    studies meanfield.studies.*        may import the engine
+    run     meanfield.run.*, meanfield.__main__   may import the engine (and studies)
+    presets meanfield_experiments.* (the experiments/ folder)   may import everything
+
+Checked: no upward import, no import cycle between modules, no import of a sibling module inside a
+function (lazy imports are for optional heavy third-party dependencies only), and the one lazy
+door upward, ``meanfield.__getattr__("studies")`` (PEP 562), goes through importlib.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = {"meanfield": ROOT / "meanfield", "meanfield_experiments": ROOT / "experiments"}
+TIERS = {"engine": 0, "studies": 1, "run": 2, "presets": 3}
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for pkg, folder in PACKAGES.items():
+        for path in sorted(folder.rglob("*.py")):
+            parts = list(path.relative_to(folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join([pkg, *parts])] = path
+    return out
+
+
+def tier(mod: str) -> str:
+    if mod.startswith("meanfield_experiments"):
+        return "presets"
+    if mod.startswith("meanfield.studies"):
+        return "studies"
+    if mod.startswith("meanfield.run") or mod == "meanfield.__main__":
+        return "run"
+    return "engine"
+
+
+def _resolve(mod: str, is_pkg: bool, node: ast.ImportFrom | ast.Import, known: dict) -> list[str]:
+    """The project modules an import statement names (``from a import b`` names a.b if b is a module)."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names if a.name.split(".")[0] in PACKAGES]
+    base = node.module or ""
+    if node.level:
+        parts = mod.split(".")
+        if not is_pkg:
+            parts = parts[:-1]
+        parts = parts[: len(parts) - (node.level - 1)]
+        base = ".".join(parts + ([base] if base else []))
+    if base.split(".")[0] not in PACKAGES:
+        return []
+    out = []
+    for alias in node.names:
+        sub = f"{base}.{alias.name}"
+        out.append(sub if sub in known else base)
+    return out
+
+
+def graph():
+    """{module: [(imported module, line, inside a function?)]} over the project's modules."""
+    known = modules()
+    edges = {}
+    for mod, path in known.items():
+        tree = ast.parse(path.read_text(), str(path))
+        found = []
+
+        def visit(node, in_func):
+            for child in ast.iter_child_nodes(node):
+                inner = in_func or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+                if isinstance(child, (ast.Import, ast.ImportFrom)):
+                    for target in _resolve(mod, path.name == "__init__.py", child, known):
+                        found.append((target, child.lineno, in_func))
+                visit(child, inner)
+
+        visit(tree, False)
+        edges[mod] = found
+    return edges
+
+
+def cycles(edges) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan), module-level imports only."""
+    adj = {m: sorted({t for t, _, f in e if not f and t in edges and t != m}) for m, e in edges.items()}
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def strong(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in adj[v]:
+            if w not in index:
+                strong(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in adj:
+        if v not in index:
+            strong(v)
+    return out
+
+
+def test_no_upward_import():
+    bad = [
+        f"{m} ({tier(m)}) imports {t} ({tier(t)}) at line {line}"
+        for m, e in graph().items()
+        for t, line, _ in e
+        if TIERS[tier(t)] > TIERS[tier(m)]
+    ]
+    assert not bad, "\n".join(bad)
+
+
+def test_no_import_cycle():
+    assert cycles(graph()) == []
+
+
+def test_no_function_local_import_of_a_project_module():
+    bad = [f"{m} imports {t} inside a function at line {line}" for m, e in graph().items() for t, line, f in e if f]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_engine_reaches_studies_only_lazily():
+    """``mf.studies`` is an attribute through the package's ``__getattr__`` (importlib), so the
+    engine never imports the studies tier when it is imported."""
+    import subprocess
+    import sys
+
+    code = "import sys, meanfield as mf; assert not any(m.startswith('meanfield.studies') or m.startswith('meanfield.run') for m in sys.modules), sorted(sys.modules); mf.studies.recall; print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_the_analyser_sees_what_it_checks():
+    """Guard against an analyser that finds nothing: the engine package imports its kernel, the
+    presets import the run tier, and a synthetic cycle is found."""
+    edges = graph()
+    assert any(t == "meanfield.kernel" for t, _, _ in edges["meanfield"])
+    assert any(tier(t) == "run" for m, e in edges.items() if tier(m) == "presets" for t, _, _ in e)
+    assert cycles({"a": [("b", 1, False)], "b": [("a", 1, False)], "c": []}) == [["a", "b"]]
