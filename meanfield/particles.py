@@ -26,16 +26,13 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from diffrax._local_interpolation import ThirdOrderHermitePolynomialInterpolation
-from diffrax._solver.runge_kutta import AbstractERK, ButcherTableau
+from diffrax import AbstractERK, ButcherTableau, ThirdOrderHermitePolynomialInterpolation
 
 from ._errors import check_value, require
 from ._types import Array
 from .geometry import AbstractGeometry, AbstractLayerMap, PostLN, Sphere
 from .kernel import Attention, Prompt, TokenAux
 
-TRACE_COUNTS: collections.Counter = collections.Counter()
-"""How many times each jitted entry point has been traced (tests use it to detect retracing)."""
 
 
 _rk4_tableau = ButcherTableau(
@@ -196,8 +193,8 @@ def simulate(
 
 
 @eqx.filter_jit
+@eqx.debug.assert_max_traces(max_traces=None)  # counts traces: eqx.debug.get_num_traces(_simulate)
 def _simulate(attn, x0, ts, geometry, aux, prompt, solver, dt, rtol, atol, max_steps, throw, adjoint):
-    TRACE_COUNTS["simulate"] += 1
 
     def rhs(t, y, args):
         return velocity(attn, y, geometry=geometry, aux=aux, prompt=prompt)
@@ -260,8 +257,8 @@ def layers(
 
 
 @eqx.filter_jit
+@eqx.debug.assert_max_traces(max_traces=None)  # counts traces: eqx.debug.get_num_traces(_layers)
 def _layers(attn, x0, n_layers, h, norm, aux, prompt):
-    TRACE_COUNTS["layers"] += 1
 
     def field(y):
         return attn(y, aux, prompt)

@@ -1,12 +1,13 @@
 """Bad input fails with a ValueError that names the parameter, before any solve is traced."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import meanfield as mf
-from meanfield.particles import TRACE_COUNTS
+from meanfield.particles import _layers, _simulate
 
 TS = jnp.linspace(0.0, 1.0, 3)
 
@@ -17,10 +18,10 @@ def x0(key):
 
 
 def no_trace(fn, match):
-    before = TRACE_COUNTS["simulate"] + TRACE_COUNTS["layers"]
+    before = eqx.debug.get_num_traces(_simulate) + eqx.debug.get_num_traces(_layers)
     with pytest.raises(ValueError, match=match):
         fn()
-    assert TRACE_COUNTS["simulate"] + TRACE_COUNTS["layers"] == before
+    assert eqx.debug.get_num_traces(_simulate) + eqx.debug.get_num_traces(_layers) == before
 
 
 def test_wrong_state_shape(x0):

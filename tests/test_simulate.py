@@ -1,5 +1,6 @@
 """simulate/layers: transformations (jit, vmap, grad) and retracing."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 
 import meanfield as mf
 from meanfield import observables as obs
-from meanfield.particles import TRACE_COUNTS
+from meanfield.particles import _layers, _simulate
 
 TS = jnp.linspace(0.0, 2.0, 5)
 
@@ -57,22 +58,22 @@ def test_new_beta_and_state_do_not_retrace(key):
     x0 = mf.sphere_uniform(key, 9, 3)
     kw = dict(solver="tsit5", rtol=1e-6, atol=1e-8)
     mf.simulate(mf.Attention(1.0), x0, TS, **kw)
-    before = TRACE_COUNTS["simulate"]
+    before = eqx.debug.get_num_traces(_simulate)
     mf.simulate(mf.Attention(2.5), x0, TS, **kw)
     mf.simulate(mf.Attention(0.1), mf.sphere_uniform(jax.random.key(1), 9, 3), TS + 1.0, rtol=1e-7, atol=1e-9)
-    assert TRACE_COUNTS["simulate"] == before
+    assert eqx.debug.get_num_traces(_simulate) == before
     mf.layers(mf.Attention(1.0), x0, 4, h=0.1)
-    before = TRACE_COUNTS["layers"]
+    before = eqx.debug.get_num_traces(_layers)
     mf.layers(mf.Attention(3.0), -x0, 4, h=0.2)
-    assert TRACE_COUNTS["layers"] == before
+    assert eqx.debug.get_num_traces(_layers) == before
 
 
 def test_shape_change_retraces(key):
     x0 = mf.sphere_uniform(key, 7, 3)
     mf.simulate(mf.Attention(1.0), x0, TS)
-    n = TRACE_COUNTS["simulate"]
+    n = eqx.debug.get_num_traces(_simulate)
     mf.simulate(mf.Attention(1.0), x0[:6], TS)
-    assert TRACE_COUNTS["simulate"] == n + 1
+    assert eqx.debug.get_num_traces(_simulate) == n + 1
 
 
 def test_post_ln_layers_converge_to_flow_at_order_one(key):
