@@ -53,7 +53,7 @@ def chunked_memory(n, d, block, repeats=1):
     import meanfield as mf
 
     x = mf.sphere_uniform(jax.random.key(0), n, d, jnp.float32)
-    attn = mf.Attention(1.0, mask=mf.Causal(), backend="chunked", block=block)
+    attn = mf.Attention(1.0, mask=mf.Causal(), backend=mf.kernel.Chunked(block))
     f = jax.jit(lambda y: mf.velocity(attn, y))
     f(x[:1024]).block_until_ready()
     base = current_rss_mib()

@@ -72,7 +72,7 @@ def main():
         rate = gemm_rate(args.gemm, prec)
         for block in (int(b) for b in args.blocks.split(",")):
             for qb in (int(q) for q in args.query_batches.split(",")):
-                attn = mf.Attention(1.0, mask=mf.Causal(), backend="chunked", block=block, query_batch=qb, precision=prec)
+                attn = mf.Attention(1.0, mask=mf.Causal(), backend=mf.kernel.Chunked(block, qb), precision=prec)
                 f = jax.jit(lambda y, a=attn: mf.velocity(a, y))
                 try:
                     t0 = time.perf_counter()

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import meanfield as mf
-from meanfield.pde import CircleMeanField, KineticMeanField, engine_face_velocity
+from meanfield.pde import CausalCoupling, CircleMeanField, KineticMeanField, engine_face_velocity
 
 K = 50
 
@@ -76,7 +76,7 @@ def kinetic():
           f" | {'s-mix: scan us':>14} | {'dense C f us':>12}")
     rows = []
     for S, M in [(16, 64), (64, 64), (64, 256), (256, 256), (256, 1024), (1024, 1024), (1024, 4096)]:
-        pde = KineticMeanField(S, M, beta=2.0, lam=1.0)
+        pde = KineticMeanField(S, M, beta=2.0, coupling=CausalCoupling(lam=1.0))
         f = pde.von_mises(1.0, 3.0 * pde.s)
         t_scan = per_call(_rhs_loop(pde), f)
         t_dense = float("nan")

@@ -39,7 +39,7 @@ def scaling_child(n_strong, n_weak, d, block):
 
     devs = jax.devices()
     assert len(devs) >= 8, "the scaling child needs 8 emulated devices"
-    attn = mf.Attention(1.0, mask=mf.Causal(), backend="chunked", block=block)
+    attn = mf.Attention(1.0, mask=mf.Causal(), backend=mf.kernel.Chunked(block))
     rows = []
     for kind, sizes in (("strong", {k: n_strong for k in (1, 2, 4, 8)}), ("weak", {k: n_weak * k for k in (1, 2, 4, 8)})):
         for k, n in sizes.items():

@@ -30,7 +30,7 @@ import xarray as xr
 
 from meanfield import theory
 from meanfield.influence import bin_profile, is_u_shaped, u_shape_onset
-from meanfield.pde import KineticMeanField
+from meanfield.pde import CausalCoupling, KineticMeanField
 from meanfield.run import Preset, RunConfig, register
 
 from ._common import first_point, plt, require
@@ -73,7 +73,7 @@ class KineticConfig(RunConfig):
 
 
 def _pde(cfg, beta):
-    return KineticMeanField(cfg.n_s, cfg.m, beta=beta, lam=cfg.lam)
+    return KineticMeanField(cfg.n_s, cfg.m, beta=beta, coupling=CausalCoupling(lam=cfg.lam))
 
 
 @register

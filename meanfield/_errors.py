@@ -8,6 +8,9 @@ user's ``jit``/``vmap``); solver failures are result codes.
 
 from __future__ import annotations
 
+import sys
+import warnings
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -37,3 +40,12 @@ def require(condition: bool, message: str) -> None:
     """Shape/structure check evaluated at trace time."""
     if not condition:
         raise ValueError(message)
+
+
+def deprecated(message: str) -> None:
+    """A ``DeprecationWarning`` attributed to the first caller outside meanfield and equinox
+    (so that Python's default filters show it to the user's own code)."""
+    level, frame = 2, sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in ("meanfield", "equinox"):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, DeprecationWarning, stacklevel=level)

@@ -21,6 +21,9 @@ followed by a retraction.
 
 from __future__ import annotations
 
+import abc
+from typing import ClassVar
+
 import equinox as eqx
 import jax.numpy as jnp
 
@@ -33,17 +36,19 @@ def normalise(y, eps: float = 0.0):
 
 
 class AbstractGeometry(eqx.Module):
-    """Tangent projection and retraction of a state manifold."""
+    """Tangent projection and retraction of a state manifold (abstract: subclasses are final)."""
 
+    @abc.abstractmethod
     def project(self, x, v):
-        raise NotImplementedError
+        """The tangent part of ``v`` at ``x``."""
 
+    @abc.abstractmethod
     def retract(self, x):
-        raise NotImplementedError
+        """The nearest point of the manifold."""
 
+    @abc.abstractmethod
     def check(self, x, name: str = "x0"):
-        """Value check that ``x`` lies on the manifold (eager raise / traced error_if)."""
-        return x
+        """Value check that ``x`` lies on the manifold (eager raise / traced error_if); returns x."""
 
 
 class Sphere(AbstractGeometry):
@@ -87,30 +92,30 @@ class Euclidean(AbstractGeometry):
 
 
 class AbstractLayerMap(eqx.Module):
-    """One discrete layer x -> x' built from the attention field F and a step h."""
+    """One discrete layer x -> x' built from the attention field F and a step h (abstract)."""
 
+    geometry: eqx.AbstractClassVar[AbstractGeometry]
+    """Where the state lives (used to validate the input)."""
+
+    @abc.abstractmethod
     def step(self, field, x, h):
-        raise NotImplementedError
-
-    @property
-    def geometry(self) -> AbstractGeometry:
-        """Where the state lives (used to validate the input)."""
-        return Euclidean()
+        """The state after one layer."""
 
 
 class PostLN(AbstractLayerMap):
     """x <- n(x + h F(x)) (Geshkovski et al.'s discrete model; state on the sphere)."""
 
+    geometry: ClassVar[AbstractGeometry] = Sphere()
+
     def step(self, field, x, h):
         return normalise(x + h * field(x))
 
-    @property
-    def geometry(self):
-        return Sphere()
 
 
 class PreLN(AbstractLayerMap):
     """x <- x + h F(n(x)) (GPT-2 style residual stream; the state is not normalised)."""
+
+    geometry: ClassVar[AbstractGeometry] = Euclidean()
 
     def step(self, field, x, h):
         return x + h * field(normalise(x))
@@ -119,6 +124,8 @@ class PreLN(AbstractLayerMap):
 class PeriLN(AbstractLayerMap):
     """x <- x + h n(F(n(x))) (normalise both the sublayer input and output)."""
 
+    geometry: ClassVar[AbstractGeometry] = Euclidean()
+
     def step(self, field, x, h):
         return x + h * normalise(field(normalise(x)))
 
@@ -126,18 +133,19 @@ class PeriLN(AbstractLayerMap):
 class NGPT(AbstractLayerMap):
     """x <- n(x + h (n(F(x)) - x)) (nGPT: hypersphere residual with eigen learning rate h)."""
 
+    geometry: ClassVar[AbstractGeometry] = Sphere()
+
     def step(self, field, x, h):
         return normalise(x + h * (normalise(field(x)) - x))
 
-    @property
-    def geometry(self):
-        return Sphere()
 
 
 class Residual(AbstractLayerMap):
     """x <- (1 - h) x + h F(x): convex residual mixing with weight alpha = h, no normalisation
     (state in R^d). With uniform causal attention this is the Cesàro model of position bias:
     the layer is linear, x <- ((1 - alpha) I + alpha A) x."""
+
+    geometry: ClassVar[AbstractGeometry] = Euclidean()
 
     def step(self, field, x, h):
         return x + h * (field(x) - x)

@@ -182,3 +182,23 @@ def test_score_precision_options_accuracy():
         assert rep["tf32"] == rep["highest"]
     with pytest.raises(ValueError, match="precision must be one of"):
         mf.Attention(1.0, precision="half")
+
+
+def test_backend_strategies_and_the_deprecated_strings(key):
+    """Dense(row_block) and Chunked(block, query_batch) are the backends; the old strings with
+    loose keywords build the same strategy (same field) with a DeprecationWarning; loose
+    keywords beside a strategy module are refused."""
+    x = mf.sphere_uniform(key, 37, 4)
+    aux = mf.TokenAux.default(37)
+    new = mf.Attention(1.7, mask=mf.Causal() & mf.ALiBi(0.1), backend=mf.kernel.Chunked(block=8, query_batch=2))
+    with pytest.warns(DeprecationWarning, match="deprecated"):
+        old = mf.Attention(1.7, mask=mf.Causal() & mf.ALiBi(0.1), backend="chunked", block=8, query_batch=2)
+    assert old.backend == new.backend
+    np.testing.assert_array_equal(old(x, aux), new(x, aux))
+    dense = mf.Attention(1.7, mask=mf.Causal() & mf.ALiBi(0.1), backend=mf.kernel.Dense(row_block=16))
+    np.testing.assert_allclose(dense(x, aux), new(x, aux), rtol=1e-12, atol=1e-13)
+    assert isinstance(mf.Attention(1.0).backend, mf.kernel.Dense)
+    with pytest.raises(ValueError, match="belong to the backend"):
+        mf.Attention(1.0, backend=mf.kernel.Dense(), block=8)
+    with pytest.raises(ValueError, match="block must be a positive integer"):
+        mf.kernel.Chunked(block=0)

@@ -13,18 +13,25 @@ heads reproduce the single-head field). Q, K, V, W default to the identity (stor
 ``None``, which also skips the projection). The field is the *unprojected* velocity; the
 geometry (e.g. the sphere's tangent projection) is applied by the integrator.
 
-Two backends evaluate the same formula:
+Backends (strategy modules, passed as ``Attention(backend=...)``) evaluate the same formula:
 
-* ``"dense"``: exact row softmax over all keys, evaluated ``row_block`` query rows at a time
-  (a (heads, row_block, N+P) slab; by default about 2^21 scores per slab, which keeps it in
-  cache). Fastest for N up to ~10^4.
-* ``"chunked"``: online softmax over key blocks (flash-attention style), O(N * block) memory;
-  blocks the mask forbids entirely (upper triangle of a causal mask, far blocks of a window)
-  are skipped with ``lax.cond``. N = 100,000 tokens in d = 16 fit in a few hundred MB.
+* :class:`Dense` ``(row_block=None)``: exact row softmax over all keys, evaluated ``row_block``
+  query rows at a time (a (heads, row_block, N+P) slab; by default about 2^21 scores per slab,
+  which keeps it in cache). Fastest for N up to ~10^4.
+* :class:`Chunked` ``(block=512, query_batch=1)``: online softmax over key blocks
+  (flash-attention style), O(N * block) memory; blocks the mask forbids entirely (upper triangle
+  of a causal mask, far blocks of a window) are skipped with ``lax.cond``. N = 100,000 tokens in
+  d = 16 fit in a few hundred MB.
+
+A new backend (e.g. a fused accelerator kernel) subclasses :class:`AbstractBackend` and
+implements ``field(attn, p)``. The strings ``"dense"`` / ``"chunked"`` with the loose keywords
+``row_block``, ``block``, ``query_batch`` are still accepted for one release (0.2) with a
+``DeprecationWarning``.
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 
@@ -33,7 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from .._arrays import pad_axis as _pad_to
-from .._errors import check_value, is_concrete, require
+from .._errors import check_value, deprecated, is_concrete, require
 from ..sharding import token_shards
 from .._types import Array
 from .encodings import AbstractPE
@@ -44,6 +51,67 @@ from .tokens import Prompt, TokenAux
 _FORMS = ("SA", "USA")
 _BACKENDS = ("dense", "chunked")
 _PRECISIONS = ("highest", "tf32", "bf16")
+
+
+class AbstractBackend(eqx.Module):
+    """How the kernel evaluates the field of its query rows (a strategy, like a diffrax solver)."""
+
+    @abc.abstractmethod
+    def field(self, attn: Attention, p: _Prepared) -> Array:
+        """Per-head field of the prepared query rows, shape (h, rows, d)."""
+
+
+class Dense(AbstractBackend):
+    """Exact row softmax over all keys, ``row_block`` query rows per slab (memory heads x
+    row_block x (N + P)); ``None`` picks 2^21 / (N + P) rows clipped to [128, 1024] (the fastest
+    measured on a 2-core CPU for N = 1k..16k; ``benchmarks/bench_kernel.py``)."""
+
+    row_block: int | None = eqx.field(default=None, static=True)
+
+    def __check_init__(self):
+        require(self.row_block is None or int(self.row_block) > 0,
+                f"row_block must be a positive integer or None, got {self.row_block}")
+
+    def field(self, attn, p):
+        return _dense(attn, p, self.row_block)
+
+
+class Chunked(AbstractBackend):
+    """Online softmax over (query block, key block) tiles of size ``block``, O(N * block) memory;
+    tiles the mask forbids are skipped. ``query_batch``: query blocks evaluated at once
+    (``jax.lax.map``'s ``batch_size``; 1 = one after the other, which skips every forbidden tile;
+    larger values expose more parallelism to a GPU, at the cost of evaluating forbidden tiles
+    whose query block shares a batch with allowed ones)."""
+
+    block: int = eqx.field(default=512, static=True)
+    query_batch: int = eqx.field(default=1, static=True)
+
+    def __check_init__(self):
+        require(int(self.block) > 0, f"block must be a positive integer, got {self.block}")
+        require(int(self.query_batch) > 0, f"query_batch must be a positive integer, got {self.query_batch}")
+
+    def field(self, attn, p):
+        return _chunked(attn, p, int(self.block), int(self.query_batch))
+
+
+def _backend(backend, block, query_batch, row_block) -> AbstractBackend:
+    """The backend strategy from the new (a module) or the deprecated (a string plus loose
+    keywords) form."""
+    loose = {k: v for k, v in dict(block=block, query_batch=query_batch, row_block=row_block).items() if v is not None}
+    if backend is None and not loose:
+        return Dense()
+    if isinstance(backend, AbstractBackend):
+        require(not loose, f"{sorted(loose)} belong to the backend: pass e.g. backend=Chunked(block=..., query_batch=...) "
+                           "or Dense(row_block=...) instead")
+        return backend
+    backend = "dense" if backend is None else backend
+    require(isinstance(backend, str) and backend in _BACKENDS,
+            f"backend must be one of Dense(...), Chunked(...) or (deprecated) {_BACKENDS}, got {backend!r}")
+    deprecated(f"Attention(backend={backend!r}, block=, query_batch=, row_block=) is deprecated; pass "
+               "backend=meanfield.kernel.Dense(row_block) or Chunked(block, query_batch)")
+    if backend == "dense":
+        return Dense(row_block=row_block)
+    return Chunked(block=512 if block is None else int(block), query_batch=1 if query_batch is None else int(query_batch))
 
 
 def _as_heads(name: str, m, heads: int | None):
@@ -69,15 +137,9 @@ class Attention(eqx.Module):
             compose with ``&``, e.g. ``Causal() & ALiBi(0.5)``; ``ZBias(A)`` couples the
             auxiliary variables z (concatenated positional-encoding channel).
         pe: ``AdditivePE(scale, U)`` (y = x + scale U z) or ``RoPE(base, scale)``, or None.
-        backend: ``"dense"`` or ``"chunked"``.
-        block: block size of the chunked backend (queries and keys).
-        query_batch: query blocks the chunked backend evaluates at once (``jax.lax.map``'s
-            ``batch_size``; default 1 = one after the other, which skips every tile a causal or
-            window mask forbids; larger values expose more parallelism to a GPU, at the cost of
-            evaluating forbidden tiles whose query block shares a batch with allowed ones).
-        row_block: query rows per slab of the dense backend (memory heads * row_block * N);
-            ``None`` (default) picks 2^21 / (N + P) rows, clipped to [128, 1024] (the fastest
-            measured on a 2-core CPU for N = 1k..16k; ``benchmarks/bench_kernel.py``).
+        backend: a strategy module, :class:`Dense` ``(row_block=None)`` (default) or
+            :class:`Chunked` ``(block=512, query_batch=1)``. Deprecated: the strings
+            ``"dense"``/``"chunked"`` with the keywords ``block``, ``query_batch``, ``row_block``.
         precision: matmul precision of the scores <Q x_i, K x_j>: ``"highest"`` (default: full
             precision of the input dtype), ``"tf32"`` (the backend's fast default: TF32 tensor
             cores for float32 on recent NVIDIA GPUs, exact float32 on CPU), ``"bf16"`` (queries
@@ -102,12 +164,9 @@ class Attention(eqx.Module):
     W: Array | None
     mask: AbstractMask
     pe: AbstractPE | None
+    backend: AbstractBackend
     heads: int = eqx.field(static=True)
     form: str = eqx.field(static=True)
-    backend: str = eqx.field(static=True)
-    block: int = eqx.field(static=True)
-    query_batch: int = eqx.field(static=True)
-    row_block: int | None = eqx.field(static=True)
     precision: str = eqx.field(static=True)
     shard_tokens: bool = eqx.field(static=True)
 
@@ -123,19 +182,16 @@ class Attention(eqx.Module):
         form: str = "SA",
         mask: AbstractMask | None = None,
         pe: AbstractPE | None = None,
-        backend: str = "dense",
-        block: int = 512,
-        query_batch: int = 1,
+        backend: AbstractBackend | str | None = None,
+        block: int | None = None,
+        query_batch: int | None = None,
         row_block: int | None = None,
         precision: str = "highest",
         shard_tokens: bool = True,
     ):
         require(form in _FORMS, f"form must be one of {_FORMS}, got {form!r}")
         require(precision in _PRECISIONS, f"precision must be one of {_PRECISIONS}, got {precision!r}")
-        require(backend in _BACKENDS, f"backend must be one of {_BACKENDS}, got {backend!r}")
-        require(int(block) > 0, f"block must be a positive integer, got {block}")
-        require(row_block is None or int(row_block) > 0, f"row_block must be a positive integer or None, got {row_block}")
-        require(int(query_batch) > 0, f"query_batch must be a positive integer, got {query_batch}")
+        backend = _backend(backend, block, query_batch, row_block)
         mats = {n: _as_heads(n, m, heads) for n, m in dict(Q=Q, K=K, V=V, W=W).items()}
         beta = jnp.asarray(beta)
         if not jnp.issubdtype(beta.dtype, jnp.floating):
@@ -162,9 +218,6 @@ class Attention(eqx.Module):
         self.pe = pe
         self.form = form
         self.backend = backend
-        self.block = int(block)
-        self.query_batch = int(query_batch)
-        self.row_block = None if row_block is None else int(row_block)
         self.precision = precision
         self.shard_tokens = bool(shard_tokens)
 
@@ -219,7 +272,7 @@ class Attention(eqx.Module):
         token of ``x`` (and the prompt) is a key, only those rows are queries. ``start`` may be
         traced (the sharded path passes its device's offset); ``size`` is static."""
         p = self._prepare(x, aux, prompt, (start, int(size)))
-        out = _dense(self, p) if self.backend == "dense" else _chunked(self, p)
+        out = self.backend.field(self, p)
         return self._mix(out, x.dtype)
 
     def weights(self, x, aux: TokenAux | None = None, prompt: Prompt | None = None) -> Array:
@@ -324,7 +377,7 @@ def _dense_weights(attn: Attention, p: _Prepared, q, qs):
     return w, jnp.sum(w, axis=-1, keepdims=True)
 
 
-def _dense(attn: Attention, p: _Prepared) -> Array:
+def _dense(attn: Attention, p: _Prepared, row_block: int | None) -> Array:
     """Exact row softmax, ``row_block`` query rows at a time (lax.map over row slabs).
 
     The masses multiply the exponentials instead of entering the exponent: with
@@ -343,7 +396,7 @@ def _dense(attn: Attention, p: _Prepared) -> Array:
         # + tiny: a fully masked row gives 0 / tiny = 0; any other row has sum >= max_j m_j
         return (w @ p.v) / (jnp.sum(w, axis=-1, keepdims=True) + jnp.finfo(w.dtype).tiny)
 
-    b = attn.row_block
+    b = row_block
     if b is None:
         b = int(min(1024, max(128, 2**21 // p.k.shape[1])))
     if n <= b:
@@ -380,10 +433,10 @@ def _blocks(a, nb, axis):
     return jnp.moveaxis(a.reshape(shape), axis, 0)
 
 
-def _chunked(attn: Attention, p: _Prepared) -> Array:
+def _chunked(attn: Attention, p: _Prepared, block: int, query_batch: int) -> Array:
     """Online-softmax evaluation over (query block, key block) tiles; O(N * block) memory."""
     n, m = p.q.shape[1], p.k.shape[1]
-    bq, bk = min(attn.block, n), min(attn.block, m)
+    bq, bk = min(block, n), min(block, m)
     nq, nk = math.ceil(n / bq), math.ceil(m / bk)
     h = attn.heads
     d_out = p.v.shape[-1]
@@ -435,7 +488,7 @@ def _chunked(attn: Attention, p: _Prepared) -> Array:
             return acc * jnp.exp(m_safe)[..., None]
         return _divide(acc, l[..., None])
 
-    batch = None if attn.query_batch == 1 else min(attn.query_batch, nq)
+    batch = None if query_batch == 1 else min(query_batch, nq)
     out = jax.lax.map(one_query_block, (q, qslots), batch_size=batch)  # (nq, h, bq, d)
     out = jnp.moveaxis(out, 0, 1).reshape(h, nq * bq, d_out)
     return out[:, :n]

@@ -24,6 +24,8 @@ Three ways z can enter (the ``coupling`` of the kernel):
 
 from __future__ import annotations
 
+import abc
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -67,15 +69,23 @@ class ZBias(AbstractMask):
         zq = q.z if self.A is None else q.z @ self.A.astype(q.z.dtype).T
         return (self.scale.astype(q.pos.dtype) * (zq @ k.z.T))[None]
 
+    def block_active(self, q_lo, q_hi, k_lo, k_hi):
+        return jnp.asarray(True)
+
+    def validate(self, n_queries, n_keys, heads):
+        pass
+
 
 class AbstractPE(eqx.Module):
     """How auxiliary variables modify the kernel's inputs (additive) or projections (rotary)."""
 
+    @abc.abstractmethod
     def inputs(self, x, keys, qs, ks):
-        return x, keys, keys
+        """(queries, keys, values) inputs of the projections, from the tokens and key tokens."""
 
+    @abc.abstractmethod
     def rotate(self, q, k, qs, ks):
-        return q, k
+        """(q, k) after the projections (a rotation for RoPE, the identity otherwise)."""
 
 
 class AdditivePE(AbstractPE):
@@ -98,12 +108,18 @@ class AdditivePE(AbstractPE):
         xq, xk = add(x, qs.z), add(keys, ks.z)
         return xq, xk, (xk if self.values else keys)
 
+    def rotate(self, q, k, qs, ks):
+        return q, k
+
 
 class RoPE(AbstractPE):
     """Rotary position embedding of Q x and K x (d even); angles scale * pos * base^{-2k/d}."""
 
     base: float = eqx.field(default=10000.0, static=True)
     scale: Array = eqx.field(default_factory=lambda: jnp.asarray(1.0), converter=jnp.asarray)
+
+    def inputs(self, x, keys, qs, ks):
+        return x, keys, keys
 
     def rotate(self, q, k, qs, ks):
         return rope_rotate(q, qs.pos, self.base, self.scale), rope_rotate(k, ks.pos, self.base, self.scale)

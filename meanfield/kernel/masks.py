@@ -15,6 +15,7 @@ Each mask implements two methods:
 
 from __future__ import annotations
 
+import abc
 from typing import NamedTuple
 
 import equinox as eqx
@@ -35,12 +36,15 @@ class Slots(NamedTuple):
 class AbstractMask(eqx.Module):
     """Base class: a log-weight b(z_i, z_j) added to the attention scores."""
 
+    @abc.abstractmethod
     def bias(self, q: Slots, k: Slots, heads: int) -> Array:
-        raise NotImplementedError
+        """The (h, nq, nk) log-weights, h = 1 or ``heads``."""
 
+    @abc.abstractmethod
     def block_active(self, q_lo, q_hi, k_lo, k_hi):
-        return jnp.asarray(True)
+        """Whether any pair of the position ranges may have finite weight (see module docstring)."""
 
+    @abc.abstractmethod
     def validate(self, n_queries: int, n_keys: int, heads: int) -> None:
         """Trace-time shape checks against the problem size."""
 
@@ -60,6 +64,12 @@ class Full(AbstractMask):
     def bias(self, q, k, heads):
         return _zeros(q, k)
 
+    def block_active(self, q_lo, q_hi, k_lo, k_hi):
+        return jnp.asarray(True)
+
+    def validate(self, n_queries, n_keys, heads):
+        pass
+
 
 class Causal(AbstractMask):
     """Token i attends to j iff pos_j <= pos_i (the first token attends only to itself)."""
@@ -67,6 +77,9 @@ class Causal(AbstractMask):
     def bias(self, q, k, heads):
         allowed = k.pos[None, None, :] <= q.pos[None, :, None]
         return jnp.where(allowed, 0.0, -jnp.inf).astype(q.pos.dtype)
+
+    def validate(self, n_queries, n_keys, heads):
+        pass
 
     def block_active(self, q_lo, q_hi, k_lo, k_hi):
         return k_lo <= q_hi
@@ -85,6 +98,9 @@ class Window(AbstractMask):
     def bias(self, q, k, heads):
         allowed = jnp.abs(q.pos[None, :, None] - k.pos[None, None, :]) < self.width
         return jnp.where(allowed, 0.0, -jnp.inf).astype(q.pos.dtype)
+
+    def validate(self, n_queries, n_keys, heads):
+        pass
 
     def block_active(self, q_lo, q_hi, k_lo, k_hi):
         gap = jnp.maximum(jnp.maximum(k_lo - q_hi, q_lo - k_hi), 0.0)
@@ -118,6 +134,9 @@ class ALiBi(AbstractMask):
         slope = jnp.reshape(self.slope, (-1, 1, 1)).astype(q.pos.dtype)
         return -slope * dist[None]
 
+    def block_active(self, q_lo, q_hi, k_lo, k_hi):
+        return jnp.asarray(True)
+
 
 class CustomBias(AbstractMask):
     """An explicit log-weight matrix indexed by token index: shape (N, N_keys) or
@@ -150,6 +169,9 @@ class CustomBias(AbstractMask):
         qi = jnp.clip(q.idx, 0, n_q - 1)
         ki = jnp.clip(k.idx, 0, n_k - 1)
         return self.matrix[:, qi][:, :, ki].astype(q.pos.dtype)
+
+    def block_active(self, q_lo, q_hi, k_lo, k_hi):
+        return jnp.asarray(True)
 
 
 class Compose(AbstractMask):

@@ -2,6 +2,10 @@
 
 from .circle import CircleMeanField as CircleMeanField
 from .circle import DensitySolution as DensitySolution
+from .kinetic import AbstractCoupling as AbstractCoupling
+from .kinetic import CausalCoupling as CausalCoupling
+from .kinetic import FullCoupling as FullCoupling
 from .kinetic import KineticMeanField as KineticMeanField
+from .kinetic import MatrixCoupling as MatrixCoupling
 from .kinetic import KineticSolution as KineticSolution
 from .kinetic import engine_face_velocity as engine_face_velocity

@@ -47,13 +47,15 @@ the mean angle of the last position to rotating the initial state at position s.
 
 from __future__ import annotations
 
+import abc
+
 import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._errors import check_value, require
+from .._errors import check_value, deprecated, require
 from .._types import Array
 from ..kernel.tokens import Prompt, TokenAux
 from ..sharding import pad_rows, token_shards
@@ -76,6 +78,115 @@ class KineticSolution(eqx.Module):
         return h * jnp.einsum("tsm,m->ts", self.f.astype(complex), jnp.exp(1j * n * self.theta))
 
 
+class AbstractCoupling(eqx.Module):
+    """How the rows (auxiliary values z_k, weights w_k) are coupled: F = C f (a strategy module
+    passed as ``KineticMeanField(coupling=...)``)."""
+
+    @abc.abstractmethod
+    def check(self, s) -> None:
+        """Trace-time checks against the row values ``s`` (S,)."""
+
+    @abc.abstractmethod
+    def matrix(self, s: Array, w: Array) -> Array:
+        """The dense (S, S) weights c_kj (z-marginal weights w_j included)."""
+
+    @abc.abstractmethod
+    def mix(self, s: Array, w: Array, f: Array) -> Array:
+        """F = C f over the rows, shape (S, M)."""
+
+
+class CausalCoupling(AbstractCoupling):
+    """Volterra coupling in s with ALiBi decay: c_kj = w_j e^{-lam (s_k - s_j)} for s_j < s_k and
+    ``self_weight`` w_k on the diagonal (1/2: the continuum quadrature, second order in s; 1: one
+    discrete token per row that sees itself). Evaluated by a linear-recurrence scan in s (O(S M),
+    no S x S matrix; split over the ``"tokens"`` mesh axis under a mesh context)."""
+
+    lam: Array = eqx.field(default=0.0, converter=lambda v: jnp.asarray(v, dtype=float))
+    self_weight: Array = eqx.field(default=0.5, converter=lambda v: jnp.asarray(v, dtype=float))
+
+    def __check_init__(self):
+        require(self.lam.ndim == 0, "lam must be a scalar")
+
+    def check(self, s):
+        if not isinstance(s, jax.core.Tracer):
+            require(bool(np.all(np.diff(np.asarray(s)) > 0)), "s must be strictly increasing for a causal coupling")
+
+    def matrix(self, s, w):
+        diff = s[:, None] - s[None, :]
+        c = w[None, :] * jnp.exp(-self.lam * jnp.abs(diff))
+        eye = jnp.eye(s.shape[0], dtype=bool)
+        return jnp.where(eye, self.self_weight * c, jnp.where(diff > 0, c, 0.0))
+
+    def mix(self, s, w, f):
+        decay = jnp.exp(-self.lam * jnp.diff(s)).astype(f.dtype)  # (S-1,)
+        wf = w[:, None].astype(f.dtype) * f
+        a = jnp.concatenate([jnp.ones((1,), f.dtype), decay])[:, None] * jnp.ones_like(f)
+        bvec = jnp.concatenate([jnp.zeros_like(f[:1]), decay[:, None] * wf[:-1]])
+        shards = token_shards()
+        acc = _sharded_prefix(a, bvec, shards) if shards > 1 else jax.lax.associative_scan(_combine, (a, bvec))[1]
+        return acc + self.self_weight.astype(f.dtype) * wf
+
+
+class FullCoupling(AbstractCoupling):
+    """Every row sees every row with two-sided decay: c_kj = w_j e^{-lam |s_k - s_j|}."""
+
+    lam: Array = eqx.field(default=0.0, converter=lambda v: jnp.asarray(v, dtype=float))
+
+    def __check_init__(self):
+        require(self.lam.ndim == 0, "lam must be a scalar")
+
+    def check(self, s):
+        pass
+
+    def matrix(self, s, w):
+        return w[None, :] * jnp.exp(-self.lam * jnp.abs(s[:, None] - s[None, :]))
+
+    def mix(self, s, w, f):
+        return self.matrix(s, w).astype(f.dtype) @ f
+
+
+class MatrixCoupling(AbstractCoupling):
+    """An explicit (S, S) matrix of non-negative weights c(z_k, z_j), z-marginal weights included
+    (any b(z, z'): concatenated encodings <A z, z'>, windows, custom masks); O(S^2 M)."""
+
+    c: Array = eqx.field(converter=lambda v: jnp.asarray(v, dtype=float))
+
+    def __check_init__(self):
+        require(self.c.ndim == 2 and self.c.shape[0] == self.c.shape[1], f"coupling matrix must be square, got {self.c.shape}")
+        if not isinstance(self.c, jax.core.Tracer):
+            require(bool(np.all(np.asarray(self.c) >= 0)), "coupling matrix weights must be non-negative")
+
+    def check(self, s):
+        n = s.shape[0]
+        require(self.c.shape == (n, n), f"coupling matrix must have shape ({n}, {n}), got {self.c.shape}")
+
+    def matrix(self, s, w):
+        return self.c
+
+    def mix(self, s, w, f):
+        return self.c.astype(f.dtype) @ f
+
+
+def _coupling(coupling, lam, self_weight) -> AbstractCoupling:
+    """The coupling strategy from a module, an (S, S) array, or (deprecated) a string with the
+    loose keywords ``lam`` and ``self_weight``."""
+    if isinstance(coupling, AbstractCoupling):
+        require(lam is None and self_weight is None,
+                "lam and self_weight belong to the coupling: pass e.g. coupling=CausalCoupling(lam=..., self_weight=...)")
+        return coupling
+    if not isinstance(coupling, str):
+        require(lam is None and self_weight is None, "lam and self_weight do not apply to a coupling matrix")
+        return MatrixCoupling(coupling)
+    require(coupling in ("causal", "full"),
+            f"coupling must be CausalCoupling(...), FullCoupling(...), MatrixCoupling(c), an (S, S) array or (deprecated) 'causal'/'full', got {coupling!r}")
+    deprecated(f"KineticMeanField(coupling={coupling!r}, lam=, self_weight=) is deprecated; pass "
+               "coupling=CausalCoupling(lam, self_weight) or FullCoupling(lam)")
+    lam = 0.0 if lam is None else lam
+    if coupling == "full":
+        return FullCoupling(lam)
+    return CausalCoupling(lam, 0.5 if self_weight is None else self_weight)
+
+
 class KineticMeanField(eqx.Module):
     """Mean-field SA/USA dynamics of f(t, z, theta) (see module docstring).
 
@@ -84,17 +195,18 @@ class KineticMeanField(eqx.Module):
             increasing in [0, 1]. Default: the S = ``n_s`` cell centres (k + 1/2)/S.
         m: cells in theta.
         beta, a, b, form: as in :class:`meanfield.pde.CircleMeanField`.
-        coupling: ``"causal"`` (Volterra in s with ALiBi slope ``lam``), ``"full"`` (every row
-            sees every row, b = -lam |s - s'|), or an explicit (S, S) array of weights c(z_k, z_j)
-            (the z-marginal weights already included).
-        lam: ALiBi/decay slope in units of s (b = -lam |s - s'|).
+        coupling: a strategy module: :class:`CausalCoupling` ``(lam, self_weight=0.5)``
+            (default, lam = 0: Volterra in s with ALiBi slope lam in units of s),
+            :class:`FullCoupling` ``(lam)`` (every row sees every row, b = -lam |s - s'|),
+            :class:`MatrixCoupling` ``(c)`` or an explicit (S, S) array of weights c(z_k, z_j)
+            (the z-marginal weights already included). Deprecated: ``"causal"``/``"full"``
+            with the keywords ``lam`` and ``self_weight``.
         w: z-marginal weights (S,), default 1/S each; normalised to sum 1.
-        self_weight: sigma of the causal quadrature (1/2: continuum; 1: discrete tokens).
         prompt_theta, prompt_weight: fixed prompt tokens at angles (P,) and their weights
             pi_p(z_k), shape (S, P) or (P,) (the same for every row).
 
     Example:
-        >>> pde = KineticMeanField(n_s=64, m=128, beta=2.0, lam=1.0)
+        >>> pde = KineticMeanField(n_s=64, m=128, beta=2.0, coupling=CausalCoupling(lam=1.0))
         >>> sol = pde.solve(pde.von_mises(kappa=1.0), jnp.linspace(0, 5, 11))
     """
 
@@ -105,15 +217,12 @@ class KineticMeanField(eqx.Module):
     a: Array
     b: Array
     form: str = eqx.field(static=True)
-    coupling: str = eqx.field(static=True)
-    cmat: Array | None
-    lam: Array
-    self_weight: Array
+    coupling: AbstractCoupling
     prompt_theta: Array | None
     prompt_weight: Array | None
 
     def __init__(self, n_s: int | None = None, m: int = 128, beta=1.0, a=1.0, b=0.0, form: str = "SA", *,
-                 s=None, coupling="causal", lam=0.0, w=None, self_weight=0.5, prompt_theta=None,
+                 s=None, coupling=None, lam=None, w=None, self_weight=None, prompt_theta=None,
                  prompt_weight=None):
         require(int(m) >= 8, f"m must be >= 8 cells, got {m}")
         require(form in ("SA", "USA"), f"form must be 'SA' or 'USA', got {form!r}")
@@ -124,17 +233,12 @@ class KineticMeanField(eqx.Module):
         s = np.asarray(s, dtype=float) if concrete(s) else s
         require(s.ndim == 1 and s.shape[0] >= 1, f"s must be a 1-D array of auxiliary values, got shape {s.shape}")
         n_rows = s.shape[0]
-        if isinstance(coupling, str):
-            require(coupling in ("causal", "full"), f"coupling must be 'causal', 'full' or an (S, S) array, got {coupling!r}")
-            if coupling == "causal" and concrete(s):
-                require(bool(np.all(np.diff(s) > 0)), "s must be strictly increasing for coupling='causal'")
-            self.coupling, self.cmat = coupling, None
-        else:
-            cmat = jnp.asarray(coupling, dtype=float)
-            require(cmat.shape == (n_rows, n_rows), f"coupling matrix must have shape ({n_rows}, {n_rows}), got {cmat.shape}")
-            if concrete(coupling):
-                require(bool(np.all(np.asarray(coupling) >= 0)), "coupling matrix weights must be non-negative")
-            self.coupling, self.cmat = "matrix", cmat
+        if coupling is None and lam is None and self_weight is None:
+            coupling = CausalCoupling()
+        elif coupling is None:
+            coupling = "causal"
+        self.coupling = _coupling(coupling, lam, self_weight)
+        self.coupling.check(s)
         w = np.full((n_rows,), 1.0 / n_rows) if w is None else w
         require(jnp.shape(w) == (n_rows,), f"w must have shape ({n_rows},), got {jnp.shape(w)}")
         if concrete(w):
@@ -143,9 +247,6 @@ class KineticMeanField(eqx.Module):
         self.m = int(m)
         self.beta, self.a, self.b = (jnp.asarray(v, dtype=float) for v in (beta, a, b))
         self.form = form
-        self.lam = jnp.asarray(lam, dtype=float)
-        require(self.lam.ndim == 0, "lam must be a scalar")
-        self.self_weight = jnp.asarray(self_weight, dtype=float)
         if prompt_theta is None:
             require(prompt_weight is None, "prompt_weight given without prompt_theta")
             self.prompt_theta = self.prompt_weight = None
@@ -181,30 +282,12 @@ class KineticMeanField(eqx.Module):
         return f / (self.h * jnp.sum(f, axis=1, keepdims=True))
 
     def coupling_matrix(self) -> Array:
-        """The (S, S) weights c_kj (dense; the solver itself never forms it for ``causal``)."""
-        if self.coupling == "matrix":
-            return self.cmat
-        diff = self.s[:, None] - self.s[None, :]
-        c = self.w[None, :] * jnp.exp(-self.lam * jnp.abs(diff))
-        if self.coupling == "full":
-            return c
-        eye = jnp.eye(self.n_s, dtype=bool)
-        return jnp.where(eye, self.self_weight * c, jnp.where(diff > 0, c, 0.0))
+        """The (S, S) weights c_kj (dense; the causal solver itself never forms it)."""
+        return self.coupling.matrix(self.s, self.w)
 
     def mix(self, f: Array) -> Array:
         """F = C f over the rows (the z-coupling), shape (S, M)."""
-        if self.coupling == "matrix":
-            return self.cmat @ f
-        if self.coupling == "full":
-            return self.coupling_matrix() @ f
-        decay = jnp.exp(-self.lam * jnp.diff(self.s)).astype(f.dtype)  # (S-1,)
-        wf = self.w[:, None].astype(f.dtype) * f
-        a = jnp.concatenate([jnp.ones((1,), f.dtype), decay])[:, None] * jnp.ones_like(f)
-        bvec = jnp.concatenate([jnp.zeros_like(f[:1]), decay[:, None] * wf[:-1]])
-
-        shards = token_shards()
-        acc = _sharded_prefix(a, bvec, shards) if shards > 1 else jax.lax.associative_scan(_combine, (a, bvec))[1]
-        return acc + self.self_weight.astype(f.dtype) * wf
+        return self.coupling.mix(self.s, self.w, f)
 
     def face_velocity(self, f: Array) -> Array:
         """u at the theta faces (i + 1) h of every row, shape (S, M)."""
