@@ -1,20 +1,26 @@
-"""One accelerator: causal SA at N = 10^6, d = 64 — time per RHS and the achieved fraction of the
-device's own matmul rate, both measured in this run.
+"""One accelerator: the causal SA field of N tokens (d = 64) through three backends — dense XLA
+(``Dense()``), chunked XLA (``Chunked(block, query_batch)``) and the fused Pallas kernel
+(``Fused(block_q, block_k)``) — at N = 4k ... 1M, each configuration time-boxed.
 
-For each score precision (``Attention(precision=...)``: "highest" = full float32, "tf32",
-"bf16") the device's GEMM rate is measured on an 8192^3 product in the same precision, and the
-engine's chunked causal SA field (block sizes and query batches from the command line) is timed
-on N tokens. The useful work of one causal RHS is two GEMMs per allowed pair,
-4 d * N (N + 1) / 2 flops (score and value products; the exponentials and the online-softmax
-bookkeeping are not counted), so
+For each row: the time of one field evaluation (median of ``--repeats`` after a warm-up), the pair
+throughput (allowed pairs N (N + 1) / 2 per second), the achieved flop rate of the two GEMMs that
+an attention field needs per allowed pair (score and value products, 4 d flops per pair; the
+exponentials and the online-softmax bookkeeping are not counted), and that rate as a fraction of
+the device's own dense GEMM rate in the same precision, measured in this run on an 8192^3
+product. cuDNN's fused attention (bf16, ``jax.nn.dot_product_attention``) is a vendor reference.
 
-    fraction of matmul rate = (4 d N (N + 1) / 2 / time per RHS) / GEMM rate (same precision).
+The largest N that fits is computed from a memory formula, not by probing: the tokens, their
+projections and the field (about 4 N d floats of 4 bytes for one head) plus what each backend
+holds at once — dense: a (row_block x N) score slab and its exponentials; chunked: query_batch
+tiles of block^2 scores; fused: nothing beyond the tokens (tiles live on chip) — against the
+device memory that JAX reports.
 
-A fused vendor kernel (``jax.nn.dot_product_attention(..., implementation="cudnn",
-is_causal=True)``, bfloat16) is timed on the same problem as a reference where available.
+Time boxes: a configuration is skipped when the previous size's time, scaled by the pair count,
+predicts more than ``--box`` seconds per call, and the whole script stops launching new work after
+``--budget`` seconds; what ran is printed and written (``--out``).
 
-Run on the GPU:  python benchmarks/bench_gpu.py [--out DIR]
-Smoke run on CPU: python benchmarks/bench_gpu.py --n 8192 --blocks 512 --gemm 1024
+Run on the GPU:  python benchmarks/bench_gpu.py --out DIR
+Smoke run on CPU (interpret-mode Pallas, tiny): python benchmarks/bench_gpu.py --sizes 256 --gemm 256 --budget 60
 """
 
 from __future__ import annotations
@@ -42,65 +48,120 @@ def gemm_rate(n, precision):
     return 2 * n**3 / t
 
 
+def bytes_needed(backend, n, d, *, row_block=1024, block=2048, query_batch=8):
+    """Device bytes one causal SA field evaluation holds at once (float32, one head), by backend."""
+    base = 4 * (4 * n * d)  # tokens, q/k/v projections folded into one estimate, and the field
+    if backend == "dense":
+        return base + 4 * 3 * min(row_block, n) * n  # scores, exponentials, weights of one row slab
+    if backend == "chunked":
+        return base + 4 * 3 * query_batch * block * block
+    return base  # fused: tiles stay on chip
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--sizes", default="4096,16384,65536,262144,1048576")
     ap.add_argument("--d", type=int, default=64)
-    ap.add_argument("--blocks", default="1024,2048,4096", help="chunked block sizes to try")
-    ap.add_argument("--query-batches", default="1,8", help="query blocks evaluated at once (Attention.query_batch)")
-    ap.add_argument("--precisions", default="highest,tf32,bf16")
+    ap.add_argument("--precisions", default="tf32,bf16", help="score precisions (Attention.precision)")
+    ap.add_argument("--chunked", default="2048:8", help="block:query_batch of the chunked backend")
+    ap.add_argument("--fused", default="64:64,128:64", help="block_q:block_k tiles of the fused backend")
     ap.add_argument("--gemm", type=int, default=8192, help="size of the square GEMM that measures the matmul rate")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--box", type=float, default=20.0, help="skip a configuration predicted slower than this per call (s)")
+    ap.add_argument("--budget", type=float, default=420.0, help="launch no new work after this many seconds")
     ap.add_argument("--out", default=None, help="also write the table (and JSON rows) into this folder")
     args = ap.parse_args()
+    t_start = time.perf_counter()
 
     import jax
     import jax.numpy as jnp
 
     import meanfield as mf
+    from meanfield.kernel import Chunked, Dense, Fused
 
     dev = jax.devices()[0]
-    lines = [f"# jax {jax.__version__}, {dev.platform} {dev.device_kind}; causal SA, N = {args.n}, d = {args.d}, float32 tokens"]
-    n, d = args.n, args.d
-    flops = 4 * d * n * (n + 1) / 2
-    x = mf.sphere_uniform(jax.random.key(0), n, d, jnp.float32)
-    rows = []
-    hdr = f"{'precision':>9} {'block':>6} {'qbatch':>6} | {'time/RHS s':>10} {'TFLOP/s':>8} {'GEMM TFLOP/s':>12} {'fraction':>8}"
+    try:
+        mem = int(dev.memory_stats()["bytes_limit"])
+    except Exception:  # CPU: no memory stats
+        mem = 0
+    d = args.d
+    lines = [f"# jax {jax.__version__}, {dev.platform} {dev.device_kind}, device memory {mem / 2**30:.1f} GiB; "
+             f"causal SA field, d = {d}, float32 tokens"]
+    rates = {p: gemm_rate(args.gemm, p) for p in args.precisions.split(",")}
+    lines.append("# GEMM rate (TFLOP/s, 8192^3): " + ", ".join(f"{p} {r / 1e12:.1f}" for p, r in rates.items()))
+    if mem:
+        b = mf.kernel.Chunked().block
+        fits = {name: int(max(n for n in (2**k for k in range(10, 31)) if bytes_needed(name, n, d, block=b) <= 0.9 * mem))
+                for name in ("dense", "chunked", "fused")}
+        lines.append("# largest N (power of two) by the memory formula: " + ", ".join(f"{k} {v:,}" for k, v in fits.items()))
+    hdr = (f"{'backend':>18} {'prec':>5} {'N':>8} | {'time/field s':>12} {'Gpair/s':>8} {'TFLOP/s':>8} "
+           f"{'GEMM TFLOP/s':>12} {'fraction':>8}")
     lines += [hdr, "-" * len(hdr)]
     print("\n".join(lines), flush=True)
-    for prec in args.precisions.split(","):
-        rate = gemm_rate(args.gemm, prec)
-        for block in (int(b) for b in args.blocks.split(",")):
-            for qb in (int(q) for q in args.query_batches.split(",")):
-                attn = mf.Attention(1.0, mask=mf.Causal(), backend=mf.kernel.Chunked(block, qb), precision=prec)
-                f = jax.jit(lambda y, a=attn: mf.velocity(a, y))
+
+    backends = [("dense", Dense())]
+    for spec in args.chunked.split(","):
+        blk, qb = (int(v) for v in spec.split(":"))
+        backends.append((f"chunked {blk}:{qb}", Chunked(blk, qb)))
+    for spec in args.fused.split(","):
+        bq, bk = (int(v) for v in spec.split(":"))
+        backends.append((f"fused {bq}:{bk}", Fused(bq, bk)))
+
+    rows, last = [], {}
+    sizes = [int(s) for s in args.sizes.split(",")]
+
+    def emit(line):
+        print(line, flush=True)
+        lines.append(line)
+
+    for n in sizes:
+        x = mf.sphere_uniform(jax.random.key(0), n, d, jnp.float32)
+        pairs = n * (n + 1) / 2
+        for prec in args.precisions.split(","):
+            for name, backend in backends:
+                key = (name, prec)
+                if time.perf_counter() - t_start > args.budget:
+                    emit(f"{name:>18} {prec:>5} {n:>8} | not run: budget of {args.budget:.0f} s spent")
+                    continue
+                if key in last:
+                    n0, t0 = last[key]
+                    predicted = t0 * (n / n0) ** 2 * (2.0 if name == "dense" else 1.0)
+                    if predicted > args.box:
+                        emit(f"{name:>18} {prec:>5} {n:>8} | skipped: predicted {predicted:.0f} s per call > box")
+                        continue
+                if mem and bytes_needed(name.split()[0], n, d) > 0.9 * mem:
+                    emit(f"{name:>18} {prec:>5} {n:>8} | skipped: memory formula {bytes_needed(name.split()[0], n, d) / 2**30:.1f} GiB")
+                    continue
+                attn = mf.Attention(1.0, mask=mf.Causal(), backend=backend, precision=prec)
+                f = jax.jit(lambda y, a=attn: a(y))
                 try:
                     t0 = time.perf_counter()
                     f(x).block_until_ready()
-                    compile_s = time.perf_counter() - t0
+                    first = time.perf_counter() - t0
                     t = median_time(lambda: f(x).block_until_ready(), repeats=args.repeats, min_time=0)
-                except Exception as err:  # e.g. out of memory for a large query batch
-                    line = f"{prec:>9} {block:>6} {qb:>6} | failed: {type(err).__name__}: {str(err)[:80]}"
-                    print(line, flush=True)
-                    lines.append(line)
+                except Exception as err:
+                    emit(f"{name:>18} {prec:>5} {n:>8} | failed: {type(err).__name__}: {str(err)[:160]}")
                     continue
-                row = {"precision": prec, "block": block, "query_batch": qb, "time_s": t, "first_call_s": compile_s,
-                       "tflops": flops / t / 1e12, "gemm_tflops": rate / 1e12, "fraction": flops / t / rate}
+                last[key] = (n, t)
+                tflops = 4 * d * pairs / t / 1e12
+                row = {"backend": name, "precision": prec, "n": n, "d": d, "time_s": t, "first_call_s": first,
+                       "gpairs_per_s": pairs / t / 1e9, "tflops": tflops, "gemm_tflops": rates[prec] / 1e12,
+                       "fraction": tflops * 1e12 / rates[prec]}
                 rows.append(row)
-                line = (f"{prec:>9} {block:>6} {qb:>6} | {t:>10.3f} {row['tflops']:>8.1f} {row['gemm_tflops']:>12.1f} "
-                        f"{row['fraction']:>8.2f}")
-                print(line, flush=True)
-                lines.append(line)
-    try:  # fused vendor kernel, bf16, as a reference
-        q = x.astype(jnp.bfloat16)[None, :, None, :]
-        fa = jax.jit(lambda u: jax.nn.dot_product_attention(u, u, u, is_causal=True, implementation="cudnn"))
-        t = median_time(lambda: fa(q).block_until_ready(), repeats=args.repeats, min_time=0)
-        rate = gemm_rate(args.gemm, "bf16")
-        line = f"# cuDNN fused attention, bf16: {t:.3f} s per call, {flops / t / 1e12:.1f} TFLOP/s = {flops / t / rate:.2f} of the bf16 GEMM rate"
-    except Exception as err:
-        line = f"# cuDNN fused attention not available here: {type(err).__name__}: {str(err)[:100]}"
-    print(line)
-    lines.append(line)
+                emit(f"{name:>18} {prec:>5} {n:>8} | {t:>12.4f} {row['gpairs_per_s']:>8.2f} {tflops:>8.1f} "
+                     f"{rates[prec] / 1e12:>12.1f} {row['fraction']:>8.2f}")
+        if time.perf_counter() - t_start < args.budget:
+            try:  # fused vendor kernel, bf16, as a reference
+                q = x.astype(jnp.bfloat16)[None, :, None, :]
+                fa = jax.jit(lambda u: jax.nn.dot_product_attention(u, u, u, is_causal=True, implementation="cudnn"))
+                t = median_time(lambda: fa(q).block_until_ready(), repeats=args.repeats, min_time=0)
+                tflops = 4 * d * pairs / t / 1e12
+                rate = rates.get("bf16") or gemm_rate(args.gemm, "bf16")
+                emit(f"{'cuDNN (bf16)':>18} {'bf16':>5} {n:>8} | {t:>12.4f} {pairs / t / 1e9:>8.2f} {tflops:>8.1f} "
+                     f"{rate / 1e12:>12.1f} {tflops * 1e12 / rate:>8.2f}")
+            except Exception as err:
+                emit(f"{'cuDNN (bf16)':>18} {'bf16':>5} {n:>8} | not available: {type(err).__name__}: {str(err)[:100]}")
+    emit(f"# total {time.perf_counter() - t_start:.0f} s")
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -44,6 +44,7 @@ from .._errors import check_value, deprecated, is_concrete, require
 from ..sharding import token_shards
 from .._types import Array
 from .encodings import AbstractPE
+from . import fused as _fused
 from .masks import AbstractMask, Full, Slots
 from .sharded import sharded_field
 from .tokens import Prompt, TokenAux
@@ -92,6 +93,25 @@ class Chunked(AbstractBackend):
 
     def field(self, attn, p):
         return _chunked(attn, p, int(self.block), int(self.query_batch))
+
+
+class Fused(AbstractBackend):
+    """A fused Pallas kernel (flash-style key tiles with the online normaliser, masks, masses,
+    USA and ALiBi slopes in-kernel, forbidden tiles skipped): see :mod:`meanfield.kernel.fused`
+    for what it supports. ``block_q``/``block_k``: tile sizes (powers of two); ``interpret``:
+    Pallas interpret mode (``None``: on unless the default backend is a GPU)."""
+
+    block_q: int = eqx.field(default=64, static=True)
+    block_k: int = eqx.field(default=64, static=True)
+    interpret: bool | None = eqx.field(default=None, static=True)
+
+    def __check_init__(self):
+        for name in ("block_q", "block_k"):
+            b = int(getattr(self, name))
+            require(b >= 16 and b & (b - 1) == 0, f"{name} must be a power of two >= 16, got {b}")
+
+    def field(self, attn, p):
+        return _fused.field(self, attn, p)
 
 
 def _backend(backend, block, query_batch, row_block) -> AbstractBackend:
@@ -337,6 +357,7 @@ class Attention(eqx.Module):
             mass=kmass,
             free=free,
             beta=jnp.reshape(self.beta.astype(dt), (-1, 1, 1)),
+            n_prompt=0 if prompt is None else int(prompt.size),
         )
 
 
@@ -349,6 +370,7 @@ class _Prepared(eqx.Module):
     mass: Array  # (M,) key masses
     free: Array  # (M,) bool: prompt keys that bypass the mask
     beta: Array  # (hb, 1, 1)
+    n_prompt: int = eqx.field(static=True)  # prompt keys (the last n_prompt keys)
 
 
 def _scores(attn: Attention, q, k, qs, ks, free, beta, logm=None):
