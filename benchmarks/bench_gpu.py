@@ -61,10 +61,11 @@ def bytes_needed(backend, n, d, *, row_block=1024, block=2048, query_batch=8):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="4096,16384,65536,262144,1048576")
+    ap.add_argument("--no-dense", action="store_true", help="skip the dense XLA backend")
     ap.add_argument("--d", type=int, default=64)
     ap.add_argument("--precisions", default="tf32,bf16", help="score precisions (Attention.precision)")
     ap.add_argument("--chunked", default="2048:8", help="block:query_batch of the chunked backend")
-    ap.add_argument("--fused", default="64:64,128:64", help="block_q:block_k tiles of the fused backend")
+    ap.add_argument("--fused", default="64:64,128:64", help="block_q:block_k[:num_warps[:num_stages]] of the fused backend")
     ap.add_argument("--gemm", type=int, default=8192, help="size of the square GEMM that measures the matmul rate")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--box", type=float, default=20.0, help="skip a configuration predicted slower than this per call (s)")
@@ -99,13 +100,13 @@ def main():
     lines += [hdr, "-" * len(hdr)]
     print("\n".join(lines), flush=True)
 
-    backends = [("dense", Dense())]
-    for spec in args.chunked.split(","):
+    backends = [] if args.no_dense else [("dense", Dense())]
+    for spec in filter(None, args.chunked.split(",")):
         blk, qb = (int(v) for v in spec.split(":"))
         backends.append((f"chunked {blk}:{qb}", Chunked(blk, qb)))
     for spec in args.fused.split(","):
-        bq, bk = (int(v) for v in spec.split(":"))
-        backends.append((f"fused {bq}:{bk}", Fused(bq, bk)))
+        vals = [int(v) for v in spec.split(":")] + [None, None]
+        backends.append((f"fused {spec}", Fused(vals[0], vals[1], num_warps=vals[2], num_stages=vals[3])))
 
     rows, last = [], {}
     sizes = [int(s) for s in args.sizes.split(",")]

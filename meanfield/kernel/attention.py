@@ -99,11 +99,14 @@ class Fused(AbstractBackend):
     """A fused Pallas kernel (flash-style key tiles with the online normaliser, masks, masses,
     USA and ALiBi slopes in-kernel, forbidden tiles skipped): see :mod:`meanfield.kernel.fused`
     for what it supports. ``block_q``/``block_k``: tile sizes (powers of two); ``interpret``:
-    Pallas interpret mode (``None``: on unless the default backend is a GPU)."""
+    Pallas interpret mode (``None``: on unless the default backend is a GPU); ``num_warps``,
+    ``num_stages``: Triton launch settings on a GPU (``None``: Pallas' defaults)."""
 
     block_q: int = eqx.field(default=64, static=True)
     block_k: int = eqx.field(default=64, static=True)
     interpret: bool | None = eqx.field(default=None, static=True)
+    num_warps: int | None = eqx.field(default=None, static=True)
+    num_stages: int | None = eqx.field(default=None, static=True)
 
     def __check_init__(self):
         for name in ("block_q", "block_k"):
@@ -306,11 +309,17 @@ class Attention(eqx.Module):
         w, norm = _dense_weights(self, p, p.q, p.qs)
         return _divide(w, norm)
 
+    @property
+    def _proj_precision(self):
+        """Q, K, V projections and the output mixing: full precision under ``"highest"`` (on a GPU
+        XLA's float32 default is TF32), the backend's default otherwise."""
+        return jax.lax.Precision.HIGHEST if self.precision == "highest" else jax.lax.Precision.DEFAULT
+
     def _mix(self, out, dtype):
         if self.W is None:
             return jnp.mean(out, axis=0)
         out = jnp.broadcast_to(out, (self.heads,) + out.shape[1:])
-        return jnp.einsum("hed,hnd->ne", self.W.astype(dtype), out)
+        return jnp.einsum("hed,hnd->ne", self.W.astype(dtype), out, precision=self._proj_precision)
 
     def _prepare(self, x, aux, prompt, rows=None) -> _Prepared:
         n, d = x.shape
@@ -340,7 +349,7 @@ class Attention(eqx.Module):
         ks = Slots(jnp.arange(keys.shape[0]), kpos, zk)
 
         def proj(m, y):
-            return y[None] if m is None else jnp.einsum("hed,nd->hne", m.astype(dt), y)
+            return y[None] if m is None else jnp.einsum("hed,nd->hne", m.astype(dt), y, precision=self._proj_precision)
 
         xk, xv = keys, keys
         if self.pe is not None:

@@ -35,6 +35,7 @@ import math
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
 
 from .._arrays import pad_axis
 from .._errors import require
@@ -124,7 +125,8 @@ def _kernel(qpos_ref, kpos_ref, logm_ref, slope_ref, q_ref, k_ref, v_ref, o_ref,
     o_ref[0] = out.astype(o_ref.dtype)
 
 
-def fused_field(q, k, v, qpos, kpos, mass, *, causal, window, slopes, usa, precision, block_q, block_k, interpret):
+def fused_field(q, k, v, qpos, kpos, mass, *, causal, window, slopes, usa, precision, block_q, block_k, interpret,
+                num_warps=None, num_stages=None):
     """Per-head field (H, N, dv) of queries q (H, N, d) (beta folded in) over keys k (H, M, d) and
     values v (H, M, dv) with positions qpos (N,), kpos (M,), key masses (M,), per-head ALiBi slopes
     (H,), through the Pallas kernel (see module docstring)."""
@@ -158,6 +160,7 @@ def fused_field(q, k, v, qpos, kpos, mass, *, causal, window, slopes, usa, preci
         ],
         out_specs=pl.BlockSpec((1, bq, dvp), lambda hh, i: (hh, i, 0)),
         interpret=interpret,
+        compiler_params=None if interpret else plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
         name="meanfield_fused_attention",
     )(qpos, kpos, logm, slopes.astype(f32), q, k, v)
     return out[:, :n, :dv]
@@ -186,4 +189,5 @@ def field(spec, attn, p) -> Array:
     interpret = default_interpret() if spec.interpret is None else spec.interpret
     return fused_field(q, k, v, p.qs.pos, p.ks.pos, p.mass, causal=causal, window=window, slopes=slopes,
                        usa=attn.form == "USA", precision=attn.precision, block_q=int(spec.block_q),
-                       block_k=int(spec.block_k), interpret=interpret)
+                       block_k=int(spec.block_k), interpret=interpret, num_warps=spec.num_warps,
+                       num_stages=spec.num_stages)
