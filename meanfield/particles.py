@@ -164,9 +164,9 @@ def simulate(
         :class:`Trajectory` with ``ts`` (T,) and ``xs`` (T, N, d).
 
     Example:
-        >>> x0 = meanfield.sphere_uniform(jax.random.key(0), 32, 3)
-        >>> traj = meanfield.simulate(meanfield.Attention(beta=1.0), x0, jnp.linspace(0, 10, 11))
-        >>> meanfield.observables.diameter(traj.xs)   # (11,) diameter over time
+        x0 = meanfield.sphere_uniform(jax.random.key(0), 32, 3)
+        traj = meanfield.simulate(meanfield.Attention(beta=1.0), x0, jnp.linspace(0, 10, 11))
+        meanfield.observables.diameter(traj.xs)   # (11,) diameter over time
     """
     require(isinstance(attn, Attention), f"attn must be a meanfield.Attention, got {type(attn).__name__}")
     x0 = jnp.asarray(x0)
@@ -242,7 +242,7 @@ def layers(
         :class:`Trajectory` with ``ts = h * [0, 1, ..., H]`` and ``xs`` of shape (H+1, N, d).
 
     Example:
-        >>> out = meanfield.layers(meanfield.Attention(beta=4.0), x0, 12, h=0.5)
+        out = meanfield.layers(meanfield.Attention(beta=4.0), x0, 12, h=0.5)
     """
     require(isinstance(attn, Attention), f"attn must be a meanfield.Attention, got {type(attn).__name__}")
     require(isinstance(norm, AbstractLayerMap), f"norm must be a layer map (PostLN, PreLN, ...), got {norm!r}")

@@ -28,11 +28,11 @@ any device count with ``shard_leading``.
 
 Example (8 devices: 2 ensembles of runs x 4 token shards):
 
-    >>> mesh = mf.sharding.make_mesh("data=2,tokens=4")
-    >>> with jax.set_mesh(mesh):
-    ...     x0s = mf.sharding.shard_leading(x0s, mesh)                  # (B, N, d), B split over data
-    ...     run = jax.vmap(lambda x: mf.simulate(attn, x, ts).xs, spmd_axis_name="data")
-    ...     xs = jax.jit(run)(x0s)
+    mesh = mf.sharding.make_mesh("data=2,tokens=4")
+    with jax.set_mesh(mesh):
+        x0s = mf.sharding.shard_leading(x0s, mesh)                  # (B, N, d), B split over data
+        run = jax.vmap(lambda x: mf.simulate(attn, x, ts).xs, spmd_axis_name="data")
+        xs = jax.jit(run)(x0s)
 """
 
 from __future__ import annotations
@@ -220,9 +220,9 @@ class BatchPlacement:
     mesh (``jax.set_mesh``) so that the kernels inside split their tokens over ``"tokens"``.
 
     Example:
-        >>> place = BatchPlacement.make("auto", batch=16, n_tokens=512)
-        >>> with place.context():
-        ...     xs = place.get(jax.jit(place.vmap(run))(place.put(x0s, 16)), 16)
+        place = BatchPlacement.make("auto", batch=16, n_tokens=512)
+        with place.context():
+            xs = place.get(jax.jit(place.vmap(run))(place.put(x0s, 16)), 16)
     """
 
     def __init__(self, mesh: Mesh | None, n_tokens: int = 0):

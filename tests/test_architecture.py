@@ -153,3 +153,20 @@ def test_the_analyser_sees_what_it_checks():
     assert any(t == "meanfield.kernel" for t, _, _ in edges["meanfield"])
     assert any(tier(t) == "run" for m, e in edges.items() if tier(m) == "presets" for t, _, _ in e)
     assert cycles({"a": [("b", 1, False)], "b": [("a", 1, False)], "c": []}) == [["a", "b"]]
+
+
+def test_package_attributes_version_and_plain_examples():
+    """Subpackages are attributes of ``meanfield``; the Abstract* bases are exported; the version
+    comes from the installed metadata; docstring examples are plain code blocks (no untested
+    ``>>>`` doctests)."""
+    import importlib.metadata
+
+    import meanfield as mf
+
+    for name in ("pde", "sharding", "theory", "influence", "kernel", "geometry", "observables"):
+        assert getattr(mf, name).__name__ == f"meanfield.{name}"
+    for name in ("AbstractMask", "AbstractPE", "AbstractGeometry", "AbstractLayerMap"):
+        assert getattr(mf, name).__name__ == name
+    assert mf.__version__ == importlib.metadata.version("meanfield")
+    doctests = [str(p) for folder in PACKAGES.values() for p in folder.rglob("*.py") if ">>> " in p.read_text()]
+    assert doctests == []

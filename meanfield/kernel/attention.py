@@ -175,9 +175,9 @@ class Attention(eqx.Module):
             identical to the single-device field up to round-off). ``False`` never shards.
 
     Example:
-        >>> attn = Attention(beta=1.0, mask=Causal())
-        >>> v = attn(x)                         # x: (N, d) tokens -> (N, d) field
-        >>> v = attn(x, aux=TokenAux.default(N, pos=positions), prompt=Prompt(y))
+        attn = Attention(beta=1.0, mask=Causal())
+        v = attn(x)                         # x: (N, d) tokens -> (N, d) field
+        v = attn(x, aux=TokenAux.default(N, pos=positions), prompt=Prompt(y))
     """
 
     beta: Array

@@ -27,8 +27,8 @@ class TokenAux(eqx.Module):
             SA field v_i = sum_j m_j e^{a_ij} V x_j / sum_j m_j e^{a_ij}.
 
     Example:
-        >>> aux = TokenAux.default(4)
-        >>> aux.pos
+        aux = TokenAux.default(4)
+        aux.pos
         Array([0., 1., 2., 3.], dtype=float32)
     """
 
@@ -73,7 +73,7 @@ class Prompt(eqx.Module):
         z: optional feature vectors, shape (P, dz).
 
     Example:
-        >>> p = Prompt(jnp.eye(3)[:1])      # one fixed token at e_1, seen by everyone
+        p = Prompt(jnp.eye(3)[:1])      # one fixed token at e_1, seen by everyone
     """
 
     x: Array

@@ -52,9 +52,9 @@ class CircleMeanField(eqx.Module):
         form: "SA" or "USA".
 
     Example:
-        >>> pde = CircleMeanField(256, beta=2.0)
-        >>> rho0 = pde.uniform() * (1 + 0.01 * jnp.cos(pde.theta))
-        >>> sol = pde.solve(rho0, jnp.linspace(0, 5, 6))
+        pde = CircleMeanField(256, beta=2.0)
+        rho0 = pde.uniform() * (1 + 0.01 * jnp.cos(pde.theta))
+        sol = pde.solve(rho0, jnp.linspace(0, 5, 6))
     """
 
     m: int = eqx.field(static=True)

@@ -206,8 +206,8 @@ class KineticMeanField(eqx.Module):
             pi_p(z_k), shape (S, P) or (P,) (the same for every row).
 
     Example:
-        >>> pde = KineticMeanField(n_s=64, m=128, beta=2.0, coupling=CausalCoupling(lam=1.0))
-        >>> sol = pde.solve(pde.von_mises(kappa=1.0), jnp.linspace(0, 5, 11))
+        pde = KineticMeanField(n_s=64, m=128, beta=2.0, coupling=CausalCoupling(lam=1.0))
+        sol = pde.solve(pde.von_mises(kappa=1.0), jnp.linspace(0, 5, 11))
     """
 
     s: Array
