@@ -160,8 +160,9 @@ class Attention(eqx.Module):
             compose with ``&``, e.g. ``Causal() & ALiBi(0.5)``; ``ZBias(A)`` couples the
             auxiliary variables z (concatenated positional-encoding channel).
         pe: ``AdditivePE(scale, U)`` (y = x + scale U z) or ``RoPE(base, scale)``, or None.
-        backend: a strategy module, :class:`Dense` ``(row_block=None)`` (default) or
-            :class:`Chunked` ``(block=512, query_batch=1)``. Deprecated: the strings
+        backend: a strategy module, :class:`Dense` ``(row_block=None)`` (default),
+            :class:`Chunked` ``(block=512, query_batch=1)`` or :class:`Fused` ``(block_q=64,
+            block_k=64)`` (a Pallas kernel; see :mod:`meanfield.kernel.fused`). Deprecated: the strings
             ``"dense"``/``"chunked"`` with the keywords ``block``, ``query_batch``, ``row_block``.
         precision: matmul precision of the scores <Q x_i, K x_j>: ``"highest"`` (default: full
             precision of the input dtype), ``"tf32"`` (the backend's fast default: TF32 tensor

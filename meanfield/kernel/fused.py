@@ -66,7 +66,7 @@ def mask_params(mask, heads: int):
 
 
 def _pow2(n: int, lo: int = 16) -> int:
-    return max(lo, 1 << (int(n) - 1).bit_length())
+    return max(lo, pl.next_power_of_2(int(n)))
 
 
 def _kernel(qpos_ref, kpos_ref, logm_ref, slope_ref, q_ref, k_ref, v_ref, o_ref, *, nk, bk, causal, window, usa,
@@ -78,10 +78,8 @@ def _kernel(qpos_ref, kpos_ref, logm_ref, slope_ref, q_ref, k_ref, v_ref, o_ref,
     neg = jnp.finfo(jnp.float32).min
     q_lo, q_hi = jnp.min(qp), jnp.max(qp)
 
-    def update(carry, j):
+    def update(carry, sl, kp, lm):
         mx, l, acc = carry
-        sl = pl.ds(j * bk, bk)
-        kp, lm = kpos_ref[sl], logm_ref[sl]
         k, v = k_ref[0, sl, :], v_ref[0, sl, :]
         if precision is None:  # bf16 scores, float32 accumulation
             s = jax.lax.dot_general(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), (((1,), (1,)), ((), ())),
@@ -114,7 +112,7 @@ def _kernel(qpos_ref, kpos_ref, logm_ref, slope_ref, q_ref, k_ref, v_ref, o_ref,
         if window != math.inf:
             gap = jnp.maximum(jnp.maximum(jnp.min(kp) - q_hi, q_lo - jnp.max(kp)), 0.0)
             active = active & (gap < window)
-        return jax.lax.cond(active, lambda c: update(c, j), lambda c: c, carry)
+        return jax.lax.cond(active, lambda c: update(c, sl, kp, lm), lambda c: c, carry)
 
     init = (jnp.full((bq,), -jnp.inf, jnp.float32), jnp.zeros((bq,), jnp.float32), jnp.zeros((bq, dv), jnp.float32))
     mx, l, acc = jax.lax.fori_loop(0, nk, body, init)

@@ -55,7 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._errors import check_value, deprecated, require
+from .._errors import check_value, deprecated, is_concrete, require
 from .._types import Array
 from ..kernel.tokens import Prompt, TokenAux
 from ..sharding import pad_rows, token_shards
@@ -76,6 +76,10 @@ class KineticSolution(eqx.Module):
         """Circular moment int e^{i n theta} f dtheta per row, shape (T, S) complex."""
         h = 2 * np.pi / self.theta.shape[0]
         return h * jnp.einsum("tsm,m->ts", self.f.astype(complex), jnp.exp(1j * n * self.theta))
+
+
+def _float_array(v):
+    return jnp.asarray(v, dtype=float)
 
 
 class AbstractCoupling(eqx.Module):
@@ -101,14 +105,14 @@ class CausalCoupling(AbstractCoupling):
     discrete token per row that sees itself). Evaluated by a linear-recurrence scan in s (O(S M),
     no S x S matrix; split over the ``"tokens"`` mesh axis under a mesh context)."""
 
-    lam: Array = eqx.field(default=0.0, converter=lambda v: jnp.asarray(v, dtype=float))
-    self_weight: Array = eqx.field(default=0.5, converter=lambda v: jnp.asarray(v, dtype=float))
+    lam: Array = eqx.field(default=0.0, converter=_float_array)
+    self_weight: Array = eqx.field(default=0.5, converter=_float_array)
 
     def __check_init__(self):
         require(self.lam.ndim == 0, "lam must be a scalar")
 
     def check(self, s):
-        if not isinstance(s, jax.core.Tracer):
+        if is_concrete(s):
             require(bool(np.all(np.diff(np.asarray(s)) > 0)), "s must be strictly increasing for a causal coupling")
 
     def matrix(self, s, w):
@@ -130,7 +134,7 @@ class CausalCoupling(AbstractCoupling):
 class FullCoupling(AbstractCoupling):
     """Every row sees every row with two-sided decay: c_kj = w_j e^{-lam |s_k - s_j|}."""
 
-    lam: Array = eqx.field(default=0.0, converter=lambda v: jnp.asarray(v, dtype=float))
+    lam: Array = eqx.field(default=0.0, converter=_float_array)
 
     def __check_init__(self):
         require(self.lam.ndim == 0, "lam must be a scalar")
@@ -149,11 +153,11 @@ class MatrixCoupling(AbstractCoupling):
     """An explicit (S, S) matrix of non-negative weights c(z_k, z_j), z-marginal weights included
     (any b(z, z'): concatenated encodings <A z, z'>, windows, custom masks); O(S^2 M)."""
 
-    c: Array = eqx.field(converter=lambda v: jnp.asarray(v, dtype=float))
+    c: Array = eqx.field(converter=_float_array)
 
     def __check_init__(self):
         require(self.c.ndim == 2 and self.c.shape[0] == self.c.shape[1], f"coupling matrix must be square, got {self.c.shape}")
-        if not isinstance(self.c, jax.core.Tracer):
+        if is_concrete(self.c):
             require(bool(np.all(np.asarray(self.c) >= 0)), "coupling matrix weights must be non-negative")
 
     def check(self, s):
@@ -229,8 +233,7 @@ class KineticMeanField(eqx.Module):
         if s is None:
             require(n_s is not None and int(n_s) >= 1, f"n_s must be a positive number of rows, got {n_s}")
             s = (np.arange(int(n_s)) + 0.5) / int(n_s)
-        concrete = lambda v: not isinstance(v, jax.core.Tracer)  # noqa: E731
-        s = np.asarray(s, dtype=float) if concrete(s) else s
+        s = np.asarray(s, dtype=float) if is_concrete(s) else s
         require(s.ndim == 1 and s.shape[0] >= 1, f"s must be a 1-D array of auxiliary values, got shape {s.shape}")
         n_rows = s.shape[0]
         if coupling is None and lam is None and self_weight is None:
@@ -241,7 +244,7 @@ class KineticMeanField(eqx.Module):
         self.coupling.check(s)
         w = np.full((n_rows,), 1.0 / n_rows) if w is None else w
         require(jnp.shape(w) == (n_rows,), f"w must have shape ({n_rows},), got {jnp.shape(w)}")
-        if concrete(w):
+        if is_concrete(w):
             require(bool(np.all(np.asarray(w) > 0)), "w (z-marginal weights) must be positive")
         self.s, self.w = jnp.asarray(s, dtype=float), jnp.asarray(w, dtype=float) / jnp.sum(jnp.asarray(w, dtype=float))
         self.m = int(m)
