@@ -55,11 +55,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._errors import check_value, deprecated, is_concrete, require
+from .._errors import deprecated, is_concrete, require
 from .._types import Array
 from ..kernel.tokens import Prompt, TokenAux
 from ..sharding import pad_rows, token_shards
-from ._fv import cfl_solve, muscl_divergence, periodic_conv
+from ._fv import AbstractFiniteVolume, muscl_divergence, periodic_conv
 
 
 class KineticSolution(eqx.Module):
@@ -191,7 +191,7 @@ def _coupling(coupling, lam, self_weight) -> AbstractCoupling:
     return CausalCoupling(lam, 0.5 if self_weight is None else self_weight)
 
 
-class KineticMeanField(eqx.Module):
+class KineticMeanField(AbstractFiniteVolume):
     """Mean-field SA/USA dynamics of f(t, z, theta) (see module docstring).
 
     Args:
@@ -265,14 +265,6 @@ class KineticMeanField(eqx.Module):
     def n_s(self) -> int:
         return self.s.shape[0]
 
-    @property
-    def h(self) -> float:
-        return 2 * np.pi / self.m
-
-    @property
-    def theta(self) -> Array:
-        return (jnp.arange(self.m) + 0.5) * self.h
-
     def uniform(self) -> Array:
         return jnp.full((self.n_s, self.m), 1.0 / (2 * np.pi))
 
@@ -295,46 +287,38 @@ class KineticMeanField(eqx.Module):
     def face_velocity(self, f: Array) -> Array:
         """u at the theta faces (i + 1) h of every row, shape (S, M)."""
         dt = f.dtype
-        p = (jnp.arange(self.m, dtype=dt) + 0.5) * self.h
-        beta, a, b = (v.astype(dt) for v in (self.beta, self.a, self.b))
-        k = jnp.exp(beta * jnp.cos(p))
-        g = k * (-a * jnp.sin(p) + b * jnp.cos(p))
+        k_hat, g_hat = self.kernel_hats(dt)
         F = self.mix(f)
-        num = periodic_conv(jnp.fft.rfft(g), F, self.h, self.m)
-        den = periodic_conv(jnp.fft.rfft(k), F, self.h, self.m)
+        num = periodic_conv(g_hat, F, self.h, self.m)
+        den = periodic_conv(k_hat, F, self.h, self.m)
         if self.prompt_theta is not None:
             faces = (jnp.arange(self.m, dtype=dt) + 1.0) * self.h
-            q = faces[:, None] - self.prompt_theta.astype(dt)[None, :]  # (M, P)
-            kp = jnp.exp(beta * jnp.cos(q))
-            gp = kp * (-a * jnp.sin(q) + b * jnp.cos(q))  # <e_face, V x_p> K, as g on the grid
+            kp, gp = self.kernels(faces[:, None] - self.prompt_theta.astype(dt)[None, :])  # (M, P)
             pw = self.prompt_weight.astype(dt)
             num = num + pw @ gp.T
             den = den + pw @ kp.T
         return num if self.form == "USA" else num / den
+
+    def usa_gain(self) -> Array:
+        """Largest row sum of the coupling (prompt weights included): the USA rate multiplier."""
+        rows = self.mix(jnp.ones((self.n_s, 1)))[:, 0]
+        if self.prompt_weight is not None:
+            rows = rows + jnp.sum(self.prompt_weight, axis=1)
+        return jnp.max(rows)
 
     def rhs(self, t, f, args=None) -> Array:
         if token_shards() > 1 and f.shape[0] % token_shards() == 0:  # rows stay on their devices
             f = jax.lax.with_sharding_constraint(f, jax.sharding.PartitionSpec("tokens"))
         return muscl_divergence(f, self.face_velocity(f), self.h)
 
-    def max_speed(self, f) -> Array:
-        return jnp.max(jnp.abs(self.face_velocity(f)))
-
-    def solve(self, f0, ts, *, dt=None, cfl: float = 0.4, solver=None, max_steps: int = 1_000_000, adjoint=None) -> KineticSolution:
+    def solve(self, f0, ts, *, dt=None, cfl: float = 0.4, accuracy: float = 0.05, solver=None,
+              max_steps: int = 1_000_000, adjoint=None) -> KineticSolution:
         """Integrate from ts[0] to ts[-1], saving at ``ts`` (as :meth:`CircleMeanField.solve`:
-        ``dt=None`` re-picks dt = cfl h / max|u| at every save interval, SSP Heun; a fixed ``dt``
-        makes the solve smooth in its inputs, which :meth:`influence` needs; ``adjoint`` as in
-        diffrax, ``diffrax.ForwardMode()`` for jvp/jacfwd)."""
-        f0 = jnp.asarray(f0)
-        require(f0.shape == (self.n_s, self.m), f"f0 must have shape ({self.n_s}, {self.m}), got {f0.shape}")
-        ts = jnp.asarray(ts, f0.dtype)
-        require(ts.ndim == 1 and ts.shape[0] >= 2, f"ts must be a 1-D array of >= 2 times, got shape {ts.shape}")
-        f0 = check_value(f0, ~jnp.all(f0 >= 0), "f0 must be non-negative")
-        if dt is None:
-            require(0 < cfl <= 0.5, f"cfl must be in (0, 1/2], got {cfl}")
-        cfl_or_dt = jnp.asarray(cfl if dt is None else dt, f0.dtype)
-        solver = diffrax.Heun() if solver is None else solver
-        f = cfl_solve(self, f0, ts, cfl_or_dt, dt is None, solver, int(max_steps), adjoint)
+        ``dt=None`` re-picks dt = min(cfl h / max|u|, accuracy / r) at every save interval, SSP
+        Heun; a fixed ``dt`` makes the solve smooth in its inputs, which :meth:`influence` needs;
+        ``adjoint`` as in diffrax, ``diffrax.ForwardMode()`` for jvp/jacfwd)."""
+        ts, f = self._integrate(f0, ts, (self.n_s, self.m), "f0", dt=dt, cfl=cfl, accuracy=accuracy, solver=solver,
+                                max_steps=max_steps, adjoint=adjoint)
         return KineticSolution(ts=ts, f=f, s=self.s, w=self.w, theta=self.theta)
 
     def influence(self, ts, *, kappa=1.0, target: int = -1, dt=None) -> Array:
