@@ -28,6 +28,7 @@ import equinox as eqx
 import jax.numpy as jnp
 
 from ._errors import check_value
+from ._types import Array, Float
 
 
 def normalise(y, eps: float = 0.0):
@@ -39,11 +40,11 @@ class AbstractGeometry(eqx.Module):
     """Tangent projection and retraction of a state manifold (abstract: subclasses are final)."""
 
     @abc.abstractmethod
-    def project(self, x, v):
+    def project(self, x: Float[Array, "*batch d"], v: Float[Array, "*batch d"]) -> Float[Array, "*batch d"]:
         """The tangent part of ``v`` at ``x``."""
 
     @abc.abstractmethod
-    def retract(self, x):
+    def retract(self, x: Float[Array, "*batch d"]) -> Float[Array, "*batch d"]:
         """The nearest point of the manifold."""
 
     @abc.abstractmethod
@@ -61,10 +62,10 @@ class Sphere(AbstractGeometry):
 
     tol: float | None = None
 
-    def project(self, x, v):
+    def project(self, x: Float[Array, "*batch d"], v: Float[Array, "*batch d"]) -> Float[Array, "*batch d"]:
         return v - jnp.sum(x * v, axis=-1, keepdims=True) * x
 
-    def retract(self, x):
+    def retract(self, x: Float[Array, "*batch d"]) -> Float[Array, "*batch d"]:
         return normalise(x)
 
     def check(self, x, name: str = "x0"):
@@ -81,10 +82,10 @@ class Sphere(AbstractGeometry):
 class Euclidean(AbstractGeometry):
     """R^d: no projection."""
 
-    def project(self, x, v):
+    def project(self, x: Float[Array, "*batch d"], v: Float[Array, "*batch d"]) -> Float[Array, "*batch d"]:
         return v
 
-    def retract(self, x):
+    def retract(self, x: Float[Array, "*batch d"]) -> Float[Array, "*batch d"]:
         return x
 
     def check(self, x, name: str = "x0"):
@@ -98,7 +99,7 @@ class AbstractLayerMap(eqx.Module):
     """Where the state lives (used to validate the input)."""
 
     @abc.abstractmethod
-    def step(self, field, x, h):
+    def step(self, field, x: Float[Array, "n d"], h) -> Float[Array, "n d"]:
         """The state after one layer."""
 
 
@@ -107,7 +108,7 @@ class PostLN(AbstractLayerMap):
 
     geometry: ClassVar[AbstractGeometry] = Sphere()
 
-    def step(self, field, x, h):
+    def step(self, field, x: Float[Array, "n d"], h) -> Float[Array, "n d"]:
         return normalise(x + h * field(x))
 
 
@@ -117,7 +118,7 @@ class PreLN(AbstractLayerMap):
 
     geometry: ClassVar[AbstractGeometry] = Euclidean()
 
-    def step(self, field, x, h):
+    def step(self, field, x: Float[Array, "n d"], h) -> Float[Array, "n d"]:
         return x + h * field(normalise(x))
 
 
@@ -126,7 +127,7 @@ class PeriLN(AbstractLayerMap):
 
     geometry: ClassVar[AbstractGeometry] = Euclidean()
 
-    def step(self, field, x, h):
+    def step(self, field, x: Float[Array, "n d"], h) -> Float[Array, "n d"]:
         return x + h * normalise(field(normalise(x)))
 
 
@@ -135,7 +136,7 @@ class NGPT(AbstractLayerMap):
 
     geometry: ClassVar[AbstractGeometry] = Sphere()
 
-    def step(self, field, x, h):
+    def step(self, field, x: Float[Array, "n d"], h) -> Float[Array, "n d"]:
         return normalise(x + h * (normalise(field(x)) - x))
 
 
@@ -147,5 +148,5 @@ class Residual(AbstractLayerMap):
 
     geometry: ClassVar[AbstractGeometry] = Euclidean()
 
-    def step(self, field, x, h):
+    def step(self, field, x: Float[Array, "n d"], h) -> Float[Array, "n d"]:
         return x + h * (field(x) - x)

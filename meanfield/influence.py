@@ -30,11 +30,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._types import Array, ArrayLike, Bool, Float, Real, TokensLike
 from .geometry import PostLN
 from .particles import layers, simulate
 
 
-def bin_profile(profile, n_bins: int) -> np.ndarray:
+def bin_profile(profile: Real[ArrayLike, "*batch n"], n_bins: int) -> Real[np.ndarray, "*batch bins"]:
     """Sum the masses of a (..., n) profile over ``n_bins`` equal contiguous bins (n must be a
     multiple of n_bins)."""
     p = np.asarray(profile)
@@ -44,13 +45,13 @@ def bin_profile(profile, n_bins: int) -> np.ndarray:
     return p.reshape(p.shape[:-1] + (n_bins, n // n_bins)).sum(-1)
 
 
-def u_shape_gap(profile) -> np.ndarray:
+def u_shape_gap(profile: Real[ArrayLike, "*batch n"]) -> Real[np.ndarray | np.generic, "*batch"]:
     """p_0 - min_{0 < j < n-1} p_j: > 0 iff the profile first decreases from its start."""
     p = np.asarray(profile)
     return p[..., 0] - p[..., 1:-1].min(axis=-1)
 
 
-def is_u_shaped(profile) -> np.ndarray:
+def is_u_shaped(profile: Real[ArrayLike, "*batch n"]) -> Bool[np.ndarray | np.generic, "*batch"]:
     """True where the (..., n) profile decreases then increases: its minimum is strictly inside
     and strictly below both ends."""
     p = np.asarray(profile)
@@ -59,7 +60,7 @@ def is_u_shaped(profile) -> np.ndarray:
     return (k > 0) & (k < p.shape[-1] - 1) & (p[..., 0] > pmin) & (p[..., -1] > pmin)
 
 
-def u_shape_onset(ts, profiles) -> float:
+def u_shape_onset(ts: Real[ArrayLike, " time"], profiles: Real[ArrayLike, "time n"]) -> float:
     """First time the profiles (T, n) are U-shaped, linearly interpolated on ``u_shape_gap``
     between the saved time before and the first U-shaped one; ``nan`` if never."""
     ts = np.asarray(ts)
@@ -77,7 +78,7 @@ def u_shape_onset(ts, profiles) -> float:
 
 
 # ----------------------------------------------------------------------------- profiles
-def jacobian_profile(fn, x0, target: int = -1):
+def jacobian_profile(fn, x0: TokensLike, target: int = -1) -> Float[Array, "*lead n"]:
     """p_j = ||d fn(x0)[..., target, :] / d x0[j]||_F for a map fn: (N, d) -> (..., N, d'),
     shape (..., N): one profile per leading index of the output (e.g. one per saved depth).
 
@@ -95,7 +96,7 @@ def jacobian_profile(fn, x0, target: int = -1):
     return jnp.sqrt(sq).reshape(lead + x0.shape[:1])
 
 
-def layers_influence(attn, x0, n_layers: int | None = None, *, h=1.0, norm=None, aux=None, prompt=None,
+def layers_influence(attn, x0: TokensLike, n_layers: int | None = None, *, h=1.0, norm=None, aux=None, prompt=None,
                      target: int = -1, depths=None):
     """Jacobian profile of the output of ``meanfield.layers`` (H = ``n_layers`` discrete layers),
     shape (N,); with ``depths`` = (H_1, H_2, ...) instead, the profiles after each of those depths
@@ -111,14 +112,14 @@ def layers_influence(attn, x0, n_layers: int | None = None, *, h=1.0, norm=None,
                             x0, target)
 
 
-def flow_influence(attn, x0, t1, *, target: int = -1, **simulate_kwargs):
+def flow_influence(attn, x0: TokensLike, t1, *, target: int = -1, **simulate_kwargs):
     """Jacobian profile of the continuous dynamics x(t1) (``meanfield.simulate``, its keyword
     arguments passed through: geometry, aux, prompt, solver, dt, rtol, atol)."""
     ts = jnp.asarray([0.0, t1], dtype=jnp.asarray(x0).dtype)
     return jacobian_profile(lambda x: simulate(attn, x, ts, **simulate_kwargs).xs[-1], x0, target)
 
 
-def rollout(attn, xs, alpha, *, aux=None, target: int = -1, depths=None):
+def rollout(attn, xs: Float[ArrayLike, "depth n d"], alpha, *, aux=None, target: int = -1, depths=None):
     """Attention rollout: row ``target`` of prod_l ((1 - alpha) I + alpha A_l), A_l = the
     engine's attention matrix at layer input xs[l] (l = 0..H-1, heads averaged), applied from
     the last layer down: r <- (1 - alpha) r + alpha r A_l. ``xs``: (H, N, d) layer inputs, e.g.
@@ -141,7 +142,7 @@ def rollout(attn, xs, alpha, *, aux=None, target: int = -1, depths=None):
     return r[0] if depths is None else r
 
 
-def profile_stats(profile, *, edge: float = 0.1) -> dict:
+def profile_stats(profile: Real[ArrayLike, " n"], *, edge: float = 0.1) -> dict:
     """Shape numbers of a (n,) influence profile on the last token, normalised to unit mass on
     positions s_j = (j + 1)/n (density n q_j comparable to the continuum rho(s)):
 

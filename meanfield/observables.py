@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._errors import require
+from ._types import Array, ArrayLike, Clouds, Float, PerCloud, PRNGKeyArray, Real, Shaped
 
 
 def _per_cloud(fn):
@@ -54,7 +55,7 @@ def _cosines(x):
 
 
 @_per_cloud
-def energy(x, beta, mass=None):
+def energy(x: Clouds, beta: Real[ArrayLike, ""], mass: Float[ArrayLike, "*#batch n"] | None = None) -> PerCloud:
     """Interaction energy E_beta = (1/(2 beta)) sum_ij m_i m_j exp(beta <x_i, x_j>)."""
     n = x.shape[0]
     beta = jnp.asarray(beta, x.dtype)
@@ -63,13 +64,13 @@ def energy(x, beta, mass=None):
 
 
 @_per_cloud
-def diameter(x):
+def diameter(x: Clouds) -> PerCloud:
     """max_ij |x_i - x_j|."""
     return jnp.sqrt(jnp.max(_sq_dists(x)))
 
 
 @_per_cloud
-def min_cosine(x):
+def min_cosine(x: Clouds) -> PerCloud:
     """min over i != j of the cosine between x_i and x_j (1 at full collapse)."""
     c = _cosines(x)
     n = x.shape[0]
@@ -77,7 +78,7 @@ def min_cosine(x):
 
 
 @_per_cloud
-def mean_cosine(x):
+def mean_cosine(x: Clouds) -> PerCloud:
     """Mean over i != j of the cosine between x_i and x_j."""
     c = _cosines(x)
     n = x.shape[0]
@@ -87,7 +88,7 @@ def mean_cosine(x):
 
 
 @_per_cloud
-def n_clusters(x, tol=1e-2):
+def n_clusters(x: Clouds, tol=1e-2) -> Shaped[Array, "*batch"]:
     """Connected components of the graph with edges |x_i - x_j| < tol.
 
     Label propagation (each token takes the smallest label among its neighbours, with pointer
@@ -114,20 +115,20 @@ def n_clusters(x, tol=1e-2):
 
 
 @_per_cloud
-def rank_collapse(x):
+def rank_collapse(x: Clouds) -> PerCloud:
     """||X - 1 xbar^T||_F / ||X||_F (Dong et al.'s residual; 0 when all tokens coincide)."""
     return jnp.linalg.norm(x - x.mean(axis=0)) / jnp.linalg.norm(x)
 
 
 @_per_cloud
-def effective_rank(x):
+def effective_rank(x: Clouds) -> PerCloud:
     """exp(-sum p_k log p_k) with p_k = sigma_k / sum sigma (Roy & Vetterli 2007)."""
     s = jnp.linalg.svd(x, compute_uv=False)
     p = s / jnp.sum(s)
     return jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0)))
 
 
-def summary(x, beta, tol=1e-2) -> dict:
+def summary(x: Clouds, beta: Real[ArrayLike, ""], tol=1e-2) -> dict:
     """All observables of a cloud or trajectory, as a dict of arrays shaped x.shape[:-2]."""
     return {
         "energy": energy(x, beta),
@@ -146,7 +147,7 @@ def _weights(n, w, dtype):
 
 
 @_per_cloud
-def dirac_distance(x, mass=None):
+def dirac_distance(x: Clouds, mass: Float[ArrayLike, "*#batch n"] | None = None) -> PerCloud:
     """W2 distance from the cloud (weights ``mass``, default uniform) to the nearest Dirac mass
     on the unit sphere. For unit tokens, sum_i m_i |x_i - c|^2 = 2 - 2 <xbar, c> is minimised
     over |c| = 1 by c = xbar / |xbar|, so W2 = sqrt(2 - 2 |xbar|) (xbar = sum_i m_i x_i);
@@ -157,7 +158,8 @@ def dirac_distance(x, mass=None):
     return jnp.sqrt(jnp.maximum(val, 0.0))
 
 
-def wasserstein_1d(a, b, wa=None, wb=None, p: int = 2):
+def wasserstein_1d(a: Real[ArrayLike, " na"], b: Real[ArrayLike, " nb"], wa: Real[ArrayLike, " na"] | None = None,
+                   wb: Real[ArrayLike, " nb"] | None = None, p: int = 2) -> Float[Array, ""]:
     """Exact W_p between weighted samples on the line: (int_0^1 |F^-1(u) - G^-1(u)|^p du)^(1/p),
     integrated exactly over the merged breakpoints of the two quantile functions."""
     a, b = jnp.asarray(a), jnp.asarray(b)
@@ -173,7 +175,8 @@ def wasserstein_1d(a, b, wa=None, wb=None, p: int = 2):
     return jnp.sum(du * jnp.abs(qa - qb) ** p) ** (1.0 / p)
 
 
-def circle_w1(theta_a, theta_b, wa=None, wb=None):
+def circle_w1(theta_a: Real[ArrayLike, " na"], theta_b: Real[ArrayLike, " nb"], wa: Real[ArrayLike, " na"] | None = None,
+              wb: Real[ArrayLike, " nb"] | None = None) -> Float[Array, ""]:
     """Exact W1 on the circle (geodesic distance, angles in radians):
     W1 = min_c int_0^{2 pi} |F(t) - G(t) - c| dt, attained at a weighted median of F - G."""
     ta = jnp.mod(jnp.asarray(theta_a), 2 * jnp.pi)
@@ -192,7 +195,8 @@ def circle_w1(theta_a, theta_b, wa=None, wb=None):
     return jnp.sum(length * jnp.abs(diff - c))
 
 
-def sliced_wasserstein(x, y, key, n_proj: int = 256, wx=None, wy=None, p: int = 2):
+def sliced_wasserstein(x: Real[ArrayLike, "nx d"], y: Real[ArrayLike, "ny d"], key: PRNGKeyArray, n_proj: int = 256,
+                       wx: Real[ArrayLike, " nx"] | None = None, wy: Real[ArrayLike, " ny"] | None = None, p: int = 2) -> Float[Array, ""]:
     """Sliced W_p between weighted clouds x (n, d) and y (m, d): the W_p of the 1-D projections
     on ``n_proj`` random unit directions, averaged in the p-th power (Monte Carlo over directions,
     exact in each direction)."""
@@ -202,7 +206,8 @@ def sliced_wasserstein(x, y, key, n_proj: int = 256, wx=None, wy=None, p: int = 
     return jnp.mean(per) ** (1.0 / p)
 
 
-def mmd(x, y, sigma=0.5, wx=None, wy=None):
+def mmd(x: Real[ArrayLike, "nx d"], y: Real[ArrayLike, "ny d"], sigma=0.5, wx: Real[ArrayLike, " nx"] | None = None,
+        wy: Real[ArrayLike, " ny"] | None = None) -> Float[Array, ""]:
     """Maximum mean discrepancy with the Gaussian kernel exp(-|a-b|^2 / (2 sigma^2))
     (weighted V-statistic; >= 0, zero iff the two weighted clouds coincide as measures)."""
     wx, wy = _weights(x.shape[0], wx, x.dtype), _weights(y.shape[0], wy, y.dtype)
@@ -215,7 +220,7 @@ def mmd(x, y, sigma=0.5, wx=None, wy=None):
     return jnp.sqrt(jnp.maximum(val, 0.0))
 
 
-def plateaus(ts, values, *, min_decades: float = 0.5, rtol: float = 1e-3):
+def plateaus(ts: Real[ArrayLike, " time"], values: Real[ArrayLike, " time"], *, min_decades: float = 0.5, rtol: float = 1e-3):
     """Metastable plateaus of a series on a log-time axis (NumPy post-processing).
 
     A plateau is a maximal run of saves (at t > 0) over which ``values`` stays within a relative

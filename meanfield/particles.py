@@ -29,7 +29,7 @@ import numpy as np
 from diffrax import AbstractERK, ButcherTableau, ThirdOrderHermitePolynomialInterpolation
 
 from ._errors import check_value, require
-from ._types import Array
+from ._types import Array, Float, PRNGKeyArray, Times, TokensLike
 from .geometry import AbstractGeometry, AbstractLayerMap, PostLN, Sphere
 from .kernel import Attention, Prompt, TokenAux
 
@@ -87,25 +87,25 @@ class Trajectory(eqx.Module):
         stats: solver statistics (number of steps, accepted/rejected steps).
     """
 
-    ts: Array
-    xs: Array
+    ts: Float[Array, "*batch time"]
+    xs: Float[Array, "*batch time n d"]
     result: diffrax.RESULTS | None = None
     stats: dict = eqx.field(default_factory=dict)
 
     @property
-    def final(self) -> Array:
+    def final(self) -> Float[Array, "*batch n d"]:
         """The last saved state, shape (N, d)."""
         return self.xs[..., -1, :, :]
 
 
 def velocity(
     attn: Attention,
-    x,
+    x: TokensLike,
     *,
     geometry: AbstractGeometry = Sphere(),
     aux: TokenAux | None = None,
     prompt: Prompt | None = None,
-) -> Array:
+) -> Float[Array, "n d"]:
     """The right-hand side P_x v(x) of the continuous dynamics, shape (N, d)."""
     return geometry.project(x, attn(x, aux, prompt))
 
@@ -129,8 +129,8 @@ def _as_float(name, value, dtype):
 
 def simulate(
     attn: Attention,
-    x0,
-    ts,
+    x0: TokensLike,
+    ts: Times,
     *,
     geometry: AbstractGeometry = Sphere(),
     aux: TokenAux | None = None,
@@ -221,7 +221,7 @@ def _simulate(attn, x0, ts, geometry, aux, prompt, solver, dt, rtol, atol, max_s
 
 def layers(
     attn: Attention,
-    x0,
+    x0: TokensLike,
     n_layers: int,
     *,
     h=1.0,
@@ -273,7 +273,7 @@ def _layers(attn, x0, n_layers, h, norm, aux, prompt):
     return Trajectory(ts=ts, xs=xs, result=diffrax.RESULTS.successful, stats={})
 
 
-def sphere_uniform(key, n: int, d: int, dtype=None) -> Array:
+def sphere_uniform(key: PRNGKeyArray, n: int, d: int, dtype=None) -> Float[Array, "n d"]:
     """N i.i.d. uniform points on S^{d-1} (normalised Gaussians), shape (N, d).
 
     ``dtype`` defaults to JAX's default float (float64 when x64 is enabled).

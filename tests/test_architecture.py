@@ -15,6 +15,9 @@ door upward, ``meanfield.__getattr__("studies")`` (PEP 562), goes through import
 from __future__ import annotations
 
 import ast
+
+import jax.numpy as jnp
+import pytest
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,3 +173,17 @@ def test_package_attributes_version_and_plain_examples():
     assert mf.__version__ == importlib.metadata.version("meanfield")
     doctests = [str(p) for folder in PACKAGES.values() for p in folder.rglob("*.py") if ">>> " in p.read_text()]
     assert doctests == []
+
+
+def test_jaxtyping_hook_checks_public_signatures():
+    """The suite runs under jaxtyping's import hook (pyproject addopts), so annotated shapes are
+    enforced: a 1-D array where tokens (N, d) are annotated is a TypeCheckError here (a user
+    without the hook gets our own ValueError)."""
+    import jaxtyping
+
+    import meanfield as mf
+
+    with pytest.raises(jaxtyping.TypeCheckError):
+        mf.simulate(mf.Attention(1.0), jnp.ones(3), [0.0, 1.0])
+    with pytest.raises(jaxtyping.TypeCheckError):  # dims bind across arguments: na differs
+        mf.observables.wasserstein_1d(jnp.ones(3), jnp.ones(2), jnp.ones(4))

@@ -3,6 +3,7 @@
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jaxtyping
 import numpy as np
 import pytest
 
@@ -18,9 +19,17 @@ def x0(key):
 
 
 def no_trace(fn, match):
+    """``fn`` raises our one-line ValueError before tracing. These tests check the messages users
+    get, so jaxtyping's test-time hook (which would reject a wrong shape first, with its own
+    TypeCheckError) is off inside them."""
     before = eqx.debug.get_num_traces(_simulate) + eqx.debug.get_num_traces(_layers)
-    with pytest.raises(ValueError, match=match):
-        fn()
+    disabled = jaxtyping.config.jaxtyping_disable
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        with pytest.raises(ValueError, match=match):
+            fn()
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", disabled)
     assert eqx.debug.get_num_traces(_simulate) + eqx.debug.get_num_traces(_layers) == before
 
 

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 from .._arrays import pad_axis as _pad_to
 from .._errors import check_value, deprecated, is_concrete, require
 from ..sharding import token_shards
-from .._types import Array
+from .._types import Array, Float, TokensLike
 from .encodings import AbstractPE
 from . import fused as _fused
 from .masks import AbstractMask, Full, Slots
@@ -254,7 +254,7 @@ class Attention(eqx.Module):
                 return m.shape[-1]
         return None
 
-    def validate(self, x, aux: TokenAux | None = None, prompt: Prompt | None = None, name: str = "x") -> None:
+    def validate(self, x: TokensLike, aux: TokenAux | None = None, prompt: Prompt | None = None, name: str = "x") -> None:
         """Trace-time shape checks for an input cloud ``x`` of shape (N, d)."""
         require(jnp.ndim(x) == 2, f"{name} must have shape (N, d) (tokens x dimension), got {jnp.shape(x)}")
         n, d = x.shape
@@ -283,7 +283,7 @@ class Attention(eqx.Module):
         return check_value(x, jnp.isnan(self.beta) | (self.beta < 0), "beta must be finite and >= 0")
 
     # ------------------------------------------------------------- evaluation
-    def __call__(self, x, aux: TokenAux | None = None, prompt: Prompt | None = None) -> Array:
+    def __call__(self, x: TokensLike, aux: TokenAux | None = None, prompt: Prompt | None = None) -> Float[Array, "n d"]:
         """The velocity field v(x), shape (N, d) (not yet projected on any tangent space)."""
         self.validate(x, aux, prompt)
         if self.shard_tokens:
@@ -291,7 +291,8 @@ class Attention(eqx.Module):
                 return sharded_field(self, x, aux, prompt)
         return self.rows(x, 0, x.shape[0], aux, prompt)
 
-    def rows(self, x, start, size: int, aux: TokenAux | None = None, prompt: Prompt | None = None) -> Array:
+    def rows(self, x: TokensLike, start, size: int, aux: TokenAux | None = None,
+             prompt: Prompt | None = None) -> Float[Array, "size d"]:
         """The field of the query rows ``start .. start + size - 1`` only, shape (size, d): every
         token of ``x`` (and the prompt) is a key, only those rows are queries. ``start`` may be
         traced (the sharded path passes its device's offset); ``size`` is static."""
@@ -299,7 +300,7 @@ class Attention(eqx.Module):
         out = self.backend.field(self, p)
         return self._mix(out, x.dtype)
 
-    def weights(self, x, aux: TokenAux | None = None, prompt: Prompt | None = None) -> Array:
+    def weights(self, x: TokensLike, aux: TokenAux | None = None, prompt: Prompt | None = None) -> Float[Array, "h n nk"]:
         """Dense attention matrix, shape (h, N, N + P) with h = 1 or heads.
 
         SA: row-stochastic weights e^{a_ij} / sum_j e^{a_ij}; USA: e^{a_ij} (masses included).
@@ -526,7 +527,7 @@ def _chunked(attn: Attention, p: _Prepared, block: int, query_batch: int) -> Arr
     return out[:, :n]
 
 
-def precision_report(attn: Attention, x, aux: TokenAux | None = None, prompt: Prompt | None = None) -> dict:
+def precision_report(attn: Attention, x: TokensLike, aux: TokenAux | None = None, prompt: Prompt | None = None) -> dict:
     """Accuracy of the score-precision options on one cloud: for every option of
     ``Attention.precision`` the field in float32 against a float64 reference,
     {option: {"max_rel": max_i |v_i - v_i^64| / max_i |v_i^64|, "rms_rel": rms / rms}}.

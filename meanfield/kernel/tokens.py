@@ -12,7 +12,7 @@ import equinox as eqx
 import jax.numpy as jnp
 
 from .._errors import require
-from .._types import Array
+from .._types import Array, Float, Real, Shaped
 
 
 class TokenAux(eqx.Module):
@@ -32,9 +32,9 @@ class TokenAux(eqx.Module):
         Array([0., 1., 2., 3.], dtype=float32)
     """
 
-    pos: Array
-    mass: Array
-    z: Array | None = None
+    pos: Real[Array, "*batch n"]
+    mass: Float[Array, "*batch n"]
+    z: Shaped[Array, "*batch n dz"] | None = None
 
     @classmethod
     def default(cls, n: int, dtype=None, *, pos=None, mass=None, z=None) -> TokenAux:
@@ -76,10 +76,10 @@ class Prompt(eqx.Module):
         p = Prompt(jnp.eye(3)[:1])      # one fixed token at e_1, seen by everyone
     """
 
-    x: Array
-    mass: Array | None = None
-    pos: Array | None = None
-    z: Array | None = None
+    x: Shaped[Array, "*batch p d"]
+    mass: Float[Array, "*batch p"] | None = None
+    pos: Real[Array, "*batch p"] | None = None
+    z: Shaped[Array, "*batch p dz"] | None = None
 
     def __init__(self, x, mass=None, pos=None, z=None):
         self.x = jnp.asarray(x)

@@ -30,16 +30,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._errors import require
-from .._types import Array
+from .._types import Array, ArrayLike, Density, Float, PRNGKeyArray, Real, Times
 from ._fv import AbstractFiniteVolume, periodic_conv
 
 
 class DensitySolution(eqx.Module):
     """Saved densities: ``ts`` (T,), ``rho`` (T, M) cell averages, ``theta`` (M,) cell centres."""
 
-    ts: Array
-    rho: Array
-    theta: Array
+    ts: Float[Array, " time"]
+    rho: Float[Array, "time m"]
+    theta: Float[Array, " m"]
 
 
 class CircleMeanField(AbstractFiniteVolume):
@@ -81,7 +81,7 @@ class CircleMeanField(AbstractFiniteVolume):
             return num
         return num / periodic_conv(k_hat, rho, self.h, self.m)
 
-    def solve(self, rho0, ts, *, dt=None, cfl: float = 0.4, accuracy: float = 0.05, solver=None,
+    def solve(self, rho0: Real[ArrayLike, " m"], ts: Times, *, dt=None, cfl: float = 0.4, accuracy: float = 0.05, solver=None,
               max_steps: int = 1_000_000) -> DensitySolution:
         """Integrate from ts[0] to ts[-1], saving at ``ts``.
 
@@ -97,7 +97,8 @@ class CircleMeanField(AbstractFiniteVolume):
         return DensitySolution(ts=ts, rho=rho, theta=self.theta)
 
 
-def particles_to_density(theta, m: int, bandwidth: float = 0.1, weights=None) -> Array:
+def particles_to_density(theta: Real[ArrayLike, " n"], m: int, bandwidth=0.1,
+                         weights: Real[ArrayLike, " n"] | None = None) -> Density:
     """Cell averages on M cells of a von Mises kernel density estimate of angles ``theta``:
     rho(t) = sum_i w_i exp(kappa cos(t - theta_i)) / (2 pi I_0(kappa)), kappa = 1 / bandwidth^2."""
     theta = jnp.asarray(theta)
@@ -109,7 +110,7 @@ def particles_to_density(theta, m: int, bandwidth: float = 0.1, weights=None) ->
     return k @ w
 
 
-def density_to_particles(key, rho, n: int) -> Array:
+def density_to_particles(key: PRNGKeyArray, rho: Real[ArrayLike, " m"], n: int) -> Float[Array, " {n}"]:
     """N angles sampled from the piecewise-constant density ``rho`` (cell averages on M cells)."""
     m = rho.shape[0]
     h = 2 * np.pi / m
@@ -117,7 +118,7 @@ def density_to_particles(key, rho, n: int) -> Array:
     return (cells + jax.random.uniform(jax.random.fold_in(key, 1), (n,))) * h
 
 
-def density_w1(theta_particles, rho) -> Array:
+def density_w1(theta_particles: Real[ArrayLike, " n"], rho: Real[ArrayLike, " m"]) -> Float[Array, ""]:
     """Exact circle W1 between the empirical measure of the angles and the piecewise-constant
     density (CDFs on the merged breakpoints; the density's CDF is linear inside each cell)."""
     m = rho.shape[0]

@@ -56,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._errors import deprecated, is_concrete, require
-from .._types import Array
+from .._types import Array, ArrayLike, Float, KineticDensity, Real, Shaped, Times
 from ..kernel.tokens import Prompt, TokenAux
 from ..sharding import pad_rows, token_shards
 from ._fv import AbstractFiniteVolume, muscl_divergence, periodic_conv
@@ -66,13 +66,13 @@ class KineticSolution(eqx.Module):
     """Saved densities: ``ts`` (T,), ``f`` (T, S, M) cell averages, ``s`` (S,) auxiliary values
     (positions), ``w`` (S,) their weights, ``theta`` (M,) cell centres."""
 
-    ts: Array
-    f: Array
-    s: Array
-    w: Array
-    theta: Array
+    ts: Float[Array, " time"]
+    f: Float[Array, "time s m"]
+    s: Float[Array, " s"]
+    w: Float[Array, " s"]
+    theta: Float[Array, " m"]
 
-    def moment(self, n: int = 1) -> Array:
+    def moment(self, n: int = 1) -> Shaped[Array, "time s"]:
         """Circular moment int e^{i n theta} f dtheta per row, shape (T, S) complex."""
         h = 2 * np.pi / self.theta.shape[0]
         return h * jnp.einsum("tsm,m->ts", self.f.astype(complex), jnp.exp(1j * n * self.theta))
@@ -311,7 +311,7 @@ class KineticMeanField(AbstractFiniteVolume):
             f = jax.lax.with_sharding_constraint(f, jax.sharding.PartitionSpec("tokens"))
         return muscl_divergence(f, self.face_velocity(f), self.h)
 
-    def solve(self, f0, ts, *, dt=None, cfl: float = 0.4, accuracy: float = 0.05, solver=None,
+    def solve(self, f0: Real[ArrayLike, "s m"], ts: Times, *, dt=None, cfl: float = 0.4, accuracy: float = 0.05, solver=None,
               max_steps: int = 1_000_000, adjoint=None) -> KineticSolution:
         """Integrate from ts[0] to ts[-1], saving at ``ts`` (as :meth:`CircleMeanField.solve`:
         ``dt=None`` re-picks dt = min(cfl h / max|u|, accuracy / r) at every save interval, SSP
@@ -321,7 +321,7 @@ class KineticMeanField(AbstractFiniteVolume):
                                 max_steps=max_steps, adjoint=adjoint)
         return KineticSolution(ts=ts, f=f, s=self.s, w=self.w, theta=self.theta)
 
-    def influence(self, ts, *, kappa=1.0, target: int = -1, dt=None) -> Array:
+    def influence(self, ts: Times, *, kappa=1.0, target: int = -1, dt=None) -> Float[Array, "time s"]:
         r"""Linearised correlation profile c(t, s) of the row ``target`` (default: the last
         position) with every initial position, shape (T, S):
 
@@ -378,7 +378,7 @@ def _sharded_prefix(a, b, shards: int):
     return out[:n]
 
 
-def engine_face_velocity(attn, f: Array, s: Array, w: Array, *, z=None) -> Array:
+def engine_face_velocity(attn, f: KineticDensity, s: Float[Array, " s"], w: Float[Array, " s"], *, z=None) -> KineticDensity:
     r"""u(z_k, face_i) of the kinetic field computed by the particle engine's kernel.
 
     The M S grid cells become key tokens x = (cos theta_j, sin theta_j) with masses

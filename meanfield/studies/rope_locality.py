@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._errors import require
+from .._types import ArrayLike, Real
 from ..geometry import PostLN, normalise
 from ..kernel.encodings import rope_rotate
 from ..particles import layers
@@ -78,13 +79,13 @@ def wilson(successes, n, z: float = 1.959963984540054) -> Estimate:
     return Estimate(p, max(0.0, centre - half), min(1.0, centre + half), n)
 
 
-def frequencies(d: int, base: float, dtype=float):
+def frequencies(d: int, base: Real[ArrayLike, ""], dtype=float):
     """theta_c = base^{-2c/d}, c = 0..d/2-1 (the engine's RoPE)."""
     require(d % 2 == 0 and d > 0, f"d must be a positive even integer, got {d}")
     return jnp.asarray(base, dtype) ** (-jnp.arange(0, d, 2, dtype=dtype) / d)
 
 
-def rope_score(q, k, delta, base: float = 10000.0):
+def rope_score(q, k, delta, base: Real[ArrayLike, ""] = 10000.0):
     """s(q, k, Delta) = <R(Delta) q, R(0) k> through the engine's rotation (q at position Delta,
     k at 0); q, k: (..., d), delta: (...) broadcast against them."""
     q, k = jnp.asarray(q), jnp.asarray(k)
@@ -97,7 +98,7 @@ def rope_score(q, k, delta, base: float = 10000.0):
     return jnp.sum(rq * kb, axis=-1).reshape(shape)
 
 
-def rope_score_complex(q, k, delta, base: float = 10000.0):
+def rope_score_complex(q, k, delta, base: Real[ArrayLike, ""] = 10000.0):
     """The same score from the complex formula sum_c Re(q_c conj(k_c) e^{i Delta theta_c})
     (independent of ``rope_rotate``; used to check it)."""
     q, k = jnp.asarray(q), jnp.asarray(k)
@@ -145,7 +146,7 @@ def _check(length, n_samples, base):
     require(float(base) > 1, f"base must be > 1, got {base}")
 
 
-def locality_probability(key, length: int, dist: QKDistribution, base: float = 10000.0, n_samples: int = 100_000,
+def locality_probability(key, length: int, dist: QKDistribution, base: Real[ArrayLike, ""] = 10000.0, n_samples: int = 100_000,
                          *, batch: int = 65_536, dtype=jnp.float32) -> Estimate:
     """P(s(q, k, Delta_1) > s(q, k, Delta_2)) for Delta_1 < Delta_2 uniform in [0, L) (see module
     docstring), from ``n_samples`` (rounded up to whole batches) independent draws; compiled once
@@ -154,7 +155,7 @@ def locality_probability(key, length: int, dist: QKDistribution, base: float = 1
     return _run(_locality_count, key, length, base, dist, n_samples, batch, dtype)
 
 
-def consistency_flip_probability(key, length: int, dist: QKDistribution, base: float = 10000.0,
+def consistency_flip_probability(key, length: int, dist: QKDistribution, base: Real[ArrayLike, ""] = 10000.0,
                                  n_samples: int = 100_000, *, batch: int = 65_536, dtype=jnp.float32) -> Estimate:
     """P(the ordering of s(q, k1, .) and s(q, k2, .) flips between two distances Delta, Delta'
     uniform in [0, L)) (see module docstring)."""
@@ -190,7 +191,7 @@ def _run(count, key, length, base, dist, n_samples, batch, dtype):
 
 
 # ------------------------------------------------------------------- score-preserving moves
-def score_preserving_moves(q, k, delta: int, length: int, base: float = 10000.0, *, tol: float = 1e-3,
+def score_preserving_moves(q, k, delta: int, length: int, base: Real[ArrayLike, ""] = 10000.0, *, tol: float = 1e-3,
                            min_shift: int = 1):
     """Distances Delta' in [0, L) with |Delta' - Delta| >= ``min_shift`` whose score equals
     s(q, k, Delta) to ``tol`` (absolute): moving the key there leaves the score unchanged.
@@ -204,7 +205,7 @@ def score_preserving_moves(q, k, delta: int, length: int, base: float = 10000.0,
     return idx, np.asarray(s)[idx]
 
 
-def token_swaps(q, k, delta: int, pool, length: int, base: float = 10000.0, *, tol: float = 1e-3):
+def token_swaps(q, k, delta: int, pool, length: int, base: Real[ArrayLike, ""] = 10000.0, *, tol: float = 1e-3):
     """Pairs (m, Delta') such that the key pool[m] (another token) at distance Delta' scores
     s(q, k, Delta) to ``tol``: replacing the key by that token and moving it leaves the score
     unchanged. Returns (pool indices (r,), distances (r,))."""
@@ -217,7 +218,7 @@ def token_swaps(q, k, delta: int, pool, length: int, base: float = 10000.0, *, t
     return m, dpos
 
 
-def unchanged_fraction(key, length: int, dist: QKDistribution, base: float = 10000.0, *, tol: float = 1e-2,
+def unchanged_fraction(key, length: int, dist: QKDistribution, base: Real[ArrayLike, ""] = 10000.0, *, tol: float = 1e-2,
                        min_shift: int | None = None, n_samples: int = 512, dtype=jnp.float32) -> Estimate:
     """Fraction of random (q, k, Delta) for which some distance at least ``min_shift`` (default
     L / 4) away gives the same score to ``tol`` x the score scale (the std of s over
