@@ -32,6 +32,7 @@ from .kernel import AdditivePE as AdditivePE
 from .kernel import ALiBi as ALiBi
 from .kernel import Attention as Attention
 from .kernel import Causal as Causal
+from .kernel import PositionNormalized as PositionNormalized
 from .kernel import CustomBias as CustomBias
 from .kernel import Full as Full
 from .kernel import Prompt as Prompt

@@ -36,7 +36,7 @@ def check_value(x, bad, message: str):
     return eqx.error_if(x, jnp.any(bad), message)
 
 
-def require(condition: bool, message: str) -> None:
+def require(condition: bool | np.bool_, message: str) -> None:
     """Shape/structure check evaluated at trace time."""
     if not condition:
         raise ValueError(message)

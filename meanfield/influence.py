@@ -30,7 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._types import Array, ArrayLike, Bool, Float, Real, TokensLike
+from ._types import Array, ArrayLike, Bool, Float, PRNGKeyArray, Real, TokensLike
+from ._errors import require
 from .geometry import PostLN
 from .particles import layers, simulate
 
@@ -61,8 +62,9 @@ def is_u_shaped(profile: Real[ArrayLike, "*batch n"]) -> Bool[np.ndarray | np.ge
 
 
 def u_shape_onset(ts: Real[ArrayLike, " time"], profiles: Real[ArrayLike, "time n"]) -> float:
-    """First time the profiles (T, n) are U-shaped, linearly interpolated on ``u_shape_gap``
-    between the saved time before and the first U-shaped one; ``nan`` if never."""
+    """First time the profiles (T, n) are U-shaped (the START of the U), linearly interpolated on
+    ``u_shape_gap`` between the saved time before and the first U-shaped one; ``nan`` if never.
+    See :func:`u_shape_end` for the other event and how both scale."""
     ts = np.asarray(ts)
     u = is_u_shaped(profiles)
     if not u.any():
@@ -75,6 +77,89 @@ def u_shape_onset(ts: Real[ArrayLike, " time"], profiles: Real[ArrayLike, "time 
     if g0 > 0 or g1 <= g0:
         return float(ts[i])
     return float(ts[i - 1] + (ts[i] - ts[i - 1]) * (-g0) / (g1 - g0))
+
+
+def right_end_slope(profile: Real[ArrayLike, "*batch n"], k: int = 1) -> Real[np.ndarray | np.generic, "*batch"]:
+    """p_{n-1} - p_{n-1-k}: the slope sign at the right end of a profile (pass the off-diagonal
+    profile, i.e. without the target's own entry, when the target is the last position)."""
+    p = np.asarray(profile)
+    require(1 <= k < p.shape[-1], f"k must be in [1, {p.shape[-1] - 1}], got {k}")
+    return p[..., -1] - p[..., -1 - k]
+
+
+def u_shape_end(ts: Real[ArrayLike, " time"], profiles: Real[ArrayLike, "time n"], k: int = 1) -> float:
+    r"""First time the right-end slope of the profiles (T, n) (:func:`right_end_slope`) turns from
+    positive to non-positive, linearly interpolated between the two saved times; ``nan`` if it
+    never does. This is the END of the U-shaped regime: the kinetic paper's t_crit
+    (:func:`meanfield.theory.kinetic_tcrit`).
+
+    Two events, two scalings. The START of the U (:func:`u_shape_onset`) is when the interior
+    first dips below both ends; the END is when the recency rise at the right end flattens
+    (primacy, the left end, persists for every t > 0). About the uniform state the profile is
+    sum_n omega_n [exp(t lambda_n C~) - I], so with one dominant mode both events sit at fixed
+    values of lambda t: each time scales as 1 / lambda_n. In this project's SA convention
+    (V = I) lambda_n = n^2 I_n(beta) / (beta I_0(beta)), which falls like n^2 / beta at large beta,
+    so both times rise with beta; in the paper's convention (USA content, V = beta I, normalised
+    positions) lambda_n = a_n = n^2 I_n(beta), which grows like e^beta, so t_crit falls with beta
+    (about 200x from beta = 0.25 to 4 at lam = 1, M = 8)."""
+    ts = np.asarray(ts, dtype=float)
+    slope = right_end_slope(profiles, k)
+    for i in range(len(ts) - 1):
+        if slope[i] > 0 and slope[i + 1] <= 0:
+            return float(ts[i] + (ts[i + 1] - ts[i]) * slope[i] / (slope[i] - slope[i + 1]))
+    return float("nan")
+
+
+def circle_retrieval_profile(attn, key: PRNGKeyArray, ts: Real[ArrayLike, " time"], n_tokens: int, *, n_runs: int = 256,
+                             M: float = 8.0, n_max: int = 20, target: int = -1, aux=None, batch: int = 64,
+                             diagonal: bool = False, **simulate_kwargs) -> Float[Array, "time n"]:
+    r"""Retrieval profile of the token ``target`` on the circle S^1 (d = 2) from particle runs with
+    i.i.d. uniform initial angles, as a density over source positions (comparable to
+    :func:`meanfield.theory.kinetic_profile` with s_k = (k + 1/2)/N):
+
+        S^N_t(s_k) = N sum_{n=1}^{n_max} omega_{n,M} Re E[e^{i n theta_T(t)} e^{-i n theta_k(0)}],
+
+    the omega-weighted mode correlations of the target's state at time t with token k's initial
+    angle (O(1/N) each; about the uniform state they are the entries of exp(t lambda_n C~)).
+    Estimated without the ~10^5 runs a direct average needs: integrating by parts over the uniform
+    theta_k(0), E[F e^{-i n theta_k(0)}] = E[dF/dtheta_k(0) e^{-i n theta_k(0)}] / (i n) with
+    F = e^{i n theta_T(t)}, so
+
+        E[e^{i n theta_T(t)} e^{-i n theta_k(0)}] = E[e^{i n (theta_T(t) - theta_k(0))} d theta_T(t) / d theta_k(0)],
+
+    and d theta_T(t) / d theta_k(0) for every k is one reverse-mode pass per run and save time.
+    ``diagonal=False`` removes the identity term of the target itself (N sum_n omega_n), as the
+    paper's S_t does. Returns (T, N), the mean over ``n_runs`` runs (``batch`` at a time);
+    ``simulate_kwargs`` go to :func:`meanfield.simulate` (``rtol``, ``atol``, ``solver``...)."""
+    require(int(n_tokens) >= 2, f"n_tokens must be >= 2, got {n_tokens}")
+    require(int(n_runs) >= 1, f"n_runs must be >= 1, got {n_runs}")
+    require(attn.dim in (None, 2), f"the circle retrieval profile needs d = 2 tokens, the attention has d = {attn.dim}")
+    weights = np.exp(-np.pi**2 * np.arange(1, int(n_max) + 1) ** 2 / (2.0 * float(M) ** 2))
+    require(float(M) > 0, f"M (the omega bandwidth) must be > 0, got {M}")
+    n = int(n_tokens)
+    ts = jnp.asarray(ts, dtype=float)
+    require(ts.ndim == 1 and ts.shape[0] >= 1, f"ts must be a 1-D array of save times, got shape {ts.shape}")
+    save = jnp.concatenate([jnp.zeros((1,), ts.dtype), ts])
+    modes = jnp.arange(1, int(n_max) + 1, dtype=ts.dtype)
+
+    def target_angles(theta0):
+        x0 = jnp.stack([jnp.cos(theta0), jnp.sin(theta0)], -1)
+        xs = simulate(attn, x0, save, aux=aux, **simulate_kwargs).xs[1:]
+        return jnp.arctan2(xs[:, target, 1], xs[:, target, 0])  # (T,)
+
+    def one_run(k):
+        theta0 = jax.random.uniform(k, (n,), ts.dtype, 0.0, 2 * np.pi)
+        out, jac = target_angles(theta0), jax.jacrev(target_angles)(theta0)  # (T,), (T, N)
+        phase = out[:, None, None] - theta0[None, None, :]  # (T, 1, N)
+        corr = jnp.cos(modes[None, :, None] * phase) * jac[:, None, :]  # Re e^{i n (.)} d theta_T/d theta_k
+        return jnp.einsum("m,tmk->tk", jnp.asarray(weights, ts.dtype), corr)
+
+    keys = jax.random.split(key, int(n_runs))
+    prof = jax.lax.map(jax.jit(one_run), keys, batch_size=min(int(batch), int(n_runs)))
+    prof = n * jnp.mean(prof, axis=0)
+    if not diagonal:
+        prof = prof.at[:, target].add(-n * float(np.sum(weights)))
+    return prof
 
 
 # ----------------------------------------------------------------------------- profiles

@@ -107,6 +107,7 @@ def velocity(
     prompt: Prompt | None = None,
 ) -> Float[Array, "n d"]:
     """The right-hand side P_x v(x) of the continuous dynamics, shape (N, d)."""
+    x = jnp.asarray(x)
     return geometry.project(x, attn(x, aux, prompt))
 
 

@@ -17,6 +17,7 @@ from .encodings import sinusoidal as sinusoidal
 from .masks import AbstractMask as AbstractMask
 from .masks import ALiBi as ALiBi
 from .masks import Causal as Causal
+from .masks import PositionNormalized as PositionNormalized
 from .masks import Compose as Compose
 from .masks import CustomBias as CustomBias
 from .masks import Full as Full

@@ -45,7 +45,7 @@ from ..sharding import token_shards
 from .._types import Array, Float, TokensLike
 from .encodings import AbstractPE
 from . import fused as _fused
-from .masks import AbstractMask, Full, Slots
+from .masks import AbstractMask, Full, Slots, position_normalized
 from .sharded import sharded_field
 from .tokens import Prompt, TokenAux
 
@@ -324,6 +324,7 @@ class Attention(eqx.Module):
         return jnp.einsum("hed,hnd->ne", self.W.astype(dtype), out, precision=self._proj_precision)
 
     def _prepare(self, x, aux, prompt, rows=None) -> _Prepared:
+        x = jnp.asarray(x)
         n, d = x.shape
         dt = x.dtype
         aux = TokenAux.default(n, dt) if aux is None else aux
@@ -399,10 +400,25 @@ def _scores(attn: Attention, q, k, qs, ks, free, beta, logm=None):
     return s if logm is None else s + logm
 
 
+def _position_logw(attn: Attention, qs, p: _Prepared, ks=None, free=None, logm=None):
+    """log(m_j e^{b_ij}): the positional log-weights that :class:`PositionNormalized` normalises
+    per row (prompt keys that bypass the mask count with b = 0), shape (h, nq, nk)."""
+    ks = p.ks if ks is None else ks
+    free = p.free if free is None else free
+    logm = jnp.log(p.mass) if logm is None else logm
+    bias = attn.mask.bias(qs, ks, attn.heads)
+    return jnp.where(free[None, None, :], 0.0, bias) + logm
+
+
 def _dense_weights(attn: Attention, p: _Prepared, q, qs):
-    """Weights m_j e^{a_ij} (shifted by the row max for SA) and the row normaliser (None for USA)."""
+    """Weights m_j e^{a_ij} (shifted by the row max for SA) and the row normaliser (None for USA;
+    the positional normaliser for USA under :class:`PositionNormalized`)."""
     s = _scores(attn, q, p.k, qs, p.ks, p.free, p.beta, jnp.log(p.mass))
     if attn.form == "USA":
+        if position_normalized(attn.mask):
+            b = _position_logw(attn, qs, p)
+            bmax = _finite(jnp.max(b, axis=-1, keepdims=True))
+            return jnp.exp(s - bmax), jnp.sum(jnp.exp(b - bmax), axis=-1, keepdims=True)
         return jnp.exp(s), None
     smax = jnp.max(s, axis=-1, keepdims=True)
     smax = jnp.where(jnp.isfinite(smax), smax, 0.0)
@@ -422,6 +438,12 @@ def _dense(attn: Attention, p: _Prepared, row_block: int | None) -> Array:
 
     def rows(q, qs):
         s = _scores(attn, q, p.k, qs, p.ks, p.free, p.beta)
+        if attn.form == "USA" and position_normalized(attn.mask):
+            # sum_j m_j e^{s_ij} v_j / sum_j m_j e^{b_ij}, both shifted by max_j (b_ij + log m_j)
+            b = _position_logw(attn, qs, p)
+            bmax = _finite(jnp.max(b, axis=-1, keepdims=True))
+            num = (jnp.exp(s - bmax) * p.mass) @ p.v
+            return num / (jnp.sum(jnp.exp(b - bmax), axis=-1, keepdims=True) + jnp.finfo(s.dtype).tiny)
         if attn.form == "USA":
             return (jnp.exp(s) * p.mass) @ p.v
         smax = jnp.max(s, axis=-1, keepdims=True)
@@ -485,6 +507,7 @@ def _chunked(attn: Attention, p: _Prepared, block: int, query_batch: int) -> Arr
     k_lo, k_hi = kslots.pos.min(axis=1), kslots.pos.max(axis=1)
     k_live = jnp.any(jnp.isfinite(logm), axis=1)
     k_free = jnp.any(free, axis=1)
+    pn = attn.form == "USA" and position_normalized(attn.mask)
 
     def one_query_block(qb):
         qi, qs = qb
@@ -492,7 +515,7 @@ def _chunked(attn: Attention, p: _Prepared, block: int, query_batch: int) -> Arr
 
         @jax.checkpoint
         def update(carry, kb):
-            mx, l, acc = carry
+            mx, l, acc, pmx, pl = carry
             kj, vj, ks, lm, fr = kb
             s = _scores(attn, qi, kj, qs, ks, fr, p.beta, lm)
             s = jnp.broadcast_to(s, (h, bq, bk))
@@ -502,7 +525,13 @@ def _chunked(attn: Attention, p: _Prepared, block: int, query_batch: int) -> Arr
             scale = jnp.exp(mx - m_safe)
             l = l * scale + w.sum(axis=-1)
             acc = acc * scale[..., None] + w @ vj
-            return m_new, l, acc
+            if pn:  # online positional normaliser sum_j m_j e^{b_ij}, scaled by its running max
+                b = jnp.broadcast_to(_position_logw(attn, qs, p, ks, fr, lm), (h, bq, bk))
+                pm_new = jnp.maximum(pmx, b.max(axis=-1))
+                pm_safe = _finite(pm_new)
+                pl = pl * jnp.exp(pmx - pm_safe) + jnp.exp(b - pm_safe[..., None]).sum(axis=-1)
+                pmx = pm_new
+            return m_new, l, acc, pmx, pl
 
         def body(carry, kb):
             tile, (live, has_free, lo, hi) = kb
@@ -513,9 +542,14 @@ def _chunked(attn: Attention, p: _Prepared, block: int, query_batch: int) -> Arr
             jnp.full((h, bq), -jnp.inf, dt),
             jnp.zeros((h, bq), dt),
             jnp.zeros((h, bq, d_out), dt),
+            jnp.full((h, bq), -jnp.inf, dt),
+            jnp.zeros((h, bq), dt),
         )
         tiles = ((k, v, kslots, logm, free), (k_live, k_free, k_lo, k_hi))
-        (mx, l, acc), _ = jax.lax.scan(body, init, tiles)
+        (mx, l, acc, pmx, pl), _ = jax.lax.scan(body, init, tiles)
+        if pn:  # acc e^{mx} / (pl e^{pmx}); zero where the row sees no key
+            shift = jnp.where(jnp.isfinite(mx) & jnp.isfinite(pmx), mx - pmx, 0.0)
+            return acc * (jnp.exp(shift) / jnp.where(pl > 0, pl, 1.0))[..., None]
         if attn.form == "USA":
             m_safe = jnp.where(jnp.isfinite(mx), mx, 0.0)
             return acc * jnp.exp(m_safe)[..., None]

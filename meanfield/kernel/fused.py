@@ -13,8 +13,9 @@ so no (N x N) score matrix is ever written to memory. Tiles that the mask forbid
 key after every query under a causal mask, keys beyond the window) are skipped (``lax.cond`` on
 the tile's position range), as are tiles of padding keys (mass 0).
 
-Supported: masks ``Full``, ``Causal``, ``Window``, ``ALiBi`` (scalar or per-head slopes) and
-their compositions with ``&``; SA and USA; token masses; heads (Q, K, V projections and the
+Supported: masks ``Full``, ``Causal`` (also ``strict``), ``Window``, ``ALiBi`` (scalar or per-head
+slopes), their compositions with ``&`` and ``PositionNormalized`` of those (under USA a second
+online normaliser, of the positional weights, runs beside the first); SA and USA; token masses; heads (Q, K, V projections and the
 output mixing W are applied around the kernel, in XLA); any d (d is padded with zeros to a
 power of two >= 16, which changes no inner product). float32 only; the score matmul precision is
 ``Attention(precision=...)``: ``"highest"`` (full float32), ``"tf32"`` (the backend default) or
@@ -40,20 +41,23 @@ from jax.experimental.pallas import triton as plgpu
 from .._arrays import pad_axis
 from .._errors import require
 from .._types import Array
-from .masks import ALiBi, Causal, Compose, Full, Window
+from .masks import ALiBi, Causal, Compose, Full, PositionNormalized, Window
 
 _PREC = {"highest": jax.lax.Precision.HIGHEST, "tf32": jax.lax.Precision.DEFAULT, "bf16": None}
 
 
 def mask_params(mask, heads: int):
-    """(causal, window, slopes (heads,)) of a mask the fused kernel supports; ValueError otherwise."""
+    """(causal, window, slopes (heads,), normalized) of a mask the fused kernel supports, with
+    causal in {0: none, 1: pos_j <= pos_i, 2: strict}; ValueError otherwise."""
+    normalized = isinstance(mask, PositionNormalized)
+    mask = mask.mask if normalized else mask
     parts = mask.masks if isinstance(mask, Compose) else (mask,)
-    causal, window, slopes = False, math.inf, jnp.zeros((heads,))
+    causal, window, slopes = 0, math.inf, jnp.zeros((heads,))
     for m in parts:
         if isinstance(m, Full):
             continue
         if isinstance(m, Causal):
-            causal = True
+            causal = max(causal, 2 if m.strict else 1)
         elif isinstance(m, Window):
             window = min(window, float(m.width))
         elif isinstance(m, ALiBi):
@@ -61,8 +65,8 @@ def mask_params(mask, heads: int):
         else:
             raise ValueError(
                 f"the Fused backend does not support the mask {type(m).__name__}; use backend=Chunked() "
-                "(supported: Full, Causal, Window, ALiBi and their & compositions)")
-    return causal, window, slopes
+                "(supported: Full, Causal, Window, ALiBi, their & compositions and PositionNormalized of those)")
+    return causal, window, slopes, normalized
 
 
 def _pow2(n: int, lo: int = 16) -> int:
@@ -70,7 +74,7 @@ def _pow2(n: int, lo: int = 16) -> int:
 
 
 def _kernel(qpos_ref, kpos_ref, logm_ref, slope_ref, q_ref, k_ref, v_ref, o_ref, *, nk, bk, causal, window, usa,
-            precision):
+            precision, normalized=False):
     q = q_ref[0]  # (bq, D)
     qp = qpos_ref[...]  # (bq,)
     slope = slope_ref[0]
@@ -79,7 +83,7 @@ def _kernel(qpos_ref, kpos_ref, logm_ref, slope_ref, q_ref, k_ref, v_ref, o_ref,
     q_lo, q_hi = jnp.min(qp), jnp.max(qp)
 
     def update(carry, sl, kp, lm):
-        mx, l, acc = carry
+        mx, l, acc, pmx, pl_ = carry
         k, v = k_ref[0, sl, :], v_ref[0, sl, :]
         if precision is None:  # bf16 scores, float32 accumulation
             s = jax.lax.dot_general(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), (((1,), (1,)), ((), ())),
@@ -88,11 +92,17 @@ def _kernel(qpos_ref, kpos_ref, logm_ref, slope_ref, q_ref, k_ref, v_ref, o_ref,
             s = jax.lax.dot_general(q, k, (((1,), (1,)), ((), ())), precision=precision,
                                     preferred_element_type=jnp.float32)
         dist = jnp.abs(qp[:, None] - kp[None, :])
-        s = s + lm[None, :] - slope * dist
+        b = lm[None, :] - slope * dist  # positional log-weights log m_j + b_ij
         if causal:
-            s = jnp.where(kp[None, :] <= qp[:, None], s, -jnp.inf)
+            b = jnp.where(kp[None, :] < qp[:, None] if causal == 2 else kp[None, :] <= qp[:, None], b, -jnp.inf)
         if window != math.inf:
-            s = jnp.where(dist < window, s, -jnp.inf)
+            b = jnp.where(dist < window, b, -jnp.inf)
+        s = s + b
+        if normalized:  # online positional normaliser sum_j m_j e^{b_ij}
+            pm_new = jnp.maximum(pmx, jnp.max(b, axis=1))
+            pm_safe = jnp.maximum(pm_new, neg)
+            pl_ = pl_ * jnp.exp(pmx - pm_safe) + jnp.sum(jnp.exp(b - pm_safe[:, None]), axis=1)
+            pmx = pm_new
         m_new = jnp.maximum(mx, jnp.max(s, axis=1))
         m_safe = jnp.maximum(m_new, neg)
         w = jnp.exp(s - m_safe[:, None])
@@ -101,22 +111,26 @@ def _kernel(qpos_ref, kpos_ref, logm_ref, slope_ref, q_ref, k_ref, v_ref, o_ref,
         acc = acc * scale[:, None] + jax.lax.dot_general(w, v, (((1,), (0,)), ((), ())),
                                                          precision=jax.lax.Precision.HIGHEST,
                                                          preferred_element_type=jnp.float32)
-        return m_new, l, acc
+        return m_new, l, acc, pmx, pl_
 
     def body(j, carry):
         sl = pl.ds(j * bk, bk)
         kp, lm = kpos_ref[sl], logm_ref[sl]
         active = jnp.max(lm) > -jnp.inf
         if causal:
-            active = active & (jnp.min(kp) <= q_hi)
+            active = active & ((jnp.min(kp) < q_hi) if causal == 2 else (jnp.min(kp) <= q_hi))
         if window != math.inf:
             gap = jnp.maximum(jnp.maximum(jnp.min(kp) - q_hi, q_lo - jnp.max(kp)), 0.0)
             active = active & (gap < window)
         return jax.lax.cond(active, lambda c: update(c, sl, kp, lm), lambda c: c, carry)
 
-    init = (jnp.full((bq,), -jnp.inf, jnp.float32), jnp.zeros((bq,), jnp.float32), jnp.zeros((bq, dv), jnp.float32))
-    mx, l, acc = jax.lax.fori_loop(0, nk, body, init)
-    if usa:
+    init = (jnp.full((bq,), -jnp.inf, jnp.float32), jnp.zeros((bq,), jnp.float32), jnp.zeros((bq, dv), jnp.float32),
+            jnp.full((bq,), -jnp.inf, jnp.float32), jnp.zeros((bq,), jnp.float32))
+    mx, l, acc, pmx, pl_ = jax.lax.fori_loop(0, nk, body, init)
+    if usa and normalized:  # acc e^{mx} / (pl e^{pmx}); zero where the row sees no key
+        shift = jnp.where((mx > -jnp.inf) & (pmx > -jnp.inf), mx - pmx, 0.0)
+        out = acc * (jnp.exp(shift) / jnp.where(pl_ > 0, pl_, 1.0))[:, None]
+    elif usa:
         out = acc * jnp.exp(jnp.maximum(mx, neg))[:, None]
     else:
         out = acc / jnp.where(l > 0, l, 1.0)[:, None]
@@ -124,7 +138,7 @@ def _kernel(qpos_ref, kpos_ref, logm_ref, slope_ref, q_ref, k_ref, v_ref, o_ref,
 
 
 def fused_field(q, k, v, qpos, kpos, mass, *, causal, window, slopes, usa, precision, block_q, block_k, interpret,
-                num_warps=None, num_stages=None):
+                num_warps=None, num_stages=None, normalized=False):
     """Per-head field (H, N, dv) of queries q (H, N, d) (beta folded in) over keys k (H, M, d) and
     values v (H, M, dv) with positions qpos (N,), kpos (M,), key masses (M,), per-head ALiBi slopes
     (H,), through the Pallas kernel (see module docstring)."""
@@ -141,8 +155,8 @@ def fused_field(q, k, v, qpos, kpos, mass, *, causal, window, slopes, usa, preci
     qpos = pad_axis(qpos.astype(f32), np_, 0)
     kpos = pad_axis(kpos.astype(f32), mp, 0)
     logm = pad_axis(jnp.log(mass.astype(f32)), mp, 0, -jnp.inf)
-    kernel = functools.partial(_kernel, nk=mp // bk, bk=bk, causal=causal, window=window, usa=usa,
-                               precision=_PREC[precision])
+    kernel = functools.partial(_kernel, nk=mp // bk, bk=bk, causal=int(causal), window=window, usa=usa,
+                               precision=_PREC[precision], normalized=bool(normalized))
     out = pl.pallas_call(
         kernel,
         out_shape=jax.ShapeDtypeStruct((h, np_, dvp), f32),
@@ -179,7 +193,7 @@ def check_supported(attn, p) -> None:
 def field(spec, attn, p) -> Array:
     """The per-head field of the prepared rows ``p`` for the :class:`~meanfield.kernel.Fused` settings ``spec``."""
     check_supported(attn, p)
-    causal, window, slopes = mask_params(attn.mask, attn.heads)
+    causal, window, slopes, normalized = mask_params(attn.mask, attn.heads)
     h = attn.heads
     q = jnp.broadcast_to(p.beta * p.q, (h,) + p.q.shape[1:])
     k = jnp.broadcast_to(p.k, (h,) + p.k.shape[1:])
@@ -188,4 +202,4 @@ def field(spec, attn, p) -> Array:
     return fused_field(q, k, v, p.qs.pos, p.ks.pos, p.mass, causal=causal, window=window, slopes=slopes,
                        usa=attn.form == "USA", precision=attn.precision, block_q=int(spec.block_q),
                        block_k=int(spec.block_k), interpret=interpret, num_warps=spec.num_warps,
-                       num_stages=spec.num_stages)
+                       num_stages=spec.num_stages, normalized=normalized and attn.form == "USA")

@@ -49,6 +49,8 @@ class AbstractMask(eqx.Module):
         """Trace-time shape checks against the problem size."""
 
     def __and__(self, other: AbstractMask) -> Compose:
+        require(not isinstance(other, PositionNormalized),
+                "PositionNormalized must wrap the whole mask: write PositionNormalized(m1 & m2)")
         left = self.masks if isinstance(self, Compose) else (self,)
         right = other.masks if isinstance(other, Compose) else (other,)
         return Compose(left + right)
@@ -72,17 +74,24 @@ class Full(AbstractMask):
 
 
 class Causal(AbstractMask):
-    """Token i attends to j iff pos_j <= pos_i (the first token attends only to itself)."""
+    """Token i attends to j iff pos_j <= pos_i (the first token attends only to itself).
+
+    ``strict=True``: iff pos_j < pos_i, a token does not see itself (the kinetic paper's rows,
+    Duerinckx, Geshkovski & Rossi 2026); a row with no visible key (the first token) has a zero
+    field under SA and USA (no 0/0)."""
+
+    strict: bool = eqx.field(default=False, static=True)
 
     def bias(self, q, k, heads):
-        allowed = k.pos[None, None, :] <= q.pos[None, :, None]
+        kp, qp = k.pos[None, None, :], q.pos[None, :, None]
+        allowed = kp < qp if self.strict else kp <= qp
         return jnp.where(allowed, 0.0, -jnp.inf).astype(q.pos.dtype)
 
     def validate(self, n_queries, n_keys, heads):
         pass
 
     def block_active(self, q_lo, q_hi, k_lo, k_hi):
-        return k_lo <= q_hi
+        return k_lo < q_hi if self.strict else k_lo <= q_hi
 
 
 class Window(AbstractMask):
@@ -172,6 +181,48 @@ class CustomBias(AbstractMask):
 
     def block_active(self, q_lo, q_hi, k_lo, k_hi):
         return jnp.asarray(True)
+
+
+class PositionNormalized(AbstractMask):
+    r"""Row-normalised positional weights: with the wrapped mask's log-weights b_ij and key masses
+    m_j, head h of row i uses
+
+        pi_ij = m_j e^{b_ij} / sum_{j'} m_{j'} e^{b_ij'}    (over every key row i can see,
+                                                             prompt keys included)
+
+    in place of m_j e^{b_ij}, before the content factor e^{beta <Q x_i, K x_j>} multiplies it.
+    USA then reads v_i = sum_j pi_ij e^{beta <Q x_i, K x_j>} V x_j (the kinetic paper's causal ALiBi
+    model: ``PositionNormalized(Causal(strict=True) & ALiBi(lam / N))``, V = beta I, form "USA");
+    SA divides by the content sum as well, so it is unchanged. A row that sees no key has a zero
+    field. Per-head slopes give per-head normalisers. Supported by the dense, chunked (an online
+    normaliser beside the softmax one), sharded and fused backends.
+
+    Example:
+        mask = PositionNormalized(Causal(strict=True) & ALiBi(1.0 / n))
+    """
+
+    mask: AbstractMask
+
+    def __check_init__(self):
+        require(isinstance(self.mask, AbstractMask), f"PositionNormalized: mask must be a mask, got {self.mask!r}")
+        require(not isinstance(self.mask, PositionNormalized), "PositionNormalized: the mask is already position-normalised")
+
+    def bias(self, q, k, heads):
+        return self.mask.bias(q, k, heads)
+
+    def block_active(self, q_lo, q_hi, k_lo, k_hi):
+        return self.mask.block_active(q_lo, q_hi, k_lo, k_hi)
+
+    def validate(self, n_queries, n_keys, heads):
+        self.mask.validate(n_queries, n_keys, heads)
+
+    def __and__(self, other: AbstractMask) -> AbstractMask:
+        raise ValueError("PositionNormalized must wrap the whole mask: write PositionNormalized(m1 & m2)")
+
+
+def position_normalized(mask: AbstractMask) -> bool:
+    """Whether ``mask`` row-normalises the positional weights (:class:`PositionNormalized`)."""
+    return isinstance(mask, PositionNormalized)
 
 
 class Compose(AbstractMask):

@@ -59,6 +59,7 @@ from .._errors import deprecated, is_concrete, require
 from .._types import Array, ArrayLike, Float, KineticDensity, Real, Shaped, Times
 from ..kernel.tokens import Prompt, TokenAux
 from ..sharding import pad_rows, token_shards
+from ..theory import kinetic_weights
 from ._fv import AbstractFiniteVolume, muscl_divergence, periodic_conv
 
 
@@ -103,13 +104,37 @@ class CausalCoupling(AbstractCoupling):
     """Volterra coupling in s with ALiBi decay: c_kj = w_j e^{-lam (s_k - s_j)} for s_j < s_k and
     ``self_weight`` w_k on the diagonal (1/2: the continuum quadrature, second order in s; 1: one
     discrete token per row that sees itself). Evaluated by a linear-recurrence scan in s (O(S M),
-    no S x S matrix; split over the ``"tokens"`` mesh axis under a mesh context)."""
+    no S x S matrix; split over the ``"tokens"`` mesh axis under a mesh context).
 
-    lam: Array = eqx.field(default=0.0, converter=_float_array)
-    self_weight: Array = eqx.field(default=0.5, converter=_float_array)
+    ``strict=True``: no diagonal (a token does not see itself; the first row sees nothing and its
+    field is zero). ``normalized=True``: each row's weights divided by their sum (the
+    position-normalised convention of :class:`meanfield.PositionNormalized`; the row sums come from
+    the same scan on a column of ones, still O(S M)). SA is unchanged by ``normalized`` (it divides
+    by the content sum too); USA is not. The kinetic paper's model (Duerinckx, Geshkovski & Rossi
+    2026) is ``CausalCoupling(lam, strict=True, normalized=True)`` with ``form="USA"`` and the value
+    scale ``a = beta`` (V = beta I): see :meth:`KineticMeanField.paper_model`. With the default
+    self weight 1/2 instead of strict rows, each row also sees half of its own cell: an O(1/S)
+    change of every weight (and the first row moves)."""
+
+    lam: Array = eqx.field(converter=_float_array)
+    self_weight: Array = eqx.field(converter=_float_array)
+    strict: bool = eqx.field(static=True)
+    normalized: bool = eqx.field(static=True)
+
+    def __init__(self, lam=0.0, self_weight=None, *, strict: bool = False, normalized: bool = False):
+        if strict:
+            require(self_weight is None or float(self_weight) == 0.0,
+                    f"self_weight must be 0 (or omitted) with strict=True, got {self_weight}")
+        self.lam = lam
+        self.self_weight = 0.0 if strict else (0.5 if self_weight is None else self_weight)
+        self.strict, self.normalized = bool(strict), bool(normalized)
 
     def __check_init__(self):
         require(self.lam.ndim == 0, "lam must be a scalar")
+        if is_concrete(self.lam, self.self_weight):
+            require(bool(np.isfinite(self.lam)) and float(self.lam) >= 0, f"lam must be finite and >= 0, got {self.lam}")
+            require(bool(np.isfinite(self.self_weight)) and float(self.self_weight) >= 0,
+                    f"self_weight must be finite and >= 0, got {self.self_weight}")
 
     def check(self, s):
         if is_concrete(s):
@@ -119,9 +144,20 @@ class CausalCoupling(AbstractCoupling):
         diff = s[:, None] - s[None, :]
         c = w[None, :] * jnp.exp(-self.lam * jnp.abs(diff))
         eye = jnp.eye(s.shape[0], dtype=bool)
-        return jnp.where(eye, self.self_weight * c, jnp.where(diff > 0, c, 0.0))
+        c = jnp.where(eye, self.self_weight * c, jnp.where(diff > 0, c, 0.0))
+        if self.normalized:
+            rows = jnp.sum(c, axis=1, keepdims=True)
+            c = c / jnp.where(rows > 0, rows, 1.0)
+        return c
 
     def mix(self, s, w, f):
+        out = self._mix(s, w, f)
+        if self.normalized:
+            rows = self._mix(s, w, jnp.ones((f.shape[0], 1), f.dtype))
+            out = out / jnp.where(rows > 0, rows, 1.0)
+        return out
+
+    def _mix(self, s, w, f):
         decay = jnp.exp(-self.lam * jnp.diff(s)).astype(f.dtype)  # (S-1,)
         wf = w[:, None].astype(f.dtype) * f
         a = jnp.concatenate([jnp.ones((1,), f.dtype), decay])[:, None] * jnp.ones_like(f)
@@ -260,6 +296,24 @@ class KineticMeanField(AbstractFiniteVolume):
             require(pw.shape == (n_rows, pt.shape[0]), f"prompt_weight must have shape ({pt.shape[0]},) or ({n_rows}, {pt.shape[0]}), got {pw.shape}")
             self.prompt_theta, self.prompt_weight = pt, pw
 
+    @classmethod
+    def paper_model(cls, n_s: int, m: int = 128, beta=1.0, lam=1.0, *, strict: bool = True) -> KineticMeanField:
+        r"""The kinetic lost-in-the-middle model as Duerinckx, Geshkovski & Rossi (2026) state it:
+
+            d_t f + d_theta(f u) = 0,   u(s, theta) = int pi(s, s') (g * f(s', .))(theta) ds',
+            g(p) = -beta sin(p) e^{beta cos p},   pi(s, s') = e^{-lam (s - s')} / int_0^s e^{-lam (s - s'')} ds''
+
+        (s' < s: strictly causal ALiBi, positional weights normalised per row, content factor
+        not normalised = USA with V = beta I). Its N-token version is
+        dtheta_j/dt = sum_{k<j} w_jk (-beta sin(theta_j - theta_k) e^{beta cos(theta_j - theta_k)}),
+        w_jk proportional to e^{-(lam/N)(j - k)}: the particle engine's
+        ``Attention(beta, V=beta I, form="USA", mask=PositionNormalized(Causal(strict=True) & ALiBi(lam / N)))``
+        with positions 0..N-1. Rows sit at the cell centres s_k = (k + 1/2)/S (token j <-> s = (j + 1/2)/N).
+        Linear rates about the uniform state: a_n = n^2 I_n(beta). ``strict=False`` uses the
+        self weight 1/2 instead (O(1/S) different, first row not frozen)."""
+        coupling = CausalCoupling(lam, strict=True, normalized=True) if strict else CausalCoupling(lam, normalized=True)
+        return cls(n_s, m, beta=beta, a=beta, form="USA", coupling=coupling)
+
     # ----------------------------------------------------------------------------------------
     @property
     def n_s(self) -> int:
@@ -320,6 +374,44 @@ class KineticMeanField(AbstractFiniteVolume):
         ts, f = self._integrate(f0, ts, (self.n_s, self.m), "f0", dt=dt, cfl=cfl, accuracy=accuracy, solver=solver,
                                 max_steps=max_steps, adjoint=adjoint)
         return KineticSolution(ts=ts, f=f, s=self.s, w=self.w, theta=self.theta)
+
+    def mode_response(self, ts: Times, n: int, *, target: int = -1, dt=None) -> Float[Array, "time s"]:
+        r"""Linear response of Fourier mode ``n`` about the uniform state, as a density over s:
+
+            R_n(t, s_k) = (1 / w_k) d c_n(t, target) / d c_n(0, k),   c_n(t, k) = int f(t, s_k, theta) cos(n theta) dtheta,
+
+        the row ``target`` of the solver's own linearised propagator (for the continuum model,
+        exp(t a_n C~)). The initial state is f = 1/2pi + c_k cos(n theta) / pi; one reverse-mode
+        VJP per save time through the finite-volume solver at c = 0 (about the uniform state the
+        velocity vanishes, so the limiter and the upwind switch are inactive at first order).
+        ``dt``: fixed step, default accuracy 0.05 / the fastest linear rate (as the default step)."""
+        require(int(n) >= 1 and 2 * int(n) < self.m, f"n must be in [1, M/2), got {n} (M = {self.m})")
+        ts = jnp.asarray(ts, dtype=float)
+        if dt is None:
+            dt = 0.05 / self.linear_rate_bound()
+        cos = jnp.cos(int(n) * self.theta)
+
+        def coefficient(c):
+            f0 = 1.0 / (2 * np.pi) + c[:, None] * cos[None, :] / np.pi
+            sol = self.solve(f0, ts, dt=dt)
+            return self.h * sol.f[:, target, :] @ cos
+
+        jac = jax.jacrev(coefficient)(jnp.zeros((self.n_s,)))  # (T, S)
+        return jac / self.w[None, :]
+
+    def retrieval_profile(self, ts: Times, M: float = 8.0, n_max: int = 20, *, target: int = -1,
+                          diagonal: bool = False, dt=None) -> Float[Array, "time s"]:
+        r"""The multi-mode retrieval profile of row ``target`` about the uniform state,
+        sum_{n=1}^{n_max} omega_{n,M} R_n(t, s) (:meth:`mode_response`, omega_{n,M} =
+        exp(-pi^2 n^2 / (2 M^2)), M the bandwidth): the solver's counterpart of
+        :func:`meanfield.theory.kinetic_profile`. ``diagonal=False`` removes the identity term
+        (the recency delta at the target itself, omega_n / w_target per mode), as the paper's
+        S_t does."""
+        w = kinetic_weights(M, n_max)
+        prof = sum(float(w[i]) * self.mode_response(ts, i + 1, target=target, dt=dt) for i in range(int(n_max)))
+        if not diagonal:
+            prof = prof.at[:, target].add(-float(np.sum(w)) / self.w[target])
+        return prof
 
     def influence(self, ts: Times, *, kappa=1.0, target: int = -1, dt=None) -> Float[Array, "time s"]:
         r"""Linearised correlation profile c(t, s) of the row ``target`` (default: the last
