@@ -14,6 +14,12 @@ position-influence profile that turns U-shaped (lost in the middle).
   (``meanfield.theory.causal_mode_propagator``), its kappa -> 0 limit.
 
     meanfield run kinetic-causal [--set betas=1,2,3 lam=1 kappa=1]
+
+Convention: this project's SA (softmax over content and positions together, V = I, self weight
+1/2), whose mode-n rate n^2 I_n(beta) / (beta I_0(beta)) falls with beta, so the U-shape onset
+rises with beta (onset x the SA mode-1 rate is about constant). The kinetic paper's convention
+(strictly causal, positions normalised per row, USA content, V = beta I; rates n^2 I_n(beta), so
+its times fall with beta) is the ``kinetic-tcrit`` preset.
 """
 
 from __future__ import annotations

@@ -34,11 +34,14 @@ TINY = {
     "rope-long-context": ["d=8", "bases=10,100", "lengths=4,64", "n_samples=2000", "tradeoff_bases=10,100",
                           "short=8", "long=64", "engine_d=8", "engine_heads=2", "engine_lengths=8,16",
                           "n_sequences=1", "twin_max_length=64"],
+    "kinetic-tcrit": ["betas=1,2", "sizes=16,32", "pde_s=8", "pde_m=16", "pde_modes=4", "n_max=6", "n_particles=8",
+                      "runs=8", "bins=4", "profile_beta=1", "n_times=6"],
     "kinetic-causal": ["n_s=16", "m=16", "betas=1,2", "bins=8", "t_early=1", "n_early=6", "t1=1.5", "n_late=2", "chunks=2"],
 }
 GRID_PRESETS = {"pe-sweep", "prompt-sweep"}
 DENSITY_PRESETS = {"meanfield-circle": {"rho", "mass"}, "particles-vs-pde": {"w1", "w1_mean"},
                    "kinetic-causal": {"f", "influence", "u_onset"},
+                   "kinetic-tcrit": {"tcrit_closed", "tcrit_propagator", "tcrit_pde", "tcrit_particles", "profile_pde"},
                    "cesaro": {"profile_n64", "interior_rel_error", "dead_zone_depth_n128"},
                    "step0": {"influence", "influence_mean", "alpha_matched"},
                    "masks": {"influence", "first_token_mass", "mean_position_graph_theory"},
@@ -62,7 +65,7 @@ def test_preset_runs_tiny(name, tmp_path):
     ds = execute(preset, cfg, parse_grid(cfg, None), tmp_path, progress=False)
     back = xr.load_dataset(tmp_path / "result.nc")
     if name in DENSITY_PRESETS:
-        assert DENSITY_PRESETS[name] <= set(back.data_vars) and ("time" in back.dims or name in ("cesaro", "step0", "masks", "rope-long-context", "recall-capacity"))
+        assert DENSITY_PRESETS[name] <= set(back.data_vars) and ("time" in back.dims or name in ("cesaro", "step0", "masks", "rope-long-context", "recall-capacity", "kinetic-tcrit"))
     else:
         expected = {"dirac_distance", "n_clusters"} if name in GRID_PRESETS else OBSERVABLES
         assert expected <= set(back.data_vars) and "x" in back
@@ -70,7 +73,7 @@ def test_preset_runs_tiny(name, tmp_path):
     assert back.attrs["preset"] == name and "meanfield_version" in back.attrs and "seed" in back.attrs
     assert json.loads(back.attrs["config"]) == json.loads(ds.attrs["config"])
     assert all(np.all(np.isfinite(back[v].values)) for v in back.data_vars if back[v].dtype.kind == "f"
-               and not v.startswith(("pushforward", "closed_form", "error_rate")))
+               and not v.startswith(("pushforward", "closed_form", "error_rate", "tcrit_particles")))
     pngs = list(tmp_path.glob("*.png"))
     assert pngs and all(p.stat().st_size > 10_000 for p in pngs)
     assert not (tmp_path / "checkpoint.npz").exists()

@@ -381,20 +381,22 @@ class KineticMeanField(AbstractFiniteVolume):
             R_n(t, s_k) = (1 / w_k) d c_n(t, target) / d c_n(0, k),   c_n(t, k) = int f(t, s_k, theta) cos(n theta) dtheta,
 
         the row ``target`` of the solver's own linearised propagator (for the continuum model,
-        exp(t a_n C~)). The initial state is f = 1/2pi + c_k cos(n theta) / pi; one reverse-mode
+        exp(t a_n C~)); ``ts`` are times after the perturbation, set at t = 0 (ts >= 0, non-decreasing). The initial state is f = 1/2pi + c_k cos(n theta) / pi; one reverse-mode
         VJP per save time through the finite-volume solver at c = 0 (about the uniform state the
         velocity vanishes, so the limiter and the upwind switch are inactive at first order).
         ``dt``: fixed step, default accuracy 0.05 / the fastest linear rate (as the default step)."""
         require(int(n) >= 1 and 2 * int(n) < self.m, f"n must be in [1, M/2), got {n} (M = {self.m})")
         ts = jnp.asarray(ts, dtype=float)
+        require(ts.ndim == 1 and ts.shape[0] >= 1, f"ts must be a 1-D array of times, got shape {ts.shape}")
         if dt is None:
             dt = 0.05 / self.linear_rate_bound()
         cos = jnp.cos(int(n) * self.theta)
+        save = jnp.concatenate([jnp.zeros((1,), ts.dtype), ts])  # the perturbation is set at t = 0
 
         def coefficient(c):
             f0 = 1.0 / (2 * np.pi) + c[:, None] * cos[None, :] / np.pi
-            sol = self.solve(f0, ts, dt=dt)
-            return self.h * sol.f[:, target, :] @ cos
+            sol = self.solve(f0, save, dt=dt)
+            return self.h * sol.f[1:, target, :] @ cos
 
         jac = jax.jacrev(coefficient)(jnp.zeros((self.n_s,)))  # (T, S)
         return jac / self.w[None, :]

@@ -13,7 +13,7 @@ import xarray as xr
 import meanfield as mf
 from meanfield import sharding
 from meanfield.run import apply_overrides
-from meanfield.pde import KineticMeanField
+from meanfield.pde import CausalCoupling, KineticMeanField
 from meanfield.run import Paused, execute, get_preset, parse_grid
 
 if jax.device_count() < 8:
@@ -33,11 +33,14 @@ def _kernels(n, d):
                                   mask=mf.Causal() & mf.ALiBi(jnp.array([0.05, 0.1, 0.2], F32))),
         "chunked-causal": mf.Attention(F32(2.0), mask=mf.Causal(), backend="chunked", block=16),
         "window-rope-usa": mf.Attention(F32(1.0), form="USA", mask=mf.Causal() & mf.Window(9), pe=mf.RoPE(100.0)),
+        "paper-usa": mf.Attention(F32(2.0), V=2.0 * jnp.eye(d, dtype=F32), form="USA",  # the kinetic paper's rows
+                                  mask=mf.PositionNormalized(mf.Causal(strict=True) & mf.ALiBi(F32(1.0 / n)))),
     }
 
 
 @pytest.mark.parametrize("name,n", [("full", 101), ("causal", 96), ("alibi", 101), ("multihead", 101),
-                                    ("chunked-causal", 101), ("window-rope-usa", 96)])  # 101: padding tokens
+                                    ("chunked-causal", 101), ("window-rope-usa", 96),
+                                    ("paper-usa", 101)])  # 101: padding tokens
 def test_sharded_field_and_solve_equal_single_device_f32(name, n):
     d = 8
     attn = _kernels(n, d)[name]
@@ -85,13 +88,14 @@ def test_mesh_specs_on_eight_devices():
 
 def test_kinetic_solver_sharded_over_rows_equals_single_device():
     for n_s in (64, 60):  # 60: padded rows
-        pde = KineticMeanField(n_s, 32, beta=2.0, lam=1.5)
-        f0 = pde.von_mises(1.0, 3.0 * pde.s)
-        ts = jnp.linspace(0, 1, 5)
-        ref = pde.solve(f0, ts).f
-        with jax.set_mesh(sharding.make_mesh("tokens")):
-            out = pde.solve(f0, ts).f
-        np.testing.assert_allclose(out, ref, rtol=0, atol=1e-12)
+        for pde in (KineticMeanField(n_s, 32, beta=2.0, coupling=CausalCoupling(1.5)),
+                    KineticMeanField.paper_model(n_s, 32, beta=2.0, lam=1.5)):  # normalised strict rows
+            f0 = pde.von_mises(1.0, 3.0 * pde.s)
+            ts = jnp.linspace(0, 1, 5)
+            ref = pde.solve(f0, ts).f
+            with jax.set_mesh(sharding.make_mesh("tokens")):
+                out = pde.solve(f0, ts).f
+            np.testing.assert_allclose(out, ref, rtol=0, atol=1e-12)
 
 
 SWEEP = ["n=8", "t1=2", "n_save=5", "chunks=4"]

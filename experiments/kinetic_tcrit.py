@@ -1,0 +1,294 @@
+r"""The kinetic paper's critical time t_crit (Duerinckx, Geshkovski & Rossi 2026) from four solvers.
+
+The model, as the paper states it (N tokens on the circle, target = the last token):
+
+    dtheta_j/dt = sum_{k<j} w_jk (-beta sin(theta_j - theta_k) e^{beta cos(theta_j - theta_k)}),
+    w_jk = e^{-(lam/N)(j - k)} / sum_{k'<j} e^{-(lam/N)(j - k')}
+
+(strictly causal, positional weights normalised per row, content factor not normalised: USA with
+V = beta I). About the uniform state mode n grows at a_n = n^2 I_n(beta), and the retrieval profile
+of the last token over the source position s in (0, 1) is
+S_t(s) = sum_n omega_{n,M} g_{a_n}(t; s), omega_{n,M} = exp(-pi^2 n^2 / (2 M^2)); t_crit is where
+its right-end slope turns negative: the END of the U-shaped (primacy + recency) regime.
+
+``kinetic-tcrit`` computes, for each beta:
+
+* ``tcrit_closed``: the closed form 2 (1 - e^{-lam}) sum omega a / sum omega a^2
+  (:func:`meanfield.theory.kinetic_tcrit`), also on a fine beta grid for the figure;
+* ``tcrit_propagator``: the discrete propagator exp(t a_n C~) on S = ``sizes`` rows (cell
+  centres s_k = (k + 1/2)/S), its right-end slope from the last two off-diagonal entries: the
+  O(1/S) convergence to the closed form;
+* ``tcrit_pde``: the kinetic finite-volume solver (:meth:`meanfield.pde.KineticMeanField.paper_model`,
+  ``pde_s`` rows, ``pde_m`` theta cells), the same slope of its multi-mode linear response
+  (one VJP per mode and time about the uniform state);
+* ``tcrit_particles``: N = ``n_particles`` tokens under the paper's model through the particle
+  engine (``PositionNormalized(Causal(strict=True) & ALiBi(lam / N))``, USA, V = beta I), the
+  profile S^N_t(s_k) = N sum_n omega_n Re E[e^{i n theta_N(t)} e^{-i n theta_k(0)}] estimated by
+  integration by parts over the uniform initial angles (one VJP per run,
+  :func:`meanfield.influence.circle_retrieval_profile`), binned into ``bins`` bins of s; its
+  right-end slope is the difference of the last two bins (the target itself excluded). The same
+  binned statistic of the discrete propagator at S = N is ``tcrit_binned_reference``: the particle
+  estimate should match that one (bins shift the crossing at O(1/bins)), not the closed form.
+
+Profiles at t / t_crit in ``t_ratios`` (for ``profile_beta``) from all four are in the dataset.
+Time grids are in units of each beta's t_crit (it falls ~200x from beta = 0.25 to 4).
+Positions: the paper's token j = 0..N-1 sits at s = (j + 1/2)/N here; the last token is the target.
+
+    meanfield run kinetic-tcrit [--set betas=0.5,1,2 n_particles=64 runs=256]
+
+This is the paper's convention; ``kinetic-causal`` uses this project's SA convention (content and
+positions normalised together, V = I), where the U-shape times rise with beta instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import xarray as xr
+
+import meanfield as mf
+from meanfield import theory
+from meanfield.influence import circle_retrieval_profile, u_shape_end
+from meanfield.pde import KineticMeanField
+from meanfield.run import RunConfig, register
+
+from ._common import HostPreset, plt, require
+
+
+@dataclasses.dataclass(frozen=True)
+class KineticTcritConfig(RunConfig):
+    betas: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
+    lam: float = 1.0
+    """ALiBi slope in units of s (the paper's e^{-(lam/N)(j-k)})"""
+    M: float = 8.0
+    """omega bandwidth (not a cell count)"""
+    n_max: int = 20
+    """Fourier modes 1..n_max"""
+    sizes: tuple[int, ...] = (64, 128, 256, 512)
+    """rows S of the discrete propagator"""
+    pde_s: int = 64
+    """rows of the kinetic PDE"""
+    pde_m: int = 64
+    """theta cells of the kinetic PDE (> 2 pde_modes)"""
+    pde_modes: int = 12
+    """Fourier modes of the PDE's profile (omega_13 / omega_1 < 2e-5 at M = 8)"""
+    n_particles: int = 128
+    runs: int = 128
+    """particle runs per beta (split into 4 groups for the error bars)"""
+    bins: int = 8
+    """bins of s for the particle profile (must divide n_particles)"""
+    t_ratios: tuple[float, ...] = (0.25, 0.5, 0.9, 1.5)
+    """profile times, in units of t_crit"""
+    profile_beta: float = 1.0
+    """beta of the profile panels (one of betas)"""
+    n_times: int = 18
+    """times of the slope scans, in [0.3, 2] t_crit"""
+
+    def validate(self):
+        super().validate()
+        require(len(self.betas) >= 1 and min(self.betas) > 0, "betas must be > 0")
+        require(self.lam > 0, f"lam must be > 0 (t_crit = 0 at lam = 0), got {self.lam}")
+        require(self.M > 0, f"M must be > 0, got {self.M}")
+        require(self.n_max >= 1, f"n_max must be >= 1, got {self.n_max}")
+        require(len(self.sizes) >= 1 and min(self.sizes) >= 8, "sizes must be >= 8")
+        require(self.pde_s >= 8 and 1 <= self.pde_modes <= self.n_max and self.pde_m > 2 * self.pde_modes,
+                f"need pde_s >= 8, 1 <= pde_modes <= n_max and pde_m > 2 pde_modes = {2 * self.pde_modes}")
+        require(self.n_particles >= 8, f"n_particles must be >= 8, got {self.n_particles}")
+        require(self.runs >= 4 and self.runs % 4 == 0, f"runs must be a positive multiple of 4, got {self.runs}")
+        require(self.bins >= 3 and self.n_particles % self.bins == 0, f"bins must be >= 3 and divide n_particles")
+        require(len(self.t_ratios) >= 1 and min(self.t_ratios) > 0, "t_ratios must be > 0")
+        require(self.profile_beta in self.betas, f"profile_beta must be one of betas {self.betas}")
+        require(self.n_times >= 5, f"n_times must be >= 5, got {self.n_times}")
+
+
+def _slope_crossing(ts, profiles):
+    """u_shape_end on off-diagonal profiles (T, n) (the last entry, the target, dropped)."""
+    return u_shape_end(ts, np.asarray(profiles)[:, :-1])
+
+
+def _binned(prof, bins):
+    """Mean density per bin of the off-diagonal profile (..., N): the target's own entry is left
+    out of the last bin."""
+    p = np.array(prof, dtype=float)
+    n = p.shape[-1]
+    w = n // bins
+    p = p.reshape(p.shape[:-1] + (bins, w))
+    last = p[..., -1, :-1].mean(-1)
+    out = p.mean(-1)
+    out[..., -1] = last
+    return out
+
+
+def _particle_profiles(cfg, beta, ts, seed):
+    n = cfg.n_particles
+    attn = mf.Attention(beta, V=beta * jnp.eye(2), form="USA",
+                        mask=mf.PositionNormalized(mf.Causal(strict=True) & mf.ALiBi(cfg.lam / n)))
+    groups = []
+    for g in range(4):
+        key = jax.random.fold_in(jax.random.key(seed), g)
+        groups.append(np.asarray(circle_retrieval_profile(attn, key, jnp.asarray(ts), n, n_runs=cfg.runs // 4,
+                                                          M=cfg.M, n_max=cfg.n_max, rtol=1e-6, atol=1e-8)))
+    return np.stack(groups)  # (4, T, N)
+
+
+@register
+class KineticTcrit(HostPreset):
+    name = "kinetic-tcrit"
+    description = "the kinetic paper's t_crit(beta): closed form, discrete propagator (S = 64..512), kinetic PDE, particles"
+    Config = KineticTcritConfig
+
+    def dataset(self, cfg, ts, recs, grid):
+        nb = len(cfg.betas)
+        scan = np.linspace(0.3, 2.0, cfg.n_times)
+        ratios = np.asarray(cfg.t_ratios)
+        tc = np.array([theory.kinetic_tcrit(b, cfg.lam, cfg.M, cfg.n_max) for b in cfg.betas])
+        prop = np.array([[theory.kinetic_propagator_tcrit(b, cfg.lam, S, cfg.M, cfg.n_max) for S in cfg.sizes]
+                         for b in cfg.betas])
+        n = cfg.n_particles
+        pde_t, part_t, part_err, ref_binned = np.zeros(nb), np.zeros(nb), np.zeros(nb), np.zeros(nb)
+        prop_pde_s = np.array([theory.kinetic_propagator_tcrit(b, cfg.lam, cfg.pde_s, cfg.M, cfg.n_max) for b in cfg.betas])
+        s_pde = (np.arange(cfg.pde_s) + 0.5) / cfg.pde_s
+        s_bin = (np.arange(cfg.bins) + 0.5) / cfg.bins
+        pb = cfg.betas.index(cfg.profile_beta)
+        prof = {}
+        for i, b in enumerate(cfg.betas):
+            times = scan * tc[i]
+            pde = KineticMeanField.paper_model(cfg.pde_s, cfg.pde_m, b, cfg.lam)
+            # one solve for the scan and the profile times (sorted, duplicates merged)
+            uniq, back = np.unique(np.concatenate([times, ratios * tc[i]]), return_inverse=True)
+            pde_prof = np.asarray(pde.retrieval_profile(jnp.asarray(uniq), cfg.M, cfg.pde_modes))[back]
+            pde_t[i] = _slope_crossing(times, pde_prof[: len(times)])
+            groups = _particle_profiles(cfg, b, uniq, cfg.seed + i)[:, back]
+            binned = _binned(groups, cfg.bins)  # (4, T, bins)
+            per_group = [u_shape_end(times, g[: len(times)]) for g in binned]
+            part_t[i] = u_shape_end(times, binned.mean(0)[: len(times)])
+            part_err[i] = np.nanstd(per_group) / np.sqrt(len(per_group))
+            ref = np.stack([theory.kinetic_propagator_profile(t, b, cfg.lam, n, cfg.M, cfg.n_max) for t in times])
+            ref_binned[i] = u_shape_end(times, _binned(ref, cfg.bins))
+            if i == pb:
+                prof["pde"] = pde_prof[len(times):]
+                prof["particles"] = binned.mean(0)[len(times):]
+                prof["particles_se"] = binned.std(0)[len(times):] / np.sqrt(4)
+                prof["propagator"] = np.stack([theory.kinetic_propagator_profile(r * tc[i], b, cfg.lam, max(cfg.sizes),
+                                                                                 cfg.M, cfg.n_max) for r in ratios])
+                prof["propagator_binned"] = np.stack([_binned(theory.kinetic_propagator_profile(
+                    r * tc[i], b, cfg.lam, n, cfg.M, cfg.n_max), cfg.bins) for r in ratios])
+        s_fine = np.linspace(0.002, 0.999, 400)
+        closed = np.stack([theory.kinetic_profile(s_fine, r * tc[pb], cfg.profile_beta, cfg.lam, cfg.M, cfg.n_max)
+                           for r in ratios])
+        s_prop = (np.arange(max(cfg.sizes)) + 0.5) / max(cfg.sizes)
+        beta_fine = np.geomspace(min(cfg.betas), max(cfg.betas), 60)
+        err = prop / tc[:, None] - 1
+        rate = np.array([np.polyfit(np.log(cfg.sizes), np.log(np.abs(e)), 1)[0] if len(cfg.sizes) > 1 else np.nan
+                         for e in err])
+        ds = xr.Dataset(
+            {
+                "tcrit_closed": (("beta",), tc),
+                "tcrit_propagator": (("beta", "S"), prop),
+                "tcrit_propagator_rel_error": (("beta", "S"), err),
+                "propagator_convergence_order": (("beta",), -rate),
+                "tcrit_pde": (("beta",), pde_t),
+                "tcrit_propagator_at_pde_s": (("beta",), prop_pde_s),
+                "tcrit_particles": (("beta",), part_t),
+                "tcrit_particles_se": (("beta",), part_err),
+                "tcrit_binned_reference": (("beta",), ref_binned),
+                "tcrit_closed_fine": (("beta_fine",), np.array([theory.kinetic_tcrit(b, cfg.lam, cfg.M, cfg.n_max)
+                                                                for b in beta_fine])),
+                "profile_closed": (("t_ratio", "s_fine"), closed),
+                "profile_propagator": (("t_ratio", "s_prop"), prof["propagator"]),
+                "profile_pde": (("t_ratio", "s_pde"), prof["pde"]),
+                "profile_particles": (("t_ratio", "s_bin"), prof["particles"]),
+                "profile_particles_se": (("t_ratio", "s_bin"), prof["particles_se"]),
+                "profile_propagator_binned": (("t_ratio", "s_bin"), prof["propagator_binned"]),
+            },
+            coords={"beta": list(cfg.betas), "S": list(cfg.sizes), "t_ratio": ratios, "s_fine": s_fine,
+                    "s_prop": s_prop, "s_pde": s_pde, "s_bin": s_bin, "beta_fine": beta_fine},
+        )
+        ds.attrs["conventions"] = (
+            "the kinetic paper's model: strictly causal ALiBi, positional weights normalised per row, USA content, "
+            "V = beta I; rows/tokens at s = (k + 1/2)/S, target = last; profiles are off-diagonal densities over s "
+            "(the target's own identity term removed); particle profiles binned (mean density per bin). "
+            "tcrit_particles is nan where the binned right-end slope does not turn negative in the scan: finite-N "
+            "particles follow the linear theory only while the fluctuations e^{a t} / sqrt(N) stay small")
+        return ds
+
+    def plot(self, ds, outdir):
+        cfg = json.loads(ds.attrs["config"])
+        p = plt()
+        nr = len(ds.t_ratio)
+        fig = p.figure(figsize=(4.2 * max(nr, 3), 8.4))
+        ax = fig.add_subplot(2, max(nr, 3), 1)
+        ax.plot(ds.beta_fine, ds.tcrit_closed_fine, "k-", lw=1.2, label="closed form")
+        ax.plot(ds.beta, ds.tcrit_propagator.isel(S=-1), "o", mfc="none", label=f"propagator S = {int(ds.S[-1])}")
+        ax.plot(ds.beta, ds.tcrit_pde, "s", mfc="none", label=f"kinetic PDE S = {cfg['pde_s']}")
+        ax.errorbar(ds.beta, ds.tcrit_particles, yerr=ds.tcrit_particles_se, fmt="^", ms=5,
+                    label=f"particles N = {cfg['n_particles']} ({cfg['bins']} bins)")
+        ax.plot(ds.beta, ds.tcrit_binned_reference, "x", color="C2", label="propagator S = N, same bins")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(ds.beta.values)
+        ax.set_xticklabels([f"{b:g}" for b in ds.beta.values])
+        ax.minorticks_off()
+        ax.set_xlabel(r"$\beta$")
+        ax.set_ylabel(r"$t_{crit}$")
+        ax.set_title(rf"end of the U: $t_{{crit}}(\beta)$, $\lambda$ = {cfg['lam']:g}, M = {cfg['M']:g}", fontsize=9)
+        ax.legend(fontsize=7)
+        ax = fig.add_subplot(2, max(nr, 3), 2)
+        err = np.abs(ds.tcrit_propagator_rel_error.values)
+        ax.loglog(ds.S, err[0], "o-", label=rf"all $\beta$ (spread {np.ptp(err, axis=0).max():.1e})")
+        S = ds.S.values.astype(float)
+        ax.loglog(S, err[0, 0] * S[0] / S, "k:", label="1/S")
+        ax.set_xticks(S)
+        ax.set_xticklabels([f"{int(v)}" for v in S])
+        ax.xaxis.set_minor_locator(p.NullLocator())
+        ax.set_xlabel("rows S")
+        ax.set_ylabel(r"$|t^S_{crit} / t_{crit} - 1|$")
+        ax.set_title("discrete propagator: O(1/S) convergence\n(its right-end slope is exactly quadratic in t, "
+                     "so the ratio is the same for every $\\beta$)", fontsize=8)
+        ax.legend(fontsize=7)
+        ax = fig.add_subplot(2, max(nr, 3), 3)
+        ax.axis("off")
+        lines = ["t_crit", f"beta   closed   S={int(ds.S[-1]):<4d}  PDE      S={cfg['pde_s']:<4d} particles  S=N,bins"]
+        for b in ds.beta.values:
+            sel = ds.sel(beta=b)
+            lines.append(f"{b:4.2f} {float(sel.tcrit_closed):8.4g} {float(sel.tcrit_propagator.isel(S=-1)):8.4g} "
+                         f"{float(sel.tcrit_pde):8.4g} {float(sel.tcrit_propagator_at_pde_s):8.4g} "
+                         f"{float(sel.tcrit_particles):8.4g} {float(sel.tcrit_binned_reference):8.4g}")
+        lines += ["", f"PDE: S = {cfg['pde_s']} rows, M = {cfg['pde_m']} cells, {cfg['pde_modes']} modes;",
+                  "compare it with the propagator at the same S.",
+                  f"particles: N = {cfg['n_particles']}, {cfg['runs']} runs, {cfg['bins']} bins;",
+                  "compare them with the propagator at S = N, same bins.",
+                  "They follow the linear theory only while the",
+                  "fluctuations e^{a t}/sqrt(N) stay small (nan: no",
+                  "sign change of the binned slope in the scan)."]
+        ax.text(0.0, 1.0, "\n".join(lines), family="monospace", fontsize=8, va="top")
+        for j, r in enumerate(ds.t_ratio.values):
+            ax = fig.add_subplot(2, max(nr, 3), max(nr, 3) + j + 1)
+            sel = ds.sel(t_ratio=r)
+            ax.plot(ds.s_fine, sel.profile_closed, "k-", lw=1.2, label="closed form $S_t(s)$")
+            ax.plot(ds.s_prop[:-1], sel.profile_propagator[:-1], "-", color="C0", lw=0.8, label=f"propagator S = {int(ds.S[-1])}")
+            ax.plot(ds.s_pde[:-1], sel.profile_pde[:-1], "s", ms=3, mfc="none", color="C1", label="kinetic PDE")
+            ax.errorbar(ds.s_bin, sel.profile_particles, yerr=sel.profile_particles_se, fmt="^", ms=4, color="C3",
+                        label="particles (bins)")
+            ax.plot(ds.s_bin, sel.profile_propagator_binned, "x", color="C2", label="propagator S = N, same bins")
+            ax.set_xlabel("source position s")
+            ax.set_ylabel("retrieval density of the last token")
+            ax.set_title(rf"$\beta$ = {cfg['profile_beta']:g}, t = {r:g} $t_{{crit}}$"
+                         + (f"\n(particles at N = {cfg['n_particles']}: past the linear regime)"
+                            if r >= 0.9 else ""), fontsize=9)
+            top = float(np.nanmax(sel.profile_closed.values[ds.s_fine.values > 0.05]))
+            ax.set_ylim(0, 1.3 * top)
+            if j == 0:
+                ax.legend(fontsize=6)
+        fig.suptitle("kinetic paper's model (strict causal ALiBi, normalised positions, USA, V = βI): "
+                     "t_crit from four solvers", fontsize=10)
+        fig.tight_layout()
+        path = Path(outdir) / "kinetic-tcrit.png"
+        fig.savefig(path, dpi=110)
+        p.close(fig)
+        return [path]
