@@ -23,7 +23,38 @@ def require(cond, msg):
 
 
 @dataclasses.dataclass(frozen=True)
-class ParticleConfig(RunConfig):
+class ToleranceConfig(RunConfig):
+    """The adaptive solver's tolerances (every preset that calls ``meanfield.simulate``)."""
+
+    rtol: float = 1e-7
+    atol: float = 1e-9
+
+    def validate(self):
+        super().validate()
+        require(np.isfinite(self.rtol) and self.rtol > 0 and np.isfinite(self.atol) and self.atol > 0,
+                f"rtol and atol must be finite and > 0, got rtol = {self.rtol}, atol = {self.atol}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SolveConfig(ToleranceConfig):
+    """Save times on [0, t1], tolerances and the cluster distance of the particle presets."""
+
+    t1: float = 15.0
+    """final time"""
+    n_save: int = 61
+    """saved times (linear in [0, t1])"""
+    cluster_tol: float = 1e-2
+    """tokens closer than this are one cluster"""
+
+    def validate(self):
+        super().validate()
+        require(np.isfinite(self.t1) and self.t1 > 0, f"t1 must be finite and > 0, got {self.t1}")
+        require(self.n_save >= 2, f"n_save must be >= 2, got {self.n_save}")
+        require(self.cluster_tol > 0, f"cluster_tol must be > 0, got {self.cluster_tol}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ParticleConfig(SolveConfig):
     n: int = 64
     """number of tokens"""
     d: int = 3
@@ -32,16 +63,8 @@ class ParticleConfig(RunConfig):
     """inverse temperature"""
     mask: str = "full"
     """full | causal"""
-    t1: float = 15.0
-    """final time"""
-    n_save: int = 61
-    """saved times (linear in [0, t1])"""
     chunks: int = 6
     """integration chunks (progress, checkpoints)"""
-    rtol: float = 1e-7
-    atol: float = 1e-9
-    cluster_tol: float = 1e-2
-    """tokens closer than this are one cluster"""
 
     def validate(self):
         super().validate()
@@ -49,10 +72,6 @@ class ParticleConfig(RunConfig):
         require(self.d >= 2, f"d must be >= 2, got {self.d}")
         require(self.beta >= 0, f"beta must be >= 0, got {self.beta}")
         require(self.mask in ("full", "causal"), f"mask must be 'full' or 'causal', got {self.mask!r}")
-        require(self.t1 > 0, f"t1 must be > 0, got {self.t1}")
-        require(self.n_save >= 2, f"n_save must be >= 2, got {self.n_save}")
-        require(self.rtol > 0 and self.atol > 0, "rtol and atol must be > 0")
-        require(self.cluster_tol > 0, f"cluster_tol must be > 0, got {self.cluster_tol}")
 
 
 def simulate_chunk(attn, x, ts, cfg, aux=None, prompt=None):

@@ -31,17 +31,17 @@ import meanfield as mf
 from meanfield import observables as obs
 from meanfield.run.io import observable_vars
 from meanfield.kernel import gaussian, random_fourier
-from meanfield.run import Preset, RunConfig, grid_param, register
+from meanfield.run import Preset, grid_param, register
 from meanfield.theory import additive_pe_pushforward
 
-from ._common import circle_w1_to, first_point, plt, require, simulate_chunk
+from ._common import SolveConfig, circle_w1_to, first_point, plt, require, simulate_chunk
 
 VARIANTS = ("none", "additive-sinusoidal", "additive-rff", "additive-gaussian", "concat", "rope", "prompt")
 ADDITIVE = VARIANTS[1:4]
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(RunConfig):
+class Config(SolveConfig):
     n: int = 64
     """moving tokens (on the circle S^1)"""
     beta: float = 2.0

@@ -26,10 +26,10 @@ import xarray as xr
 
 import meanfield as mf
 from meanfield import observables as obs
-from meanfield.run import Preset, RunConfig, register
+from meanfield.run import Preset, register
 from meanfield.theory import additive_pe_pushforward
 
-from ._common import circle_w1_to, first_point, plt, require, simulate_chunk
+from ._common import SolveConfig, circle_w1_to, first_point, plt, require, simulate_chunk
 
 
 def _positions(n):
@@ -41,7 +41,7 @@ def _u(s, freq):
 
 
 @dataclasses.dataclass(frozen=True)
-class PEConfig(RunConfig):
+class PEConfig(SolveConfig):
     n: int = 48
     alphas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0)
     """PE coupling scales (heatmap columns)"""
@@ -52,7 +52,6 @@ class PEConfig(RunConfig):
     t1: float = 60.0
     n_save: int = 31
     chunks: int = 3
-    rtol: float = 1e-7
     atol: float = 1e-8
     cluster_tol: float = 0.05
     quadrature: int = 300
@@ -64,7 +63,7 @@ class PEConfig(RunConfig):
 
 
 @dataclasses.dataclass(frozen=True)
-class PromptConfig(RunConfig):
+class PromptConfig(SolveConfig):
     n: int = 48
     sizes: tuple[int, ...] = (1, 2, 3, 4, 6, 8)
     """numbers of prompt tokens P (heatmap columns)"""
@@ -74,7 +73,6 @@ class PromptConfig(RunConfig):
     t1: float = 60.0
     n_save: int = 31
     chunks: int = 3
-    rtol: float = 1e-7
     atol: float = 1e-8
     cluster_tol: float = 0.05
 

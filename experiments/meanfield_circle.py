@@ -28,7 +28,7 @@ from meanfield.pde.circle import CircleMeanField, density_to_particles, density_
 from meanfield.run import Preset, RunConfig, register
 from meanfield.theory import circle_growth_rate
 
-from ._common import first_point, plt, require
+from ._common import ToleranceConfig, first_point, plt, require
 
 FORMS = ("SA", "USA")
 
@@ -118,7 +118,7 @@ class MeanFieldCircle(Preset):
 
 
 @dataclasses.dataclass(frozen=True)
-class PvPConfig(RunConfig):
+class PvPConfig(ToleranceConfig):
     beta: float = 3.0
     t1: float = 1.0
     ns: tuple[int, ...] = (64, 256, 1024, 4096)
