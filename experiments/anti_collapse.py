@@ -152,7 +152,7 @@ class AntiCollapse(Preset):
                     u = g["alpha"] * np.stack([np.cos(np.pi * sq), np.sin(np.pi * sq)], 1)
                 else:
                     u = g["alpha"] * np.asarray(zs[v])
-                xs_star, _ = additive_pe_pushforward(u, float(g["beta"]))
+                xs_star, _ = additive_pe_pushforward(u, float(g["beta"]), n_starts=4, hops=0)
                 th_star = np.arctan2(xs_star[:, 1], xs_star[:, 0])
                 cloud = jnp.asarray(x[pt + (slice(None), vi)])
                 w1[pt + (slice(None), vi)] = circle_w1_to(theta[pt + (slice(None), vi)], th_star)

@@ -163,7 +163,7 @@ class PESweep(_GridPreset):
         w1 = np.zeros(theta.shape[:-1])
         for bi, b in enumerate(cfg.betas):
             for ai, a in enumerate(cfg.alphas):
-                xs, _ = additive_pe_pushforward(a * _u(sq, cfg.freq), float(b))
+                xs, _ = additive_pe_pushforward(a * _u(sq, cfg.freq), float(b), n_starts=4, hops=0)
                 w1[..., bi, ai, :] = circle_w1_to(theta[..., bi, ai, :, :], np.arctan2(xs[:, 1], xs[:, 0]))
         ds["pushforward_w1"] = (ds.dirac_distance.dims, w1)
         return ds

@@ -35,6 +35,7 @@ from .kernel import Causal as Causal
 from .kernel import PositionNormalized as PositionNormalized
 from .kernel import CustomBias as CustomBias
 from .kernel import Full as Full
+from .kernel import ParallelPrompt as ParallelPrompt
 from .kernel import Prompt as Prompt
 from .kernel import RoPE as RoPE
 from .kernel import TokenAux as TokenAux

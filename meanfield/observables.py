@@ -55,12 +55,20 @@ def _cosines(x):
 
 
 @_per_cloud
-def energy(x: Clouds, beta: Real[ArrayLike, ""], mass: Float[ArrayLike, "*#batch n"] | None = None) -> PerCloud:
-    """Interaction energy E_beta = (1/(2 beta)) sum_ij m_i m_j exp(beta <x_i, x_j>)."""
+def energy(x: Clouds, beta: Real[ArrayLike, ""], mass: Float[ArrayLike, "*#batch n"] | None = None,
+           prompt: Float[ArrayLike, "n d"] | None = None, weight: Real[ArrayLike, "*#n"] = 1.0) -> PerCloud:
+    """Interaction energy E_beta = (1/(2 beta)) sum_ij m_i m_j exp(beta <x_i, x_j>), plus
+    (1/beta) sum_i m_i weight_i exp(beta <x_i, p_i>) with parallel prompts ``prompt`` = p (N, d)
+    (:class:`meanfield.ParallelPrompt`; ``weight`` a scalar or (N,)). With Q = K = V = I and mask
+    Full the SA and USA flows never decrease it."""
     n = x.shape[0]
     beta = jnp.asarray(beta, x.dtype)
     m = jnp.full((n,), 1.0 / n, x.dtype) if mass is None else jnp.asarray(mass, x.dtype)
-    return m @ jnp.exp(beta * (x @ x.T)) @ m / (2 * beta)
+    e = m @ jnp.exp(beta * (x @ x.T)) @ m / (2 * beta)
+    if prompt is not None:
+        own = jnp.exp(beta * jnp.sum(x * jnp.asarray(prompt, x.dtype), axis=-1))
+        e = e + jnp.sum(m * jnp.asarray(weight, x.dtype) * own) / beta
+    return e
 
 
 @_per_cloud

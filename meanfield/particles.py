@@ -32,6 +32,8 @@ from ._errors import check_value, require
 from ._types import Array, Float, PRNGKeyArray, Times, TokensLike
 from .geometry import AbstractGeometry, AbstractLayerMap, PostLN, Sphere
 from .kernel import Attention, Prompt, TokenAux
+from .kernel.attention import PromptArg
+from .kernel.tokens import split_prompt
 
 
 
@@ -104,7 +106,7 @@ def velocity(
     *,
     geometry: AbstractGeometry = Sphere(),
     aux: TokenAux | None = None,
-    prompt: Prompt | None = None,
+    prompt: PromptArg = None,
 ) -> Float[Array, "n d"]:
     """The right-hand side P_x v(x) of the continuous dynamics, shape (N, d)."""
     x = jnp.asarray(x)
@@ -122,6 +124,15 @@ def _resolve_solver(solver) -> diffrax.AbstractSolver:
     return solver
 
 
+def _check_parallel(geometry, x0, prompt):
+    """A parallel prompt lives on the tokens' geometry (e.g. on the sphere); checked like x0."""
+    parallel = split_prompt(prompt)[1]
+    if parallel is not None:
+        checked = geometry.check(parallel.p, "prompt.p")
+        x0 = x0 if checked is parallel.p else x0 + 0.0 * jnp.sum(checked)  # keep a traced check alive
+    return x0
+
+
 def _as_float(name, value, dtype):
     value = jnp.asarray(value, dtype=dtype)
     require(value.ndim == 0, f"{name} must be a scalar, got shape {value.shape}")
@@ -135,7 +146,7 @@ def simulate(
     *,
     geometry: AbstractGeometry = Sphere(),
     aux: TokenAux | None = None,
-    prompt: Prompt | None = None,
+    prompt: PromptArg = None,
     solver="tsit5",
     dt=None,
     rtol=1e-6,
@@ -152,7 +163,9 @@ def simulate(
         ts: increasing save times, shape (T,), T >= 2; integration runs from ts[0] to ts[-1].
         geometry: ``Sphere()`` (default) or ``Euclidean()``.
         aux: positions / features / masses of the tokens (default positions 0..N-1, mass 1/N).
-        prompt: fixed extra key/value tokens that never move.
+        prompt: fixed tokens that never move: a :class:`Prompt` (shared keys/values seen by
+            every token), a :class:`ParallelPrompt` (one own key/value per token), or a tuple of
+            one of each.
         solver: a name in ``SOLVERS`` ("euler", "rk4", "tsit5", ...) or a diffrax solver.
         dt: fixed step size; ``None`` selects adaptive stepping with ``rtol``/``atol``
             (requires a solver with an error estimate, e.g. Tsit5/Dopri5/Dopri8). Saves off the
@@ -186,6 +199,7 @@ def simulate(
         dt = _as_float("dt", dt, x0.dtype)
         x0 = check_value(x0, ~(dt > 0), "dt must be > 0")
     x0 = geometry.check(x0, "x0")
+    x0 = _check_parallel(geometry, x0, prompt)
     x0 = attn.check_values(x0)
     x0 = check_value(x0, ~jnp.all(jnp.diff(ts) > 0), "ts must be strictly increasing")
     rtol = _as_float("rtol", rtol, x0.dtype)
@@ -228,7 +242,7 @@ def layers(
     h=1.0,
     norm: AbstractLayerMap = PostLN(),
     aux: TokenAux | None = None,
-    prompt: Prompt | None = None,
+    prompt: PromptArg = None,
 ) -> Trajectory:
     """Run ``n_layers`` discrete layers x <- norm.step(Attention, x, h); saves every layer.
 
@@ -252,6 +266,7 @@ def layers(
     attn.validate(x0, aux, prompt, name="x0")
     h = _as_float("h", h, x0.dtype)
     x0 = norm.geometry.check(x0, "x0")
+    x0 = _check_parallel(norm.geometry, x0, prompt)
     x0 = attn.check_values(x0)
     x0 = check_value(x0, ~(h > 0), "h must be > 0")
     return _layers(attn, x0, int(n_layers), h, norm, aux, prompt)

@@ -23,5 +23,6 @@ from .masks import CustomBias as CustomBias
 from .masks import Full as Full
 from .masks import Slots as Slots
 from .masks import Window as Window
+from .tokens import ParallelPrompt as ParallelPrompt
 from .tokens import Prompt as Prompt
 from .tokens import TokenAux as TokenAux

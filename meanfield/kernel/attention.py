@@ -47,7 +47,9 @@ from .encodings import AbstractPE
 from . import fused as _fused
 from .masks import AbstractMask, Full, Slots, position_normalized
 from .sharded import sharded_field
-from .tokens import Prompt, TokenAux
+from .tokens import ParallelPrompt, Prompt, TokenAux, split_prompt
+
+PromptArg = Prompt | ParallelPrompt | tuple | None
 
 _FORMS = ("SA", "USA")
 _BACKENDS = ("dense", "chunked")
@@ -254,7 +256,7 @@ class Attention(eqx.Module):
                 return m.shape[-1]
         return None
 
-    def validate(self, x: TokensLike, aux: TokenAux | None = None, prompt: Prompt | None = None, name: str = "x") -> None:
+    def validate(self, x: TokensLike, aux: TokenAux | None = None, prompt: PromptArg = None, name: str = "x") -> None:
         """Trace-time shape checks for an input cloud ``x`` of shape (N, d)."""
         require(jnp.ndim(x) == 2, f"{name} must have shape (N, d) (tokens x dimension), got {jnp.shape(x)}")
         n, d = x.shape
@@ -270,6 +272,10 @@ class Attention(eqx.Module):
         if aux is not None:
             aux.validate(n)
         n_keys = n
+        prompt, parallel = split_prompt(prompt)
+        if parallel is not None:
+            require(parallel.p.shape == (n, d),
+                    f"prompt.p (parallel prompt) must have shape ({n}, {d}), one per token, got {parallel.p.shape}")
         if prompt is not None:
             require(
                 prompt.x.shape[1] == d,
@@ -283,7 +289,7 @@ class Attention(eqx.Module):
         return check_value(x, jnp.isnan(self.beta) | (self.beta < 0), "beta must be finite and >= 0")
 
     # ------------------------------------------------------------- evaluation
-    def __call__(self, x: TokensLike, aux: TokenAux | None = None, prompt: Prompt | None = None) -> Float[Array, "n d"]:
+    def __call__(self, x: TokensLike, aux: TokenAux | None = None, prompt: PromptArg = None) -> Float[Array, "n d"]:
         """The velocity field v(x), shape (N, d) (not yet projected on any tangent space)."""
         self.validate(x, aux, prompt)
         if self.shard_tokens:
@@ -292,7 +298,7 @@ class Attention(eqx.Module):
         return self.rows(x, 0, x.shape[0], aux, prompt)
 
     def rows(self, x: TokensLike, start, size: int, aux: TokenAux | None = None,
-             prompt: Prompt | None = None) -> Float[Array, "size d"]:
+             prompt: PromptArg = None) -> Float[Array, "size d"]:
         """The field of the query rows ``start .. start + size - 1`` only, shape (size, d): every
         token of ``x`` (and the prompt) is a key, only those rows are queries. ``start`` may be
         traced (the sharded path passes its device's offset); ``size`` is static."""
@@ -300,11 +306,13 @@ class Attention(eqx.Module):
         out = self.backend.field(self, p)
         return self._mix(out, x.dtype)
 
-    def weights(self, x: TokensLike, aux: TokenAux | None = None, prompt: Prompt | None = None) -> Float[Array, "h n nk"]:
+    def weights(self, x: TokensLike, aux: TokenAux | None = None, prompt: PromptArg = None) -> Float[Array, "h n nk"]:
         """Dense attention matrix, shape (h, N, N + P) with h = 1 or heads.
 
         SA: row-stochastic weights e^{a_ij} / sum_j e^{a_ij}; USA: e^{a_ij} (masses included).
-        The field of head h is ``weights[h] @ (V_h keys)``.
+        The field of head h is ``weights[h] @ (V_h keys)``. Key axis: the N tokens, then the P
+        shared prompt tokens, then (with a :class:`ParallelPrompt`) one column holding each row's
+        weight on its own prompt p_i (shape (h, N, N + P + 1)).
         """
         self.validate(x, aux, prompt)
         p = self._prepare(x, aux, prompt)
@@ -325,6 +333,7 @@ class Attention(eqx.Module):
 
     def _prepare(self, x, aux, prompt, rows=None) -> _Prepared:
         x = jnp.asarray(x)
+        prompt, parallel = split_prompt(prompt)
         n, d = x.shape
         dt = x.dtype
         aux = TokenAux.default(n, dt) if aux is None else aux
@@ -344,22 +353,36 @@ class Attention(eqx.Module):
                 zk = jnp.concatenate([zq, pz], axis=0)
         qs = Slots(jnp.arange(n), aux.pos.astype(dt), zq)
         xq = x
+        own_p = None if parallel is None else parallel.p.astype(dt)
+        own_w = None if parallel is None else parallel.weight.astype(dt)
         start, size = (0, n) if rows is None else rows
         if not (isinstance(start, int) and start == 0 and size == n):
             cut = lambda a: jax.lax.dynamic_slice_in_dim(a, start, size)  # noqa: E731
             qs = Slots(start + jnp.arange(size), cut(qs.pos), None if zq is None else cut(zq))
             xq = cut(x)
+            if parallel is not None:
+                own_p, own_w = cut(own_p), cut(own_w)
         ks = Slots(jnp.arange(keys.shape[0]), kpos, zk)
 
         def proj(m, y):
             return y[None] if m is None else jnp.einsum("hed,nd->hne", m.astype(dt), y, precision=self._proj_precision)
 
         xk, xv = keys, keys
+        xq_raw = xq
         if self.pe is not None:
             xq, xk, xv = self.pe.inputs(xq, keys, qs, ks)
         q, k = proj(self.Q, xq), proj(self.K, xk)
         if self.pe is not None:
             q, k = self.pe.rotate(q, k, qs, ks)
+        own = None
+        if parallel is not None:  # each row's own prompt, with the row's own position and z
+            ok_in, ov_in = own_p, own_p
+            if self.pe is not None:
+                _, ok_in, ov_in = self.pe.inputs(xq_raw, own_p, qs, qs)
+            ok = proj(self.K, ok_in)
+            if self.pe is not None:
+                ok = self.pe.rotate(ok, ok, qs, qs)[1]
+            own = _Own(k=ok, v=proj(self.V, ov_in), logm=jnp.log(own_w))
         return _Prepared(
             q=q,
             k=k,
@@ -370,7 +393,21 @@ class Attention(eqx.Module):
             free=free,
             beta=jnp.reshape(self.beta.astype(dt), (-1, 1, 1)),
             n_prompt=0 if prompt is None else int(prompt.size),
+            own=own,
         )
+
+
+class _Own(eqx.Module):
+    """Each query row's own (parallel) prompt key: k (hk, rows, d), v (hv, rows, dv), log mass (rows,)."""
+
+    k: Array
+    v: Array
+    logm: Array
+
+
+def _own_scores(p, q, own):
+    """beta <q_i, k_own_i> + log w_i, shape (h, rows)."""
+    return jnp.sum((p.beta * q) * own.k, axis=-1) + own.logm
 
 
 class _Prepared(eqx.Module):
@@ -383,6 +420,7 @@ class _Prepared(eqx.Module):
     free: Array  # (M,) bool: prompt keys that bypass the mask
     beta: Array  # (hb, 1, 1)
     n_prompt: int = eqx.field(static=True)  # prompt keys (the last n_prompt keys)
+    own: _Own | None = None  # parallel prompts of the query rows
 
 
 def _scores(attn: Attention, q, k, qs, ks, free, beta, logm=None):
@@ -414,9 +452,14 @@ def _dense_weights(attn: Attention, p: _Prepared, q, qs):
     """Weights m_j e^{a_ij} (shifted by the row max for SA) and the row normaliser (None for USA;
     the positional normaliser for USA under :class:`PositionNormalized`)."""
     s = _scores(attn, q, p.k, qs, p.ks, p.free, p.beta, jnp.log(p.mass))
+    if p.own is not None:  # one more key column: each row's own prompt
+        so = jnp.broadcast_to(_own_scores(p, q, p.own), s.shape[:-1])
+        s = jnp.concatenate([s, so[..., None]], axis=-1)
     if attn.form == "USA":
         if position_normalized(attn.mask):
             b = _position_logw(attn, qs, p)
+            if p.own is not None:
+                b = jnp.concatenate([b, jnp.broadcast_to(p.own.logm[None, :, None], b.shape[:-1] + (1,))], axis=-1)
             bmax = _finite(jnp.max(b, axis=-1, keepdims=True))
             return jnp.exp(s - bmax), jnp.sum(jnp.exp(b - bmax), axis=-1, keepdims=True)
         return jnp.exp(s), None
@@ -436,31 +479,53 @@ def _dense(attn: Attention, p: _Prepared, row_block: int | None) -> Array:
     """
     n, d_out = p.q.shape[1], p.v.shape[-1]
 
-    def rows(q, qs):
+    def rows(q, qs, own):
         s = _scores(attn, q, p.k, qs, p.ks, p.free, p.beta)
+        so = None if own is None else _own_scores(p, q, own)[..., None]  # (h, rows, 1), log w_i included
         if attn.form == "USA" and position_normalized(attn.mask):
             # sum_j m_j e^{s_ij} v_j / sum_j m_j e^{b_ij}, both shifted by max_j (b_ij + log m_j)
             b = _position_logw(attn, qs, p)
-            bmax = _finite(jnp.max(b, axis=-1, keepdims=True))
+            bmax = jnp.max(b, axis=-1, keepdims=True)
+            if own is not None:
+                bmax = jnp.maximum(bmax, own.logm[None, :, None])
+            bmax = _finite(bmax)
             num = (jnp.exp(s - bmax) * p.mass) @ p.v
-            return num / (jnp.sum(jnp.exp(b - bmax), axis=-1, keepdims=True) + jnp.finfo(s.dtype).tiny)
+            den = jnp.sum(jnp.exp(b - bmax), axis=-1, keepdims=True)
+            if own is not None:
+                num = num + jnp.exp(so - bmax) * own.v
+                den = den + jnp.exp(own.logm[None, :, None] - bmax)
+            return num / (den + jnp.finfo(s.dtype).tiny)
         if attn.form == "USA":
-            return (jnp.exp(s) * p.mass) @ p.v
+            num = (jnp.exp(s) * p.mass) @ p.v
+            return num if own is None else num + jnp.exp(so) * own.v
         smax = jnp.max(s, axis=-1, keepdims=True)
+        if own is not None:
+            smax = jnp.maximum(smax, so)
         w = jnp.exp(s - _finite(smax)) * p.mass
+        num, den = w @ p.v, jnp.sum(w, axis=-1, keepdims=True)
+        if own is not None:
+            w_own = jnp.exp(so - _finite(smax))
+            num, den = num + w_own * own.v, den + w_own
         # + tiny: a fully masked row gives 0 / tiny = 0; any other row has sum >= max_j m_j
-        return (w @ p.v) / (jnp.sum(w, axis=-1, keepdims=True) + jnp.finfo(w.dtype).tiny)
+        return num / (den + jnp.finfo(w.dtype).tiny)
 
     b = row_block
     if b is None:
         b = int(min(1024, max(128, 2**21 // p.k.shape[1])))
     if n <= b:
-        return rows(p.q, p.qs)
+        return rows(p.q, p.qs, p.own)
     nb = math.ceil(n / b)
     q = _blocks(_pad_to(p.q, nb * b, 1, 0.0), nb, 1)
-    out = jax.lax.map(lambda a: rows(*a), (q, _block_rows(p.qs, nb, b)))  # (nb, h, b, d)
+    own = None if p.own is None else _block_own(p.own, nb, b)
+    out = jax.lax.map(lambda a: rows(*a), (q, _block_rows(p.qs, nb, b), own))  # (nb, h, b, d)
     out = jnp.moveaxis(out, 0, 1)
     return out.reshape(out.shape[0], nb * b, d_out)[:, :n]
+
+
+def _block_own(own, nb, b):
+    """The own-prompt arrays split into row blocks like the queries (padding rows get mass 0)."""
+    return _Own(k=_blocks(_pad_to(own.k, nb * b, 1, 0.0), nb, 1), v=_blocks(_pad_to(own.v, nb * b, 1, 0.0), nb, 1),
+                logm=_blocks(_pad_to(own.logm, nb * b, 0, -jnp.inf), nb, 0))
 
 
 def _block_rows(tree, nb, b, fill="edge"):
@@ -510,7 +575,7 @@ def _chunked(attn: Attention, p: _Prepared, block: int, query_batch: int) -> Arr
     pn = attn.form == "USA" and position_normalized(attn.mask)
 
     def one_query_block(qb):
-        qi, qs = qb
+        qi, qs, own = qb
         q_lo, q_hi = qs.pos.min(), qs.pos.max()
 
         @jax.checkpoint
@@ -545,6 +610,12 @@ def _chunked(attn: Attention, p: _Prepared, block: int, query_batch: int) -> Arr
             jnp.full((h, bq), -jnp.inf, dt),
             jnp.zeros((h, bq), dt),
         )
+        if own is not None:  # the row's own prompt starts the online normalisers
+            so = jnp.broadcast_to(_own_scores(p, qi, own), (h, bq))
+            w0 = jnp.exp(so - _finite(so))
+            pl0 = jnp.broadcast_to(jnp.exp(own.logm - _finite(own.logm)), (h, bq))
+            init = (so, w0, w0[..., None] * jnp.broadcast_to(own.v, (h, bq, d_out)),
+                    jnp.broadcast_to(own.logm, (h, bq)), pl0)
         tiles = ((k, v, kslots, logm, free), (k_live, k_free, k_lo, k_hi))
         (mx, l, acc, pmx, pl), _ = jax.lax.scan(body, init, tiles)
         if pn:  # acc e^{mx} / (pl e^{pmx}); zero where the row sees no key
@@ -556,12 +627,13 @@ def _chunked(attn: Attention, p: _Prepared, block: int, query_batch: int) -> Arr
         return _divide(acc, l[..., None])
 
     batch = None if query_batch == 1 else min(query_batch, nq)
-    out = jax.lax.map(one_query_block, (q, qslots), batch_size=batch)  # (nq, h, bq, d)
+    own = None if p.own is None else _block_own(p.own, nq, bq)
+    out = jax.lax.map(one_query_block, (q, qslots, own), batch_size=batch)  # (nq, h, bq, d)
     out = jnp.moveaxis(out, 0, 1).reshape(h, nq * bq, d_out)
     return out[:, :n]
 
 
-def precision_report(attn: Attention, x: TokensLike, aux: TokenAux | None = None, prompt: Prompt | None = None) -> dict:
+def precision_report(attn: Attention, x: TokensLike, aux: TokenAux | None = None, prompt: PromptArg = None) -> dict:
     """Accuracy of the score-precision options on one cloud: for every option of
     ``Attention.precision`` the field in float32 against a float64 reference,
     {option: {"max_rel": max_i |v_i - v_i^64| / max_i |v_i^64|, "rms_rel": rms / rms}}.

@@ -186,7 +186,7 @@ def default_interpret() -> bool:
 def check_supported(attn, p) -> None:
     """Trace-time refusal of what the fused kernel does not do, naming the fallback."""
     require(attn.pe is None, "the Fused backend does not support positional encodings (RoPE, AdditivePE); use backend=Chunked()")
-    require(p.n_prompt == 0, "the Fused backend does not support prompts; use backend=Chunked()")
+    require(p.n_prompt == 0 and p.own is None, "the Fused backend does not support prompts; use backend=Chunked()")
     require(p.q.dtype == jnp.float32, f"the Fused backend computes in float32, got {p.q.dtype}; use backend=Chunked() or Dense() for float64")
 
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from ..sharding import pad_rows, token_shards
-from .tokens import TokenAux
+from .tokens import ParallelPrompt, TokenAux, split_prompt
 
 
 def sharded_field(attn, x, aux=None, prompt=None):
@@ -30,8 +30,12 @@ def sharded_field(attn, x, aux=None, prompt=None):
     posp = pad_rows(pos, size, jnp.max(pos) + 1) if size > n else pos
     massp = pad_rows(aux.mass.astype(dt), size, 0.0)
     zp = None if aux.z is None else pad_rows(aux.z, size)
+    prompt, parallel = split_prompt(prompt)
     if prompt is not None and prompt.mass is None:  # its default, 1/N, counts the real tokens only
         prompt = type(prompt)(prompt.x, jnp.full((prompt.size,), 1.0 / n, dt), prompt.pos, prompt.z)
+    if parallel is not None:  # one prompt per (padded) row; each device slices its own rows
+        parallel = ParallelPrompt(pad_rows(parallel.p, size), pad_rows(parallel.weight, size, 0.0))
+    prompt = tuple(q for q in (prompt, parallel) if q is not None) or None
     dyn, static = eqx.partition((attn, prompt), eqx.is_array)
     spec = P("tokens")
 

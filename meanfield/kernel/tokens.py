@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 
-from .._errors import require
+from .._errors import is_concrete, require
 from .._types import Array, Float, Real, Shaped
 
 
@@ -98,3 +99,65 @@ class Prompt(eqx.Module):
     @property
     def size(self) -> int:
         return self.x.shape[0]
+
+
+class ParallelPrompt(eqx.Module):
+    r"""One fixed prompt datum p_i per moving token: a key/value for its own token i ONLY (the
+    "parallel" prompt insertion of Imaizumi, Koyama, Isobe & Hayashi 2026), never moving.
+
+    Token i attends to the keys x_j (masses m_j, mask b_ij) and to its own p_i with key mass
+    ``weight_i`` and no positional penalty: the own prompt carries its token's position and
+    auxiliary variable (ALiBi distance 0, the same RoPE rotation, additive PE with its token's z),
+    so it is visible under every mask (strict causal included), and it counts as a key wherever
+    weights are normalised (the softmax denominator, :class:`~meanfield.PositionNormalized`).
+
+    With Q = K = V = I and mask ``Full()``, the flows ascend
+
+        E(x) = (1 / 2 beta) sum_ij m_i m_j e^{beta <x_i, x_j>} + (1 / beta) sum_i m_i weight_i e^{beta <x_i, p_i>}
+
+    (grad_{x_i} E = m_i x the USA field; SA divides it by a positive Z_i), whose maximiser over the
+    token distribution is a pushforward of the prompt distribution, not a Dirac mass
+    (:func:`meanfield.theory.prompt_pushforward`). A symmetric mask adds its bias inside the first
+    exponent; a causal mask breaks the gradient structure (no energy is known to increase then).
+    Contrast: a shared :class:`Prompt` adds a term convex in the token distribution, whose
+    maximiser is a Dirac mass. Both may be passed together: ``prompt=(Prompt(y), ParallelPrompt(p))``.
+
+    Attributes:
+        p: the prompts, shape (N, d), one per moving token (on the same geometry as the tokens).
+        weight: key mass of each own prompt, a scalar or shape (N,) (default 1; the tokens' own
+            masses default to 1/N).
+    """
+
+    p: Float[Array, "*batch n d"]
+    weight: Float[Array, "*batch n"]
+
+    def __init__(self, p, weight=1.0):
+        self.p = jnp.asarray(p)
+        require(self.p.ndim == 2, f"prompt.p must have shape (N, d) (one prompt per token), got {self.p.shape}")
+        require(jnp.issubdtype(self.p.dtype, jnp.floating), f"prompt.p must be a floating-point array, got {self.p.dtype}")
+        w = jnp.asarray(weight, dtype=self.p.dtype)
+        require(w.ndim == 0 or w.shape == (self.p.shape[0],),
+                f"prompt weight must be a scalar or have shape ({self.p.shape[0]},), got {w.shape}")
+        self.weight = jnp.broadcast_to(w, (self.p.shape[0],))
+        if is_concrete(self.p, self.weight):
+            require(bool(np.all(np.isfinite(np.asarray(self.p)))), "prompt.p must be finite")
+            wv = np.asarray(self.weight)
+            require(bool(np.all(np.isfinite(wv)) and np.all(wv >= 0)), f"prompt weight must be finite and >= 0, got {weight}")
+
+    @property
+    def size(self) -> int:
+        return self.p.shape[0]
+
+
+def split_prompt(prompt) -> tuple[Prompt | None, ParallelPrompt | None]:
+    """(shared, parallel) from ``prompt=``: None, a :class:`Prompt`, a :class:`ParallelPrompt`, or a
+    tuple holding at most one of each."""
+    if prompt is None:
+        return None, None
+    items = tuple(prompt) if isinstance(prompt, (tuple, list)) else (prompt,)
+    shared = [q for q in items if isinstance(q, Prompt)]
+    parallel = [q for q in items if isinstance(q, ParallelPrompt)]
+    require(len(shared) + len(parallel) == len(items) and len(shared) <= 1 and len(parallel) <= 1,
+            "prompt must be a Prompt, a ParallelPrompt, or a tuple of at most one of each, got "
+            f"{[type(q).__name__ for q in items]}")
+    return (shared[0] if shared else None), (parallel[0] if parallel else None)
