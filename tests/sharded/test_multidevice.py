@@ -86,6 +86,20 @@ def test_mesh_specs_on_eight_devices():
         sharding.make_mesh("data=4,tokens=4")
 
 
+def test_parallel_prompt_sharded_equals_single_device():
+    """One own prompt per token: the rows are padded to the axis (101 tokens on 8 devices) and each
+    device uses its own rows' prompts."""
+    n, d = 101, 4
+    x = mf.sphere_uniform(jax.random.key(3), n, d, F32)
+    p = mf.ParallelPrompt(mf.sphere_uniform(jax.random.key(4), n, d, F32), jnp.linspace(0.1, 1.0, n, dtype=F32))
+    shared = mf.Prompt(mf.sphere_uniform(jax.random.key(5), 3, d, F32))
+    for attn in (mf.Attention(F32(2.0), mask=mf.Causal()), mf.Attention(F32(1.0), form="USA", backend="chunked", block=16)):
+        ref = attn(x, prompt=(shared, p))
+        with jax.set_mesh(sharding.make_mesh("tokens")):
+            v = jax.jit(lambda y: attn(y, prompt=(shared, p)))(x)
+        np.testing.assert_allclose(v, ref, rtol=0, atol=1e-6 * float(jnp.abs(ref).max()))
+
+
 def test_kinetic_solver_sharded_over_rows_equals_single_device():
     for n_s in (64, 60):  # 60: padded rows
         for pde in (KineticMeanField(n_s, 32, beta=2.0, coupling=CausalCoupling(1.5)),
