@@ -8,10 +8,15 @@ theory limit x*(z) (additive variants: the engine-free energy maximiser of
 meanfield.theory.additive_pe_pushforward, on a 600-node quadrature for the sinusoidal encoding
 and on the token's own z for the random ones).
 
-What to expect: no encoding -> Dirac mass; additive encodings -> a spread cloud that is the
-pushforward of the positions; the concatenated channel only reweights attention (all weights
-stay positive, the energy is still maximised by a Dirac mass) and collapses; RoPE and prompts
-keep the cloud spread.
+What the figure shows: no encoding -> a Dirac mass; additive encodings -> a spread cloud, the
+pushforward of the positions (near a local maximiser of the theory energy: the theory search here
+is a short one, 4 starts, see meanfield.theory.additive_pe_pushforward); the concatenated channel
+only reweights attention (all weights stay positive, the energy is still maximised by a Dirac mass)
+and collapses; RoPE keeps the cloud spread over this time span. The "prompt" variant uses SHARED
+prompt tokens (every token sees every prompt): they add a term linear in the token distribution to
+a convex energy, whose maximiser is a Dirac mass, and the run collapses (distance to Dirac ~ 0).
+The paper's parallel prompt insertion (one own prompt per token, meanfield.ParallelPrompt) is the
+``prompt-parallel`` preset, where the limit is a pushforward.
 
     meanfield run anti-collapse [--set alpha=0.4 --set beta=4]
 """

@@ -36,11 +36,13 @@ TINY = {
                           "n_sequences=1", "twin_max_length=64"],
     "kinetic-tcrit": ["betas=1,2", "sizes=16,32", "pde_s=8", "pde_m=16", "pde_modes=4", "n_max=6", "n_particles=8",
                       "runs=8", "bins=4", "profile_beta=1", "n_times=6"],
+    "prompt-parallel": ["ns=8,16", "t1=5", "n_save=4", "quadrature=32", "n_starts=2", "hops=0"],
     "kinetic-causal": ["n_s=16", "m=16", "betas=1,2", "bins=8", "t_early=1", "n_early=6", "t1=1.5", "n_late=2", "chunks=2"],
 }
 GRID_PRESETS = {"pe-sweep", "prompt-sweep"}
 DENSITY_PRESETS = {"meanfield-circle": {"rho", "mass"}, "particles-vs-pde": {"w1", "w1_mean"},
                    "kinetic-causal": {"f", "influence", "u_onset"},
+                   "prompt-parallel": {"theta_star", "w1_to_pushforward", "dirac_distance_parallel", "dirac_distance_shared"},
                    "kinetic-tcrit": {"tcrit_closed", "tcrit_propagator", "tcrit_pde", "tcrit_particles", "profile_pde"},
                    "cesaro": {"profile_n64", "interior_rel_error", "dead_zone_depth_n128"},
                    "step0": {"influence", "influence_mean", "alpha_matched"},
