@@ -70,6 +70,7 @@ class Sphere(AbstractGeometry):
 
     def check(self, x, name: str = "x0"):
         tol = self.tol if self.tol is not None else (1e-6 if jnp.finfo(x.dtype).eps < 1e-10 else 1e-3)
+        x = check_value(x, ~jnp.isfinite(x), f"{name}: tokens must be finite (found NaN or inf)")
         err = jnp.abs(jnp.linalg.norm(x, axis=-1) - 1.0)
         return check_value(
             x,

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from diffrax import AbstractERK, ButcherTableau, ThirdOrderHermitePolynomialInterpolation
 
-from ._errors import check_value, require
+from ._errors import check_value, is_concrete, require
 from ._types import Array, Float, PRNGKeyArray, Times, TokensLike
 from .geometry import AbstractGeometry, AbstractLayerMap, PostLN, Sphere
 from .kernel import Attention, Prompt, TokenAux
@@ -184,7 +184,8 @@ def simulate(
     """
     require(isinstance(attn, Attention), f"attn must be a meanfield.Attention, got {type(attn).__name__}")
     x0 = jnp.asarray(x0)
-    require(jnp.issubdtype(x0.dtype, jnp.floating), f"x0 must be a floating-point array, got {x0.dtype}")
+    require(x0.dtype in (jnp.float32, jnp.float64),
+            f"x0 must be float32 or float64, got {x0.dtype} (half precision cannot hold the solver's tolerances)")
     attn.validate(x0, aux, prompt, name="x0")
     ts = jnp.asarray(ts, dtype=x0.dtype)
     require(ts.ndim == 1 and ts.shape[0] >= 2, f"ts must be a 1-D array of at least 2 save times, got shape {ts.shape}")
@@ -204,6 +205,10 @@ def simulate(
     x0 = check_value(x0, ~jnp.all(jnp.diff(ts) > 0), "ts must be strictly increasing")
     rtol = _as_float("rtol", rtol, x0.dtype)
     atol = _as_float("atol", atol, x0.dtype)
+    if dt is None:  # the tolerances drive the step: negative, NaN or both zero would silently mislead it
+        bad_tol = ~(jnp.isfinite(rtol) & jnp.isfinite(atol) & (rtol >= 0) & (atol >= 0) & (rtol + atol > 0))
+        got = f" (got rtol = {float(rtol):g}, atol = {float(atol):g})" if is_concrete(rtol, atol) else ""
+        x0 = check_value(x0, bad_tol, "rtol and atol must be finite and >= 0, not both 0" + got)
     return _simulate(attn, x0, ts, geometry, aux, prompt, solver, dt, rtol, atol, int(max_steps), throw, adjoint)
 
 

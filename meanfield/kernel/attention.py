@@ -237,7 +237,10 @@ class Attention(eqx.Module):
             if m is not None:
                 require(m.shape[0] in (1, self.heads), f"{n} has {m.shape[0]} heads, expected 1 or {self.heads}")
         if is_concrete(beta):
-            check_value(beta, jnp.isnan(beta) | (beta < 0), f"beta must be finite and >= 0, got {beta}")
+            check_value(beta, ~jnp.isfinite(beta) | (beta < 0), f"beta must be finite and >= 0, got {beta}")
+        for n, m in mats.items():
+            if m is not None and is_concrete(m):
+                check_value(m, ~jnp.all(jnp.isfinite(m)), f"{n} must be finite (found NaN or inf)")
         self.beta = beta
         self.Q, self.K, self.V, self.W = mats["Q"], mats["K"], mats["V"], mats["W"]
         self.mask = Full() if mask is None else mask
@@ -286,7 +289,7 @@ class Attention(eqx.Module):
 
     def check_values(self, x):
         """Data-dependent checks on beta (NaN/negative); eager raise or traced ``error_if``."""
-        return check_value(x, jnp.isnan(self.beta) | (self.beta < 0), "beta must be finite and >= 0")
+        return check_value(x, ~jnp.isfinite(self.beta) | (self.beta < 0), "beta must be finite and >= 0")
 
     # ------------------------------------------------------------- evaluation
     def __call__(self, x: TokensLike, aux: TokenAux | None = None, prompt: PromptArg = None) -> Float[Array, "n d"]:

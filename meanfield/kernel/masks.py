@@ -21,7 +21,7 @@ from typing import NamedTuple
 import equinox as eqx
 import jax.numpy as jnp
 
-from .._errors import require
+from .._errors import is_concrete, require
 from .._types import Array
 
 
@@ -129,6 +129,9 @@ class ALiBi(AbstractMask):
     def __init__(self, slope):
         slope = jnp.asarray(slope)
         require(slope.ndim <= 1, f"ALiBi: slope must be a scalar or shape (heads,), got {slope.shape}")
+        if is_concrete(slope):
+            require(bool(jnp.all(jnp.isfinite(slope)) and jnp.all(slope >= 0)),
+                    f"ALiBi: slope must be finite and >= 0 (a decay), got {slope}")
         self.slope = slope
 
     def validate(self, n_queries, n_keys, heads):

@@ -12,9 +12,10 @@ Multi-host: ``--distributed`` (or the environment variable JAX_COORDINATOR_ADDRE
 JAX_NUM_PROCESSES and JAX_PROCESS_ID) calls jax.distributed.initialize() first; every process
 runs the same command, process 0 writes the outputs.
 
-Exit status: 0 success, 2 bad arguments/keys/values, 3 refused (existing result, unfinished
+Exit status: 0 success, 2 bad arguments/keys/values/paths, 3 refused (existing result, unfinished
 run without --resume, mismatched checkpoint), 4 paused by --max-chunks (checkpoint written;
-continue with --resume). Runs use float64 (reference precision).
+continue with --resume), 5 another run holds the output folder's lock, 130 interrupted (Ctrl-C;
+the last checkpoint is kept: continue with --resume). Runs use float64 (reference precision).
 """
 
 from __future__ import annotations
@@ -28,13 +29,15 @@ from pathlib import Path
 import jax
 import xarray as xr
 
+from .. import __version__
 from .config import ConfigError, apply_overrides, describe
-from .executor import Paused, RunError, execute
+from .executor import Locked, Paused, RunError, execute
 from .presets import get_preset, load_presets, parse_grid
 
 
 def _parser():
     ap = argparse.ArgumentParser(prog="meanfield", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", action="version", version=f"meanfield {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="list presets")
     sh = sub.add_parser("show", help="config keys of a preset")
@@ -78,6 +81,18 @@ def _initialize_distributed():
 
 
 def main(argv=None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # e.g. `meanfield list | head`: the reader left; not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        print("meanfield: interrupted; the last checkpoint (if any) is kept: continue with --resume", file=sys.stderr)
+        return 130
+
+
+def _main(argv=None) -> int:
     args = _parser().parse_args(argv)
     if getattr(args, "distributed", False) or os.environ.get("JAX_COORDINATOR_ADDRESS"):
         _initialize_distributed()
@@ -96,7 +111,12 @@ def main(argv=None) -> int:
             path = Path(args.dir) / "result.nc"
             if not path.exists():
                 raise ConfigError(f"{path} not found")
-            ds = xr.load_dataset(path)
+            try:
+                ds = xr.load_dataset(path)
+            except Exception as err:  # truncated or not a netCDF file
+                raise ConfigError(f"{path} cannot be read ({type(err).__name__}: {err}); rerun the preset") from None
+            if "preset" not in ds.attrs or "config" not in ds.attrs:
+                raise ConfigError(f"{path} was not written by meanfield run (no preset/config attributes)")
             preset = get_preset(ds.attrs["preset"])
             for fig in preset.plot(ds, args.dir):
                 print(f"wrote {fig}")
@@ -123,6 +143,9 @@ def main(argv=None) -> int:
     except Paused as err:
         print(f"meanfield: {err}", file=sys.stderr)
         return 4
+    except Locked as err:
+        print(f"meanfield: busy: {err}", file=sys.stderr)
+        return 5
 
 
 if __name__ == "__main__":

@@ -81,8 +81,11 @@ def apply_overrides(cfg, overrides: list[str] | None):
             path = Path(item)
             if path.suffix != ".toml" or not path.exists():
                 raise ConfigError(f"--set expects key=value or an existing .toml file, got {item!r}")
-            with path.open("rb") as fh:
-                table = tomllib.load(fh)
+            try:
+                with path.open("rb") as fh:
+                    table = tomllib.load(fh)
+            except tomllib.TOMLDecodeError as err:
+                raise ConfigError(f"{path}: invalid TOML: {err}") from None
             for key, value in table.items():
                 changes[key] = coerce(type(cfg), key, value)
             continue

@@ -17,8 +17,13 @@ layout, so it resumes on any number of devices.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
+import os
+import shutil
+import socket
 import sys
 from pathlib import Path
 
@@ -69,6 +74,61 @@ class Paused(Exception):
     """``max_chunks`` reached: the state is in DIR/checkpoint.npz; continue with ``resume=True``."""
 
 
+class Locked(RuntimeError):
+    """Another run holds the output folder's lock: exit status 5."""
+
+
+LOCK_NAME = ".meanfield.lock"
+
+
+@contextlib.contextmanager
+def folder_lock(outdir: Path):
+    """An exclusive ``fcntl.flock`` on DIR/.meanfield.lock for the whole run (the kernel releases it
+    on any death of the process, SIGKILL included). The file records the holder's host and pid for
+    the message a second writer gets (:class:`Locked`). Only the writing process locks."""
+    if not is_writer():
+        yield
+        return
+    fh = open(outdir / LOCK_NAME, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        who = fh.read().strip() or "unknown process"
+        fh.close()
+        raise Locked(f"{outdir} is being written by another meanfield run ({who}); wait for it or pass another --out") from None
+    try:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"host {socket.gethostname()} pid {os.getpid()}\n")
+        fh.flush()
+        yield
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
+def _make_outdir(outdir: Path) -> bool:
+    """Create the output folder (one-line ConfigError if impossible); True if it was created here."""
+    existed = outdir.is_dir()
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"--out {outdir}: cannot create the output folder ({err.strerror or err})") from None
+    if not os.access(outdir, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {outdir}: the output folder is not writable")
+    return not existed
+
+
+def _remove_if_empty(outdir: Path) -> None:
+    """Remove a folder this run created when nothing but its lock file is in it."""
+    try:
+        if {p.name for p in outdir.iterdir()} <= {LOCK_NAME}:
+            shutil.rmtree(outdir)
+    except OSError:
+        pass
+
+
 def execute(preset: Preset, cfg, grid: Grid, outdir, *, resume=False, force=False, checkpoint_every=1, progress=True,
             mesh="auto", max_chunks=None):
     """Run (or sweep) ``preset`` and write DIR/result.nc and DIR/*.png; returns the Dataset.
@@ -78,17 +138,27 @@ def execute(preset: Preset, cfg, grid: Grid, outdir, *, resume=False, force=Fals
     ``max_chunks``: stop after that many chunk calls in this call, with the checkpoint written,
     raising :class:`Paused` (for time-limited job slots; finish later with ``resume=True``)."""
     outdir = Path(outdir)
-    result, ckpt = outdir / "result.nc", outdir / "checkpoint.npz"
-    if result.exists() and not force:
-        raise RunError(f"{result} already exists; pass --force to overwrite it")
-    if ckpt.exists() and not (resume or force):
-        raise RunError(f"{outdir} holds an unfinished run ({ckpt.name}); pass --resume to continue it or --force to start over")
     if checkpoint_every < 1:
         raise ConfigError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     if max_chunks is not None and max_chunks < 1:
         raise ConfigError(f"max_chunks must be >= 1, got {max_chunks}")
     check_run(preset, cfg, grid)
-    outdir.mkdir(parents=True, exist_ok=True)
+    created = _make_outdir(outdir)
+    try:
+        with folder_lock(outdir):  # the existence checks and the run under one lock: one writer per folder
+            return _locked_execute(preset, cfg, grid, outdir, resume, force, checkpoint_every, progress, mesh, max_chunks)
+    except BaseException:
+        if created:
+            _remove_if_empty(outdir)
+        raise
+
+
+def _locked_execute(preset, cfg, grid, outdir, resume, force, checkpoint_every, progress, mesh, max_chunks):
+    result, ckpt = outdir / "result.nc", outdir / "checkpoint.npz"
+    if result.exists() and not force:
+        raise RunError(f"{result} already exists; pass --force to overwrite it")
+    if ckpt.exists() and not (resume or force):
+        raise RunError(f"{outdir} holds an unfinished run ({ckpt.name}); pass --resume to continue it or --force to start over")
     meta = _meta(preset, cfg, grid)
     groups = _groups(preset, cfg, grid)
     try:

@@ -27,6 +27,15 @@ def observable_vars(x, beta, dims, tol=1e-2) -> dict:
     return {k: (tuple(dims), np.asarray(v).reshape(lead)) for k, v in out.items()}
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once at start-up (os.umask can only be read by setting it)
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path`` in one
@@ -36,6 +45,7 @@ def atomic_path(path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs follow the umask like any file
     try:
         yield tmp
         os.replace(tmp, path)

@@ -1,0 +1,111 @@
+"""Run-tier reliability: bad input refused in one line before compute (API and CLI, with exit
+codes), one writer per output folder, outputs that respect the umask, a quiet `list | head`."""
+
+import os
+import stat
+import subprocess
+import sys
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jaxtyping
+import numpy as np
+import pytest
+import xarray as xr
+
+import meanfield as mf
+from meanfield.particles import _simulate
+from meanfield.run.cli import main
+from meanfield.run.executor import Locked, folder_lock
+
+TINY = ["--set", "n=6", "--set", "t1=1", "--set", "n_save=3", "--set", "chunks=1", "--no-progress"]
+
+
+@pytest.fixture
+def no_hook():
+    """These cases check the messages users get; jaxtyping's test hook would answer first."""
+    disabled = jaxtyping.config.jaxtyping_disable
+    jaxtyping.config.update("jaxtyping_disable", True)
+    yield
+    jaxtyping.config.update("jaxtyping_disable", disabled)
+
+
+def _x0():
+    return mf.sphere_uniform(jax.random.key(0), 8, 3)
+
+
+API_CASES = {
+    "rtol < 0": (lambda: mf.simulate(mf.Attention(1.0), _x0(), [0.0, 1.0], rtol=-1.0), "rtol and atol must be finite and >= 0"),
+    "rtol = atol = 0": (lambda: mf.simulate(mf.Attention(1.0), _x0(), [0.0, 1.0], rtol=0.0, atol=0.0), "not both 0"),
+    "rtol NaN": (lambda: mf.simulate(mf.Attention(1.0), _x0(), [0.0, 1.0], rtol=float("nan")), "rtol and atol"),
+    "Q NaN": (lambda: mf.Attention(1.0, Q=jnp.full((3, 3), jnp.nan)), "Q must be finite"),
+    "ALiBi NaN": (lambda: mf.ALiBi(float("nan")), "slope must be finite and >= 0"),
+    "ALiBi < 0": (lambda: mf.ALiBi(-1.0), "slope must be finite and >= 0"),
+    "beta inf": (lambda: mf.Attention(float("inf")), "beta must be finite"),
+    "float16 x0": (lambda: mf.simulate(mf.Attention(1.0), _x0().astype(jnp.float16), [0.0, 1.0]), "float32 or float64"),
+    "NaN token": (lambda: mf.simulate(mf.Attention(1.0), _x0().at[0, 0].set(jnp.nan), [0.0, 1.0]), "must be finite"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(API_CASES))
+def test_bad_api_input_is_one_line_before_compute(case, no_hook):
+    fn, match = API_CASES[case]
+    before = eqx.debug.get_num_traces(_simulate)
+    with pytest.raises(ValueError, match=match) as info:
+        fn()
+    assert "\n" not in str(info.value)
+    assert eqx.debug.get_num_traces(_simulate) == before  # refused before any solve was traced
+
+
+def test_bad_cli_input_exit_codes(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "bad.toml").write_text("n = [\n")
+    cases = [
+        (["run", "clustering", "--out", str(tmp_path / "file"), *TINY], 2, "cannot create the output folder"),
+        (["run", "clustering", "--out", str(tmp_path / "file" / "sub"), *TINY], 2, "cannot create the output folder"),
+        (["run", "clustering", "--set", str(tmp_path / "bad.toml"), "--out", str(tmp_path / "t"), *TINY], 2, "invalid TOML"),
+        (["run", "clustering", "--set", "beta=-1", "--out", str(tmp_path / "b"), *TINY], 2, "beta must be >= 0"),
+        (["plot", str(tmp_path / "missing")], 2, "not found"),
+    ]
+    trunc = tmp_path / "trunc"
+    trunc.mkdir()
+    (trunc / "result.nc").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
+    cases.append((["plot", str(trunc)], 2, "cannot be read"))
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    xr.Dataset({"a": ("x", np.ones(2))}).to_netcdf(plain / "result.nc", engine="h5netcdf")
+    cases.append((["plot", str(plain)], 2, "not written by meanfield run"))
+    for argv, code, msg in cases:
+        assert main(argv) == code, argv
+        err = capsys.readouterr().err.strip()
+        assert msg in err and len(err.splitlines()) == 1, (argv, err)
+    assert not (tmp_path / "t").exists() and not (tmp_path / "b").exists()  # nothing left behind
+
+
+def test_one_writer_per_output_folder(tmp_path, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    with folder_lock(out):
+        with pytest.raises(Locked, match=f"pid {os.getpid()}"):
+            with folder_lock(out):
+                pass
+        assert main(["run", "clustering", "--out", str(out), *TINY]) == 5
+        assert "being written by another meanfield run" in capsys.readouterr().err
+    assert main(["run", "clustering", "--out", str(out), *TINY]) == 0  # released
+
+
+def test_outputs_respect_the_umask(tmp_path):
+    out = tmp_path / "o"
+    assert main(["run", "clustering", "--out", str(out), *TINY]) == 0
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((out / "result.nc").stat().st_mode) == 0o666 & ~mask
+
+
+def test_list_into_a_closed_pipe_and_version():
+    proc = subprocess.run(f"{sys.executable} -m meanfield list | head -1", shell=True, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr and proc.stdout.count("\n") == 1
+    ver = subprocess.run([sys.executable, "-m", "meanfield", "--version"], capture_output=True, text=True, timeout=120)
+    assert ver.stdout.strip() == f"meanfield {mf.__version__}"
