@@ -1,6 +1,6 @@
 """Input validation shared by all entry points.
 
-Three tiers (see shared/DESIGN.md): shape problems raise ``ValueError`` at trace time
+Three tiers (see docs/DESIGN.md): shape problems raise ``ValueError`` at trace time
 naming the argument; value checks that need data raise ``ValueError`` at once when the data
 is concrete (eager call) and go through ``eqx.error_if`` when it is traced (inside a
 user's ``jit``/``vmap``); solver failures are result codes.

@@ -44,6 +44,7 @@ API_CASES = {
     "ALiBi < 0": (lambda: mf.ALiBi(-1.0), "slope must be finite and >= 0"),
     "beta inf": (lambda: mf.Attention(float("inf")), "beta must be finite"),
     "float16 x0": (lambda: mf.simulate(mf.Attention(1.0), _x0().astype(jnp.float16), [0.0, 1.0]), "float32 or float64"),
+    "RoPE with odd d": (lambda: mf.simulate(mf.Attention(1.0, pe=mf.RoPE()), _x0(), [0.0, 1.0]), "even token dimension"),
     "NaN token": (lambda: mf.simulate(mf.Attention(1.0), _x0().at[0, 0].set(jnp.nan), [0.0, 1.0]), "must be finite"),
 }
 
@@ -109,3 +110,30 @@ def test_list_into_a_closed_pipe_and_version():
     assert proc.returncode == 0 and "Traceback" not in proc.stderr and proc.stdout.count("\n") == 1
     ver = subprocess.run([sys.executable, "-m", "meanfield", "--version"], capture_output=True, text=True, timeout=120)
     assert ver.stdout.strip() == f"meanfield {mf.__version__}"
+
+
+def test_grid_and_set_conflicts_and_resume_without_retyping(tmp_path, capsys):
+    out = tmp_path / "o"
+    sets = ["--set", "n=6", "--set", "t1=1", "--set", "n_save=5", "--set", "chunks=4", "--no-progress"]
+    assert main(["sweep", "clustering", "--grid", "seed=0,0", "--out", str(out)]) == 2
+    assert "repeated values [0]" in capsys.readouterr().err
+    assert main(["sweep", "clustering", "--grid", "beta=1,2", "--set", "beta=7", "--out", str(out)]) == 2
+    assert "both set (--set) and swept (--grid)" in capsys.readouterr().err
+    (tmp_path / "s.toml").write_text("seed = true\n")
+    assert main(["run", "clustering", "--set", str(tmp_path / "s.toml"), "--out", str(out)]) == 2
+    assert "bad value True for 'seed': expected int" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["run", "clustering", "--out", str(out), *sets, "--max-chunks", "1"]) == 4
+    assert main(["run", "clustering", "--out", str(out), "--resume", "--set", "n=7", "--no-progress"]) == 3
+    assert "n = 6 then, 7 now" in capsys.readouterr().err  # the mismatch names the key
+    assert main(["run", "clustering", "--out", str(out), "--resume", "--no-progress"]) == 0  # overrides from run.json
+    ref = tmp_path / "ref"
+    assert main(["run", "clustering", "--out", str(ref), *sets]) == 0
+    a, b = xr.load_dataset(out / "result.nc"), xr.load_dataset(ref / "result.nc")
+    np.testing.assert_array_equal(a.x.values, b.x.values)
+
+
+def test_show_prints_the_resolved_config_with_element_types(capsys):
+    assert main(["show", "phase-diagram", "--set", "betas=1,2"]) == 0
+    out = capsys.readouterr().out
+    assert "betas: tuple[float, ...] = (1.0, 2.0)" in out

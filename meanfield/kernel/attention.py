@@ -43,7 +43,7 @@ from .._arrays import pad_axis as _pad_to
 from .._errors import check_value, deprecated, is_concrete, require
 from ..sharding import token_shards
 from .._types import Array, Float, TokensLike
-from .encodings import AbstractPE
+from .encodings import AbstractPE, RoPE
 from . import fused as _fused
 from .masks import AbstractMask, Full, Slots, position_normalized
 from .sharded import sharded_field
@@ -286,6 +286,8 @@ class Attention(eqx.Module):
             )
             n_keys += prompt.size
         self.mask.validate(n, n_keys, self.heads)
+        if isinstance(self.pe, RoPE):
+            require(d % 2 == 0, f"RoPE rotates pairs of coordinates: it needs an even token dimension d, got d = {d}")
 
     def check_values(self, x):
         """Data-dependent checks on beta (NaN/negative); eager raise or traced ``error_if``."""

@@ -21,6 +21,7 @@ the last checkpoint is kept: continue with --resume). Runs use float64 (referenc
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -40,8 +41,9 @@ def _parser():
     ap.add_argument("--version", action="version", version=f"meanfield {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="list presets")
-    sh = sub.add_parser("show", help="config keys of a preset")
+    sh = sub.add_parser("show", help="config keys of a preset (with --set: the resolved config)")
     sh.add_argument("preset")
+    sh.add_argument("--set", action="append", default=[], metavar="KEY=VALUE|FILE.toml", help="override a config key")
     for name in ("run", "sweep"):
         p = sub.add_parser(name, help=f"{name} a preset")
         p.add_argument("preset")
@@ -80,6 +82,20 @@ def _initialize_distributed():
     jax.distributed.initialize(**kw)
 
 
+def _recorded_overrides(out: Path, name: str) -> list[str]:
+    """The --set overrides recorded in DIR/run.json by the run being resumed (none if absent)."""
+    path = out / "run.json"
+    if not path.exists():
+        return []
+    try:
+        rec = json.loads(path.read_text())
+    except ValueError:
+        raise ConfigError(f"{path} is not valid JSON; pass the run's --set overrides again") from None
+    if rec.get("preset") != name:
+        raise ConfigError(f"{out} holds a run of {rec.get('preset')!r}, not {name!r}")
+    return [str(s) for s in rec.get("set", [])]
+
+
 def main(argv=None) -> int:
     try:
         return _main(argv)
@@ -105,7 +121,8 @@ def _main(argv=None) -> int:
             return 0
         if args.cmd == "show":
             preset = get_preset(args.preset)
-            print(f"{preset.name}: {preset.description}\n{describe(preset.Config)}")
+            cfg = apply_overrides(preset.Config(), args.set) if args.set else None
+            print(f"{preset.name}: {preset.description}\n{describe(preset.Config, cfg)}")
             return 0
         if args.cmd == "plot":
             path = Path(args.dir) / "result.nc"
@@ -122,13 +139,19 @@ def _main(argv=None) -> int:
                 print(f"wrote {fig}")
             return 0
         preset = get_preset(args.preset)
+        out = Path(args.out or f"out/{preset.name}{'-sweep' if args.cmd == 'sweep' else ''}")
+        if args.resume and not args.set and args.cmd == "run":  # the overrides of the run being resumed
+            args.set = _recorded_overrides(out, preset.name)
         cfg = apply_overrides(preset.Config(), args.set)
         grid = parse_grid(cfg, args.grid if args.cmd == "sweep" else None)
-        out = Path(args.out or f"out/{preset.name}{'-sweep' if args.cmd == 'sweep' else ''}")
+        both = sorted(set(grid.keys) & {s.split("=", 1)[0].strip() for s in args.set if "=" in s})
+        if both:
+            raise ConfigError(f"{both} both set (--set) and swept (--grid); give each key one way")
         t0 = time.perf_counter()
         ds = execute(preset, cfg, grid, out, resume=args.resume, force=args.force,
                      checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
-                     mesh=args.mesh, max_chunks=args.max_chunks)
+                     mesh=args.mesh, max_chunks=args.max_chunks,
+                     invocation={"set": list(args.set), "grid_specs": list(getattr(args, "grid", None) or [])})
         print(f"{preset.name}: done in {time.perf_counter() - t0:.1f} s; dims {dict(ds.sizes)}")
         if jax.process_index() == 0:  # the writer (multi-host: the other processes write nothing)
             figs = sorted(str(p) for p in out.glob("*.png"))

@@ -22,12 +22,23 @@ def field_types(cls) -> dict[str, type]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def describe(cls) -> str:
-    """'key: type = default' lines for every field of a config class."""
+def type_name(t) -> str:
+    """'float', 'tuple[float, ...]', ... as written in the config class."""
+    if typing.get_origin(t) is tuple:
+        args = typing.get_args(t)
+        inner = ", ".join("..." if a is Ellipsis else type_name(a) for a in args)
+        return f"tuple[{inner}]"
+    return getattr(t, "__name__", str(t))
+
+
+def describe(cls, cfg=None) -> str:
+    """'key: type = value' lines for every field of a config class (its defaults, or the values of
+    the instance ``cfg``: the resolved config after overrides)."""
     lines = []
     for f in dataclasses.fields(cls):
         t = field_types(cls)[f.name]
-        lines.append(f"  {f.name}: {getattr(t, '__name__', str(t))} = {f.default!r}")
+        value = f.default if cfg is None else getattr(cfg, f.name)
+        lines.append(f"  {f.name}: {type_name(t)} = {value!r}")
     return "\n".join(lines)
 
 
@@ -55,10 +66,12 @@ def coerce(cls, key: str, value):
             return tuple(_scalar(inner, v) for v in items)
         return _scalar(t, value)
     except (TypeError, ValueError):
-        raise ConfigError(f"bad value {value!r} for {key!r}: expected {getattr(t, '__name__', str(t))}") from None
+        raise ConfigError(f"bad value {value!r} for {key!r}: expected {type_name(t)}") from None
 
 
 def _scalar(t, value):
+    if isinstance(value, bool) and t is not bool:  # TOML true/false is not a number
+        raise ValueError(value)
     if t is int:
         if isinstance(value, float) and not value.is_integer():
             raise ValueError(value)

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from .. import __version__
 from ..sharding import BatchPlacement, is_writer
 from .config import ConfigError
-from .io import save_npz_atomic, write_atomic
+from .io import atomic_path, save_npz_atomic, write_atomic
 from .presets import Grid, Preset
 
 
@@ -49,6 +49,23 @@ def _meta(preset, cfg, grid) -> str:
         sort_keys=True,
         default=list,
     )
+
+
+def _meta_diff(old: str, new: str) -> str:
+    """The keys that differ between two run descriptions (checkpoint vs this call)."""
+    try:
+        a, b = json.loads(old), json.loads(new)
+    except ValueError:
+        return "unreadable metadata"
+    parts = []
+    for top in ("preset", "version", "grid"):
+        if a.get(top) != b.get(top):
+            parts.append(f"{top}: {a.get(top)!r} then, {b.get(top)!r} now")
+    ca, cb = a.get("config", {}), b.get("config", {})
+    for k in sorted(set(ca) | set(cb)):
+        if ca.get(k) != cb.get(k):
+            parts.append(f"{k} = {ca.get(k)!r} then, {cb.get(k)!r} now")
+    return "; ".join(parts) or "same settings"
 
 
 def _groups(preset, cfg, grid):
@@ -79,6 +96,7 @@ class Locked(RuntimeError):
 
 
 LOCK_NAME = ".meanfield.lock"
+RUN_RECORD = "run.json"  # the resolved config and the overrides that made it
 
 
 @contextlib.contextmanager
@@ -130,13 +148,15 @@ def _remove_if_empty(outdir: Path) -> None:
 
 
 def execute(preset: Preset, cfg, grid: Grid, outdir, *, resume=False, force=False, checkpoint_every=1, progress=True,
-            mesh="auto", max_chunks=None):
+            mesh="auto", max_chunks=None, invocation: dict | None = None):
     """Run (or sweep) ``preset`` and write DIR/result.nc and DIR/*.png; returns the Dataset.
 
     ``mesh``: a :func:`meanfield.sharding.make_mesh` spec (``"auto"``, ``"none"``, ``"data"``,
     ``"tokens"``, ``"data,tokens"``, ``"data=2,tokens=4"``) or a ``jax.sharding.Mesh``.
     ``max_chunks``: stop after that many chunk calls in this call, with the checkpoint written,
-    raising :class:`Paused` (for time-limited job slots; finish later with ``resume=True``)."""
+    raising :class:`Paused` (for time-limited job slots; finish later with ``resume=True``).
+    ``invocation``: what made this run (the CLI's overrides and grid), written with the resolved
+    config to DIR/run.json once the run owns the folder, so ``--resume`` needs no retyping."""
     outdir = Path(outdir)
     if checkpoint_every < 1:
         raise ConfigError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
@@ -146,20 +166,26 @@ def execute(preset: Preset, cfg, grid: Grid, outdir, *, resume=False, force=Fals
     created = _make_outdir(outdir)
     try:
         with folder_lock(outdir):  # the existence checks and the run under one lock: one writer per folder
-            return _locked_execute(preset, cfg, grid, outdir, resume, force, checkpoint_every, progress, mesh, max_chunks)
+            return _locked_execute(preset, cfg, grid, outdir, resume, force, checkpoint_every, progress, mesh, max_chunks,
+                                   invocation)
     except BaseException:
         if created:
             _remove_if_empty(outdir)
         raise
 
 
-def _locked_execute(preset, cfg, grid, outdir, resume, force, checkpoint_every, progress, mesh, max_chunks):
+def _locked_execute(preset, cfg, grid, outdir, resume, force, checkpoint_every, progress, mesh, max_chunks, invocation):
     result, ckpt = outdir / "result.nc", outdir / "checkpoint.npz"
     if result.exists() and not force:
         raise RunError(f"{result} already exists; pass --force to overwrite it")
     if ckpt.exists() and not (resume or force):
         raise RunError(f"{outdir} holds an unfinished run ({ckpt.name}); pass --resume to continue it or --force to start over")
     meta = _meta(preset, cfg, grid)
+    if is_writer() and not (resume and ckpt.exists()):  # a resumed run keeps the record of the run it continues
+        record = {"preset": preset.name, "config": dataclasses.asdict(cfg), "grid": dict(zip(grid.keys, grid.values)),
+                  **(invocation or {})}
+        with atomic_path(outdir / RUN_RECORD) as tmp:
+            Path(tmp).write_text(json.dumps(record, indent=1, sort_keys=True, default=list) + "\n")
     groups = _groups(preset, cfg, grid)
     try:
         dev = BatchPlacement.make(mesh, max(len(pts) for _, pts, _ in groups), int(getattr(cfg, "n", 0) or 0))
@@ -169,7 +195,8 @@ def _locked_execute(preset, cfg, grid, outdir, resume, force, checkpoint_every, 
     if resume and ckpt.exists() and not force:
         saved = dict(np.load(ckpt, allow_pickle=False))
         if str(saved["meta"]) != meta:
-            raise RunError(f"{ckpt} was written by a different preset/config/grid; refusing to resume (use --force)")
+            raise RunError(f"{ckpt} was written by a different run ({_meta_diff(str(saved['meta']), meta)}); "
+                           "refusing to resume (rerun with the same settings, or --force to start over)")
 
     shapes = {
         str(jax.eval_shape(jax.vmap(lambda q, gc=gcfg: preset.init(gc, q)), {k: jnp.asarray(v[:1]) for k, v in prm.items()}))

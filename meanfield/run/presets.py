@@ -147,6 +147,9 @@ def parse_grid(cfg, specs: list[str] | None) -> Grid:
         vals = tuple(coerce(type(cfg), key, v) for v in raw.split(",") if v.strip())
         if not vals:
             raise ConfigError(f"--grid {key}: no values")
+        dup = sorted({v for v in vals if vals.count(v) > 1}, key=str)
+        if dup:
+            raise ConfigError(f"--grid {key}: repeated values {dup} (each grid coordinate must be distinct)")
         keys.append(key)
         values.append(vals)
     return Grid(tuple(keys), tuple(values))
