@@ -18,6 +18,7 @@ x <- step(F, x, h), saved after every layer.
 from __future__ import annotations
 
 import collections
+import os
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -31,7 +32,7 @@ from diffrax import AbstractERK, ButcherTableau, ThirdOrderHermitePolynomialInte
 from ._errors import check_value, is_concrete, require
 from ._types import Array, Float, PRNGKeyArray, Times, TokensLike
 from .geometry import AbstractGeometry, AbstractLayerMap, PostLN, Sphere
-from .kernel import Attention, Prompt, TokenAux
+from .kernel import Attention, Chunked, Prompt, TokenAux
 from .kernel.attention import PromptArg
 from .kernel.tokens import split_prompt
 
@@ -133,6 +134,50 @@ def _check_parallel(geometry, x0, prompt):
     return x0
 
 
+def available_memory() -> int | None:
+    """Bytes the default device can still use: the accelerator's limit, or the host's MemAvailable
+    (Linux) / physical memory; None if unknown."""
+    dev = jax.devices()[0]
+    if dev.platform != "cpu":
+        stats = dev.memory_stats() or {}
+        if "bytes_limit" in stats:
+            return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def memory_estimate(attn: Attention, n: int, d: int, n_save: int, *, n_prompt: int = 0, itemsize: int = 8,
+                    stages: int = 7) -> dict:
+    """Bytes a solve needs, roughly: the saved states (n_save N d), the solver's working states
+    (``stages`` + 4 copies of N d: Tsit5 stages, the state, error estimate and dense output) and one
+    attention evaluation (:meth:`Attention.memory_bytes`). Reverse-mode gradients need more."""
+    state = (int(n_save) + stages + 4) * n * d * itemsize
+    field = attn.memory_bytes(n, n + n_prompt, d, itemsize)
+    return {"state": state, "attention": field, "total": state + field}
+
+
+def _check_memory(attn, x0, n_save, prompt, what):
+    n, d = x0.shape
+    shared, parallel = split_prompt(prompt)
+    est = memory_estimate(attn, n, d, n_save, n_prompt=0 if shared is None else shared.size,
+                          itemsize=x0.dtype.itemsize)
+    avail = available_memory()
+    if avail is not None and est["total"] > avail:
+        gb = lambda b: f"{b / 2**30:.3g} GB"  # noqa: E731
+        hint = "" if isinstance(attn.backend, Chunked) else "; backend=meanfield.kernel.Chunked() bounds the attention part"
+        raise ValueError(f"{what} needs about {gb(est['total'])} (saved and working states {gb(est['state'])}, attention "
+                         f"{gb(est['attention'])}) but only {gb(avail)} is available: fewer tokens or save times{hint}")
+
+
 def _as_float(name, value, dtype):
     value = jnp.asarray(value, dtype=dtype)
     require(value.ndim == 0, f"{name} must be a scalar, got shape {value.shape}")
@@ -199,6 +244,7 @@ def simulate(
     else:
         dt = _as_float("dt", dt, x0.dtype)
         x0 = check_value(x0, ~(dt > 0), "dt must be > 0")
+    _check_memory(attn, x0, ts.shape[0], prompt, "simulate")
     x0 = geometry.check(x0, "x0")
     x0 = _check_parallel(geometry, x0, prompt)
     x0 = attn.check_values(x0)
@@ -270,6 +316,7 @@ def layers(
     x0 = jnp.asarray(x0)
     attn.validate(x0, aux, prompt, name="x0")
     h = _as_float("h", h, x0.dtype)
+    _check_memory(attn, x0, int(n_layers) + 1, prompt, "layers")
     x0 = norm.geometry.check(x0, "x0")
     x0 = _check_parallel(norm.geometry, x0, prompt)
     x0 = attn.check_values(x0)

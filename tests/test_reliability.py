@@ -137,3 +137,18 @@ def test_show_prints_the_resolved_config_with_element_types(capsys):
     assert main(["show", "phase-diagram", "--set", "betas=1,2"]) == 0
     out = capsys.readouterr().out
     assert "betas: tuple[float, ...] = (1.0, 2.0)" in out
+
+
+def test_a_run_that_cannot_fit_is_refused_before_the_solve(monkeypatch, no_hook):
+    import meanfield.particles as particles
+
+    x0 = _x0()
+    est = particles.memory_estimate(mf.Attention(1.0), 8, 3, 2)
+    assert est["total"] == est["state"] + est["attention"] > 0
+    monkeypatch.setattr(particles, "available_memory", lambda: est["total"] // 2)
+    before = eqx.debug.get_num_traces(_simulate)
+    with pytest.raises(ValueError, match=r"simulate needs about .* GB .* only .* available.*Chunked"):
+        mf.simulate(mf.Attention(1.0), x0, [0.0, 1.0])
+    assert eqx.debug.get_num_traces(_simulate) == before
+    monkeypatch.setattr(particles, "available_memory", lambda: None)  # unknown: no refusal
+    assert mf.simulate(mf.Attention(1.0), x0, [0.0, 1.0]).xs.shape == (2, 8, 3)

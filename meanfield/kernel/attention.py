@@ -289,6 +289,20 @@ class Attention(eqx.Module):
         if isinstance(self.pe, RoPE):
             require(d % 2 == 0, f"RoPE rotates pairs of coordinates: it needs an even token dimension d, got d = {d}")
 
+    def memory_bytes(self, n: int, n_keys: int, d: int, itemsize: int) -> int:
+        """Peak bytes of one field evaluation for n query rows over n_keys keys (an estimate: the
+        projected Q/K/V copies plus the score slabs the backend keeps alive: three per slab)."""
+        h = self.heads
+        proj = 3 * h * max(n, n_keys) * d * itemsize
+        if isinstance(self.backend, Chunked):
+            slab = h * min(self.backend.block, n) * min(self.backend.block, n_keys) * self.backend.query_batch
+        elif isinstance(self.backend, Dense):
+            rb = self.backend.row_block or int(min(1024, max(128, 2**21 // max(n_keys, 1))))
+            slab = h * min(rb, n) * n_keys
+        else:  # fused: tiles live on chip
+            slab = 0
+        return int(proj + 3 * slab * itemsize)
+
     def check_values(self, x):
         """Data-dependent checks on beta (NaN/negative); eager raise or traced ``error_if``."""
         return check_value(x, ~jnp.isfinite(self.beta) | (self.beta < 0), "beta must be finite and >= 0")

@@ -169,6 +169,11 @@ def _main(argv=None) -> int:
     except Locked as err:
         print(f"meanfield: busy: {err}", file=sys.stderr)
         return 5
+    except ValueError as err:  # the engine's own input checks (one line); MEANFIELD_DEBUG=1 re-raises
+        if os.environ.get("MEANFIELD_DEBUG"):
+            raise
+        print(f"meanfield: error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -139,9 +139,9 @@ def _make_outdir(outdir: Path) -> bool:
 
 
 def _remove_if_empty(outdir: Path) -> None:
-    """Remove a folder this run created when nothing but its lock file is in it."""
+    """Remove a folder this run created when nothing but its lock file and run record is in it."""
     try:
-        if {p.name for p in outdir.iterdir()} <= {LOCK_NAME}:
+        if {p.name for p in outdir.iterdir()} <= {LOCK_NAME, RUN_RECORD}:
             shutil.rmtree(outdir)
     except OSError:
         pass
