@@ -152,3 +152,26 @@ def test_a_run_that_cannot_fit_is_refused_before_the_solve(monkeypatch, no_hook)
     assert eqx.debug.get_num_traces(_simulate) == before
     monkeypatch.setattr(particles, "available_memory", lambda: None)  # unknown: no refusal
     assert mf.simulate(mf.Attention(1.0), x0, [0.0, 1.0]).xs.shape == (2, 8, 3)
+
+
+def test_full_disk_while_drawing_keeps_the_result_and_leaves_no_stale_checkpoint(tmp_path, monkeypatch, capsys):
+    """Injected ENOSPC in the figure step: result.nc is complete, no checkpoint is left to block
+    anything, the refusal is one line, and `meanfield plot` redraws the figures afterwards."""
+    import errno
+
+    from meanfield.run import get_preset
+
+    out = tmp_path / "o"
+    preset = type(get_preset("clustering"))
+
+    def full_disk(self, ds, outdir):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(preset, "plot", full_disk)
+        assert main(["run", "clustering", "--out", str(out), *TINY, "--set", "chunks=2", "--checkpoint-every", "1"]) == 3
+    err = capsys.readouterr().err.strip()
+    assert "No space left on device" in err and "meanfield plot" in err and len(err.splitlines()) == 1
+    assert (out / "result.nc").exists() and not (out / "checkpoint.npz").exists()
+    assert xr.load_dataset(out / "result.nc").attrs["preset"] == "clustering"
+    assert main(["plot", str(out)]) == 0 and list(out.glob("*.png"))

@@ -25,6 +25,7 @@ import os
 import shutil
 import socket
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -260,10 +261,14 @@ def _execute(preset, cfg, grid, outdir, groups, saved, meta, dev, checkpoint_eve
         for c in range(start, len(chunks)):
             idx = chunks[c]
             t_chunk = jnp.asarray(ts[np.concatenate([[idx[0] - 1], idx])])
+            t_call = time.perf_counter()
             state, rec = advance(p, state, t_chunk)
             for n, a in dev.get(rec, batch).items():
                 recs[n].append(a)
             bar.update(1)
+            if calls == 0 and progress:  # the first call includes compilation: keep it out of the ETA
+                bar.set_postfix_str(f"first chunk incl. compile {time.perf_counter() - t_call:.1f} s", refresh=False)
+                bar.start_t, bar.initial = bar._time(), bar.n
             calls += 1
             last = c == len(chunks) - 1 and g == len(groups) - 1
             pause = max_chunks is not None and calls >= max_chunks and not last
@@ -285,6 +290,8 @@ def _execute(preset, cfg, grid, outdir, groups, saved, meta, dev, checkpoint_eve
         done.append({n: np.concatenate(v, axis=1) for n, v in recs.items()})
     bar.close()
 
+    if progress and is_writer():
+        print(f"{preset.name}: post-processing (dataset, figures) ...", file=sys.stderr, flush=True)
     # stack per-point records into the grid shape, in the user's grid order
     lookup = {}
     for g, (_gcfg, pts, _p) in enumerate(groups):
@@ -312,7 +319,11 @@ def _execute(preset, cfg, grid, outdir, groups, saved, meta, dev, checkpoint_eve
     })
     if is_writer():
         write_atomic(ds, result)
-        preset.plot(ds, outdir)
-        if ckpt.exists():
+        if ckpt.exists():  # the result is complete: the checkpoint must not block a rerun
             ckpt.unlink()
+        try:
+            preset.plot(ds, outdir)
+        except OSError as err:  # e.g. a full disk: the result stands, the figures can be redrawn
+            raise RunError(f"{result} is written, but drawing the figures failed ({err.strerror or err}); "
+                           f"redraw them with: meanfield plot {outdir}") from None
     return ds
