@@ -120,8 +120,9 @@ class ParticlePreset(Preset):
 
 class HostPreset(Preset):
     """A preset whose work is a host-side loop of jitted calls (Monte-Carlo batches, trainings,
-    each compiled for its own shapes), run in ``dataset``: the runner's traced chunk is a no-op,
-    so there is one chunk and nothing to checkpoint; sweeps are refused up front."""
+    each compiled for its own shapes): the runner's traced chunk is a no-op and sweeps are refused
+    up front. Preferably the work is split into ``host_steps`` (the executor shows their progress,
+    checkpoints after each and resumes at the next); otherwise it runs in ``dataset`` as one piece."""
 
     vmap_keys = ("seed",)
     sweepable = False
@@ -137,6 +138,10 @@ class HostPreset(Preset):
 
     def advance(self, cfg, p, state, ts):
         return state, {"x": state[None]}
+
+    def dataset(self, cfg, ts, recs, grid):
+        """Presets with ``host_steps`` build their Dataset in ``host_dataset``; others override this."""
+        raise NotImplementedError(f"{self.name}: implement dataset() or host_steps()/host_step()/host_dataset()")
 
 
 def first_point(ds):

@@ -100,7 +100,7 @@ class KineticTcritConfig(RunConfig):
                 f"need pde_s >= 8, 1 <= pde_modes <= n_max and pde_m > 2 pde_modes = {2 * self.pde_modes}")
         require(self.n_particles >= 8, f"n_particles must be >= 8, got {self.n_particles}")
         require(self.runs >= 4 and self.runs % 4 == 0, f"runs must be a positive multiple of 4, got {self.runs}")
-        require(self.bins >= 3 and self.n_particles % self.bins == 0, f"bins must be >= 3 and divide n_particles")
+        require(self.bins >= 3 and self.n_particles % self.bins == 0, "bins must be >= 3 and divide n_particles")
         require(len(self.t_ratios) >= 1 and min(self.t_ratios) > 0, "t_ratios must be > 0")
         require(self.profile_beta in self.betas, f"profile_beta must be one of betas {self.betas}")
         require(self.n_times >= 5, f"n_times must be >= 5, got {self.n_times}")
@@ -142,42 +142,54 @@ class KineticTcrit(HostPreset):
     description = "the kinetic paper's t_crit(beta): closed form, discrete propagator (S = 64..512), kinetic PDE, particles"
     Config = KineticTcritConfig
 
-    def dataset(self, cfg, ts, recs, grid):
-        nb = len(cfg.betas)
+    def host_steps(self, cfg):
+        return [f"beta={b!r}" for b in cfg.betas]
+
+    def host_step(self, cfg, name, done):
+        """Every solver at one beta (one progress step, one checkpoint)."""
+        b = cfg.betas[[f"beta={v!r}" for v in cfg.betas].index(name)]
+        i = cfg.betas.index(b)
         scan = np.linspace(0.3, 2.0, cfg.n_times)
         ratios = np.asarray(cfg.t_ratios)
-        tc = np.array([theory.kinetic_tcrit(b, cfg.lam, cfg.M, cfg.n_max) for b in cfg.betas])
-        prop = np.array([[theory.kinetic_propagator_tcrit(b, cfg.lam, S, cfg.M, cfg.n_max) for S in cfg.sizes]
-                         for b in cfg.betas])
         n = cfg.n_particles
-        pde_t, part_t, part_err, ref_binned = np.zeros(nb), np.zeros(nb), np.zeros(nb), np.zeros(nb)
-        prop_pde_s = np.array([theory.kinetic_propagator_tcrit(b, cfg.lam, cfg.pde_s, cfg.M, cfg.n_max) for b in cfg.betas])
+        tc = theory.kinetic_tcrit(b, cfg.lam, cfg.M, cfg.n_max)
+        out = {"tc": tc,
+               "prop": np.array([theory.kinetic_propagator_tcrit(b, cfg.lam, S, cfg.M, cfg.n_max) for S in cfg.sizes]),
+               "prop_pde_s": theory.kinetic_propagator_tcrit(b, cfg.lam, cfg.pde_s, cfg.M, cfg.n_max)}
+        times = scan * tc
+        pde = KineticMeanField.paper_model(cfg.pde_s, cfg.pde_m, b, cfg.lam)
+        # one solve for the scan and the profile times (sorted, duplicates merged)
+        uniq, back = np.unique(np.concatenate([times, ratios * tc]), return_inverse=True)
+        pde_prof = np.asarray(pde.retrieval_profile(jnp.asarray(uniq), cfg.M, cfg.pde_modes))[back]
+        out["pde_t"] = _slope_crossing(times, pde_prof[: len(times)])
+        groups = _particle_profiles(cfg, b, uniq, cfg.seed + i)[:, back]
+        binned = _binned(groups, cfg.bins)  # (4, T, bins)
+        per_group = [u_shape_end(times, g[: len(times)]) for g in binned]
+        out["part_t"] = u_shape_end(times, binned.mean(0)[: len(times)])
+        out["part_err"] = np.nanstd(per_group) / np.sqrt(len(per_group))
+        ref = np.stack([theory.kinetic_propagator_profile(t, b, cfg.lam, n, cfg.M, cfg.n_max) for t in times])
+        out["ref_binned"] = u_shape_end(times, _binned(ref, cfg.bins))
+        if b == cfg.profile_beta:
+            out["pde"] = pde_prof[len(times):]
+            out["particles"] = binned.mean(0)[len(times):]
+            out["particles_se"] = binned.std(0)[len(times):] / np.sqrt(4)
+            out["propagator"] = np.stack([theory.kinetic_propagator_profile(r * tc, b, cfg.lam, max(cfg.sizes),
+                                                                            cfg.M, cfg.n_max) for r in ratios])
+            out["propagator_binned"] = np.stack([_binned(theory.kinetic_propagator_profile(
+                r * tc, b, cfg.lam, n, cfg.M, cfg.n_max), cfg.bins) for r in ratios])
+        return out
+
+    def host_dataset(self, cfg, results):
+        per = [results[k] for k in self.host_steps(cfg)]
+        col = lambda key: np.array([float(r[key]) for r in per])  # noqa: E731
+        tc, pde_t, part_t, part_err, ref_binned, prop_pde_s = (col(k) for k in (
+            "tc", "pde_t", "part_t", "part_err", "ref_binned", "prop_pde_s"))
+        prop = np.stack([r["prop"] for r in per])
+        ratios = np.asarray(cfg.t_ratios)
         s_pde = (np.arange(cfg.pde_s) + 0.5) / cfg.pde_s
         s_bin = (np.arange(cfg.bins) + 0.5) / cfg.bins
         pb = cfg.betas.index(cfg.profile_beta)
-        prof = {}
-        for i, b in enumerate(cfg.betas):
-            times = scan * tc[i]
-            pde = KineticMeanField.paper_model(cfg.pde_s, cfg.pde_m, b, cfg.lam)
-            # one solve for the scan and the profile times (sorted, duplicates merged)
-            uniq, back = np.unique(np.concatenate([times, ratios * tc[i]]), return_inverse=True)
-            pde_prof = np.asarray(pde.retrieval_profile(jnp.asarray(uniq), cfg.M, cfg.pde_modes))[back]
-            pde_t[i] = _slope_crossing(times, pde_prof[: len(times)])
-            groups = _particle_profiles(cfg, b, uniq, cfg.seed + i)[:, back]
-            binned = _binned(groups, cfg.bins)  # (4, T, bins)
-            per_group = [u_shape_end(times, g[: len(times)]) for g in binned]
-            part_t[i] = u_shape_end(times, binned.mean(0)[: len(times)])
-            part_err[i] = np.nanstd(per_group) / np.sqrt(len(per_group))
-            ref = np.stack([theory.kinetic_propagator_profile(t, b, cfg.lam, n, cfg.M, cfg.n_max) for t in times])
-            ref_binned[i] = u_shape_end(times, _binned(ref, cfg.bins))
-            if i == pb:
-                prof["pde"] = pde_prof[len(times):]
-                prof["particles"] = binned.mean(0)[len(times):]
-                prof["particles_se"] = binned.std(0)[len(times):] / np.sqrt(4)
-                prof["propagator"] = np.stack([theory.kinetic_propagator_profile(r * tc[i], b, cfg.lam, max(cfg.sizes),
-                                                                                 cfg.M, cfg.n_max) for r in ratios])
-                prof["propagator_binned"] = np.stack([_binned(theory.kinetic_propagator_profile(
-                    r * tc[i], b, cfg.lam, n, cfg.M, cfg.n_max), cfg.bins) for r in ratios])
+        prof = per[pb]
         s_fine = np.linspace(0.002, 0.999, 400)
         closed = np.stack([theory.kinetic_profile(s_fine, r * tc[pb], cfg.profile_beta, cfg.lam, cfg.M, cfg.n_max)
                            for r in ratios])

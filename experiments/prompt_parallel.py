@@ -66,6 +66,10 @@ def _prompts(n):
     return s, np.stack([np.cos(np.pi * s), np.sin(np.pi * s)], -1)
 
 
+def _times(cfg):
+    return np.concatenate([[0.0], np.geomspace(cfg.t1 / 1000, cfg.t1, cfg.n_save - 1)])
+
+
 def _angles(x):
     x = np.asarray(x)
     return np.arctan2(x[..., 1], x[..., 0])
@@ -77,35 +81,49 @@ class PromptParallel(HostPreset):
     description = "parallel vs shared prompts on S^1: pushforward limit (W1 ~ 1/N to the theory maximiser) vs Dirac collapse"
     Config = PromptParallelConfig
 
-    def dataset(self, cfg, ts, recs, grid):
-        sq, pq = _prompts(cfg.quadrature)
-        best = theory.prompt_pushforward(pq, cfg.beta, cfg.weight, n_starts=cfg.n_starts, hops=cfg.hops, seed=cfg.seed)
-        th_star = _angles(best.x)
-        times = np.concatenate([[0.0], np.geomspace(cfg.t1 / 1000, cfg.t1, cfg.n_save - 1)])
-        nmax = max(cfg.ns)
-        w1, dirac_par, dirac_sh, energy_par = [], [], [], []
-        finals = {}
-        for n in cfg.ns:
-            s, p = _prompts(n)
-            run = lambda prompt: mf.simulate(mf.Attention(cfg.beta), jnp.asarray(p), jnp.asarray(times),  # noqa: E731
-                                             prompt=prompt, rtol=cfg.rtol, atol=cfg.atol).xs
-            xp = np.asarray(run(mf.ParallelPrompt(p, cfg.weight)))
-            xs = np.asarray(run(mf.Prompt(p, jnp.full((n,), cfg.weight / n))))
-            w1.append(float(obs.circle_w1(jnp.asarray(_angles(xp[-1])), jnp.asarray(th_star))))
-            dirac_par.append(np.asarray(obs.dirac_distance(jnp.asarray(xp))))
-            dirac_sh.append(np.asarray(obs.dirac_distance(jnp.asarray(xs))))
-            energy_par.append(float(obs.energy(jnp.asarray(xp[-1]), cfg.beta, prompt=p, weight=cfg.weight)))
-            if n == nmax:
-                finals = {"parallel": _angles(xp[-1]), "shared": _angles(xs[-1]), "s": s}
+    def host_steps(self, cfg):
+        return ["theory"] + [f"n={n}" for n in cfg.ns]
+
+    def host_step(self, cfg, name, done):
+        if name == "theory":
+            _, pq = _prompts(cfg.quadrature)
+            best = theory.prompt_pushforward(pq, cfg.beta, cfg.weight, n_starts=cfg.n_starts, hops=cfg.hops, seed=cfg.seed)
+            return {"theta_star": _angles(best.x), "energy": best.energy, "energies": best.energies,
+                    "counts": best.counts, "hessian_max": best.hessian_max, "tie": int(best.tie)}
+        n = int(name[2:])
+        th_star = done["theory"]["theta_star"]
+        times = _times(cfg)
+        s, p = _prompts(n)
+        run = lambda prompt: mf.simulate(mf.Attention(cfg.beta), jnp.asarray(p), jnp.asarray(times),  # noqa: E731
+                                         prompt=prompt, rtol=cfg.rtol, atol=cfg.atol).xs
+        xp = np.asarray(run(mf.ParallelPrompt(p, cfg.weight)))
+        xs = np.asarray(run(mf.Prompt(p, jnp.full((n,), cfg.weight / n))))
+        return {"w1": float(obs.circle_w1(jnp.asarray(_angles(xp[-1])), jnp.asarray(th_star))),
+                "dirac_par": np.asarray(obs.dirac_distance(jnp.asarray(xp))),
+                "dirac_sh": np.asarray(obs.dirac_distance(jnp.asarray(xs))),
+                "energy": float(obs.energy(jnp.asarray(xp[-1]), cfg.beta, prompt=p, weight=cfg.weight)),
+                "theta_parallel": _angles(xp[-1]), "theta_shared": _angles(xs[-1]), "s": s}
+
+    def host_dataset(self, cfg, results):
+        sq, _ = _prompts(cfg.quadrature)
+        th = results["theory"]
+        th_star = th["theta_star"]
+        times = _times(cfg)
+        per = [results[f"n={n}"] for n in cfg.ns]
+        w1 = [float(r["w1"]) for r in per]
+        dirac_par = [r["dirac_par"] for r in per]
+        dirac_sh = [r["dirac_sh"] for r in per]
+        energy_par = [float(r["energy"]) for r in per]
+        finals = {"parallel": per[-1]["theta_parallel"], "shared": per[-1]["theta_shared"], "s": per[-1]["s"]}
         slope = float(np.polyfit(np.log(cfg.ns), np.log(w1), 1)[0])
         ds = xr.Dataset(
             {
                 "theta_star": (("s_q",), th_star),
-                "theory_energy": ((), best.energy),
-                "theory_energies_found": (("maximum",), best.energies),
-                "theory_basin_counts": (("maximum",), best.counts),
-                "theory_hessian_max": ((), best.hessian_max),
-                "theory_tie": ((), int(best.tie)),
+                "theory_energy": ((), float(th["energy"])),
+                "theory_energies_found": (("maximum",), th["energies"]),
+                "theory_basin_counts": (("maximum",), th["counts"]),
+                "theory_hessian_max": ((), float(th["hessian_max"])),
+                "theory_tie": ((), int(th["tie"])),
                 "w1_to_pushforward": (("n",), np.asarray(w1)),
                 "w1_slope": ((), slope),
                 "energy_parallel": (("n",), np.asarray(energy_par)),
@@ -115,7 +133,7 @@ class PromptParallel(HostPreset):
                 "theta_shared": (("s",), finals["shared"]),
             },
             coords={"s_q": sq, "n": list(cfg.ns), "time": times, "s": finals["s"],
-                    "maximum": np.arange(len(best.energies))},
+                    "maximum": np.arange(len(th["energies"]))},
         )
         ds.attrs["conventions"] = (
             "SA, Q = K = V = I, mask Full, tokens on S^1 from x(0) = p; p_i = (cos pi s_i, sin pi s_i), s_i = (i + 1/2)/N; "

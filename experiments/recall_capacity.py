@@ -71,19 +71,27 @@ class RecallCapacity(HostPreset):
     description = "storage capacity of one-layer attention with random embeddings vs d, L, N (Vural et al. 2026), log-log fits"
     Config = RecallConfig
 
-    def dataset(self, cfg, ts, recs, grid):
-        key = jax.random.key(cfg.seed)
+    def host_steps(self, cfg):
+        """One capacity measurement per (axis, regime, value): progress and resume at that grain."""
+        return [f"{axis}:{regime}:{i}" for axis, values in zip(AXES, (cfg.ds, cfg.ls, cfg.ns))
+                for regime in cfg.regimes for i in range(len(values))]
+
+    def host_step(self, cfg, name, done):
+        axis, regime, i = name.split(":")
+        i, r = int(i), cfg.regimes.index(regime)
+        v = dict(zip(AXES, (cfg.ds, cfg.ls, cfg.ns)))[axis][i]
+        kw = dict(steps=cfg.early_steps, opt="gd") if regime == "early-gd" else \
+            dict(steps=cfg.adam_steps, opt="adam", lr=cfg.adam_lr)
+        d, ll, n = (v if axis == "d" else cfg.d0), (v if axis == "L" else cfg.l0), (v if axis == "N" else cfg.n0)
+        cap, _ = recall.capacity(jax.random.fold_in(jax.random.key(cfg.seed), 7919 * r + i), d, ll, n,
+                                 threshold=cfg.threshold, seeds=cfg.seeds, m_min=cfg.m_min, m_max=cfg.m_max, **kw)
+        return {"capacity": cap}
+
+    def host_dataset(self, cfg, results):
         data, coords = {}, {"regime": list(cfg.regimes), "fit": ["slope", "lo", "hi"]}
         for axis, values in zip(AXES, (cfg.ds, cfg.ls, cfg.ns)):
-            caps = np.zeros((len(cfg.regimes), len(values)))
-            for r, regime in enumerate(cfg.regimes):
-                kw = dict(steps=cfg.early_steps, opt="gd") if regime == "early-gd" else \
-                    dict(steps=cfg.adam_steps, opt="adam", lr=cfg.adam_lr)
-                for i, v in enumerate(values):
-                    d, ll, n = (v if axis == "d" else cfg.d0), (v if axis == "L" else cfg.l0), (v if axis == "N" else cfg.n0)
-                    caps[r, i], _ = recall.capacity(jax.random.fold_in(key, 7919 * r + i), d, ll, n,
-                                                    threshold=cfg.threshold, seeds=cfg.seeds, m_min=cfg.m_min,
-                                                    m_max=cfg.m_max, **kw)
+            caps = np.array([[float(results[f"{axis}:{regime}:{i}"]["capacity"]) for i in range(len(values))]
+                             for regime in cfg.regimes])
             fits = np.array([recall.loglog_fit(values, c) if np.isfinite(c).sum() >= 3 else (np.nan,) * 3 for c in caps])
             theory = np.array([recall.early_phase_capacity(v if axis == "d" else cfg.d0, v if axis == "L" else cfg.l0,
                                                            v if axis == "N" else cfg.n0, threshold=cfg.threshold)

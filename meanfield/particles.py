@@ -17,7 +17,6 @@ x <- step(F, x, h), saved after every layer.
 
 from __future__ import annotations
 
-import collections
 import os
 from collections.abc import Callable
 from typing import ClassVar
@@ -32,7 +31,7 @@ from diffrax import AbstractERK, ButcherTableau, ThirdOrderHermitePolynomialInte
 from ._errors import check_value, is_concrete, require
 from ._types import Array, Float, PRNGKeyArray, Times, TokensLike
 from .geometry import AbstractGeometry, AbstractLayerMap, PostLN, Sphere
-from .kernel import Attention, Chunked, Prompt, TokenAux
+from .kernel import Attention, Chunked, TokenAux
 from .kernel.attention import PromptArg
 from .kernel.tokens import split_prompt
 

@@ -175,3 +175,21 @@ def test_full_disk_while_drawing_keeps_the_result_and_leaves_no_stale_checkpoint
     assert (out / "result.nc").exists() and not (out / "checkpoint.npz").exists()
     assert xr.load_dataset(out / "result.nc").attrs["preset"] == "clustering"
     assert main(["plot", str(out)]) == 0 and list(out.glob("*.png"))
+
+
+def test_host_steps_checkpoint_and_resume_to_the_same_result(tmp_path, capsys):
+    """A host-side preset (prompt-parallel: the theory, then one step per N) paused after its first
+    step resumes at the next one and ends with the uninterrupted result."""
+    sets = ["--set", "ns=8,16", "--set", "t1=5", "--set", "n_save=4", "--set", "quadrature=32",
+            "--set", "n_starts=2", "--set", "hops=0", "--no-progress"]
+    out, ref = tmp_path / "o", tmp_path / "ref"
+    assert main(["run", "prompt-parallel", "--out", str(out), *sets, "--max-chunks", "1"]) == 4
+    assert "paused after 1 host step" in capsys.readouterr().err
+    with np.load(out / "checkpoint.npz") as ck:
+        assert any(k.startswith("host::theory::") for k in ck) and not any(k.startswith("host::n=") for k in ck)
+    assert main(["run", "prompt-parallel", "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert main(["run", "prompt-parallel", "--out", str(ref), *sets]) == 0
+    a, b = xr.load_dataset(out / "result.nc"), xr.load_dataset(ref / "result.nc")
+    for v in b.data_vars:
+        np.testing.assert_array_equal(a[v].values, b[v].values)
+    assert not (out / "checkpoint.npz").exists()

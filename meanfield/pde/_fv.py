@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._errors import check_value, require
-from .._types import Array, Float
+from .._types import Array
 
 
 def minmod(a, b):

@@ -23,7 +23,6 @@ perturbation of the uniform density grows at Re lambda_n = a n^2 I_n(beta) / (be
 
 from __future__ import annotations
 
-import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp

@@ -210,6 +210,43 @@ def _locked_execute(preset, cfg, grid, outdir, resume, force, checkpoint_every, 
         return _execute(preset, cfg, grid, outdir, groups, saved, meta, dev, checkpoint_every, progress, max_chunks)
 
 
+def _run_host_steps(preset, cfg, steps, saved, meta, done, ckpt, progress, checkpoint_every, max_chunks):
+    """The preset's host steps with a progress bar; after each (every ``checkpoint_every``), the
+    finished steps' arrays go to the checkpoint beside the finished traced part, so a killed run
+    resumes at the next step."""
+    if len(set(steps)) != len(steps) or any("::" in s for s in steps):
+        raise ConfigError(f"{preset.name}: host step names must be distinct and contain no '::'")
+    results: dict[str, dict] = {}
+    if saved is not None:
+        for key in saved:
+            if key.startswith("host::"):
+                _, step, var = key.split("::", 2)
+                results.setdefault(step, {})[var] = saved[key]
+    bar = tqdm(total=len(steps), initial=len(results), desc=f"{preset.name} (host steps)", unit="step", delay=2.0,
+               file=sys.stderr, disable=not progress)
+    count = 0
+    for step in steps:
+        if step in results:
+            continue
+        results[step] = {k: np.asarray(v) for k, v in preset.host_step(cfg, step, results).items()}
+        bar.update(1)
+        count += 1
+        last = len(results) == len(steps)
+        pause = max_chunks is not None and count >= max_chunks and not last
+        if (count % checkpoint_every == 0 or pause) and not last and is_writer():
+            arrays = {"meta": np.asarray(meta), "pos": np.asarray([len(done), 0])}
+            for gg, dd in enumerate(done):
+                arrays.update({f"done{gg}_{n}": a for n, a in dd.items()})
+            for st, vals in results.items():
+                arrays.update({f"host::{st}::{k}": v for k, v in vals.items()})
+            save_npz_atomic(ckpt, arrays)
+        if pause:
+            bar.close()
+            raise Paused(f"paused after {count} host step(s); {ckpt} holds them: continue with --resume")
+    bar.close()
+    return results
+
+
 def check_run(preset: Preset, cfg, grid: Grid) -> None:
     """The checks every preset shares, before any compute: a sweep grid only where the preset
     takes one, and ``chunks`` between 1 and the number of save intervals."""
@@ -290,6 +327,9 @@ def _execute(preset, cfg, grid, outdir, groups, saved, meta, dev, checkpoint_eve
         done.append({n: np.concatenate(v, axis=1) for n, v in recs.items()})
     bar.close()
 
+    steps = preset.host_steps(cfg)
+    if steps is not None:
+        host = _run_host_steps(preset, cfg, steps, saved, meta, done, ckpt, progress, checkpoint_every, max_chunks)
     if progress and is_writer():
         print(f"{preset.name}: post-processing (dataset, figures) ...", file=sys.stderr, flush=True)
     # stack per-point records into the grid shape, in the user's grid order
@@ -302,7 +342,7 @@ def _execute(preset, cfg, grid, outdir, groups, saved, meta, dev, checkpoint_eve
     for n in names:
         arrs = [done[lookup[pt][0]][n][lookup[pt][1]] for pt in grid.points()]
         stacked[n] = np.stack(arrs).reshape(grid.shape + arrs[0].shape)
-    ds = preset.dataset(cfg, ts_all, stacked, grid)
+    ds = preset.host_dataset(cfg, host) if steps is not None else preset.dataset(cfg, ts_all, stacked, grid)
     if any(not np.array_equal(t, ts_all) for t in group_ts):
         # swept keys changed the save times (e.g. t1): keep the true times of every point
         t_pts = np.stack([group_ts[lookup[pt][0]] for pt in grid.points()]).reshape(grid.shape + ts_all.shape)

@@ -88,6 +88,22 @@ class Preset(abc.ABC):
     def plot(self, ds, outdir) -> list[Path]:
         return []
 
+    # host-side work in steps (optional): progress, checkpoints and resume at step granularity
+    def host_steps(self, cfg) -> list[str] | None:
+        """Names of host-side steps (Monte-Carlo batches, trainings, one per grid value, ...) that
+        the executor runs one by one after the traced chunks, with a progress bar and a checkpoint
+        after each (a resumed run redoes none of the finished steps). None: no host steps, and
+        ``dataset`` builds the result. Otherwise :meth:`host_step` and :meth:`host_dataset` are used."""
+        return None
+
+    def host_step(self, cfg, name: str, done: dict) -> dict:
+        """Compute step ``name``; returns a dict of NumPy arrays (``done``: the finished steps)."""
+        raise NotImplementedError
+
+    def host_dataset(self, cfg, results: dict):
+        """The Dataset from every step's arrays, ``results[name][key]``."""
+        raise NotImplementedError
+
 
 def register(preset_cls):
     """Class decorator: instantiate and add to PRESETS under ``preset_cls.name``."""
