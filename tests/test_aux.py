@@ -126,7 +126,7 @@ def test_additive_pe_limit_is_the_pushforward_not_a_dirac():
         return alpha * np.stack([np.cos(np.pi * s), np.sin(np.pi * s)], 1)
 
     sq = (np.arange(600) + 0.5) / 600
-    xq, _ = additive_pe_pushforward(u_of(sq), beta, n_starts=4, hops=0)  # a smooth, unique maximiser here
+    xq, _ = additive_pe_pushforward(u_of(sq), beta, n_starts=1, hops=0)  # a smooth, unique maximiser here
     thq = np.arctan2(xq[:, 1], xq[:, 0])
     spread = np.ptp(np.unwrap(thq))
     assert spread > 1.0  # the theory limit is far from a Dirac mass
