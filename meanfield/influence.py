@@ -182,7 +182,7 @@ def jacobian_profile(fn, x0: TokensLike, target: int = -1) -> Float[Array, "*lea
 
 
 def layers_influence(attn, x0: TokensLike, n_layers: int | None = None, *, h=1.0, norm=None, aux=None, prompt=None,
-                     target: int = -1, depths=None):
+                     target: int = -1, depths=None) -> Float[Array, "*depth n"]:
     """Jacobian profile of the output of ``meanfield.layers`` (H = ``n_layers`` discrete layers),
     shape (N,); with ``depths`` = (H_1, H_2, ...) instead, the profiles after each of those depths
     from one forward pass and one batch of VJPs, shape (len(depths), N)."""
@@ -197,14 +197,14 @@ def layers_influence(attn, x0: TokensLike, n_layers: int | None = None, *, h=1.0
                             x0, target)
 
 
-def flow_influence(attn, x0: TokensLike, t1, *, target: int = -1, **simulate_kwargs):
+def flow_influence(attn, x0: TokensLike, t1, *, target: int = -1, **simulate_kwargs) -> Float[Array, " n"]:
     """Jacobian profile of the continuous dynamics x(t1) (``meanfield.simulate``, its keyword
     arguments passed through: geometry, aux, prompt, solver, dt, rtol, atol)."""
     ts = jnp.asarray([0.0, t1], dtype=jnp.asarray(x0).dtype)
     return jacobian_profile(lambda x: simulate(attn, x, ts, **simulate_kwargs).xs[-1], x0, target)
 
 
-def rollout(attn, xs: Float[ArrayLike, "depth n d"], alpha, *, aux=None, target: int = -1, depths=None):
+def rollout(attn, xs: Float[ArrayLike, "depth n d"], alpha, *, aux=None, target: int = -1, depths=None) -> Float[Array, "*k n"]:
     """Attention rollout: row ``target`` of prod_l ((1 - alpha) I + alpha A_l), A_l = the
     engine's attention matrix at layer input xs[l] (l = 0..H-1, heads averaged), applied from
     the last layer down: r <- (1 - alpha) r + alpha r A_l. ``xs``: (H, N, d) layer inputs, e.g.

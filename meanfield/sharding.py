@@ -50,6 +50,7 @@ from jax.sharding import PartitionSpec as P
 
 from ._arrays import pad_axis
 from ._errors import require
+from ._types import Array, Shaped
 
 AXES = ("data", "tokens")
 TOKENS_PER_DEVICE = 2048
@@ -127,7 +128,7 @@ def data_shards() -> int:
     return _axis_size("data")
 
 
-def pad_rows(a, size: int, value=None):
+def pad_rows(a: Shaped[Array, "n *rest"], size: int, value=None) -> Shaped[Array, "{size} *rest"]:
     """Pad the leading axis of ``a`` to ``size`` (repeating the last row, or with ``value``)."""
     return pad_axis(jnp.asarray(a), max(size, a.shape[0]), 0, "edge" if value is None else value)
 

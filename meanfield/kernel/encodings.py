@@ -31,11 +31,11 @@ import jax
 import jax.numpy as jnp
 
 from .._errors import require
-from .._types import Array
+from .._types import Array, ArrayLike, Float, PRNGKeyArray, Real
 from .masks import AbstractMask
 
 
-def sinusoidal(pos, dim: int, base: float = 10000.0) -> Array:
+def sinusoidal(pos: Real[ArrayLike, " n"], dim: int, base: float = 10000.0) -> Float[Array, "n {dim}"]:
     """Sinusoidal table, shape (N, dim) (dim even)."""
     require(dim % 2 == 0 and dim > 0, f"sinusoidal: dim must be a positive even integer, got {dim}")
     pos = jnp.asarray(pos, dtype=float)
@@ -44,7 +44,7 @@ def sinusoidal(pos, dim: int, base: float = 10000.0) -> Array:
     return jnp.stack([jnp.sin(ang), jnp.cos(ang)], axis=-1).reshape(pos.shape[0], dim)
 
 
-def random_fourier(key, pos, dim: int, sigma: float = 1.0) -> Array:
+def random_fourier(key: PRNGKeyArray, pos: Real[ArrayLike, " n"], dim: int, sigma: float = 1.0) -> Float[Array, "n {dim}"]:
     """Random Fourier features of the position, shape (N, dim)."""
     pos = jnp.asarray(pos, dtype=float)
     kw, kb = jax.random.split(key)
@@ -53,7 +53,7 @@ def random_fourier(key, pos, dim: int, sigma: float = 1.0) -> Array:
     return jnp.sqrt(2.0 / dim) * jnp.cos(pos[:, None] * w[None, :] + b[None, :])
 
 
-def gaussian(key, n: int, dim: int, sigma: float = 1.0) -> Array:
+def gaussian(key: PRNGKeyArray, n: int, dim: int, sigma: float = 1.0) -> Float[Array, "{n} {dim}"]:
     """I.i.d. Gaussian vectors N(0, sigma^2 I / dim), shape (n, dim)."""
     return sigma * jax.random.normal(key, (n, dim), dtype=float) / jnp.sqrt(dim)
 
@@ -125,7 +125,7 @@ class RoPE(AbstractPE):
         return rope_rotate(q, qs.pos, self.base, self.scale), rope_rotate(k, ks.pos, self.base, self.scale)
 
 
-def rope_rotate(v, pos, base=10000.0, scale=1.0):
+def rope_rotate(v: Float[Array, "*batch n d"], pos: Real[ArrayLike, " n"], base=10000.0, scale=1.0) -> Float[Array, "*batch n d"]:
     """Rotate the last axis of ``v`` (..., N, d) in planes (2k, 2k+1) by scale*pos*base^{-2k/d}."""
     d = v.shape[-1]
     require(d % 2 == 0, f"RoPE needs an even dimension, got d = {d}")
