@@ -21,15 +21,14 @@ import json
 import math
 from pathlib import Path
 
-import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
 from meanfield import theory
 from meanfield.influence import profile_stats
-from meanfield.run import Preset, RunConfig, register
+from meanfield.run import RunConfig, register
 
-from ._common import plt, require
+from ._common import HostPreset, plt, require
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,30 +59,26 @@ def _interior_error(n, depth, alpha, interior):
 
 
 @register
-class Cesaro(Preset):
+class Cesaro(HostPreset):
     name = "cesaro"
     description = "Cesàro theory of position bias: discrete vs closed-form influence for H = 1..16, dead zone vs H"
     Config = CesaroConfig
-    sweepable = False
-    vmap_keys = ("seed",)  # unused: the Cesàro model is deterministic
 
-    def times(self, cfg):
-        return np.array([0.0, 1.0])
+    def host_steps(self, cfg):
+        """One step per n of the profiles, one per depth of the convergence fit."""
+        return [f"n={n}" for n in cfg.ns] + [f"conv H={h}" for h in cfg.depths]
 
-    def init(self, cfg, p):
-        return {f"n{n}": jnp.zeros((len(cfg.depths), n)) for n in cfg.ns}
+    def host_step(self, cfg, name, done):
+        if name.startswith("n="):
+            n = int(name[2:])
+            return {"profile": np.stack([np.asarray(theory.cesaro_rollout(n, h, cfg.alpha)) for h in cfg.depths])}
+        h = int(name.split("=")[1])
+        return {"error": np.array([_interior_error(n, h, cfg.alpha, cfg.interior) for n in cfg.n_conv])}
 
-    def record(self, cfg, p, state):
-        return {k: v[None] for k, v in state.items()}
-
-    def advance(self, cfg, p, state, ts):
-        new = {f"n{n}": jnp.stack([theory.cesaro_rollout(n, h, cfg.alpha) for h in cfg.depths]) for n in cfg.ns}
-        return new, {k: v[None] for k, v in new.items()}
-
-    def dataset(self, cfg, ts, recs, grid):
+    def host_dataset(self, cfg, results):
         data, coords = {}, {"depth": list(cfg.depths), "n_conv": list(cfg.n_conv)}
         for n in cfg.ns:
-            prof = recs[f"n{n}"][-1]  # (H, n)
+            prof = results[f"n={n}"]["profile"]  # (H, n)
             s = np.arange(1, n + 1) / n
             data[f"profile_n{n}"] = (("depth", f"s{n}"), prof)
             data[f"closed_form_n{n}"] = (("depth", f"s{n}"), np.stack(
@@ -92,7 +87,7 @@ class Cesaro(Preset):
             stats = [profile_stats(p) for p in prof]
             for key in ("primacy_mass", "recency_mass", "dead_zone_depth", "dead_zone_location"):
                 data[f"{key}_n{n}"] = (("depth",), np.array([st[key] for st in stats]))
-        err = np.array([[_interior_error(n, h, cfg.alpha, cfg.interior) for n in cfg.n_conv] for h in cfg.depths])
+        err = np.stack([results[f"conv H={h}"]["error"] for h in cfg.depths])
         data["interior_rel_error"] = (("depth", "n_conv"), err)
         rates = [np.polyfit(np.log(cfg.n_conv), np.log(e), 1)[0] if np.all(e > 0) else np.nan for e in err]
         data["error_rate"] = (("depth",), np.array(rates))

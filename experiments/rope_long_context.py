@@ -79,32 +79,45 @@ class RopeLongContext(HostPreset):
     description = "RoPE at long context (Du et al. 2026): locality and token-consistency failures vs length and base"
     Config = RopeConfig
 
-    def dataset(self, cfg, ts, recs, grid):
+    def host_steps(self, cfg):
+        """One step per base (all lengths), the trade-off curve, and the engine: progress and resume."""
+        return [f"base={b!r}" for b in cfg.bases] + ["tradeoff", "engine"]
+
+    def host_step(self, cfg, name, done):
         key = jax.random.key(cfg.seed)
         dist = rope.QKDistribution(cfg.d, cfg.signal)
-        loc = np.zeros((len(cfg.bases), len(cfg.lengths), 3))
-        flip = np.zeros_like(loc)
-        same = np.zeros_like(loc)
-        for i, b in enumerate(cfg.bases):
-            for j, n in enumerate(cfg.lengths):
-                k = jax.random.fold_in(key, 1000 * i + j)
-                loc[i, j] = _est(rope.locality_probability(jax.random.fold_in(k, 0), n, dist, b, cfg.n_samples))
-                flip[i, j] = _est(rope.consistency_flip_probability(jax.random.fold_in(k, 1), n, dist, b, cfg.n_samples))
-                if n <= cfg.twin_max_length:
-                    same[i, j] = _est(rope.unchanged_fraction(jax.random.fold_in(k, 2), n, dist, b, n_samples=128))
-                else:
-                    same[i, j] = np.nan
-        trade = np.array([[*_est(rope.locality_probability(jax.random.fold_in(key, 7000 + i), cfg.short, dist, b, cfg.n_samples)),
-                           *_est(rope.consistency_flip_probability(jax.random.fold_in(key, 8000 + i), cfg.long, dist, b, cfg.n_samples))]
-                          for i, b in enumerate(cfg.tradeoff_bases)])
-        q = jnp.eye(cfg.engine_d) + 0.3 * jax.random.normal(jax.random.fold_in(key, 9), (cfg.engine_heads, cfg.engine_d, cfg.engine_d))
-        attn = mf.Attention(cfg.engine_beta, Q=q, K=q, mask=mf.Causal(), pe=mf.RoPE(cfg.engine_base))
-        eng = np.zeros((2, len(cfg.engine_lengths), 2, 3))  # (layers 0 / n_layers, length, locality/flip, est)
-        for a, nl in enumerate((0, cfg.n_layers)):
-            for j, n in enumerate(cfg.engine_lengths):
-                e_loc, e_flip = rope.engine_locality(attn, jax.random.fold_in(key, 9000 + j), n, d=cfg.engine_d,
-                                                     signal=cfg.signal, n_layers=nl, n_sequences=cfg.n_sequences)
-                eng[a, j] = [_est(e_loc), _est(e_flip)]
+        if name == "tradeoff":
+            trade = np.array([[*_est(rope.locality_probability(jax.random.fold_in(key, 7000 + i), cfg.short, dist, b, cfg.n_samples)),
+                               *_est(rope.consistency_flip_probability(jax.random.fold_in(key, 8000 + i), cfg.long, dist, b, cfg.n_samples))]
+                              for i, b in enumerate(cfg.tradeoff_bases)])
+            return {"trade": trade}
+        if name == "engine":
+            q = jnp.eye(cfg.engine_d) + 0.3 * jax.random.normal(jax.random.fold_in(key, 9), (cfg.engine_heads, cfg.engine_d, cfg.engine_d))
+            attn = mf.Attention(cfg.engine_beta, Q=q, K=q, mask=mf.Causal(), pe=mf.RoPE(cfg.engine_base))
+            eng = np.zeros((2, len(cfg.engine_lengths), 2, 3))  # (layers 0 / n_layers, length, locality/flip, est)
+            for a, nl in enumerate((0, cfg.n_layers)):
+                for j, n in enumerate(cfg.engine_lengths):
+                    e_loc, e_flip = rope.engine_locality(attn, jax.random.fold_in(key, 9000 + j), n, d=cfg.engine_d,
+                                                         signal=cfg.signal, n_layers=nl, n_sequences=cfg.n_sequences)
+                    eng[a, j] = [_est(e_loc), _est(e_flip)]
+            return {"eng": eng}
+        i = [f"base={b!r}" for b in cfg.bases].index(name)
+        b = cfg.bases[i]
+        loc, flip, same = (np.zeros((len(cfg.lengths), 3)) for _ in range(3))
+        for j, n in enumerate(cfg.lengths):
+            k = jax.random.fold_in(key, 1000 * i + j)
+            loc[j] = _est(rope.locality_probability(jax.random.fold_in(k, 0), n, dist, b, cfg.n_samples))
+            flip[j] = _est(rope.consistency_flip_probability(jax.random.fold_in(k, 1), n, dist, b, cfg.n_samples))
+            if n <= cfg.twin_max_length:
+                same[j] = _est(rope.unchanged_fraction(jax.random.fold_in(k, 2), n, dist, b, n_samples=128))
+            else:
+                same[j] = np.nan
+        return {"loc": loc, "flip": flip, "same": same}
+
+    def host_dataset(self, cfg, results):
+        per = [results[f"base={b!r}"] for b in cfg.bases]
+        loc, flip, same = (np.stack([r[k] for r in per]) for k in ("loc", "flip", "same"))
+        trade, eng = results["tradeoff"]["trade"], results["engine"]["eng"]
         stat = ["p", "lo", "hi"]
         return xr.Dataset(
             {
