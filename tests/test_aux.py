@@ -113,7 +113,7 @@ def test_missing_z_is_a_clear_error(setup):
 @pytest.mark.slow
 def test_additive_pe_limit_is_the_pushforward_not_a_dirac():
     # u(s) = alpha (cos pi s, sin pi s) at s_i = (i + 1/2)/N on the circle; theory x*(s) from the
-    # engine-free energy maximiser on M = 600 nodes. An N-point midpoint sample of a smooth map
+    # engine-free energy maximiser on M = 300 nodes. An N-point midpoint sample of a smooth map
     # s -> theta*(s) is at circle-W1 ~ (range of theta*) / (4N) from its continuum pushforward, so
     # we require W1 <= range / N (4x that) and a decrease with N, while the run without the
     # encoding collapses to a Dirac mass (distance < 1e-6) far from the pushforward.
@@ -125,7 +125,7 @@ def test_additive_pe_limit_is_the_pushforward_not_a_dirac():
     def u_of(s):
         return alpha * np.stack([np.cos(np.pi * s), np.sin(np.pi * s)], 1)
 
-    sq = (np.arange(600) + 0.5) / 600
+    sq = (np.arange(300) + 0.5) / 300
     xq, _ = additive_pe_pushforward(u_of(sq), beta, n_starts=1, hops=0)  # a smooth, unique maximiser here
     thq = np.arctan2(xq[:, 1], xq[:, 0])
     spread = np.ptp(np.unwrap(thq))

@@ -34,7 +34,7 @@ TINY = {
     "rope-long-context": ["d=8", "bases=10,100", "lengths=4,64", "n_samples=2000", "tradeoff_bases=10,100",
                           "short=8", "long=64", "engine_d=8", "engine_heads=2", "engine_lengths=8,16",
                           "n_sequences=1", "twin_max_length=64"],
-    "kinetic-tcrit": ["betas=1,2", "sizes=16,32", "pde_s=8", "pde_m=16", "pde_modes=4", "n_max=6", "n_particles=8",
+    "kinetic-tcrit": ["betas=1", "sizes=16,32", "pde_s=8", "pde_m=16", "pde_modes=4", "n_max=6", "n_particles=8",
                       "runs=8", "bins=4", "profile_beta=1", "n_times=6"],
     "prompt-parallel": ["ns=8,16", "t1=5", "n_save=4", "quadrature=32", "n_starts=2", "hops=0"],
     "kinetic-causal": ["n_s=16", "m=16", "betas=1,2", "bins=8", "t_early=1", "n_early=6", "t1=1.5", "n_late=2", "chunks=2"],

@@ -193,3 +193,10 @@ def test_host_steps_checkpoint_and_resume_to_the_same_result(tmp_path, capsys):
     for v in b.data_vars:
         np.testing.assert_array_equal(a[v].values, b[v].values)
     assert not (out / "checkpoint.npz").exists()
+
+
+def test_figures_command_regenerates_a_presets_png(tmp_path):
+    docs = tmp_path / "docs"
+    assert main(["figures", "cesaro", "--out", str(tmp_path / "runs"), "--docs", str(docs), "--no-progress"]) == 0
+    assert (docs / "cesaro.png").stat().st_size > 10_000
+    assert main(["figures", "nope", "--docs", str(docs)]) == 2
