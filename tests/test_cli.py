@@ -37,12 +37,15 @@ TINY = {
     "kinetic-tcrit": ["betas=1", "sizes=16,32", "pde_s=8", "pde_m=16", "pde_modes=4", "n_max=6", "n_particles=8",
                       "runs=8", "bins=4", "profile_beta=1", "n_times=6"],
     "prompt-parallel": ["ns=8,16", "t1=5", "n_save=4", "quadrature=32", "n_starts=2", "hops=0"],
+    "aux-metastability": ["n=8", "betas=1,4", "alphas=0,0.4", "weights=0,1", "n_starts=4", "t1=50",
+                          "search_starts=2", "search_hops=0"],
     "universality": ["n=8", "weights=1,4", "t1=20", "n_starts=2"],
     "kinetic-causal": ["n_s=16", "m=16", "betas=1,2", "bins=8", "t_early=1", "n_early=6", "t1=1.5", "n_late=2", "chunks=2"],
 }
 GRID_PRESETS = {"pe-sweep", "prompt-sweep"}
 DENSITY_PRESETS = {"meanfield-circle": {"rho", "mass"}, "particles-vs-pde": {"w1", "w1_mean"},
                    "kinetic-causal": {"f", "influence", "u_onset"},
+                   "aux-metastability": {"pe_fraction_best", "prompt_distinct", "pe_plateau_decades"},
                    "universality": {"w1_quantile_prompts", "w1_floor", "inverse_s1_fraction", "inverse_s2_max_error"},
                    "prompt-parallel": {"theta_star", "w1_to_pushforward", "dirac_distance_parallel", "dirac_distance_shared"},
                    "kinetic-tcrit": {"tcrit_closed", "tcrit_propagator", "tcrit_pde", "tcrit_particles", "profile_pde"},
@@ -69,7 +72,7 @@ def test_preset_runs_tiny(name, tmp_path):
     ds = execute(preset, cfg, parse_grid(cfg, None), tmp_path, progress=False)
     back = xr.load_dataset(tmp_path / "result.nc")
     if name in DENSITY_PRESETS:
-        assert DENSITY_PRESETS[name] <= set(back.data_vars) and ("time" in back.dims or name in ("cesaro", "step0", "masks", "rope-long-context", "recall-capacity", "kinetic-tcrit", "universality",
+        assert DENSITY_PRESETS[name] <= set(back.data_vars) and ("time" in back.dims or name in ("cesaro", "step0", "masks", "rope-long-context", "recall-capacity", "kinetic-tcrit", "universality", "aux-metastability",
                                                                           "prompt-parallel"))
     else:
         expected = {"dirac_distance", "n_clusters"} if name in GRID_PRESETS else OBSERVABLES
