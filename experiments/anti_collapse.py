@@ -12,11 +12,13 @@ What the figure shows: no encoding -> a Dirac mass; additive encodings -> a spre
 pushforward of the positions (near a local maximiser of the theory energy: the theory search here
 is a short one, 4 starts, see meanfield.theory.additive_pe_pushforward); the concatenated channel
 only reweights attention (all weights stay positive, the energy is still maximised by a Dirac mass)
-and collapses; RoPE keeps the cloud spread over this time span. The "prompt" variant uses SHARED
+and collapses; RoPE (rotation scale alpha pi / N) collapses as well at these settings. The "prompt" variant uses SHARED
 prompt tokens (every token sees every prompt): they add a term linear in the token distribution to
 a convex energy, whose maximiser is a Dirac mass, and the run collapses (distance to Dirac ~ 0).
-The paper's parallel prompt insertion (one own prompt per token, meanfield.ParallelPrompt) is the
-``prompt-parallel`` preset, where the limit is a pushforward.
+The "parallel-prompt" variant is the paper's parallel insertion (one own prompt per token,
+meanfield.ParallelPrompt, p_i = (cos pi s_i, sin pi s_i), key mass prompt_weight): it stays spread,
+at the theory pushforward of meanfield.theory.prompt_pushforward (right panel); the
+``prompt-parallel`` preset studies it against N.
 
     meanfield run anti-collapse [--set alpha=0.4 --set beta=4]
 """
@@ -37,11 +39,12 @@ from meanfield import observables as obs
 from meanfield.run.io import observable_vars
 from meanfield.kernel import gaussian, random_fourier
 from meanfield.run import Preset, grid_param, register
-from meanfield.theory import additive_pe_pushforward
+from meanfield.theory import additive_pe_pushforward, prompt_pushforward
 
 from ._common import SolveConfig, circle_w1_to, first_point, plt, require, simulate_chunk
 
-VARIANTS = ("none", "additive-sinusoidal", "additive-rff", "additive-gaussian", "concat", "rope", "prompt")
+VARIANTS = ("none", "additive-sinusoidal", "additive-rff", "additive-gaussian", "concat", "rope", "prompt",
+            "parallel-prompt")
 ADDITIVE = VARIANTS[1:4]
 
 
@@ -126,6 +129,9 @@ class AntiCollapse(Preset):
         out["concat"] = (mf.Attention(p["beta"], mask=mf.ZBias(scale=p["beta"] * p["alpha"]), **kw), sin_aux, None)
         out["rope"] = (mf.Attention(p["beta"], pe=mf.RoPE(base=10000.0, scale=p["alpha"] * np.pi / n), **kw), plain, None)
         out["prompt"] = (mf.Attention(p["beta"], **kw), plain, prompt)
+        # the paper's parallel insertion: token i's own prompt p_i = (cos pi s_i, sin pi s_i), key mass prompt_weight
+        out["parallel-prompt"] = (mf.Attention(p["beta"], **kw), plain,
+                                  mf.ParallelPrompt(zs["additive-sinusoidal"], cfg.prompt_weight))
         return [out[v] for v in VARIANTS]
 
     def advance(self, cfg, p, state, ts):
@@ -162,6 +168,14 @@ class AntiCollapse(Preset):
                 cloud = jnp.asarray(x[pt + (slice(None), vi)])
                 w1[pt + (slice(None), vi)] = circle_w1_to(theta[pt + (slice(None), vi)], th_star)
                 mmd[pt + (slice(None), vi)] = np.asarray(jax.vmap(lambda c: obs.mmd(c, jnp.asarray(xs_star)))(cloud))
+            vi = VARIANTS.index("parallel-prompt")
+            sq = positions(cfg.quadrature)
+            xs_star, _ = prompt_pushforward(np.stack([np.cos(np.pi * sq), np.sin(np.pi * sq)], 1), float(g["beta"]),
+                                            cfg.prompt_weight, n_starts=2, hops=0)
+            th_star = np.arctan2(xs_star[:, 1], xs_star[:, 0])
+            cloud = jnp.asarray(x[pt + (slice(None), vi)])
+            w1[pt + (slice(None), vi)] = circle_w1_to(theta[pt + (slice(None), vi)], th_star)
+            mmd[pt + (slice(None), vi)] = np.asarray(jax.vmap(lambda c: obs.mmd(c, jnp.asarray(xs_star)))(cloud))
         data["pushforward_w1"] = (dims, w1)
         data["pushforward_mmd"] = (dims, mmd)
         coords = {"time": ts, "variant": list(VARIANTS), **grid.coords()}
@@ -187,7 +201,7 @@ class AntiCollapse(Preset):
         ax2 = fig.add_subplot(2, 2, 4)
         for v in one.variant.values:
             ax1.plot(t[1:], one.dirac_distance.sel(variant=v).values[1:], label=v, lw=1.5)
-            if v in ADDITIVE:
+            if v in ADDITIVE or v == "parallel-prompt":
                 ax2.plot(t[1:], one.pushforward_w1.sel(variant=v).values[1:], label=v, lw=1.5)
         for ax, title in ((ax1, "W2 distance to the nearest Dirac mass"), (ax2, "circle W1 to the theory pushforward x*(z)")):
             ax.set_xscale("log")
