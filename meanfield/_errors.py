@@ -8,6 +8,7 @@ user's ``jit``/``vmap``); solver failures are result codes.
 
 from __future__ import annotations
 
+import functools
 import sys
 import warnings
 
@@ -33,7 +34,16 @@ def check_value(x, bad, message: str):
         if bool(np.any(np.asarray(bad))):
             raise ValueError(message)
         return x
-    return eqx.error_if(x, jnp.any(bad), message)
+    flag = jnp.any(bad)
+    # best effort under a user's own jax.jit: print our one line first, before the runtime's long
+    # callback traceback (which also carries it, but buried); eqx.error_if then stops the program
+    jax.debug.callback(functools.partial(_announce, message), flag)
+    return eqx.error_if(x, flag, message)
+
+
+def _announce(message: str, flag) -> None:
+    if bool(np.any(np.asarray(flag))):
+        print(f"meanfield: error: {message}", file=sys.stderr, flush=True)
 
 
 def require(condition: bool | np.bool_, message: str) -> None:

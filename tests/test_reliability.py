@@ -200,3 +200,39 @@ def test_figures_command_regenerates_a_presets_png(tmp_path):
     assert main(["figures", "cesaro", "--out", str(tmp_path / "runs"), "--docs", str(docs), "--no-progress"]) == 0
     assert (docs / "cesaro.png").stat().st_size > 10_000
     assert main(["figures", "nope", "--docs", str(docs)]) == 2
+
+
+def test_under_a_users_jit_the_real_message_comes_first(capfd):
+    """Inside jax.jit the values are tracers, so the check runs at run time; its one line is
+    printed before JAX's long callback traceback (best effort), and the error still stops the run."""
+    x0 = _x0()
+    f = jax.jit(lambda r: mf.simulate(mf.Attention(1.0), x0, jnp.array([0.0, 1.0]), rtol=r).final)
+    with pytest.raises(Exception, match="rtol and atol must be finite"):
+        f(-1.0)
+    err = capfd.readouterr().err
+    assert err.startswith("meanfield: error: rtol and atol must be finite and >= 0, not both 0")
+    assert f(1e-6).shape == (8, 3) and "meanfield: error" not in capfd.readouterr().err  # good values: silent
+
+
+def test_interrupt_mid_write_leaves_no_partial_result_and_resumes(tmp_path, monkeypatch, capsys):
+    """Fault injection: Ctrl-C while result.nc is being written (half a file on disk). Afterwards
+    there is no result.nc and no temporary file, the last checkpoint is intact (exit 130 with the
+    --resume hint), and --resume finishes with the uninterrupted result."""
+    out, ref = tmp_path / "o", tmp_path / "ref"
+    sets = [*TINY, "--set", "chunks=2"]
+    real = xr.Dataset.to_netcdf
+
+    def interrupted(self, path, *a, **k):
+        with open(path, "wb") as fh:
+            fh.write(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)  # the first bytes of a file, then the interrupt
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(xr.Dataset, "to_netcdf", interrupted)
+        assert main(["run", "clustering", "--out", str(out), *sets]) == 130
+    assert "--resume" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir() if p.name != ".meanfield.lock") == ["checkpoint.npz", "run.json"]
+    assert xr.Dataset.to_netcdf is real
+    assert main(["run", "clustering", "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert main(["run", "clustering", "--out", str(ref), *sets]) == 0
+    np.testing.assert_array_equal(xr.load_dataset(out / "result.nc").x.values, xr.load_dataset(ref / "result.nc").x.values)
