@@ -144,6 +144,19 @@ class HostPreset(Preset):
         raise NotImplementedError(f"{self.name}: implement dataset() or host_steps()/host_step()/host_dataset()")
 
 
+def half_circle_prompts(n):
+    """Midpoints s_i = (i + 1/2)/N and the points (cos pi s_i, sin pi s_i) on S^1, shapes (N,), (N, 2)."""
+    s = (np.arange(n) + 0.5) / n
+    return s, np.stack([np.cos(np.pi * s), np.sin(np.pi * s)], -1)
+
+
+def log_axis_ticks(ax, values, p):
+    """Label a log x-axis at exactly ``values`` (no minor ticks)."""
+    ax.set_xticks(values)
+    ax.set_xticklabels([f"{v:g}" for v in values])
+    ax.xaxis.set_minor_locator(p.NullLocator())
+
+
 def first_point(ds):
     """The Dataset at the first point of every swept dimension (for single-run figures)."""
     grid = json.loads(ds.attrs.get("grid", "{}"))

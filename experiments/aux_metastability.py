@@ -37,7 +37,7 @@ from meanfield import observables as obs
 from meanfield import theory
 from meanfield.run import register
 
-from ._common import HostPreset, ToleranceConfig, plt, require
+from ._common import HostPreset, ToleranceConfig, half_circle_prompts, plt, require
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,11 +63,6 @@ class AuxMetaConfig(ToleranceConfig):
         require(self.n >= 4 and self.n_starts >= 2 and self.t1 > 0 and self.n_save >= 5, "need n >= 4, n_starts >= 2, t1 > 0, n_save >= 5")
         require(min(self.betas) > 0 and min(self.alphas) >= 0 and min(self.weights) >= 0, "betas > 0, alphas and weights >= 0")
         require(self.tol > 0 and self.search_starts >= 1 and self.search_hops >= 0, "need tol > 0, search_starts >= 1")
-
-
-def _aux(n):
-    s = (np.arange(n) + 0.5) / n
-    return np.stack([np.cos(np.pi * s), np.sin(np.pi * s)], -1)
 
 
 def _distance(x, y, invariant):
@@ -96,7 +91,7 @@ class AuxMetastability(HostPreset):
         kind, bs, vs = name.split()
         beta, v = float(bs.split("=")[1]), float(vs.split("=")[1])
         n = cfg.n
-        z = _aux(n)
+        _, z = half_circle_prompts(n)
         ts = jnp.asarray(np.concatenate([[0.0], np.geomspace(cfg.t1 * 1e-4, cfg.t1, cfg.n_save - 1)]))
         if kind == "pe":
             attn = mf.Attention(beta, pe=mf.AdditivePE(v)) if v > 0 else mf.Attention(beta)

@@ -57,7 +57,7 @@ from meanfield.influence import circle_retrieval_profile, u_shape_end
 from meanfield.pde import KineticMeanField
 from meanfield.run import RunConfig, register
 
-from ._common import HostPreset, plt, require
+from ._common import HostPreset, log_axis_ticks, plt, require
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,8 +243,7 @@ class KineticTcrit(HostPreset):
         ax.plot(ds.beta, ds.tcrit_binned_reference, "x", color="C2", label="propagator S = N, same bins")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xticks(ds.beta.values)
-        ax.set_xticklabels([f"{b:g}" for b in ds.beta.values])
+        log_axis_ticks(ax, ds.beta.values, p)
         ax.minorticks_off()
         ax.set_xlabel(r"$\beta$")
         ax.set_ylabel(r"$t_{crit}$")
@@ -255,9 +254,7 @@ class KineticTcrit(HostPreset):
         ax.loglog(ds.S, err[0], "o-", label=rf"all $\beta$ (spread {np.ptp(err, axis=0).max():.1e})")
         S = ds.S.values.astype(float)
         ax.loglog(S, err[0, 0] * S[0] / S, "k:", label="1/S")
-        ax.set_xticks(S)
-        ax.set_xticklabels([f"{int(v)}" for v in S])
-        ax.xaxis.set_minor_locator(p.NullLocator())
+        log_axis_ticks(ax, S, p)
         ax.set_xlabel("rows S")
         ax.set_ylabel(r"$|t^S_{crit} / t_{crit} - 1|$")
         ax.set_title("discrete propagator: O(1/S) convergence\n(its right-end slope is exactly quadratic in t, "

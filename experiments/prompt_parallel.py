@@ -32,7 +32,7 @@ from meanfield import observables as obs
 from meanfield import theory
 from meanfield.run import register
 
-from ._common import HostPreset, ToleranceConfig, plt, require
+from ._common import HostPreset, ToleranceConfig, half_circle_prompts as _prompts, log_axis_ticks, plt, require
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,11 +59,6 @@ class PromptParallelConfig(ToleranceConfig):
         require(len(self.ns) >= 2 and min(self.ns) >= 2, "need at least two token numbers >= 2")
         require(self.t1 > 0 and self.n_save >= 3, "need t1 > 0 and n_save >= 3")
         require(self.quadrature >= 8 and self.n_starts >= 1 and self.hops >= 0, "need quadrature >= 8, n_starts >= 1, hops >= 0")
-
-
-def _prompts(n):
-    s = (np.arange(n) + 0.5) / n
-    return s, np.stack([np.cos(np.pi * s), np.sin(np.pi * s)], -1)
 
 
 def _times(cfg):
@@ -158,9 +153,7 @@ class PromptParallel(HostPreset):
         n = ds.n.values.astype(float)
         ax.loglog(n, ds.w1_to_pushforward, "o-", label=f"parallel (slope {float(ds.w1_slope):.2f})")
         ax.loglog(n, ds.w1_to_pushforward.values[0] * n[0] / n, "k:", label="1/N")
-        ax.set_xticks(n)
-        ax.set_xticklabels([f"{int(v)}" for v in n])
-        ax.xaxis.set_minor_locator(p.NullLocator())
+        log_axis_ticks(ax, n, p)
         ax.set_xlabel("tokens N")
         ax.set_ylabel("circle W1 to the theory pushforward")
         ax.set_title("convergence to the pushforward", fontsize=9)

@@ -34,6 +34,7 @@ from ._types import Array, ArrayLike, Bool, Float, PRNGKeyArray, Real, TokensLik
 from ._errors import require
 from .geometry import PostLN
 from .particles import layers, simulate
+from .theory import kinetic_weights
 
 
 def bin_profile(profile: Real[ArrayLike, "*batch n"], n_bins: int) -> Real[np.ndarray, "*batch bins"]:
@@ -134,8 +135,7 @@ def circle_retrieval_profile(attn, key: PRNGKeyArray, ts: Real[ArrayLike, " time
     require(int(n_tokens) >= 2, f"n_tokens must be >= 2, got {n_tokens}")
     require(int(n_runs) >= 1, f"n_runs must be >= 1, got {n_runs}")
     require(attn.dim in (None, 2), f"the circle retrieval profile needs d = 2 tokens, the attention has d = {attn.dim}")
-    weights = np.exp(-np.pi**2 * np.arange(1, int(n_max) + 1) ** 2 / (2.0 * float(M) ** 2))
-    require(float(M) > 0, f"M (the omega bandwidth) must be > 0, got {M}")
+    weights = kinetic_weights(M, n_max)  # checks M > 0 and n_max >= 1
     n = int(n_tokens)
     ts = jnp.asarray(ts, dtype=float)
     require(ts.ndim == 1 and ts.shape[0] >= 1, f"ts must be a 1-D array of save times, got shape {ts.shape}")
