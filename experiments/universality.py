@@ -1,20 +1,26 @@
-r"""Universality with parallel prompts (Imaizumi, Koyama, Isobe & Hayashi 2026): the limit of the
-dynamics can be made (close to) a chosen target distribution.
-
-Two of the issue's three ways, against the floor (the distance of the best N-point configuration,
-the N quantile midpoints, to the target):
+r"""Universality (Imaizumi, Koyama, Isobe & Hayashi 2026): the limit of the dynamics can be made
+(close to) a chosen target distribution, three ways, each against the floor (the circle W1 of the
+best N-point configuration, the N quantile midpoints, to the target):
 
 * quantile prompts (S^1): p_i = T(s_i), T the target's quantile map, s_i = (i + 1/2)/N; SA with
-  Q = K = V = I and :class:`meanfield.ParallelPrompt` ``(p, weight)`` from x(0) = p, for each
-  weight in ``weights``: the circle W1 of the limit to the target (a 4096-point quantile sample)
-  against the floor. A heavier weight pins tokens nearer their prompts, so W1 falls towards the floor.
+  Q = K = V = I and :class:`meanfield.ParallelPrompt` ``(p, weight)`` from x(0) = p: the circle W1
+  of the limit to the target (a 16384-point quantile sample) for each weight in ``weights`` (at
+  N = ``n``) and for each N in ``ns`` (at ``weight_n``). A heavier weight pins tokens nearer their
+  prompts, so W1 falls towards the floor.
 * exact inverse design (:func:`meanfield.theory.inverse_prompt`): prompts that make the N quantile
   midpoints (S^1), or N draws of the target (S^2), a stationary and stable point; from
   ``n_starts`` random starts, the fraction of runs that end at the target (max distance < 1e-6)
   and their error (solver tolerance, not a floor).
+* a learned positional encoding (:mod:`meanfield.studies.learned_pe`): u(s) = U phi(s) with
+  ``n_freq`` Fourier frequencies (a size independent of N), fitted with optax Adam through
+  :func:`meanfield.simulate` (MMD of the end states at ``fit_t1`` from 4 random starts), then run
+  to ``t1`` from ``n_starts`` other random starts: W1 vs N (``learned_ns``, fit from the paired
+  Fourier start) against the floor, and at N = ``n`` from a random U instead (how the result
+  depends on the start). On S^2 (s on a ``s2_side`` x ``s2_side`` grid, 2-D frequencies), the
+  MMD of the limit to the target against that of N independent draws of the target.
 
 Targets: a two-component von Mises mixture on S^1 and a two-component von Mises-Fisher mixture on
-S^2 (d = 3). (A learned positional encoding, the third way, is not part of this preset.)
+S^2 (d = 3).
 
     meanfield run universality [--set n=64 beta=1 weights=0.5,1,2,4,8,16]
 """
@@ -35,8 +41,9 @@ import meanfield as mf
 from meanfield import observables as obs
 from meanfield import theory
 from meanfield.run import register
+from meanfield.studies import learned_pe
 
-from ._common import HostPreset, ToleranceConfig, plt, require
+from ._common import HostPreset, ToleranceConfig, log_axis_ticks, plt, require
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,11 +53,25 @@ class UniversalityConfig(ToleranceConfig):
     beta: float = 1.0
     weights: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
     """prompt weights of the quantile-prompt runs"""
+    ns: tuple[int, ...] = (16, 32, 64, 128, 256)
+    """token counts of the quantile-prompt runs at weight_n"""
+    weight_n: float = 16.0
+    """prompt weight of the W1-vs-N quantile-prompt runs"""
     t1: float = 200.0
     n_starts: int = 8
-    """random starts of the inverse-design runs"""
+    """random starts of the inverse-design runs and of the learned-PE evaluation"""
     margin: float = 1.5
     """inverse design at margin x the smallest sufficient weight"""
+    learned_ns: tuple[int, ...] = (16, 32, 64, 128)
+    """token counts of the learned-PE fits (S^1)"""
+    n_freq: int = 6
+    """Fourier frequencies of the learned PE on S^1 (2 per axis on S^2)"""
+    fit_steps: int = 200
+    """optax Adam steps of each learned-PE fit"""
+    fit_t1: float = 30.0
+    """time horizon of the simulate loss"""
+    s2_side: int = 8
+    """learned PE on S^2: s on an s2_side x s2_side grid (N = s2_side^2)"""
     rtol: float = 1e-10
     atol: float = 1e-10
 
@@ -58,7 +79,11 @@ class UniversalityConfig(ToleranceConfig):
         super().validate()
         require(self.n >= 4 and self.beta > 0 and self.t1 > 0, "need n >= 4, beta > 0, t1 > 0")
         require(len(self.weights) >= 2 and min(self.weights) > 0, "weights must be > 0 (at least two)")
+        require(len(self.ns) >= 2 and min(self.ns) >= 4 and self.weight_n > 0, "ns: at least two token counts >= 4; weight_n > 0")
         require(self.n_starts >= 1 and self.margin >= 1, "need n_starts >= 1 and margin >= 1")
+        require(len(self.learned_ns) >= 1 and min(self.learned_ns) >= 4, "learned_ns: token counts >= 4")
+        require(self.n_freq >= 1 and self.fit_steps >= 1 and self.fit_t1 > 0, "need n_freq >= 1, fit_steps >= 1, fit_t1 > 0")
+        require(self.s2_side >= 2, f"s2_side must be >= 2, got {self.s2_side}")
 
 
 def _circle_target():
@@ -95,30 +120,83 @@ def _sphere_target(n, seed):
     return np.asarray(out)
 
 
+N_FINE = 16384
+
+
+def _fine(quantile):
+    return quantile((np.arange(N_FINE) + 0.5) / N_FINE)
+
+
+def _floor(quantile, n):
+    """Circle W1 of the N quantile midpoints to the target (its fine quantile sample)."""
+    s = (np.arange(n) + 0.5) / n
+    return float(obs.circle_w1(jnp.asarray(quantile(s)), jnp.asarray(_fine(quantile))))
+
+
+def _grid2(side):
+    g = (np.arange(side) + 0.5) / side
+    return np.stack(np.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
+
+
 @register
 class Universality(HostPreset):
     name = "universality"
-    description = "parallel prompts make a chosen target the limit: quantile prompts (W1 vs weight, floor) and inverse design (S^1, S^2)"
+    description = ("a chosen target as the limit: quantile prompts (W1 vs weight and vs N), inverse design (S^1, S^2), "
+                   "a learned PE (optax, W1 vs N) against the floor")
     Config = UniversalityConfig
 
     def host_steps(self, cfg):
-        return [f"quantile weight={w!r}" for w in cfg.weights] + ["inverse S1", "inverse S2"]
+        return ([f"quantile weight={w!r}" for w in cfg.weights] + [f"quantile n={n}" for n in cfg.ns]
+                + [f"learned n={n}" for n in cfg.learned_ns] + ["learned random-init", "learned S2", "inverse S1", "inverse S2"])
 
     def _run(self, cfg, x0, p, weight):
         return np.asarray(mf.simulate(mf.Attention(cfg.beta), jnp.asarray(x0), [0.0, cfg.t1],
                                       prompt=mf.ParallelPrompt(p, weight), rtol=cfg.rtol, atol=cfg.atol).final)
 
+    def _starts(self, cfg, n, d):
+        return jnp.stack([mf.sphere_uniform(jax.random.fold_in(jax.random.key(cfg.seed), 100 + k), n, d)
+                          for k in range(cfg.n_starts)]).astype(jnp.float64)
+
+    def _learned(self, cfg, n, init):
+        _, _, quantile = _circle_target()
+        s = (np.arange(n) + 0.5) / n
+        fit = learned_pe.fit_additive_pe(_circle(quantile(s)), s, cfg.beta, n_freq=cfg.n_freq, steps=cfg.fit_steps,
+                                         t1=cfg.fit_t1, init=init, init_scale=2.0 if init == "paired" else 1.0,
+                                         seed=cfg.seed)
+        ends = np.asarray(fit.pe.limit(s, self._starts(cfg, n, 2), cfg.t1))
+        fine = jnp.asarray(_fine(quantile))
+        w1 = np.array([float(obs.circle_w1(jnp.asarray(np.arctan2(x[:, 1], x[:, 0])), fine)) for x in ends])
+        return {"w1": w1, "theta": np.arctan2(ends[0][:, 1], ends[0][:, 0]), "losses": fit.losses,
+                "stability": fit.stability, "floor": _floor(quantile, n)}
+
     def host_step(self, cfg, name, done):
         _, _, quantile = _circle_target()
-        s = (np.arange(cfg.n) + 0.5) / cfg.n
-        fine = quantile((np.arange(4096) + 0.5) / 4096)
         if name.startswith("quantile"):
-            w = float(name.split("=")[1])
+            key, val = name.split(" ")[1].split("=")
+            n, w = (cfg.n, float(val)) if key == "weight" else (int(val), cfg.weight_n)
+            s = (np.arange(n) + 0.5) / n
             p = _circle(quantile(s))
             x = self._run(cfg, p, p, w)
             th = np.arctan2(x[:, 1], x[:, 0])
-            return {"theta": th, "w1": float(obs.circle_w1(jnp.asarray(th), jnp.asarray(fine)))}
+            return {"theta": th, "w1": float(obs.circle_w1(jnp.asarray(th), jnp.asarray(_fine(quantile)))),
+                    "floor": _floor(quantile, n)}
+        if name.startswith("learned n="):
+            return self._learned(cfg, int(name.split("=")[1]), "paired")
+        if name == "learned random-init":
+            return self._learned(cfg, cfg.n, "random")
+        if name == "learned S2":
+            sg = _grid2(cfg.s2_side)
+            n = sg.shape[0]
+            cloud = _sphere_target(2048, cfg.seed + 1)
+            fit = learned_pe.fit_additive_pe(cloud, sg, cfg.beta, n_freq=2, steps=cfg.fit_steps, t1=cfg.fit_t1,
+                                             init="random", init_scale=1.0, seed=cfg.seed)
+            ends = np.asarray(fit.pe.limit(sg, self._starts(cfg, n, 3), cfg.t1))
+            mmd = lambda x: float(obs.mmd(jnp.asarray(x), jnp.asarray(cloud), sigma=0.3))  # noqa: E731
+            ref = np.array([mmd(_sphere_target(n, cfg.seed + 50 + k)) for k in range(16)])
+            return {"mmd": np.array([mmd(x) for x in ends]), "mmd_iid": ref, "end": ends[0], "cloud": cloud[:512],
+                    "losses": fit.losses}
         d = 2 if name.endswith("S1") else 3
+        s = (np.arange(cfg.n) + 0.5) / cfg.n
         target = _circle(quantile(s)) if d == 2 else _sphere_target(cfg.n, cfg.seed)
         need = theory.inverse_prompt(target, cfg.beta, 1e6).min_weight
         design = theory.inverse_prompt(target, cfg.beta, cfg.margin * need)
@@ -131,23 +209,40 @@ class Universality(HostPreset):
                "min_weight": need, "hessian_max": design.hessian_max}
         if d == 2:
             th = np.arctan2(target[:, 1], target[:, 0])
-            out["w1_target"] = float(obs.circle_w1(jnp.asarray(th), jnp.asarray(fine)))
+            out["w1_target"] = float(obs.circle_w1(jnp.asarray(th), jnp.asarray(_fine(quantile))))
         return out
 
     def host_dataset(self, cfg, results):
         th_grid, pdf, quantile = _circle_target()
-        s = (np.arange(cfg.n) + 0.5) / cfg.n
-        fine = quantile((np.arange(4096) + 0.5) / 4096)
-        floor = float(obs.circle_w1(jnp.asarray(np.mod(quantile(s) + np.pi, 2 * np.pi) - np.pi), jnp.asarray(fine)))
         q = [results[f"quantile weight={w!r}"] for w in cfg.weights]
+        qn = [results[f"quantile n={n}"] for n in cfg.ns]
+        ln = [results[f"learned n={n}"] for n in cfg.learned_ns]
+        lr, l2 = results["learned random-init"], results["learned S2"]
         i1, i2 = results["inverse S1"], results["inverse S2"]
         ok = lambda e: float(np.mean(e < 1e-6))  # noqa: E731
+        n_steps = len(lr["losses"])
         return xr.Dataset(
             {
                 "target_pdf": (("theta_grid",), pdf),
                 "quantile_theta": (("weight", "token"), np.stack([r["theta"] for r in q])),
                 "w1_quantile_prompts": (("weight",), np.array([float(r["w1"]) for r in q])),
-                "w1_floor": ((), floor),
+                "w1_floor": ((), _floor(quantile, cfg.n)),
+                "w1_quantile_vs_n": (("n_tokens",), np.array([r["w1"] for r in qn])),
+                "w1_floor_vs_n": (("n_tokens",), np.array([r["floor"] for r in qn])),
+                "learned_w1": (("n_learned", "start"), np.stack([r["w1"] for r in ln])),
+                "learned_floor": (("n_learned",), np.array([r["floor"] for r in ln])),
+                "learned_stability": (("n_learned",), np.array([r["stability"] for r in ln])),
+                "learned_losses": (("n_learned", "fit_step"), np.stack([r["losses"] for r in ln])),
+                "learned_theta": (("token",), ln[list(cfg.learned_ns).index(cfg.n)]["theta"] if cfg.n in cfg.learned_ns
+                                  else np.full(cfg.n, np.nan)),
+                "learned_random_w1": (("start",), lr["w1"]),
+                "learned_random_losses": (("fit_step",), lr["losses"]),
+                "learned_random_theta": (("token",), lr["theta"]),
+                "learned_random_stability": ((), float(lr["stability"])),
+                "learned_s2_mmd": (("start",), l2["mmd"]),
+                "learned_s2_mmd_iid": (("draw",), l2["mmd_iid"]),
+                "learned_s2_end": (("s2_token", "xyz"), l2["end"]),
+                "learned_s2_cloud": (("cloud_point", "xyz"), l2["cloud"]),
                 "inverse_s1_target": (("token", "xy"), i1["target"]),
                 "inverse_s1_max_error": (("start",), i1["max_error"]),
                 "inverse_s1_fraction": ((), ok(i1["max_error"])),
@@ -160,33 +255,65 @@ class Universality(HostPreset):
                 "inverse_s2_hessian_max": ((), float(i2["hessian_max"])),
             },
             coords={"theta_grid": th_grid, "weight": list(cfg.weights), "token": np.arange(cfg.n),
-                    "start": np.arange(cfg.n_starts), "xy": ["x", "y"], "xyz": ["x", "y", "z"]},
+                    "n_tokens": list(cfg.ns), "n_learned": list(cfg.learned_ns), "fit_step": np.arange(n_steps),
+                    "start": np.arange(cfg.n_starts), "draw": np.arange(16), "xy": ["x", "y"], "xyz": ["x", "y", "z"]},
         )
 
     def plot(self, ds, outdir):
         cfg = json.loads(ds.attrs["config"])
         p = plt()
-        fig = p.figure(figsize=(16, 4.8))
-        ax = fig.add_subplot(1, 3, 1)
+        fig = p.figure(figsize=(16, 9.6))
+        wrap = lambda th: np.mod(np.asarray(th) + np.pi, 2 * np.pi) - np.pi  # noqa: E731
+        ax = fig.add_subplot(2, 3, 1)
         ax.plot(ds.theta_grid, ds.target_pdf, "k-", lw=1.2, label="target density (von Mises mixture)")
-        for i, w in enumerate(ds.weight.values[:: max(1, len(ds.weight) // 3)]):
-            th = ds.quantile_theta.sel(weight=w).values
-            ax.hist(np.mod(th + np.pi, 2 * np.pi) - np.pi, bins=32, range=(-np.pi, np.pi), density=True, alpha=0.35,
-                    label=f"limit, weight {w:g}")
+        for w in ds.weight.values[:: max(1, len(ds.weight) // 3)]:
+            ax.hist(wrap(ds.quantile_theta.sel(weight=w).values), bins=32, range=(-np.pi, np.pi), density=True,
+                    alpha=0.35, label=f"quantile prompts, weight {w:g}")
+        if np.all(np.isfinite(ds.learned_theta.values)):
+            ax.hist(wrap(ds.learned_theta.values), bins=32, range=(-np.pi, np.pi), density=True, histtype="step",
+                    color="C3", lw=1.5, label="learned PE (paired start)")
         ax.set_xlabel(r"$\theta$")
         ax.set_ylabel("density")
-        ax.set_title(f"quantile prompts p_i = T(s_i), N = {cfg['n']}, $\\beta$ = {cfg['beta']:g}", fontsize=9)
+        ax.set_title(f"limits, N = {cfg['n']}, $\\beta$ = {cfg['beta']:g}", fontsize=9)
         ax.legend(fontsize=7)
-        ax = fig.add_subplot(1, 3, 2)
+        ax = fig.add_subplot(2, 3, 2)
         ax.loglog(ds.weight, ds.w1_quantile_prompts, "o-", label="limit of the quantile-prompt runs")
         ax.axhline(float(ds.w1_floor), color="k", ls=":", label=f"floor: N quantile midpoints ({float(ds.w1_floor):.2e})")
         ax.axhline(float(ds.inverse_s1_w1), color="C2", ls="--", lw=0.8,
                    label=f"inverse design (weight {float(ds.inverse_s1_weight):.2g})")
         ax.set_xlabel("prompt weight")
         ax.set_ylabel("circle W1 to the target")
-        ax.set_title("W1 vs weight against the floor", fontsize=9)
+        ax.set_title(f"W1 vs weight against the floor (N = {cfg['n']})", fontsize=9)
         ax.legend(fontsize=7)
-        ax = fig.add_subplot(1, 3, 3, projection="3d")
+        ax = fig.add_subplot(2, 3, 3)
+        ax.loglog(ds.n_tokens, ds.w1_floor_vs_n, "k:", marker=".", label="floor (N quantile midpoints)")
+        ax.loglog(ds.n_tokens, ds.w1_quantile_vs_n, "o-", label=f"quantile prompts, weight {cfg['weight_n']:g}")
+        lw = ds.learned_w1.values
+        ax.errorbar(ds.n_learned, np.median(lw, 1), yerr=[np.median(lw, 1) - lw.min(1), lw.max(1) - np.median(lw, 1)],
+                    fmt="s-", color="C3", capsize=3, label=f"learned PE, K = {cfg['n_freq']} (median, min-max over starts)")
+        ax.set_xlabel("N")
+        ax.set_ylabel("circle W1 to the target")
+        ax.set_title("W1 vs N against the floor", fontsize=9)
+        log_axis_ticks(ax, sorted(set(ds.n_tokens.values) | set(ds.n_learned.values)), p)
+        ax.legend(fontsize=7)
+        ax = fig.add_subplot(2, 3, 4)
+        for i, n in enumerate(ds.n_learned.values):
+            ax.semilogy(ds.learned_losses.values[i], color=f"C{i}", lw=1, label=f"paired start, N = {n}")
+        ax.semilogy(ds.learned_random_losses, "k--", lw=1, label=f"random start, N = {cfg['n']}")
+        ax.set_xlabel("Adam step")
+        ax.set_ylabel("MMD of the end states (loss)")
+        rw = ds.learned_random_w1.values
+        ax.set_title(f"learned PE: the fit depends on its start (N = {cfg['n']}: W1 {np.median(rw):.3f} from a random U)",
+                     fontsize=9)
+        ax.legend(fontsize=7)
+        ax = fig.add_subplot(2, 3, 5, projection="3d")
+        c, e = ds.learned_s2_cloud.values, ds.learned_s2_end.values
+        ax.scatter(c[:, 0], c[:, 1], c[:, 2], s=2, color="0.6", alpha=0.4, label="target (vMF mixture draws)")
+        ax.scatter(e[:, 0], e[:, 1], e[:, 2], s=14, color="C3", label=f"learned-PE limit, N = {e.shape[0]}")
+        ax.set_title(f"learned PE on S$^2$: MMD {np.median(ds.learned_s2_mmd):.3f} vs {np.mean(ds.learned_s2_mmd_iid):.3f} "
+                     f"for N i.i.d. draws", fontsize=8)
+        ax.legend(fontsize=7)
+        ax = fig.add_subplot(2, 3, 6, projection="3d")
         t = ds.inverse_s2_target.values
         ax.scatter(t[:, 0], t[:, 1], t[:, 2], s=12, color="k", label="target (N draws of a vMF mixture)")
         ax.set_title(f"inverse design on S$^2$: {100 * float(ds.inverse_s2_fraction):.0f} % of {len(ds.start)} random starts "
@@ -194,9 +321,10 @@ class Universality(HostPreset):
                      f"{100 * float(ds.inverse_s1_fraction):.0f} % (max {float(ds.inverse_s1_max_error.max()):.1e})",
                      fontsize=8)
         ax.legend(fontsize=7)
-        fig.suptitle("universality with parallel prompts: the limit is the chosen target up to the floor", fontsize=10)
+        fig.suptitle("universality: the limit is a chosen target up to the floor (parallel prompts, inverse design, learned PE)",
+                     fontsize=10)
         fig.tight_layout()
         path = Path(outdir) / "universality.png"
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=100)
         p.close(fig)
         return [path]

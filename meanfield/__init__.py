@@ -45,6 +45,7 @@ from .particles import RK4 as RK4
 from .particles import SOLVERS as SOLVERS
 from .particles import Trajectory as Trajectory
 from .particles import layers as layers
+from .particles import linear_stability as linear_stability
 from .particles import simulate as simulate
 from .particles import sphere_uniform as sphere_uniform
 from .particles import velocity as velocity

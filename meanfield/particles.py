@@ -113,6 +113,43 @@ def velocity(
     return geometry.project(x, attn(x, aux, prompt))
 
 
+def linear_stability(
+    attn: Attention,
+    x: TokensLike,
+    *,
+    geometry: AbstractGeometry = Sphere(),
+    aux: TokenAux | None = None,
+    prompt: PromptArg = None,
+) -> float:
+    r"""Largest real part of the eigenvalues of the linearised flow at ``x`` (host float).
+
+    With f(x) = P_x v(x) (:func:`velocity`) and B an orthonormal basis of the product of tangent
+    spaces at x (N (d - 1) vectors on the sphere, all of R^{N d} in Euclidean space), the
+    linearisation is B Df(x) B^T (``jax.jacfwd``, dense: for N d up to a few thousand). At a
+    stationary point (f(x) = 0) it is the flow's Jacobian on the manifold (on the sphere
+    Df[t] = P_x Dv[t] - <x, v> t is tangent there): a negative value means x attracts every
+    nearby start, a positive one that x is unstable. Away from a stationary point it is only the
+    local growth rate of the tangent-projected Jacobian.
+    """
+    x = jnp.asarray(x)
+    require(x.ndim == 2, f"x must have shape (N, d), got {x.shape}")
+    n, d = x.shape
+    jac = jax.jacfwd(lambda y: velocity(attn, y, geometry=geometry, aux=aux, prompt=prompt).ravel())(x).reshape(n * d, n * d)
+    jac = np.asarray(jac, dtype=np.float64)
+    xs = np.asarray(x, dtype=np.float64)
+    if isinstance(geometry, Sphere):
+        blocks = []
+        for i in range(n):
+            q, _ = np.linalg.qr(np.column_stack([xs[i], np.eye(d)]))
+            blocks.append(q[:, 1:d].T)  # (d - 1, d): tangent basis at x_i
+        basis = np.zeros((n * (d - 1), n * d))
+        for i, b in enumerate(blocks):
+            basis[i * (d - 1):(i + 1) * (d - 1), i * d:(i + 1) * d] = b
+    else:
+        basis = np.eye(n * d)
+    return float(np.linalg.eigvals(basis @ jac @ basis.T).real.max())
+
+
 def _resolve_solver(solver) -> diffrax.AbstractSolver:
     if isinstance(solver, str):
         require(solver in SOLVERS, f"solver must be one of {sorted(SOLVERS)} or a diffrax solver, got {solver!r}")

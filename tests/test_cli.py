@@ -39,14 +39,15 @@ TINY = {
     "prompt-parallel": ["ns=8,16", "t1=5", "n_save=4", "quadrature=32", "n_starts=2", "hops=0"],
     "aux-metastability": ["n=8", "betas=1,4", "alphas=0,0.4", "weights=0,1", "n_starts=4", "t1=50",
                           "search_starts=2", "search_hops=0"],
-    "universality": ["n=8", "weights=1,4", "t1=20", "n_starts=2"],
+    "universality": ["n=8", "weights=1,4", "t1=20", "n_starts=2", "ns=8,16", "learned_ns=8", "fit_steps=3", "s2_side=3"],
     "kinetic-causal": ["n_s=16", "m=16", "betas=1,2", "bins=8", "t_early=1", "n_early=6", "t1=1.5", "n_late=2", "chunks=2"],
 }
 GRID_PRESETS = {"pe-sweep", "prompt-sweep"}
 DENSITY_PRESETS = {"meanfield-circle": {"rho", "mass"}, "particles-vs-pde": {"w1", "w1_mean"},
                    "kinetic-causal": {"f", "influence", "u_onset"},
                    "aux-metastability": {"pe_fraction_best", "prompt_distinct", "pe_plateau_decades"},
-                   "universality": {"w1_quantile_prompts", "w1_floor", "inverse_s1_fraction", "inverse_s2_max_error"},
+                   "universality": {"w1_quantile_prompts", "w1_floor", "inverse_s1_fraction", "inverse_s2_max_error", "w1_quantile_vs_n",
+                                    "learned_w1", "learned_s2_mmd"},
                    "prompt-parallel": {"theta_star", "w1_to_pushforward", "dirac_distance_parallel", "dirac_distance_shared"},
                    "kinetic-tcrit": {"tcrit_closed", "tcrit_propagator", "tcrit_pde", "tcrit_particles", "profile_pde"},
                    "cesaro": {"profile_n64", "interior_rel_error", "dead_zone_depth_n128"},

@@ -8,11 +8,15 @@ but the engine never imports this package: ``meanfield.studies`` is loaded on fi
   token-consistency estimators (Du et al. 2026).
 * :mod:`~meanfield.studies.recall`: factual recall with random embeddings, a one-layer attention
   model trained with optax, storage capacity and its early-phase theory (Vural et al. 2026).
+* :mod:`~meanfield.studies.learned_pe`: a positional encoding with a fixed number of Fourier
+  coefficients, fitted with optax so that the limit of the additive-PE dynamics is a chosen
+  target (universality, Imaizumi et al. 2026).
 * :mod:`~meanfield.studies.decoders`: random-initialisation GPT-2/Qwen2-style decoders and their
   step-0 influence profiles (position bias at birth).
 """
 
 from . import decoders as decoders
+from . import learned_pe as learned_pe
 from . import recall as recall
 from . import rope_locality as rope_locality
 from .decoders import Decoder as Decoder
