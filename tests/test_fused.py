@@ -72,3 +72,24 @@ def test_fused_refuses_what_it_does_not_do(key):
         mf.Attention(1.0, backend=Fused())(x.astype(jnp.float64))
     with pytest.raises(ValueError, match="power of two"):
         Fused(block_q=24)
+
+
+@pytest.mark.parametrize("which", ["K", "V", "QK-mixed-heads", "QKV-USA"])
+def test_fused_in_kernel_projections(which, key):
+    """Heads in-kernel: K folded into the queries (<Q x_i, K x_j> = <K^T Q x_i, x_j>) and V applied
+    in-kernel to each row's weighted sum of raw tokens, for every way the matrices can be given
+    (one shared matrix, one per head, only some of them), against the dense float64 field."""
+    n, d, h = 29, 5, 2
+    ks = jax.random.split(key, 5)
+    x = mf.sphere_uniform(ks[0], n, d, F32)
+    per_head = lambda k: jax.random.normal(k, (h, d, d), F32) / np.sqrt(d)  # noqa: E731
+    shared = lambda k: jax.random.normal(k, (d, d), F32) / np.sqrt(d)  # noqa: E731
+    mats = {"K": {"K": per_head(ks[1])}, "V": {"V": shared(ks[2])},
+            "QK-mixed-heads": {"Q": per_head(ks[1]), "K": shared(ks[2])},
+            "QKV-USA": {"Q": shared(ks[1]), "K": per_head(ks[2]), "V": per_head(ks[3])}}[which]
+    form = "USA" if which == "QKV-USA" else "SA"
+    kw = dict(beta=jnp.asarray([1.0, 2.5], F32), mask=mf.Causal() & mf.ALiBi(0.1), form=form, precision="highest")
+    if "Q" not in mats and "K" not in mats and "V" in mats:
+        kw["heads"] = h
+    err = _compare(kw, x, mf.TokenAux.default(n, F32), mats)
+    assert err < 2e-6, err

@@ -413,6 +413,7 @@ class Attention(eqx.Module):
             beta=jnp.reshape(self.beta.astype(dt), (-1, 1, 1)),
             n_prompt=0 if prompt is None else int(prompt.size),
             own=own,
+            raw=xv if self.pe is None else None,
         )
 
 
@@ -440,6 +441,7 @@ class _Prepared(eqx.Module):
     beta: Array  # (hb, 1, 1)
     n_prompt: int = eqx.field(static=True)  # prompt keys (the last n_prompt keys)
     own: _Own | None = None  # parallel prompts of the query rows
+    raw: Array | None = None  # (M, d) the keys before the K and V projections (no positional encoding)
 
 
 def _scores(attn: Attention, q, k, qs, ks, free, beta, logm=None):
@@ -491,12 +493,16 @@ def _dense_weights(attn: Attention, p: _Prepared, q, qs):
 def _dense(attn: Attention, p: _Prepared, row_block: int | None) -> Array:
     """Exact row softmax, ``row_block`` query rows at a time (lax.map over row slabs).
 
-    The masses multiply the exponentials instead of entering the exponent: with
-    w_ij = m_j e^{a_ij - max_j a_ij} (a without log m), the SA field is (w @ V x) / sum_j w_ij,
-    one GEMM and one pass over the (rows x keys) slab, which XLA:CPU fuses with the score GEMM
-    as long as no ``where`` sits in between (see :func:`_finite`).
+    The masses enter the value GEMM instead of the exponent: with e_ij = e^{a_ij - max_j a_ij}
+    (a without log m), the SA field is (e @ [m V x, m])[:d] / (e @ [m V x, m])[d], one GEMM for
+    the numerator and the row sum, and one exp pass over the (rows x keys) slab, which XLA:CPU
+    fuses with the score GEMM as long as no ``where`` sits in between (see :func:`_finite`).
     """
     n, d_out = p.q.shape[1], p.v.shape[-1]
+    # [m_j v_j, m_j]: one GEMM gives the numerator and the row sum of the weights (no separate
+    # mass multiply or row reduction over the (rows x keys) slab)
+    mv = p.mass[:, None] * p.v
+    mv1 = jnp.concatenate([mv, jnp.broadcast_to(p.mass[:, None], mv.shape[:-1] + (1,))], axis=-1)
 
     def rows(q, qs, own):
         s = _scores(attn, q, p.k, qs, p.ks, p.free, p.beta)
@@ -515,18 +521,18 @@ def _dense(attn: Attention, p: _Prepared, row_block: int | None) -> Array:
                 den = den + jnp.exp(own.logm[None, :, None] - bmax)
             return num / (den + jnp.finfo(s.dtype).tiny)
         if attn.form == "USA":
-            num = (jnp.exp(s) * p.mass) @ p.v
+            num = jnp.exp(s) @ mv
             return num if own is None else num + jnp.exp(so) * own.v
         smax = jnp.max(s, axis=-1, keepdims=True)
         if own is not None:
             smax = jnp.maximum(smax, so)
-        w = jnp.exp(s - _finite(smax)) * p.mass
-        num, den = w @ p.v, jnp.sum(w, axis=-1, keepdims=True)
+        out = jnp.exp(s - _finite(smax)) @ mv1
+        num, den = out[..., :d_out], out[..., d_out:]
         if own is not None:
             w_own = jnp.exp(so - _finite(smax))
             num, den = num + w_own * own.v, den + w_own
         # + tiny: a fully masked row gives 0 / tiny = 0; any other row has sum >= max_j m_j
-        return num / (den + jnp.finfo(w.dtype).tiny)
+        return num / (den + jnp.finfo(out.dtype).tiny)
 
     b = row_block
     if b is None:

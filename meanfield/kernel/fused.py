@@ -73,12 +73,13 @@ def _pow2(n: int, lo: int = 16) -> int:
     return max(lo, pl.next_power_of_2(int(n)))
 
 
-def _kernel(qpos_ref, kpos_ref, logm_ref, slope_ref, q_ref, k_ref, v_ref, o_ref, *, nk, bk, causal, window, usa,
-            precision, normalized=False):
+def _kernel(qpos_ref, kpos_ref, logm_ref, slope_ref, q_ref, k_ref, v_ref, *refs, nk, bk, causal, window, usa,
+            precision, normalized=False, project=False):
+    vmat_ref, o_ref = refs if project else (None, refs[0])
     q = q_ref[0]  # (bq, D)
     qp = qpos_ref[...]  # (bq,)
     slope = slope_ref[0]
-    bq, dv = q.shape[0], o_ref.shape[-1]
+    bq, dv = q.shape[0], v_ref.shape[-1]
     neg = jnp.finfo(jnp.float32).min
     q_lo, q_hi = jnp.min(qp), jnp.max(qp)
 
@@ -134,14 +135,19 @@ def _kernel(qpos_ref, kpos_ref, logm_ref, slope_ref, q_ref, k_ref, v_ref, o_ref,
         out = acc * jnp.exp(jnp.maximum(mx, neg))[:, None]
     else:
         out = acc / jnp.where(l > 0, l, 1.0)[:, None]
+    if project:  # the head's value projection, in-kernel: V_h sum_j w_ij x_j = sum_j w_ij V_h x_j
+        out = jax.lax.dot_general(out, vmat_ref[0], (((1,), (1,)), ((), ())), precision=jax.lax.Precision.HIGHEST,
+                                  preferred_element_type=jnp.float32)
     o_ref[0] = out.astype(o_ref.dtype)
 
 
 def fused_field(q, k, v, qpos, kpos, mass, *, causal, window, slopes, usa, precision, block_q, block_k, interpret,
-                num_warps=None, num_stages=None, normalized=False):
-    """Per-head field (H, N, dv) of queries q (H, N, d) (beta folded in) over keys k (H, M, d) and
-    values v (H, M, dv) with positions qpos (N,), kpos (M,), key masses (M,), per-head ALiBi slopes
-    (H,), through the Pallas kernel (see module docstring)."""
+                num_warps=None, num_stages=None, normalized=False, vmat=None):
+    """Per-head field (H, N, dv) of queries q (H, N, d) (beta folded in) over keys k (Hk, M, d)
+    and values v (Hv, M, dv) (Hk, Hv in {1, H}: a single copy is shared by every head) with
+    positions qpos (N,), kpos (M,), key masses (M,), per-head ALiBi slopes (H,), through the
+    Pallas kernel (see module docstring). ``vmat`` (Hm, dout, dv), Hm in {1, H}: a value
+    projection applied in-kernel to each row's weighted sum (output (H, N, dout))."""
     h, n, d = q.shape
     m, dv = k.shape[1], v.shape[-1]
     bq = min(block_q, _pow2(n, 16))
@@ -155,27 +161,37 @@ def fused_field(q, k, v, qpos, kpos, mass, *, causal, window, slopes, usa, preci
     qpos = pad_axis(qpos.astype(f32), np_, 0)
     kpos = pad_axis(kpos.astype(f32), mp, 0)
     logm = pad_axis(jnp.log(mass.astype(f32)), mp, 0, -jnp.inf)
+    shared = lambda a: (lambda hh, i: (0, 0, 0)) if a.shape[0] == 1 else (lambda hh, i: (hh, 0, 0))  # noqa: E731
+    in_specs = [
+        pl.BlockSpec((bq,), lambda hh, i: (i,)),
+        pl.BlockSpec((mp,), lambda hh, i: (0,)),
+        pl.BlockSpec((mp,), lambda hh, i: (0,)),
+        pl.BlockSpec((1,), lambda hh, i: (hh,)),
+        pl.BlockSpec((1, bq, dp), lambda hh, i: (hh, i, 0)),
+        pl.BlockSpec((1, mp, dp), shared(k)),
+        pl.BlockSpec((1, mp, dvp), shared(v)),
+    ]
+    args = [qpos, kpos, logm, slopes.astype(f32), q, k, v]
+    dout, doutp = dv, dvp
+    if vmat is not None:
+        dout = vmat.shape[1]
+        doutp = _pow2(dout)
+        vmat = pad_axis(pad_axis(vmat.astype(f32), dvp, 2, 0.0), doutp, 1, 0.0)
+        in_specs.append(pl.BlockSpec((1, doutp, dvp), shared(vmat)))
+        args.append(vmat)
     kernel = functools.partial(_kernel, nk=mp // bk, bk=bk, causal=int(causal), window=window, usa=usa,
-                               precision=_PREC[precision], normalized=bool(normalized))
+                               precision=_PREC[precision], normalized=bool(normalized), project=vmat is not None)
     out = pl.pallas_call(
         kernel,
-        out_shape=jax.ShapeDtypeStruct((h, np_, dvp), f32),
+        out_shape=jax.ShapeDtypeStruct((h, np_, doutp), f32),
         grid=(h, np_ // bq),
-        in_specs=[
-            pl.BlockSpec((bq,), lambda hh, i: (i,)),
-            pl.BlockSpec((mp,), lambda hh, i: (0,)),
-            pl.BlockSpec((mp,), lambda hh, i: (0,)),
-            pl.BlockSpec((1,), lambda hh, i: (hh,)),
-            pl.BlockSpec((1, bq, dp), lambda hh, i: (hh, i, 0)),
-            pl.BlockSpec((1, mp, dp), lambda hh, i: (hh, 0, 0)),
-            pl.BlockSpec((1, mp, dvp), lambda hh, i: (hh, 0, 0)),
-        ],
-        out_specs=pl.BlockSpec((1, bq, dvp), lambda hh, i: (hh, i, 0)),
+        in_specs=in_specs,
+        out_specs=pl.BlockSpec((1, bq, doutp), lambda hh, i: (hh, i, 0)),
         interpret=interpret,
         compiler_params=None if interpret else plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
         name="meanfield_fused_attention",
-    )(qpos, kpos, logm, slopes.astype(f32), q, k, v)
-    return out[:, :n, :dv]
+    )(*args)
+    return out[:, :n, :dout]
 
 
 def default_interpret() -> bool:
@@ -195,11 +211,21 @@ def field(spec, attn, p) -> Array:
     check_supported(attn, p)
     causal, window, slopes, normalized = mask_params(attn.mask, attn.heads)
     h = attn.heads
-    q = jnp.broadcast_to(p.beta * p.q, (h,) + p.q.shape[1:])
-    k = jnp.broadcast_to(p.k, (h,) + p.k.shape[1:])
-    v = jnp.broadcast_to(p.v, (h,) + p.v.shape[1:])
+    q = p.beta * p.q
+    vmat = None
+    if p.raw is not None and (attn.K is not None or attn.V is not None):
+        # heads in-kernel: keys and values are the raw tokens, one copy for every head;
+        # <Q_h x_i, K_h x_j> = <K_h^T Q_h x_i, x_j> folds K into the queries, V_h is applied in-kernel
+        # to each row's weighted sum of raw tokens
+        if attn.K is not None:
+            q = jnp.matmul(q, attn.K.astype(q.dtype), precision=attn._proj_precision)  # q_d <- sum_e q_e K_ed
+        k = v = p.raw[None]
+        vmat = None if attn.V is None else attn.V.astype(q.dtype)
+    else:
+        k, v = p.k, p.v
+    q = jnp.broadcast_to(q, (h,) + q.shape[1:])
     interpret = default_interpret() if spec.interpret is None else spec.interpret
     return fused_field(q, k, v, p.qs.pos, p.ks.pos, p.mass, causal=causal, window=window, slopes=slopes,
                        usa=attn.form == "USA", precision=attn.precision, block_q=int(spec.block_q),
                        block_k=int(spec.block_k), interpret=interpret, num_warps=spec.num_warps,
-                       num_stages=spec.num_stages, normalized=normalized and attn.form == "USA")
+                       num_stages=spec.num_stages, normalized=normalized and attn.form == "USA", vmat=vmat)
