@@ -22,6 +22,52 @@ def median_time(fn, repeats=7, min_time=0.2):
     return float(np.median(times))
 
 
+def interleaved_times(fns, rounds=7, min_time=0.05, pause=0.2):
+    """Median time per call of each ``fns[name]()``, measured in ``rounds`` interleaved rounds
+    (every function once per round, after one warm-up call each): on a shared machine whose speed
+    drifts, the ratios between functions then compare like with like. Within a round a function
+    is called until ``min_time`` has passed and its mean time per call is that round's sample;
+    ``pause`` seconds separate two functions (idle OpenMP/OpenBLAS threads of the previous one
+    spin for a while after its last call and would share the cores)."""
+    for fn in fns.values():
+        fn()
+    samples = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            time.sleep(pause)
+            calls, t0 = 0, time.perf_counter()
+            while True:
+                fn()
+                calls += 1
+                elapsed = time.perf_counter() - t0
+                if elapsed >= min_time:
+                    break
+            samples[name].append(elapsed / calls)
+    return {name: float(np.median(v)) for name, v in samples.items()}
+
+
+def exp_probe(n=1024, repeats_in_jit=16):
+    """A function doing repeats_in_jit * n^2 exponentials on an in-cache slab in one jit (see
+    :func:`exp_rate_in_cache`), and that count."""
+    import jax
+    import jax.numpy as jnp
+
+    y0 = jnp.asarray(np.random.default_rng(1).random((n, n), dtype=np.float32))
+    loop = jax.jit(lambda y: jax.lax.fori_loop(0, repeats_in_jit, lambda i, z: jnp.exp(-z), y))
+    return (lambda: loop(y0).block_until_ready()), repeats_in_jit * n * n
+
+
+def gemm_probe(n=1024, dtype=np.float32):
+    """NumPy/BLAS and XLA square-GEMM functions at n^3, and their flop count."""
+    import jax
+    import jax.numpy as jnp
+
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(dtype)
+    aj = jnp.asarray(a)
+    mm = jax.jit(lambda u: u @ u)
+    return (lambda: a @ a), (lambda: mm(aj).block_until_ready()), 2 * n**3
+
+
 def matmul_rates(n=2048, dtype=np.float32):
     """(NumPy/BLAS, XLA) square-GEMM flop rates of this machine at n^3."""
     import jax
@@ -34,6 +80,23 @@ def matmul_rates(n=2048, dtype=np.float32):
     t_jx = median_time(lambda: mm(aj).block_until_ready(), repeats=5)
     flops = 2 * n**3
     return flops / t_np, flops / t_jx
+
+
+def exp_rate_in_cache(sizes=(256, 512, 1024), repeats_in_jit=64):
+    """Best exponential rate (exp/s) of XLA on an in-cache float32 slab inside one jit: a
+    ``fori_loop`` of y <- exp(-y) over a slab of n x n (n in ``sizes``, 256 KiB to 4 MiB, around
+    the L2 size), each iteration dependent on the last so none is skipped. Returns (best rate,
+    {n: rate})."""
+    import jax
+    import jax.numpy as jnp
+
+    rates = {}
+    for n in sizes:
+        y0 = jnp.asarray(np.random.default_rng(1).random((n, n), dtype=np.float32))
+        loop = jax.jit(lambda y: jax.lax.fori_loop(0, repeats_in_jit, lambda i, z: jnp.exp(-z), y))
+        t = median_time(lambda: loop(y0).block_until_ready(), repeats=7)
+        rates[n] = repeats_in_jit * n * n / t
+    return max(rates.values()), rates
 
 
 def current_rss_mib():

@@ -1,16 +1,31 @@
-"""Dense RHS throughput of the engine vs NumPy (and PyTorch eager if installed), against the
-machine's own matmul rate, plus the peak memory of one chunked evaluation at N = 100,000.
+"""Dense RHS throughput of the engine vs NumPy and PyTorch eager, against a limit model of the
+machine, plus the peak memory of one chunked evaluation at N = 100,000.
 
 One right-hand side of the full SA sphere dynamics with Q = K = V = I, float32:
 
     S = beta X X^T;  A = softmax_rows(S);  v = A X;  dx/dt = v - <x, v> x
 
 Each implementation runs K = 20 explicit Euler steps x <- x + dt * RHS(x), the way a solver
-uses the RHS (the engine as one jitted loop, NumPy and PyTorch eager as Python loops); the
-time per step is the median over repeats divided by K. Pair throughput = N^2 / time. The RHS
-does two N x N x d matmuls, 4 N^2 d flops; the "% of GEMM" column divides that flop rate by
-the best square-GEMM rate of the machine measured in the same run (max of XLA and
-NumPy/BLAS at 2048^3, float32).
+uses the RHS (the engine as one jitted loop, NumPy and PyTorch eager as Python loops). The
+implementations and the two probes of the limit (a square GEMM, an in-cache exp loop) are timed
+in 7 interleaved rounds (:func:`_timing.interleaved_times`), so that a drift of this shared
+machine hits all of them alike; the time per step is the median over rounds divided by K. Pair
+throughput = N^2 / time.
+
+Limit model (measured in the same run): the RHS does two N x N x d GEMMs (4 N^2 d flops) and
+N^2 exponentials, so no implementation beats
+
+    t_limit = 4 N^2 d / R_gemm + N^2 / R_exp,
+
+R_gemm the best square-GEMM rate of the machine (max of XLA and NumPy/BLAS at 2048^3, float32)
+and R_exp the best exponential rate the engine's own stack reaches on an in-cache slab inside one
+jit (:func:`_timing.exp_rate_in_cache`): the best of the start-of-run measurement and of the
+probes interleaved with each size. "% of limit" = t_limit / t.
+
+The OpenBLAS tuning variables of this machine (OPENBLAS_CORETYPE, OPENBLAS_L2_SIZE) slow NumPy's
+GEMM; the script re-executes itself once with them unset (for its own process only).
+PyTorch comes from the optional extra: ``pip install -e ".[bench]"`` (never installed by CI;
+on a CPU-only machine prefer a CPU wheel of torch).
 
 Run:  python benchmarks/bench_kernel.py [--quick]
 """
@@ -24,7 +39,7 @@ import subprocess
 import sys
 
 import numpy as np
-from _timing import chunked_memory, matmul_rates, median_time
+from _timing import chunked_memory, exp_probe, exp_rate_in_cache, gemm_probe, interleaved_times, matmul_rates
 
 
 K_STEPS = 20
@@ -51,6 +66,10 @@ def main():
     ap.add_argument("--quick", action="store_true", help="small sizes only (smoke run)")
     ap.add_argument("--memory-child", nargs=3, type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    tuned = [k for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ]
+    if tuned:  # this command only: re-execute without the OpenBLAS tuning variables
+        env = {k: v for k, v in os.environ.items() if k not in tuned}
+        os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]], env)
     if args.memory_child:
         print(json.dumps(chunked_memory(*args.memory_child)))
         return
@@ -72,11 +91,15 @@ def main():
     dims = [3, 64]
     np_rate, jx_rate = matmul_rates(1024 if args.quick else 2048)
     peak = max(np_rate, jx_rate)
-    print(f"# jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} cores; float32")
+    exp_rate, exp_rates = exp_rate_in_cache()
+    print(f"# jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} cores; float32; "
+          f"torch {torch.__version__ if torch else 'not installed'}")
     print(f"# square GEMM rate: NumPy/BLAS {np_rate / 1e9:.1f} GFLOP/s, XLA {jx_rate / 1e9:.1f} GFLOP/s; "
-          f"reference = {peak / 1e9:.1f} GFLOP/s")
-    hdr = f"{'N':>6} {'d':>4} | {'engine Mpair/s':>14} {'numpy Mpair/s':>14} {'torch Mpair/s':>14} | " \
-          f"{'eng/numpy':>9} {'eng/torch':>9} | {'eng % of GEMM':>13}"
+          f"R_gemm = {peak / 1e9:.1f} GFLOP/s")
+    print("# in-cache exp rate (XLA, one jit): " + ", ".join(f"{n}^2 {r / 1e9:.2f}" for n, r in exp_rates.items())
+          + f" G/s; R_exp = {exp_rate / 1e9:.2f} G/s")
+    hdr = f"{'N':>6} {'d':>4} | {'engine':>8} {'numpy':>8} {'torch':>8} {'limit':>8} Mpair/s | " \
+          f"{'eng/np':>6} {'eng/th':>6} | {'% of limit: eng':>15} {'numpy':>6} {'torch':>6}"
     print(hdr)
     print("-" * len(hdr))
     attn = mf.Attention(beta)
@@ -95,23 +118,35 @@ def main():
             x = x + DT * torch_rhs(torch, x, beta)
         return x
 
+    gemm_np, gemm_xla, gemm_flops = gemm_probe(1024 if args.quick else 2048)
+    exp_fn, exp_count = exp_probe()
     rows = []
     for d in dims:
         for n in sizes:
             x = np.asarray(mf.sphere_uniform(jax.random.key(n + d), n, d, jnp.float32))
             xj = jnp.asarray(x)
             np.testing.assert_allclose(np.asarray(rhs(xj)), numpy_rhs(x, beta), rtol=2e-3, atol=2e-4)
-            t_eng = median_time(lambda: engine_loop(xj).block_until_ready()) / K_STEPS
-            t_np = median_time(lambda: numpy_loop(x)) / K_STEPS
-            t_th = float("nan")
+            fns = {"engine": lambda: engine_loop(xj).block_until_ready(), "numpy": lambda: numpy_loop(x),
+                   "gemm_np": gemm_np, "gemm_xla": gemm_xla, "exp": exp_fn}
             if torch:
                 xt = torch.from_numpy(x.copy())
-                t_th = median_time(lambda: torch_loop(xt)) / K_STEPS
+                fns["torch"] = lambda: torch_loop(xt)
+            t = interleaved_times(fns, rounds=7)
+            t_eng, t_np = t["engine"] / K_STEPS, t["numpy"] / K_STEPS
+            t_th = t["torch"] / K_STEPS if torch else float("nan")
+            r_gemm = max(peak, gemm_flops / min(t["gemm_np"], t["gemm_xla"]))
+            r_exp = max(exp_rate, exp_count / t["exp"])
             pairs = n * n
-            frac = 4 * pairs * d / t_eng / peak
-            rows.append(dict(n=n, d=d, engine=pairs / t_eng, numpy=pairs / t_np, torch=pairs / t_th, frac=frac))
-            print(f"{n:>6} {d:>4} | {pairs / t_eng / 1e6:>14.1f} {pairs / t_np / 1e6:>14.1f} "
-                  f"{pairs / t_th / 1e6:>14.1f} | {t_np / t_eng:>9.2f} {t_th / t_eng:>9.2f} | {100 * frac:>12.1f}%")
+            t_lim = 4 * pairs * d / r_gemm + pairs / r_exp
+            rows.append(dict(n=n, d=d, engine=pairs / t_eng, numpy=pairs / t_np, torch=pairs / t_th, limit=pairs / t_lim))
+            print(f"{n:>6} {d:>4} | {pairs / t_eng / 1e6:>8.1f} {pairs / t_np / 1e6:>8.1f} {pairs / t_th / 1e6:>8.1f} "
+                  f"{pairs / t_lim / 1e6:>8.1f}         | {t_np / t_eng:>6.2f} {t_th / t_eng:>6.2f} | "
+                  f"{100 * t_lim / t_eng:>14.1f}% {100 * t_lim / t_np:>5.1f}% {100 * t_lim / t_th:>5.1f}%", flush=True)
+
+    np_end, jx_end = matmul_rates(1024 if args.quick else 2048)
+    exp_end, _ = exp_rate_in_cache()
+    print(f"# measured again at the end (machine drift): R_gemm {max(np_end, jx_end) / 1e9:.1f} GFLOP/s, "
+          f"R_exp {exp_end / 1e9:.2f} G/s")
 
     n_mem = 20_000 if args.quick else 100_000
     child = subprocess.run(
