@@ -161,13 +161,14 @@ def _resolve_solver(solver) -> diffrax.AbstractSolver:
     return solver
 
 
-def _check_parallel(geometry, x0, prompt):
-    """A parallel prompt lives on the tokens' geometry (e.g. on the sphere); checked like x0."""
-    parallel = split_prompt(prompt)[1]
-    if parallel is not None:
-        checked = geometry.check(parallel.p, "prompt.p")
-        x0 = x0 if checked is parallel.p else x0 + 0.0 * jnp.sum(checked)  # keep a traced check alive
-    return x0
+def _check_parallel(geometry, prompt):
+    """A parallel prompt lives on the tokens' geometry (e.g. on the sphere); checked like x0. The
+    prompt is returned with the checked array in it, so a traced check stays in the computation."""
+    shared, parallel = split_prompt(prompt)
+    if parallel is None:
+        return prompt
+    parallel = eqx.tree_at(lambda pp: pp.p, parallel, geometry.check(parallel.p, "prompt.p"))
+    return parallel if shared is None else (shared, parallel)
 
 
 def available_memory() -> int | None:
@@ -282,7 +283,7 @@ def simulate(
         x0 = check_value(x0, ~(dt > 0), "dt must be > 0")
     _check_memory(attn, x0, ts.shape[0], prompt, "simulate")
     x0 = geometry.check(x0, "x0")
-    x0 = _check_parallel(geometry, x0, prompt)
+    prompt = _check_parallel(geometry, prompt)
     x0 = attn.check_values(x0)
     x0 = check_value(x0, ~jnp.all(jnp.diff(ts) > 0), "ts must be strictly increasing")
     rtol = _as_float("rtol", rtol, x0.dtype)
@@ -354,7 +355,7 @@ def layers(
     h = _as_float("h", h, x0.dtype)
     _check_memory(attn, x0, int(n_layers) + 1, prompt, "layers")
     x0 = norm.geometry.check(x0, "x0")
-    x0 = _check_parallel(norm.geometry, x0, prompt)
+    prompt = _check_parallel(norm.geometry, prompt)
     x0 = attn.check_values(x0)
     x0 = check_value(x0, ~(h > 0), "h must be > 0")
     return _layers(attn, x0, int(n_layers), h, norm, aux, prompt)
