@@ -131,7 +131,7 @@ def main():
             if torch:
                 xt = torch.from_numpy(x.copy())
                 fns["torch"] = lambda: torch_loop(xt)
-            t = interleaved_times(fns, rounds=7)
+            t = interleaved_times(fns, rounds=7, min_time=0.3)
             t_eng, t_np = t["engine"] / K_STEPS, t["numpy"] / K_STEPS
             t_th = t["torch"] / K_STEPS if torch else float("nan")
             r_gemm = max(peak, gemm_flops / min(t["gemm_np"], t["gemm_xla"]))
