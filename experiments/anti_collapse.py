@@ -41,7 +41,7 @@ from meanfield.kernel import gaussian, random_fourier
 from meanfield.run import Preset, grid_param, register
 from meanfield.theory import additive_pe_pushforward, prompt_pushforward
 
-from ._common import SolveConfig, circle_w1_to, first_point, plt, require, simulate_chunk
+from ._common import SolveConfig, circle_w1_to, first_point, half_circle_prompts, plt, require, simulate_chunk
 
 VARIANTS = ("none", "additive-sinusoidal", "additive-rff", "additive-gaussian", "concat", "rope", "prompt",
             "parallel-prompt")
@@ -95,7 +95,7 @@ def z_tables(cfg, seed):
     key = jax.random.key(seed)
     k1, k2 = jax.random.split(jax.random.fold_in(key, 7))
     return {
-        "additive-sinusoidal": jnp.stack([jnp.cos(jnp.pi * s), jnp.sin(jnp.pi * s)], 1),
+        "additive-sinusoidal": jnp.asarray(half_circle_prompts(cfg.n)[1]),
         "additive-rff": random_fourier(k1, jnp.asarray(s), 2, cfg.rff_sigma),
         "additive-gaussian": gaussian(k2, cfg.n, 2, 1.0),
     }
@@ -159,8 +159,7 @@ class AntiCollapse(Preset):
             for v in ADDITIVE:
                 vi = VARIANTS.index(v)
                 if v == "additive-sinusoidal":
-                    sq = positions(cfg.quadrature)
-                    u = g["alpha"] * np.stack([np.cos(np.pi * sq), np.sin(np.pi * sq)], 1)
+                    u = g["alpha"] * half_circle_prompts(cfg.quadrature)[1]
                 else:
                     u = g["alpha"] * np.asarray(zs[v])
                 xs_star, _ = additive_pe_pushforward(u, float(g["beta"]), n_starts=4, hops=0)
@@ -169,8 +168,7 @@ class AntiCollapse(Preset):
                 w1[pt + (slice(None), vi)] = circle_w1_to(theta[pt + (slice(None), vi)], th_star)
                 mmd[pt + (slice(None), vi)] = np.asarray(jax.vmap(lambda c: obs.mmd(c, jnp.asarray(xs_star)))(cloud))
             vi = VARIANTS.index("parallel-prompt")
-            sq = positions(cfg.quadrature)
-            xs_star, _ = prompt_pushforward(np.stack([np.cos(np.pi * sq), np.sin(np.pi * sq)], 1), float(g["beta"]),
+            xs_star, _ = prompt_pushforward(half_circle_prompts(cfg.quadrature)[1], float(g["beta"]),
                                             cfg.prompt_weight, n_starts=2, hops=0)
             th_star = np.arctan2(xs_star[:, 1], xs_star[:, 0])
             cloud = jnp.asarray(x[pt + (slice(None), vi)])

@@ -34,6 +34,11 @@ import numpy as np
 from .._errors import check_value, require
 from .._types import Array
 
+CFL = 0.4
+"""Default CFL number of the finite-volume solvers."""
+ACCURACY = 0.05
+"""Default accuracy: the step is at most ACCURACY / (the fastest linear rate)."""
+
 
 def minmod(a, b):
     return jnp.where(a * b > 0, jnp.sign(a) * jnp.minimum(jnp.abs(a), jnp.abs(b)), 0.0)

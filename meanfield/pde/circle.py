@@ -30,7 +30,7 @@ import numpy as np
 
 from .._errors import require
 from .._types import Array, ArrayLike, Density, Float, PRNGKeyArray, Real, Times
-from ._fv import AbstractFiniteVolume, periodic_conv
+from ._fv import ACCURACY, CFL, AbstractFiniteVolume, periodic_conv
 
 
 class DensitySolution(eqx.Module):
@@ -80,7 +80,7 @@ class CircleMeanField(AbstractFiniteVolume):
             return num
         return num / periodic_conv(k_hat, rho, self.h, self.m)
 
-    def solve(self, rho0: Real[ArrayLike, " m"], ts: Times, *, dt=None, cfl: float = 0.4, accuracy: float = 0.05, solver=None,
+    def solve(self, rho0: Real[ArrayLike, " m"], ts: Times, *, dt=None, cfl: float = CFL, accuracy: float = ACCURACY, solver=None,
               max_steps: int = 1_000_000) -> DensitySolution:
         """Integrate from ts[0] to ts[-1], saving at ``ts``.
 

@@ -60,7 +60,7 @@ from .._types import Array, ArrayLike, Float, KineticDensity, Real, Shaped, Time
 from ..kernel.tokens import Prompt, TokenAux
 from ..sharding import pad_rows, token_shards
 from ..theory import kinetic_weights
-from ._fv import AbstractFiniteVolume, muscl_divergence, periodic_conv
+from ._fv import ACCURACY, CFL, AbstractFiniteVolume, muscl_divergence, periodic_conv
 
 
 class KineticSolution(eqx.Module):
@@ -365,7 +365,7 @@ class KineticMeanField(AbstractFiniteVolume):
             f = jax.lax.with_sharding_constraint(f, jax.sharding.PartitionSpec("tokens"))
         return muscl_divergence(f, self.face_velocity(f), self.h)
 
-    def solve(self, f0: Real[ArrayLike, "s m"], ts: Times, *, dt=None, cfl: float = 0.4, accuracy: float = 0.05, solver=None,
+    def solve(self, f0: Real[ArrayLike, "s m"], ts: Times, *, dt=None, cfl: float = CFL, accuracy: float = ACCURACY, solver=None,
               max_steps: int = 1_000_000, adjoint=None) -> KineticSolution:
         """Integrate from ts[0] to ts[-1], saving at ``ts`` (as :meth:`CircleMeanField.solve`:
         ``dt=None`` re-picks dt = min(cfl h / max|u|, accuracy / r) at every save interval, SSP
@@ -389,7 +389,7 @@ class KineticMeanField(AbstractFiniteVolume):
         ts = jnp.asarray(ts, dtype=float)
         require(ts.ndim == 1 and ts.shape[0] >= 1, f"ts must be a 1-D array of times, got shape {ts.shape}")
         if dt is None:
-            dt = 0.05 / self.linear_rate_bound()
+            dt = ACCURACY / self.linear_rate_bound()
         cos = jnp.cos(int(n) * self.theta)
         save = jnp.concatenate([jnp.zeros((1,), ts.dtype), ts])  # the perturbation is set at t = 0
 
