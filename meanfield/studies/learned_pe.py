@@ -28,8 +28,9 @@ Losses (:func:`fit_additive_pe`, optax Adam, the iterate of lowest loss kept):
 * ``"residual"``: sum_i m_i |P_{x*_i} v_i(x*)|^2 at the target configuration x*_i paired with
   s_i (N points): it only asks x* to be *stationary*. It is cheap (no solve), but a stationary
   target may repel: :func:`meanfield.linear_stability` at x* tells (``FitResult.stability``).
-  Minimised from a random U it can end at a stationary but unstable target (seen at N = 16,
-  two-bump target, beta = 1: largest eigenvalue +0.76, while the paired start gives -0.78), which
+  Minimised from a random U it can end at a stationary but unstable target (seen at N = 16, K = 4,
+  the von Mises-mixture target of the universality preset, beta = 1: largest eigenvalue +0.76,
+  while the paired start gives -0.78), which
   is why the preset fits with ``"simulate"``.
 
 The start of the fit matters: ``init="paired"`` is the least-squares Fourier fit of
