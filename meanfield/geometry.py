@@ -26,6 +26,7 @@ from typing import ClassVar
 
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 
 from ._errors import check_value
 from ._types import Array, Float
@@ -50,6 +51,11 @@ class AbstractGeometry(eqx.Module):
     @abc.abstractmethod
     def check(self, x, name: str = "x0"):
         """Value check that ``x`` lies on the manifold (eager raise / traced error_if); returns x."""
+
+    @abc.abstractmethod
+    def tangent_basis(self, x) -> np.ndarray:
+        """Orthonormal basis of the product of the tangent spaces at the points x (N, d), as the
+        rows of a host array (dim, N d), block diagonal over the points."""
 
 
 class Sphere(AbstractGeometry):
@@ -79,6 +85,16 @@ class Sphere(AbstractGeometry):
             f"(| |x_i| - 1 | <= {tol:g}); normalise them, e.g. x / |x|",
         )
 
+    def tangent_basis(self, x) -> np.ndarray:
+        """N (d - 1) rows: at each x_i, the last d - 1 columns of the QR factor of [x_i, I]."""
+        x = np.asarray(x, dtype=np.float64)
+        n, d = x.shape
+        basis = np.zeros((n, d - 1, n, d))
+        for i in range(n):
+            q, _ = np.linalg.qr(np.column_stack([x[i], np.eye(d)]))
+            basis[i, :, i, :] = q[:, 1:d].T
+        return basis.reshape(n * (d - 1), n * d)
+
 
 class Euclidean(AbstractGeometry):
     """R^d: no projection."""
@@ -91,6 +107,10 @@ class Euclidean(AbstractGeometry):
 
     def check(self, x, name: str = "x0"):
         return check_value(x, ~jnp.isfinite(x), f"{name}: tokens must be finite")
+
+    def tangent_basis(self, x) -> np.ndarray:
+        """The identity of R^{N d}."""
+        return np.eye(np.size(x))
 
 
 class AbstractLayerMap(eqx.Module):

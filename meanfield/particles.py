@@ -124,7 +124,8 @@ def linear_stability(
     r"""Largest real part of the eigenvalues of the linearised flow at ``x`` (host float).
 
     With f(x) = P_x v(x) (:func:`velocity`) and B an orthonormal basis of the product of tangent
-    spaces at x (N (d - 1) vectors on the sphere, all of R^{N d} in Euclidean space), the
+    spaces at x (``geometry.tangent_basis``: N (d - 1) vectors on the sphere, all of R^{N d} in
+    Euclidean space), the
     linearisation is B Df(x) B^T (``jax.jacfwd``, dense: for N d up to a few thousand). At a
     stationary point (f(x) = 0) it is the flow's Jacobian on the manifold (on the sphere
     Df[t] = P_x Dv[t] - <x, v> t is tangent there): a negative value means x attracts every
@@ -136,17 +137,7 @@ def linear_stability(
     n, d = x.shape
     jac = jax.jacfwd(lambda y: velocity(attn, y, geometry=geometry, aux=aux, prompt=prompt).ravel())(x).reshape(n * d, n * d)
     jac = np.asarray(jac, dtype=np.float64)
-    xs = np.asarray(x, dtype=np.float64)
-    if isinstance(geometry, Sphere):
-        blocks = []
-        for i in range(n):
-            q, _ = np.linalg.qr(np.column_stack([xs[i], np.eye(d)]))
-            blocks.append(q[:, 1:d].T)  # (d - 1, d): tangent basis at x_i
-        basis = np.zeros((n * (d - 1), n * d))
-        for i, b in enumerate(blocks):
-            basis[i * (d - 1):(i + 1) * (d - 1), i * d:(i + 1) * d] = b
-    else:
-        basis = np.eye(n * d)
+    basis = geometry.tangent_basis(x)
     return float(np.linalg.eigvals(basis @ jac @ basis.T).real.max())
 
 

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._errors import require
+from .geometry import Sphere
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,15 +166,7 @@ def _maximise(u, p, c, beta, rho, *, n_starts, hops, seed, gtol, dist_tol, energ
 def _tangent_hessian_max(fun, x, h=1e-5):
     """Largest eigenvalue of the Hessian of log E on the product of tangent spaces at x (central
     differences of the analytic gradient along an orthonormal tangent basis)."""
-    m, d = x.shape
-    basis = []
-    for i in range(m):
-        q, _ = np.linalg.qr(np.column_stack([x[i], np.eye(d)]))
-        for k in range(1, d):
-            t = np.zeros((m, d))
-            t[i] = q[:, k]
-            basis.append(t.ravel())
-    basis = np.asarray(basis)  # (m (d-1), m d)
+    basis = Sphere().tangent_basis(x)  # (m (d-1), m d)
 
     def hess_vec(c):
         t = basis.T @ np.ravel(c)
