@@ -90,7 +90,7 @@ class LearnedPE:
 
     def attention(self, dtype=jnp.float64) -> Attention:
         """SA, Q = K = V = I, with ``AdditivePE(1, U)`` (the features are the tokens' z)."""
-        return Attention(self.beta, pe=AdditivePE(1.0, jnp.asarray(self.U, dtype)))
+        return _attention(self.beta, jnp.asarray(self.U, dtype))
 
     def aux(self, s, dtype=jnp.float64) -> TokenAux:
         """Tokens' auxiliary variables at s: z = phi(s), masses 1/N."""
@@ -129,8 +129,13 @@ class FitResult:
     stability: float
 
 
+def _attention(beta, U) -> Attention:
+    """The model's attention: SA, Q = K = V = I, additive PE u = U z."""
+    return Attention(beta, pe=AdditivePE(1.0, U))
+
+
 def _stationarity(U, x, aux, beta):
-    v = velocity(Attention(beta, pe=AdditivePE(1.0, U)), x, aux=aux)
+    v = velocity(_attention(beta, U), x, aux=aux)
     return jnp.sum(aux.mass * jnp.sum(v * v, axis=-1))
 
 
@@ -195,7 +200,7 @@ def fit_additive_pe(target, s, beta: float, *, n_freq: int = 6, loss: str = "sim
         ts = jnp.array([0.0, t1], dtype)
 
         def objective(U):
-            attn = Attention(beta, pe=AdditivePE(1.0, U))
+            attn = _attention(beta, U)
             ends = jax.vmap(lambda x0: simulate(attn, x0, ts, aux=aux, rtol=rtol, atol=atol).final)(x0s)
             if distance == "circle_w1":
                 ang = jnp.arctan2(tgt[:, 1], tgt[:, 0])
