@@ -514,7 +514,7 @@ def _dense(attn: Attention, p: _Prepared, row_block: int | None) -> Array:
             if own is not None:
                 bmax = jnp.maximum(bmax, own.logm[None, :, None])
             bmax = _finite(bmax)
-            num = (jnp.exp(s - bmax) * p.mass) @ p.v
+            num = jnp.exp(s - bmax) @ mv
             den = jnp.sum(jnp.exp(b - bmax), axis=-1, keepdims=True)
             if own is not None:
                 num = num + jnp.exp(so - bmax) * own.v
