@@ -144,9 +144,14 @@ class HostPreset(Preset):
         raise NotImplementedError(f"{self.name}: implement dataset() or host_steps()/host_step()/host_dataset()")
 
 
+def midpoints(n):
+    """The N midpoints s_i = (i + 1/2)/N of [0, 1], shape (N,)."""
+    return (np.arange(n) + 0.5) / n
+
+
 def half_circle_prompts(n):
     """Midpoints s_i = (i + 1/2)/N and the points (cos pi s_i, sin pi s_i) on S^1, shapes (N,), (N, 2)."""
-    s = (np.arange(n) + 0.5) / n
+    s = midpoints(n)
     return s, np.stack([np.cos(np.pi * s), np.sin(np.pi * s)], -1)
 
 

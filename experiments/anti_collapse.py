@@ -41,7 +41,7 @@ from meanfield.kernel import gaussian, random_fourier
 from meanfield.run import Preset, grid_param, register
 from meanfield.theory import additive_pe_pushforward, prompt_pushforward
 
-from ._common import SolveConfig, circle_w1_to, first_point, half_circle_prompts, plt, require, simulate_chunk
+from ._common import SolveConfig, circle_w1_to, first_point, half_circle_prompts, midpoints, plt, require, simulate_chunk
 
 VARIANTS = ("none", "additive-sinusoidal", "additive-rff", "additive-gaussian", "concat", "rope", "prompt",
             "parallel-prompt")
@@ -85,13 +85,9 @@ class Config(SolveConfig):
         require(self.quadrature >= 10, "quadrature must be >= 10")
 
 
-def positions(n):
-    return (np.arange(n) + 0.5) / n
-
-
 def z_tables(cfg, seed):
     """The auxiliary variables of each additive variant (unit-scale; multiplied by alpha)."""
-    s = positions(cfg.n)
+    s = midpoints(cfg.n)
     key = jax.random.key(seed)
     k1, k2 = jax.random.split(jax.random.fold_in(key, 7))
     return {
@@ -184,7 +180,7 @@ class AntiCollapse(Preset):
         p = plt()
         nv = one.sizes["variant"]
         fig = p.figure(figsize=(2.3 * nv, 6.6))
-        s = positions(one.sizes["token"])
+        s = midpoints(one.sizes["token"])
         th = np.linspace(0, 2 * np.pi, 200)
         for i, v in enumerate(one.variant.values):
             ax = fig.add_subplot(2, nv, i + 1)

@@ -29,11 +29,7 @@ from meanfield import observables as obs
 from meanfield.run import Preset, register
 from meanfield.theory import additive_pe_pushforward
 
-from ._common import SolveConfig, circle_w1_to, first_point, plt, require, simulate_chunk
-
-
-def _positions(n):
-    return (np.arange(n) + 0.5) / n
+from ._common import SolveConfig, circle_w1_to, first_point, midpoints, plt, require, simulate_chunk
 
 
 def _u(s, freq):
@@ -151,14 +147,14 @@ class PESweep(_GridPreset):
     rows, cols = ("beta", "betas"), ("alpha", "alphas")
 
     def setup(self, cfg, p, beta, alpha):
-        z = jnp.asarray(_u(_positions(cfg.n), cfg.freq))
+        z = jnp.asarray(_u(midpoints(cfg.n), cfg.freq))
         return mf.Attention(beta, pe=mf.AdditivePE(alpha)), mf.TokenAux.default(cfg.n, z=z), None
 
     def dataset(self, cfg, ts, recs, grid):
         return self._pushforward(cfg, self.base_dataset(cfg, ts, recs, grid), grid)
 
     def _pushforward(self, cfg, ds, grid):
-        sq = _positions(cfg.quadrature)
+        sq = midpoints(cfg.quadrature)
         theta = np.arctan2(ds.x.values[..., 1], ds.x.values[..., 0])  # (*grid, beta, alpha, time, N)
         w1 = np.zeros(theta.shape[:-1])
         for bi, b in enumerate(cfg.betas):

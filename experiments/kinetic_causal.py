@@ -39,7 +39,7 @@ from meanfield.influence import bin_profile, is_u_shaped, u_shape_onset
 from meanfield.pde import CausalCoupling, KineticMeanField
 from meanfield.run import Preset, RunConfig, register
 
-from ._common import first_point, plt, require
+from ._common import first_point, midpoints, plt, require
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +150,7 @@ class KineticCausal(Preset):
         lin = np.array([u_shape_onset(lin_ts, bin_profile(np.array(
             [theory.causal_mode_propagator(t, 1, b, cfg.lam, cfg.n_s)[-1] for t in lin_ts]), cfg.bins))
             for b in cfg.betas])
-        s = (np.arange(cfg.n_s) + 0.5) / cfg.n_s
+        s = midpoints(cfg.n_s)
         theta = (np.arange(cfg.m) + 0.5) * 2 * np.pi / cfg.m
         ds = xr.Dataset(
             {
@@ -164,7 +164,7 @@ class KineticCausal(Preset):
                 "mass": (g + ("time", "beta", "s"), f.sum(-1) * 2 * np.pi / cfg.m),
             },
             coords={"time": ts, "beta": list(cfg.betas), "s": s, "theta": theta,
-                    "s_bin": (np.arange(cfg.bins) + 0.5) / cfg.bins, **grid.coords()},
+                    "s_bin": midpoints(cfg.bins), **grid.coords()},
         )
         ds.attrs["influence_definition"] = (
             "c(t, s) = (1/w(s)) d phi_last(t) / d delta(s): response of the last row's mean angle to a "

@@ -57,7 +57,7 @@ from meanfield.influence import circle_retrieval_profile, u_shape_end
 from meanfield.pde import KineticMeanField
 from meanfield.run import RunConfig, register
 
-from ._common import HostPreset, log_axis_ticks, plt, require
+from ._common import HostPreset, log_axis_ticks, midpoints, plt, require
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,8 +186,8 @@ class KineticTcrit(HostPreset):
             "tc", "pde_t", "part_t", "part_err", "ref_binned", "prop_pde_s"))
         prop = np.stack([r["prop"] for r in per])
         ratios = np.asarray(cfg.t_ratios)
-        s_pde = (np.arange(cfg.pde_s) + 0.5) / cfg.pde_s
-        s_bin = (np.arange(cfg.bins) + 0.5) / cfg.bins
+        s_pde = midpoints(cfg.pde_s)
+        s_bin = midpoints(cfg.bins)
         pb = cfg.betas.index(cfg.profile_beta)
         prof = per[pb]
         s_fine = np.linspace(0.002, 0.999, 400)

@@ -43,7 +43,7 @@ from meanfield import theory
 from meanfield.run import register
 from meanfield.studies import learned_pe
 
-from ._common import HostPreset, ToleranceConfig, log_axis_ticks, plt, require
+from ._common import HostPreset, ToleranceConfig, log_axis_ticks, midpoints, plt, require
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,17 +124,17 @@ N_FINE = 16384
 
 
 def _fine(quantile):
-    return quantile((np.arange(N_FINE) + 0.5) / N_FINE)
+    return quantile(midpoints(N_FINE))
 
 
 def _floor(quantile, n):
     """Circle W1 of the N quantile midpoints to the target (its fine quantile sample)."""
-    s = (np.arange(n) + 0.5) / n
+    s = midpoints(n)
     return float(obs.circle_w1(jnp.asarray(quantile(s)), jnp.asarray(_fine(quantile))))
 
 
 def _grid2(side):
-    g = (np.arange(side) + 0.5) / side
+    g = midpoints(side)
     return np.stack(np.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
 
 
@@ -154,12 +154,13 @@ class Universality(HostPreset):
                                       prompt=mf.ParallelPrompt(p, weight), rtol=cfg.rtol, atol=cfg.atol).final)
 
     def _starts(self, cfg, n, d):
+        """The n_starts random starts (N, d), shared by the inverse-design and learned-PE runs."""
         return jnp.stack([mf.sphere_uniform(jax.random.fold_in(jax.random.key(cfg.seed), 100 + k), n, d)
-                          for k in range(cfg.n_starts)]).astype(jnp.float64)
+                          for k in range(cfg.n_starts)])
 
     def _learned(self, cfg, n, init):
         _, _, quantile = _circle_target()
-        s = (np.arange(n) + 0.5) / n
+        s = midpoints(n)
         fit = learned_pe.fit_additive_pe(_circle(quantile(s)), s, cfg.beta, n_freq=cfg.n_freq, steps=cfg.fit_steps,
                                          t1=cfg.fit_t1, init=init, init_scale=2.0 if init == "paired" else 1.0,
                                          seed=cfg.seed)
@@ -174,7 +175,7 @@ class Universality(HostPreset):
         if name.startswith("quantile"):
             key, val = name.split(" ")[1].split("=")
             n, w = (cfg.n, float(val)) if key == "weight" else (int(val), cfg.weight_n)
-            s = (np.arange(n) + 0.5) / n
+            s = midpoints(n)
             p = _circle(quantile(s))
             x = self._run(cfg, p, p, w)
             th = np.arctan2(x[:, 1], x[:, 0])
@@ -196,15 +197,12 @@ class Universality(HostPreset):
             return {"mmd": np.array([mmd(x) for x in ends]), "mmd_iid": ref, "end": ends[0], "cloud": cloud[:512],
                     "losses": fit.losses}
         d = 2 if name.endswith("S1") else 3
-        s = (np.arange(cfg.n) + 0.5) / cfg.n
+        s = midpoints(cfg.n)
         target = _circle(quantile(s)) if d == 2 else _sphere_target(cfg.n, cfg.seed)
         need = theory.inverse_prompt(target, cfg.beta, 1e6).min_weight
         design = theory.inverse_prompt(target, cfg.beta, cfg.margin * need)
-        errs = []
-        for k in range(cfg.n_starts):
-            x0 = mf.sphere_uniform(jax.random.fold_in(jax.random.key(cfg.seed), 100 + k), cfg.n, d)
-            errs.append(float(np.abs(self._run(cfg, x0, design.p, cfg.margin * need) - target).max()))
-        errs = np.asarray(errs)
+        errs = np.array([float(np.abs(self._run(cfg, x0, design.p, cfg.margin * need) - target).max())
+                         for x0 in self._starts(cfg, cfg.n, d)])
         out = {"target": target, "prompts": design.p, "max_error": errs, "weight": cfg.margin * need,
                "min_weight": need, "hessian_max": design.hessian_max}
         if d == 2:
