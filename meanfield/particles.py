@@ -131,6 +131,10 @@ def linear_stability(
     Df[t] = P_x Dv[t] - <x, v> t is tangent there): a negative value means x attracts every
     nearby start, a positive one that x is unstable. Away from a stationary point it is only the
     local growth rate of the tangent-projected Jacobian.
+
+    Example:
+        x = jnp.array([[1.0, 0.0], [-1.0, 0.0]])                 # two antipodal tokens on S^1
+        linear_stability(Attention(1.0, form="USA"), x)          # e^{-1} = 0.3679: they attract
     """
     x = jnp.asarray(x)
     require(x.ndim == 2, f"x must have shape (N, d), got {x.shape}")

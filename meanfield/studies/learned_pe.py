@@ -165,6 +165,13 @@ def fit_additive_pe(target, s, beta: float, *, n_freq: int = 6, loss: str = "sim
 
     Returns:
         :class:`FitResult`. Runs in float64 if x64 is enabled, else float32.
+
+    Example:
+        s = (np.arange(12) + 0.5) / 12
+        th = 2 * np.pi * s + 0.6 * np.sin(4 * np.pi * s)           # a two-bump target on S^1
+        fit = fit_additive_pe(np.stack([np.cos(th), np.sin(th)], -1), s, 1.0, n_freq=3, steps=40)
+        fit.losses[0], fit.losses.min()                              # the MMD falls
+        fit.pe.limit(s, mf.sphere_uniform(jax.random.key(0), 12, 2))  # the limit from a new start
     """
     target = np.asarray(target, dtype=float)
     require(target.ndim == 2 and target.shape[1] >= 2, f"target must have shape (M, d), d >= 2, got {target.shape}")
