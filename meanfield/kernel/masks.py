@@ -48,6 +48,13 @@ class AbstractMask(eqx.Module):
     def validate(self, n_queries: int, n_keys: int, heads: int) -> None:
         """Trace-time shape checks against the problem size."""
 
+    @property
+    def may_forbid(self) -> bool:
+        """Whether ``bias`` may hold -inf (a forbidden pair), so that a row may see no key at all.
+        True unless the mask says otherwise; the dense backend skips its guard against fully
+        forbidden rows when False (a guard that costs XLA:CPU its fused GEMM-softmax kernel)."""
+        return True
+
     def __and__(self, other: AbstractMask) -> Compose:
         require(not isinstance(other, PositionNormalized),
                 "PositionNormalized must wrap the whole mask: write PositionNormalized(m1 & m2)")
@@ -62,6 +69,8 @@ def _zeros(q: Slots, k: Slots) -> Array:
 
 class Full(AbstractMask):
     """Every token attends to every token: b = 0."""
+
+    may_forbid = False
 
     def bias(self, q, k, heads):
         return _zeros(q, k)
@@ -125,6 +134,7 @@ class ALiBi(AbstractMask):
     """
 
     slope: Array
+    may_forbid = False
 
     def __init__(self, slope):
         slope = jnp.asarray(slope)
@@ -219,6 +229,10 @@ class PositionNormalized(AbstractMask):
     def validate(self, n_queries, n_keys, heads):
         self.mask.validate(n_queries, n_keys, heads)
 
+    @property
+    def may_forbid(self) -> bool:
+        return self.mask.may_forbid
+
     def __and__(self, other: AbstractMask) -> AbstractMask:
         raise ValueError("PositionNormalized must wrap the whole mask: write PositionNormalized(m1 & m2)")
 
@@ -248,3 +262,7 @@ class Compose(AbstractMask):
     def validate(self, n_queries, n_keys, heads):
         for m in self.masks:
             m.validate(n_queries, n_keys, heads)
+
+    @property
+    def may_forbid(self) -> bool:
+        return any(m.may_forbid for m in self.masks)
