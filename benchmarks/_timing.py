@@ -68,6 +68,29 @@ def gemm_probe(n=1024, dtype=np.float32):
     return (lambda: a @ a), (lambda: mm(aj).block_until_ready()), 2 * n**3
 
 
+def shape_gemm_probe(n, d, rows, steps=20):
+    """The two GEMMs of one dense SA right-hand side at the engine's own shapes, in XLA: per
+    ``rows``-row slab the scores (rows x d) @ (d x n) and the value product (rows x n) @ (n x (d + 1))
+    (values plus the row-sum column), ``steps`` dependent iterations inside one jit, every slab
+    of the n rows. Returns (fn, flop count per call): what the GEMM library reaches at these
+    shapes, as opposed to the square-GEMM peak of :func:`gemm_probe`."""
+    import jax
+    import jax.numpy as jnp
+
+    rows = min(rows, n)
+    x = jnp.asarray(np.random.default_rng(2).standard_normal((n, d), dtype=np.float32) / np.sqrt(d))
+    v1 = jnp.concatenate([x, jnp.ones((n, 1), x.dtype)], axis=-1)
+    nb = n // rows
+
+    def step(i, q):
+        out = jax.lax.map(lambda qb: (qb @ x.T) @ v1, q.reshape(nb, rows, d)).reshape(nb * rows, d + 1)
+        return q + 1e-3 * out[:, :d]
+
+    loop = jax.jit(lambda q: jax.lax.fori_loop(0, steps, step, q))
+    q0 = x[: nb * rows]
+    return (lambda: loop(q0).block_until_ready()), steps * nb * rows * (2 * n * d + 2 * n * (d + 1))
+
+
 def matmul_rates(n=2048, dtype=np.float32):
     """(NumPy/BLAS, XLA) square-GEMM flop rates of this machine at n^3."""
     import jax
