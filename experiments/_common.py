@@ -14,7 +14,7 @@ import xarray as xr
 import meanfield as mf
 from meanfield import observables as obs
 from meanfield.run import ConfigError, Preset, RunConfig, grid_param
-from meanfield.run.io import observable_vars
+from meanfield.run.io import atomic_path, observable_vars
 
 
 def require(cond, msg):
@@ -212,6 +212,17 @@ def observable_panels(fig, ds, panels, row, ncols, nrows=2, logx=False):
         ax.grid(alpha=0.3)
 
 
+def save_figure(fig, path, dpi=110) -> Path:
+    """Write ``fig`` to ``path`` (format from the suffix) and close it. The file appears whole or
+    not at all: it is written beside the target and moved into place (a crash or Ctrl-C during
+    the write leaves the previous figure, if any, untouched)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
+    plt().close(fig)
+    return path
+
+
 def sweep_figure(ds, outdir, names, logx=False) -> Path | None:
     """One line per sweep point for each observable in ``names``; None for a single run."""
     grid = json.loads(ds.attrs.get("grid", "{}"))
@@ -233,6 +244,5 @@ def sweep_figure(ds, outdir, names, logx=False) -> Path | None:
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     path = Path(outdir) / "sweep.png"
-    fig.savefig(path, dpi=100)
-    p.close(fig)
+    save_figure(fig, path, dpi=100)
     return path

@@ -41,7 +41,7 @@ from meanfield.kernel import gaussian, random_fourier
 from meanfield.run import Preset, grid_param, register
 from meanfield.theory import additive_pe_pushforward, prompt_pushforward
 
-from ._common import SolveConfig, circle_w1_to, first_point, half_circle_prompts, midpoints, plt, require, simulate_chunk
+from ._common import SolveConfig, circle_w1_to, first_point, half_circle_prompts, midpoints, plt, require, save_figure, simulate_chunk
 
 VARIANTS = ("none", "additive-sinusoidal", "additive-rff", "additive-gaussian", "concat", "rope", "prompt",
             "parallel-prompt")
@@ -210,6 +210,5 @@ class AntiCollapse(Preset):
                      f"coupling $\\alpha$ = {cfg['alpha']} (colour = position s)")
         fig.subplots_adjust(left=0.05, right=0.98, top=0.88, bottom=0.08, hspace=0.3, wspace=0.2)
         path = Path(outdir) / "anti-collapse.png"
-        fig.savefig(path, dpi=110)
-        p.close(fig)
+        save_figure(fig, path, dpi=110)
         return [path]

@@ -37,7 +37,7 @@ from meanfield import observables as obs
 from meanfield import theory
 from meanfield.run import register
 
-from ._common import HostPreset, ToleranceConfig, half_circle_prompts, plt, require
+from ._common import HostPreset, ToleranceConfig, half_circle_prompts, plt, require, save_figure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,8 +166,7 @@ class AuxMetastability(HostPreset):
                      f"cell, t = {cfg['t1']:g} (SA)", fontsize=10)
         fig.tight_layout()
         path = Path(outdir) / "aux-metastability.png"
-        fig.savefig(path, dpi=110)
-        p.close(fig)
+        save_figure(fig, path, dpi=110)
         return [path]
 
 

@@ -29,7 +29,7 @@ from meanfield import observables as obs
 from meanfield.run import Preset, register
 from meanfield.theory import additive_pe_pushforward
 
-from ._common import SolveConfig, circle_w1_to, first_point, midpoints, plt, require, simulate_chunk
+from ._common import SolveConfig, circle_w1_to, first_point, midpoints, plt, require, save_figure, simulate_chunk
 
 
 def _u(s, freq):
@@ -134,8 +134,7 @@ class _GridPreset(Preset):
         fig.suptitle(title)
         fig.tight_layout()
         path = Path(outdir) / f"{self.name}.png"
-        fig.savefig(path, dpi=110)
-        p.close(fig)
+        save_figure(fig, path, dpi=110)
         return [path]
 
 

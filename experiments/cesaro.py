@@ -28,7 +28,7 @@ from meanfield import theory
 from meanfield.influence import profile_stats
 from meanfield.run import RunConfig, register
 
-from ._common import HostPreset, plt, require
+from ._common import HostPreset, plt, require, save_figure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +151,5 @@ class Cesaro(HostPreset):
         ax.legend(fontsize=7)
         fig.tight_layout()
         path = Path(outdir) / "cesaro.png"
-        fig.savefig(path, dpi=110)
-        p.close(fig)
+        save_figure(fig, path, dpi=110)
         return [path]

@@ -29,6 +29,7 @@ from ._common import (
     first_point,
     observable_panels,
     plt,
+    save_figure,
     sphere_snapshots,
     sweep_figure,
 )
@@ -72,8 +73,7 @@ def _figure(preset, ds, outdir, fracs, ncols, extra=None):
     fig.suptitle(_title(ds), fontsize=11)
     fig.tight_layout()
     path = Path(outdir) / f"{preset.name}.png"
-    fig.savefig(path, dpi=110)
-    p.close(fig)
+    save_figure(fig, path, dpi=110)
     return [q for q in (path, sweep_figure(ds, outdir, ["diameter", "n_clusters", "energy"])) if q]
 
 

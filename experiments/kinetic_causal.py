@@ -39,7 +39,7 @@ from meanfield.influence import bin_profile, is_u_shaped, u_shape_onset
 from meanfield.pde import CausalCoupling, KineticMeanField
 from meanfield.run import Preset, RunConfig, register
 
-from ._common import first_point, midpoints, plt, require
+from ._common import first_point, midpoints, plt, require, save_figure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,6 +225,5 @@ class KineticCausal(Preset):
                      f"S = {cfg['n_s']}, M = {cfg['m']} (dashed: not yet U-shaped)", fontsize=10)
         fig.tight_layout()
         path = Path(outdir) / "kinetic-causal.png"
-        fig.savefig(path, dpi=110)
-        p.close(fig)
+        save_figure(fig, path, dpi=110)
         return [path]

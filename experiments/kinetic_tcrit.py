@@ -57,7 +57,7 @@ from meanfield.influence import circle_retrieval_profile, u_shape_end
 from meanfield.pde import KineticMeanField
 from meanfield.run import RunConfig, register
 
-from ._common import HostPreset, log_axis_ticks, midpoints, plt, require
+from ._common import HostPreset, log_axis_ticks, midpoints, plt, require, save_figure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,6 +298,5 @@ class KineticTcrit(HostPreset):
                      "t_crit from four solvers", fontsize=10)
         fig.tight_layout()
         path = Path(outdir) / "kinetic-tcrit.png"
-        fig.savefig(path, dpi=110)
-        p.close(fig)
+        save_figure(fig, path, dpi=110)
         return [path]

@@ -25,7 +25,7 @@ import meanfield as mf
 from meanfield.run.io import observable_vars
 from meanfield.run import Preset, RunConfig, grid_param, register
 
-from ._common import first_point, plt, require
+from ._common import first_point, plt, require, save_figure
 
 NORMS = {"post-LN": mf.PostLN(), "pre-LN": mf.PreLN(), "peri-LN": mf.PeriLN(), "nGPT": mf.NGPT()}
 
@@ -105,6 +105,5 @@ class LayerNorm(Preset):
         fig.suptitle(f"SA layers, N = {cfg['n']}, d = {cfg['d']}, $\\beta$ = {cfg['beta']}, h = {cfg['h']}, mask = {cfg['mask']}")
         fig.tight_layout()
         path = Path(outdir) / "layernorm.png"
-        fig.savefig(path, dpi=110)
-        p.close(fig)
+        save_figure(fig, path, dpi=110)
         return [path]

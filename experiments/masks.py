@@ -33,7 +33,7 @@ from meanfield import theory
 from meanfield.influence import layers_influence, rollout
 from meanfield.run import Preset, RunConfig, register
 
-from ._common import plt, require
+from ._common import plt, require, save_figure
 
 MASKS = ("causal", "alibi", "window", "rope")
 
@@ -211,6 +211,5 @@ class Masks(Preset):
                      "x-- the mask graph alone (beta = 0, rollout)", fontsize=10)
         fig.tight_layout()
         path = Path(outdir) / "masks.png"
-        fig.savefig(path, dpi=100)
-        p.close(fig)
+        save_figure(fig, path, dpi=100)
         return [path]

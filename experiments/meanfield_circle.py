@@ -28,7 +28,7 @@ from meanfield.pde.circle import CircleMeanField, density_to_particles, density_
 from meanfield.run import Preset, RunConfig, register
 from meanfield.theory import circle_growth_rate
 
-from ._common import ToleranceConfig, first_point, plt, require
+from ._common import ToleranceConfig, first_point, plt, require, save_figure
 
 FORMS = ("SA", "USA")
 
@@ -112,8 +112,7 @@ class MeanFieldCircle(Preset):
         fig.suptitle(f"mean-field density on $S^1$ (M = {cfg['m']}), $\\rho_0 \\propto 1 + {cfg['eps']} \\cos 3\\theta$ (log colour)")
         fig.tight_layout()
         path = Path(outdir) / "meanfield-circle.png"
-        fig.savefig(path, dpi=110)
-        p.close(fig)
+        save_figure(fig, path, dpi=110)
         return [path]
 
 
@@ -208,6 +207,5 @@ class ParticlesVsPDE(Preset):
         ax.legend(fontsize=8)
         fig.tight_layout()
         path = Path(outdir) / "particles-vs-pde.png"
-        fig.savefig(path, dpi=110)
-        p.close(fig)
+        save_figure(fig, path, dpi=110)
         return [path]

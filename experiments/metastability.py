@@ -22,6 +22,7 @@ from ._common import (
     first_point,
     plt,
     require,
+    save_figure,
     sphere_snapshots,
 )
 
@@ -78,6 +79,5 @@ class Metastability(ParticlePreset):
                      f"(clusters {int(nc[0])} -> {int(nc[-1])})")
         fig.tight_layout()
         path = Path(outdir) / "metastability.png"
-        fig.savefig(path, dpi=110)
-        p.close(fig)
+        save_figure(fig, path, dpi=110)
         return [path]

@@ -24,7 +24,7 @@ import meanfield as mf
 from meanfield.run.io import observable_vars
 from meanfield.run import Preset, RunConfig, register
 
-from ._common import first_point, plt, require, simulate_chunk
+from ._common import first_point, plt, require, save_figure, simulate_chunk
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +127,5 @@ class PhaseDiagram(Preset):
         fig.suptitle(f"random Q, K, V = I + {cfg['sigma']} G/sqrt(d); N = {cfg['n']}, d = {cfg['d']}, {cfg['n_seeds']} seeds")
         fig.tight_layout()
         path = Path(outdir) / "phase-diagram.png"
-        fig.savefig(path, dpi=110)
-        p.close(fig)
+        save_figure(fig, path, dpi=110)
         return [path]

@@ -32,7 +32,7 @@ from meanfield import observables as obs
 from meanfield import theory
 from meanfield.run import register
 
-from ._common import HostPreset, ToleranceConfig, half_circle_prompts as _prompts, log_axis_ticks, plt, require
+from ._common import HostPreset, ToleranceConfig, half_circle_prompts as _prompts, log_axis_ticks, plt, require, save_figure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,6 +170,5 @@ class PromptParallel(HostPreset):
         fig.suptitle("parallel vs shared prompt insertion (Imaizumi et al. 2026)", fontsize=10)
         fig.tight_layout()
         path = Path(outdir) / "prompt-parallel.png"
-        fig.savefig(path, dpi=110)
-        p.close(fig)
+        save_figure(fig, path, dpi=110)
         return [path]

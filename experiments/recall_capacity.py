@@ -24,7 +24,7 @@ import xarray as xr
 from meanfield.studies import recall
 from meanfield.run import RunConfig, register
 
-from ._common import HostPreset, plt, require
+from ._common import HostPreset, plt, require, save_figure
 
 AXES = ("d", "L", "N")
 
@@ -130,6 +130,5 @@ class RecallCapacity(HostPreset):
             ax.grid(alpha=0.3, which="both")
         fig.tight_layout()
         path = Path(outdir) / "recall-capacity.png"
-        fig.savefig(path, dpi=110)
-        p.close(fig)
+        save_figure(fig, path, dpi=110)
         return [path]

@@ -30,7 +30,7 @@ import meanfield as mf
 from meanfield.studies import rope_locality as rope
 from meanfield.run import RunConfig, register
 
-from ._common import HostPreset, plt, require
+from ._common import HostPreset, plt, require, save_figure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,6 +189,5 @@ class RopeLongContext(HostPreset):
         ax.grid(alpha=0.3)
         fig.tight_layout()
         path = Path(outdir) / "rope-long-context.png"
-        fig.savefig(path, dpi=100)
-        p.close(fig)
+        save_figure(fig, path, dpi=100)
         return [path]

@@ -25,7 +25,7 @@ from meanfield.influence import profile_stats
 from meanfield.studies.decoders import DecoderConfig, step0_influence
 from meanfield.run import Preset, RunConfig, register
 
-from ._common import plt, require
+from ._common import plt, require, save_figure
 
 VARIANTS = (("gpt2", False), ("gpt2", True), ("qwen2", False), ("qwen2", True))
 
@@ -97,8 +97,7 @@ class Step0(Preset):
             ax.legend(fontsize=7)
         fig.tight_layout()
         path = Path(outdir) / "step0.png"
-        fig.savefig(path, dpi=110)
-        p.close(fig)
+        save_figure(fig, path, dpi=110)
         return [path]
 
 

@@ -43,7 +43,7 @@ from meanfield import theory
 from meanfield.run import register
 from meanfield.studies import learned_pe
 
-from ._common import HostPreset, ToleranceConfig, log_axis_ticks, midpoints, plt, require
+from ._common import HostPreset, ToleranceConfig, log_axis_ticks, midpoints, plt, require, save_figure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,6 +323,5 @@ class Universality(HostPreset):
                      fontsize=10)
         fig.tight_layout()
         path = Path(outdir) / "universality.png"
-        fig.savefig(path, dpi=100)
-        p.close(fig)
+        save_figure(fig, path, dpi=100)
         return [path]

@@ -169,3 +169,41 @@ def test_config_validation_messages():
         apply_overrides(get_preset("clustering").Config(), ["chunks=0"])
     with pytest.raises(ConfigError, match="--grid key 'beta' given twice"):
         parse_grid(get_preset("clustering").Config(), ["beta=1", "beta=2"])
+
+
+def test_save_figure_is_atomic(tmp_path):
+    """A figure write that fails half-way leaves the previous figure byte-identical and no
+    temporary file; a good write replaces it (experiments._common.save_figure, used by every
+    preset's plot)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from experiments._common import save_figure
+
+    path = tmp_path / "fig.png"
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    assert save_figure(fig, path) == path
+    before = path.read_bytes()
+    assert before[:8] == b"\x89PNG\r\n\x1a\n"
+
+    class Boom(RuntimeError):
+        pass
+
+    fig2, ax2 = plt.subplots()
+    ax2.plot([0, 1], [1, 0])
+
+    def fail(*args, **kwargs):
+        raise Boom("disk full")
+
+    fig2.savefig = fail
+    with pytest.raises(Boom):
+        save_figure(fig2, path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fig.png"]
+    fig3, ax3 = plt.subplots()
+    ax3.plot([0, 1], [0.5, 0.5])
+    save_figure(fig3, path, dpi=50)
+    assert path.read_bytes() != before
