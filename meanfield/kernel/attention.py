@@ -16,8 +16,9 @@ geometry (e.g. the sphere's tangent projection) is applied by the integrator.
 Backends (strategy modules, passed as ``Attention(backend=...)``) evaluate the same formula:
 
 * :class:`Dense` ``(row_block=None)``: exact row softmax over all keys, evaluated ``row_block``
-  query rows at a time (a (heads, row_block, N+P) slab; by default about 2^21 scores per slab,
-  which keeps it in cache). Fastest for N up to ~10^4.
+  query rows at a time (a (heads, row_block, N+P) slab; by default about 2^21 scores per slab
+  and at most 16 MiB, which keeps it in cache: :func:`default_row_block`). Fastest for N up to
+  ~10^4.
 * :class:`Chunked` ``(block=512, query_batch=1)``: online softmax over key blocks
   (flash-attention style), O(N * block) memory; blocks the mask forbids entirely (upper triangle
   of a causal mask, far blocks of a window) are skipped with ``lax.cond``. N = 100,000 tokens in
@@ -66,8 +67,8 @@ class AbstractBackend(eqx.Module):
 
 class Dense(AbstractBackend):
     """Exact row softmax over all keys, ``row_block`` query rows per slab (memory heads x
-    row_block x (N + P)); ``None`` picks 2^21 / (N + P) rows clipped to [128, 1024] (the fastest
-    measured on a 2-core CPU for N = 1k..16k; ``benchmarks/bench_kernel.py``)."""
+    row_block x (N + P)); ``None`` picks :func:`default_row_block`: 2^21 / (N + P) rows clipped
+    to [128, 1024], then fewer rows if the (heads x rows x keys) slab would pass 16 MiB."""
 
     row_block: int | None = eqx.field(default=None, static=True)
 
@@ -297,7 +298,7 @@ class Attention(eqx.Module):
         if isinstance(self.backend, Chunked):
             slab = h * min(self.backend.block, n) * min(self.backend.block, n_keys) * self.backend.query_batch
         elif isinstance(self.backend, Dense):
-            rb = self.backend.row_block or int(min(1024, max(128, 2**21 // max(n_keys, 1))))
+            rb = self.backend.row_block or default_row_block(h, n_keys, itemsize)
             slab = h * min(rb, n) * n_keys
         else:  # fused: tiles live on chip
             slab = 0
@@ -492,6 +493,22 @@ def _dense_weights(attn: Attention, p: _Prepared, q, qs):
     return w, jnp.sum(w, axis=-1, keepdims=True)
 
 
+SLAB_BYTES = 2**24  # the dense backend's default cap on one (heads x rows x keys) score slab
+
+
+def default_row_block(heads: int, n_keys: int, itemsize: int = 4) -> int:
+    """Query rows per slab of the dense backend: 2^21 / n_keys clipped to [128, 1024], then
+    reduced (down to 8) so that the heads x rows x n_keys slab stays within ``SLAB_BYTES``
+    (16 MiB, half the L3 of the 2-core CPU it was measured on). Interleaved measurements
+    (``benchmarks/bench_kernel.py`` machine, float32): with one head, 2^21 / N is within noise of
+    the best block for N = 1k..32k; with 4-8 heads a slab above the L3 (e.g. 4 x 512 x 4096)
+    runs 2.1-3x slower than one within it (4 heads, N = 4096, d = 64: 476 vs 1045 Mpair/s)."""
+    keys = max(int(n_keys), 1)
+    b = min(1024, max(128, 2**21 // keys))
+    cap = SLAB_BYTES // (max(int(heads), 1) * keys * int(itemsize))
+    return int(max(8, min(b, cap)))
+
+
 _MASS_COLUMN_MAX_D = 8  # up to this value dimension the row sum rides in the value GEMM (see _dense)
 
 
@@ -552,7 +569,7 @@ def _dense(attn: Attention, p: _Prepared, row_block: int | None) -> Array:
 
     b = row_block
     if b is None:
-        b = int(min(1024, max(128, 2**21 // p.k.shape[1])))
+        b = default_row_block(attn.heads, p.k.shape[1], jnp.dtype(p.q.dtype).itemsize)
     if n <= b:
         return rows(p.q, p.qs, p.own)
     nb = math.ceil(n / b)
