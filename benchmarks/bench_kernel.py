@@ -33,6 +33,9 @@ Two more columns separate the engine's own overhead from what the libraries allo
   reachable by any implementation built on these GEMMs; "% of it" says how close the engine is
   to what they allow.
 
+A last table runs multi-head SA (4 heads, d = 64, random per-head Q, K, V) against the same RHS
+in jax.numpy and torch eager, in head-pairs per second.
+
 The OpenBLAS tuning variables of this machine (OPENBLAS_CORETYPE, OPENBLAS_L2_SIZE) slow NumPy's
 GEMM; the script re-executes itself once with them unset (for its own process only).
 PyTorch comes from the optional extra: ``pip install -e ".[bench]"`` (never installed by CI;
@@ -177,6 +180,8 @@ def main():
                   f"{100 * t_lim / t_np:>5.1f}% {100 * t_lim / t_th:>5.1f}% | {r_shape / 1e9:>5.0f} GF/s "
                   f"{100 * t_shape / t_eng:>10.1f}%", flush=True)
 
+    multi_head(jax, jnp, mf, torch, [1024] if args.quick else [1024, 4096], peak, exp_rate)
+
     np_end, jx_end = matmul_rates(1024 if args.quick else 2048)
     exp_end, _ = exp_rate_in_cache()
     print(f"# measured again at the end (machine drift): R_gemm {max(np_end, jx_end) / 1e9:.1f} GFLOP/s, "
@@ -191,6 +196,53 @@ def main():
     print(f"\n# chunked causal SA, N = {mem['n']}, d = {mem['d']}, block = {mem['block']}, float32:")
     print(f"#   peak RSS {mem['peak_rss_mib']:.0f} MiB (resident before the call, after import and compile: {mem['rss_before_mib']:.0f} MiB); "
           f"time per RHS {mem['time_per_rhs_s']:.2f} s (first call incl. compile {mem['first_call_s']:.2f} s)")
+
+
+def multi_head(jax, jnp, mf, torch, sizes, r_gemm, r_exp, heads=4, d=64, beta=1.0):
+    """Multi-head SA with random per-head Q, K, V (W = I / heads): the engine against the same RHS
+    written in jax.numpy (jitted) and in torch eager; Mpair/s counts head-pairs (heads N^2).
+    The limit adds the projections (6 heads N d^2 flops) to 4 heads N^2 d / R_gemm + heads N^2 / R_exp."""
+    keys = jax.random.split(jax.random.key(7), 3)
+    Q, K, V = (jax.random.normal(k, (heads, d, d), jnp.float32) / d**0.5 for k in keys)
+    attn = mf.Attention(beta, Q=Q, K=K, V=V)
+
+    def jax_mh(z):
+        q, k, v = (jnp.einsum("hde,ne->hnd", M, z) for M in (Q, K, V))
+        s = beta * jnp.einsum("hid,hjd->hij", q, k)
+        a = jnp.exp(s - s.max(-1, keepdims=True))
+        out = jnp.einsum("hij,hjd->id", a / a.sum(-1, keepdims=True), v) / heads
+        return out - jnp.sum(z * out, -1, keepdims=True) * z
+
+    def torch_mh(z, Qt, Kt, Vt):
+        q, k, v = (torch.einsum("hde,ne->hnd", M, z) for M in (Qt, Kt, Vt))
+        a = torch.softmax(beta * q @ k.transpose(1, 2), dim=-1)
+        out = torch.einsum("hij,hjd->id", a, v) / heads
+        return out - (z * out).sum(dim=1, keepdim=True) * z
+
+    eng = jax.jit(lambda y: jax.lax.fori_loop(0, K_STEPS, lambda i, z: z + DT * mf.velocity(attn, z), y))
+    scr = jax.jit(lambda y: jax.lax.fori_loop(0, K_STEPS, lambda i, z: z + DT * jax_mh(z), y))
+    print(f"\n# multi-head SA: {heads} heads, d = {d}, random Q, K, V; Mpair/s of head-pairs")
+    print(f"{'N':>6} | {'engine':>8} {'jax':>8} {'torch':>8} {'limit':>8} | {'eng/jax':>7} {'eng/th':>6} | {'eng % of limit':>14}")
+    for n in sizes:
+        x = mf.sphere_uniform(jax.random.key(n), n, d, jnp.float32)
+        np.testing.assert_allclose(np.asarray(mf.velocity(attn, x)), np.asarray(jax_mh(x)), rtol=2e-3, atol=2e-4)
+        fns = {"engine": lambda: eng(x).block_until_ready(), "jax": lambda: scr(x).block_until_ready()}
+        if torch:
+            xt, Qt, Kt, Vt = (torch.from_numpy(np.asarray(a).copy()) for a in (x, Q, K, V))
+
+            def torch_loop():
+                z = xt
+                for _ in range(K_STEPS):
+                    z = z + DT * torch_mh(z, Qt, Kt, Vt)
+                return z
+            fns["torch"] = torch_loop
+        t = {k: v / K_STEPS for k, v in interleaved_times(fns, rounds=7, min_time=0.3).items()}
+        t_th = t.get("torch", float("nan"))
+        pairs = heads * n * n
+        t_lim = (4 * pairs * d + 6 * heads * n * d * d) / r_gemm + pairs / r_exp
+        print(f"{n:>6} | {pairs / t['engine'] / 1e6:>8.1f} {pairs / t['jax'] / 1e6:>8.1f} {pairs / t_th / 1e6:>8.1f} "
+              f"{pairs / t_lim / 1e6:>8.1f} | {t['jax'] / t['engine']:>7.2f} {t_th / t['engine']:>6.2f} | "
+              f"{100 * t_lim / t['engine']:>13.1f}%", flush=True)
 
 
 if __name__ == "__main__":
