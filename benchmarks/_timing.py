@@ -128,6 +128,15 @@ def current_rss_mib():
 
 
 def peak_rss_mib():
+    """Peak resident memory of this process image (VmHWM). Not ``ru_maxrss``: Linux keeps that
+    across fork + exec, so a child started by a large parent would report the parent's RSS."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
