@@ -7,7 +7,8 @@ throughput (allowed pairs N (N + 1) / 2 per second), the achieved flop rate of t
 an attention field needs per allowed pair (score and value products, 4 d flops per pair; the
 exponentials and the online-softmax bookkeeping are not counted), and that rate as a fraction of
 the device's own dense GEMM rate in the same precision, measured in this run on an 8192^3
-product. cuDNN's fused attention (bf16, ``jax.nn.dot_product_attention``) is a vendor reference.
+product, and up to ``--check-max`` tokens the largest difference of the field from the dense
+backend at precision "highest" relative to its largest entry. cuDNN's fused attention (bf16, ``jax.nn.dot_product_attention``) is a vendor reference.
 
 The largest N that fits is computed from a memory formula, not by probing: the tokens, their
 projections and the field (about 4 N d floats of 4 bytes for one head) plus what each backend
@@ -21,6 +22,8 @@ predicts more than ``--box`` seconds per call, and the whole script stops launch
 
 Run on the GPU:  python benchmarks/bench_gpu.py --out DIR
 Smoke run on CPU (interpret-mode Pallas, tiny): python benchmarks/bench_gpu.py --sizes 256 --gemm 256 --budget 60
+Heads (in-kernel Q, K, V projections of the fused kernel): add ``--heads 4``; pairs, flops and
+the memory formula then count heads x pairs.
 """
 
 from __future__ import annotations
@@ -48,13 +51,13 @@ def gemm_rate(n, precision):
     return 2 * n**3 / t
 
 
-def bytes_needed(backend, n, d, *, row_block=1024, block=2048, query_batch=8):
-    """Device bytes one causal SA field evaluation holds at once (float32, one head), by backend."""
-    base = 4 * (4 * n * d)  # tokens, q/k/v projections folded into one estimate, and the field
+def bytes_needed(backend, n, d, *, heads=1, row_block=1024, block=2048, query_batch=8):
+    """Device bytes one causal SA field evaluation holds at once (float32), by backend."""
+    base = 4 * ((2 + 3 * heads) * n * d)  # tokens, per-head q/k/v projections, the field
     if backend == "dense":
-        return base + 4 * 3 * min(row_block, n) * n  # scores, exponentials, weights of one row slab
+        return base + 4 * 3 * heads * min(row_block, n) * n  # scores, exponentials, weights of one row slab
     if backend == "chunked":
-        return base + 4 * 3 * query_batch * block * block
+        return base + 4 * 3 * heads * query_batch * block * block
     return base  # fused: tiles stay on chip
 
 
@@ -63,11 +66,15 @@ def main():
     ap.add_argument("--sizes", default="4096,16384,65536,262144,1048576")
     ap.add_argument("--no-dense", action="store_true", help="skip the dense XLA backend")
     ap.add_argument("--d", type=int, default=64)
+    ap.add_argument("--heads", type=int, default=1,
+                    help="heads; > 1 draws random per-head Q, K, V (the fused kernel's in-kernel projections)")
     ap.add_argument("--precisions", default="tf32,bf16", help="score precisions (Attention.precision)")
     ap.add_argument("--chunked", default="2048:8", help="block:query_batch of the chunked backend")
     ap.add_argument("--fused", default="64:64,128:64", help="block_q:block_k[:num_warps[:num_stages]] of the fused backend")
     ap.add_argument("--gemm", type=int, default=8192, help="size of the square GEMM that measures the matmul rate")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--check-max", type=int, default=16384,
+                    help="up to this N, each field is compared with the dense float32 'highest' field (max |diff| / max |ref|)")
     ap.add_argument("--box", type=float, default=20.0, help="skip a configuration predicted slower than this per call (s)")
     ap.add_argument("--budget", type=float, default=420.0, help="launch no new work after this many seconds")
     ap.add_argument("--out", default=None, help="also write the table (and JSON rows) into this folder")
@@ -85,18 +92,24 @@ def main():
         mem = int(dev.memory_stats()["bytes_limit"])
     except Exception:  # CPU: no memory stats
         mem = 0
-    d = args.d
+    d, heads = args.d, args.heads
+    mats = {}
+    if heads > 1:
+        keys = jax.random.split(jax.random.key(3), 3)
+        mats = {name: jax.random.normal(k, (heads, d, d), jnp.float32) / d**0.5 for name, k in zip("QKV", keys)}
     lines = [f"# jax {jax.__version__}, {dev.platform} {dev.device_kind}, device memory {mem / 2**30:.1f} GiB; "
-             f"causal SA field, d = {d}, float32 tokens"]
+             f"causal SA field, d = {d}, {heads} head(s){' with random Q, K, V' if mats else ''}, float32 tokens; "
+             "pairs and flops count head-pairs"]
     rates = {p: gemm_rate(args.gemm, p) for p in args.precisions.split(",")}
     lines.append("# GEMM rate (TFLOP/s, 8192^3): " + ", ".join(f"{p} {r / 1e12:.1f}" for p, r in rates.items()))
     if mem:
         b = mf.kernel.Chunked().block
-        fits = {name: int(max(n for n in (2**k for k in range(10, 31)) if bytes_needed(name, n, d, block=b) <= 0.9 * mem))
+        fits = {name: int(max(n for n in (2**k for k in range(10, 31))
+                              if bytes_needed(name, n, d, heads=heads, block=b) <= 0.9 * mem))
                 for name in ("dense", "chunked", "fused")}
         lines.append("# largest N (power of two) by the memory formula: " + ", ".join(f"{k} {v:,}" for k, v in fits.items()))
     hdr = (f"{'backend':>18} {'prec':>5} {'N':>8} | {'time/field s':>12} {'Gpair/s':>8} {'TFLOP/s':>8} "
-           f"{'GEMM TFLOP/s':>12} {'fraction':>8}")
+           f"{'GEMM TFLOP/s':>12} {'fraction':>8} | {'rel err':>8}")
     lines += [hdr, "-" * len(hdr)]
     print("\n".join(lines), flush=True)
 
@@ -117,7 +130,11 @@ def main():
 
     for n in sizes:
         x = mf.sphere_uniform(jax.random.key(0), n, d, jnp.float32)
-        pairs = n * (n + 1) / 2
+        pairs = heads * n * (n + 1) / 2
+        ref = None
+        if n <= args.check_max:  # reference field: dense, full float32 precision of the scores
+            ref_attn = mf.Attention(1.0, mask=mf.Causal(), backend=Dense(), precision="highest", **mats)
+            ref = jax.jit(lambda y: ref_attn(y))(x)
         for prec in args.precisions.split(","):
             for name, backend in backends:
                 key = (name, prec)
@@ -130,10 +147,11 @@ def main():
                     if predicted > args.box:
                         emit(f"{name:>18} {prec:>5} {n:>8} | skipped: predicted {predicted:.0f} s per call > box")
                         continue
-                if mem and bytes_needed(name.split()[0], n, d) > 0.9 * mem:
-                    emit(f"{name:>18} {prec:>5} {n:>8} | skipped: memory formula {bytes_needed(name.split()[0], n, d) / 2**30:.1f} GiB")
+                need = bytes_needed(name.split()[0], n, d, heads=heads)
+                if mem and need > 0.9 * mem:
+                    emit(f"{name:>18} {prec:>5} {n:>8} | skipped: memory formula {need / 2**30:.1f} GiB")
                     continue
-                attn = mf.Attention(1.0, mask=mf.Causal(), backend=backend, precision=prec)
+                attn = mf.Attention(1.0, mask=mf.Causal(), backend=backend, precision=prec, **mats)
                 f = jax.jit(lambda y, a=attn: a(y))
                 try:
                     t0 = time.perf_counter()
@@ -144,14 +162,17 @@ def main():
                     emit(f"{name:>18} {prec:>5} {n:>8} | failed: {type(err).__name__}: {str(err)[:160]}")
                     continue
                 last[key] = (n, t)
+                err = float("nan")
+                if ref is not None:
+                    err = float(jnp.max(jnp.abs(f(x) - ref)) / jnp.max(jnp.abs(ref)))
                 tflops = 4 * d * pairs / t / 1e12
                 row = {"backend": name, "precision": prec, "n": n, "d": d, "time_s": t, "first_call_s": first,
                        "gpairs_per_s": pairs / t / 1e9, "tflops": tflops, "gemm_tflops": rates[prec] / 1e12,
-                       "fraction": tflops * 1e12 / rates[prec]}
+                       "fraction": tflops * 1e12 / rates[prec], "rel_err_vs_dense_highest": err}
                 rows.append(row)
                 emit(f"{name:>18} {prec:>5} {n:>8} | {t:>12.4f} {row['gpairs_per_s']:>8.2f} {tflops:>8.1f} "
-                     f"{rates[prec] / 1e12:>12.1f} {row['fraction']:>8.2f}")
-        if time.perf_counter() - t_start < args.budget:
+                     f"{rates[prec] / 1e12:>12.1f} {row['fraction']:>8.2f} | {err:>8.1e}")
+        if time.perf_counter() - t_start < args.budget and heads == 1:
             try:  # fused vendor kernel, bf16, as a reference
                 q = x.astype(jnp.bfloat16)[None, :, None, :]
                 fa = jax.jit(lambda u: jax.nn.dot_product_attention(u, u, u, is_causal=True, implementation="cudnn"))
