@@ -61,9 +61,10 @@ def test_dense_equals_chunked(mask_name, form, heads, kind, dtype, tol):
 
 @pytest.mark.parametrize("mask", [mf.Full(), mf.Causal() & mf.ALiBi(0.2)])
 @pytest.mark.parametrize("form", ["SA", "USA"])
-def test_dense_equals_chunked_with_prompt_and_masses(mask, form):
-    x = mf.sphere_uniform(jax.random.key(2), 30, 4)
-    y = mf.sphere_uniform(jax.random.key(3), 5, 4)
+@pytest.mark.parametrize("d", [4, 12], ids=["row-sum-column", "row-sum-gemv"])  # the dense SA row sum: d <= 8 / > 8
+def test_dense_equals_chunked_with_prompt_and_masses(mask, form, d):
+    x = mf.sphere_uniform(jax.random.key(2), 30, d)
+    y = mf.sphere_uniform(jax.random.key(3), 5, d)
     mass = jax.random.uniform(jax.random.key(4), (30,), minval=0.5, maxval=1.5) / 30
     aux = mf.TokenAux.default(30, pos=jnp.arange(30.0) * 2.0, mass=mass)
     for prompt in [mf.Prompt(y), mf.Prompt(y, mass=jnp.full(5, 0.3), pos=jnp.array([0.0, 10, 20, 30, 40]))]:
