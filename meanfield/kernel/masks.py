@@ -11,6 +11,10 @@ Each mask implements two methods:
 * ``block_active(q_lo, q_hi, k_lo, k_hi)``: whether *any* pair with query position in
   [q_lo, q_hi] and key position in [k_lo, k_hi] may have finite weight. The chunked backend
   skips blocks for which this is False (e.g. the upper triangle of a causal mask).
+
+and may say ``may_forbid = False`` when its bias is always finite (``Full``, ``ALiBi``): the
+dense backend then drops its guard against rows with no visible key, which lets XLA:CPU keep
+the score GEMM, row max and exp in one fused kernel. The default (True) is always safe.
 """
 
 from __future__ import annotations
