@@ -51,11 +51,14 @@ def gemm_rate(n, precision):
     return 2 * n**3 / t
 
 
-def bytes_needed(backend, n, d, *, heads=1, row_block=1024, block=2048, query_batch=8):
+def bytes_needed(backend, n, d, *, heads=1, row_block=None, block=2048, query_batch=8):
     """Device bytes one causal SA field evaluation holds at once (float32), by backend."""
+    from meanfield.kernel.attention import default_row_block
+
     base = 4 * ((2 + 3 * heads) * n * d)  # tokens, per-head q/k/v projections, the field
-    if backend == "dense":
-        return base + 4 * 3 * heads * min(row_block, n) * n  # scores, exponentials, weights of one row slab
+    if backend == "dense":  # scores, exponentials, weights of one row slab (the backend's default rows)
+        rows = row_block or default_row_block(heads, n, 4)
+        return base + 4 * 3 * heads * min(rows, n) * n
     if backend == "chunked":
         return base + 4 * 3 * heads * query_batch * block * block
     return base  # fused: tiles stay on chip

@@ -101,6 +101,7 @@ def main():
     import jax.numpy as jnp
 
     import meanfield as mf
+    from meanfield.kernel.attention import default_row_block
 
     try:
         import torch
@@ -155,7 +156,7 @@ def main():
             xj = jnp.asarray(x)
             np.testing.assert_allclose(np.asarray(rhs(xj)), numpy_rhs(x, beta), rtol=2e-3, atol=2e-4)
             np.testing.assert_allclose(np.asarray(jax_rhs(jnp, xj, beta)), numpy_rhs(x, beta), rtol=2e-3, atol=2e-4)
-            shape_fn, shape_flops = shape_gemm_probe(n, d, int(min(1024, max(128, 2**21 // n))), steps=K_STEPS)
+            shape_fn, shape_flops = shape_gemm_probe(n, d, default_row_block(1, n, 4), steps=K_STEPS)
             fns = {"engine": lambda: engine_loop(xj).block_until_ready(), "jax": lambda: jax_loop(xj).block_until_ready(),
                    "numpy": lambda: numpy_loop(x), "gemm_np": gemm_np, "gemm_xla": gemm_xla, "exp": exp_fn,
                    "gemm_shape": shape_fn}
