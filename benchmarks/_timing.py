@@ -92,17 +92,10 @@ def shape_gemm_probe(n, d, rows, steps=20):
 
 
 def matmul_rates(n=2048, dtype=np.float32):
-    """(NumPy/BLAS, XLA) square-GEMM flop rates of this machine at n^3."""
-    import jax
-    import jax.numpy as jnp
-
-    a = np.random.default_rng(0).standard_normal((n, n)).astype(dtype)
-    t_np = median_time(lambda: a @ a, repeats=5)
-    aj = jnp.asarray(a)
-    mm = jax.jit(lambda u: u @ u)
-    t_jx = median_time(lambda: mm(aj).block_until_ready(), repeats=5)
-    flops = 2 * n**3
-    return flops / t_np, flops / t_jx
+    """(NumPy/BLAS, XLA) square-GEMM flop rates of this machine at n^3 (the functions of
+    :func:`gemm_probe`, median of 5 calls each)."""
+    gemm_np, gemm_xla, flops = gemm_probe(n, dtype)
+    return flops / median_time(gemm_np, repeats=5), flops / median_time(gemm_xla, repeats=5)
 
 
 def exp_rate_in_cache(sizes=(256, 512, 1024), repeats_in_jit=64):
@@ -110,15 +103,10 @@ def exp_rate_in_cache(sizes=(256, 512, 1024), repeats_in_jit=64):
     ``fori_loop`` of y <- exp(-y) over a slab of n x n (n in ``sizes``, 256 KiB to 4 MiB, around
     the L2 size), each iteration dependent on the last so none is skipped. Returns (best rate,
     {n: rate})."""
-    import jax
-    import jax.numpy as jnp
-
     rates = {}
     for n in sizes:
-        y0 = jnp.asarray(np.random.default_rng(1).random((n, n), dtype=np.float32))
-        loop = jax.jit(lambda y: jax.lax.fori_loop(0, repeats_in_jit, lambda i, z: jnp.exp(-z), y))
-        t = median_time(lambda: loop(y0).block_until_ready(), repeats=7)
-        rates[n] = repeats_in_jit * n * n / t
+        fn, count = exp_probe(n, repeats_in_jit)
+        rates[n] = count / median_time(fn, repeats=7)
     return max(rates.values()), rates
 
 
