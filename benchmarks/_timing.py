@@ -69,22 +69,34 @@ def gemm_probe(n=1024, dtype=np.float32):
 
 
 def shape_gemm_probe(n, d, rows, steps=20):
-    """The two GEMMs of one dense SA right-hand side at the engine's own shapes, in XLA: per
-    ``rows``-row slab the scores (rows x d) @ (d x n) and the value product (rows x n) @ (n x (d + 1))
-    (values plus the row-sum column), ``steps`` dependent iterations inside one jit, every slab
-    of the n rows. Returns (fn, flop count per call): what the GEMM library reaches at these
-    shapes, as opposed to the square-GEMM peak of :func:`gemm_probe`."""
+    """The value and score products of one dense SA right-hand side at the engine's own shapes, in
+    XLA: per ``rows``-row slab the scores (rows x d) @ (d x n) and the value product the dense
+    backend does at this d: (rows x n) @ (n x (d + 1)) (values plus the row-sum column) for
+    d <= 8, else (rows x n) @ (n x d) and the row-sum GEMV (rows x n) @ (n,); ``steps`` dependent
+    iterations inside one jit, every slab of the n rows. Returns (fn, flop count per call): what
+    the GEMM library reaches at these shapes, as opposed to the square-GEMM peak of
+    :func:`gemm_probe`."""
     import jax
     import jax.numpy as jnp
 
+    from meanfield.kernel.attention import _MASS_COLUMN_MAX_D
+
     rows = min(rows, n)
     x = jnp.asarray(np.random.default_rng(2).standard_normal((n, d), dtype=np.float32) / np.sqrt(d))
-    v1 = jnp.concatenate([x, jnp.ones((n, 1), x.dtype)], axis=-1)
+    ones = jnp.ones((n, 1), x.dtype)
+    column = d <= _MASS_COLUMN_MAX_D
+    v1 = jnp.concatenate([x, ones], axis=-1)
     nb = n // rows
 
+    def products(qb):
+        s = qb @ x.T
+        if column:
+            return s @ v1
+        return jnp.concatenate([s @ x, s @ ones], axis=-1)
+
     def step(i, q):
-        out = jax.lax.map(lambda qb: (qb @ x.T) @ v1, q.reshape(nb, rows, d)).reshape(nb * rows, d + 1)
-        return q + 1e-3 * out[:, :d]
+        out = jax.lax.map(products, q.reshape(nb, rows, d)).reshape(nb * rows, d + 1)
+        return q + 1e-3 * out[:, :d] * out[:, d:]
 
     loop = jax.jit(lambda q: jax.lax.fori_loop(0, steps, step, q))
     q0 = x[: nb * rows]

@@ -26,12 +26,12 @@ Two more columns separate the engine's own overhead from what the libraries allo
 
 * ``jax``: the same RHS as a researcher would write it in jax.numpy (one unblocked softmax,
   jitted, same Euler loop): eng/jax > 1 means the engine is faster than the script it replaces.
-* ``GEMM@shape``: the flop rate XLA's GEMMs reach at the engine's own shapes (per row slab,
-  (rows x d) @ (d x N) and (rows x N) @ (N x (d + 1)), :func:`_timing.shape_gemm_probe`), and
-  the engine as % of t_shape = (time of those GEMMs) + N^2 / R_exp. At d = 64 the value product
-  with its d + 1 = 65 output columns runs well below the square-GEMM rate, so t_limit is not
-  reachable by any implementation built on these GEMMs; "% of it" says how close the engine is
-  to what they allow.
+* ``GEMM@shape``: the flop rate XLA reaches on the engine's own products at their shapes (per
+  row slab the scores (rows x d) @ (d x N), and the values with the row sum: one GEMM against
+  N x (d + 1) for d <= 8, a GEMM against N x d and a GEMV otherwise;
+  :func:`_timing.shape_gemm_probe`), and the engine as % of t_shape = (time of those products)
+  + N^2 / R_exp. These products run below the square-GEMM rate, so t_limit is not reachable by
+  any implementation built on them; "% of it" says how close the engine is to what they allow.
 
 A last table runs multi-head SA (4 heads, d = 64, random per-head Q, K, V) against the same RHS
 in jax.numpy and torch eager, in head-pairs per second.
