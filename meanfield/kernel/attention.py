@@ -502,7 +502,12 @@ def default_row_block(heads: int, n_keys: int, itemsize: int = 4) -> int:
     (16 MiB, half the L3 of the 2-core CPU it was measured on). Interleaved measurements
     (``benchmarks/bench_kernel.py`` machine, float32): with one head, 2^21 / N is within noise of
     the best block for N = 1k..32k; with 4-8 heads a slab above the L3 (e.g. 4 x 512 x 4096)
-    runs 2.1-3x slower than one within it (4 heads, N = 4096, d = 64: 476 vs 1045 Mpair/s)."""
+    runs 2.1-3x slower than one within it (4 heads, N = 4096, d = 64: 476 vs 1045 Mpair/s).
+
+    Example:
+        default_row_block(1, 4096)      # 512 rows: 2^21 / 4096
+        default_row_block(4, 4096)      # 256 rows: 4 x 256 x 4096 float32 scores = 16 MiB
+    """
     keys = max(int(n_keys), 1)
     b = min(1024, max(128, 2**21 // keys))
     cap = SLAB_BYTES // (max(int(heads), 1) * keys * int(itemsize))

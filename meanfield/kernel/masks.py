@@ -56,7 +56,12 @@ class AbstractMask(eqx.Module):
     def may_forbid(self) -> bool:
         """Whether ``bias`` may hold -inf (a forbidden pair), so that a row may see no key at all.
         True unless the mask says otherwise; the dense backend skips its guard against fully
-        forbidden rows when False (a guard that costs XLA:CPU its fused GEMM-softmax kernel)."""
+        forbidden rows when False (a guard that costs XLA:CPU its fused GEMM-softmax kernel).
+
+        Example:
+            Full().may_forbid, ALiBi(0.1).may_forbid, (Causal() & ALiBi(0.1)).may_forbid
+            # (False, False, True)
+        """
         return True
 
     def __and__(self, other: AbstractMask) -> Compose:
