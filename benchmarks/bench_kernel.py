@@ -32,6 +32,10 @@ Two more columns separate the engine's own overhead from what the libraries allo
   :func:`_timing.shape_gemm_probe`), and the engine as % of t_shape = (time of those products)
   + N^2 / R_exp. These products run below the square-GEMM rate, so t_limit is not reachable by
   any implementation built on them; "% of it" says how close the engine is to what they allow.
+* ``R_gemm now`` and ``eng % of limit now``: the square-GEMM rate of the probes interleaved with
+  this size alone, and the limit from those rounds' rates only (no best-of-run maximum). When the
+  shared machine slows down during a run, R_gemm now falls below R_gemm and "% of limit" mixes a
+  fast machine's limit with a slow machine's engine; this column compares like with like.
 
 A last table runs multi-head SA (4 heads, d = 64, random per-head Q, K, V) against the same RHS
 in jax.numpy and torch eager, in head-pairs per second.
@@ -124,7 +128,7 @@ def main():
           + f" G/s; R_exp = {exp_rate / 1e9:.2f} G/s")
     hdr = f"{'N':>6} {'d':>4} | {'engine':>8} {'jax':>8} {'numpy':>8} {'torch':>8} {'limit':>8} Mpair/s | " \
           f"{'eng/jax':>7} {'eng/np':>6} {'eng/th':>6} | {'% of limit: eng':>15} {'jax':>5} {'numpy':>6} {'torch':>6} " \
-          f"| {'GEMM@shape':>10} {'eng % of it':>11}"
+          f"| {'GEMM@shape':>10} {'eng % of it':>11} | {'R_gemm now':>10} {'eng % of limit now':>18}"
     print(hdr)
     print("-" * len(hdr))
     attn = mf.Attention(beta)
@@ -166,10 +170,11 @@ def main():
             t = interleaved_times(fns, rounds=7, min_time=0.3)
             t_eng, t_np, t_jax = t["engine"] / K_STEPS, t["numpy"] / K_STEPS, t["jax"] / K_STEPS
             t_th = t["torch"] / K_STEPS if torch else float("nan")
-            r_gemm = max(peak, gemm_flops / min(t["gemm_np"], t["gemm_xla"]))
-            r_exp = max(exp_rate, exp_count / t["exp"])
+            r_gemm_now, r_exp_now = gemm_flops / min(t["gemm_np"], t["gemm_xla"]), exp_count / t["exp"]
+            r_gemm, r_exp = max(peak, r_gemm_now), max(exp_rate, r_exp_now)
             pairs = n * n
             t_lim = 4 * pairs * d / r_gemm + pairs / r_exp
+            t_now = 4 * pairs * d / r_gemm_now + pairs / r_exp_now  # the rates of these rounds only
             # the GEMMs as the library runs them at the engine's shapes (rows x d x N, rows x N x (d+1))
             t_shape = t["gemm_shape"] / K_STEPS + pairs / r_exp
             r_shape = shape_flops / t["gemm_shape"]
@@ -179,7 +184,8 @@ def main():
                   f"{pairs / t_th / 1e6:>8.1f} {pairs / t_lim / 1e6:>8.1f}         | {t_jax / t_eng:>7.2f} "
                   f"{t_np / t_eng:>6.2f} {t_th / t_eng:>6.2f} | {100 * t_lim / t_eng:>14.1f}% {100 * t_lim / t_jax:>4.1f}% "
                   f"{100 * t_lim / t_np:>5.1f}% {100 * t_lim / t_th:>5.1f}% | {r_shape / 1e9:>5.0f} GF/s "
-                  f"{100 * t_shape / t_eng:>10.1f}%", flush=True)
+                  f"{100 * t_shape / t_eng:>10.1f}% | {r_gemm_now / 1e9:>5.0f} GF/s {100 * t_now / t_eng:>17.1f}%",
+                  flush=True)
 
     multi_head(jax, jnp, mf, torch, [1024] if args.quick else [1024, 4096], peak, exp_rate)
 
