@@ -153,7 +153,6 @@ def main():
 
     gemm_np, gemm_xla, gemm_flops = gemm_probe(1024 if args.quick else 2048)
     exp_fn, exp_count = exp_probe()
-    rows = []
     for d in dims:
         for n in sizes:
             x = np.asarray(mf.sphere_uniform(jax.random.key(n + d), n, d, jnp.float32))
@@ -175,11 +174,9 @@ def main():
             pairs = n * n
             t_lim = 4 * pairs * d / r_gemm + pairs / r_exp
             t_now = 4 * pairs * d / r_gemm_now + pairs / r_exp_now  # the rates of these rounds only
-            # the GEMMs as the library runs them at the engine's shapes (rows x d x N, rows x N x (d+1))
+            # the products as the library runs them at the engine's shapes (_timing.shape_gemm_probe)
             t_shape = t["gemm_shape"] / K_STEPS + pairs / r_exp
             r_shape = shape_flops / t["gemm_shape"]
-            rows.append(dict(n=n, d=d, engine=pairs / t_eng, jax=pairs / t_jax, numpy=pairs / t_np, torch=pairs / t_th,
-                             limit=pairs / t_lim, shape_limit=pairs / t_shape))
             print(f"{n:>6} {d:>4} | {pairs / t_eng / 1e6:>8.1f} {pairs / t_jax / 1e6:>8.1f} {pairs / t_np / 1e6:>8.1f} "
                   f"{pairs / t_th / 1e6:>8.1f} {pairs / t_lim / 1e6:>8.1f}         | {t_jax / t_eng:>7.2f} "
                   f"{t_np / t_eng:>6.2f} {t_th / t_eng:>6.2f} | {100 * t_lim / t_eng:>14.1f}% {100 * t_lim / t_jax:>4.1f}% "
