@@ -17,6 +17,7 @@ from . import observables as observables
 from . import pde as pde
 from . import sharding as sharding
 from . import theory as theory
+from ._errors import SolverError as SolverError
 from .geometry import NGPT as NGPT
 from .geometry import AbstractGeometry as AbstractGeometry
 from .geometry import AbstractLayerMap as AbstractLayerMap

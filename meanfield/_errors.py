@@ -18,6 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 
 
+class SolverError(RuntimeError):
+    """A solve that failed: its state left what the solver can stand behind (non-finite values, a
+    negative density, an unresolved state). The message is one line: the time reached, the cause
+    and the remedy. ``throw=False`` returns a result code instead. The command exits with status 6."""
+
+
 def is_concrete(*arrays) -> bool:
     """True when no argument is a JAX tracer, so its values can be read in Python."""
     return not any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(arrays))
@@ -43,7 +49,30 @@ def check_value(x, bad, message: str):
 
 def _announce(message: str, flag) -> None:
     if bool(np.any(np.asarray(flag))):
-        print(f"meanfield: error: {message}", file=sys.stderr, flush=True)
+        traced_failure(f"error: {message}", ValueError)
+
+
+_TRACED = {"announce": True, "last": None}
+
+
+def traced_failure(line: str, kind: type) -> None:
+    """Record (and, unless :func:`quiet_traced_failures` was called, print to stderr as
+    ``meanfield: LINE``) the one-line cause of an error about to be raised inside a traced
+    computation, whose own message is buried in the runtime's traceback."""
+    _TRACED["last"] = (line, kind)
+    if _TRACED["announce"]:
+        print(f"meanfield: {line}", file=sys.stderr, flush=True)
+
+
+def quiet_traced_failures() -> None:
+    """Entry points that report errors themselves (the ``meanfield`` command) turn the printing
+    of :func:`traced_failure` off and read :func:`last_traced_failure` instead."""
+    _TRACED["announce"] = False
+
+
+def last_traced_failure() -> tuple[str, type] | None:
+    """(line, ValueError or SolverError) of the last traced failure, or None."""
+    return _TRACED["last"]
 
 
 def require(condition: bool | np.bool_, message: str) -> None:

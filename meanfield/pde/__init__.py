@@ -1,5 +1,7 @@
 """Mean-field (density) solvers: the N -> infinity limit of the particle dynamics."""
 
+from ._fv import RESULTS as RESULTS
+from .._errors import SolverError as SolverError
 from .circle import CircleMeanField as CircleMeanField
 from .circle import DensitySolution as DensitySolution
 from .kinetic import AbstractCoupling as AbstractCoupling

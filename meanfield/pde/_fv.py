@@ -8,7 +8,8 @@ minmod-limited linear reconstruction, so the update -(F_{i+1/2} - F_{i-1/2}) / h
 (total mass changes by round-off only) and, with an SSP stepper (Euler, Heun = SSPRK2) under
 max|u| dt <= h/2, positivity preserving.
 
-Time step (``dt=None``): at the start of every save interval
+Time step (``dt=None``): the step adapts throughout the solve, from the current state. Before
+every step
 
     dt = min(cfl h / max|u|,  accuracy / r),   r = max(r_lin, max_i |u_{i+1} - u_i| / h),
 
@@ -19,11 +20,26 @@ left to the CFL bound). The CFL bound keeps positivity; the rate bound keeps acc
 uniform state, where max|u| -> 0 and the CFL step alone would become the whole save interval. SSP
 Heun integrates e^{lambda t} with a relative error of about (lambda dt)^2 / 6 in the rate, so the
 default ``accuracy`` = 0.05 targets ~4e-4 on the fastest linear mode (less on slower ones).
+
+The rule is applied by a diffrax step-size controller (:class:`CFLController`) at the end of every
+step, on the new state, so the step follows the velocity as clusters form, whatever the save
+times (steps are clipped to land on them). A step is redone with the new dt when its end state
+is non-finite or negative, or when the step already breaks the positivity bound max|u| dt <= h/2
+at its end (the velocity grew within the step); after ``MAX_REDO`` redos in a row it is kept and
+the solve fails (below).
+
+Failure: a state the solver cannot stand behind stops the solve (a diffrax event): non-finite
+values (every solver), or a negative density beyond round-off, min rho < -NEG_TOL eps max rho
+(the SSP steppers, Euler and Heun, which promise positivity). ``solve(throw=True)`` (default)
+raises :class:`meanfield.SolverError` naming the time reached and the remedy;
+``throw=False`` returns the solution with a :class:`RESULTS` code and NaN at the save times past
+the failure (so a vmapped sweep is not killed by one bad point).
 """
 
 from __future__ import annotations
 
 import abc
+import functools
 
 import diffrax
 import equinox as eqx
@@ -31,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._errors import check_value, require
+from .._errors import SolverError, check_value, is_concrete, require, traced_failure
 from .._types import Array
 
 CFL = 0.4
@@ -119,15 +135,22 @@ class AbstractFiniteVolume(eqx.Module):
     def max_speed(self, rho) -> Array:
         return jnp.max(jnp.abs(self.face_velocity(rho)))
 
-    def default_step(self, rho, cfl, accuracy) -> Array:
-        """min(cfl h / max|u|, accuracy / r) (module docstring)."""
-        u = self.face_velocity(rho)
-        grad = jnp.max(jnp.abs(u - jnp.roll(u, 1, axis=-1))) / self.h
-        rate = jnp.maximum(self.linear_rate_bound(rho.dtype), grad)
-        return jnp.minimum(cfl * self.h / jnp.maximum(jnp.max(jnp.abs(u)), 1e-30), accuracy / jnp.maximum(rate, 1e-30))
+    def default_step(self, rho, cfl, accuracy, rate_bound=None) -> Array:
+        """min(cfl h / max|u|, accuracy / r) at the state ``rho`` (module docstring);
+        ``rate_bound``: r_lin if already computed."""
+        return self._step_and_speed(rho, cfl, accuracy, rate_bound)[0]
 
-    def _integrate(self, y0, ts, shape, name, *, dt, cfl, accuracy, solver, max_steps, adjoint=None):
-        """Checked arguments, then :func:`cfl_solve`; returns (ts, states at ts)."""
+    def _step_and_speed(self, rho, cfl, accuracy, rate_bound=None):
+        u = self.face_velocity(rho)
+        speed = jnp.max(jnp.abs(u))
+        grad = jnp.max(jnp.abs(u - jnp.roll(u, 1, axis=-1))) / self.h
+        r_lin = self.linear_rate_bound(rho.dtype) if rate_bound is None else rate_bound
+        rate = jnp.maximum(r_lin, grad)
+        dt = jnp.minimum(cfl * self.h / jnp.maximum(speed, 1e-30), accuracy / jnp.maximum(rate, 1e-30))
+        return dt, speed
+
+    def _integrate(self, y0, ts, shape, name, *, dt, cfl, accuracy, solver, max_steps, throw, adjoint=None):
+        """Checked arguments, then :func:`cfl_solve`; returns (ts, states at ts, result, stats)."""
         y0 = jnp.asarray(y0)
         require(y0.shape == shape, f"{name} must have shape {shape}, got {y0.shape}")
         require(jnp.issubdtype(y0.dtype, jnp.floating), f"{name} must be a floating-point array, got {y0.dtype}")
@@ -136,34 +159,158 @@ class AbstractFiniteVolume(eqx.Module):
         y0 = check_value(y0, ~jnp.all(y0 >= 0), f"{name} must be non-negative (and finite)")
         ts = check_value(ts, ~jnp.all(jnp.diff(ts) >= 0) | ~jnp.all(jnp.isfinite(ts)), "ts must be finite and non-decreasing")
         if dt is None:
-            require(0 < float(cfl) <= 0.5, f"cfl must be in (0, 1/2], got {cfl}")
-            require(0 < float(accuracy) <= 1, f"accuracy must be in (0, 1], got {accuracy}")
+            require(is_real_in(cfl, 0, 0.5), f"cfl must be in (0, 1/2], got {cfl}")
+            require(is_real_in(accuracy, 0, 1), f"accuracy must be in (0, 1], got {accuracy}")
             step = (jnp.asarray(cfl, y0.dtype), jnp.asarray(accuracy, y0.dtype))
         else:
-            require(float(dt) > 0, f"dt must be > 0, got {dt}")
+            if is_concrete(dt):
+                require(bool(np.isfinite(dt)) and float(dt) > 0, f"dt must be finite and > 0, got {dt}")
             step = jnp.asarray(dt, y0.dtype)
+            y0 = check_value(y0, ~(jnp.isfinite(step) & (step > 0)), "dt must be finite and > 0")
+        require(int(max_steps) >= 1, f"max_steps must be >= 1, got {max_steps}")
         solver = diffrax.Heun() if solver is None else solver
-        return ts, cfl_solve(self, y0, ts, step, dt is None, solver, int(max_steps), adjoint)
+        require(isinstance(solver, diffrax.AbstractSolver), f"solver must be a diffrax solver, got {type(solver).__name__}")
+        ys, result, t_end, stats = cfl_solve(self, y0, ts, step, dt is None, solver, int(max_steps), adjoint)
+        if throw:
+            ys = raise_on_failure(type(self).__name__, ys, result, t_end, ts[-1])
+        return ts, ys, result, stats
+
+
+def is_real_in(value, lo, hi) -> bool:
+    """``lo < value <= hi`` for a concrete real number (NaN and inf are out)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return False
+    return bool(np.isfinite(v)) and lo < v <= hi
+
+
+class RESULTS(diffrax.RESULTS):
+    """Result codes of the finite-volume solvers: diffrax's, plus the two failures of the state."""
+
+    nonfinite_density = ("the density became non-finite: lower cfl or dt (or keep the default adaptive step, dt=None), "
+                 "or use more cells")
+    negative_density = ("the density became negative beyond round-off (a step broke the positivity bound "
+                        "max|u| dt <= h/2): lower cfl or dt, or keep the default adaptive step (dt=None)")
+
+
+NEG_TOL = 100
+"""A negative cell average below -NEG_TOL eps max(rho) (eps of the dtype) is a failure."""
+MAX_REDO = 8
+"""Redos of one step (each with the step re-picked from the rejected state, or halved) before the
+step is kept and the failure checks decide."""
+SSP_SOLVERS = (diffrax.Euler, diffrax.Heun)
+"""Steppers under which the scheme preserves positivity (CFL <= 1/2), so a negative density is a failure."""
+
+
+def state_is_bad(y, positive: bool):
+    """Non-finite anywhere, or (``positive``) a cell below -NEG_TOL eps max|y|."""
+    bad = ~jnp.all(jnp.isfinite(y))
+    if positive:
+        tol = NEG_TOL * jnp.finfo(y.dtype).eps
+        bad = bad | (jnp.min(y) < -tol * jnp.max(jnp.abs(y)))
+    return bad
+
+
+class CFLController(diffrax.AbstractStepSizeController):
+    """The finite-volume step rule as a diffrax step-size controller (module docstring).
+
+    ``adaptive``: dt = min(cfl h / max|u|, accuracy / r) re-picked on the state at the end of every
+    step, a step redone when its end state is bad or breaks max|u| dt <= h/2; otherwise the fixed
+    ``dt`` (a bad state then fails at once). Either way every step is clipped so that the solve
+    lands exactly on each save time ``ts``."""
+
+    pde: AbstractFiniteVolume
+    ts: Array
+    step: Array | tuple[Array, Array]
+    rate_bound: Array
+    adaptive: bool = eqx.field(static=True)
+    positive: bool = eqx.field(static=True)
+
+    def wrap(self, direction):
+        return self
+
+    def _clip(self, t0, t1):
+        """t1, or the first save time after t0 if that comes sooner."""
+        i = jnp.minimum(jnp.searchsorted(self.ts, t0, side="right"), self.ts.shape[0] - 1)
+        return jnp.minimum(t1, jnp.where(self.ts[i] > t0, self.ts[i], t1))
+
+    def _dt(self, y):
+        if not self.adaptive:
+            return self.step, jnp.zeros((), y.dtype)
+        return self.pde._step_and_speed(y, *self.step, self.rate_bound)
+
+    def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
+        dt, _ = self._dt(y0)
+        return self._clip(t0, t0 + dt), jnp.zeros((), jnp.int32)
+
+    def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state):
+        taken = t1 - t0
+        dt, speed = self._dt(y1_candidate)
+        if self.adaptive:
+            bad = state_is_bad(y1_candidate, self.positive) | ~jnp.isfinite(dt)
+            redo = (bad | (speed * taken > 0.5 * self.pde.h)) & (controller_state < MAX_REDO)
+            dt = jnp.where(bad, 0.5 * taken, jnp.minimum(dt, jnp.where(redo, 0.5 * taken, jnp.inf)))
+        else:
+            redo = jnp.zeros((), bool)
+        keep = ~redo
+        next_t0 = jnp.where(keep, t1, t0)
+        next_t1 = self._clip(next_t0, next_t0 + jnp.maximum(dt, 1e-30))
+        count = jnp.where(keep, 0, controller_state + 1)
+        return keep, next_t0, next_t1, False, count, diffrax.RESULTS.successful
 
 
 @eqx.filter_jit
 def cfl_solve(pde, y0, ts, step, adaptive: bool, solver, max_steps: int, adjoint=None):
-    """Integrate ``pde.rhs`` from ts[0] to ts[-1], returning the states at every ts (stacked).
+    """Integrate ``pde.rhs`` from ts[0] to ts[-1] under :class:`CFLController`.
 
-    ``adaptive``: ``step`` = (cfl, accuracy) and dt = ``pde.default_step`` at the start of every
-    save interval (fixed steps inside it); otherwise ``step`` is dt itself. ``adjoint``: a diffrax
-    adjoint (``diffrax.ForwardMode()`` for forward-mode derivatives; default reverse-mode
-    checkpointing)."""
+    Returns (states at every ts stacked, a :class:`RESULTS` code, the time reached, stats);
+    past a failure the states are NaN. ``adaptive``: ``step`` = (cfl, accuracy); otherwise
+    ``step`` is dt itself. ``adjoint``: a diffrax adjoint (``diffrax.ForwardMode()`` for
+    forward-mode derivatives; default reverse-mode checkpointing)."""
     adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
+    positive = isinstance(solver, SSP_SOLVERS)
+    rate = pde.linear_rate_bound(y0.dtype) if adaptive else jnp.zeros((), y0.dtype)
+    controller = CFLController(pde, ts, step, rate, adaptive, positive)
+    event = diffrax.Event(lambda t, y, args, **kw: state_is_bad(y, positive))
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(pde.rhs), solver, t0=ts[0], t1=ts[-1], dt0=None, y0=y0,
+        saveat=diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=ts), diffrax.SubSaveAt(t1=True)]), stepsize_controller=controller, max_steps=max_steps,
+        adjoint=adjoint, event=event, throw=False,
+    )
+    ys, y_end, t_end = sol.ys[0], sol.ys[1][-1], sol.ts[1][-1]
+    fired = sol.result == diffrax.RESULTS.event_occurred
+    result = RESULTS.where(
+        fired, RESULTS.where(jnp.all(jnp.isfinite(y_end)), RESULTS.negative_density, RESULTS.nonfinite_density),
+        RESULTS.promote(sol.result))
+    ok = result == RESULTS.successful
+    # saves at or after a failure hold nothing the solver stands behind
+    after = (ts >= t_end) & ~ok
+    ys = jnp.where(after.reshape((-1,) + (1,) * y0.ndim), jnp.nan, ys)
+    stats = {"num_steps": sol.stats["num_steps"], "num_accepted_steps": sol.stats["num_accepted_steps"],
+             "num_rejected_steps": sol.stats["num_rejected_steps"]}
+    return ys, result, t_end, stats
 
-    def interval(y, t01):
-        t0, t1 = t01
-        dt = pde.default_step(y, *step) if adaptive else step
-        sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(pde.rhs), solver, t0=t0, t1=t1, dt0=jnp.maximum(jnp.minimum(dt, t1 - t0), 1e-30), y0=y,
-            stepsize_controller=diffrax.ConstantStepSize(), max_steps=max_steps, adjoint=adjoint,
-        )
-        return sol.ys[-1], sol.ys[-1]
 
-    _, ys = jax.lax.scan(interval, y0, (ts[:-1], ts[1:]))
-    return jnp.concatenate([y0[None], ys])
+def raise_on_failure(name: str, ys, result, t_end, t_final):
+    """``throw=True``: a :class:`meanfield.SolverError` (one line: the time reached, the cause and
+    its remedy) when ``result`` is a failure; eager calls raise at once, traced ones through
+    ``eqx.error_if`` (with the line printed first by a callback)."""
+    failed = result != RESULTS.successful
+    if is_concrete(result._value, t_end):
+        if bool(failed):
+            raise SolverError(f"{name}.solve failed at t = {float(t_end):.6g} (of {float(t_final):.6g}): "
+                              f"{RESULTS[result]}")
+        return ys
+    jax.debug.callback(functools.partial(_announce_failure, name), failed, t_end, t_final, result._value)
+    return eqx.error_if(ys, failed, f"{name}.solve failed (SolverError): see the line printed above; "
+                        "lower cfl or dt, or use more cells")
+
+
+def _announce_failure(name, failed, t_end, t_final, code):
+    failed = np.asarray(failed)
+    for i in zip(*np.nonzero(failed)) if failed.ndim else ([()] if failed else []):
+        message = RESULTS._index_to_message[int(np.asarray(code)[i])]
+        final = float(np.asarray(t_final)[i] if np.ndim(t_final) else t_final)
+        traced_failure(f"solver failure: {name}.solve failed at t = {float(np.asarray(t_end)[i]):.6g} "
+                       f"(of {final:.6g}): {message}", SolverError)

@@ -30,15 +30,19 @@ import numpy as np
 
 from .._errors import require
 from .._types import Array, ArrayLike, Density, Float, PRNGKeyArray, Real, Times
-from ._fv import ACCURACY, CFL, AbstractFiniteVolume, periodic_conv
+from ._fv import ACCURACY, CFL, RESULTS, AbstractFiniteVolume, periodic_conv
 
 
 class DensitySolution(eqx.Module):
-    """Saved densities: ``ts`` (T,), ``rho`` (T, M) cell averages, ``theta`` (M,) cell centres."""
+    """Saved densities: ``ts`` (T,), ``rho`` (T, M) cell averages, ``theta`` (M,) cell centres;
+    ``result`` a :class:`meanfield.pde.RESULTS` code (``RESULTS.successful``, or the failure of a
+    ``throw=False`` solve, whose saves from the failure on are NaN); ``stats`` the step counts."""
 
-    ts: Float[Array, " time"]
-    rho: Float[Array, "time m"]
-    theta: Float[Array, " m"]
+    ts: Float[Array, "*batch time"]
+    rho: Float[Array, "*batch time m"]
+    theta: Float[Array, "*batch m"]
+    result: RESULTS | None = None
+    stats: dict = eqx.field(default_factory=dict)
 
 
 class CircleMeanField(AbstractFiniteVolume):
@@ -81,19 +85,25 @@ class CircleMeanField(AbstractFiniteVolume):
         return num / periodic_conv(k_hat, rho, self.h, self.m)
 
     def solve(self, rho0: Real[ArrayLike, " m"], ts: Times, *, dt=None, cfl: float = CFL, accuracy: float = ACCURACY, solver=None,
-              max_steps: int = 1_000_000) -> DensitySolution:
+              max_steps: int = 1_000_000, throw: bool = True) -> DensitySolution:
         """Integrate from ts[0] to ts[-1], saving at ``ts``.
 
-        ``dt=None`` picks dt = min(cfl h / max|u|, accuracy / r) afresh at the start of every save
-        interval (fixed steps inside it, SSP Heun by default; r the fastest linear rate or the
-        largest velocity gradient, see :mod:`meanfield.pde._fv`): the CFL number must be <= 1/2
-        for positivity, and ``accuracy`` = 0.05 keeps the relative error of linear growth rates
-        near 4e-4 whatever the save times. Pass ``solver=diffrax.Tsit5()`` and ``dt`` to use
-        another diffrax solver (positivity is then not guaranteed).
+        ``dt=None`` (default): the step adapts throughout the solve, re-picked before every step
+        from the current state as dt = min(cfl h / max|u|, accuracy / r) (r the fastest linear
+        rate or the largest velocity gradient; SSP Heun by default; see :mod:`meanfield.pde._fv`),
+        and clipped to land on every save time, so the answer does not depend on the save grid.
+        The CFL number must be <= 1/2 for positivity; ``accuracy`` = 0.05 keeps the relative
+        error of linear growth rates near 4e-4. A fixed ``dt`` steps uniformly (and makes the
+        solve smooth in its inputs). Pass ``solver=diffrax.Tsit5()`` to use another diffrax
+        solver (positivity is then not guaranteed, and only non-finite states fail).
+
+        ``throw=True``: a failed solve (non-finite density; a negative one beyond round-off under
+        Euler/Heun) raises :class:`meanfield.SolverError` naming the time reached and the
+        remedy; ``throw=False`` returns it as ``result`` (saves from the failure on are NaN).
         """
-        ts, rho = self._integrate(rho0, ts, (self.m,), "rho0", dt=dt, cfl=cfl, accuracy=accuracy, solver=solver,
-                                  max_steps=max_steps)
-        return DensitySolution(ts=ts, rho=rho, theta=self.theta)
+        ts, rho, result, stats = self._integrate(rho0, ts, (self.m,), "rho0", dt=dt, cfl=cfl, accuracy=accuracy,
+                                                 solver=solver, max_steps=max_steps, throw=throw)
+        return DensitySolution(ts=ts, rho=rho, theta=self.theta, result=result, stats=stats)
 
 
 def particles_to_density(theta: Real[ArrayLike, " n"], m: int, bandwidth=0.1,

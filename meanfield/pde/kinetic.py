@@ -60,18 +60,21 @@ from .._types import Array, ArrayLike, Float, KineticDensity, Real, Shaped, Time
 from ..kernel.tokens import Prompt, TokenAux
 from ..sharding import pad_rows, token_shards
 from ..theory import kinetic_weights
-from ._fv import ACCURACY, CFL, AbstractFiniteVolume, muscl_divergence, periodic_conv
+from ._fv import ACCURACY, CFL, RESULTS, AbstractFiniteVolume, muscl_divergence, periodic_conv
 
 
 class KineticSolution(eqx.Module):
     """Saved densities: ``ts`` (T,), ``f`` (T, S, M) cell averages, ``s`` (S,) auxiliary values
-    (positions), ``w`` (S,) their weights, ``theta`` (M,) cell centres."""
+    (positions), ``w`` (S,) their weights, ``theta`` (M,) cell centres; ``result`` and ``stats``
+    as in :class:`meanfield.pde.DensitySolution`."""
 
     ts: Float[Array, " time"]
     f: Float[Array, "time s m"]
     s: Float[Array, " s"]
     w: Float[Array, " s"]
     theta: Float[Array, " m"]
+    result: RESULTS | None = None
+    stats: dict = eqx.field(default_factory=dict)
 
     def moment(self, n: int = 1) -> Shaped[Array, "time s"]:
         """Circular moment int e^{i n theta} f dtheta per row, shape (T, S) complex."""
@@ -366,14 +369,16 @@ class KineticMeanField(AbstractFiniteVolume):
         return muscl_divergence(f, self.face_velocity(f), self.h)
 
     def solve(self, f0: Real[ArrayLike, "s m"], ts: Times, *, dt=None, cfl: float = CFL, accuracy: float = ACCURACY, solver=None,
-              max_steps: int = 1_000_000, adjoint=None) -> KineticSolution:
+              max_steps: int = 1_000_000, adjoint=None, throw: bool = True) -> KineticSolution:
         """Integrate from ts[0] to ts[-1], saving at ``ts`` (as :meth:`CircleMeanField.solve`:
-        ``dt=None`` re-picks dt = min(cfl h / max|u|, accuracy / r) at every save interval, SSP
-        Heun; a fixed ``dt`` makes the solve smooth in its inputs, which :meth:`influence` needs;
-        ``adjoint`` as in diffrax, ``diffrax.ForwardMode()`` for jvp/jacfwd)."""
-        ts, f = self._integrate(f0, ts, (self.n_s, self.m), "f0", dt=dt, cfl=cfl, accuracy=accuracy, solver=solver,
-                                max_steps=max_steps, adjoint=adjoint)
-        return KineticSolution(ts=ts, f=f, s=self.s, w=self.w, theta=self.theta)
+        ``dt=None`` re-picks dt = min(cfl h / max|u|, accuracy / r) before every step from the
+        current state, SSP Heun; a fixed ``dt`` makes the solve smooth in its inputs, which
+        :meth:`influence` needs; ``adjoint`` as in diffrax, ``diffrax.ForwardMode()`` for
+        jvp/jacfwd; ``throw`` as there: a failed solve raises :class:`meanfield.SolverError`, or
+        with ``throw=False`` returns its ``result`` code)."""
+        ts, f, result, stats = self._integrate(f0, ts, (self.n_s, self.m), "f0", dt=dt, cfl=cfl, accuracy=accuracy,
+                                               solver=solver, max_steps=max_steps, adjoint=adjoint, throw=throw)
+        return KineticSolution(ts=ts, f=f, s=self.s, w=self.w, theta=self.theta, result=result, stats=stats)
 
     def mode_response(self, ts: Times, n: int, *, target: int = -1, dt=None) -> Float[Array, "time s"]:
         r"""Linear response of Fourier mode ``n`` about the uniform state, as a density over s:

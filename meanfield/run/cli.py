@@ -15,8 +15,9 @@ runs the same command, process 0 writes the outputs.
 
 Exit status: 0 success, 2 bad arguments/keys/values/paths, 3 refused (existing result, unfinished
 run without --resume, mismatched checkpoint), 4 paused by --max-chunks (checkpoint written;
-continue with --resume), 5 another run holds the output folder's lock, 130 interrupted (Ctrl-C;
-the last checkpoint is kept: continue with --resume). Runs use float64 (reference precision).
+continue with --resume), 5 another run holds the output folder's lock, 6 solver failure (a
+solve's state became non-finite or negative: the line names the time and the remedy; the last
+checkpoint is kept), 130 interrupted (Ctrl-C; the last checkpoint is kept: continue with --resume). Runs use float64 (reference precision).
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ import sys
 import time
 from pathlib import Path
 
+import equinox as eqx
 import jax
 import xarray as xr
 
 from .. import __version__
+from .._errors import SolverError, last_traced_failure, quiet_traced_failures
 from .config import ConfigError, apply_overrides, describe
 from .executor import Locked, Paused, RunError, execute
 from .presets import get_preset, load_presets, parse_grid
@@ -142,6 +145,7 @@ def _main(argv=None) -> int:
     if getattr(args, "distributed", False) or os.environ.get("JAX_COORDINATOR_ADDRESS"):
         _initialize_distributed()
     jax.config.update("jax_enable_x64", True)  # entry point: reference precision
+    quiet_traced_failures()  # errors raised inside traced solves are reported below, in one line
 
     try:
         if args.cmd == "list":
@@ -200,11 +204,22 @@ def _main(argv=None) -> int:
     except Locked as err:
         print(f"meanfield: busy: {err}", file=sys.stderr)
         return 5
+    except SolverError as err:
+        print(f"meanfield: solver failure: {err}", file=sys.stderr)
+        return 6
     except ValueError as err:  # the engine's own input checks (one line); MEANFIELD_DEBUG=1 re-raises
         if os.environ.get("MEANFIELD_DEBUG"):
             raise
         print(f"meanfield: error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
         return 2
+    except (jax.errors.JaxRuntimeError, eqx.EquinoxRuntimeError):
+        # a check that fired inside a traced solve: its one line was recorded by the callback
+        last = last_traced_failure()
+        if last is None or os.environ.get("MEANFIELD_DEBUG"):
+            raise
+        line, kind = last
+        print(f"meanfield: {line}", file=sys.stderr)
+        return 6 if kind is SolverError else 2
 
 
 if __name__ == "__main__":
