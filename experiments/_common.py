@@ -13,6 +13,7 @@ import xarray as xr
 
 import meanfield as mf
 from meanfield import observables as obs
+from meanfield.particles import available_memory, memory_estimate
 from meanfield.run import ConfigError, Preset, RunConfig, grid_param
 from meanfield.run.io import atomic_path, observable_vars
 
@@ -29,10 +30,7 @@ class ToleranceConfig(RunConfig):
     rtol: float = 1e-7
     atol: float = 1e-9
 
-    def validate(self):
-        super().validate()
-        require(np.isfinite(self.rtol) and self.rtol > 0 and np.isfinite(self.atol) and self.atol > 0,
-                f"rtol and atol must be finite and > 0, got rtol = {self.rtol}, atol = {self.atol}")
+    ranges = {"rtol": "(0, 1)", "atol": "(0, 1)"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,11 +44,7 @@ class SolveConfig(ToleranceConfig):
     cluster_tol: float = 1e-2
     """tokens closer than this are one cluster"""
 
-    def validate(self):
-        super().validate()
-        require(np.isfinite(self.t1) and self.t1 > 0, f"t1 must be finite and > 0, got {self.t1}")
-        require(self.n_save >= 2, f"n_save must be >= 2, got {self.n_save}")
-        require(self.cluster_tol > 0, f"cluster_tol must be > 0, got {self.cluster_tol}")
+    ranges = {"chunks": "[1, n_save - 1]", "t1": "(0, 1e6]", "n_save": "[chunks + 1, 100000]", "cluster_tol": "(0, 2]"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,12 +60,23 @@ class ParticleConfig(SolveConfig):
     chunks: int = 6
     """integration chunks (progress, checkpoints)"""
 
+    ranges = {"n": "[2, 2**20]", "d": "[2, 4096]", "beta": "[0, 1000]", "mask": "{full, causal}"}
+
     def validate(self):
+        """The ranges, then the memory a solve of n tokens in d dimensions with n_save saves needs
+        (:func:`meanfield.particles.memory_estimate`) against what the machine has."""
         super().validate()
-        require(self.n >= 2, f"n must be >= 2, got {self.n}")
-        require(self.d >= 2, f"d must be >= 2, got {self.d}")
-        require(self.beta >= 0, f"beta must be >= 0, got {self.beta}")
-        require(self.mask in ("full", "causal"), f"mask must be 'full' or 'causal', got {self.mask!r}")
+        check_memory(self.n, self.d, self.n_save)
+
+
+def check_memory(n: int, d: int, n_save: int) -> None:
+    """ConfigError when a float64 solve of n tokens in d dimensions, saving n_save states, needs more
+    memory than is available (:func:`meanfield.particles.memory_estimate`)."""
+    need = memory_estimate(mf.Attention(1.0), n, d, n_save)["total"]
+    avail = available_memory()
+    if avail is not None and need > avail:
+        raise ConfigError(f"n = {n}, d = {d}, n_save = {n_save} need about {need / 2**30:.3g} GB for the solve "
+                          f"but {avail / 2**30:.3g} GB is available: fewer tokens, dimensions or save times")
 
 
 def simulate_chunk(attn, x, ts, cfg, aux=None, prompt=None):

@@ -41,7 +41,7 @@ from meanfield.kernel import gaussian, random_fourier
 from meanfield.run import Preset, grid_param, register
 from meanfield.theory import additive_pe_pushforward, prompt_pushforward
 
-from ._common import SolveConfig, circle_w1_to, first_point, half_circle_prompts, midpoints, plt, require, save_figure, simulate_chunk
+from ._common import SolveConfig, circle_w1_to, first_point, half_circle_prompts, midpoints, plt, save_figure, simulate_chunk
 
 VARIANTS = ("none", "additive-sinusoidal", "additive-rff", "additive-gaussian", "concat", "rope", "prompt",
             "parallel-prompt")
@@ -75,14 +75,18 @@ class Config(SolveConfig):
     quadrature: int = 600
     """nodes of the theory's z-quadrature (sinusoidal encoding)"""
 
-    def validate(self):
-        super().validate()
-        require(self.n >= 2, f"n must be >= 2, got {self.n}")
-        require(self.beta >= 0 and self.alpha >= 0, "beta and alpha must be >= 0")
-        require(self.form in ("SA", "USA"), f"form must be SA or USA, got {self.form!r}")
-        require(self.prompt_size >= 1 and self.prompt_weight > 0, "prompt_size must be >= 1 and prompt_weight > 0")
-        require(0 < self.t_first < self.t1, "need 0 < t_first < t1")
-        require(self.quadrature >= 10, "quadrature must be >= 10")
+    ranges = {
+        "n": "[2, 65536]",
+        "beta": "[0, 100]",
+        "alpha": "[0, 100]",
+        "form": "{SA, USA}",
+        "rff_sigma": "(0, 1000]",
+        "prompt_size": "[1, 4096]",
+        "prompt_weight": "(0, 1e6]",
+        "t1": "(t_first, 1e6]",
+        "t_first": "(0, t1)",
+        "quadrature": "[10, 100000]",
+    }
 
 
 def z_tables(cfg, seed):

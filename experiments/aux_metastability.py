@@ -37,7 +37,7 @@ from meanfield import observables as obs
 from meanfield import theory
 from meanfield.run import register
 
-from ._common import HostPreset, ToleranceConfig, half_circle_prompts, plt, require, save_figure
+from ._common import HostPreset, ToleranceConfig, half_circle_prompts, plt, save_figure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,11 +58,18 @@ class AuxMetaConfig(ToleranceConfig):
     rtol: float = 1e-8
     atol: float = 1e-8
 
-    def validate(self):
-        super().validate()
-        require(self.n >= 4 and self.n_starts >= 2 and self.t1 > 0 and self.n_save >= 5, "need n >= 4, n_starts >= 2, t1 > 0, n_save >= 5")
-        require(min(self.betas) > 0 and min(self.alphas) >= 0 and min(self.weights) >= 0, "betas > 0, alphas and weights >= 0")
-        require(self.tol > 0 and self.search_starts >= 1 and self.search_hops >= 0, "need tol > 0, search_starts >= 1")
+    ranges = {
+        "n": "[4, 4096]",
+        "betas": "(0, 100], distinct",
+        "alphas": "[0, 100], distinct",
+        "weights": "[0, 1e6], distinct",
+        "n_starts": "[2, 4096]",
+        "t1": "(0, 1e6]",
+        "n_save": "[5, 100000]",
+        "tol": "(0, 2]",
+        "search_starts": "[1, 4096]",
+        "search_hops": "[0, 4096]",
+    }
 
 
 def _distance(x, y, invariant):

@@ -29,7 +29,7 @@ from meanfield import observables as obs
 from meanfield.run import Preset, register
 from meanfield.theory import additive_pe_pushforward
 
-from ._common import SolveConfig, circle_w1_to, first_point, midpoints, plt, require, save_figure, simulate_chunk
+from ._common import SolveConfig, circle_w1_to, first_point, midpoints, plt, save_figure, simulate_chunk
 
 
 def _u(s, freq):
@@ -52,10 +52,13 @@ class PEConfig(SolveConfig):
     cluster_tol: float = 0.05
     quadrature: int = 300
 
-    def validate(self):
-        super().validate()
-        require(self.n >= 2 and len(self.alphas) >= 1 and len(self.betas) >= 1, "need n >= 2 and non-empty alphas, betas")
-        require(min(self.alphas) >= 0 and min(self.betas) >= 0, "alphas and betas must be >= 0")
+    ranges = {
+        "n": "[2, 65536]",
+        "alphas": "[0, 100], distinct",
+        "betas": "[0, 1000], distinct",
+        "freq": "[-1000, 1000]",
+        "quadrature": "[10, 100000]",
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,9 +75,12 @@ class PromptConfig(SolveConfig):
     atol: float = 1e-8
     cluster_tol: float = 0.05
 
-    def validate(self):
-        super().validate()
-        require(self.n >= 2 and min(self.sizes) >= 1 and min(self.weights) > 0, "need n >= 2, sizes >= 1, weights > 0")
+    ranges = {
+        "n": "[2, 65536]",
+        "sizes": "[1, 4096], distinct",
+        "weights": "(0, 1e6], distinct",
+        "beta": "[0, 1000]",
+    }
 
 
 class _GridPreset(Preset):

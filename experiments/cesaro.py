@@ -28,7 +28,7 @@ from meanfield import theory
 from meanfield.influence import profile_stats
 from meanfield.run import RunConfig, register
 
-from ._common import HostPreset, plt, require, save_figure
+from ._common import HostPreset, plt, save_figure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,12 +43,13 @@ class CesaroConfig(RunConfig):
     interior: float = 0.05
     """the error is measured on s in [interior, 1 - interior]"""
 
-    def validate(self):
-        super().validate()
-        require(len(self.depths) >= 1 and min(self.depths) >= 1, "depths must be >= 1")
-        require(min(self.ns) >= 8 and len(self.n_conv) >= 3 and min(self.n_conv) >= 8, "need n >= 8 and 3+ n_conv")
-        require(0 < self.alpha <= 1, f"alpha must be in (0, 1], got {self.alpha}")
-        require(0 < self.interior < 0.5, "interior must be in (0, 1/2)")
+    ranges = {
+        "depths": "[1, 1024], distinct",
+        "ns": "[8, 2**24], distinct",
+        "n_conv": "[8, 2**24], length >= 3, distinct",
+        "alpha": "(0, 1]",
+        "interior": "(0, 0.5)",
+    }
 
 
 def _interior_error(n, depth, alpha, interior):

@@ -39,7 +39,7 @@ from meanfield.influence import bin_profile, is_u_shaped, u_shape_onset
 from meanfield.pde import CausalCoupling, KineticMeanField
 from meanfield.run import Preset, RunConfig, register
 
-from ._common import first_point, midpoints, plt, require, save_figure
+from ._common import first_point, midpoints, plt, save_figure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,15 +67,21 @@ class KineticConfig(RunConfig):
     """fixed step dt = cfl * 2 pi / m (SA speeds are <= 1)"""
     chunks: int = 4
 
-    def validate(self):
-        super().validate()
-        require(self.n_s >= 2 and self.m >= 8, "need n_s >= 2 and m >= 8")
-        require(len(self.betas) >= 1 and min(self.betas) > 0, "betas must be > 0")
-        require(self.lam >= 0 and self.kappa >= 0, "lam and kappa must be >= 0")
-        require(0 < self.t_early < self.t1, f"need 0 < t_early < t1, got {self.t_early}, {self.t1}")
-        require(self.n_early >= 3 and self.n_late >= 1, "need n_early >= 3 and n_late >= 1")
-        require(self.bins >= 3 and self.n_s % self.bins == 0, f"bins must be >= 3 and divide n_s = {self.n_s}")
-        require(0 < self.cfl <= 0.5, f"cfl must be in (0, 1/2], got {self.cfl}")
+    ranges = {
+        "chunks": "[1, n_early + n_late - 1]",
+        "n_s": "[bins, 4096], multiple of bins",
+        "m": "[8, 8192]",
+        "betas": "(0, 100], distinct",
+        "lam": "[0, 1e4]",
+        "kappa": "[0, 1e4]",
+        "twist": "[-1e4, 1e4]",
+        "t_early": "(0, t1)",
+        "n_early": "[max(3, chunks + 1 - n_late), 100000]",
+        "t1": "(t_early, 1e6]",
+        "n_late": "[max(1, chunks + 1 - n_early), 100000]",
+        "bins": "[3, n_s], divides n_s",
+        "cfl": "(0, 0.5]",
+    }
 
 
 def _pde(cfg, beta):

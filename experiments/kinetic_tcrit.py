@@ -57,7 +57,7 @@ from meanfield.influence import circle_retrieval_profile, u_shape_end
 from meanfield.pde import KineticMeanField
 from meanfield.run import RunConfig, register
 
-from ._common import HostPreset, log_axis_ticks, midpoints, plt, require, save_figure
+from ._common import HostPreset, log_axis_ticks, midpoints, plt, save_figure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,21 +89,22 @@ class KineticTcritConfig(RunConfig):
     n_times: int = 18
     """times of the slope scans, in [0.3, 2] t_crit"""
 
-    def validate(self):
-        super().validate()
-        require(len(self.betas) >= 1 and min(self.betas) > 0, "betas must be > 0")
-        require(self.lam > 0, f"lam must be > 0 (t_crit = 0 at lam = 0), got {self.lam}")
-        require(self.M > 0, f"M must be > 0, got {self.M}")
-        require(self.n_max >= 1, f"n_max must be >= 1, got {self.n_max}")
-        require(len(self.sizes) >= 1 and min(self.sizes) >= 8, "sizes must be >= 8")
-        require(self.pde_s >= 8 and 1 <= self.pde_modes <= self.n_max and self.pde_m > 2 * self.pde_modes,
-                f"need pde_s >= 8, 1 <= pde_modes <= n_max and pde_m > 2 pde_modes = {2 * self.pde_modes}")
-        require(self.n_particles >= 8, f"n_particles must be >= 8, got {self.n_particles}")
-        require(self.runs >= 4 and self.runs % 4 == 0, f"runs must be a positive multiple of 4, got {self.runs}")
-        require(self.bins >= 3 and self.n_particles % self.bins == 0, "bins must be >= 3 and divide n_particles")
-        require(len(self.t_ratios) >= 1 and min(self.t_ratios) > 0, "t_ratios must be > 0")
-        require(self.profile_beta in self.betas, f"profile_beta must be one of betas {self.betas}")
-        require(self.n_times >= 5, f"n_times must be >= 5, got {self.n_times}")
+    ranges = {
+        "betas": "(0, 100], distinct, contains profile_beta",
+        "lam": "(0, 1e4]",
+        "M": "(0, 1e4]",
+        "n_max": "[pde_modes, 1000]",
+        "sizes": "[8, 4096], distinct",
+        "pde_s": "[8, 1024]",
+        "pde_m": "(2 * pde_modes, 4096]",
+        "pde_modes": "[1, min(n_max, (pde_m - 1) // 2)]",
+        "n_particles": "[max(8, bins), 16384], multiple of bins",
+        "runs": "[4, 4096], multiple of 4",
+        "bins": "[3, n_particles], divides n_particles",
+        "t_ratios": "(0, 100], distinct",
+        "profile_beta": "one of betas",
+        "n_times": "[5, 10000]",
+    }
 
 
 def _slope_crossing(ts, profiles):

@@ -25,7 +25,7 @@ import meanfield as mf
 from meanfield.run.io import observable_vars
 from meanfield.run import Preset, RunConfig, grid_param, register
 
-from ._common import first_point, plt, require, save_figure
+from ._common import first_point, plt, save_figure
 
 NORMS = {"post-LN": mf.PostLN(), "pre-LN": mf.PreLN(), "peri-LN": mf.PeriLN(), "nGPT": mf.NGPT()}
 
@@ -43,13 +43,16 @@ class Config(RunConfig):
     """full | causal"""
     cluster_tol: float = 1e-2
 
-    def validate(self):
-        super().validate()
-        require(self.n >= 2 and self.d >= 2, "n and d must be >= 2")
-        require(self.beta >= 0, f"beta must be >= 0, got {self.beta}")
-        require(self.h > 0, f"h must be > 0, got {self.h}")
-        require(self.n_layers >= 1, f"n_layers must be >= 1, got {self.n_layers}")
-        require(self.mask in ("full", "causal"), f"mask must be 'full' or 'causal', got {self.mask!r}")
+    ranges = {
+        "chunks": "[1, n_layers]",
+        "n": "[2, 65536]",
+        "d": "[2, 4096]",
+        "beta": "[0, 1000]",
+        "h": "(0, 100]",
+        "n_layers": "[chunks, 100000]",
+        "mask": "{full, causal}",
+        "cluster_tol": "(0, 2]",
+    }
 
 
 @register

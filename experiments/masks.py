@@ -33,7 +33,7 @@ from meanfield import theory
 from meanfield.influence import layers_influence, rollout
 from meanfield.run import Preset, RunConfig, register
 
-from ._common import plt, require, save_figure
+from ._common import plt, save_figure
 
 MASKS = ("causal", "alibi", "window", "rope")
 
@@ -60,20 +60,19 @@ class MasksConfig(RunConfig):
     n_starts: int = 4
     """random starts averaged"""
 
-    def validate(self):
-        super().validate()
-        require(self.n >= 8, f"n must be >= 8, got {self.n}")
-        require(self.d >= 2 and self.d % 2 == 0, f"d must be even and >= 2 (RoPE), got {self.d}")
-        require(self.beta >= 0, f"beta must be >= 0, got {self.beta}")
-        require(len(self.depths) >= 2 and min(self.depths) >= 1, f"depths must be >= 1 (at least two), got {self.depths}")
-        require(list(self.depths) == sorted(set(self.depths)), f"depths must be increasing, got {self.depths}")
-        require(self.h > 0, f"h must be > 0, got {self.h}")
-        require(0 < self.alpha <= 1, f"alpha must be in (0, 1], got {self.alpha}")
-        require(self.alibi > 0, f"alibi must be > 0, got {self.alibi}")
-        require(1 <= self.window < self.n, f"window must be in [1, n), got {self.window}")
-        require(self.rope_base > 1, f"rope_base must be > 1, got {self.rope_base}")
-        require(self.spread > 0, f"spread must be > 0, got {self.spread}")
-        require(self.n_starts >= 1, f"n_starts must be >= 1, got {self.n_starts}")
+    ranges = {
+        "n": "[max(8, window + 1), 16384]",
+        "d": "[2, 4096], even",
+        "beta": "[0, 1000]",
+        "depths": "[1, 10000], length >= 2, increasing",
+        "h": "(0, 100]",
+        "alpha": "(0, 1]",
+        "alibi": "(0, 1e4]",
+        "window": "[1, n)",
+        "rope_base": "(1, 1e12]",
+        "spread": "(0, 1e6]",
+        "n_starts": "[1, 1024]",
+    }
 
 
 def attention(cfg, mask: str, beta) -> mf.Attention:

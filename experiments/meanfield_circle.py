@@ -28,7 +28,7 @@ from meanfield.pde.circle import CircleMeanField, density_to_particles, density_
 from meanfield.run import Preset, RunConfig, register
 from meanfield.theory import circle_growth_rate
 
-from ._common import ToleranceConfig, first_point, plt, require, save_figure
+from ._common import ToleranceConfig, first_point, plt, save_figure
 
 FORMS = ("SA", "USA")
 
@@ -46,11 +46,15 @@ class CircleConfig(RunConfig):
     chunks: int = 4
     cfl: float = 0.4
 
-    def validate(self):
-        super().validate()
-        require(self.m >= 8 and len(self.betas) >= 1 and min(self.betas) > 0, "need m >= 8 and betas > 0")
-        require(0 <= self.eps < 1, f"eps must be in [0, 1), got {self.eps}")
-        require(0 < self.cfl <= 0.5, f"cfl must be in (0, 1/2], got {self.cfl}")
+    ranges = {
+        "chunks": "[1, n_save - 1]",
+        "m": "[8, 65536]",
+        "betas": "(0, 100], distinct",
+        "eps": "[0, 1)",
+        "t1": "(0, 1e6]",
+        "n_save": "[chunks + 1, 100000]",
+        "cfl": "(0, 0.5]",
+    }
 
 
 @register
@@ -128,10 +132,13 @@ class PvPConfig(ToleranceConfig):
     rtol: float = 1e-8
     atol: float = 1e-8
 
-    def validate(self):
-        super().validate()
-        require(len(self.ns) >= 2 and min(self.ns) >= 2, "need at least two particle numbers >= 2")
-        require(self.n_seeds >= 1 and self.m >= 8 and self.t1 > 0, "need n_seeds >= 1, m >= 8, t1 > 0")
+    ranges = {
+        "beta": "[0, 100]",
+        "t1": "(0, 1e6]",
+        "ns": "[2, 65536], length >= 2, distinct",
+        "n_seeds": "[1, 1024]",
+        "m": "[8, 65536]",
+    }
 
 
 def _rho0(m):

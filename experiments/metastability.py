@@ -21,7 +21,6 @@ from ._common import (
     ParticlePreset,
     first_point,
     plt,
-    require,
     save_figure,
     sphere_snapshots,
 )
@@ -41,9 +40,10 @@ class Config(ParticleConfig):
     rtol: float = 1e-6
     atol: float = 1e-8
 
-    def validate(self):
-        super().validate()
-        require(0 < self.t_first < self.t1, f"need 0 < t_first < t1, got {self.t_first}, {self.t1}")
+    ranges = {
+        "t1": "(t_first, 1e9]",
+        "t_first": "(0, t1)",
+    }
 
 
 @register

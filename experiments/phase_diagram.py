@@ -24,7 +24,7 @@ import meanfield as mf
 from meanfield.run.io import observable_vars
 from meanfield.run import Preset, RunConfig, register
 
-from ._common import first_point, plt, require, save_figure, simulate_chunk
+from ._common import first_point, plt, save_figure, simulate_chunk
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,12 +45,19 @@ class Config(RunConfig):
     atol: float = 1e-8
     cluster_tol: float = 0.05
 
-    def validate(self):
-        super().validate()
-        require(self.n >= 2 and self.d >= 2, "n and d must be >= 2")
-        require(len(self.betas) >= 1 and min(self.betas) >= 0, f"betas must be non-empty and >= 0, got {self.betas}")
-        require(self.n_seeds >= 1, f"n_seeds must be >= 1, got {self.n_seeds}")
-        require(self.t1 > 0 and self.n_save >= 2, "t1 must be > 0 and n_save >= 2")
+    ranges = {
+        "chunks": "[1, n_save - 1]",
+        "n": "[2, 65536]",
+        "d": "[2, 4096]",
+        "betas": "[0, 1000], distinct",
+        "n_seeds": "[1, 1024]",
+        "sigma": "[0, 100]",
+        "t1": "(0, 1e6]",
+        "n_save": "[chunks + 1, 100000]",
+        "rtol": "(0, 1)",
+        "atol": "(0, 1)",
+        "cluster_tol": "(0, 2]",
+    }
 
 
 def _attention(cfg, beta, s):

@@ -32,7 +32,7 @@ from meanfield import observables as obs
 from meanfield import theory
 from meanfield.run import register
 
-from ._common import HostPreset, ToleranceConfig, half_circle_prompts as _prompts, log_axis_ticks, plt, require, save_figure
+from ._common import HostPreset, ToleranceConfig, half_circle_prompts as _prompts, log_axis_ticks, plt, save_figure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,12 +53,16 @@ class PromptParallelConfig(ToleranceConfig):
     rtol: float = 1e-10
     atol: float = 1e-10
 
-    def validate(self):
-        super().validate()
-        require(self.beta > 0 and self.weight >= 0, "need beta > 0 and weight >= 0")
-        require(len(self.ns) >= 2 and min(self.ns) >= 2, "need at least two token numbers >= 2")
-        require(self.t1 > 0 and self.n_save >= 3, "need t1 > 0 and n_save >= 3")
-        require(self.quadrature >= 8 and self.n_starts >= 1 and self.hops >= 0, "need quadrature >= 8, n_starts >= 1, hops >= 0")
+    ranges = {
+        "beta": "(0, 100]",
+        "weight": "[0, 1e6]",
+        "ns": "[2, 65536], length >= 2, distinct",
+        "t1": "(0, 1e6]",
+        "n_save": "[3, 100000]",
+        "quadrature": "[8, 100000]",
+        "n_starts": "[1, 4096]",
+        "hops": "[0, 4096]",
+    }
 
 
 def _times(cfg):

@@ -24,7 +24,7 @@ import xarray as xr
 from meanfield.studies import recall
 from meanfield.run import RunConfig, register
 
-from ._common import HostPreset, plt, require, save_figure
+from ._common import HostPreset, plt, save_figure
 
 AXES = ("d", "L", "N")
 
@@ -51,15 +51,22 @@ class RecallConfig(RunConfig):
     m_max: int = 4096
     """... and stops here"""
 
-    def validate(self):
-        super().validate()
-        for name in ("ds", "ls", "ns"):
-            vals = getattr(self, name)
-            require(len(vals) >= 3 and min(vals) >= 1, f"{name} needs >= 3 positive values for a fit, got {vals}")
-        require(0 < self.threshold < 1, f"threshold must be in (0, 1), got {self.threshold}")
-        require(self.seeds >= 1 and self.early_steps >= 1 and self.adam_steps >= 1, "seeds and steps must be >= 1")
-        require(self.adam_lr > 0 and 2 <= self.m_min < self.m_max, "need adam_lr > 0 and 2 <= m_min < m_max")
-        require(len(self.regimes) >= 1 and set(self.regimes) <= set(REGIMES), f"regimes must be among {REGIMES}")
+    ranges = {
+        "ds": "[1, 4096], length >= 3, distinct",
+        "ls": "[1, 4096], length >= 3, distinct",
+        "ns": "[1, 65536], length >= 3, distinct",
+        "d0": "[1, 4096]",
+        "l0": "[1, 4096]",
+        "n0": "[1, 65536]",
+        "threshold": "(0, 1)",
+        "seeds": "[1, 1024]",
+        "early_steps": "[1, 100000]",
+        "adam_steps": "[1, 100000]",
+        "adam_lr": "(0, 100]",
+        "regimes": "{early-gd, adam}, distinct",
+        "m_min": "[2, m_max)",
+        "m_max": "(m_min, 2**20]",
+    }
 
 
 REGIMES = ("early-gd", "adam")

@@ -30,7 +30,7 @@ import meanfield as mf
 from meanfield.studies import rope_locality as rope
 from meanfield.run import RunConfig, register
 
-from ._common import HostPreset, plt, require, save_figure
+from ._common import HostPreset, plt, save_figure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,15 +58,24 @@ class RopeConfig(RunConfig):
     twin_max_length: int = 16384
     """the score-twin fraction is measured up to this length (it scans all L positions)"""
 
-    def validate(self):
-        super().validate()
-        require(self.d >= 2 and self.d % 2 == 0, f"d must be even and >= 2, got {self.d}")
-        require(min(self.bases) > 1 and min(self.tradeoff_bases) > 1 and self.engine_base > 1, "RoPE bases must be > 1")
-        require(min(self.lengths) >= 2 and min(self.engine_lengths) >= 3, "lengths must be >= 2 (engine: >= 3)")
-        require(self.n_samples >= 1000, f"n_samples must be >= 1000, got {self.n_samples}")
-        require(self.short >= 2 and self.long >= 2, "short and long must be >= 2")
-        require(self.engine_d % 2 == 0 and self.engine_heads >= 1 and self.n_layers >= 0, "engine_d even, heads >= 1, n_layers >= 0")
-        require(self.n_sequences >= 1, "n_sequences must be >= 1")
+    ranges = {
+        "d": "[2, 1024], even",
+        "bases": "(1, 1e12], distinct",
+        "lengths": "[2, 2**24], distinct",
+        "signal": "[0, 1000]",
+        "n_samples": "[1000, 2**20]",
+        "tradeoff_bases": "(1, 1e12], distinct",
+        "short": "[2, 2**24]",
+        "long": "[2, 2**24]",
+        "engine_d": "[2, 1024], even",
+        "engine_heads": "[1, 64]",
+        "engine_base": "(1, 1e12]",
+        "engine_beta": "[0, 1000]",
+        "n_layers": "[0, 1000]",
+        "engine_lengths": "[3, 16384], distinct",
+        "n_sequences": "[1, 1024]",
+        "twin_max_length": "[2, 2**24]",
+    }
 
 
 def _est(e):

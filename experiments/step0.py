@@ -25,7 +25,7 @@ from meanfield.influence import profile_stats
 from meanfield.studies.decoders import DecoderConfig, step0_influence
 from meanfield.run import Preset, RunConfig, register
 
-from ._common import plt, require, save_figure
+from ._common import plt, save_figure
 
 VARIANTS = (("gpt2", False), ("gpt2", True), ("qwen2", False), ("qwen2", True))
 
@@ -40,10 +40,13 @@ class Step0Config(RunConfig):
     n_inits: int = 8
     """random (model, input) pairs averaged"""
 
-    def validate(self):
-        super().validate()
-        require(self.n >= 4 and self.depth >= 1 and self.n_inits >= 2, "need n >= 4, depth >= 1, n_inits >= 2")
-        require(self.width % self.heads == 0 and (self.width // self.heads) % 2 == 0, "width/heads must be even")
+    ranges = {
+        "n": "[4, 16384]",
+        "depth": "[1, 1024]",
+        "width": "[2 * heads, 4096], multiple of 2 * heads",
+        "heads": "[1, width // 2], divides width // 2",
+        "n_inits": "[2, 1024]",
+    }
 
 
 @register

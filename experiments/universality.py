@@ -43,7 +43,7 @@ from meanfield import theory
 from meanfield.run import register
 from meanfield.studies import learned_pe
 
-from ._common import HostPreset, ToleranceConfig, log_axis_ticks, midpoints, plt, require, save_figure
+from ._common import HostPreset, ToleranceConfig, log_axis_ticks, midpoints, plt, save_figure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,15 +75,21 @@ class UniversalityConfig(ToleranceConfig):
     rtol: float = 1e-10
     atol: float = 1e-10
 
-    def validate(self):
-        super().validate()
-        require(self.n >= 4 and self.beta > 0 and self.t1 > 0, "need n >= 4, beta > 0, t1 > 0")
-        require(len(self.weights) >= 2 and min(self.weights) > 0, "weights must be > 0 (at least two)")
-        require(len(self.ns) >= 2 and min(self.ns) >= 4 and self.weight_n > 0, "ns: at least two token counts >= 4; weight_n > 0")
-        require(self.n_starts >= 1 and self.margin >= 1, "need n_starts >= 1 and margin >= 1")
-        require(len(self.learned_ns) >= 1 and min(self.learned_ns) >= 4, "learned_ns: token counts >= 4")
-        require(self.n_freq >= 1 and self.fit_steps >= 1 and self.fit_t1 > 0, "need n_freq >= 1, fit_steps >= 1, fit_t1 > 0")
-        require(self.s2_side >= 2, f"s2_side must be >= 2, got {self.s2_side}")
+    ranges = {
+        "n": "[4, 65536]",
+        "beta": "(0, 100]",
+        "weights": "(0, 1e6], length >= 2, distinct",
+        "ns": "[4, 65536], length >= 2, distinct",
+        "weight_n": "(0, 1e6]",
+        "t1": "(0, 1e6]",
+        "n_starts": "[1, 4096]",
+        "margin": "[1, 1000]",
+        "learned_ns": "[4, 65536], distinct",
+        "n_freq": "[1, 1000]",
+        "fit_steps": "[1, 100000]",
+        "fit_t1": "(0, 1e6]",
+        "s2_side": "[2, 256]",
+    }
 
 
 def _circle_target():

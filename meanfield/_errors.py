@@ -8,6 +8,7 @@ user's ``jit``/``vmap``); solver failures are result codes.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import warnings
@@ -64,10 +65,17 @@ def traced_failure(line: str, kind: type) -> None:
         print(f"meanfield: {line}", file=sys.stderr, flush=True)
 
 
-def quiet_traced_failures() -> None:
-    """Entry points that report errors themselves (the ``meanfield`` command) turn the printing
-    of :func:`traced_failure` off and read :func:`last_traced_failure` instead."""
+@contextlib.contextmanager
+def quiet_traced_failures():
+    """Within the block, :func:`traced_failure` records without printing: entry points that report
+    errors themselves (the ``meanfield`` command) read :func:`last_traced_failure` instead. The
+    previous setting comes back on exit."""
+    before = _TRACED["announce"]
     _TRACED["announce"] = False
+    try:
+        yield
+    finally:
+        _TRACED["announce"] = before
 
 
 def last_traced_failure() -> tuple[str, type] | None:

@@ -165,7 +165,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
 
 
 def test_config_validation_messages():
-    with pytest.raises(ConfigError, match="chunks must be in"):
+    with pytest.raises(ConfigError, match=r"chunks = 0 is out of range: must be in \[1, n_save - 1\], n_save = 61"):
         apply_overrides(get_preset("clustering").Config(), ["chunks=0"])
     with pytest.raises(ConfigError, match="--grid key 'beta' given twice"):
         parse_grid(get_preset("clustering").Config(), ["beta=1", "beta=2"])

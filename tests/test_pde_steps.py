@@ -122,3 +122,42 @@ def test_bad_step_arguments_are_refused(bad):
     pde, rho0, _ = _case_sa20()
     with pytest.raises(ValueError, match=next(iter(bad))):
         pde.solve(rho0, jnp.linspace(0, 1, 3), **bad)
+
+
+def test_command_exits_6_with_one_line_on_a_solver_failure(tmp_path, monkeypatch, capsys):
+    """A preset whose traced solve fails: exit status 6, one line naming the time reached and the
+    remedy (no JAX traceback); nothing but the run record is left behind."""
+    import dataclasses
+
+    from meanfield.run import PRESETS, Preset, RunConfig, cli
+
+    @dataclasses.dataclass(frozen=True)
+    class Cfg(RunConfig):
+        dt: float = 0.5
+        ranges = {"dt": "(0, 10]"}
+
+    class Failing(Preset):
+        name = "test-failing-pde"
+        description = "a circle solve with a fixed step past the CFL bound"
+        Config = Cfg
+        vmap_keys = ("seed",)
+
+        def times(self, cfg):
+            return jnp.linspace(0.0, 20.0, 3)
+
+        def init(self, cfg, p):
+            return _case_sa20()[1]
+
+        def advance(self, cfg, p, state, ts):
+            sol = _case_sa20()[0].solve(state, ts, dt=cfg.dt)
+            return sol.rho[-1], {"x": sol.rho[1:]}
+
+        def dataset(self, cfg, ts, recs, grid):
+            raise AssertionError("never reached")
+
+    monkeypatch.setitem(PRESETS, "test-failing-pde", Failing())
+    code = cli.main(["run", "test-failing-pde", "--out", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 6
+    assert len(err) == 1 and err[0].startswith("meanfield: solver failure: CircleMeanField.solve failed at t = ")
+    assert "lower cfl or dt" in err[0]

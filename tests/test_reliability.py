@@ -66,7 +66,7 @@ def test_bad_cli_input_exit_codes(tmp_path, capsys):
         (["run", "clustering", "--out", str(tmp_path / "file"), *TINY], 2, "cannot create the output folder"),
         (["run", "clustering", "--out", str(tmp_path / "file" / "sub"), *TINY], 2, "cannot create the output folder"),
         (["run", "clustering", "--set", str(tmp_path / "bad.toml"), "--out", str(tmp_path / "t"), *TINY], 2, "invalid TOML"),
-        (["run", "clustering", "--set", "beta=-1", "--out", str(tmp_path / "b"), *TINY], 2, "beta must be >= 0"),
+        (["run", "clustering", "--set", "beta=-1", "--out", str(tmp_path / "b"), *TINY], 2, "beta = -1.0 is out of range: must be in [0, 1000]"),
         (["plot", str(tmp_path / "missing")], 2, "not found"),
     ]
     trunc = tmp_path / "trunc"

@@ -1,7 +1,7 @@
 """The ``meanfield`` command.
 
     meanfield list                                    presets with one-line descriptions
-    meanfield show PRESET                             its config keys, types and defaults
+    meanfield show PRESET                             its config keys, types, defaults and valid ranges
     meanfield run PRESET [--set key=value|file.toml ...] [--out DIR] [--resume] [--force]
     meanfield sweep PRESET --grid key=v1,v2,... [--grid ...] [--set ...] [--out DIR]
     meanfield plot DIR                                redraw the figures of a finished run
@@ -37,7 +37,7 @@ import xarray as xr
 from .. import __version__
 from .._errors import SolverError, last_traced_failure, quiet_traced_failures
 from .config import ConfigError, apply_overrides, describe
-from .executor import Locked, Paused, RunError, execute
+from .executor import Locked, Paused, RunError, check_run, execute
 from .presets import get_preset, load_presets, parse_grid
 
 
@@ -130,7 +130,8 @@ def _recorded_overrides(out: Path, name: str) -> list[str]:
 
 def main(argv=None) -> int:
     try:
-        return _main(argv)
+        with quiet_traced_failures():  # errors raised inside traced solves are reported below, in one line
+            return _main(argv)
     except BrokenPipeError:  # e.g. `meanfield list | head`: the reader left; not an error
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
@@ -145,7 +146,6 @@ def _main(argv=None) -> int:
     if getattr(args, "distributed", False) or os.environ.get("JAX_COORDINATOR_ADDRESS"):
         _initialize_distributed()
     jax.config.update("jax_enable_x64", True)  # entry point: reference precision
-    quiet_traced_failures()  # errors raised inside traced solves are reported below, in one line
 
     try:
         if args.cmd == "list":
@@ -182,6 +182,7 @@ def _main(argv=None) -> int:
         both = sorted(set(grid.keys) & {s.split("=", 1)[0].strip() for s in args.set if "=" in s})
         if both:
             raise ConfigError(f"{both} both set (--set) and swept (--grid); give each key one way")
+        check_run(preset, cfg, grid)  # sweepable, chunks against the save times: before anything starts
         t0 = time.perf_counter()
         ds = execute(preset, cfg, grid, out, resume=args.resume, force=args.force,
                      checkpoint_every=args.checkpoint_every, progress=not args.no_progress,

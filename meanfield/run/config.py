@@ -8,15 +8,22 @@ messages (unknown key -> list of valid keys; bad value -> expected type) are our
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import re
 import tomllib
 import typing
 from pathlib import Path
+
+from .ranges import Range, is_numeric
 
 
 class ConfigError(ValueError):
     """A bad key or value in a run configuration (the CLI exits with status 2)."""
 
 
+@functools.cache
+@typing.no_type_check  # pure-Python config parsing, no arrays (see meanfield.run.ranges)
 def field_types(cls) -> dict[str, type]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
@@ -31,15 +38,59 @@ def type_name(t) -> str:
     return getattr(t, "__name__", str(t))
 
 
+@functools.cache
+@typing.no_type_check
+def key_ranges(cls) -> dict[str, Range]:
+    """The declared range of every key of a config class: the ``ranges`` dicts of the class and
+    its bases, merged (a subclass overrides its bases), parsed (:mod:`meanfield.run.ranges`)."""
+    merged: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        merged.update(klass.__dict__.get("ranges", {}))
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: Range.parse(v) for k, v in merged.items() if k in names}
+
+
 def describe(cls, cfg=None) -> str:
-    """'key: type = value' lines for every field of a config class (its defaults, or the values of
-    the instance ``cfg``: the resolved config after overrides)."""
-    lines = []
+    """'key: type = value  in RANGE' lines for every field of a config class (its defaults, or
+    the values of the instance ``cfg``: the resolved config after overrides)."""
+    ranges = key_ranges(cls)
+    rows = []
     for f in dataclasses.fields(cls):
         t = field_types(cls)[f.name]
         value = f.default if cfg is None else getattr(cfg, f.name)
-        lines.append(f"  {f.name}: {type_name(t)} = {value!r}")
-    return "\n".join(lines)
+        rows.append((f"  {f.name}: {type_name(t)} = {value!r}", ranges[f.name].text if f.name in ranges else ""))
+    width = max(len(a) for a, _ in rows)
+    return "\n".join(f"{a:<{width}}  in {r}" if r else a for a, r in rows)
+
+
+@typing.no_type_check
+def check_ranges(cfg, first=()) -> None:
+    """Every key of ``cfg`` against its declared range (:func:`key_ranges`); a key without one
+    must at least be finite when it is a float. Raises a one-line :class:`ConfigError` naming the
+    key, the value and the range (and the values of the other keys the range names). The keys in
+    ``first`` (those the user set) are checked first, so that the error names the key the user
+    typed when a range ties two keys."""
+    cls = type(cfg)
+    ranges = key_ranges(cls)
+    types = field_types(cls)
+    values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)}
+    order = [k for k in first if k in values] + [k for k in values if k not in first]
+    for key in order:
+        value = values[key]
+        rng = ranges.get(key)
+        if rng is None:
+            if is_numeric(types[key]):
+                bad = [v for v in (value if isinstance(value, tuple) else (value,))
+                       if isinstance(v, float) and not math.isfinite(v)]
+                if bad:
+                    raise ConfigError(f"{key} = {value!r} is out of range: must be finite")
+            continue
+        why = rng.check(value, values)
+        if why is not None:
+            named = [w for w in dict.fromkeys(re.findall(r"[A-Za-z_]\w*", rng.text))
+                     if w in values and w != key and f"{w} = " not in why]
+            where = "".join(f", {w} = {values[w]!r}" for w in named)
+            raise ConfigError(f"{key} = {value!r} is out of range: {why}{where}")
 
 
 def coerce(cls, key: str, value):
@@ -105,6 +156,8 @@ def apply_overrides(cfg, overrides: list[str] | None):
         key, value = item.split("=", 1)
         changes[key.strip()] = coerce(type(cfg), key.strip(), value.strip())
     cfg = dataclasses.replace(cfg, **changes)
+    if dataclasses.is_dataclass(cfg) and hasattr(type(cfg), "ranges"):
+        check_ranges(cfg, first=list(changes))
     check = getattr(cfg, "validate", None)
     if check is not None:
         check()

@@ -30,7 +30,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from .config import ConfigError, coerce
+from .config import ConfigError, check_ranges, coerce
 
 ENTRY_POINTS = "meanfield.presets"
 """The entry-point group whose modules register presets when imported."""
@@ -51,11 +51,14 @@ class RunConfig:
     seed: int = 0
     """random seed"""
 
+    ranges: ClassVar[dict[str, str]] = {"chunks": "[1, 1]", "seed": "[0, 2**31 - 1]"}
+    """The valid range of each key (:mod:`meanfield.run.ranges`), merged with those of the
+    subclasses; ``chunks`` is at most the number of save intervals of the preset's times."""
+
     def validate(self):
-        """Checks that need no preset (the executor checks ``chunks`` against the save times);
-        subclasses that add checks call ``super().validate()``."""
-        if self.chunks < 1:
-            raise ConfigError(f"chunks must be in [1, number of save intervals], got {self.chunks}")
+        """Every key against its declared range (:func:`meanfield.run.config.check_ranges`), before
+        any compute; subclasses that add checks call ``super().validate()`` first."""
+        check_ranges(self)
 
 
 class Preset(abc.ABC):
@@ -151,8 +154,14 @@ class Grid:
         return {k: list(v) for k, v in zip(self.keys, self.values)}
 
 
+GRID_CHECK_LIMIT = 100_000
+"""Grids up to this many points are validated point by point (every combination); larger ones
+value by value against the base config."""
+
+
 def parse_grid(cfg, specs: list[str] | None) -> Grid:
-    """``["beta=1,2,4", "seed=0,1"]`` -> Grid, values coerced to the config's field types."""
+    """``["beta=1,2,4", "seed=0,1"]`` -> Grid, values coerced to the config's field types and every
+    grid point validated (``cfg`` with the point's values, ``validate()``) before any compute."""
     keys, values = [], []
     for spec in specs or []:
         if "=" not in spec:
@@ -168,7 +177,21 @@ def parse_grid(cfg, specs: list[str] | None) -> Grid:
             raise ConfigError(f"--grid {key}: repeated values {dup} (each grid coordinate must be distinct)")
         keys.append(key)
         values.append(vals)
-    return Grid(tuple(keys), tuple(values))
+    grid = Grid(tuple(keys), tuple(values))
+    check = getattr(cfg, "validate", None)
+    if check is not None and keys:
+        if int(np.prod(grid.shape)) <= GRID_CHECK_LIMIT:
+            points = [dict(zip(keys, pt)) for pt in grid.points()]
+        else:
+            points = [{k: v} for k, vals in zip(keys, values) for v in vals]
+        for point in points:
+            try:
+                point_cfg = dataclasses.replace(cfg, **point)
+                check_ranges(point_cfg, first=list(point))
+                point_cfg.validate()
+            except ConfigError as err:
+                raise ConfigError(f"--grid: {err}") from None
+    return grid
 
 
 def grid_param(grid: Grid, cfg, key: str) -> np.ndarray:
