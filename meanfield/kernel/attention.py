@@ -83,9 +83,13 @@ class Dense(AbstractBackend):
 class Chunked(AbstractBackend):
     """Online softmax over (query block, key block) tiles of size ``block``, O(N * block) memory;
     tiles the mask forbids are skipped. ``query_batch``: query blocks evaluated at once
-    (``jax.lax.map``'s ``batch_size``; 1 = one after the other, which skips every forbidden tile;
-    larger values expose more parallelism to a GPU, at the cost of evaluating forbidden tiles
-    whose query block shares a batch with allowed ones)."""
+    (``jax.lax.map``'s ``batch_size``). 1: one after the other, a ``lax.cond`` per tile skips every
+    forbidden tile. Larger values expose more parallelism to a GPU: each query block then loops
+    over its own key-tile range [lo, hi) (the first and last tile the mask allows, from the tiles'
+    position ranges), with query blocks i and nq - 1 - i paired in one loop, so that under a
+    causal mask every batched loop runs nq + 1 tiles and the forbidden upper half is not computed
+    (under batching a cond would become a select and compute every tile). Derivatives of that
+    path (jvp, and vjp through it) are those of the ``query_batch=1`` path."""
 
     block: int = eqx.field(default=512, static=True)
     query_batch: int = eqx.field(default=1, static=True)
@@ -95,7 +99,9 @@ class Chunked(AbstractBackend):
         require(int(self.query_batch) > 0, f"query_batch must be a positive integer, got {self.query_batch}")
 
     def field(self, attn, p):
-        return _chunked(attn, p, int(self.block), int(self.query_batch))
+        if int(self.query_batch) == 1:
+            return _chunked(attn, p, int(self.block), 1)
+        return _chunked_batched(attn, p, block=int(self.block), query_batch=int(self.query_batch))
 
 
 class Fused(AbstractBackend):
@@ -117,7 +123,7 @@ class Fused(AbstractBackend):
             require(b >= 16 and b & (b - 1) == 0, f"{name} must be a power of two >= 16, got {b}")
 
     def field(self, attn, p):
-        return _fused.field(self, attn, p)
+        return _fused.field(self, attn, p, _chunked_reference)
 
 
 def _backend(backend, block, query_batch, row_block) -> AbstractBackend:
@@ -358,11 +364,16 @@ class Attention(eqx.Module):
         dt = x.dtype
         aux = TokenAux.default(n, dt) if aux is None else aux
         zq = None if aux.z is None else aux.z.astype(dt)
-        keys, kpos, kmass, free, zk = x, aux.pos.astype(dt), aux.mass.astype(dt), jnp.zeros((n,), bool), zq
+        # positions relative to the smallest token position, subtracted in their own dtype before the
+        # cast to the tokens' dtype: masks and encodings use only differences, and integer positions
+        # beyond 2^24 (which float32 cannot tell apart) stay exact over a span up to 2^24
+        ref = jnp.min(aux.pos)
+        pos = (aux.pos - ref).astype(dt)
+        keys, kpos, kmass, free, zk = x, pos, aux.mass.astype(dt), jnp.zeros((n,), bool), zq
         if prompt is not None:
             psz = prompt.size
             pmass = jnp.full((psz,), 1.0 / n, dt) if prompt.mass is None else prompt.mass.astype(dt)
-            ppos = jnp.zeros((psz,), dt) if prompt.pos is None else prompt.pos.astype(dt)
+            ppos = jnp.zeros((psz,), dt) if prompt.pos is None else (prompt.pos - ref).astype(dt)
             pfree = jnp.full((psz,), prompt.pos is None)
             keys = jnp.concatenate([x, prompt.x.astype(dt)], axis=0)
             kpos = jnp.concatenate([kpos, ppos])
@@ -371,7 +382,7 @@ class Attention(eqx.Module):
             if zq is not None:
                 pz = jnp.zeros((psz, zq.shape[1]), dt) if prompt.z is None else prompt.z.astype(dt)
                 zk = jnp.concatenate([zq, pz], axis=0)
-        qs = Slots(jnp.arange(n), aux.pos.astype(dt), zq)
+        qs = Slots(jnp.arange(n), pos, zq)
         xq = x
         own_p = None if parallel is None else parallel.p.astype(dt)
         own_w = None if parallel is None else parallel.weight.astype(dt)
@@ -637,50 +648,39 @@ def _chunked(attn: Attention, p: _Prepared, block: int, query_batch: int) -> Arr
     k_free = jnp.any(free, axis=1)
     pn = attn.form == "USA" and position_normalized(attn.mask)
 
-    def one_query_block(qb):
-        qi, qs, own = qb
-        q_lo, q_hi = qs.pos.min(), qs.pos.max()
+    def raw_update(carry, kb, qi, qs):
+        mx, l, acc, pmx, pl = carry
+        kj, vj, ks, lm, fr = kb
+        s = _scores(attn, qi, kj, qs, ks, fr, p.beta, lm)
+        s = jnp.broadcast_to(s, (h, bq, bk))
+        m_new = jnp.maximum(mx, s.max(axis=-1))
+        m_safe = _finite(m_new)
+        w = jnp.exp(s - m_safe[..., None])
+        scale = jnp.exp(mx - m_safe)
+        l = l * scale + w.sum(axis=-1)
+        acc = acc * scale[..., None] + w @ vj
+        if pn:  # online positional normaliser sum_j m_j e^{b_ij}, scaled by its running max
+            b = jnp.broadcast_to(_position_logw(attn, qs, p, ks, fr, lm), (h, bq, bk))
+            pm_new = jnp.maximum(pmx, b.max(axis=-1))
+            pm_safe = _finite(pm_new)
+            pl = pl * jnp.exp(pmx - pm_safe) + jnp.exp(b - pm_safe[..., None]).sum(axis=-1)
+            pmx = pm_new
+        return m_new, l, acc, pmx, pl
 
-        @jax.checkpoint
-        def update(carry, kb):
-            mx, l, acc, pmx, pl = carry
-            kj, vj, ks, lm, fr = kb
-            s = _scores(attn, qi, kj, qs, ks, fr, p.beta, lm)
-            s = jnp.broadcast_to(s, (h, bq, bk))
-            m_new = jnp.maximum(mx, s.max(axis=-1))
-            m_safe = _finite(m_new)
-            w = jnp.exp(s - m_safe[..., None])
-            scale = jnp.exp(mx - m_safe)
-            l = l * scale + w.sum(axis=-1)
-            acc = acc * scale[..., None] + w @ vj
-            if pn:  # online positional normaliser sum_j m_j e^{b_ij}, scaled by its running max
-                b = jnp.broadcast_to(_position_logw(attn, qs, p, ks, fr, lm), (h, bq, bk))
-                pm_new = jnp.maximum(pmx, b.max(axis=-1))
-                pm_safe = _finite(pm_new)
-                pl = pl * jnp.exp(pmx - pm_safe) + jnp.exp(b - pm_safe[..., None]).sum(axis=-1)
-                pmx = pm_new
-            return m_new, l, acc, pmx, pl
+    update = jax.checkpoint(raw_update)
 
-        def body(carry, kb):
-            tile, (live, has_free, lo, hi) = kb
-            active = (attn.mask.block_active(q_lo, q_hi, lo, hi) | has_free) & live
-            return jax.lax.cond(active, update, lambda c, _: c, carry, tile), None
-
-        init = (
-            jnp.full((h, bq), -jnp.inf, dt),
-            jnp.zeros((h, bq), dt),
-            jnp.zeros((h, bq, d_out), dt),
-            jnp.full((h, bq), -jnp.inf, dt),
-            jnp.zeros((h, bq), dt),
-        )
+    def init_state(qi, own):
         if own is not None:  # the row's own prompt starts the online normalisers
             so = jnp.broadcast_to(_own_scores(p, qi, own), (h, bq))
             w0 = jnp.exp(so - _finite(so))
             pl0 = jnp.broadcast_to(jnp.exp(own.logm - _finite(own.logm)), (h, bq))
-            init = (so, w0, w0[..., None] * jnp.broadcast_to(own.v, (h, bq, d_out)),
+            return (so, w0, w0[..., None] * jnp.broadcast_to(own.v, (h, bq, d_out)),
                     jnp.broadcast_to(own.logm, (h, bq)), pl0)
-        tiles = ((k, v, kslots, logm, free), (k_live, k_free, k_lo, k_hi))
-        (mx, l, acc, pmx, pl), _ = jax.lax.scan(body, init, tiles)
+        return (jnp.full((h, bq), -jnp.inf, dt), jnp.zeros((h, bq), dt), jnp.zeros((h, bq, d_out), dt),
+                jnp.full((h, bq), -jnp.inf, dt), jnp.zeros((h, bq), dt))
+
+    def finish(carry):
+        mx, l, acc, pmx, pl = carry
         if pn:  # acc e^{mx} / (pl e^{pmx}); zero where the row sees no key
             shift = jnp.where(jnp.isfinite(mx) & jnp.isfinite(pmx), mx - pmx, 0.0)
             return acc * (jnp.exp(shift) / jnp.where(pl > 0, pl, 1.0))[..., None]
@@ -689,11 +689,101 @@ def _chunked(attn: Attention, p: _Prepared, block: int, query_batch: int) -> Arr
             return acc * jnp.exp(m_safe)[..., None]
         return _divide(acc, l[..., None])
 
-    batch = None if query_batch == 1 else min(query_batch, nq)
+    def one_query_block(qb):
+        qi, qs, own = qb
+        q_lo, q_hi = qs.pos.min(), qs.pos.max()
+
+        def body(carry, kb):
+            tile, (live, has_free, lo, hi) = kb
+            active = (attn.mask.block_active(q_lo, q_hi, lo, hi) | has_free) & live
+            return jax.lax.cond(active, lambda c, t: update(c, t, qi, qs), lambda c, _: c, carry, tile), None
+
+        tiles = ((k, v, kslots, logm, free), (k_live, k_free, k_lo, k_hi))
+        carry, _ = jax.lax.scan(body, init_state(qi, own), tiles)
+        return finish(carry)
+
+    def every_tile(qb):  # no tile can be skipped: a plain scan (under batching a cond is a select)
+        qi, qs, own = qb
+        tiles = (k, v, kslots, logm, free)
+        carry, _ = jax.lax.scan(lambda c, t: (raw_update(c, t, qi, qs), None), init_state(qi, own), tiles)
+        return finish(carry)
+
     own = None if p.own is None else _block_own(p.own, nq, bq)
-    out = jax.lax.map(one_query_block, (q, qslots, own), batch_size=batch)  # (nq, h, bq, d)
+    never_skips = attn.mask.block_active(qslots.pos.min(axis=1)[:, None], qslots.pos.max(axis=1)[:, None],
+                                         k_lo[None, :], k_hi[None, :])
+    never_skips = is_concrete(never_skips) and bool(jnp.all(never_skips))  # e.g. Full, ALiBi: known at trace time
+    if query_batch == 1:
+        out = jax.lax.map(one_query_block, (q, qslots, own))  # (nq, h, bq, d)
+    elif never_skips:
+        out = jax.lax.map(every_tile, (q, qslots, own), batch_size=min(query_batch, nq))
+    else:
+        out = _paired_blocks(attn, q, qslots, own, (k, v, kslots, logm, free), (k_live, k_free, k_lo, k_hi),
+                             init_state, update, finish, min(query_batch, -(-nq // 2)))
     out = jnp.moveaxis(out, 0, 1).reshape(h, nq * bq, d_out)
     return out[:, :n]
+
+
+def _chunked_reference(attn, p):
+    """The field through ``Chunked()`` (one query block at a time): the derivative of the paths that
+    have none of their own (``Fused``, ``Chunked(query_batch > 1)``)."""
+    return _chunked(attn, p, 512, 1)
+
+
+@eqx.filter_custom_jvp
+def _chunked_batched(attn, p, *, block, query_batch):
+    """:func:`_chunked` with ``query_batch`` > 1 (its loops have data-dependent lengths, which
+    reverse mode cannot differentiate); derivatives through the ``query_batch=1`` path, which
+    computes the same field."""
+    return _chunked(attn, p, block, query_batch)
+
+
+@_chunked_batched.def_jvp
+def _chunked_batched_jvp(primals, tangents, *, block, query_batch):
+    out = _chunked(*primals, block, query_batch)
+    _, t_out = eqx.filter_jvp(_chunked_reference, primals, tangents)
+    return out, t_out
+
+
+def _paired_blocks(attn, q, qslots, own, tiles, tile_info, init_state, update, finish, batch):
+    """The query blocks i and nq - 1 - i in one loop over t < n_i + n_{nq-1-i}, where n_i = hi_i - lo_i
+    counts the key tiles from the first to the last one the mask allows for block i (a superset:
+    the forbidden tiles inside it are computed with their scores masked). Pairs are mapped with
+    ``batch_size=batch``; under a causal mask in index order every pair runs nq + 1 tiles."""
+    nq = q.shape[0]
+    k_live, k_free, k_lo, k_hi = tile_info
+    q_lo, q_hi = qslots.pos.min(axis=1), qslots.pos.max(axis=1)
+    act = jax.vmap(lambda a, b: (attn.mask.block_active(a, b, k_lo, k_hi) | k_free) & k_live)(q_lo, q_hi)
+    act = jnp.broadcast_to(act, (nq, k_lo.shape[0]))
+    some = act.any(axis=1)
+    lo = jnp.where(some, jnp.argmax(act, axis=1), 0)
+    hi = jnp.where(some, act.shape[1] - jnp.argmax(act[:, ::-1], axis=1), 0)
+    pairs = -(-nq // 2)
+    a_idx = jnp.arange(pairs)
+    b_idx = nq - 1 - a_idx
+    pick = lambda tree, i: jax.tree.map(lambda x: x[i], tree)  # noqa: E731
+
+    def one_pair(ab):
+        a, b = ab
+        qa, qb = q[a], q[b]
+        sa, sb = pick(qslots, a), pick(qslots, b)
+        oa, ob = (None, None) if own is None else (pick(own, a), pick(own, b))
+        na = hi[a] - lo[a]
+        nb = jnp.where(b != a, hi[b] - lo[b], 0)
+
+        def body(t, carry):
+            ca, cb = carry
+            first = t < na
+            j = jnp.where(first, lo[a] + t, lo[b] + t - na)
+            sel = lambda x, y: jax.tree.map(lambda u, w: jnp.where(first, u, w), x, y)  # noqa: E731
+            new = update(sel(ca, cb), pick(tiles, j), sel(qa, qb), sel(sa, sb))
+            return sel(new, ca), sel(cb, new)
+
+        ca, cb = jax.lax.fori_loop(0, na + nb, body, (init_state(qa, oa), init_state(qb, ob)))
+        return finish(ca), finish(cb)
+
+    out_a, out_b = jax.lax.map(one_pair, (a_idx, b_idx), batch_size=batch)
+    out = jnp.zeros((nq,) + out_a.shape[1:], out_a.dtype)
+    return out.at[b_idx].set(out_b).at[a_idx].set(out_a)
 
 
 def precision_report(attn: Attention, x: TokensLike, aux: TokenAux | None = None, prompt: PromptArg = None) -> dict:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import math
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
@@ -43,16 +44,18 @@ from .._errors import require
 from .._types import Array
 from .masks import ALiBi, Causal, Compose, Full, PositionNormalized, Window
 
-_PREC = {"highest": jax.lax.Precision.HIGHEST, "tf32": jax.lax.Precision.DEFAULT, "bf16": None}
+LOG2E = 1.4426950408889634
+"""log2(e): the kernel works in base 2 (scores, log-masses and slopes scaled by it, exp2)."""
+PRECISIONS = ("highest", "tf32", "bf16")
 
 
 def mask_params(mask, heads: int):
-    """(causal, window, slopes (heads,), normalized) of a mask the fused kernel supports, with
-    causal in {0: none, 1: pos_j <= pos_i, 2: strict}; ValueError otherwise."""
+    """(causal, window, slopes (heads,), normalized, has_alibi) of a mask the fused kernel supports,
+    with causal in {0: none, 1: pos_j <= pos_i, 2: strict}; ValueError otherwise."""
     normalized = isinstance(mask, PositionNormalized)
     mask = mask.mask if normalized else mask
     parts = mask.masks if isinstance(mask, Compose) else (mask,)
-    causal, window, slopes = 0, math.inf, jnp.zeros((heads,))
+    causal, window, slopes, has_alibi = 0, math.inf, jnp.zeros((heads,)), False
     for m in parts:
         if isinstance(m, Full):
             continue
@@ -62,116 +65,209 @@ def mask_params(mask, heads: int):
             window = min(window, float(m.width))
         elif isinstance(m, ALiBi):
             slopes = slopes + jnp.broadcast_to(jnp.reshape(m.slope, (-1,)), (heads,)).astype(slopes.dtype)
+            has_alibi = True
         else:
             raise ValueError(
                 f"the Fused backend does not support the mask {type(m).__name__}; use backend=Chunked() "
                 "(supported: Full, Causal, Window, ALiBi, their & compositions and PositionNormalized of those)")
-    return causal, window, slopes, normalized
+    return causal, window, slopes, normalized, has_alibi
 
 
 def _pow2(n: int, lo: int = 16) -> int:
     return max(lo, pl.next_power_of_2(int(n)))
 
 
-def _kernel(qpos_ref, kpos_ref, logm_ref, slope_ref, q_ref, k_ref, v_ref, *refs, nk, bk, causal, window, usa,
-            precision, normalized=False, project=False):
-    vmat_ref, o_ref = refs if project else (None, refs[0])
-    q = q_ref[0]  # (bq, D)
-    qp = qpos_ref[...]  # (bq,)
-    slope = slope_ref[0]
-    bq, dv = q.shape[0], v_ref.shape[-1]
-    neg = jnp.finfo(jnp.float32).min
-    q_lo, q_hi = jnp.min(qp), jnp.max(qp)
+def split_bf16(x):
+    """x = hi + lo with hi = bf16(x), lo = bf16(x - hi): the pair keeps ~16 bits of x's mantissa."""
+    hi = x.astype(jnp.bfloat16)
+    return hi, (x - hi.astype(jnp.float32)).astype(jnp.bfloat16)
 
-    def update(carry, sl, kp, lm):
+
+def split3_bf16(x):
+    """x = hi + mid + lo in bf16 (~24 bits: float32's mantissa)."""
+    hi = x.astype(jnp.bfloat16)
+    r = x - hi.astype(jnp.float32)
+    mid = r.astype(jnp.bfloat16)
+    return hi, mid, (r - mid.astype(jnp.float32)).astype(jnp.bfloat16)
+
+
+def _dot(a, b, mode, contract):
+    """a . b contracting ``contract`` on tensor cores, float32 accumulation. ``a``, ``b``: a pair
+    (hi, lo) of bf16 arrays for "highest" (three products: hi hi + hi lo + lo hi, the lo lo term is
+    below float32 rounding), one bf16 array for "bf16", one float32 array for "tf32"; a triple
+    (hi, mid, lo) for "highest3" (six products, float32 accuracy; for the once-per-row projection)."""
+    dims = (contract, ((), ()))
+    if mode == "highest3":
+        (ah, am, al), (bh, bm, bl) = a, b
+        f = lambda x, y: jax.lax.dot_general(x, y, dims, preferred_element_type=jnp.float32)  # noqa: E731
+        return f(ah, bh) + (f(ah, bm) + f(am, bh)) + (f(ah, bl) + f(am, bm) + f(al, bh))
+    if mode == "highest":
+        (ah, al), (bh, bl) = a, b
+        f = lambda x, y: jax.lax.dot_general(x, y, dims, preferred_element_type=jnp.float32)  # noqa: E731
+        return f(ah, bh) + (f(ah, bl) + f(al, bh))
+    prec = None if mode == "bf16" else jax.lax.Precision.DEFAULT
+    return jax.lax.dot_general(a, b, dims, precision=prec, preferred_element_type=jnp.float32)
+
+
+def _operand(x, mode):
+    """The form ``_dot`` takes for a float32 array ``x``."""
+    if mode == "highest3":
+        return split3_bf16(x)
+    if mode == "highest":
+        return split_bf16(x)
+    return x.astype(jnp.bfloat16) if mode == "bf16" else x
+
+
+def _kernel(bounds_ref, qpos_ref, kpos_ref, logm_ref, slope_ref, *refs, bk, causal, window, usa, mode,
+            normalized, project, has_alibi):
+    n_op = 2 if mode == "highest" else 1
+    q_refs, refs = refs[:n_op], refs[n_op:]
+    k_refs, refs = refs[:n_op], refs[n_op:]
+    v_refs, refs = refs[:n_op], refs[n_op:]
+    vmat_ref, o_ref = refs if project else (None, refs[0])
+    q = tuple(r[0] for r in q_refs) if n_op == 2 else q_refs[0][0]  # (bq, D), scores in log2 units
+    qp = qpos_ref[...]  # (bq,) int32 or float32, centred
+    slope = slope_ref[0]  # log2 units
+    bq, dv = qp.shape[0], v_refs[0].shape[-1]
+    neg = jnp.finfo(jnp.float32).min
+    lo, a, b, hi = bounds_ref[0, 0], bounds_ref[0, 1], bounds_ref[0, 2], bounds_ref[0, 3]
+
+    def tile(j, carry, masked):
         mx, l, acc, pmx, pl_ = carry
-        k, v = k_ref[0, sl, :], v_ref[0, sl, :]
-        if precision is None:  # bf16 scores, float32 accumulation
-            s = jax.lax.dot_general(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), (((1,), (1,)), ((), ())),
-                                    preferred_element_type=jnp.float32)
-        else:
-            s = jax.lax.dot_general(q, k, (((1,), (1,)), ((), ())), precision=precision,
-                                    preferred_element_type=jnp.float32)
-        dist = jnp.abs(qp[:, None] - kp[None, :])
-        b = lm[None, :] - slope * dist  # positional log-weights log m_j + b_ij
-        if causal:
-            b = jnp.where(kp[None, :] < qp[:, None] if causal == 2 else kp[None, :] <= qp[:, None], b, -jnp.inf)
-        if window != math.inf:
-            b = jnp.where(dist < window, b, -jnp.inf)
-        s = s + b
-        if normalized:  # online positional normaliser sum_j m_j e^{b_ij}
-            pm_new = jnp.maximum(pmx, jnp.max(b, axis=1))
+        sl = pl.ds(pl.multiple_of(j * bk, bk), bk)
+        k = tuple(r[0, sl, :] for r in k_refs) if n_op == 2 else k_refs[0][0, sl, :]
+        v = tuple(r[0, sl, :] for r in v_refs) if n_op == 2 else v_refs[0][0, sl, :]
+        s = _dot(q, k, mode, ((1,), (1,)))
+        bias = logm_ref[sl][None, :]  # log2 m_j
+        if has_alibi or masked:
+            diff = qp[:, None] - kpos_ref[sl][None, :]  # exact: int32, or float32 centred positions
+        if has_alibi:
+            bias = bias - slope * jnp.abs(diff).astype(jnp.float32)
+        if masked:
+            ok = jnp.full(diff.shape, True)
+            if causal:
+                ok = diff > 0 if causal == 2 else diff >= 0
+            if window != math.inf:
+                ok = ok & (jnp.abs(diff).astype(jnp.float32) < window)
+            bias = jnp.where(ok, bias, -jnp.inf)
+        s = s + bias
+        if normalized:  # online positional normaliser sum_j m_j 2^{b_ij}
+            pm_new = jnp.maximum(pmx, jnp.max(bias, axis=1))
             pm_safe = jnp.maximum(pm_new, neg)
-            pl_ = pl_ * jnp.exp(pmx - pm_safe) + jnp.sum(jnp.exp(b - pm_safe[:, None]), axis=1)
+            pl_ = pl_ * jnp.exp2(pmx - pm_safe) + jnp.sum(jnp.exp2(bias - pm_safe[:, None]), axis=1)
             pmx = pm_new
         m_new = jnp.maximum(mx, jnp.max(s, axis=1))
         m_safe = jnp.maximum(m_new, neg)
-        w = jnp.exp(s - m_safe[:, None])
-        scale = jnp.exp(mx - m_safe)
+        w = jnp.exp2(s - m_safe[:, None])
+        scale = jnp.exp2(mx - m_safe)
         l = l * scale + jnp.sum(w, axis=1)
-        acc = acc * scale[:, None] + jax.lax.dot_general(w, v, (((1,), (0,)), ((), ())),
-                                                         precision=jax.lax.Precision.HIGHEST,
-                                                         preferred_element_type=jnp.float32)
+        acc = acc * scale[:, None] + _dot(_operand(w, mode), v, mode, ((1,), (0,)))
         return m_new, l, acc, pmx, pl_
-
-    def body(j, carry):
-        sl = pl.ds(j * bk, bk)
-        kp, lm = kpos_ref[sl], logm_ref[sl]
-        active = jnp.max(lm) > -jnp.inf
-        if causal:
-            active = active & ((jnp.min(kp) < q_hi) if causal == 2 else (jnp.min(kp) <= q_hi))
-        if window != math.inf:
-            gap = jnp.maximum(jnp.maximum(jnp.min(kp) - q_hi, q_lo - jnp.max(kp)), 0.0)
-            active = active & (gap < window)
-        return jax.lax.cond(active, lambda c: update(c, sl, kp, lm), lambda c: c, carry)
 
     init = (jnp.full((bq,), -jnp.inf, jnp.float32), jnp.zeros((bq,), jnp.float32), jnp.zeros((bq, dv), jnp.float32),
             jnp.full((bq,), -jnp.inf, jnp.float32), jnp.zeros((bq,), jnp.float32))
-    mx, l, acc, pmx, pl_ = jax.lax.fori_loop(0, nk, body, init)
-    if usa and normalized:  # acc e^{mx} / (pl e^{pmx}); zero where the row sees no key
+    # key tiles [lo, a) and [b, hi) may hold forbidden pairs (mask arithmetic); [a, b) are wholly
+    # allowed (no mask arithmetic); no control flow around the loads inside any of the loops
+    carry = jax.lax.fori_loop(lo, a, lambda j, c: tile(j, c, True), init)
+    carry = jax.lax.fori_loop(a, b, lambda j, c: tile(j, c, False), carry)
+    mx, l, acc, pmx, pl_ = jax.lax.fori_loop(b, hi, lambda j, c: tile(j, c, True), carry)
+    if usa and normalized:  # acc 2^{mx} / (pl 2^{pmx}); zero where the row sees no key
         shift = jnp.where((mx > -jnp.inf) & (pmx > -jnp.inf), mx - pmx, 0.0)
-        out = acc * (jnp.exp(shift) / jnp.where(pl_ > 0, pl_, 1.0))[:, None]
+        out = acc * (jnp.exp2(shift) / jnp.where(pl_ > 0, pl_, 1.0))[:, None]
     elif usa:
-        out = acc * jnp.exp(jnp.maximum(mx, neg))[:, None]
+        out = acc * jnp.exp2(jnp.maximum(mx, neg))[:, None]
     else:
         out = acc / jnp.where(l > 0, l, 1.0)[:, None]
     if project:  # the head's value projection, in-kernel: V_h sum_j w_ij x_j = sum_j w_ij V_h x_j
-        out = jax.lax.dot_general(out, vmat_ref[0], (((1,), (1,)), ((), ())), precision=jax.lax.Precision.HIGHEST,
-                                  preferred_element_type=jnp.float32)
+        pmode = "highest3" if mode == "highest" else mode
+        out = _dot(_operand(out, pmode), _operand(vmat_ref[0], pmode), pmode, ((1,), (1,)))
     o_ref[0] = out.astype(o_ref.dtype)
 
 
+def centred_positions(qpos, kpos):
+    """Query and key positions relative to their common minimum: int32 when the positions are
+    integers (exact comparisons and differences at any magnitude, 2^24 and beyond), float32
+    otherwise (the subtraction runs in the input dtype, so float64 positions keep their spacing)."""
+    ref = jnp.minimum(jnp.min(qpos), jnp.min(kpos))
+    if jnp.issubdtype(qpos.dtype, jnp.integer) and jnp.issubdtype(kpos.dtype, jnp.integer):
+        return (qpos - ref).astype(jnp.int32), (kpos - ref).astype(jnp.int32)
+    dt = jnp.result_type(qpos.dtype, kpos.dtype, jnp.float32)
+    return (qpos.astype(dt) - ref.astype(dt)).astype(jnp.float32), (kpos.astype(dt) - ref.astype(dt)).astype(jnp.float32)
+
+
+def tile_bounds(qpos, kpos, logm, bq, bk, causal, window):
+    """(nq, 4) int32 (lo, a, b, hi) per query block: key tiles [lo, hi) hold every pair the mask
+    may allow (from the blocks' and tiles' position ranges; tiles of padding are out), and
+    [a, b) within it holds only tiles whose every pair is allowed, which need no mask arithmetic.
+    A superset: the tiles of [lo, a) and [b, hi) that turn out wholly forbidden are computed with
+    every score masked. Under a causal mask in index order, [lo, hi) is the causal lower triangle
+    and [a, b) all of it but the diagonal tile."""
+    nq, nk = qpos.shape[0] // bq, kpos.shape[0] // bk
+    qb, kt = qpos.reshape(nq, bq), kpos.reshape(nk, bk)
+    q_lo, q_hi = qb.min(1)[:, None], qb.max(1)[:, None]
+    k_lo, k_hi = kt.min(1)[None, :], kt.max(1)[None, :]
+    live = (logm.reshape(nk, bk).max(1) > -jnp.inf)[None, :]
+    active = jnp.broadcast_to(live, (nq, nk))
+    full = jnp.ones((nq, nk), bool)
+    if causal:
+        active = active & ((k_lo < q_hi) if causal == 2 else (k_lo <= q_hi))
+        full = full & ((k_hi < q_lo) if causal == 2 else (k_hi <= q_lo))
+    if window != math.inf:
+        gap = jnp.maximum(jnp.maximum(k_lo - q_hi, q_lo - k_hi), 0).astype(jnp.float32)
+        span = jnp.maximum(q_hi - k_lo, k_hi - q_lo).astype(jnp.float32)
+        active = active & (gap < window)
+        full = full & (span < window)
+    idx = jnp.arange(nk)[None, :]
+    some = active.any(1)
+    lo = jnp.where(some, jnp.argmax(active, 1), 0)
+    hi = jnp.where(some, nk - jnp.argmax(active[:, ::-1], 1), 0)
+    inside = (idx >= lo[:, None]) & (idx < hi[:, None])
+    f = full & inside
+    a = jnp.where(f.any(1), jnp.argmax(f, 1), hi)
+    after = ~full & inside & (idx >= a[:, None])
+    b = jnp.where(after.any(1), jnp.argmax(after, 1), hi)
+    return jnp.stack([lo, a, b, hi], axis=1).astype(jnp.int32)
+
+
 def fused_field(q, k, v, qpos, kpos, mass, *, causal, window, slopes, usa, precision, block_q, block_k, interpret,
-                num_warps=None, num_stages=None, normalized=False, vmat=None):
+                num_warps=None, num_stages=None, normalized=False, vmat=None, has_alibi=True):
     """Per-head field (H, N, dv) of queries q (H, N, d) (beta folded in) over keys k (Hk, M, d)
     and values v (Hv, M, dv) (Hk, Hv in {1, H}: a single copy is shared by every head) with
     positions qpos (N,), kpos (M,), key masses (M,), per-head ALiBi slopes (H,), through the
     Pallas kernel (see module docstring). ``vmat`` (Hm, dout, dv), Hm in {1, H}: a value
     projection applied in-kernel to each row's weighted sum (output (H, N, dout))."""
+    require(precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {precision!r}")
     h, n, d = q.shape
     m, dv = k.shape[1], v.shape[-1]
     bq = min(block_q, _pow2(n, 16))
     bk = min(block_k, _pow2(m, 16))
     np_, mp = -(-n // bq) * bq, -(-m // bk) * bk
+    nq = np_ // bq
     dp, dvp = _pow2(d), _pow2(dv)
     f32 = jnp.float32
-    q = pad_axis(pad_axis(q.astype(f32), dp, 2, 0.0), np_, 1, 0.0)
+    q = pad_axis(pad_axis(q.astype(f32) * LOG2E, dp, 2, 0.0), np_, 1, 0.0)
     k = pad_axis(pad_axis(k.astype(f32), dp, 2, 0.0), mp, 1, 0.0)
     v = pad_axis(pad_axis(v.astype(f32), dvp, 2, 0.0), mp, 1, 0.0)
-    qpos = pad_axis(qpos.astype(f32), np_, 0)
-    kpos = pad_axis(kpos.astype(f32), mp, 0)
-    logm = pad_axis(jnp.log(mass.astype(f32)), mp, 0, -jnp.inf)
+    qpos, kpos = centred_positions(qpos, kpos)
+    qpos, kpos = pad_axis(qpos, np_, 0, qpos[-1]), pad_axis(kpos, mp, 0, kpos[-1])  # edge: keeps tile ranges tight
+    logm = pad_axis(jnp.log(mass.astype(f32)) * LOG2E, mp, 0, -jnp.inf)
+    bounds = tile_bounds(qpos, kpos, logm, bq, bk, int(causal), window)
+    # longest rows first under a causal mask (the grid runs in ascending program order)
+    row = (lambda i: nq - 1 - i) if causal else (lambda i: i)
     shared = lambda a: (lambda hh, i: (0, 0, 0)) if a.shape[0] == 1 else (lambda hh, i: (hh, 0, 0))  # noqa: E731
+    ops = lambda x: split_bf16(x) if precision == "highest" else ((x.astype(jnp.bfloat16),) if precision == "bf16" else (x,))  # noqa: E731
+    qs, ks, vs = ops(q), ops(k), ops(v)
     in_specs = [
-        pl.BlockSpec((bq,), lambda hh, i: (i,)),
+        pl.BlockSpec((1, 4), lambda hh, i: (row(i), 0)),
+        pl.BlockSpec((bq,), lambda hh, i: (row(i),)),
         pl.BlockSpec((mp,), lambda hh, i: (0,)),
         pl.BlockSpec((mp,), lambda hh, i: (0,)),
         pl.BlockSpec((1,), lambda hh, i: (hh,)),
-        pl.BlockSpec((1, bq, dp), lambda hh, i: (hh, i, 0)),
-        pl.BlockSpec((1, mp, dp), shared(k)),
-        pl.BlockSpec((1, mp, dvp), shared(v)),
+        *[pl.BlockSpec((1, bq, dp), lambda hh, i: (hh, row(i), 0)) for _ in qs],
+        *[pl.BlockSpec((1, mp, dp), shared(k)) for _ in ks],
+        *[pl.BlockSpec((1, mp, dvp), shared(v)) for _ in vs],
     ]
-    args = [qpos, kpos, logm, slopes.astype(f32), q, k, v]
+    args = [bounds, qpos, kpos, logm, slopes.astype(f32) * LOG2E, *qs, *ks, *vs]
     dout, doutp = dv, dvp
     if vmat is not None:
         dout = vmat.shape[1]
@@ -179,14 +275,14 @@ def fused_field(q, k, v, qpos, kpos, mass, *, causal, window, slopes, usa, preci
         vmat = pad_axis(pad_axis(vmat.astype(f32), dvp, 2, 0.0), doutp, 1, 0.0)
         in_specs.append(pl.BlockSpec((1, doutp, dvp), shared(vmat)))
         args.append(vmat)
-    kernel = functools.partial(_kernel, nk=mp // bk, bk=bk, causal=int(causal), window=window, usa=usa,
-                               precision=_PREC[precision], normalized=bool(normalized), project=vmat is not None)
+    kernel = functools.partial(_kernel, bk=bk, causal=int(causal), window=window, usa=usa, mode=precision,
+                               normalized=bool(normalized), project=vmat is not None, has_alibi=bool(has_alibi))
     out = pl.pallas_call(
         kernel,
         out_shape=jax.ShapeDtypeStruct((h, np_, doutp), f32),
-        grid=(h, np_ // bq),
+        grid=(h, nq),
         in_specs=in_specs,
-        out_specs=pl.BlockSpec((1, bq, doutp), lambda hh, i: (hh, i, 0)),
+        out_specs=pl.BlockSpec((1, bq, doutp), lambda hh, i: (hh, row(i), 0)),
         interpret=interpret,
         compiler_params=None if interpret else plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
         name="meanfield_fused_attention",
@@ -206,10 +302,29 @@ def check_supported(attn, p) -> None:
     require(p.q.dtype == jnp.float32, f"the Fused backend computes in float32, got {p.q.dtype}; use backend=Chunked() or Dense() for float64")
 
 
-def field(spec, attn, p) -> Array:
-    """The per-head field of the prepared rows ``p`` for the :class:`~meanfield.kernel.Fused` settings ``spec``."""
+def field(spec, attn, p, reference) -> Array:
+    """The per-head field of the prepared rows ``p`` for the :class:`~meanfield.kernel.Fused` settings
+    ``spec``. Derivatives (jvp, and vjp through it) are those of ``reference(attn, p)`` (the
+    ``Chunked()`` path, which computes the same field): the Pallas kernel has no derivative rule."""
     check_supported(attn, p)
-    causal, window, slopes, normalized = mask_params(attn.mask, attn.heads)
+    mask_params(attn.mask, attn.heads)  # refuse unsupported masks before tracing
+    return _field_with_reference_derivative(attn, p, spec=spec, reference=reference)
+
+
+@eqx.filter_custom_jvp
+def _field_with_reference_derivative(attn, p, *, spec, reference):
+    return _forward(spec, attn, p)
+
+
+@_field_with_reference_derivative.def_jvp
+def _field_jvp(primals, tangents, *, spec, reference):
+    out = _forward(spec, *primals)
+    _, t_out = eqx.filter_jvp(reference, primals, tangents)
+    return out, t_out
+
+
+def _forward(spec, attn, p) -> Array:
+    causal, window, slopes, normalized, has_alibi = mask_params(attn.mask, attn.heads)
     h = attn.heads
     q = p.beta * p.q
     vmat = None
@@ -228,4 +343,5 @@ def field(spec, attn, p) -> Array:
     return fused_field(q, k, v, p.qs.pos, p.ks.pos, p.mass, causal=causal, window=window, slopes=slopes,
                        usa=attn.form == "USA", precision=attn.precision, block_q=int(spec.block_q),
                        block_k=int(spec.block_k), interpret=interpret, num_warps=spec.num_warps,
-                       num_stages=spec.num_stages, normalized=normalized and attn.form == "USA", vmat=vmat)
+                       num_stages=spec.num_stages, normalized=normalized and attn.form == "USA", vmat=vmat,
+                       has_alibi=has_alibi)

@@ -7,7 +7,10 @@ for forbidden pairs. Masks compose by adding their log-weights (``mask1 & mask2`
 Each mask implements two methods:
 
 * ``bias(q, k, heads)``: the (h, nq, nk) log-weights for query slots ``q`` and key slots
-  ``k`` (each a :class:`Slots` of token indices and positions), with h = 1 or ``heads``;
+  ``k`` (each a :class:`Slots` of token indices and positions), with h = 1 or ``heads``.
+  Positions arrive relative to the smallest token position of the call (subtracted in their own
+  dtype, then cast to the tokens' dtype), so a mask must depend on position differences only
+  (every mask here does); integer positions beyond 2^24 then stay exact in float32;
 * ``block_active(q_lo, q_hi, k_lo, k_hi)``: whether *any* pair with query position in
   [q_lo, q_hi] and key position in [k_lo, k_hi] may have finite weight. The chunked backend
   skips blocks for which this is False (e.g. the upper triangle of a causal mask).
