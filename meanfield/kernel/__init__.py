@@ -5,6 +5,7 @@ from .attention import Attention as Attention
 from .attention import Chunked as Chunked
 from .attention import Dense as Dense
 from .attention import Fused as Fused
+from .attention import Splash as Splash
 from .attention import precision_report as precision_report
 from .encodings import AbstractPE as AbstractPE
 from .encodings import AdditivePE as AdditivePE

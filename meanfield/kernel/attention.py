@@ -46,6 +46,7 @@ from ..sharding import token_shards
 from .._types import Array, Float, TokensLike
 from .encodings import AbstractPE, RoPE
 from . import fused as _fused
+from . import splash as _splash
 from .masks import AbstractMask, Full, Slots, position_normalized
 from .sharded import sharded_field
 from .tokens import ParallelPrompt, Prompt, TokenAux, split_prompt
@@ -124,6 +125,26 @@ class Fused(AbstractBackend):
 
     def field(self, attn, p):
         return _fused.field(self, attn, p, _chunked_reference)
+
+
+class Splash(AbstractBackend):
+    """jax's TPU splash attention kernel through augmented coordinates (causal/strict/window/ALiBi
+    masks, masses, SA/USA, PositionNormalized, heads sharing one key copy): see
+    :mod:`meanfield.kernel.splash`. ``block_q``/``block_k``: splash block sizes (multiples of 128;
+    sequences are padded to them); ``interpret``: Pallas interpret mode (``None``: on unless the
+    default backend is a TPU)."""
+
+    block_q: int = eqx.field(default=512, static=True)
+    block_k: int = eqx.field(default=512, static=True)
+    interpret: bool | None = eqx.field(default=None, static=True)
+
+    def __check_init__(self):
+        for name in ("block_q", "block_k"):
+            b = int(getattr(self, name))
+            require(b >= 128 and b % 128 == 0, f"Splash: {name} must be a positive multiple of 128, got {b}")
+
+    def field(self, attn, p):
+        return _splash.field(self, attn, p, _chunked_reference)
 
 
 def _backend(backend, block, query_batch, row_block) -> AbstractBackend:

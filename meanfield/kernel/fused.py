@@ -49,9 +49,9 @@ LOG2E = 1.4426950408889634
 PRECISIONS = ("highest", "tf32", "bf16")
 
 
-def mask_params(mask, heads: int):
-    """(causal, window, slopes (heads,), normalized, has_alibi) of a mask the fused kernel supports,
-    with causal in {0: none, 1: pos_j <= pos_i, 2: strict}; ValueError otherwise."""
+def mask_params(mask, heads: int, backend: str = "Fused"):
+    """(causal, window, slopes (heads,), normalized, has_alibi) of a mask the fused and splash
+    kernels support, with causal in {0: none, 1: pos_j <= pos_i, 2: strict}; ValueError otherwise."""
     normalized = isinstance(mask, PositionNormalized)
     mask = mask.mask if normalized else mask
     parts = mask.masks if isinstance(mask, Compose) else (mask,)
@@ -68,7 +68,7 @@ def mask_params(mask, heads: int):
             has_alibi = True
         else:
             raise ValueError(
-                f"the Fused backend does not support the mask {type(m).__name__}; use backend=Chunked() "
+                f"the {backend} backend does not support the mask {type(m).__name__}; use backend=Chunked() "
                 "(supported: Full, Causal, Window, ALiBi, their & compositions and PositionNormalized of those)")
     return causal, window, slopes, normalized, has_alibi
 

@@ -1,0 +1,267 @@
+r"""The TPU backend: the engine's attention field through jax's splash attention kernel.
+
+Splash attention (``jax.experimental.pallas.ops.tpu.splash_attention``) computes standard
+(causal, local, full) softmax attention with the logsumexp residual. The field maps onto it
+through augmented coordinates. For head h with ALiBi slope lambda_h, set
+
+    q'_i = [beta_h Q_h x_i, 1, lambda_h],      k'_j = [K_h x_j, log m_j, p_j],
+
+so that q'_i . k'_j = a_ij + lambda_h p_i for every key at or before the query (p_j <= p_i), with
+a_ij = beta_h <Q_h x_i, K_h x_j> + log m_j - lambda_h (p_i - p_j) the engine's score. The extra
+term is constant along a row, so the softmax cancels it: SA with causal ALiBi and masses is one
+causal splash call on (d + 2)-dimensional queries and keys. K_h is folded into the queries
+(<Q_h x, K_h y> = <K_h^T Q_h x, y>) and V_h applied to each row's weighted sum of raw tokens, so
+all heads share one key and value copy (``make_splash_mqa``). The rest follows:
+
+* USA: v = out exp(lse - lambda_h p_i), with lse the logsumexp residual (``save_residuals``).
+* Strict causal (a token does not see itself): one dummy key in front, value 0, log-mass
+  -1e4; query i then sees the dummy and the keys before it, and the first row (only the dummy)
+  gets a zero field with a finite lse (a true zero mass would give 0/0).
+* Non-causal ALiBi (|p_i - p_j|): two calls, keys at or before the query (+lambda p_j) and keys
+  after it (the sequence reversed, strict, with -p_j), merged by their logsumexps.
+* ``PositionNormalized`` (USA): one more normaliser Z_i = sum_j m_j e^{b_ij}, O(N) for ALiBi
+  by a cumulative logsumexp in position order.
+* Causal and Window masks are index masks in splash: the tokens are sorted by position first
+  (and the field unsorted after); causal needs distinct positions, a window consecutive integers.
+
+Float32 accuracy on a matrix unit whose inputs are bf16: with ``precision="highest"`` (default)
+queries and keys enter as bf16 hi/lo splits laid side by side ([q_hi, q_hi, q_lo] . [k_hi, k_lo,
+k_hi]: three bf16 products in one), and the coordinates that must keep float32 accuracy
+(log m_j, lambda_h p_j, with positions centred) as three-part splits with every cross product.
+They are passed as float32 arrays holding bf16 values (the kernel's output takes the queries'
+dtype), which a matrix unit that rounds float32 inputs to bf16 multiplies exactly, so interpret
+mode on a CPU computes the scores a TPU's matrix unit would. ``"bf16"``: one bf16 product for the
+content scores (the coordinates still split). ``"tf32"``: float32 inputs as they are. The P . V
+product is the kernel's own on float32 values: exact in interpret mode; on a TPU its precision is
+the kernel's (unmeasured here).
+
+Supported: Full, Causal (also strict), Window (with Causal or alone, without ALiBi unless causal),
+ALiBi (scalar or per-head), their compositions, PositionNormalized of causal or full ones, SA
+and USA, masses, heads. Everything else (RoPE, AdditivePE, CustomBias, ZBias, prompts, float64)
+is refused with a pointer to ``Chunked()``. Derivatives (jvp, and vjp through it) are those of
+the ``Chunked()`` path, which computes the same field.
+
+On a machine without a TPU the kernel runs in Pallas interpret mode (``interpret=None``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._errors import check_value, require
+from .._types import Array
+from .fused import mask_params, split3_bf16, split_bf16
+
+DUMMY_LOGM = -1.0e4
+"""Log-mass of the dummy key that gives strict-causal rows a finite normaliser."""
+LANES = 128
+
+
+def _splash():
+    from jax.experimental.pallas.ops.tpu import splash_attention as sa  # noqa: PLC0415 (jax's own, heavy)
+
+    return sa
+
+
+def check_supported(attn, p, causal, window, has_alibi, normalized) -> None:
+    """Trace-time refusal of what the splash mapping does not cover, naming the fallback."""
+    require(attn.pe is None, "the Splash backend does not support positional encodings (RoPE, AdditivePE); use backend=Chunked()")
+    require(p.n_prompt == 0 and p.own is None, "the Splash backend does not support prompts; use backend=Chunked()")
+    require(p.q.dtype == jnp.float32, f"the Splash backend computes in float32, got {p.q.dtype}; use backend=Chunked() or Dense() for float64")
+    if window != math.inf:
+        require(causal != 2, "the Splash backend does not combine a strict causal mask with a Window; use backend=Chunked()")
+        require(bool(causal) or not has_alibi, "the Splash backend does not combine a two-sided Window with ALiBi; use backend=Chunked()")
+        require(not normalized, "the Splash backend does not combine PositionNormalized with a Window; use backend=Chunked()")
+
+
+def _round_up(n: int, k: int) -> int:
+    return -(-int(n) // k) * k
+
+
+def _coordinates(q, k, lam, logm, pos, sign, mode):
+    """Augmented queries (H, N, D) and keys (M, D) whose products are the scores plus a row constant
+    (module docstring): content part and the (log m, lambda p) part, split as ``mode`` needs."""
+    h, n, _ = q.shape
+    if mode == "tf32":
+        ones = jnp.ones((h, n, 1), jnp.float32)
+        qa = jnp.concatenate([q, ones, jnp.broadcast_to(lam[:, None, None], (h, n, 1))], -1)
+        ka = jnp.concatenate([k, logm[:, None], sign * pos[:, None]], -1)
+        return qa, ka
+    if mode == "highest":
+        qh, ql = split_bf16(q)
+        kh, kl = split_bf16(k)
+        qc, kc = jnp.concatenate([qh, qh, ql], -1), jnp.concatenate([kh, kl, kh], -1)
+    else:
+        qc, kc = q.astype(jnp.bfloat16), k.astype(jnp.bfloat16)
+    # log m_j: three parts against a query coordinate 1; lambda_h p_j: every cross product of the
+    # three parts of lambda_h and of (sign p_j), exact to float32 rounding
+    lm3 = jnp.stack(split3_bf16(logm), -1)  # (M, 3)
+    l3 = jnp.stack(split3_bf16(lam), -1)  # (H, 3)
+    p3 = jnp.stack(split3_bf16(sign * pos), -1)  # (M, 3)
+    q_aug = jnp.concatenate([jnp.ones((h, 3), jnp.bfloat16), jnp.repeat(l3, 3, axis=1)], -1)  # (H, 12)
+    k_aug = jnp.concatenate([lm3, jnp.tile(p3, (1, 3))], -1)  # (M, 12)
+    qa = jnp.concatenate([qc, jnp.broadcast_to(q_aug[:, None, :], (h, n, 12))], -1)
+    ka = jnp.concatenate([kc, k_aug], -1)
+    # float32 arrays holding bf16 values: the kernel's output takes the queries' dtype (float32),
+    # and a matrix unit that rounds float32 inputs to bf16 multiplies these exactly
+    return qa.astype(jnp.float32), ka.astype(jnp.float32)
+
+
+def _call(qa, ka, v, seg_q, seg_k, mask_kind, window, bq, bk, interpret):
+    """One splash MQA call with the logsumexp residual: (out (H, Nq, dv), lse (H, Nq))."""
+    sa = _splash()
+    h, nq, _ = qa.shape
+    nk = ka.shape[0]
+    shape = (nq, nk)
+    if mask_kind == "full":
+        base = sa.FullMask(shape)
+    elif mask_kind == "causal":
+        base = sa.CausalMask(shape, offset=0)
+    else:  # "local": (left, right) window in index units
+        base = sa.LocalMask(shape, window_size=window, offset=0)
+    blocks = sa.BlockSizes(block_q=bq, block_kv=bk, block_kv_compute=bk)
+    kernel = sa.make_splash_mqa(sa.MultiHeadMask([base] * h), block_sizes=blocks, save_residuals=True, head_shards=1,
+                                q_seq_shards=1, interpret=interpret)
+    out, (lse,) = kernel(qa, ka, v, sa.SegmentIds(q=seg_q, kv=seg_k))
+    return out, lse
+
+
+def _pad(a, n, axis, value=0.0):
+    pad = [(0, 0)] * a.ndim
+    pad[axis] = (0, n - a.shape[axis])
+    return jnp.pad(a, pad, constant_values=value)
+
+
+def _directional(q, xk, lam, logm, pos, *, causal, strict, window, reverse, blocks, interpret, mode):
+    """Field sums over the keys at or before each query (``reverse=False``), or after it
+    (``reverse=True``: the sequence reversed, strict, with -p_j), in sorted order:
+    (out (H, N, d), true logsumexp of the scores (H, N))."""
+    h, n, d = q.shape
+    sign = -1.0 if reverse else 1.0
+    if reverse:
+        q, xk, logm, pos = q[:, ::-1], xk[::-1], logm[::-1], pos[::-1]
+    qpos = pos
+    if strict:  # the dummy key: value 0, log-mass -1e4, at the smallest sign * p (its score stays far below)
+        xk = jnp.concatenate([jnp.zeros((1, d), xk.dtype), xk])
+        logm = jnp.concatenate([jnp.full((1,), DUMMY_LOGM, logm.dtype), logm])
+        pos = jnp.concatenate([jnp.min(sign * pos, keepdims=True) * sign, pos])
+    m = xk.shape[0]
+    qa, ka = _coordinates(q, xk, lam, logm, pos, sign, mode)
+    bq = min(blocks[0], _round_up(n, LANES))
+    bk = min(blocks[1], _round_up(m, LANES))
+    npad, mpad = _round_up(n, bq), _round_up(m, bk)
+    dpad, dvpad = _round_up(qa.shape[-1], LANES), _round_up(d, LANES)
+    qa = _pad(_pad(qa, dpad, 2), npad, 1)
+    ka = _pad(_pad(ka, dpad, 1), mpad, 0)
+    vp = _pad(_pad(xk.astype(jnp.float32), dvpad, 1), mpad, 0)
+    seg_q = (jnp.arange(npad) >= n).astype(jnp.int32)  # padding: its own segment, never seen
+    seg_k = (jnp.arange(mpad) >= m).astype(jnp.int32)
+    if causal:
+        kind, win = ("local", (int(window) - 1, 0)) if window != math.inf else ("causal", None)
+    else:
+        kind, win = ("local", (int(window) - 1, int(window) - 1)) if window != math.inf else ("full", None)
+    out, lse = _call(qa, ka, vp, seg_q, seg_k, kind, win, bq, bk, interpret)
+    out, lse = out[:, :n, :d], lse[:, :n]
+    lse = lse - lam[:, None] * sign * qpos[None, :]  # the row constant lambda_h sign p_i
+    if reverse:
+        out, lse = out[:, ::-1], lse[:, ::-1]
+    return out, lse
+
+
+def _log_normaliser(lam, logm, pos, causal, strict):
+    """log Z_i = log sum_{j visible} m_j e^{-lambda_h |p_i - p_j|} per head (H, N), in sorted order,
+    by cumulative logsumexps (the positional normaliser of PositionNormalized)."""
+    def one(lh):
+        incl = jax.lax.cumlogsumexp(logm + lh * pos)  # j <= i
+        before = jnp.concatenate([jnp.full((1,), -jnp.inf, incl.dtype), incl[:-1]]) if strict else incl
+        fwd = before - lh * pos
+        if causal:
+            return fwd
+        rincl = jax.lax.cumlogsumexp(logm - lh * pos, reverse=True)  # j >= i
+        after = jnp.concatenate([rincl[1:], jnp.full((1,), -jnp.inf, rincl.dtype)]) + lh * pos  # j > i
+        return jnp.logaddexp(fwd, after)
+
+    return jax.vmap(one)(lam)
+
+
+def field(spec, attn, p, reference) -> Array:
+    """The per-head field of the prepared rows ``p`` through splash attention (module docstring);
+    derivatives through ``reference(attn, p)`` (the ``Chunked()`` path)."""
+    causal, window, _slopes, normalized, has_alibi = mask_params(attn.mask, attn.heads, backend="Splash")
+    check_supported(attn, p, causal, window, has_alibi, normalized)
+    return _with_reference_derivative(attn, p, spec=spec, reference=reference)
+
+
+@eqx.filter_custom_jvp
+def _with_reference_derivative(attn, p, *, spec, reference):
+    return _forward(spec, attn, p)
+
+
+@_with_reference_derivative.def_jvp
+def _jvp(primals, tangents, *, spec, reference):
+    out = _forward(spec, *primals)
+    _, t_out = eqx.filter_jvp(reference, primals, tangents)
+    return out, t_out
+
+
+def default_interpret() -> bool:
+    """Interpret mode unless the default JAX backend is a TPU."""
+    return jax.default_backend() != "tpu"
+
+
+def _forward(spec, attn, p) -> Array:
+    causal, window, slopes, normalized, has_alibi = mask_params(attn.mask, attn.heads, backend="Splash")
+    h = attn.heads
+    usa = attn.form == "USA"
+    mode = attn.precision
+    q = p.beta * p.q
+    vmat = None
+    if p.raw is not None and (attn.K is not None or attn.V is not None):
+        if attn.K is not None:
+            q = jnp.matmul(q, attn.K.astype(q.dtype), precision=attn._proj_precision)
+        xk = p.raw
+        vmat = None if attn.V is None else jnp.broadcast_to(attn.V.astype(q.dtype), (h,) + attn.V.shape[-2:])
+    else:
+        require(p.k.shape[0] == 1 and p.v.shape[0] == 1, "the Splash backend shares one key copy across heads")
+        xk = p.k[0]
+    q = jnp.broadcast_to(q, (h,) + q.shape[1:]).astype(jnp.float32)
+    n = q.shape[1]
+    pos = p.qs.pos
+    perm = jnp.argsort(pos)
+    ps = pos[perm]
+    if causal:
+        ps = check_value(ps, ~jnp.all(jnp.diff(ps) > 0),
+                         "the Splash backend needs distinct positions under a causal mask (tied positions); use backend=Chunked()")
+    if window != math.inf:
+        ps = check_value(ps, ~jnp.all(jnp.diff(ps) == 1),
+                         "the Splash backend needs consecutive integer positions under a Window mask; use backend=Chunked()")
+    # centred on the middle: the row constant lambda_h p_i that every score of row i carries (and
+    # the logsumexp with it) stays within lambda span / 2, whose float32 rounding is the price
+    ps = (ps - 0.5 * (ps[0] + ps[-1])).astype(jnp.float32)
+    logm = jnp.maximum(jnp.log(p.mass[perm].astype(jnp.float32)), DUMMY_LOGM)
+    qs, xs = q[:, perm], xk[perm].astype(jnp.float32)
+    lam = slopes.astype(jnp.float32) if has_alibi else jnp.zeros((h,), jnp.float32)
+    interpret = default_interpret() if spec.interpret is None else spec.interpret
+    common = dict(window=window, blocks=(int(spec.block_q), int(spec.block_k)), interpret=interpret, mode=mode)
+    if causal or not has_alibi:
+        out, lse = _directional(qs, xs, lam, logm, ps, causal=bool(causal), strict=causal == 2, reverse=False, **common)
+    else:  # two-sided ALiBi: keys at or before, keys after, merged by logsumexp
+        o1, l1 = _directional(qs, xs, lam, logm, ps, causal=True, strict=False, reverse=False, **common)
+        o2, l2 = _directional(qs, xs, lam, logm, ps, causal=True, strict=True, reverse=True, **common)
+        lse = jnp.logaddexp(l1, l2)
+        out = o1 * jnp.exp(l1 - lse)[..., None] + o2 * jnp.exp(l2 - lse)[..., None]
+    if usa:
+        out = out * jnp.exp(lse)[..., None]
+        if normalized:
+            lz = _log_normaliser(lam, logm, ps, bool(causal), causal == 2)
+            out = jnp.where(jnp.isfinite(lz)[..., None], out * jnp.exp(-jnp.where(jnp.isfinite(lz), lz, 0.0))[..., None], 0.0)
+    inv = jnp.argsort(perm)
+    out = out[:, inv]
+    if vmat is not None:
+        out = jnp.einsum("hed,hnd->hne", vmat, out, precision=jax.lax.Precision.HIGHEST)
+    return out
