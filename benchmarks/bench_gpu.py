@@ -1,14 +1,18 @@
-"""One accelerator: the causal SA field of N tokens (d = 64) through three backends — dense XLA
-(``Dense()``), chunked XLA (``Chunked(block, query_batch)``) and the fused Pallas kernel
-(``Fused(block_q, block_k)``) — at N = 4k ... 1M, each configuration time-boxed.
+"""One accelerator: the causal SA field of N tokens (d = 64) through the backends — dense XLA
+(``Dense()``), chunked XLA (``Chunked(block, query_batch)``), the fused Pallas-Triton kernel
+(``Fused(block_q, block_k)``, GPU) and jax's splash attention (``Splash(block_q, block_k)``, TPU)
+— at N = 4k ... 1M in each precision ("highest", "tf32", "bf16"), each configuration time-boxed.
+On a GPU, cuDNN's fused attention (bf16) runs first at each N, and every row states its speed as
+a fraction of cuDNN's in the same run ("of cuDNN"); up to ``--check-max`` tokens (16k) every
+field is compared with the dense backend in float64 ("rel err": max |v - v64| / max |v64|). The
+whole run stays within ``--budget`` (420 s) plus the last configuration's time box.
 
 For each row: the time of one field evaluation (median of ``--repeats`` after a warm-up), the pair
 throughput (allowed pairs N (N + 1) / 2 per second), the achieved flop rate of the two GEMMs that
 an attention field needs per allowed pair (score and value products, 4 d flops per pair; the
 exponentials and the online-softmax bookkeeping are not counted), and that rate as a fraction of
 the device's own dense GEMM rate in the same precision, measured in this run on an 8192^3
-product, and up to ``--check-max`` tokens the largest difference of the field from the dense
-backend at precision "highest" relative to its largest entry. cuDNN's fused attention (bf16, ``jax.nn.dot_product_attention``) is a vendor reference.
+product. cuDNN's fused attention (bf16, ``jax.nn.dot_product_attention``) is the vendor reference.
 
 The largest N that fits is computed from a memory formula, not by probing: the tokens, their
 projections and the field (about 4 N d floats of 4 bytes for one head) plus what each backend
@@ -20,8 +24,8 @@ Time boxes: a configuration is skipped when the previous size's time, scaled by 
 predicts more than ``--box`` seconds per call, and the whole script stops launching new work after
 ``--budget`` seconds; what ran is printed and written (``--out``).
 
-Run on the GPU:  python benchmarks/bench_gpu.py --out DIR
-Smoke run on CPU (interpret-mode Pallas, tiny): python benchmarks/bench_gpu.py --sizes 256 --gemm 256 --budget 60
+Run on the GPU or TPU:  python benchmarks/bench_gpu.py --out DIR
+Smoke run on CPU (interpret-mode Pallas, tiny): python benchmarks/bench_gpu.py --sizes 256 --gemm 256 --budget 60 --fused 64:64 --splash 128:128 --chunked 128:2
 Heads (in-kernel Q, K, V projections of the fused kernel): add ``--heads 4``; pairs, flops and
 the memory formula then count heads x pairs.
 """
@@ -71,13 +75,15 @@ def main():
     ap.add_argument("--d", type=int, default=64)
     ap.add_argument("--heads", type=int, default=1,
                     help="heads; > 1 draws random per-head Q, K, V (the fused kernel's in-kernel projections)")
-    ap.add_argument("--precisions", default="tf32,bf16", help="score precisions (Attention.precision)")
+    ap.add_argument("--precisions", default="highest,tf32,bf16", help="precisions (Attention.precision)")
     ap.add_argument("--chunked", default="2048:8", help="block:query_batch of the chunked backend")
-    ap.add_argument("--fused", default="64:64,128:64", help="block_q:block_k[:num_warps[:num_stages]] of the fused backend")
+    ap.add_argument("--fused", default=None, help="block_q:block_k[:num_warps[:num_stages]] of the fused backend "
+                    "(default 64:64,128:64 on a GPU, none elsewhere)")
+    ap.add_argument("--splash", default=None, help="block_q:block_k of the splash backend (default 512:512 on a TPU, none elsewhere)")
     ap.add_argument("--gemm", type=int, default=8192, help="size of the square GEMM that measures the matmul rate")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--check-max", type=int, default=16384,
-                    help="up to this N, each field is compared with the dense float32 'highest' field (max |diff| / max |ref|)")
+                    help="up to this N, each field is compared with the dense float64 field (max |diff| / max |ref|)")
     ap.add_argument("--box", type=float, default=20.0, help="skip a configuration predicted slower than this per call (s)")
     ap.add_argument("--budget", type=float, default=420.0, help="launch no new work after this many seconds")
     ap.add_argument("--out", default=None, help="also write the table (and JSON rows) into this folder")
@@ -85,10 +91,12 @@ def main():
     t_start = time.perf_counter()
 
     import jax
+
+    jax.config.update("jax_enable_x64", True)  # entry point: the float64 reference (tokens stay float32)
     import jax.numpy as jnp
 
     import meanfield as mf
-    from meanfield.kernel import Chunked, Dense, Fused
+    from meanfield.kernel import Chunked, Dense, Fused, Splash
 
     dev = jax.devices()[0]
     try:
@@ -111,8 +119,8 @@ def main():
                               if bytes_needed(name, n, d, heads=heads, block=b) <= 0.9 * mem))
                 for name in ("dense", "chunked", "fused")}
         lines.append("# largest N (power of two) by the memory formula: " + ", ".join(f"{k} {v:,}" for k, v in fits.items()))
-    hdr = (f"{'backend':>18} {'prec':>5} {'N':>8} | {'time/field s':>12} {'Gpair/s':>8} {'TFLOP/s':>8} "
-           f"{'GEMM TFLOP/s':>12} {'fraction':>8} | {'rel err':>8}")
+    hdr = (f"{'backend':>18} {'prec':>7} {'N':>8} | {'time/field s':>12} {'Gpair/s':>8} {'TFLOP/s':>8} "
+           f"{'GEMM TFLOP/s':>12} {'fraction':>8} {'of cuDNN':>8} | {'rel err':>8}")
     lines += [hdr, "-" * len(hdr)]
     print("\n".join(lines), flush=True)
 
@@ -120,9 +128,14 @@ def main():
     for spec in filter(None, args.chunked.split(",")):
         blk, qb = (int(v) for v in spec.split(":"))
         backends.append((f"chunked {blk}:{qb}", Chunked(blk, qb)))
-    for spec in args.fused.split(","):
+    fused = args.fused if args.fused is not None else ("64:64,128:64" if dev.platform == "gpu" else "")
+    for spec in filter(None, fused.split(",")):
         vals = [int(v) for v in spec.split(":")] + [None, None]
         backends.append((f"fused {spec}", Fused(vals[0], vals[1], num_warps=vals[2], num_stages=vals[3])))
+    splash = args.splash if args.splash is not None else ("512:512" if dev.platform == "tpu" else "")
+    for spec in filter(None, splash.split(",")):
+        bq, bk = (int(v) for v in spec.split(":"))
+        backends.append((f"splash {spec}", Splash(bq, bk)))
 
     rows, last = [], {}
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -135,24 +148,37 @@ def main():
         x = mf.sphere_uniform(jax.random.key(0), n, d, jnp.float32)
         pairs = heads * n * (n + 1) / 2
         ref = None
-        if n <= args.check_max:  # reference field: dense, full float32 precision of the scores
-            ref_attn = mf.Attention(1.0, mask=mf.Causal(), backend=Dense(), precision="highest", **mats)
-            ref = jax.jit(lambda y: ref_attn(y))(x)
+        if n <= args.check_max:  # reference field: dense, float64
+            f64 = {k: v.astype(jnp.float64) for k, v in mats.items()}
+            ref_attn = mf.Attention(1.0, mask=mf.Causal(), backend=Dense(), **f64)
+            ref = jax.jit(lambda y: ref_attn(y))(x.astype(jnp.float64))
+        t_cudnn = None
+        if dev.platform == "gpu" and heads == 1 and time.perf_counter() - t_start < args.budget:
+            try:  # fused vendor kernel, bf16, as the reference speed
+                q = x.astype(jnp.bfloat16)[None, :, None, :]
+                fa = jax.jit(lambda u: jax.nn.dot_product_attention(u, u, u, is_causal=True, implementation="cudnn"))
+                t_cudnn = median_time(lambda: fa(q).block_until_ready(), repeats=args.repeats, min_time=0)
+                tflops = 4 * d * pairs / t_cudnn / 1e12
+                rate = rates.get("bf16") or gemm_rate(args.gemm, "bf16")
+                emit(f"{'cuDNN (bf16)':>18} {'bf16':>7} {n:>8} | {t_cudnn:>12.4f} {pairs / t_cudnn / 1e9:>8.2f} {tflops:>8.1f} "
+                     f"{rate / 1e12:>12.1f} {tflops * 1e12 / rate:>8.2f} {1.0:>8.2f}")
+            except Exception as err:
+                emit(f"{'cuDNN (bf16)':>18} {'bf16':>7} {n:>8} | not available: {type(err).__name__}: {str(err)[:100]}")
         for prec in args.precisions.split(","):
             for name, backend in backends:
                 key = (name, prec)
                 if time.perf_counter() - t_start > args.budget:
-                    emit(f"{name:>18} {prec:>5} {n:>8} | not run: budget of {args.budget:.0f} s spent")
+                    emit(f"{name:>18} {prec:>7} {n:>8} | not run: budget of {args.budget:.0f} s spent")
                     continue
                 if key in last:
                     n0, t0 = last[key]
                     predicted = t0 * (n / n0) ** 2 * (2.0 if name == "dense" else 1.0)
                     if predicted > args.box:
-                        emit(f"{name:>18} {prec:>5} {n:>8} | skipped: predicted {predicted:.0f} s per call > box")
+                        emit(f"{name:>18} {prec:>7} {n:>8} | skipped: predicted {predicted:.0f} s per call > box")
                         continue
                 need = bytes_needed(name.split()[0], n, d, heads=heads)
                 if mem and need > 0.9 * mem:
-                    emit(f"{name:>18} {prec:>5} {n:>8} | skipped: memory formula {need / 2**30:.1f} GiB")
+                    emit(f"{name:>18} {prec:>7} {n:>8} | skipped: memory formula {need / 2**30:.1f} GiB")
                     continue
                 attn = mf.Attention(1.0, mask=mf.Causal(), backend=backend, precision=prec, **mats)
                 f = jax.jit(lambda y, a=attn: a(y))
@@ -162,30 +188,20 @@ def main():
                     first = time.perf_counter() - t0
                     t = median_time(lambda: f(x).block_until_ready(), repeats=args.repeats, min_time=0)
                 except Exception as err:
-                    emit(f"{name:>18} {prec:>5} {n:>8} | failed: {type(err).__name__}: {str(err)[:160]}")
+                    emit(f"{name:>18} {prec:>7} {n:>8} | failed: {type(err).__name__}: {str(err)[:160]}")
                     continue
                 last[key] = (n, t)
                 err = float("nan")
                 if ref is not None:
                     err = float(jnp.max(jnp.abs(f(x) - ref)) / jnp.max(jnp.abs(ref)))
                 tflops = 4 * d * pairs / t / 1e12
+                of_cudnn = t_cudnn / t if t_cudnn else float("nan")
                 row = {"backend": name, "precision": prec, "n": n, "d": d, "time_s": t, "first_call_s": first,
                        "gpairs_per_s": pairs / t / 1e9, "tflops": tflops, "gemm_tflops": rates[prec] / 1e12,
-                       "fraction": tflops * 1e12 / rates[prec], "rel_err_vs_dense_highest": err}
+                       "fraction": tflops * 1e12 / rates[prec], "of_cudnn_bf16": of_cudnn, "rel_err_vs_dense_f64": err}
                 rows.append(row)
-                emit(f"{name:>18} {prec:>5} {n:>8} | {t:>12.4f} {row['gpairs_per_s']:>8.2f} {tflops:>8.1f} "
-                     f"{rates[prec] / 1e12:>12.1f} {row['fraction']:>8.2f} | {err:>8.1e}")
-        if time.perf_counter() - t_start < args.budget and heads == 1:
-            try:  # fused vendor kernel, bf16, as a reference
-                q = x.astype(jnp.bfloat16)[None, :, None, :]
-                fa = jax.jit(lambda u: jax.nn.dot_product_attention(u, u, u, is_causal=True, implementation="cudnn"))
-                t = median_time(lambda: fa(q).block_until_ready(), repeats=args.repeats, min_time=0)
-                tflops = 4 * d * pairs / t / 1e12
-                rate = rates.get("bf16") or gemm_rate(args.gemm, "bf16")
-                emit(f"{'cuDNN (bf16)':>18} {'bf16':>5} {n:>8} | {t:>12.4f} {pairs / t / 1e9:>8.2f} {tflops:>8.1f} "
-                     f"{rate / 1e12:>12.1f} {tflops * 1e12 / rate:>8.2f}")
-            except Exception as err:
-                emit(f"{'cuDNN (bf16)':>18} {'bf16':>5} {n:>8} | not available: {type(err).__name__}: {str(err)[:100]}")
+                emit(f"{name:>18} {prec:>7} {n:>8} | {t:>12.4f} {row['gpairs_per_s']:>8.2f} {tflops:>8.1f} "
+                     f"{rates[prec] / 1e12:>12.1f} {row['fraction']:>8.2f} {of_cudnn:>8.2f} | {err:>8.1e}")
     emit(f"# total {time.perf_counter() - t_start:.0f} s")
     if args.out:
         out = Path(args.out)

@@ -198,7 +198,12 @@ def test_backend_strategies_and_the_deprecated_strings(key):
     np.testing.assert_array_equal(old(x, aux), new(x, aux))
     dense = mf.Attention(1.7, mask=mf.Causal() & mf.ALiBi(0.1), backend=mf.kernel.Dense(row_block=16))
     np.testing.assert_allclose(dense(x, aux), new(x, aux), rtol=1e-12, atol=1e-13)
-    assert isinstance(mf.Attention(1.0).backend, mf.kernel.Dense)
+    assert isinstance(mf.Attention(1.0).backend, mf.kernel.Auto)
+    # Dense on the CPU at every size, and below 16k tokens on a GPU; Chunked(2048, 8) above (recorded H200 runs)
+    assert isinstance(mf.kernel.default_backend(10**6, "cpu"), mf.kernel.Dense)
+    assert isinstance(mf.kernel.default_backend(4096, "gpu"), mf.kernel.Dense)
+    assert mf.kernel.default_backend(65536, "gpu") == mf.kernel.Chunked(2048, 8)
+    assert isinstance(mf.kernel.default_backend(65536, "tpu"), mf.kernel.Dense)
     with pytest.raises(ValueError, match="belong to the backend"):
         mf.Attention(1.0, backend=mf.kernel.Dense(), block=8)
     with pytest.raises(ValueError, match="block must be a positive integer"):

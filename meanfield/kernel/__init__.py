@@ -4,7 +4,9 @@ from .attention import AbstractBackend as AbstractBackend
 from .attention import Attention as Attention
 from .attention import Chunked as Chunked
 from .attention import Dense as Dense
+from .attention import Auto as Auto
 from .attention import Fused as Fused
+from .attention import default_backend as default_backend
 from .attention import Splash as Splash
 from .attention import precision_report as precision_report
 from .encodings import AbstractPE as AbstractPE

@@ -147,12 +147,45 @@ class Splash(AbstractBackend):
         return _splash.field(self, attn, p, _chunked_reference)
 
 
+DEFAULT_BACKENDS = {
+    "gpu": ((16384, lambda: Chunked(block=2048, query_batch=8)),),
+}
+"""Per platform, (smallest N, backend) thresholds measured on a device, largest matching N wins;
+``Dense()`` wherever no device run showed another backend faster (the CPU, TPUs, small N). GPU:
+``benchmarks/results_h200_backends.txt`` (H200, causal SA, d = 64): Chunked(2048, 8) ran
+61.8 against Dense's 32.5 Gpair/s at N = 16384, 76 against 64 at 65536, 78 against 70 at 262144
+(tf32), Dense ahead at 4096. The Fused rewrite and Splash have no device run yet, so neither is a
+default."""
+
+
+def default_backend(n: int, platform: str | None = None) -> AbstractBackend:
+    """The backend ``Attention(backend=None)`` uses for N tokens on ``platform`` (default: JAX's
+    default backend): see :data:`DEFAULT_BACKENDS`."""
+    platform = jax.default_backend() if platform is None else platform
+    chosen = Dense()
+    for threshold, make in DEFAULT_BACKENDS.get(platform, ()):
+        if int(n) >= threshold:
+            chosen = make()
+    return chosen
+
+
+class Auto(AbstractBackend):
+    """The default backend: :func:`default_backend` for the number of query tokens and the
+    platform, resolved when the field is traced."""
+
+    def resolve(self, n: int) -> AbstractBackend:
+        return default_backend(n)
+
+    def field(self, attn, p):
+        return self.resolve(p.q.shape[1]).field(attn, p)
+
+
 def _backend(backend, block, query_batch, row_block) -> AbstractBackend:
     """The backend strategy from the new (a module) or the deprecated (a string plus loose
     keywords) form."""
     loose = {k: v for k, v in dict(block=block, query_batch=query_batch, row_block=row_block).items() if v is not None}
     if backend is None and not loose:
-        return Dense()
+        return Auto()
     if isinstance(backend, AbstractBackend):
         require(not loose, f"{sorted(loose)} belong to the backend: pass e.g. backend=Chunked(block=..., query_batch=...) "
                            "or Dense(row_block=...) instead")
@@ -322,10 +355,11 @@ class Attention(eqx.Module):
         projected Q/K/V copies plus the score slabs the backend keeps alive: three per slab)."""
         h = self.heads
         proj = 3 * h * max(n, n_keys) * d * itemsize
-        if isinstance(self.backend, Chunked):
-            slab = h * min(self.backend.block, n) * min(self.backend.block, n_keys) * self.backend.query_batch
-        elif isinstance(self.backend, Dense):
-            rb = self.backend.row_block or default_row_block(h, n_keys, itemsize)
+        backend = self.backend.resolve(n) if isinstance(self.backend, Auto) else self.backend
+        if isinstance(backend, Chunked):
+            slab = h * min(backend.block, n) * min(backend.block, n_keys) * backend.query_batch
+        elif isinstance(backend, Dense):
+            rb = backend.row_block or default_row_block(h, n_keys, itemsize)
             slab = h * min(rb, n) * n_keys
         else:  # fused: tiles live on chip
             slab = 0

@@ -34,6 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .. import __version__
+from ..kernel import default_backend
 from ..sharding import BatchPlacement, is_writer
 from .config import ConfigError
 from .io import atomic_path, save_npz_atomic, write_atomic
@@ -183,7 +184,11 @@ def _locked_execute(preset, cfg, grid, outdir, resume, force, checkpoint_every, 
         raise RunError(f"{outdir} holds an unfinished run ({ckpt.name}); pass --resume to continue it or --force to start over")
     meta = _meta(preset, cfg, grid)
     if is_writer() and not (resume and ckpt.exists()):  # a resumed run keeps the record of the run it continues
+        n = int(getattr(cfg, "n", 0) or 0)
         record = {"preset": preset.name, "config": dataclasses.asdict(cfg), "grid": dict(zip(grid.keys, grid.values)),
+                  "platform": jax.default_backend(),
+                  # what Attention(backend=None) resolves to here (meanfield.kernel.DEFAULT_BACKENDS)
+                  "default_backend": repr(default_backend(n)) if n else f"by N (meanfield.kernel.default_backend on {jax.default_backend()})",
                   **(invocation or {})}
         with atomic_path(outdir / RUN_RECORD) as tmp:
             Path(tmp).write_text(json.dumps(record, indent=1, sort_keys=True, default=list) + "\n")
