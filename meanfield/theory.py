@@ -341,6 +341,30 @@ def circle_growth_rate(n: int, beta: float, a: float = 1.0, form: str = "SA") ->
     return float(rate / iv(0, beta)) if form == "SA" else float(rate)
 
 
+def sphere_growth_rate(ell: int, beta: float, a: float = 1.0, form: str = "SA") -> float:
+    r"""Growth rate of a degree-``ell`` perturbation of the uniform density on S^2 (mean-field SA/USA
+    with Q = K = I, V = a I; every order m grows alike).
+
+    Derivation (see meanfield.pde.sphere): with rho = rho_0 + eps Y_lm, rho_0 = 1/(4 pi), Funk-Hecke
+    gives G = i_0(beta) + eps 4 pi i_l(beta) Y_lm; the potential phi = (a/beta) log G (SA) or
+    (a/beta) G (USA) and d_t rho = -div(rho grad phi) ~ -rho_0 Lap phi = rho_0 l(l+1) phi_lm Y_lm, so
+
+        SA:  a l(l+1) i_l(beta) / (beta i_0(beta)),        USA:  a l(l+1) i_l(beta) / beta,
+
+    the analogues of the circle's a n^2 I_n(beta) / (beta I_0(beta)). The kinetic paper's
+    convention (USA, V = beta I) gives :func:`sphere_kinetic_rate`, l(l+1) i_l(beta).
+    """
+    from scipy.special import spherical_in
+
+    rate = a * ell * (ell + 1) * spherical_in(int(ell), beta) / beta
+    return float(rate / spherical_in(0, beta)) if form == "SA" else float(rate)
+
+
+def sphere_kinetic_rate(ell: int, beta: float) -> float:
+    """a_l = l(l+1) i_l(beta): :func:`sphere_growth_rate` in the kinetic paper's convention (USA, V = beta I)."""
+    return sphere_growth_rate(ell, beta, a=beta, form="USA")
+
+
 def causal_coupling(n_s: int, lam: float, self_weight: float = 0.5, *, strict: bool = False,
                     normalized: bool = False) -> np.ndarray:
     r"""Dense (S, S) causal ALiBi coupling c_kj = w e^{-lam (s_k - s_j)} (j < k), self_weight w

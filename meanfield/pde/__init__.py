@@ -11,3 +11,5 @@ from .kinetic import KineticMeanField as KineticMeanField
 from .kinetic import MatrixCoupling as MatrixCoupling
 from .kinetic import KineticSolution as KineticSolution
 from .kinetic import engine_face_velocity as engine_face_velocity
+from .sphere import SphereMeanField as SphereMeanField
+from .sphere import SphereSolution as SphereSolution

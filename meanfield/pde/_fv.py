@@ -76,7 +76,62 @@ def periodic_conv(kernel_hat: Array, rho: Array, h, m: int) -> Array:
     return h * jnp.fft.irfft(kernel_hat * jnp.fft.rfft(rho, axis=-1), n=m, axis=-1)
 
 
-class AbstractFiniteVolume(eqx.Module):
+class AbstractDensitySolver(eqx.Module):
+    """What :func:`cfl_solve` and :class:`CFLController` need of a density solver: ``rhs``, the
+    grid spacing ``h`` of the CFL bound, the step rule (``_step_and_speed``), the fastest linear
+    rate, and the failure tests of a state (``is_bad``, ``failure_code``). The finite-volume
+    solvers on S^1 and the spectral solver on S^2 share this one integration layer."""
+
+    @abc.abstractmethod
+    def rhs(self, t, y, args=None) -> Array: ...
+
+    @abc.abstractmethod
+    def linear_rate_bound(self, dtype=float) -> Array: ...
+
+    @abc.abstractmethod
+    def _step_and_speed(self, y, cfl, accuracy, rate_bound=None): ...
+
+    def is_bad(self, y, positive: bool):
+        """A state the solver cannot stand behind (module docstring): non-finite, or negative
+        beyond round-off when ``positive``."""
+        return state_is_bad(y, positive)
+
+    def failure_code(self, y):
+        """The :class:`RESULTS` code of a state for which :meth:`is_bad` fired."""
+        return RESULTS.where(jnp.all(jnp.isfinite(y)), RESULTS.negative_density, RESULTS.nonfinite_density)
+
+    def _integrate(self, y0, ts, shape, name, *, dt, cfl, accuracy, solver, max_steps, throw, adjoint=None):
+        """Checked arguments, then :func:`cfl_solve`; returns (ts, states at ts, result, stats)."""
+        y0 = jnp.asarray(y0)
+        require(y0.shape == shape, f"{name} must have shape {shape}, got {y0.shape}")
+        require(jnp.issubdtype(y0.dtype, jnp.floating), f"{name} must be a floating-point array, got {y0.dtype}")
+        ts = jnp.asarray(ts, y0.dtype)
+        require(ts.ndim == 1 and ts.shape[0] >= 2, f"ts must be a 1-D array of >= 2 times, got shape {ts.shape}")
+        y0 = check_value(y0, ~jnp.all(y0 >= -self.initial_tolerance(y0)), f"{name} must be non-negative (and finite)")
+        ts = check_value(ts, ~jnp.all(jnp.diff(ts) >= 0) | ~jnp.all(jnp.isfinite(ts)), "ts must be finite and non-decreasing")
+        if dt is None:
+            require(is_real_in(cfl, 0, 0.5), f"cfl must be in (0, 1/2], got {cfl}")
+            require(is_real_in(accuracy, 0, 1), f"accuracy must be in (0, 1], got {accuracy}")
+            step = (jnp.asarray(cfl, y0.dtype), jnp.asarray(accuracy, y0.dtype))
+        else:
+            if is_concrete(dt):
+                require(bool(np.isfinite(dt)) and float(dt) > 0, f"dt must be finite and > 0, got {dt}")
+            step = jnp.asarray(dt, y0.dtype)
+            y0 = check_value(y0, ~(jnp.isfinite(step) & (step > 0)), "dt must be finite and > 0")
+        require(int(max_steps) >= 1, f"max_steps must be >= 1, got {max_steps}")
+        solver = diffrax.Heun() if solver is None else solver
+        require(isinstance(solver, diffrax.AbstractSolver), f"solver must be a diffrax solver, got {type(solver).__name__}")
+        ys, result, t_end, stats = cfl_solve(self, y0, ts, step, dt is None, solver, int(max_steps), adjoint)
+        if throw:
+            ys = raise_on_failure(type(self).__name__, ys, result, t_end, ts[-1])
+        return ts, ys, result, stats
+
+    def initial_tolerance(self, y0):
+        """How far below zero an initial state may dip (0: none)."""
+        return jnp.zeros((), y0.dtype)
+
+
+class AbstractFiniteVolume(AbstractDensitySolver):
     """A density on M periodic theta cells moved by an attention velocity (see module docstring).
 
     Subclasses hold the fields ``m``, ``beta``, ``a``, ``b`` (V = a I + b J), ``form`` and implement
@@ -149,32 +204,6 @@ class AbstractFiniteVolume(eqx.Module):
         dt = jnp.minimum(cfl * self.h / jnp.maximum(speed, 1e-30), accuracy / jnp.maximum(rate, 1e-30))
         return dt, speed
 
-    def _integrate(self, y0, ts, shape, name, *, dt, cfl, accuracy, solver, max_steps, throw, adjoint=None):
-        """Checked arguments, then :func:`cfl_solve`; returns (ts, states at ts, result, stats)."""
-        y0 = jnp.asarray(y0)
-        require(y0.shape == shape, f"{name} must have shape {shape}, got {y0.shape}")
-        require(jnp.issubdtype(y0.dtype, jnp.floating), f"{name} must be a floating-point array, got {y0.dtype}")
-        ts = jnp.asarray(ts, y0.dtype)
-        require(ts.ndim == 1 and ts.shape[0] >= 2, f"ts must be a 1-D array of >= 2 times, got shape {ts.shape}")
-        y0 = check_value(y0, ~jnp.all(y0 >= 0), f"{name} must be non-negative (and finite)")
-        ts = check_value(ts, ~jnp.all(jnp.diff(ts) >= 0) | ~jnp.all(jnp.isfinite(ts)), "ts must be finite and non-decreasing")
-        if dt is None:
-            require(is_real_in(cfl, 0, 0.5), f"cfl must be in (0, 1/2], got {cfl}")
-            require(is_real_in(accuracy, 0, 1), f"accuracy must be in (0, 1], got {accuracy}")
-            step = (jnp.asarray(cfl, y0.dtype), jnp.asarray(accuracy, y0.dtype))
-        else:
-            if is_concrete(dt):
-                require(bool(np.isfinite(dt)) and float(dt) > 0, f"dt must be finite and > 0, got {dt}")
-            step = jnp.asarray(dt, y0.dtype)
-            y0 = check_value(y0, ~(jnp.isfinite(step) & (step > 0)), "dt must be finite and > 0")
-        require(int(max_steps) >= 1, f"max_steps must be >= 1, got {max_steps}")
-        solver = diffrax.Heun() if solver is None else solver
-        require(isinstance(solver, diffrax.AbstractSolver), f"solver must be a diffrax solver, got {type(solver).__name__}")
-        ys, result, t_end, stats = cfl_solve(self, y0, ts, step, dt is None, solver, int(max_steps), adjoint)
-        if throw:
-            ys = raise_on_failure(type(self).__name__, ys, result, t_end, ts[-1])
-        return ts, ys, result, stats
-
 
 def is_real_in(value, lo, hi) -> bool:
     """``lo < value <= hi`` for a concrete real number (NaN and inf are out)."""
@@ -192,6 +221,8 @@ class RESULTS(diffrax.RESULTS):
                  "or use more cells")
     negative_density = ("the density became negative beyond round-off (a step broke the positivity bound "
                         "max|u| dt <= h/2): lower cfl or dt, or keep the default adaptive step (dt=None)")
+    unresolved = ("the density is no longer resolved by the band limit (spectral tail energy or a negative "
+                  "density beyond round-off): use a larger band limit L, or stop earlier")
 
 
 NEG_TOL = 100
@@ -220,7 +251,7 @@ class CFLController(diffrax.AbstractStepSizeController):
     ``dt`` (a bad state then fails at once). Either way every step is clipped so that the solve
     lands exactly on each save time ``ts``."""
 
-    pde: AbstractFiniteVolume
+    pde: AbstractDensitySolver
     ts: Array
     step: Array | tuple[Array, Array]
     rate_bound: Array
@@ -248,7 +279,7 @@ class CFLController(diffrax.AbstractStepSizeController):
         taken = t1 - t0
         dt, speed = self._dt(y1_candidate)
         if self.adaptive:
-            bad = state_is_bad(y1_candidate, self.positive) | ~jnp.isfinite(dt)
+            bad = self.pde.is_bad(y1_candidate, self.positive) | ~jnp.isfinite(dt)
             redo = (bad | (speed * taken > 0.5 * self.pde.h)) & (controller_state < MAX_REDO)
             dt = jnp.where(bad, 0.5 * taken, jnp.minimum(dt, jnp.where(redo, 0.5 * taken, jnp.inf)))
         else:
@@ -272,7 +303,7 @@ def cfl_solve(pde, y0, ts, step, adaptive: bool, solver, max_steps: int, adjoint
     positive = isinstance(solver, SSP_SOLVERS)
     rate = pde.linear_rate_bound(y0.dtype) if adaptive else jnp.zeros((), y0.dtype)
     controller = CFLController(pde, ts, step, rate, adaptive, positive)
-    event = diffrax.Event(lambda t, y, args, **kw: state_is_bad(y, positive))
+    event = diffrax.Event(lambda t, y, args, **kw: pde.is_bad(y, positive))
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(pde.rhs), solver, t0=ts[0], t1=ts[-1], dt0=None, y0=y0,
         saveat=diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=ts), diffrax.SubSaveAt(t1=True)]), stepsize_controller=controller, max_steps=max_steps,
@@ -280,9 +311,7 @@ def cfl_solve(pde, y0, ts, step, adaptive: bool, solver, max_steps: int, adjoint
     )
     ys, y_end, t_end = sol.ys[0], sol.ys[1][-1], sol.ts[1][-1]
     fired = sol.result == diffrax.RESULTS.event_occurred
-    result = RESULTS.where(
-        fired, RESULTS.where(jnp.all(jnp.isfinite(y_end)), RESULTS.negative_density, RESULTS.nonfinite_density),
-        RESULTS.promote(sol.result))
+    result = RESULTS.where(fired, pde.failure_code(y_end), RESULTS.promote(sol.result))
     ok = result == RESULTS.successful
     # saves at or after a failure hold nothing the solver stands behind
     after = (ts >= t_end) & ~ok
