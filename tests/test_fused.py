@@ -143,8 +143,9 @@ def test_fused_precisions(precision, tol, beta, key):
     assert err < tol, (precision, beta, err)
 
 
-@pytest.mark.parametrize("backend", [Fused(16, 16), mf.kernel.Dense(), mf.kernel.Chunked(16), mf.kernel.Chunked(16, 2)],
-                         ids=["fused", "dense", "chunked", "chunked-batched"])
+@pytest.mark.parametrize("backend", [Fused(16, 16), mf.kernel.Splash(128, 128), mf.kernel.Dense(), mf.kernel.Chunked(16),
+                                     mf.kernel.Chunked(16, 2)],
+                         ids=["fused", "splash", "dense", "chunked", "chunked-batched"])
 def test_integer_positions_beyond_2_24(backend, key):
     """Integer positions 2^24 + 0..47 (float32 cannot hold them: every backend used to cast them to
     the tokens' dtype, a relative field error of 1.0), strict causal with ALiBi, shuffled: positions

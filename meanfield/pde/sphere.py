@@ -40,9 +40,9 @@ first as energy in its top degrees, then as Gibbs undershoots. A state whose spe
 
 Time stepping: the shared integration layer of :mod:`meanfield.pde._fv` (``CFLController``: the
 step re-picked before every step as min(cfl h / max|v|, accuracy / r), h = pi / L the resolution of
-the band limit, r the fastest linear rate or max |Lap phi|), with Tsit5 by default (its stability
-region covers part of the imaginary axis, which the advection spectrum of a spectral method
-touches and SSP Heun's does not).
+the band limit, r the fastest linear rate or max |Lap phi|), with Bogacki-Shampine 3(2) (``diffrax.Bosh3``) by
+default: its stability region covers part of the imaginary axis, which the advection spectrum of
+a spectral method touches and SSP Heun's does not, at three right-hand sides a step (FSAL).
 """
 
 from __future__ import annotations
@@ -259,10 +259,10 @@ class SphereMeanField(AbstractDensitySolver):
               max_steps: int = 100_000, throw: bool = True, adjoint=None) -> SphereSolution:
         """Integrate from ts[0] to ts[-1], saving at ``ts`` (rho0: (L, 2L-1) on the MW grid,
         band-limited: project with :meth:`project`). The step adapts as the solution evolves, by
-        the rule of the circle solver (module docstring); Tsit5 by default. ``throw=True``: an
+        the rule of the circle solver (module docstring); Bosh3 by default. ``throw=True``: an
         unresolved or non-finite state raises :class:`meanfield.SolverError` naming the time and
         suggesting a larger L; ``throw=False`` returns the ``result`` code."""
-        solver = diffrax.Tsit5() if solver is None else solver
+        solver = diffrax.Bosh3() if solver is None else solver
         ts, rho, result, stats = self._integrate(rho0, ts, (self.L, 2 * self.L - 1), "rho0", dt=dt, cfl=cfl,
                                                  accuracy=accuracy, solver=solver, max_steps=max_steps, throw=throw,
                                                  adjoint=adjoint)
