@@ -11,7 +11,6 @@ Run:  python benchmarks/fused_precision.py [--n 2048] [--d 64] [--betas 1,4,9]
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 
@@ -37,7 +36,6 @@ def main(argv=None):
         ref = mf.Attention(beta, mask=mf.Causal(), backend=Dense())(x)
         errs = []
         for prec in PRECISIONS:
-            t0 = time.perf_counter()
             out = mf.Attention(jnp.float32(beta), mask=mf.Causal(), precision=prec, backend=Fused(64, 64))(x.astype(jnp.float32))
             errs.append(float(jnp.max(jnp.abs(out - ref)) / jnp.max(jnp.abs(ref))))
         print(f"{beta:>5g} | " + " | ".join(f"{e:>9.2e}" for e in errs), flush=True)

@@ -111,6 +111,7 @@ STRICT_MASKS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["SA", "USA"])
 @pytest.mark.parametrize("mask", list(STRICT_MASKS))
 @pytest.mark.parametrize("heads", [1, 3])

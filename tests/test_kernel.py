@@ -229,6 +229,7 @@ def test_default_row_block_keeps_the_slab_in_cache():
     assert default_row_block(8, 2048, 4) == 256
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mask", [mf.Causal(), mf.Causal(strict=True) & mf.ALiBi(0.1), mf.Window(40.0), mf.Full(),
                                   mf.PositionNormalized(mf.Causal() & mf.ALiBi(0.05))],
                          ids=["causal", "strict-alibi", "window", "full", "pn"])

@@ -21,6 +21,7 @@ def test_spherical_bessel_in_jax_matches_scipy():
         assert np.max(np.abs(got / sp.spherical_in(np.arange(21), beta) - 1)) < 1e-12
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["SA", "USA"])
 @pytest.mark.parametrize("beta", [1.0, 4.0])
 def test_linear_growth_rates_match_the_closed_form(form, beta):

@@ -32,6 +32,7 @@ def _err(attn_kw, x, aux, heads_kw=None):
     return float(jnp.max(jnp.abs(out - ref)) / jnp.max(jnp.abs(ref)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["SA", "USA"])
 @pytest.mark.parametrize("mask", list(MASKS))
 def test_splash_equals_dense(mask, form, key):

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import math
 
 import equinox as eqx
@@ -46,6 +47,7 @@ from ..sharding import token_shards
 from .._types import Array, Float, TokensLike
 from .encodings import AbstractPE, RoPE
 from . import fused as _fused
+from ._reference import with_reference_derivative
 from . import splash as _splash
 from .masks import AbstractMask, Full, Slots, position_normalized
 from .sharded import sharded_field
@@ -102,7 +104,9 @@ class Chunked(AbstractBackend):
     def field(self, attn, p):
         if int(self.query_batch) == 1:
             return _chunked(attn, p, int(self.block), 1)
-        return _chunked_batched(attn, p, block=int(self.block), query_batch=int(self.query_batch))
+        # its loops have data-dependent lengths, which reverse mode cannot differentiate
+        forward = functools.partial(_chunked, block=int(self.block), query_batch=int(self.query_batch))
+        return with_reference_derivative(attn, p, forward=forward, reference=_chunked_reference)
 
 
 class Fused(AbstractBackend):
@@ -782,21 +786,6 @@ def _chunked_reference(attn, p):
     """The field through ``Chunked()`` (one query block at a time): the derivative of the paths that
     have none of their own (``Fused``, ``Chunked(query_batch > 1)``)."""
     return _chunked(attn, p, 512, 1)
-
-
-@eqx.filter_custom_jvp
-def _chunked_batched(attn, p, *, block, query_batch):
-    """:func:`_chunked` with ``query_batch`` > 1 (its loops have data-dependent lengths, which
-    reverse mode cannot differentiate); derivatives through the ``query_batch=1`` path, which
-    computes the same field."""
-    return _chunked(attn, p, block, query_batch)
-
-
-@_chunked_batched.def_jvp
-def _chunked_batched_jvp(primals, tangents, *, block, query_batch):
-    out = _chunked(*primals, block, query_batch)
-    _, t_out = eqx.filter_jvp(_chunked_reference, primals, tangents)
-    return out, t_out
 
 
 def _paired_blocks(attn, q, qslots, own, tiles, tile_info, init_state, update, finish, batch):

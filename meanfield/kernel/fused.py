@@ -33,7 +33,6 @@ from __future__ import annotations
 import functools
 import math
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
@@ -42,6 +41,7 @@ from jax.experimental.pallas import triton as plgpu
 from .._arrays import pad_axis
 from .._errors import require
 from .._types import Array
+from ._reference import with_reference_derivative
 from .masks import ALiBi, Causal, Compose, Full, PositionNormalized, Window
 
 LOG2E = 1.4426950408889634
@@ -308,19 +308,7 @@ def field(spec, attn, p, reference) -> Array:
     ``Chunked()`` path, which computes the same field): the Pallas kernel has no derivative rule."""
     check_supported(attn, p)
     mask_params(attn.mask, attn.heads)  # refuse unsupported masks before tracing
-    return _field_with_reference_derivative(attn, p, spec=spec, reference=reference)
-
-
-@eqx.filter_custom_jvp
-def _field_with_reference_derivative(attn, p, *, spec, reference):
-    return _forward(spec, attn, p)
-
-
-@_field_with_reference_derivative.def_jvp
-def _field_jvp(primals, tangents, *, spec, reference):
-    out = _forward(spec, *primals)
-    _, t_out = eqx.filter_jvp(reference, primals, tangents)
-    return out, t_out
+    return with_reference_derivative(attn, p, forward=functools.partial(_forward, spec), reference=reference)
 
 
 def _forward(spec, attn, p) -> Array:

@@ -46,15 +46,15 @@ On a machine without a TPU the kernel runs in Pallas interpret mode (``interpret
 
 from __future__ import annotations
 
+import functools
 import math
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from .._errors import check_value, require
 from .._types import Array
+from ._reference import with_reference_derivative
 from .fused import mask_params, split3_bf16, split_bf16
 
 DUMMY_LOGM = -1.0e4
@@ -194,19 +194,7 @@ def field(spec, attn, p, reference) -> Array:
     derivatives through ``reference(attn, p)`` (the ``Chunked()`` path)."""
     causal, window, _slopes, normalized, has_alibi = mask_params(attn.mask, attn.heads, backend="Splash")
     check_supported(attn, p, causal, window, has_alibi, normalized)
-    return _with_reference_derivative(attn, p, spec=spec, reference=reference)
-
-
-@eqx.filter_custom_jvp
-def _with_reference_derivative(attn, p, *, spec, reference):
-    return _forward(spec, attn, p)
-
-
-@_with_reference_derivative.def_jvp
-def _jvp(primals, tangents, *, spec, reference):
-    out = _forward(spec, *primals)
-    _, t_out = eqx.filter_jvp(reference, primals, tangents)
-    return out, t_out
+    return with_reference_derivative(attn, p, forward=functools.partial(_forward, spec), reference=reference)
 
 
 def default_interpret() -> bool:
@@ -230,7 +218,6 @@ def _forward(spec, attn, p) -> Array:
         require(p.k.shape[0] == 1 and p.v.shape[0] == 1, "the Splash backend shares one key copy across heads")
         xk = p.k[0]
     q = jnp.broadcast_to(q, (h,) + q.shape[1:]).astype(jnp.float32)
-    n = q.shape[1]
     pos = p.qs.pos
     perm = jnp.argsort(pos)
     ps = pos[perm]
