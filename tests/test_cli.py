@@ -66,7 +66,12 @@ def test_every_preset_is_listed_and_tested(capsys):
         assert name in out
 
 
-@pytest.mark.parametrize("name", sorted(TINY))
+# the presets whose tiny run takes over ~20 s on 2 cores run in the full suite only (slow)
+SLOW_TINY = {"kinetic-tcrit", "universality", "particles-vs-pde", "anti-collapse", "recall-capacity", "kinetic-causal",
+             "aux-metastability", "rope-long-context", "meanfield-circle", "pe-sweep", "phase-diagram", "prompt-parallel", "step0"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_TINY else n for n in sorted(TINY)])
 def test_preset_runs_tiny(name, tmp_path):
     preset = get_preset(name)
     cfg = apply_overrides(preset.Config(), TINY[name])
@@ -88,6 +93,7 @@ def test_preset_runs_tiny(name, tmp_path):
     assert not (tmp_path / "checkpoint.npz").exists()
 
 
+@pytest.mark.slow
 def test_sweep_is_the_cross_product(tmp_path):
     preset = get_preset("clustering")
     cfg = apply_overrides(preset.Config(), TINY["clustering"])

@@ -177,6 +177,7 @@ def _battery_cases():
             yield preset, key, text
 
 
+@pytest.mark.slow
 def test_command_battery_refuses_every_bad_value_before_compute(monkeypatch, capsys):
     """Every preset x numeric key x {nan, inf, -inf, nearest out-of-range}, through --set and
     --grid, in one process: exit 2 with one line naming the key, never reaching execute."""

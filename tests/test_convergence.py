@@ -48,6 +48,7 @@ def test_adaptive_meets_tolerance(problem):
     assert errs[0] > errs[1] > errs[2]
 
 
+@pytest.mark.slow
 def test_implicit_solver_agrees_on_a_stiff_usa_run():
     # USA with additive offsets moves at rates ~ e^{beta |y|^2} (here ~e^{6.5}): the implicit
     # Kvaerno5 and the explicit Tsit5 land on the same state.

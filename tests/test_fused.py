@@ -162,6 +162,7 @@ def test_integer_positions_beyond_2_24(backend, key):
     assert float(jnp.max(jnp.abs(out - ref)) / jnp.max(jnp.abs(ref))) < HIGHEST_TOL
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["SA", "USA"])
 def test_fused_grad_and_jvp(form, key):
     """jax.grad and jax.jvp through Fused (derivatives through the Chunked path) equal those of

@@ -73,6 +73,7 @@ def test_dead_zone_laws():
         assert abs(st["recency_mass"] - 0.5**depth) < depth / n
 
 
+@pytest.mark.slow
 def test_jacobian_matches_finite_differences_nonlinear():
     n, d = 10, 3
     x0 = mf.sphere_uniform(jax.random.key(1), n, d)
@@ -116,6 +117,7 @@ def test_causal_influence_is_zero_on_the_future_and_u_shape_helpers():
     assert u_shape_onset(ts, profs) == pytest.approx(0.0 + 1.0 * 1.0 / 1.5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("style", ["gpt2", "qwen2"])
 def test_random_decoder_step0_u_shape_with_and_without_rope(style):
     """At initialisation the last token's influence profile is U-shaped (primacy at the first
@@ -213,6 +215,7 @@ def test_rope_on_aligned_tokens_is_a_distance_decay_of_the_scores():
     np.testing.assert_allclose(a, np.exp(score) / np.exp(score).sum(), rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_profiles_at_several_depths_equal_one_depth_at_a_time():
     x0 = mf.sphere_uniform(jax.random.key(5), 10, 4)
     attn = mf.Attention(2.0, mask=mf.Causal() & mf.ALiBi(0.2))

@@ -107,6 +107,7 @@ def test_causal_blocks_are_skipped():
     np.testing.assert_array_equal(attn(x)[:56], attn(x2)[:56])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["dense", "chunked"])
 def test_jit_vmap_grad_agree_with_eager(backend):
     attn = make("random", "SA", H, mf.Causal() & mf.ALiBi(jnp.array([0.1, 0.2, 0.3])), jnp.float64, backend, 8)
@@ -185,6 +186,7 @@ def test_score_precision_options_accuracy():
         mf.Attention(1.0, precision="half")
 
 
+@pytest.mark.slow
 def test_backend_strategies_and_the_deprecated_strings(key):
     """Dense(row_block) and Chunked(block, query_batch) are the backends; the old strings with
     loose keywords build the same strategy (same field) with a DeprecationWarning; loose

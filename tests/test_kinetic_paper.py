@@ -204,6 +204,7 @@ def test_pde_growth_rate_with_self_weighted_normalised_rows_is_n2_In_with_the_de
         np.testing.assert_allclose(np.log(c[1] / c[0]) / (n**2 * iv(n, beta)), 1.0, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_pde_mode_response_is_the_discrete_propagator_row():
     beta, lam, S = 1.0, 1.0, 32
     tc = theory.kinetic_tcrit(beta, lam)

@@ -58,6 +58,7 @@ def test_residual_fit_makes_the_target_stationary_and_from_the_paired_start_attr
     assert np.abs(end - tgt).max() < max(bound, 1e-3)
 
 
+@pytest.mark.slow
 def test_fit_through_simulate_lowers_the_distance_of_the_limit_to_the_target():
     """Gradient through simulate (MMD of the end states from two training starts): the loss falls,
     and so does the exact circle W1 to the target from a start the fit never saw."""

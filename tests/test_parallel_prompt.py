@@ -70,6 +70,7 @@ def test_energy_with_parallel_prompts_never_decreases(form):
     assert np.all(np.diff(e) >= -1e-7 * e.max()) and e[-1] > 2 * e[0]
 
 
+@pytest.mark.slow
 def test_parallel_prompts_reach_the_pushforward_where_shared_prompts_collapse():
     """Same prompts p_i = (cos pi s_i, sin pi s_i), same start: shared prompts (key mass w/N each)
     end at a Dirac mass; parallel prompts end at the pushforward, at circle-W1 ~ 1/N from the
@@ -93,6 +94,7 @@ def test_parallel_prompts_reach_the_pushforward_where_shared_prompts_collapse():
     assert np.all((rates > 0.8) & (rates < 1.2)), (w1, rates)
 
 
+@pytest.mark.slow
 def test_global_search_finds_the_best_known_additive_pe_maximiser():
     """M = 64 midpoints, u = 0.4 (cos pi s, sin pi s), beta = 4: the former 5-start default found
     105.91, 40 starts 106.58; the search must reach 106.7088 (300 more basin hops found nothing

@@ -51,6 +51,7 @@ def test_mass_positivity_and_uniform_stationary(form):
     assert float(sol.rho[-1].max()) > 2 * float(rho0.max())  # it does concentrate
 
 
+@pytest.mark.slow
 def test_grid_refinement_is_second_order():
     beta, T = 3.0, 1.0
     ref = CircleMeanField(4096, beta=beta).solve(cell_averages(4096), jnp.array([0.0, T]), cfl=0.2).rho[-1]
@@ -85,6 +86,7 @@ def test_particles_converge_to_the_pde_at_rate_n_to_minus_half():
     assert -0.65 < slope < -0.35, (w1, slope)
 
 
+@pytest.mark.slow
 def test_density_w1_and_conversions():
     m = 512
     rho = cell_averages(m)

@@ -18,6 +18,7 @@ def _state(pde, kappa=1.5):
     return pde.von_mises(kappa, jnp.linspace(0.0, 2.0, pde.n_s)) * (1 + 0.2 * jnp.sin(3 * pde.theta))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lam", [0.0, 1.5])
 @pytest.mark.parametrize("form", ["SA", "USA"])
 def test_fast_causal_path_equals_engine_kernel(lam, form):
@@ -55,6 +56,7 @@ def test_one_row_full_coupling_is_the_circle_solver():
     np.testing.assert_allclose(kin.rhs(0.0, rho[None])[0], circ.rhs(0.0, rho), rtol=1e-12, atol=1e-13)
 
 
+@pytest.mark.slow
 def test_prompt_equals_a_frozen_one_cell_row():
     """A prompt token at a cell centre is exactly a row holding all its mass in that cell which
     attends only to itself (such a row never moves: upwind fluxes into empty cells vanish)."""
@@ -77,6 +79,7 @@ def test_prompt_equals_a_frozen_one_cell_row():
     np.testing.assert_allclose(b[:, S], jnp.broadcast_to(row, (3, M)), atol=1e-14)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("coupling", ["causal", "full"])
 def test_mass_per_row_positivity_and_uniform_stationary(coupling):
     pde = KineticMeanField(16, 64, beta=3.0, b=0.4, lam=1.0, coupling=coupling)
@@ -105,6 +108,7 @@ def test_causal_modes_follow_linear_theory(form):
     assert np.max(expect / a0) > 1.5  # the perturbation does grow
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("self_weight,order", [(0.5, 2.0), (1.0, 1.0)])
 def test_s_quadrature_order(self_weight, order):
     """Refinement in s at fixed theta grid against S = 512: the half-weight own cell is second
@@ -123,6 +127,7 @@ def test_s_quadrature_order(self_weight, order):
     assert abs(slope - order) < 0.3, (errs, slope)
 
 
+@pytest.mark.slow
 def test_influence_sum_rule_and_u_shape_onset_matches_linear_theory():
     """Rotating every initial row rotates the output: sum_s w c(t, s) = 1 (up to the grid's
     loss of exact rotation invariance). Around a nearly uniform state (kappa = 0.1) the U-shape

@@ -63,6 +63,7 @@ def test_mass_is_conserved_and_an_unresolved_state_fails():
     assert bool(jnp.all(jnp.isfinite(bad.rho[1]))) and bool(jnp.all(jnp.isnan(bad.rho[2])))
 
 
+@pytest.mark.slow
 def test_observables_closed_forms():
     """Uniform: energy i_0(beta) / (2 beta), degree spectrum only at l = 0 (1/(4 pi)), distance to
     the nearest Dirac sqrt(2); von Mises-Fisher(kappa): mean resultant coth(kappa) - 1/kappa."""
@@ -80,6 +81,7 @@ def test_observables_closed_forms():
     assert float(pde.mass(v)) == pytest.approx(1.0, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_particles_and_density_round_trip():
     """Samples of a vMF density have its mean resultant (to the N^-1/2 noise), and their kernel
     density estimate has unit mass and the same mean direction."""

@@ -44,6 +44,7 @@ def _final(sol):
     return sol.rho[-1] if hasattr(sol, "rho") else sol.f[-1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_two_saves_match_the_reference(case):
     make, former = CASES[case]

@@ -12,12 +12,14 @@ import pytest
 from meanfield.studies import recall
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("opt,steps,lr", [("gd", 200, None), ("adam", 300, 0.05)])
 def test_tiny_instance_is_learnt_to_full_train_accuracy(opt, steps, lr):
     _, train_acc, test_acc = recall.train(jax.random.key(0), 4, 32, 4, 256, steps=steps, opt=opt, lr=lr)
     assert float(train_acc) == 1.0 and float(test_acc) > 0.95
 
 
+@pytest.mark.slow
 def test_one_gradient_step_is_the_closed_form_early_phase_classifier():
     """From w = W = 0 one GD step predicts argmax_m sum_{n: y_n = m} <xbar_n, xbar> (module
     docstring): the trained model's test predictions equal it."""
@@ -39,6 +41,7 @@ def test_one_gradient_step_is_the_closed_form_early_phase_classifier():
     assert float(jnp.abs(model.w).max()) == 0.0  # attention does not move in the first step (W = 0)
 
 
+@pytest.mark.slow
 def test_capacity_grows_with_d_in_the_early_phase():
     """One GD step (the early phase), N = 1024, L = 8, 2 seeds. Capacity at d = 16 / 32 / 64
     measured 8 / 22 / 68 (Gaussian theory: 8.4 / 19.3 / 49). Asserted: each doubling of d stores
@@ -48,6 +51,7 @@ def test_capacity_grows_with_d_in_the_early_phase():
     assert np.all(np.isfinite(by_d)) and by_d[1] > 1.5 * by_d[0] and by_d[2] > 1.5 * by_d[1], by_d
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("m,d,length,n", [(16, 32, 2, 1024), (16, 32, 4, 1024), (16, 32, 8, 1024), (64, 64, 8, 1024)])
 def test_early_phase_accuracy_matches_its_gaussian_theory(m, d, length, n):
     """Simulated one-step test accuracy (8 instances x 2048 test sequences; standard error

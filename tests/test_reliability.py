@@ -112,6 +112,7 @@ def test_list_into_a_closed_pipe_and_version():
     assert ver.stdout.strip() == f"meanfield {mf.__version__}"
 
 
+@pytest.mark.slow
 def test_grid_and_set_conflicts_and_resume_without_retyping(tmp_path, capsys):
     out = tmp_path / "o"
     sets = ["--set", "n=6", "--set", "t1=1", "--set", "n_save=5", "--set", "chunks=4", "--no-progress"]
@@ -177,6 +178,7 @@ def test_full_disk_while_drawing_keeps_the_result_and_leaves_no_stale_checkpoint
     assert main(["plot", str(out)]) == 0 and list(out.glob("*.png"))
 
 
+@pytest.mark.slow
 def test_host_steps_checkpoint_and_resume_to_the_same_result(tmp_path, capsys):
     """A host-side preset (prompt-parallel: the theory, then one step per N) paused after its first
     step resumes at the next one and ends with the uninterrupted result."""
@@ -214,6 +216,7 @@ def test_under_a_users_jit_the_real_message_comes_first(capfd):
     assert f(1e-6).shape == (8, 3) and "meanfield: error" not in capfd.readouterr().err  # good values: silent
 
 
+@pytest.mark.slow
 def test_interrupt_mid_write_leaves_no_partial_result_and_resumes(tmp_path, monkeypatch, capsys):
     """Fault injection: Ctrl-C while result.nc is being written (half a file on disk). Afterwards
     there is no result.nc and no temporary file, the last checkpoint is intact (exit 130 with the

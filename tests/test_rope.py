@@ -52,6 +52,7 @@ def test_short_context_small_base_is_local():
     assert est.lo > 0.75, est
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("base", [100.0, 10000.0])
 def test_locality_and_consistency_approach_one_half(base):
     """Trend with confidence intervals over L = 16 ... 2^18: the locality probability falls and
@@ -79,6 +80,7 @@ def test_larger_base_trades_positions_for_tokens():
     assert locs[0].lo > locs[1].hi and locs[1].lo > locs[2].hi, locs
 
 
+@pytest.mark.slow
 def test_score_preserving_moves_and_token_swaps_exist_at_long_context():
     d, length, base = 16, 4096, 10000.0
     q, k = rope.QKDistribution(d, 1.0).sample(jax.random.key(5), 2)
@@ -97,6 +99,7 @@ def test_score_preserving_moves_and_token_swaps_exist_at_long_context():
     assert frac_long.lo > frac_short.hi, (frac_short, frac_long)
 
 
+@pytest.mark.slow
 def test_engine_multihead_locality_fades_with_length():
     d, heads = 16, 4
     q = jnp.eye(d) + 0.3 * jax.random.normal(jax.random.key(1), (heads, d, d))

@@ -26,6 +26,7 @@ def test_vmap_over_initial_conditions_and_beta(key):
     np.testing.assert_allclose(batched, looped, rtol=0, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_grad_through_solve_matches_finite_difference(key):
     # d/d beta of the final energy (at a fixed measuring temperature) through the whole solve.
     x0 = mf.sphere_uniform(key, 10, 3)

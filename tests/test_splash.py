@@ -46,6 +46,7 @@ def test_splash_equals_dense(mask, form, key):
     assert _err(dict(beta=F32(2.0), mask=MASKS[mask], form=form), x, aux) < TOL
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["SA", "USA"])
 def test_splash_heads_share_one_key_copy(form, key):
     """Three heads with their own Q, K, V, beta and ALiBi slopes: K folded into the queries, V
@@ -75,6 +76,7 @@ def test_splash_refusals(key):
         Splash(block_q=100)
 
 
+@pytest.mark.slow
 def test_splash_grad(key):
     """jax.grad through Splash (derivatives through the Chunked path) equals dense's."""
     n = 130
