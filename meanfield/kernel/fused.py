@@ -1,31 +1,44 @@
 r"""A fused attention-field backend written in Pallas (GPU first; CPU through interpret mode).
 
-One kernel program per (head h, query block i) keeps its query tile on chip and streams the key
-tiles j = 0, 1, ... with the online normaliser (flash-attention style):
+One kernel program per (head h, query block i) keeps its query tile on chip and streams key
+tiles with the online normaliser (flash-attention style), in base 2 (scores, log-masses and
+slopes scaled by log2 e, ``exp2``):
 
-    s_ij = <beta_h q_i, k_j> + log m_j - lambda_h |pos_i - pos_j|     (-inf where the mask forbids)
-    m   <- max(m, max_j s_ij),   l <- l e^{m_old - m} + sum_j e^{s_ij - m},
-    acc <- acc e^{m_old - m} + sum_j e^{s_ij - m} v_j,
+    s_ij = log2(e) (<beta_h q_i, k_j> + log m_j - lambda_h |pos_i - pos_j|)   (-inf where the mask forbids)
+    m   <- max(m, max_j s_ij),   l <- l 2^{m_old - m} + sum_j 2^{s_ij - m},
+    acc <- acc 2^{m_old - m} + sum_j 2^{s_ij - m} v_j,
 
-    SA: v_i = acc / l,        USA: v_i = acc e^{m}
+    SA: v_i = acc / l,        USA: v_i = acc 2^{m}
 
-so no (N x N) score matrix is ever written to memory. Tiles that the mask forbids entirely (every
-key after every query under a causal mask, keys beyond the window) are skipped (``lax.cond`` on
-the tile's position range), as are tiles of padding keys (mass 0).
+so no (N x N) score matrix is ever written to memory.
+
+Which key tiles (:func:`tile_bounds`, computed in XLA before the kernel): for query block i,
+tiles [lo, hi) hold every pair the mask may allow (from the blocks' and tiles' position ranges;
+padding tiles are out), and [a, b) inside it only tiles whose every pair is allowed. The kernel
+runs three ``fori_loop``s, [lo, a) and [b, hi) with the mask arithmetic and [a, b) without it, and
+no control flow around any load, so Triton can pipeline the loads. Under a causal mask in index
+order [lo, hi) is the lower triangle, and the query blocks run longest rows first. ALiBi comes from
+the exact difference pos_i - pos_j (positions arrive centred, see :func:`centred_positions`); the
+log-masses are the only per-key vector.
+
+Precision (``Attention(precision=...)``), for both products (scores and P V), on tensor cores:
+``"highest"``: three bf16 products of hi/lo splits, x = hi + lo (relative field error about
+5e-6 to 7e-6 against float64 for beta up to 9; the once-per-row V projection uses six
+products of three-part splits); ``"tf32"``: TF32; ``"bf16"``: one bf16 product (~3e-3).
+``benchmarks/fused_ir.py`` prints the lowered Triton IR's dots, loads and exponentials.
 
 Supported: masks ``Full``, ``Causal`` (also ``strict``), ``Window``, ``ALiBi`` (scalar or per-head
 slopes), their compositions with ``&`` and ``PositionNormalized`` of those (under USA a second
-online normaliser, of the positional weights, runs beside the first); SA and USA; token masses; heads (Q, K, V projections and the
-output mixing W are applied around the kernel, in XLA); any d (d is padded with zeros to a
-power of two >= 16, which changes no inner product). float32 only; the score matmul precision is
-``Attention(precision=...)``: ``"highest"`` (full float32), ``"tf32"`` (the backend default) or
-``"bf16"`` (queries and keys rounded to bfloat16, float32 accumulation).
-Not supported (a ``ValueError`` names the alternative, ``Chunked()``): ``CustomBias``, ``ZBias``,
-positional encodings (``RoPE``, ``AdditivePE``), prompts, float64.
+online normaliser, of the positional weights, runs beside the first); SA and USA; token masses;
+heads (K folded into the queries, V applied in-kernel to each row's weighted sum of raw tokens,
+one key/value copy for all heads); any d (padded with zeros to a power of two >= 16). float32
+only. Not supported (a ``ValueError`` names the alternative, ``Chunked()``): ``CustomBias``,
+``ZBias``, positional encodings (``RoPE``, ``AdditivePE``), prompts, float64. Derivatives go
+through the ``Chunked()`` path (the kernel has no derivative rule).
 
 On a machine without a GPU the kernel runs in Pallas interpret mode (``interpret=None`` picks it
-automatically), which is how the tests check it against the dense backend; it is slow there and
-meant for checking, not for speed.
+automatically), where the bf16 products are exact emulations of tensor-core products; it is slow
+there and meant for checking, not for speed.
 """
 
 from __future__ import annotations
