@@ -6,7 +6,9 @@
    S M, against the dense O(S^2 M) coupling (the same RHS with an explicit S x S matrix) and, at
    small sizes, the engine-kernel quadrature O((S M)^2).
 
-Run:  python benchmarks/bench_pde.py
+3. Sphere solver (``SphereMeanField``) vs the band limit L, with the fitted exponent.
+
+Run:  python benchmarks/bench_pde.py  (only the sphere rows: --sphere)
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ def main():
     p = np.polyfit(np.log(ms_a[big]), np.log(ts_a[big]), 1)[0]
     print(f"fitted exponent of the FFT RHS for M >= 4096: time ~ M^{p:.2f}")
     kinetic()
+    sphere()
 
 
 def _rhs_loop(pde):
@@ -101,5 +104,31 @@ def kinetic():
     print(f"fitted exponent of the kinetic RHS for S M >= 16384: time ~ (S M)^{p:.2f}")
 
 
+def sphere(bands=(8, 16, 32, 64)):
+    """SphereMeanField: cost per right-hand side against the band limit L (about ten s2fft scalar
+    transforms per RHS, half of them at band 2L; s2fft's jax transforms are O(L^3))."""
+    from meanfield.pde import SphereMeanField
+
+    print()
+    print(f"{'L':>5} | {'sphere RHS us':>13}")
+    rows = []
+    for L in bands:
+        pde = SphereMeanField(L, beta=4.0)
+        rho = pde.perturbed(3, 0, 0.05)
+        t = per_call(_rhs_loop(pde), rho)
+        rows.append((L, t))
+        print(f"{L:>5} | {t * 1e6:>13.1f}", flush=True)
+    ls, ts = np.array([r[0] for r in rows], float), np.array([r[1] for r in rows])
+    big = ls >= 16
+    p = np.polyfit(np.log(ls[big]), np.log(ts[big]), 1)[0]
+    print(f"fitted exponent of the sphere RHS for L >= 16: time ~ L^{p:.2f}")
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if sys.argv[1:] == ["--sphere"]:
+        jax.config.update("jax_enable_x64", True)
+        sphere()
+    else:
+        main()
