@@ -768,16 +768,17 @@ def _chunked(attn: Attention, p: _Prepared, block: int, query_batch: int) -> Arr
         return finish(carry)
 
     own = None if p.own is None else _block_own(p.own, nq, bq)
-    never_skips = attn.mask.block_active(qslots.pos.min(axis=1)[:, None], qslots.pos.max(axis=1)[:, None],
-                                         k_lo[None, :], k_hi[None, :])
-    never_skips = is_concrete(never_skips) and bool(jnp.all(never_skips))  # e.g. Full, ALiBi: known at trace time
     if query_batch == 1:
         out = jax.lax.map(one_query_block, (q, qslots, own))  # (nq, h, bq, d)
-    elif never_skips:
-        out = jax.lax.map(every_tile, (q, qslots, own), batch_size=min(query_batch, nq))
     else:
-        out = _paired_blocks(attn, q, qslots, own, (k, v, kslots, logm, free), (k_live, k_free, k_lo, k_hi),
-                             init_state, update, finish, min(query_batch, -(-nq // 2)))
+        mask_active = attn.mask.block_active(qslots.pos.min(axis=1)[:, None], qslots.pos.max(axis=1)[:, None],
+                                             k_lo[None, :], k_hi[None, :])
+        if is_concrete(mask_active) and bool(jnp.all(mask_active)):  # e.g. Full, ALiBi: known at trace time
+            out = jax.lax.map(every_tile, (q, qslots, own), batch_size=min(query_batch, nq))
+        else:
+            active = jnp.broadcast_to((mask_active | k_free[None, :]) & k_live[None, :], (nq, k_lo.shape[0]))
+            out = _paired_blocks(q, qslots, own, (k, v, kslots, logm, free), active, init_state, update, finish,
+                                 min(query_batch, -(-nq // 2)))
     out = jnp.moveaxis(out, 0, 1).reshape(h, nq * bq, d_out)
     return out[:, :n]
 
@@ -788,19 +789,13 @@ def _chunked_reference(attn, p):
     return _chunked(attn, p, 512, 1)
 
 
-def _paired_blocks(attn, q, qslots, own, tiles, tile_info, init_state, update, finish, batch):
+def _paired_blocks(q, qslots, own, tiles, active, init_state, update, finish, batch):
     """The query blocks i and nq - 1 - i in one loop over t < n_i + n_{nq-1-i}, where n_i = hi_i - lo_i
-    counts the key tiles from the first to the last one the mask allows for block i (a superset:
-    the forbidden tiles inside it are computed with their scores masked). Pairs are mapped with
-    ``batch_size=batch``; under a causal mask in index order every pair runs nq + 1 tiles."""
+    counts the key tiles from the first to the last one ``active`` (nq x nk) allows for block i (a
+    superset: the forbidden tiles inside it are computed with their scores masked). Pairs are
+    mapped with ``batch_size=batch``; under a causal mask in index order every pair runs nq + 1 tiles."""
     nq = q.shape[0]
-    k_live, k_free, k_lo, k_hi = tile_info
-    q_lo, q_hi = qslots.pos.min(axis=1), qslots.pos.max(axis=1)
-    act = jax.vmap(lambda a, b: (attn.mask.block_active(a, b, k_lo, k_hi) | k_free) & k_live)(q_lo, q_hi)
-    act = jnp.broadcast_to(act, (nq, k_lo.shape[0]))
-    some = act.any(axis=1)
-    lo = jnp.where(some, jnp.argmax(act, axis=1), 0)
-    hi = jnp.where(some, act.shape[1] - jnp.argmax(act[:, ::-1], axis=1), 0)
+    lo, hi = _fused.active_tile_range(active)
     pairs = -(-nq // 2)
     a_idx = jnp.arange(pairs)
     b_idx = nq - 1 - a_idx

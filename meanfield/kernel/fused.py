@@ -197,6 +197,16 @@ def _kernel(bounds_ref, qpos_ref, kpos_ref, logm_ref, slope_ref, *refs, bk, caus
     o_ref[0] = out.astype(o_ref.dtype)
 
 
+def active_tile_range(active):
+    """(lo, hi) per row of the (query blocks x key tiles) boolean ``active``: the first active tile
+    and one past the last (0, 0 for a row with none). The tiles between that are not active are
+    computed with their scores masked, so the range may be a superset."""
+    some = active.any(axis=1)
+    lo = jnp.where(some, jnp.argmax(active, axis=1), 0)
+    hi = jnp.where(some, active.shape[1] - jnp.argmax(active[:, ::-1], axis=1), 0)
+    return lo, hi
+
+
 def centred_positions(qpos, kpos):
     """Query and key positions relative to their common minimum: int32 when the positions are
     integers (exact comparisons and differences at any magnitude, 2^24 and beyond), float32
@@ -231,9 +241,7 @@ def tile_bounds(qpos, kpos, logm, bq, bk, causal, window):
         active = active & (gap < window)
         full = full & (span < window)
     idx = jnp.arange(nk)[None, :]
-    some = active.any(1)
-    lo = jnp.where(some, jnp.argmax(active, 1), 0)
-    hi = jnp.where(some, nk - jnp.argmax(active[:, ::-1], 1), 0)
+    lo, hi = active_tile_range(active)
     inside = (idx >= lo[:, None]) & (idx < hi[:, None])
     f = full & inside
     a = jnp.where(f.any(1), jnp.argmax(f, 1), hi)
@@ -262,7 +270,7 @@ def fused_field(q, k, v, qpos, kpos, mass, *, causal, window, slopes, usa, preci
     k = pad_axis(pad_axis(k.astype(f32), dp, 2, 0.0), mp, 1, 0.0)
     v = pad_axis(pad_axis(v.astype(f32), dvp, 2, 0.0), mp, 1, 0.0)
     qpos, kpos = centred_positions(qpos, kpos)
-    qpos, kpos = pad_axis(qpos, np_, 0, qpos[-1]), pad_axis(kpos, mp, 0, kpos[-1])  # edge: keeps tile ranges tight
+    qpos, kpos = pad_axis(qpos, np_, 0), pad_axis(kpos, mp, 0)  # edge padding keeps the tile ranges tight
     logm = pad_axis(jnp.log(mass.astype(f32)) * LOG2E, mp, 0, -jnp.inf)
     bounds = tile_bounds(qpos, kpos, logm, bq, bk, int(causal), window)
     # longest rows first under a causal mask (the grid runs in ascending program order)
@@ -308,11 +316,28 @@ def default_interpret() -> bool:
     return jax.default_backend() != "gpu"
 
 
-def check_supported(attn, p) -> None:
-    """Trace-time refusal of what the fused kernel does not do, naming the fallback."""
-    require(attn.pe is None, "the Fused backend does not support positional encodings (RoPE, AdditivePE); use backend=Chunked()")
-    require(p.n_prompt == 0 and p.own is None, "the Fused backend does not support prompts; use backend=Chunked()")
-    require(p.q.dtype == jnp.float32, f"the Fused backend computes in float32, got {p.q.dtype}; use backend=Chunked() or Dense() for float64")
+def check_supported(attn, p, backend: str = "Fused") -> None:
+    """Trace-time refusal of what the fused and splash kernels do not do, naming the fallback."""
+    require(attn.pe is None, f"the {backend} backend does not support positional encodings (RoPE, AdditivePE); use backend=Chunked()")
+    require(p.n_prompt == 0 and p.own is None, f"the {backend} backend does not support prompts; use backend=Chunked()")
+    require(p.q.dtype == jnp.float32, f"the {backend} backend computes in float32, got {p.q.dtype}; use backend=Chunked() or Dense() for float64")
+
+
+def fold_heads(attn, p):
+    """(q (H, N, d) with beta folded in, keys (Hk, M, d), values (Hv, M, dv), V or None) for kernels
+    that apply the heads themselves. With K or V given, keys and values are the raw tokens, one copy
+    for every head: <Q_h x_i, K_h x_j> = <K_h^T Q_h x_i, x_j> folds K into the queries, and V_h
+    (returned) is applied to each row's weighted sum of raw tokens."""
+    q = p.beta * p.q
+    vmat = None
+    if p.raw is not None and (attn.K is not None or attn.V is not None):
+        if attn.K is not None:
+            q = jnp.matmul(q, attn.K.astype(q.dtype), precision=attn._proj_precision)  # q_d <- sum_e q_e K_ed
+        k = v = p.raw[None]
+        vmat = None if attn.V is None else attn.V.astype(q.dtype)
+    else:
+        k, v = p.k, p.v
+    return jnp.broadcast_to(q, (attn.heads,) + q.shape[1:]), k, v, vmat
 
 
 def field(spec, attn, p, reference) -> Array:
@@ -326,20 +351,7 @@ def field(spec, attn, p, reference) -> Array:
 
 def _forward(spec, attn, p) -> Array:
     causal, window, slopes, normalized, has_alibi = mask_params(attn.mask, attn.heads)
-    h = attn.heads
-    q = p.beta * p.q
-    vmat = None
-    if p.raw is not None and (attn.K is not None or attn.V is not None):
-        # heads in-kernel: keys and values are the raw tokens, one copy for every head;
-        # <Q_h x_i, K_h x_j> = <K_h^T Q_h x_i, x_j> folds K into the queries, V_h is applied in-kernel
-        # to each row's weighted sum of raw tokens
-        if attn.K is not None:
-            q = jnp.matmul(q, attn.K.astype(q.dtype), precision=attn._proj_precision)  # q_d <- sum_e q_e K_ed
-        k = v = p.raw[None]
-        vmat = None if attn.V is None else attn.V.astype(q.dtype)
-    else:
-        k, v = p.k, p.v
-    q = jnp.broadcast_to(q, (h,) + q.shape[1:])
+    q, k, v, vmat = fold_heads(attn, p)  # V_h is applied in-kernel
     interpret = default_interpret() if spec.interpret is None else spec.interpret
     return fused_field(q, k, v, p.qs.pos, p.ks.pos, p.mass, causal=causal, window=window, slopes=slopes,
                        usa=attn.form == "USA", precision=attn.precision, block_q=int(spec.block_q),

@@ -55,7 +55,9 @@ import jax.numpy as jnp
 from .._errors import check_value, require
 from .._types import Array
 from ._reference import with_reference_derivative
-from .fused import mask_params, split3_bf16, split_bf16
+from .._arrays import pad_axis
+from .fused import check_supported as check_fused_supported
+from .fused import fold_heads, mask_params, split3_bf16, split_bf16
 
 DUMMY_LOGM = -1.0e4
 """Log-mass of the dummy key that gives strict-causal rows a finite normaliser."""
@@ -70,9 +72,7 @@ def _splash():
 
 def check_supported(attn, p, causal, window, has_alibi, normalized) -> None:
     """Trace-time refusal of what the splash mapping does not cover, naming the fallback."""
-    require(attn.pe is None, "the Splash backend does not support positional encodings (RoPE, AdditivePE); use backend=Chunked()")
-    require(p.n_prompt == 0 and p.own is None, "the Splash backend does not support prompts; use backend=Chunked()")
-    require(p.q.dtype == jnp.float32, f"the Splash backend computes in float32, got {p.q.dtype}; use backend=Chunked() or Dense() for float64")
+    check_fused_supported(attn, p, backend="Splash")
     if window != math.inf:
         require(causal != 2, "the Splash backend does not combine a strict causal mask with a Window; use backend=Chunked()")
         require(bool(causal) or not has_alibi, "the Splash backend does not combine a two-sided Window with ALiBi; use backend=Chunked()")
@@ -131,12 +131,6 @@ def _call(qa, ka, v, seg_q, seg_k, mask_kind, window, bq, bk, interpret):
     return out, lse
 
 
-def _pad(a, n, axis, value=0.0):
-    pad = [(0, 0)] * a.ndim
-    pad[axis] = (0, n - a.shape[axis])
-    return jnp.pad(a, pad, constant_values=value)
-
-
 def _directional(q, xk, lam, logm, pos, *, causal, strict, window, reverse, blocks, interpret, mode):
     """Field sums over the keys at or before each query (``reverse=False``), or after it
     (``reverse=True``: the sequence reversed, strict, with -p_j), in sorted order:
@@ -156,9 +150,9 @@ def _directional(q, xk, lam, logm, pos, *, causal, strict, window, reverse, bloc
     bk = min(blocks[1], _round_up(m, LANES))
     npad, mpad = _round_up(n, bq), _round_up(m, bk)
     dpad, dvpad = _round_up(qa.shape[-1], LANES), _round_up(d, LANES)
-    qa = _pad(_pad(qa, dpad, 2), npad, 1)
-    ka = _pad(_pad(ka, dpad, 1), mpad, 0)
-    vp = _pad(_pad(xk.astype(jnp.float32), dvpad, 1), mpad, 0)
+    qa = pad_axis(pad_axis(qa, dpad, 2, 0.0), npad, 1, 0.0)
+    ka = pad_axis(pad_axis(ka, dpad, 1, 0.0), mpad, 0, 0.0)
+    vp = pad_axis(pad_axis(xk.astype(jnp.float32), dvpad, 1, 0.0), mpad, 0, 0.0)
     seg_q = (jnp.arange(npad) >= n).astype(jnp.int32)  # padding: its own segment, never seen
     seg_k = (jnp.arange(mpad) >= m).astype(jnp.int32)
     if causal:
@@ -207,17 +201,11 @@ def _forward(spec, attn, p) -> Array:
     h = attn.heads
     usa = attn.form == "USA"
     mode = attn.precision
-    q = p.beta * p.q
-    vmat = None
-    if p.raw is not None and (attn.K is not None or attn.V is not None):
-        if attn.K is not None:
-            q = jnp.matmul(q, attn.K.astype(q.dtype), precision=attn._proj_precision)
-        xk = p.raw
-        vmat = None if attn.V is None else jnp.broadcast_to(attn.V.astype(q.dtype), (h,) + attn.V.shape[-2:])
-    else:
-        require(p.k.shape[0] == 1 and p.v.shape[0] == 1, "the Splash backend shares one key copy across heads")
-        xk = p.k[0]
-    q = jnp.broadcast_to(q, (h,) + q.shape[1:]).astype(jnp.float32)
+    q, k, v, vmat = fold_heads(attn, p)  # V_h is applied after the kernel
+    require(k.shape[0] == 1 and v.shape[0] == 1, "the Splash backend shares one key copy across heads")
+    xk = k[0]
+    vmat = None if vmat is None else jnp.broadcast_to(vmat, (h,) + vmat.shape[-2:])
+    q = q.astype(jnp.float32)
     pos = p.qs.pos
     perm = jnp.argsort(pos)
     ps = pos[perm]
