@@ -37,7 +37,7 @@ import xarray as xr
 from .. import __version__
 from .._errors import SolverError, last_traced_failure, quiet_traced_failures
 from .config import ConfigError, apply_overrides, describe
-from .executor import Locked, Paused, RunError, check_run, execute
+from .executor import Locked, Paused, RunError, execute
 from .presets import get_preset, load_presets, parse_grid
 
 
@@ -182,7 +182,6 @@ def _main(argv=None) -> int:
         both = sorted(set(grid.keys) & {s.split("=", 1)[0].strip() for s in args.set if "=" in s})
         if both:
             raise ConfigError(f"{both} both set (--set) and swept (--grid); give each key one way")
-        check_run(preset, cfg, grid)  # sweepable, chunks against the save times: before anything starts
         t0 = time.perf_counter()
         ds = execute(preset, cfg, grid, out, resume=args.resume, force=args.force,
                      checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
