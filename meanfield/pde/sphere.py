@@ -153,8 +153,7 @@ class SphereMeanField(AbstractDensitySolver):
 
     def points(self) -> Array:
         """Unit vectors of the grid, shape (L, 2L-1, 3)."""
-        t, p = self.theta[:, None], self.phi[None, :]
-        return jnp.stack(jnp.broadcast_arrays(jnp.sin(t) * jnp.cos(p), jnp.sin(t) * jnp.sin(p), jnp.cos(t)), -1)
+        return _grid_points(self.L)
 
     def forward(self, f, band=None):
         """Spherical-harmonic coefficients (band, 2 band - 1) of the real grid field ``f``."""
@@ -185,7 +184,7 @@ class SphereMeanField(AbstractDensitySolver):
         return 4 * np.pi * sph_in(self.L - 1, self.beta).astype(dtype)
 
     def _potential(self, rho_lm):
-        """(phi_lm band L, phi on the 2L grid, Lap phi on the 2L grid)."""
+        """(phi, Lap phi) on the 2L grid, phi projected to band L."""
         g = self.kernel_coefficients(rho_lm.real.dtype)
         G2 = self.inverse(self._lift(g[:, None] * rho_lm), 2 * self.L)
         if self.form == "SA":
@@ -194,13 +193,13 @@ class SphereMeanField(AbstractDensitySolver):
             pot = self.a * G2 / self.beta
         phi_lm = self._cut(self.forward(pot, 2 * self.L))
         lap = self._lap(self.L)
-        return phi_lm, self.inverse(self._lift(phi_lm), 2 * self.L), self.inverse(self._lift(lap * phi_lm), 2 * self.L)
+        return self.inverse(self._lift(phi_lm), 2 * self.L), self.inverse(self._lift(lap * phi_lm), 2 * self.L)
 
     def rhs(self, t, rho, args=None) -> Array:
         """-div(rho grad phi) = -1/2 [Lap(rho phi) - phi Lap rho + rho Lap phi], dealiased on the 2L grid."""
         L = self.L
         rho_lm = self.forward(rho)
-        _, phi2, lphi2 = self._potential(rho_lm)
+        phi2, lphi2 = self._potential(rho_lm)
         lap = self._lap(L)
         rho2 = self.inverse(self._lift(rho_lm), 2 * L)
         lrho2 = self.inverse(self._lift(lap * rho_lm), 2 * L)
@@ -213,7 +212,7 @@ class SphereMeanField(AbstractDensitySolver):
     def speed_and_rate(self, rho):
         """(max |v|, max |Lap phi|) on the 2L grid: |grad phi|^2 = 1/2 Lap(phi^2) - phi Lap phi."""
         L = self.L
-        phi_lm, phi2, lphi2 = self._potential(self.forward(rho))
+        phi2, lphi2 = self._potential(self.forward(rho))
         sq_lm = self.forward(phi2**2, 2 * L)
         lap2 = self._lap(2 * L)
         grad2 = 0.5 * self.inverse(lap2 * sq_lm, 2 * L) - phi2 * lphi2
