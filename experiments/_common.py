@@ -18,11 +18,6 @@ from meanfield.run import ConfigError, Preset, RunConfig, grid_param
 from meanfield.run.io import atomic_path, observable_vars
 
 
-def require(cond, msg):
-    if not cond:
-        raise ConfigError(msg)
-
-
 @dataclasses.dataclass(frozen=True)
 class ToleranceConfig(RunConfig):
     """The adaptive solver's tolerances (every preset that calls ``meanfield.simulate``)."""

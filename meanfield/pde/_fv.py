@@ -217,8 +217,8 @@ def is_real_in(value, lo, hi) -> bool:
 class RESULTS(diffrax.RESULTS):
     """Result codes of the finite-volume solvers: diffrax's, plus the two failures of the state."""
 
-    nonfinite_density = ("the density became non-finite: lower cfl or dt (or keep the default adaptive step, dt=None), "
-                 "or use more cells")
+    nonfinite_density = ("the density became non-finite: lower cfl or dt (or keep the default adaptive step, "
+                         "dt=None), or use more cells")
     negative_density = ("the density became negative beyond round-off (a step broke the positivity bound "
                         "max|u| dt <= h/2): lower cfl or dt, or keep the default adaptive step (dt=None)")
     unresolved = ("the density is no longer resolved by the band limit (spectral tail energy or a negative "
