@@ -11,7 +11,17 @@ import scipy.special as sp
 
 import meanfield as mf
 from meanfield.pde import RESULTS, SphereMeanField
-from meanfield.pde.sphere import density_to_particles, particles_to_density, sph_in
+from meanfield.pde.sphere import (
+    _grid_points,
+    density_mmd,
+    density_mmd_between,
+    density_to_particles,
+    evaluate,
+    particles_to_density,
+    quadrature_weights,
+    resample,
+    sph_in,
+)
 from meanfield.theory import sphere_growth_rate, sphere_kinetic_rate
 
 
@@ -81,17 +91,55 @@ def test_observables_closed_forms():
     assert float(pde.mass(v)) == pytest.approx(1.0, abs=1e-9)
 
 
+def test_quadrature_weights_and_point_evaluation_are_exact():
+    """The MW quadrature integrates every degree < band exactly (4 pi, and x_3^2 -> 4 pi / 3), and
+    the band-limited interpolant reproduces the grid values and a vMF density (its band-16 tail is
+    below 1e-13 at kappa = 2) at arbitrary points."""
+    L = 16
+    w = quadrature_weights(2 * L)
+    z = _grid_points(2 * L)[..., 2]
+    assert float(jnp.sum(w)) == pytest.approx(4 * np.pi, rel=1e-13)
+    assert float(jnp.sum(w * z**2)) == pytest.approx(4 * np.pi / 3, rel=1e-13)
+    assert abs(float(jnp.sum(w * z**5))) < 1e-13
+    pde = SphereMeanField(L, beta=1.0)
+    mu = np.array([0.3, 0.2, 1.0]) / np.linalg.norm([0.3, 0.2, 1.0])
+    rho = pde.von_mises_fisher(2.0, mu)
+    assert float(jnp.max(jnp.abs(evaluate(rho, pde.points().reshape(-1, 3)) - rho.reshape(-1)))) < 1e-13
+    x = jax.random.normal(jax.random.key(1), (300, 3))
+    x = x / jnp.linalg.norm(x, axis=1, keepdims=True)
+    exact = 2.0 / (2 * np.pi * (-np.expm1(-4.0))) * jnp.exp(2.0 * (x @ mu - 1))
+    assert float(jnp.max(jnp.abs(evaluate(rho, x, block=128) - exact))) < 1e-12
+
+
+@pytest.mark.slow
+def test_mmd_of_iid_samples_has_its_exact_expectation():
+    """For N i.i.d. samples of rho, E MMD^2 = (e^kappa - sum_l 4 pi i_l(kappa) C_l) / N exactly
+    (the V-statistic): the mean over 200 samples of N = 64 agrees within 4 standard errors; and the
+    MMD between two densities is zero for the same function on two grids, positive otherwise."""
+    pde = SphereMeanField(8, beta=1.0)
+    rho = pde.von_mises_fisher(1.0, (0.0, 0.6, 0.8))
+    n, kappa = 64, 1.5
+    mmd2 = jax.vmap(lambda k: density_mmd(density_to_particles(k, rho, n), rho, kappa=kappa) ** 2)(
+        jax.random.split(jax.random.key(3), 200))
+    dd = float(jnp.sum(4 * np.pi * sph_in(7, kappa) * pde.degree_spectrum(rho)))
+    expected = (np.exp(kappa) - dd) / n
+    se = float(jnp.std(mmd2)) / np.sqrt(200)
+    assert abs(float(jnp.mean(mmd2)) - expected) < 4 * se, (float(jnp.mean(mmd2)), expected, se)
+    assert float(density_mmd_between(rho, resample(rho, 16))) < 1e-12
+    assert float(density_mmd_between(rho, pde.uniform())) > 0.1
+
+
 @pytest.mark.slow
 def test_particles_and_density_round_trip():
-    """Samples of a vMF density have its mean resultant (to the N^-1/2 noise), and their kernel
+    """Exact samples of a vMF density have its mean resultant (to the N^-1/2 noise), and their kernel
     density estimate has unit mass and the same mean direction."""
-    pde = SphereMeanField(24, beta=1.0)
-    kappa = 2.0
-    x = density_to_particles(jax.random.key(0), pde.von_mises_fisher(kappa), 40000)
+    pde = SphereMeanField(16, beta=1.0)
+    kappa, n = 2.0, 20000
+    x = density_to_particles(jax.random.key(0), pde.von_mises_fisher(kappa), n)
     assert np.allclose(np.linalg.norm(np.asarray(x), axis=1), 1.0)
     r = 1 / np.tanh(kappa) - 1 / kappa
-    assert abs(float(jnp.mean(x[:, 2])) - r) < 5 / np.sqrt(40000)
-    rho = particles_to_density(x, 24, bandwidth=0.3)
+    assert abs(float(jnp.mean(x[:, 2])) - r) < 5 / np.sqrt(n)
+    rho = particles_to_density(x, 16, bandwidth=0.3)
     assert float(pde.mass(rho)) == pytest.approx(1.0, abs=1e-6)
     k_kde = 1 / 0.3**2  # the estimate is the sample convolved with a vMF(k_kde): resultants multiply
-    assert abs(float(pde.first_moment(rho)[2]) - r * (1 / np.tanh(k_kde) - 1 / k_kde)) < 5 / np.sqrt(40000)
+    assert abs(float(pde.first_moment(rho)[2]) - r * (1 / np.tanh(k_kde) - 1 / k_kde)) < 5 / np.sqrt(n)
