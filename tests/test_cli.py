@@ -40,6 +40,8 @@ TINY = {
     "aux-metastability": ["n=8", "betas=1,4", "alphas=0,0.4", "weights=0,1", "n_starts=4", "t1=50",
                           "search_starts=2", "search_hops=0"],
     "universality": ["n=8", "weights=1,4", "t1=20", "n_starts=2", "ns=8,16", "learned_ns=8", "fit_steps=3", "s2_side=3"],
+    "sphere-meanfield": ["L=8", "betas=4", "efolds=1.5", "n_save=4", "ell_max=3", "ns=16,32", "n_seeds=2", "pvp_L=8",
+                         "pvp_t1=0.5", "tail=1e-3"],
     "kinetic-causal": ["n_s=16", "m=16", "betas=1,2", "bins=8", "t_early=1", "n_early=6", "t1=1.5", "n_late=2", "chunks=2"],
 }
 GRID_PRESETS = {"pe-sweep", "prompt-sweep"}
@@ -50,6 +52,7 @@ DENSITY_PRESETS = {"meanfield-circle": {"rho", "mass"}, "particles-vs-pde": {"w1
                                     "learned_w1", "learned_s2_mmd"},
                    "prompt-parallel": {"theta_star", "w1_to_pushforward", "dirac_distance_parallel", "dirac_distance_shared"},
                    "kinetic-tcrit": {"tcrit_closed", "tcrit_propagator", "tcrit_pde", "tcrit_particles", "profile_pde"},
+                   "sphere-meanfield": {"rho", "resolved_until", "growth_rate", "growth_rate_theory", "mmd"},
                    "cesaro": {"profile_n64", "interior_rel_error", "dead_zone_depth_n128"},
                    "step0": {"influence", "influence_mean", "alpha_matched"},
                    "masks": {"influence", "first_token_mass", "mean_position_graph_theory"},
@@ -79,7 +82,7 @@ def test_preset_runs_tiny(name, tmp_path):
     back = xr.load_dataset(tmp_path / "result.nc")
     if name in DENSITY_PRESETS:
         assert DENSITY_PRESETS[name] <= set(back.data_vars) and ("time" in back.dims or name in ("cesaro", "step0", "masks", "rope-long-context", "recall-capacity", "kinetic-tcrit", "universality", "aux-metastability",
-                                                                          "prompt-parallel"))
+                                                                          "prompt-parallel", "sphere-meanfield"))
     else:
         expected = {"dirac_distance", "n_clusters"} if name in GRID_PRESETS else OBSERVABLES
         assert expected <= set(back.data_vars) and "x" in back
