@@ -1,7 +1,7 @@
 """meanfield: transformers as interacting particle systems, in JAX.
 
 Tokens are particles; self-attention is a velocity field; depth is time. See README.md,
-docs/ARCHITECTURE.md (the three tiers: engine, studies, run) and docs/ for the equations.
+docs/architecture.md (the three tiers: engine, studies, run) and docs/concepts.md for the equations.
 
 This package is the engine. ``meanfield.studies`` (seed studies over the engine) is loaded on
 first access of ``mf.studies``; the ``meanfield`` command lives in ``meanfield.run``.
@@ -50,6 +50,49 @@ from .particles import linear_stability as linear_stability
 from .particles import simulate as simulate
 from .particles import sphere_uniform as sphere_uniform
 from .particles import velocity as velocity
+
+__all__ = [
+    "geometry",
+    "influence",
+    "kernel",
+    "observables",
+    "pde",
+    "sharding",
+    "theory",
+    "SolverError",
+    "NGPT",
+    "AbstractGeometry",
+    "AbstractLayerMap",
+    "Euclidean",
+    "PeriLN",
+    "PostLN",
+    "PreLN",
+    "Residual",
+    "Sphere",
+    "AbstractMask",
+    "AbstractPE",
+    "AdditivePE",
+    "ALiBi",
+    "Attention",
+    "Causal",
+    "PositionNormalized",
+    "CustomBias",
+    "Full",
+    "ParallelPrompt",
+    "Prompt",
+    "RoPE",
+    "TokenAux",
+    "Window",
+    "ZBias",
+    "RK4",
+    "SOLVERS",
+    "Trajectory",
+    "layers",
+    "linear_stability",
+    "simulate",
+    "sphere_uniform",
+    "velocity",
+]
 
 try:
     __version__ = _metadata.version("meanfield")

@@ -29,3 +29,35 @@ from .masks import Window as Window
 from .tokens import ParallelPrompt as ParallelPrompt
 from .tokens import Prompt as Prompt
 from .tokens import TokenAux as TokenAux
+
+__all__ = [
+    "AbstractBackend",
+    "Attention",
+    "Chunked",
+    "Dense",
+    "Auto",
+    "Fused",
+    "default_backend",
+    "Splash",
+    "precision_report",
+    "AbstractPE",
+    "AdditivePE",
+    "RoPE",
+    "ZBias",
+    "gaussian",
+    "random_fourier",
+    "rope_rotate",
+    "sinusoidal",
+    "AbstractMask",
+    "ALiBi",
+    "Causal",
+    "PositionNormalized",
+    "Compose",
+    "CustomBias",
+    "Full",
+    "Slots",
+    "Window",
+    "ParallelPrompt",
+    "Prompt",
+    "TokenAux",
+]

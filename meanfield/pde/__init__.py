@@ -13,3 +13,19 @@ from .kinetic import KineticSolution as KineticSolution
 from .kinetic import engine_face_velocity as engine_face_velocity
 from .sphere import SphereMeanField as SphereMeanField
 from .sphere import SphereSolution as SphereSolution
+
+__all__ = [
+    "RESULTS",
+    "SolverError",
+    "CircleMeanField",
+    "DensitySolution",
+    "AbstractCoupling",
+    "CausalCoupling",
+    "FullCoupling",
+    "KineticMeanField",
+    "MatrixCoupling",
+    "KineticSolution",
+    "engine_face_velocity",
+    "SphereMeanField",
+    "SphereSolution",
+]

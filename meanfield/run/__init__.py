@@ -23,3 +23,23 @@ from .presets import grid_param as grid_param
 from .presets import load_presets as load_presets
 from .presets import parse_grid as parse_grid
 from .presets import register as register
+
+__all__ = [
+    "ConfigError",
+    "apply_overrides",
+    "describe",
+    "Paused",
+    "RunError",
+    "check_run",
+    "execute",
+    "ENTRY_POINTS",
+    "PRESETS",
+    "Grid",
+    "Preset",
+    "RunConfig",
+    "get_preset",
+    "grid_param",
+    "load_presets",
+    "parse_grid",
+    "register",
+]
