@@ -59,14 +59,14 @@ class ParticleConfig(SolveConfig):
 
     def validate(self):
         """The ranges, then the memory a solve of n tokens in d dimensions with n_save saves needs
-        (:func:`meanfield.particles.memory_estimate`) against what the machine has."""
+        ([`meanfield.particles.memory_estimate`][meanfield.particles.memory_estimate]) against what the machine has."""
         super().validate()
         check_memory(self.n, self.d, self.n_save)
 
 
 def check_memory(n: int, d: int, n_save: int) -> None:
     """ConfigError when a float64 solve of n tokens in d dimensions, saving n_save states, needs more
-    memory than is available (:func:`meanfield.particles.memory_estimate`)."""
+    memory than is available ([`meanfield.particles.memory_estimate`][meanfield.particles.memory_estimate])."""
     need = memory_estimate(mf.Attention(1.0), n, d, n_save)["total"]
     avail = available_memory()
     if avail is not None and need > avail:

@@ -3,17 +3,17 @@ r"""Metastability with auxiliary variables: where random starts end, against the
 For every (beta, auxiliary strength) of two 4 x 4 grids, ``n_starts`` random starts of N tokens on
 the circle (SA, Q = K = V = I, mask Full) run to ``t1`` (log-spaced saves):
 
-* ``pe``: additive PE u_i = alpha (cos pi s_i, sin pi s_i) (:class:`meanfield.AdditivePE`),
+* ``pe``: additive PE u_i = alpha (cos pi s_i, sin pi s_i) ([`meanfield.AdditivePE`][meanfield.kernel.encodings.AdditivePE]),
   alpha in ``alphas`` (0 = no auxiliary variable);
-* ``prompt``: parallel prompts p_i = (cos pi s_i, sin pi s_i) (:class:`meanfield.ParallelPrompt`),
+* ``prompt``: parallel prompts p_i = (cos pi s_i, sin pi s_i) ([`meanfield.ParallelPrompt`][meanfield.kernel.tokens.ParallelPrompt]),
   weight in ``weights`` (0 = none).
 
 Per grid point: the best maximiser found by the global search of
-:func:`meanfield.theory.additive_pe_pushforward` / :func:`~meanfield.theory.prompt_pushforward`
+[`meanfield.theory.additive_pe_pushforward`][meanfield.theory.pushforward.additive_pe_pushforward] / [`prompt_pushforward`][meanfield.theory.pushforward.prompt_pushforward]
 on the same N nodes (for strength 0: a Dirac mass, energy e^beta / 2 beta), the fraction of starts
 whose end state is that maximiser (max distance < ``tol`` up to a rotation when there is no
 auxiliary variable), the number of distinct end states (same tolerance), and the median length (in
-decades of t) of the longest energy plateau of each run (:func:`meanfield.observables.plateaus`;
+decades of t) of the longest energy plateau of each run ([`meanfield.observables.plateaus`][meanfield.observables.plateaus];
 the final rest state counts as a plateau, so converged runs score high too).
 SA and USA share their stationary points; SA is used for its O(1) rates.
 

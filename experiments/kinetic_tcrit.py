@@ -14,18 +14,18 @@ its right-end slope turns negative: the END of the U-shaped (primacy + recency) 
 ``kinetic-tcrit`` computes, for each beta:
 
 * ``tcrit_closed``: the closed form 2 (1 - e^{-lam}) sum omega a / sum omega a^2
-  (:func:`meanfield.theory.kinetic_tcrit`), also on a fine beta grid for the figure;
+  ([`meanfield.theory.kinetic_tcrit`][meanfield.theory.kinetic.kinetic_tcrit]), also on a fine beta grid for the figure;
 * ``tcrit_propagator``: the discrete propagator exp(t a_n C~) on S = ``sizes`` rows (cell
   centres s_k = (k + 1/2)/S), its right-end slope from the last two off-diagonal entries: the
   O(1/S) convergence to the closed form;
-* ``tcrit_pde``: the kinetic finite-volume solver (:meth:`meanfield.pde.KineticMeanField.paper_model`,
+* ``tcrit_pde``: the kinetic finite-volume solver ([`meanfield.pde.KineticMeanField.paper_model`][meanfield.pde.kinetic.KineticMeanField.paper_model],
   ``pde_s`` rows, ``pde_m`` theta cells), the same slope of its multi-mode linear response
   (one VJP per mode and time about the uniform state);
 * ``tcrit_particles``: N = ``n_particles`` tokens under the paper's model through the particle
   engine (``PositionNormalized(Causal(strict=True) & ALiBi(lam / N))``, USA, V = beta I), the
   profile S^N_t(s_k) = N sum_n omega_n Re E[e^{i n theta_N(t)} e^{-i n theta_k(0)}] estimated by
   integration by parts over the uniform initial angles (one VJP per run,
-  :func:`meanfield.influence.circle_retrieval_profile`), binned into ``bins`` bins of s; its
+  [`meanfield.influence.circle_retrieval_profile`][meanfield.influence.circle_retrieval_profile]), binned into ``bins`` bins of s; its
   right-end slope is the difference of the last two bins (the target itself excluded). The same
   binned statistic of the discrete propagator at S = N is ``tcrit_binned_reference``: the particle
   estimate should match that one (bins shift the crossing at O(1/bins)), not the closed form.

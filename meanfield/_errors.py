@@ -1,6 +1,6 @@
 """Input validation shared by all entry points.
 
-Three tiers (see docs/DESIGN.md): shape problems raise ``ValueError`` at trace time
+Three tiers (see docs/concepts.md): shape problems raise ``ValueError`` at trace time
 naming the argument; value checks that need data raise ``ValueError`` at once when the data
 is concrete (eager call) and go through ``eqx.error_if`` when it is traced (inside a
 user's ``jit``/``vmap``); solver failures are result codes.
@@ -57,7 +57,7 @@ _TRACED = {"announce": True, "last": None}
 
 
 def traced_failure(line: str, kind: type) -> None:
-    """Record (and, unless :func:`quiet_traced_failures` was called, print to stderr as
+    """Record (and, unless `quiet_traced_failures` was called, print to stderr as
     ``meanfield: LINE``) the one-line cause of an error about to be raised inside a traced
     computation, whose own message is buried in the runtime's traceback."""
     _TRACED["last"] = (line, kind)
@@ -67,8 +67,8 @@ def traced_failure(line: str, kind: type) -> None:
 
 @contextlib.contextmanager
 def quiet_traced_failures():
-    """Within the block, :func:`traced_failure` records without printing: entry points that report
-    errors themselves (the ``meanfield`` command) read :func:`last_traced_failure` instead. The
+    """Within the block, `traced_failure` records without printing: entry points that report
+    errors themselves (the ``meanfield`` command) read `last_traced_failure` instead. The
     previous setting comes back on exit."""
     before = _TRACED["announce"]
     _TRACED["announce"] = False

@@ -2,7 +2,7 @@ r"""Influence profiles over input positions: Jacobian, attention rollout, shape 
 
 A profile p_j (j = 0..n-1, positions in [0, 1] in order) says how much the output at one position
 (typically the last) depends on the input at position j, as a mass per position (so profiles of
-different resolutions are compared after :func:`bin_profile`). Lost-in-the-middle profiles are
+different resolutions are compared after [`bin_profile`][meanfield.influence.bin_profile]). Lost-in-the-middle profiles are
 U-shaped: large at the start (primacy), large at the end (recency), smaller in between.
 
 Why bin: in the continuum limit of causal attention the influence of the first positions has an
@@ -11,16 +11,16 @@ s = 0 depend on the grid while the mass of a bin of fixed width converges.
 
 Three ways to get a profile (all for the output token ``target``, default the last):
 
-* :func:`jacobian_profile` / :func:`layers_influence` / :func:`flow_influence`:
+* [`jacobian_profile`][meanfield.influence.jacobian_profile] / [`layers_influence`][meanfield.influence.layers_influence] / [`flow_influence`][meanfield.influence.flow_influence]:
   p_j = ||d x_target(T) / d x_j(0)||_F through any map, H discrete layers or the continuous
   dynamics, by reverse-mode autodiff: one VJP per output component (d of them, vmapped), so the
   (N d) x (N d) Jacobian is never formed;
-* :func:`rollout`: the last row of prod_l ((1 - alpha) I + alpha A_l) with A_l the engine's own
+* [`rollout`][meanfield.influence.rollout]: the last row of prod_l ((1 - alpha) I + alpha A_l) with A_l the engine's own
   attention matrices along a layer trajectory (heads averaged);
 * theory: ``meanfield.theory.cesaro_rollout`` (discrete, n tokens) and ``cesaro_density`` (the
   continuum closed form).
 
-:func:`profile_stats` turns any of them into comparable numbers (primacy and recency mass,
+[`profile_stats`][meanfield.influence.profile_stats] turns any of them into comparable numbers (primacy and recency mass,
 dead-zone depth and location) after normalising to unit mass on positions s_j = (j + 1)/n.
 """
 
@@ -65,7 +65,7 @@ def is_u_shaped(profile: Real[ArrayLike, "*batch n"]) -> Bool[np.ndarray | np.ge
 def u_shape_onset(ts: Real[ArrayLike, " time"], profiles: Real[ArrayLike, "time n"]) -> float:
     """First time the profiles (T, n) are U-shaped (the START of the U), linearly interpolated on
     ``u_shape_gap`` between the saved time before and the first U-shaped one; ``nan`` if never.
-    See :func:`u_shape_end` for the other event and how both scale."""
+    See [`u_shape_end`][meanfield.influence.u_shape_end] for the other event and how both scale."""
     ts = np.asarray(ts)
     u = is_u_shaped(profiles)
     if not u.any():
@@ -89,12 +89,12 @@ def right_end_slope(profile: Real[ArrayLike, "*batch n"], k: int = 1) -> Real[np
 
 
 def u_shape_end(ts: Real[ArrayLike, " time"], profiles: Real[ArrayLike, "time n"], k: int = 1) -> float:
-    r"""First time the right-end slope of the profiles (T, n) (:func:`right_end_slope`) turns from
+    r"""First time the right-end slope of the profiles (T, n) ([`right_end_slope`][meanfield.influence.right_end_slope]) turns from
     positive to non-positive, linearly interpolated between the two saved times; ``nan`` if it
     never does. This is the END of the U-shaped regime: the kinetic paper's t_crit
-    (:func:`meanfield.theory.kinetic_tcrit`).
+    ([`meanfield.theory.kinetic_tcrit`][meanfield.theory.kinetic.kinetic_tcrit]).
 
-    Two events, two scalings. The START of the U (:func:`u_shape_onset`) is when the interior
+    Two events, two scalings. The START of the U ([`u_shape_onset`][meanfield.influence.u_shape_onset]) is when the interior
     first dips below both ends; the END is when the recency rise at the right end flattens
     (primacy, the left end, persists for every t > 0). About the uniform state the profile is
     sum_n omega_n [exp(t lambda_n C~) - I], so with one dominant mode both events sit at fixed
@@ -116,7 +116,7 @@ def circle_retrieval_profile(attn, key: PRNGKeyArray, ts: Real[ArrayLike, " time
                              diagonal: bool = False, **simulate_kwargs) -> Float[Array, "time n"]:
     r"""Retrieval profile of the token ``target`` on the circle S^1 (d = 2) from particle runs with
     i.i.d. uniform initial angles, as a density over source positions (comparable to
-    :func:`meanfield.theory.kinetic_profile` with s_k = (k + 1/2)/N):
+    [`meanfield.theory.kinetic_profile`][meanfield.theory.kinetic.kinetic_profile] with s_k = (k + 1/2)/N):
 
         S^N_t(s_k) = N sum_{n=1}^{n_max} omega_{n,M} Re E[e^{i n theta_T(t)} e^{-i n theta_k(0)}],
 
@@ -131,7 +131,7 @@ def circle_retrieval_profile(attn, key: PRNGKeyArray, ts: Real[ArrayLike, " time
     and d theta_T(t) / d theta_k(0) for every k is one reverse-mode pass per run and save time.
     ``diagonal=False`` removes the identity term of the target itself (N sum_n omega_n), as the
     paper's S_t does. Returns (T, N), the mean over ``n_runs`` runs (``batch`` at a time);
-    ``simulate_kwargs`` go to :func:`meanfield.simulate` (``rtol``, ``atol``, ``solver``...)."""
+    ``simulate_kwargs`` go to [`meanfield.simulate`][meanfield.particles.simulate] (``rtol``, ``atol``, ``solver``...)."""
     require(int(n_tokens) >= 2, f"n_tokens must be >= 2, got {n_tokens}")
     require(int(n_runs) >= 1, f"n_runs must be >= 1, got {n_runs}")
     require(attn.dim in (None, 2), f"the circle retrieval profile needs d = 2 tokens, the attention has d = {attn.dim}")

@@ -59,7 +59,7 @@ def energy(x: Clouds, beta: Real[ArrayLike, ""], mass: Float[ArrayLike, "*#batch
            prompt: Float[ArrayLike, "n d"] | None = None, weight: Real[ArrayLike, "*#n"] = 1.0) -> PerCloud:
     """Interaction energy E_beta = (1/(2 beta)) sum_ij m_i m_j exp(beta <x_i, x_j>), plus
     (1/beta) sum_i m_i weight_i exp(beta <x_i, p_i>) with parallel prompts ``prompt`` = p (N, d)
-    (:class:`meanfield.ParallelPrompt`; ``weight`` a scalar or (N,)). With Q = K = V = I and mask
+    ([`meanfield.ParallelPrompt`][meanfield.kernel.tokens.ParallelPrompt]; ``weight`` a scalar or (N,)). With Q = K = V = I and mask
     Full the SA and USA flows never decrease it."""
     n = x.shape[0]
     beta = jnp.asarray(beta, x.dtype)

@@ -123,7 +123,7 @@ def linear_stability(
 ) -> float:
     r"""Largest real part of the eigenvalues of the linearised flow at ``x`` (host float).
 
-    With f(x) = P_x v(x) (:func:`velocity`) and B an orthonormal basis of the product of tangent
+    With f(x) = P_x v(x) ([`velocity`][meanfield.particles.velocity]) and B an orthonormal basis of the product of tangent
     spaces at x (``geometry.tangent_basis``: N (d - 1) vectors on the sphere, all of R^{N d} in
     Euclidean space), the
     linearisation is B Df(x) B^T (``jax.jacfwd``, dense: for N d up to a few thousand). At a
@@ -191,7 +191,7 @@ def memory_estimate(attn: Attention, n: int, d: int, n_save: int, *, n_prompt: i
                     stages: int = 7) -> dict:
     """Bytes a solve needs, roughly: the saved states (n_save N d), the solver's working states
     (``stages`` + 4 copies of N d: Tsit5 stages, the state, error estimate and dense output) and one
-    attention evaluation (:meth:`Attention.memory_bytes`). Reverse-mode gradients need more."""
+    attention evaluation ([`Attention.memory_bytes`][meanfield.kernel.attention.Attention.memory_bytes]). Reverse-mode gradients need more."""
     state = (int(n_save) + stages + 4) * n * d * itemsize
     field = attn.memory_bytes(n, n + n_prompt, d, itemsize)
     return {"state": state, "attention": field, "total": state + field}
@@ -240,8 +240,8 @@ def simulate(
         ts: increasing save times, shape (T,), T >= 2; integration runs from ts[0] to ts[-1].
         geometry: ``Sphere()`` (default) or ``Euclidean()``.
         aux: positions / features / masses of the tokens (default positions 0..N-1, mass 1/N).
-        prompt: fixed tokens that never move: a :class:`Prompt` (shared keys/values seen by
-            every token), a :class:`ParallelPrompt` (one own key/value per token), or a tuple of
+        prompt: fixed tokens that never move: a [`Prompt`][meanfield.kernel.tokens.Prompt] (shared keys/values seen by
+            every token), a [`ParallelPrompt`][meanfield.kernel.tokens.ParallelPrompt] (one own key/value per token), or a tuple of
             one of each.
         solver: a name in ``SOLVERS`` ("euler", "rk4", "tsit5", ...) or a diffrax solver.
         dt: fixed step size; ``None`` selects adaptive stepping with ``rtol``/``atol``
@@ -252,7 +252,7 @@ def simulate(
         adjoint: diffrax adjoint for gradients (default: recursive checkpointing).
 
     Returns:
-        :class:`Trajectory` with ``ts`` (T,) and ``xs`` (T, N, d).
+        [`Trajectory`][meanfield.particles.Trajectory] with ``ts`` (T,) and ``xs`` (T, N, d).
 
     Example:
         x0 = meanfield.sphere_uniform(jax.random.key(0), 32, 3)
@@ -337,7 +337,7 @@ def layers(
         norm: ``PostLN()``, ``PreLN()``, ``PeriLN()`` or ``NGPT()``.
 
     Returns:
-        :class:`Trajectory` with ``ts = h * [0, 1, ..., H]`` and ``xs`` of shape (H+1, N, d).
+        [`Trajectory`][meanfield.particles.Trajectory] with ``ts = h * [0, 1, ..., H]`` and ``xs`` of shape (H+1, N, d).
 
     Example:
         out = meanfield.layers(meanfield.Attention(beta=4.0), x0, 12, h=0.5)

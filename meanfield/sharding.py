@@ -6,23 +6,23 @@ One mesh with two named axes serves every solver:
   batch whose leading axis is placed on it (``shard_leading``) is partitioned by XLA, and
   ``jax.vmap(..., spmd_axis_name="data")`` lets sharded kernels inside the batch know it;
 * ``"tokens"``: the tokens of one run are split over it. Under a mesh context
-  (``with jax.set_mesh(mesh):``) every :class:`meanfield.Attention` whose ``shard_tokens`` is on
+  (``with jax.set_mesh(mesh):``) every [`meanfield.Attention`][meanfield.kernel.attention.Attention] whose ``shard_tokens`` is on
   (the default) evaluates its field with ``jax.shard_map``: each device holds N/P query rows,
   all-gathers the keys/values (positions, masses, features), and runs the dense or chunked
   kernel on its rows (the chunked kernel skips the key blocks a causal or window mask forbids).
   Nothing else changes: ``simulate``, ``layers``, influence profiles and the runner are the same
   code, and the result equals the single-device field up to floating-point reassociation.
-  :class:`meanfield.pde.KineticMeanField` splits its rows (the auxiliary variable z) over the
+  [`meanfield.pde.KineticMeanField`][meanfield.pde.kinetic.KineticMeanField] splits its rows (the auxiliary variable z) over the
   same axis (the causal prefix in s crosses devices by one all-gather of block summaries).
 
 ``make_mesh(spec)`` builds the mesh from a spec string: ``"auto"`` (a sensible default for the
-devices present, see :func:`make_mesh`), ``"none"``, ``"data"``, ``"tokens"``, ``"data,tokens"``
+devices present, see [`make_mesh`][meanfield.sharding.make_mesh]), ``"none"``, ``"data"``, ``"tokens"``, ``"data,tokens"``
 or explicit sizes ``"data=2,tokens=4"``. The library never enters a mesh context by itself; the
 ``meanfield`` command and user scripts do.
 
 Multi-host: call ``jax.distributed.initialize()`` first (the ``meanfield`` command does so with
 ``--distributed`` or when ``JAX_COORDINATOR_ADDRESS`` is set); ``jax.devices()`` then lists the
-devices of every process and the mesh spans them. :func:`to_host` gathers a sharded array to
+devices of every process and the mesh spans them. [`to_host`][meanfield.sharding.to_host] gathers a sharded array to
 every process as NumPy (so process 0 can write it), and a state saved that way is restored onto
 any device count with ``shard_leading``.
 
@@ -165,7 +165,7 @@ def is_writer() -> bool:
 
 
 ENSEMBLE_SCORES = 2**20
-"""Attention scores that :func:`ensemble_vmap` lets one vmapped chunk of runs hold (about
+"""Attention scores that [`ensemble_vmap`][meanfield.sharding.ensemble_vmap] lets one vmapped chunk of runs hold (about
 k N^2 <= 2^20, 4 MiB of float32: a chunk's score slabs stay in cache)."""
 
 
@@ -177,7 +177,7 @@ def ensemble_chunk(n_tokens: int, scores: int = ENSEMBLE_SCORES) -> int:
 
 def ensemble_vmap(fn, n_tokens: int, *, in_axes=0, spmd_axis_name=None, scores: int = ENSEMBLE_SCORES):
     """``jax.vmap(fn, in_axes)`` for an ensemble of runs of ``n_tokens`` tokens each, evaluated
-    in chunks of k = :func:`ensemble_chunk` runs (``jax.lax.map(..., batch_size=k)``: a scan
+    in chunks of k = [`ensemble_chunk`][meanfield.sharding.ensemble_chunk] runs (``jax.lax.map(..., batch_size=k)``: a scan
     over chunks, each chunk vmapped).
 
     Why: a vmapped dense kernel evaluates the score slabs of every run at once, B N^2 numbers.
@@ -215,9 +215,9 @@ class BatchPlacement:
     """How a batch of independent runs (a sweep group, an ensemble) is laid on a mesh.
 
     On a mesh with more than one device the batch is split over its ``"data"`` axis (padded to a
-    multiple of it by repeating the last run; :meth:`get` drops the copies) and the batch map is a
+    multiple of it by repeating the last run; [`get`][meanfield.sharding.BatchPlacement.get] drops the copies) and the batch map is a
     ``jax.vmap`` with ``spmd_axis_name="data"``; on one device the batch map is
-    :func:`ensemble_vmap` (chunks of runs whose scores stay in cache). :meth:`context` enters the
+    [`ensemble_vmap`][meanfield.sharding.ensemble_vmap] (chunks of runs whose scores stay in cache). [`context`][meanfield.sharding.BatchPlacement.context] enters the
     mesh (``jax.set_mesh``) so that the kernels inside split their tokens over ``"tokens"``.
 
     Example:
@@ -234,17 +234,18 @@ class BatchPlacement:
 
     @classmethod
     def make(cls, spec, batch: int, n_tokens: int) -> BatchPlacement:
-        """From a :func:`make_mesh` spec string or a ``jax.sharding.Mesh``."""
+        """From a [`make_mesh`][meanfield.sharding.make_mesh] spec string or a ``jax.sharding.Mesh``."""
         if isinstance(spec, Mesh):
             return cls(spec, n_tokens)
         return cls(make_mesh(spec, batch=batch, n_tokens=n_tokens), n_tokens)
 
     def context(self):
+        """The mesh as a context manager (``jax.set_mesh``), or a null context without one."""
         return jax.set_mesh(self.mesh) if self.on else contextlib.nullcontext()
 
     def vmap(self, fn, **kw):
         """The batch map: split over the data axis on a mesh; on one device, in chunks of runs
-        small enough that their attention scores stay in cache (:func:`ensemble_vmap`)."""
+        small enough that their attention scores stay in cache ([`ensemble_vmap`][meanfield.sharding.ensemble_vmap])."""
         return ensemble_vmap(fn, self.n_tokens, spmd_axis_name="data" if self.on else None, **kw)
 
     def put(self, tree, batch: int):

@@ -15,16 +15,16 @@ geometry (e.g. the sphere's tangent projection) is applied by the integrator.
 
 Backends (strategy modules, passed as ``Attention(backend=...)``) evaluate the same formula:
 
-* :class:`Dense` ``(row_block=None)``: exact row softmax over all keys, evaluated ``row_block``
+* [`Dense`][meanfield.kernel.attention.Dense] ``(row_block=None)``: exact row softmax over all keys, evaluated ``row_block``
   query rows at a time (a (heads, row_block, N+P) slab; by default about 2^21 scores per slab
-  and at most 16 MiB, which keeps it in cache: :func:`default_row_block`). Fastest for N up to
+  and at most 16 MiB, which keeps it in cache: [`default_row_block`][meanfield.kernel.attention.default_row_block]). Fastest for N up to
   ~10^4.
-* :class:`Chunked` ``(block=512, query_batch=1)``: online softmax over key blocks
+* [`Chunked`][meanfield.kernel.attention.Chunked] ``(block=512, query_batch=1)``: online softmax over key blocks
   (flash-attention style), O(N * block) memory; blocks the mask forbids entirely (upper triangle
   of a causal mask, far blocks of a window) are skipped with ``lax.cond``. N = 100,000 tokens in
   d = 16 fit in a few hundred MB.
 
-A new backend (e.g. a fused accelerator kernel) subclasses :class:`AbstractBackend` and
+A new backend (e.g. a fused accelerator kernel) subclasses [`AbstractBackend`][meanfield.kernel.attention.AbstractBackend] and
 implements ``field(attn, p)``. The strings ``"dense"`` / ``"chunked"`` with the loose keywords
 ``row_block``, ``block``, ``query_batch`` are still accepted for one release (0.2) with a
 ``DeprecationWarning``.
@@ -70,7 +70,7 @@ class AbstractBackend(eqx.Module):
 
 class Dense(AbstractBackend):
     """Exact row softmax over all keys, ``row_block`` query rows per slab (memory heads x
-    row_block x (N + P)); ``None`` picks :func:`default_row_block`: 2^21 / (N + P) rows clipped
+    row_block x (N + P)); ``None`` picks [`default_row_block`][meanfield.kernel.attention.default_row_block]: 2^21 / (N + P) rows clipped
     to [128, 1024], then fewer rows if the (heads x rows x keys) slab would pass 16 MiB."""
 
     row_block: int | None = eqx.field(default=None, static=True)
@@ -111,7 +111,7 @@ class Chunked(AbstractBackend):
 
 class Fused(AbstractBackend):
     """A fused Pallas kernel (flash-style key tiles with the online normaliser, masks, masses,
-    USA and ALiBi slopes in-kernel, forbidden tiles skipped): see :mod:`meanfield.kernel.fused`
+    USA and ALiBi slopes in-kernel, forbidden tiles skipped): see [`meanfield.kernel.fused`][meanfield.kernel.fused]
     for what it supports. ``block_q``/``block_k``: tile sizes (powers of two); ``interpret``:
     Pallas interpret mode (``None``: on unless the default backend is a GPU); ``num_warps``,
     ``num_stages``: Triton launch settings on a GPU (``None``: Pallas' defaults)."""
@@ -134,7 +134,7 @@ class Fused(AbstractBackend):
 class Splash(AbstractBackend):
     """jax's TPU splash attention kernel through augmented coordinates (causal/strict/window/ALiBi
     masks, masses, SA/USA, PositionNormalized, heads sharing one key copy): see
-    :mod:`meanfield.kernel.splash`. ``block_q``/``block_k``: splash block sizes (multiples of 128;
+    [`meanfield.kernel.splash`][meanfield.kernel.splash]. ``block_q``/``block_k``: splash block sizes (multiples of 128;
     sequences are padded to them); ``interpret``: Pallas interpret mode (``None``: on unless the
     default backend is a TPU)."""
 
@@ -164,7 +164,7 @@ default."""
 
 def default_backend(n: int, platform: str | None = None) -> AbstractBackend:
     """The backend ``Attention(backend=None)`` uses for N tokens on ``platform`` (default: JAX's
-    default backend): see :data:`DEFAULT_BACKENDS`."""
+    default backend): see `DEFAULT_BACKENDS`."""
     platform = jax.default_backend() if platform is None else platform
     chosen = Dense()
     for threshold, make in DEFAULT_BACKENDS.get(platform, ()):
@@ -174,7 +174,7 @@ def default_backend(n: int, platform: str | None = None) -> AbstractBackend:
 
 
 class Auto(AbstractBackend):
-    """The default backend: :func:`default_backend` for the number of query tokens and the
+    """The default backend: [`default_backend`][meanfield.kernel.attention.default_backend] for the number of query tokens and the
     platform, resolved when the field is traced."""
 
     def resolve(self, n: int) -> AbstractBackend:
@@ -219,17 +219,19 @@ class Attention(eqx.Module):
 
     Args:
         beta: inverse temperature beta >= 0; a scalar or one value per head.
-        Q, K, V: query/key/value matrices, (d, d) or (heads, d, d); ``None`` = identity.
+        Q: query matrix, (d, d) or (heads, d, d); ``None`` = identity.
+        K: key matrix, likewise.
+        V: value matrix, likewise.
         W: output mixing per head, (heads, d, d); ``None`` = I / heads.
         heads: number of heads (inferred from 3-D matrices or a per-head beta if omitted).
         form: ``"SA"`` (softmax) or ``"USA"`` (unnormalised).
-        mask: a position coupling from :mod:`meanfield.kernel.masks` (default :class:`Full`);
+        mask: a position coupling from [`meanfield.kernel.masks`][meanfield.kernel.masks] (default [`Full`][meanfield.kernel.masks.Full]);
             compose with ``&``, e.g. ``Causal() & ALiBi(0.5)``; ``ZBias(A)`` couples the
             auxiliary variables z (concatenated positional-encoding channel).
         pe: ``AdditivePE(scale, U)`` (y = x + scale U z) or ``RoPE(base, scale)``, or None.
-        backend: a strategy module, :class:`Dense` ``(row_block=None)`` (default),
-            :class:`Chunked` ``(block=512, query_batch=1)`` or :class:`Fused` ``(block_q=64,
-            block_k=64)`` (a Pallas kernel; see :mod:`meanfield.kernel.fused`). Deprecated: the strings
+        backend: a strategy module, [`Dense`][meanfield.kernel.attention.Dense] ``(row_block=None)`` (default),
+            [`Chunked`][meanfield.kernel.attention.Chunked] ``(block=512, query_batch=1)`` or [`Fused`][meanfield.kernel.attention.Fused] ``(block_q=64,
+            block_k=64)`` (a Pallas kernel; see [`meanfield.kernel.fused`][meanfield.kernel.fused]). Deprecated: the strings
             ``"dense"``/``"chunked"`` with the keywords ``block``, ``query_batch``, ``row_block``.
         precision: matmul precision of the scores <Q x_i, K x_j>: ``"highest"`` (default: full
             precision of the input dtype), ``"tf32"`` (the backend's fast default: TF32 tensor
@@ -238,7 +240,7 @@ class Attention(eqx.Module):
             normalisers and the softmax stay in the input dtype. ``benchmarks/bench_precision.py``
             reports the field error of each against float64.
         shard_tokens: under a mesh context with a ``"tokens"`` axis (``jax.set_mesh``, see
-            :mod:`meanfield.sharding`) evaluate the field with the tokens split over that axis
+            [`meanfield.sharding`][meanfield.sharding]) evaluate the field with the tokens split over that axis
             (``jax.shard_map``: keys/values all-gathered, each device its own query rows;
             identical to the single-device field up to round-off). ``False`` never shards.
 
@@ -396,7 +398,7 @@ class Attention(eqx.Module):
 
         SA: row-stochastic weights e^{a_ij} / sum_j e^{a_ij}; USA: e^{a_ij} (masses included).
         The field of head h is ``weights[h] @ (V_h keys)``. Key axis: the N tokens, then the P
-        shared prompt tokens, then (with a :class:`ParallelPrompt`) one column holding each row's
+        shared prompt tokens, then (with a [`ParallelPrompt`][meanfield.kernel.tokens.ParallelPrompt]) one column holding each row's
         weight on its own prompt p_i (shape (h, N, N + P + 1)).
         """
         self.validate(x, aux, prompt)
@@ -533,7 +535,7 @@ def _scores(attn: Attention, q, k, qs, ks, free, beta, logm=None):
 
 
 def _position_logw(attn: Attention, qs, p: _Prepared, ks=None, free=None, logm=None):
-    """log(m_j e^{b_ij}): the positional log-weights that :class:`PositionNormalized` normalises
+    """log(m_j e^{b_ij}): the positional log-weights that [`PositionNormalized`][meanfield.kernel.masks.PositionNormalized] normalises
     per row (prompt keys that bypass the mask count with b = 0), shape (h, nq, nk)."""
     ks = p.ks if ks is None else ks
     free = p.free if free is None else free
@@ -544,7 +546,7 @@ def _position_logw(attn: Attention, qs, p: _Prepared, ks=None, free=None, logm=N
 
 def _dense_weights(attn: Attention, p: _Prepared, q, qs):
     """Weights m_j e^{a_ij} (shifted by the row max for SA) and the row normaliser (None for USA;
-    the positional normaliser for USA under :class:`PositionNormalized`)."""
+    the positional normaliser for USA under [`PositionNormalized`][meanfield.kernel.masks.PositionNormalized])."""
     s = _scores(attn, q, p.k, qs, p.ks, p.free, p.beta, jnp.log(p.mass))
     if p.own is not None:  # one more key column: each row's own prompt
         so = jnp.broadcast_to(_own_scores(p, q, p.own), s.shape[:-1])
@@ -597,7 +599,7 @@ def _dense(attn: Attention, p: _Prepared, row_block: int | None) -> Array:
     10-16 % at d = 64, the GEMV 10 % at d = 3; measured interleaved on a 2-core CPU). XLA:CPU
     (jax >= 0.10, YNN fusions) runs the score GEMM, the row max and the exp as one fused kernel
     as long as nothing else sits between them, so the guard against fully forbidden rows
-    (:func:`_finite`) is applied only for masks that may forbid pairs (without a forbidding
+    (`_finite`) is applied only for masks that may forbid pairs (without a forbidding
     mask it cost 1.4-1.9x at d = 3).
     """
     n, d_out = p.q.shape[1], p.v.shape[-1]

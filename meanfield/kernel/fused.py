@@ -12,13 +12,13 @@ slopes scaled by log2 e, ``exp2``):
 
 so no (N x N) score matrix is ever written to memory.
 
-Which key tiles (:func:`tile_bounds`, computed in XLA before the kernel): for query block i,
+Which key tiles ([`tile_bounds`][meanfield.kernel.fused.tile_bounds], computed in XLA before the kernel): for query block i,
 tiles [lo, hi) hold every pair the mask may allow (from the blocks' and tiles' position ranges;
 padding tiles are out), and [a, b) inside it only tiles whose every pair is allowed. The kernel
 runs three ``fori_loop``s, [lo, a) and [b, hi) with the mask arithmetic and [a, b) without it, and
 no control flow around any load, so Triton can pipeline the loads. Under a causal mask in index
 order [lo, hi) is the lower triangle, and the query blocks run longest rows first. ALiBi comes from
-the exact difference pos_i - pos_j (positions arrive centred, see :func:`centred_positions`); the
+the exact difference pos_i - pos_j (positions arrive centred, see [`centred_positions`][meanfield.kernel.fused.centred_positions]); the
 log-masses are the only per-key vector.
 
 Precision (``Attention(precision=...)``), for both products (scores and P V), on tensor cores:
@@ -341,7 +341,7 @@ def fold_heads(attn, p):
 
 
 def field(spec, attn, p, reference) -> Array:
-    """The per-head field of the prepared rows ``p`` for the :class:`~meanfield.kernel.Fused` settings
+    """The per-head field of the prepared rows ``p`` for the [`Fused`][meanfield.kernel.attention.Fused] settings
     ``spec``. Derivatives (jvp, and vjp through it) are those of ``reference(attn, p)`` (the
     ``Chunked()`` path, which computes the same field): the Pallas kernel has no derivative rule."""
     check_supported(attn, p)

@@ -1,8 +1,8 @@
 """The attention field with the tokens split over the ``"tokens"`` axis of the mesh context.
 
 Each device holds N/P query rows, all-gathers the keys/values (positions, masses, features) and
-evaluates its rows with the attention's own backend (:meth:`Attention.rows`); see
-:mod:`meanfield.sharding` for the meshes.
+evaluates its rows with the attention's own backend ([`Attention.rows`][meanfield.kernel.attention.Attention.rows]); see
+[`meanfield.sharding`][meanfield.sharding] for the meshes.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-r"""The finite-volume base shared by the density solvers (:class:`meanfield.pde.CircleMeanField`,
-:class:`meanfield.pde.KineticMeanField`): the theta grid, the attention kernels on it, the periodic
+r"""The finite-volume base shared by the density solvers ([`meanfield.pde.CircleMeanField`][meanfield.pde.circle.CircleMeanField],
+[`meanfield.pde.KineticMeanField`][meanfield.pde.kinetic.KineticMeanField]): the theta grid, the attention kernels on it, the periodic
 MUSCL flux divergence, the time-step choice and the diffrax integration.
 
 Periodic grid of M cells of width h = 2 pi / M along the last axis; rho holds cell averages and u
@@ -21,7 +21,7 @@ uniform state, where max|u| -> 0 and the CFL step alone would become the whole s
 Heun integrates e^{lambda t} with a relative error of about (lambda dt)^2 / 6 in the rate, so the
 default ``accuracy`` = 0.05 targets ~4e-4 on the fastest linear mode (less on slower ones).
 
-The rule is applied by a diffrax step-size controller (:class:`CFLController`) at the end of every
+The rule is applied by a diffrax step-size controller (`CFLController`) at the end of every
 step, on the new state, so the step follows the velocity as clusters form, whatever the save
 times (steps are clipped to land on them). A step is redone with the new dt when its end state
 is non-finite or negative, or when the step already breaks the positivity bound max|u| dt <= h/2
@@ -31,8 +31,8 @@ the solve fails (below).
 Failure: a state the solver cannot stand behind stops the solve (a diffrax event): non-finite
 values (every solver), or a negative density beyond round-off, min rho < -NEG_TOL eps max rho
 (the SSP steppers, Euler and Heun, which promise positivity). ``solve(throw=True)`` (default)
-raises :class:`meanfield.SolverError` naming the time reached and the remedy;
-``throw=False`` returns the solution with a :class:`RESULTS` code and NaN at the save times past
+raises [`meanfield.SolverError`][meanfield.SolverError] naming the time reached and the remedy;
+``throw=False`` returns the solution with a [`RESULTS`][meanfield.pde.RESULTS] code and NaN at the save times past
 the failure (so a vmapped sweep is not killed by one bad point).
 """
 
@@ -77,7 +77,7 @@ def periodic_conv(kernel_hat: Array, rho: Array, h, m: int) -> Array:
 
 
 class AbstractDensitySolver(eqx.Module):
-    """What :func:`cfl_solve` and :class:`CFLController` need of a density solver: ``rhs``, the
+    """What `cfl_solve` and `CFLController` need of a density solver: ``rhs``, the
     grid spacing ``h`` of the CFL bound, the step rule (``_step_and_speed``), the fastest linear
     rate, and the failure tests of a state (``is_bad``, ``failure_code``). The finite-volume
     solvers on S^1 and the spectral solver on S^2 share this one integration layer."""
@@ -97,11 +97,11 @@ class AbstractDensitySolver(eqx.Module):
         return state_is_bad(y, positive)
 
     def failure_code(self, y):
-        """The :class:`RESULTS` code of a state for which :meth:`is_bad` fired."""
+        """The [`RESULTS`][meanfield.pde.RESULTS] code of a state for which `is_bad` fired."""
         return RESULTS.where(jnp.all(jnp.isfinite(y)), RESULTS.negative_density, RESULTS.nonfinite_density)
 
     def _integrate(self, y0, ts, shape, name, *, dt, cfl, accuracy, solver, max_steps, throw, adjoint=None):
-        """Checked arguments, then :func:`cfl_solve`; returns (ts, states at ts, result, stats)."""
+        """Checked arguments, then `cfl_solve`; returns (ts, states at ts, result, stats)."""
         y0 = jnp.asarray(y0)
         require(y0.shape == shape, f"{name} must have shape {shape}, got {y0.shape}")
         require(jnp.issubdtype(y0.dtype, jnp.floating), f"{name} must be a floating-point array, got {y0.dtype}")
@@ -135,7 +135,7 @@ class AbstractFiniteVolume(AbstractDensitySolver):
     """A density on M periodic theta cells moved by an attention velocity (see module docstring).
 
     Subclasses hold the fields ``m``, ``beta``, ``a``, ``b`` (V = a I + b J), ``form`` and implement
-    :meth:`face_velocity` (and :meth:`usa_gain` when their USA field mixes several rows)."""
+    `face_velocity` (and `usa_gain` when their USA field mixes several rows)."""
 
     m: eqx.AbstractVar[int]
     beta: eqx.AbstractVar[Array]
@@ -167,7 +167,7 @@ class AbstractFiniteVolume(AbstractDensitySolver):
         return k, k * (-a * jnp.sin(offsets) + b * jnp.cos(offsets))
 
     def kernel_hats(self, dtype) -> tuple[Array, Array]:
-        """rfft of K and g at the face-minus-centre offsets (j + 1/2) h, as :func:`periodic_conv` uses."""
+        """rfft of K and g at the face-minus-centre offsets (j + 1/2) h, as `periodic_conv` uses."""
         k, g = self.kernels((jnp.arange(self.m, dtype=dtype) + 0.5) * self.h)
         return jnp.fft.rfft(k), jnp.fft.rfft(g)
 
@@ -293,9 +293,9 @@ class CFLController(diffrax.AbstractStepSizeController):
 
 @eqx.filter_jit
 def cfl_solve(pde, y0, ts, step, adaptive: bool, solver, max_steps: int, adjoint=None):
-    """Integrate ``pde.rhs`` from ts[0] to ts[-1] under :class:`CFLController`.
+    """Integrate ``pde.rhs`` from ts[0] to ts[-1] under `CFLController`.
 
-    Returns (states at every ts stacked, a :class:`RESULTS` code, the time reached, stats);
+    Returns (states at every ts stacked, a [`RESULTS`][meanfield.pde.RESULTS] code, the time reached, stats);
     past a failure the states are NaN. ``adaptive``: ``step`` = (cfl, accuracy); otherwise
     ``step`` is dt itself. ``adjoint``: a diffrax adjoint (``diffrax.ForwardMode()`` for
     forward-mode derivatives; default reverse-mode checkpointing)."""
@@ -322,7 +322,7 @@ def cfl_solve(pde, y0, ts, step, adaptive: bool, solver, max_steps: int, adjoint
 
 
 def raise_on_failure(name: str, ys, result, t_end, t_final):
-    """``throw=True``: a :class:`meanfield.SolverError` (one line: the time reached, the cause and
+    """``throw=True``: a [`meanfield.SolverError`][meanfield.SolverError] (one line: the time reached, the cause and
     its remedy) when ``result`` is a failure; eager calls raise at once, traced ones through
     ``eqx.error_if`` (with the line printed first by a callback)."""
     failed = result != RESULTS.successful

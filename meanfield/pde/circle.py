@@ -35,7 +35,7 @@ from ._fv import ACCURACY, CFL, RESULTS, AbstractFiniteVolume, periodic_conv
 
 class DensitySolution(eqx.Module):
     """Saved densities: ``ts`` (T,), ``rho`` (T, M) cell averages, ``theta`` (M,) cell centres;
-    ``result`` a :class:`meanfield.pde.RESULTS` code (``RESULTS.successful``, or the failure of a
+    ``result`` a [`meanfield.pde.RESULTS`][meanfield.pde.RESULTS] code (``RESULTS.successful``, or the failure of a
     ``throw=False`` solve, whose saves from the failure on are NaN); ``stats`` the step counts."""
 
     ts: Float[Array, "*batch time"]
@@ -51,7 +51,8 @@ class CircleMeanField(AbstractFiniteVolume):
     Args:
         m: number of cells M.
         beta: inverse temperature.
-        a, b: V = a I + b J (a = 1, b = 0 is V = I).
+        a: value scale in V = a I + b J (a = 1, b = 0 is V = I).
+        b: value rotation in V = a I + b J (J the rotation by pi/2).
         form: "SA" or "USA".
 
     Example:
@@ -90,7 +91,7 @@ class CircleMeanField(AbstractFiniteVolume):
 
         ``dt=None`` (default): the step adapts throughout the solve, re-picked before every step
         from the current state as dt = min(cfl h / max|u|, accuracy / r) (r the fastest linear
-        rate or the largest velocity gradient; SSP Heun by default; see :mod:`meanfield.pde._fv`),
+        rate or the largest velocity gradient; SSP Heun by default; see `meanfield.pde._fv`),
         and clipped to land on every save time, so the answer does not depend on the save grid.
         The CFL number must be <= 1/2 for positivity; ``accuracy`` = 0.05 keeps the relative
         error of linear growth rates near 4e-4. A fixed ``dt`` steps uniformly (and makes the
@@ -98,7 +99,7 @@ class CircleMeanField(AbstractFiniteVolume):
         solver (positivity is then not guaranteed, and only non-finite states fail).
 
         ``throw=True``: a failed solve (non-finite density; a negative one beyond round-off under
-        Euler/Heun) raises :class:`meanfield.SolverError` naming the time reached and the
+        Euler/Heun) raises [`meanfield.SolverError`][meanfield.SolverError] naming the time reached and the
         remedy; ``throw=False`` returns it as ``result`` (saves from the failure on are NaN).
         """
         ts, rho, result, stats = self._integrate(rho0, ts, (self.m,), "rho0", dt=dt, cfl=cfl, accuracy=accuracy,

@@ -4,7 +4,7 @@ Every token carries a fixed auxiliary variable z (its sequence position s in [0,
 with marginal weights w(z), and a state theta on the circle. ``f(t, z_k, .)`` is the conditional
 density of the state of the tokens with auxiliary value z_k (each row integrates to 1; the token
 measure is sum_k w_k f(z_k, theta) dtheta). With score a = beta cos(theta - theta') + b(z, z')
-(Q = K = I, V = a I + b J as in :mod:`meanfield.pde.circle`) the token at (z, theta) moves with
+(Q = K = I, V = a I + b J as in [`meanfield.pde.circle`][meanfield.pde.circle]) the token at (z, theta) moves with
 
     u(z, theta) = N / D (SA)   or   N (USA),
     N(z, .) = sum_{z'} c(z, z') (g * f(z', .)) + sum_p pi_p(z) g(. - theta_p),
@@ -32,16 +32,16 @@ Couplings
 * ``matrix``: an explicit S x S coupling c (any b(z, z'): concatenated encodings <A z, z'>,
   windows, custom masks), O(S^2 M).
 
-:func:`engine_face_velocity` computes the same u through the particle engine's own
-:class:`meanfield.Attention` (grid cells become weighted key tokens, faces become massless
+[`engine_face_velocity`][meanfield.pde.kinetic.engine_face_velocity] computes the same u through the particle engine's own
+[`meanfield.Attention`][meanfield.kernel.attention.Attention] (grid cells become weighted key tokens, faces become massless
 query tokens): O((S M)^2) but valid for any Q, K, V, heads, masks and encodings on S^1. It is the
 direct-quadrature path for general attention and the independent check of the fast path.
 
-Linear theory and the influence of positions (``meanfield.theory.causal_mode_matrix``): around
+Linear theory and the influence of positions ([`meanfield.theory.causal_mode_propagator`][meanfield.theory.rates.causal_mode_propagator]): around
 the uniform state f = 1/2pi, the Fourier mode n of a perturbation evolves by
 d_t f_n(s) = lambda_n (C~ f_n)(s) with lambda_n the circle rate and C~ the row-normalised
 coupling (SA; USA uses C unnormalised), so f_n(t) = exp(t lambda_n C~) f_n(0).
-:meth:`KineticMeanField.influence` differentiates the nonlinear solver instead: the response of
+[`KineticMeanField.influence`][meanfield.pde.kinetic.KineticMeanField.influence] differentiates the nonlinear solver instead: the response of
 the mean angle of the last position to rotating the initial state at position s.
 """
 
@@ -66,7 +66,7 @@ from ._fv import ACCURACY, CFL, RESULTS, AbstractFiniteVolume, muscl_divergence,
 class KineticSolution(eqx.Module):
     """Saved densities: ``ts`` (T,), ``f`` (T, S, M) cell averages, ``s`` (S,) auxiliary values
     (positions), ``w`` (S,) their weights, ``theta`` (M,) cell centres; ``result`` and ``stats``
-    as in :class:`meanfield.pde.DensitySolution`."""
+    as in [`meanfield.pde.DensitySolution`][meanfield.pde.circle.DensitySolution]."""
 
     ts: Float[Array, " time"]
     f: Float[Array, "time s m"]
@@ -111,11 +111,11 @@ class CausalCoupling(AbstractCoupling):
 
     ``strict=True``: no diagonal (a token does not see itself; the first row sees nothing and its
     field is zero). ``normalized=True``: each row's weights divided by their sum (the
-    position-normalised convention of :class:`meanfield.PositionNormalized`; the row sums come from
+    position-normalised convention of [`meanfield.PositionNormalized`][meanfield.kernel.masks.PositionNormalized]; the row sums come from
     the same scan on a column of ones, still O(S M)). SA is unchanged by ``normalized`` (it divides
     by the content sum too); USA is not. The kinetic paper's model (Duerinckx, Geshkovski & Rossi
     2026) is ``CausalCoupling(lam, strict=True, normalized=True)`` with ``form="USA"`` and the value
-    scale ``a = beta`` (V = beta I): see :meth:`KineticMeanField.paper_model`. With the default
+    scale ``a = beta`` (V = beta I): see [`KineticMeanField.paper_model`][meanfield.pde.kinetic.KineticMeanField.paper_model]. With the default
     self weight 1/2 instead of strict rows, each row also sees half of its own cell: an O(1/S)
     change of every weight (and the first row moves)."""
 
@@ -237,16 +237,19 @@ class KineticMeanField(AbstractFiniteVolume):
         s: auxiliary values (positions) of the S rows, shape (S,); for ``coupling="causal"``
             increasing in [0, 1]. Default: the S = ``n_s`` cell centres (k + 1/2)/S.
         m: cells in theta.
-        beta, a, b, form: as in :class:`meanfield.pde.CircleMeanField`.
-        coupling: a strategy module: :class:`CausalCoupling` ``(lam, self_weight=0.5)``
+        beta: inverse temperature, as in [`meanfield.pde.CircleMeanField`][meanfield.pde.circle.CircleMeanField].
+        a: value scale (V = a I + b J), as there.
+        b: value rotation, as there.
+        form: "SA" or "USA", as there.
+        coupling: a strategy module: [`CausalCoupling`][meanfield.pde.kinetic.CausalCoupling] ``(lam, self_weight=0.5)``
             (default, lam = 0: Volterra in s with ALiBi slope lam in units of s),
-            :class:`FullCoupling` ``(lam)`` (every row sees every row, b = -lam |s - s'|),
-            :class:`MatrixCoupling` ``(c)`` or an explicit (S, S) array of weights c(z_k, z_j)
+            [`FullCoupling`][meanfield.pde.kinetic.FullCoupling] ``(lam)`` (every row sees every row, b = -lam |s - s'|),
+            [`MatrixCoupling`][meanfield.pde.kinetic.MatrixCoupling] ``(c)`` or an explicit (S, S) array of weights c(z_k, z_j)
             (the z-marginal weights already included). Deprecated: ``"causal"``/``"full"``
             with the keywords ``lam`` and ``self_weight``.
         w: z-marginal weights (S,), default 1/S each; normalised to sum 1.
-        prompt_theta, prompt_weight: fixed prompt tokens at angles (P,) and their weights
-            pi_p(z_k), shape (S, P) or (P,) (the same for every row).
+        prompt_theta: fixed prompt tokens at angles, shape (P,).
+        prompt_weight: their weights pi_p(z_k), shape (S, P) or (P,) (the same for every row).
 
     Example:
         pde = KineticMeanField(n_s=64, m=128, beta=2.0, coupling=CausalCoupling(lam=1.0))
@@ -370,11 +373,11 @@ class KineticMeanField(AbstractFiniteVolume):
 
     def solve(self, f0: Real[ArrayLike, "s m"], ts: Times, *, dt=None, cfl: float = CFL, accuracy: float = ACCURACY, solver=None,
               max_steps: int = 1_000_000, adjoint=None, throw: bool = True) -> KineticSolution:
-        """Integrate from ts[0] to ts[-1], saving at ``ts`` (as :meth:`CircleMeanField.solve`:
+        """Integrate from ts[0] to ts[-1], saving at ``ts`` (as [`CircleMeanField.solve`][meanfield.pde.circle.CircleMeanField.solve]:
         ``dt=None`` re-picks dt = min(cfl h / max|u|, accuracy / r) before every step from the
         current state, SSP Heun; a fixed ``dt`` makes the solve smooth in its inputs, which
-        :meth:`influence` needs; ``adjoint`` as in diffrax, ``diffrax.ForwardMode()`` for
-        jvp/jacfwd; ``throw`` as there: a failed solve raises :class:`meanfield.SolverError`, or
+        [`influence`][meanfield.influence] needs; ``adjoint`` as in diffrax, ``diffrax.ForwardMode()`` for
+        jvp/jacfwd; ``throw`` as there: a failed solve raises [`meanfield.SolverError`][meanfield.SolverError], or
         with ``throw=False`` returns its ``result`` code)."""
         ts, f, result, stats = self._integrate(f0, ts, (self.n_s, self.m), "f0", dt=dt, cfl=cfl, accuracy=accuracy,
                                                solver=solver, max_steps=max_steps, adjoint=adjoint, throw=throw)
@@ -409,9 +412,9 @@ class KineticMeanField(AbstractFiniteVolume):
     def retrieval_profile(self, ts: Times, M: float = 8.0, n_max: int = 20, *, target: int = -1,
                           diagonal: bool = False, dt=None) -> Float[Array, "time s"]:
         r"""The multi-mode retrieval profile of row ``target`` about the uniform state,
-        sum_{n=1}^{n_max} omega_{n,M} R_n(t, s) (:meth:`mode_response`, omega_{n,M} =
+        sum_{n=1}^{n_max} omega_{n,M} R_n(t, s) ([`mode_response`][meanfield.pde.kinetic.KineticMeanField.mode_response], omega_{n,M} =
         exp(-pi^2 n^2 / (2 M^2)), M the bandwidth): the solver's counterpart of
-        :func:`meanfield.theory.kinetic_profile`. ``diagonal=False`` removes the identity term
+        [`meanfield.theory.kinetic_profile`][meanfield.theory.kinetic.kinetic_profile]. ``diagonal=False`` removes the identity term
         (the recency delta at the target itself, omega_n / w_target per mode), as the paper's
         S_t does."""
         w = kinetic_weights(M, n_max)

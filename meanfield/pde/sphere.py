@@ -14,7 +14,7 @@ The kernel is zonal, so by Funk-Hecke it is diagonal in spherical harmonics:
 int e^{beta <x, y>} Y_lm(y) dsigma(y) = 4 pi i_l(beta) Y_lm(x), i_l the modified spherical Bessel
 function; G_lm = 4 pi i_l(beta) rho_lm. About the uniform state rho_0 = 1/(4 pi) a degree-l
 perturbation grows at a l(l+1) i_l(beta) / (beta i_0(beta)) (SA) or a l(l+1) i_l(beta) / beta (USA)
-(:func:`meanfield.theory.sphere_growth_rate`).
+([`meanfield.theory.sphere_growth_rate`][meanfield.theory.rates.sphere_growth_rate]).
 
 Scheme (pseudo-spectral Galerkin). With the potential phi = (a / beta) log G (SA) or
 (a / beta) G (USA), v = grad phi and
@@ -38,7 +38,7 @@ first as energy in its top degrees, then as Gibbs undershoots. A state whose spe
 -NEG_TOL max, is reported as unresolved (a solver failure, as for the circle solvers: raised with
 ``throw=True``, a ``RESULTS.unresolved`` code with ``throw=False``), with the advice to raise L.
 
-Time stepping: the shared integration layer of :mod:`meanfield.pde._fv` (``CFLController``: the
+Time stepping: the shared integration layer of `meanfield.pde._fv` (``CFLController``: the
 step re-picked before every step as min(cfl h / max|v|, accuracy / r), h = pi / L the resolution of
 the band limit, r the fastest linear rate or max |Lap phi|), with Bogacki-Shampine 3(2) (``diffrax.Bosh3``) by
 default: its stability region covers part of the imaginary axis, which the advection spectrum of
@@ -96,7 +96,7 @@ def sph_in(lmax: int, beta) -> Array:
 
 class SphereSolution(eqx.Module):
     """Saved densities: ``ts`` (T,), ``rho`` (T, L, 2L-1) on the MW grid, ``theta`` (L,) colatitudes,
-    ``phi`` (2L-1,) longitudes; ``result``, ``stats`` as in :class:`meanfield.pde.DensitySolution`."""
+    ``phi`` (2L-1,) longitudes; ``result``, ``stats`` as in [`meanfield.pde.DensitySolution`][meanfield.pde.circle.DensitySolution]."""
 
     ts: Array
     rho: Array
@@ -265,9 +265,9 @@ class SphereMeanField(AbstractDensitySolver):
     def solve(self, rho0, ts, *, dt=None, cfl: float = CFL, accuracy: float = ACCURACY, solver=None,
               max_steps: int = 100_000, throw: bool = True, adjoint=None) -> SphereSolution:
         """Integrate from ts[0] to ts[-1], saving at ``ts`` (rho0: (L, 2L-1) on the MW grid,
-        band-limited: project with :meth:`project`). The step adapts as the solution evolves, by
+        band-limited: project with [`project`][meanfield.pde.sphere.SphereMeanField.project]). The step adapts as the solution evolves, by
         the rule of the circle solver (module docstring); Bosh3 by default. ``throw=True``: an
-        unresolved or non-finite state raises :class:`meanfield.SolverError` naming the time and
+        unresolved or non-finite state raises [`meanfield.SolverError`][meanfield.SolverError] naming the time and
         suggesting a larger L; ``throw=False`` returns the ``result`` code."""
         solver = diffrax.Bosh3() if solver is None else solver
         ts, rho, result, stats = self._integrate(rho0, ts, (self.L, 2 * self.L - 1), "rho0", dt=dt, cfl=cfl,
@@ -300,7 +300,7 @@ class SphereMeanField(AbstractDensitySolver):
         return y / jnp.max(jnp.abs(y))
 
     def perturbed(self, ell: int, m: int, eps) -> Array:
-        """rho = (1 + eps Y) / (4 pi), Y the real harmonic of :meth:`harmonic` (max |Y| = 1)."""
+        """rho = (1 + eps Y) / (4 pi), Y the real harmonic of [`harmonic`][meanfield.pde.sphere.SphereMeanField.harmonic] (max |Y| = 1)."""
         return (1.0 + eps * self.harmonic(ell, m)) / (4 * np.pi)
 
     def von_mises_fisher(self, kappa, mu=(0.0, 0.0, 1.0)) -> Array:
@@ -448,7 +448,7 @@ def density_mmd(x, rho, *, kappa: float = 1.0, block: int = 1024) -> Array:
 
         MMD^2 = 1/N^2 sum_ij k(x_i, x_j) - 2/N sum_i G(x_i) + sum_l 4 pi i_l(kappa) C_l(rho),
 
-    G = k * rho (coefficients 4 pi i_l(kappa) rho_lm, evaluated exactly by :func:`evaluate`).
+    G = k * rho (coefficients 4 pi i_l(kappa) rho_lm, evaluated exactly by [`evaluate`][meanfield.pde.sphere.evaluate]).
     Every term is computed times e^{-kappa} (no overflow). For N i.i.d. samples of rho,
     E MMD^2 = (e^kappa - sum_l 4 pi i_l(kappa) C_l) / N exactly."""
     x = jnp.asarray(x)
@@ -487,7 +487,7 @@ def particles_to_density(x, L: int, bandwidth=0.1, weights=None) -> Array:
 def density_to_particles(key: PRNGKeyArray, rho, n: int, *, block: int = 1024) -> Array:
     """N unit vectors sampled exactly from the band-limited density ``rho`` (L, 2L-1) (its negative
     part, round-off of a resolved state, counted as zero): rejection from the uniform law, accepting
-    x with probability rho(x) / M (:func:`evaluate`), M = 1.25 x the maximum of rho on the 2L grid;
+    x with probability rho(x) / M ([`evaluate`][meanfield.pde.sphere.evaluate]), M = 1.25 x the maximum of rho on the 2L grid;
     a proposal with rho(x) > M is an error (the bound would be wrong), not a biased sample."""
     n = int(n)
     L = rho.shape[0]

@@ -42,7 +42,7 @@ def type_name(t) -> str:
 @typing.no_type_check
 def key_ranges(cls) -> dict[str, Range]:
     """The declared range of every key of a config class: the ``ranges`` dicts of the class and
-    its bases, merged (a subclass overrides its bases), parsed (:mod:`meanfield.run.ranges`)."""
+    its bases, merged (a subclass overrides its bases), parsed ([`meanfield.run.ranges`][meanfield.run.ranges])."""
     merged: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
         merged.update(klass.__dict__.get("ranges", {}))
@@ -65,8 +65,8 @@ def describe(cls, cfg=None) -> str:
 
 @typing.no_type_check
 def check_ranges(cfg, first=()) -> None:
-    """Every key of ``cfg`` against its declared range (:func:`key_ranges`); a key without one
-    must at least be finite when it is a float. Raises a one-line :class:`ConfigError` naming the
+    """Every key of ``cfg`` against its declared range ([`key_ranges`][meanfield.run.config.key_ranges]); a key without one
+    must at least be finite when it is a float. Raises a one-line [`ConfigError`][meanfield.run.config.ConfigError] naming the
     key, the value and the range (and the values of the other keys the range names). The keys in
     ``first`` (those the user set) are checked first, so that the error names the key the user
     typed when a range ties two keys."""

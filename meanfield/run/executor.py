@@ -6,8 +6,8 @@ the other (one jitted, vmapped call each), showing a progress bar, and every
 atomically. A run killed at any point and restarted with ``resume=True`` redoes exactly the same
 chunk calls from the saved state, so its result is bit-for-bit the uninterrupted one.
 
-Devices (``mesh``, see :mod:`meanfield.sharding`): the batch of a sweep group (its vmapped
-points) is laid on the mesh by :class:`meanfield.sharding.BatchPlacement` (split over the
+Devices (``mesh``, see [`meanfield.sharding`][meanfield.sharding]): the batch of a sweep group (its vmapped
+points) is laid on the mesh by [`meanfield.sharding.BatchPlacement`][meanfield.sharding.BatchPlacement] (split over the
 ``"data"`` axis, padded by repeating the last point, whose copies are dropped), and the run
 executes inside ``jax.set_mesh(mesh)``, so the attention kernels of the presets split their
 tokens over its ``"tokens"`` axis. Records and checkpoints are gathered to the host (all
@@ -105,7 +105,7 @@ RUN_RECORD = "run.json"  # the resolved config and the overrides that made it
 def folder_lock(outdir: Path):
     """An exclusive ``fcntl.flock`` on DIR/.meanfield.lock for the whole run (the kernel releases it
     on any death of the process, SIGKILL included). The file records the holder's host and pid for
-    the message a second writer gets (:class:`Locked`). Only the writing process locks."""
+    the message a second writer gets ([`Locked`][meanfield.run.executor.Locked]). Only the writing process locks."""
     if not is_writer():
         yield
         return
@@ -153,10 +153,10 @@ def execute(preset: Preset, cfg, grid: Grid, outdir, *, resume=False, force=Fals
             mesh="auto", max_chunks=None, invocation: dict | None = None):
     """Run (or sweep) ``preset`` and write DIR/result.nc and DIR/*.png; returns the Dataset.
 
-    ``mesh``: a :func:`meanfield.sharding.make_mesh` spec (``"auto"``, ``"none"``, ``"data"``,
+    ``mesh``: a [`meanfield.sharding.make_mesh`][meanfield.sharding.make_mesh] spec (``"auto"``, ``"none"``, ``"data"``,
     ``"tokens"``, ``"data,tokens"``, ``"data=2,tokens=4"``) or a ``jax.sharding.Mesh``.
     ``max_chunks``: stop after that many chunk calls in this call, with the checkpoint written,
-    raising :class:`Paused` (for time-limited job slots; finish later with ``resume=True``).
+    raising [`Paused`][meanfield.run.executor.Paused] (for time-limited job slots; finish later with ``resume=True``).
     ``invocation``: what made this run (the CLI's overrides and grid), written with the resolved
     config to DIR/run.json once the run owns the folder, so ``--resume`` needs no retyping."""
     outdir = Path(outdir)

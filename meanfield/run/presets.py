@@ -1,8 +1,8 @@
 """Presets: one experiment as pure JAX pieces, found through the ``meanfield.presets`` entry points.
 
-A :class:`Preset` describes one experiment:
+A [`Preset`][meanfield.run.presets.Preset] describes one experiment:
 
-* ``Config``: a frozen dataclass deriving from :class:`RunConfig` (``chunks``, ``seed``) with the
+* ``Config``: a frozen dataclass deriving from [`RunConfig`][meanfield.run.presets.RunConfig] (``chunks``, ``seed``) with the
   preset's own keys, each a typed field with a default;
 * ``times(cfg)``: the save times (or depths), shape (T,);
 * ``init(cfg, p)``: the initial state (a pytree), where ``p`` maps every key of ``vmap_keys``
@@ -13,7 +13,7 @@ A :class:`Preset` describes one experiment:
 * ``dataset(cfg, ts, recs, grid)`` turns the stacked records into an ``xarray.Dataset``;
   ``plot(ds, outdir)`` writes PNGs.
 
-Registration: a module of presets decorates each class with :func:`register`; the ``meanfield``
+Registration: a module of presets decorates each class with [`register`][meanfield.run.presets.register]; the ``meanfield``
 command imports every module named in the ``meanfield.presets`` entry-point group (this project's
 ``experiments/`` folder, installed as ``meanfield_experiments``, and any other installed package
 that declares presets there). Nothing in the engine knows presets exist.
@@ -36,6 +36,7 @@ ENTRY_POINTS = "meanfield.presets"
 """The entry-point group whose modules register presets when imported."""
 
 PRESETS: dict[str, Preset] = {}
+"""The registry: every registered preset by name (filled by [`register`][meanfield.run.presets.register])."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,11 +53,11 @@ class RunConfig:
     """random seed"""
 
     ranges: ClassVar[dict[str, str]] = {"chunks": "[1, 1]", "seed": "[0, 2**31 - 1]"}
-    """The valid range of each key (:mod:`meanfield.run.ranges`), merged with those of the
+    """The valid range of each key ([`meanfield.run.ranges`][meanfield.run.ranges]), merged with those of the
     subclasses; ``chunks`` is at most the number of save intervals of the preset's times."""
 
     def validate(self):
-        """Every key against its declared range (:func:`meanfield.run.config.check_ranges`), before
+        """Every key against its declared range ([`meanfield.run.config.check_ranges`][meanfield.run.config.check_ranges]), before
         any compute; subclasses that add checks call ``super().validate()`` first."""
         check_ranges(self)
 
@@ -96,7 +97,7 @@ class Preset(abc.ABC):
         """Names of host-side steps (Monte-Carlo batches, trainings, one per grid value, ...) that
         the executor runs one by one after the traced chunks, with a progress bar and a checkpoint
         after each (a resumed run redoes none of the finished steps). None: no host steps, and
-        ``dataset`` builds the result. Otherwise :meth:`host_step` and :meth:`host_dataset` are used."""
+        ``dataset`` builds the result. Otherwise [`host_step`][meanfield.run.presets.Preset.host_step] and [`host_dataset`][meanfield.run.presets.Preset.host_dataset] are used."""
         return None
 
     def host_step(self, cfg, name: str, done: dict) -> dict:
@@ -128,6 +129,8 @@ def load_presets() -> dict[str, Preset]:
 
 
 def get_preset(name: str) -> Preset:
+    """The registered preset called ``name`` (every preset module loaded first); a
+    [`ConfigError`][meanfield.run.config.ConfigError] listing the available ones otherwise."""
     presets = load_presets()
     if name not in presets:
         raise ConfigError(f"unknown preset {name!r}; available: {', '.join(sorted(presets))}")

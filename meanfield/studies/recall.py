@@ -2,12 +2,12 @@ r"""Factual recall with random (non-orthogonal) embeddings (after Vural, Bietti,
 Wu 2026): a one-layer attention model, its token-retrieval task, training with optax, and the
 storage capacity.
 
-Task (:class:`RecallTask`). M *facts* are tokens with random embeddings e_f ~ N(0, I/d) (not
+Task ([`RecallTask`][meanfield.studies.recall.RecallTask]). M *facts* are tokens with random embeddings e_f ~ N(0, I/d) (not
 orthogonal once M > d); a noise vocabulary of V tokens has embeddings z_v ~ N(0, I/d). A sample
 is a length-L sequence of noise tokens in which one position, uniform in [0, L), holds a fact
 token f uniform in [M]; its label is f (a one-to-one map from facts to labels).
 
-Model (:class:`RecallModel`, equinox). One attention layer with a trainable query direction w
+Model ([`RecallModel`][meanfield.studies.recall.RecallModel], equinox). One attention layer with a trainable query direction w
 (scores s_j = <w, x_j>: the key-query product of a fixed query token) and a trainable value-output
 map W in R^{M x d}:
 
@@ -23,13 +23,13 @@ one step the predicted label of a new sequence X is argmax_m sum_{n: y_n = m} <x
 sequences of label m share (1/L) e_m, so the signal is |e_m|^2 / L^2 = 1/L^2 per such sample
 (N/M of them), while (i) the noise tokens add overlaps of size ~ 1/(L sqrt d) per sample and (ii)
 the facts overlap the test sequence by ~ sqrt(L/d) / L^2 per sample (non-orthogonality: it grows
-with N like the signal). :func:`early_phase_accuracy` turns this into a Gaussian model of the
+with N like the signal). [`early_phase_accuracy`][meanfield.studies.recall.early_phase_accuracy] turns this into a Gaussian model of the
 scores: (i) gives M* ~ N d / (2 L^2 log M) for small N (multiplicative in N, d, 1/L^2), (ii) a
 ceiling near e^{d/(2L)} sqrt(d/L) as N grows. It matches the simulated one-step accuracy within
 0.03 where measured (the tests allow 0.04) and the capacities of the ``recall-capacity`` preset
 to ~10 %. Longer sequences store fewer facts: the fact is one token of L under uniform attention.
 
-Capacity (:func:`capacity`): the largest M at which the test accuracy (fresh samples of the same
+Capacity ([`capacity`][meanfield.studies.recall.capacity]): the largest M at which the test accuracy (fresh samples of the same
 facts), averaged over seeds, is at least ``threshold``, log-interpolated on a doubling grid of M.
 """
 
@@ -76,7 +76,7 @@ class RecallTask(eqx.Module):
 
 class RecallModel(eqx.Module):
     """logits(X) = W sum_j softmax_j(<w, x_j>) x_j; zero-initialised (uniform attention). With
-    ``n_labels`` < the rows of W (padding, see :class:`RecallTask`) the extra logits are -inf, so
+    ``n_labels`` < the rows of W (padding, see [`RecallTask`][meanfield.studies.recall.RecallTask]) the extra logits are -inf, so
     the model is exactly the ``n_labels``-class one."""
 
     w: jax.Array
@@ -115,7 +115,7 @@ def train(key, n_facts, d: int, length: int, n_train: int, *, steps: int = 20, o
     """Train one model on one random instance; returns (model, train accuracy, test accuracy).
 
     ``lr`` default: 10 M for 'gd' (the gradient in W scales like 1/M at the uniform start),
-    1e-2 for 'adam'. Pure JAX: vmap it over keys for seeds (see :func:`accuracy`)."""
+    1e-2 for 'adam'. Pure JAX: vmap it over keys for seeds (see [`accuracy`][meanfield.studies.recall.accuracy])."""
     lr = _default_lr(opt, n_facts) if lr is None else lr
     kt, ks, kv = jax.random.split(key, 3)
     task = RecallTask(kt, n_facts, d, length, n_noise, max_facts)
@@ -248,7 +248,7 @@ def early_phase_accuracy(n_facts: int, d: int, length: int, n_train: int, *, n_n
 
 def early_phase_capacity(d: int, length: int, n_train: int, *, threshold: float = 0.5, n_noise: int = 4096,
                          samples: int = 2000, m_max: int = 1 << 16, seed: int = 0) -> float:
-    """Largest M with :func:`early_phase_accuracy` >= ``threshold``: M doubles from 2 until the
+    """Largest M with [`early_phase_accuracy`][meanfield.studies.recall.early_phase_accuracy] >= ``threshold``: M doubles from 2 until the
     accuracy falls below it, then bisection in log M to 1 % (the accuracy falls with M), and a
     log-linear interpolation between the last two M. nan if already below at M = 2 or still
     above at ``m_max``."""

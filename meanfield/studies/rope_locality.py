@@ -1,20 +1,20 @@
 r"""RoPE at long context: Monte-Carlo estimates of its two failures (Du et al. 2026).
 
-Scores. With rotary embeddings (the engine's :func:`meanfield.kernel.rope_rotate`, frequencies
+Scores. With rotary embeddings (the engine's [`meanfield.kernel.rope_rotate`][meanfield.kernel.encodings.rope_rotate], frequencies
 theta_c = base^{-2c/d}, c = 0..d/2-1) a query at position i and a key at position j score
 
     s(q, k, Delta) = <R(i) q, R(j) k> = sum_c Re( q_c conj(k_c) e^{-i Delta theta_c} ),   Delta = i - j,
 
 with q_c = q_{2c} + i q_{2c+1} the c-th rotation plane: the score depends on the distance only.
 
-Query/key distribution (:class:`QKDistribution`): q = signal * u + g / sqrt(d), k = signal * u +
+Query/key distribution ([`QKDistribution`][meanfield.studies.rope_locality.QKDistribution]): q = signal * u + g / sqrt(d), k = signal * u +
 g' / sqrt(d), g, g' standard Gaussian, u a fixed unit vector (default: equal energy in every
 plane). ``signal`` = 0 makes q and k independent and centred, then every ordering is a fair coin by
 symmetry (k -> -k); ``signal`` > 0 is a content similarity that RoPE's rotation can keep (short
 distances, small angles) or scramble (long distances).
 
 Failures (each an indicator averaged over independent samples; the estimate is the sample mean
-with a Wilson score interval, :class:`Estimate`):
+with a Wilson score interval, [`Estimate`][meanfield.studies.rope_locality.Estimate]):
 
 * locality: two distances 0 <= Delta_1 < Delta_2 < L drawn uniformly; success = the same key scores
   higher nearer, s(q, k, Delta_1) > s(q, k, Delta_2). ``locality_probability`` estimates
@@ -26,14 +26,14 @@ with a Wilson score interval, :class:`Estimate`):
 Both tend to 1/2 as L grows (Du et al.): once L theta_c >> 1 for most planes, the phases
 Delta theta_c are spread over the circle and the sign of a score difference is a coin flip. A
 larger base slows the low frequencies (helps token consistency) and makes distant positions look
-alike (hurts locality): :func:`locality_probability` vs :func:`consistency_flip_probability`
+alike (hurts locality): [`locality_probability`][meanfield.studies.rope_locality.locality_probability] vs [`consistency_flip_probability`][meanfield.studies.rope_locality.consistency_flip_probability]
 over bases is the trade-off curve.
 
-Score-preserving moves (:func:`score_preserving_moves`, :func:`token_swaps`): positions Delta' far
+Score-preserving moves ([`score_preserving_moves`][meanfield.studies.rope_locality.score_preserving_moves], [`token_swaps`][meanfield.studies.rope_locality.token_swaps]): positions Delta' far
 from Delta (or another key k' at some Delta') with |s - s(q, k, Delta)| <= tol: the score cannot tell
 those positions (tokens) apart.
 
-Engine versions (multi-head, multi-layer, any Q/K): :func:`engine_locality` measures the same two
+Engine versions (multi-head, multi-layer, any Q/K): [`engine_locality`][meanfield.studies.rope_locality.engine_locality] measures the same two
 properties on the attention of a ``meanfield.Attention`` with ``pe=RoPE(base)`` after H layers of
 the engine, on random token sequences (see its docstring).
 """
