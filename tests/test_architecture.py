@@ -1,6 +1,6 @@
 """The import graph of the package, read from the source (no import executed).
 
-Three tiers, imports only downward (docs/ARCHITECTURE.md):
+Three tiers, imports only downward (docs/architecture.md):
 
     engine  meanfield, meanfield.<anything but studies/run>
     studies meanfield.studies.*        may import the engine
