@@ -7,8 +7,9 @@ paste them, with the page's folder as working directory unchanged (outputs go to
 folder). Markers, an HTML comment on the line before a block or anywhere on the page:
 
 * ``<!-- docs-test: skip REASON -->`` before a block: not run (REASON is required);
-* ``<!-- docs-test: devices=8 -->`` on a page: run with 8 emulated CPU devices;
-* ``<!-- docs-test: slow -->`` on a page: the page's test is marked slow.
+* ``<!-- docs-test: devices=8 -->`` on a page: run with 8 emulated CPU devices.
+
+Each page takes 7 to 40 s (a fresh interpreter, compiles), so the page tests are marked slow.
 """
 
 from __future__ import annotations
@@ -47,13 +48,9 @@ def page_marks(text: str) -> set[str]:
     return {m.strip() for m in MARK.findall(text) if not m.startswith("skip")}
 
 
-def _param(page: Path):
-    text = page.read_text()
-    marks = () if "slow" not in page_marks(text) else (pytest.mark.slow,)
-    return pytest.param(page, marks=marks, id=str(page.relative_to(ROOT)))
-
-
-@pytest.mark.parametrize("page", [_param(p) for p in PAGES if python_blocks(p.read_text())])
+@pytest.mark.slow
+@pytest.mark.parametrize("page", [pytest.param(p, id=str(p.relative_to(ROOT))) for p in PAGES
+                                  if python_blocks(p.read_text())])
 def test_code_blocks_run(page, tmp_path):
     text = page.read_text()
     code = []
