@@ -1,4 +1,7 @@
-"""Closed forms and independent reference solutions used to check the engine, one module per subject:
+"""Closed forms and independent reference solutions used to check the engine.
+
+One module per subject:
+
 
 * [`pushforward`][meanfield.theory.pushforward]: maximisers of the interaction energy with auxiliary variables (the pushforward
   limit of additive PEs and prompts) and inverse prompt design;
