@@ -71,7 +71,8 @@ def test_every_preset_is_listed_and_tested(capsys):
 
 # the presets whose tiny run takes over ~20 s on 2 cores run in the full suite only (slow)
 SLOW_TINY = {"kinetic-tcrit", "universality", "particles-vs-pde", "anti-collapse", "recall-capacity", "kinetic-causal",
-             "aux-metastability", "rope-long-context", "meanfield-circle", "pe-sweep", "phase-diagram", "prompt-parallel", "step0"}
+             "aux-metastability", "rope-long-context", "meanfield-circle", "pe-sweep", "phase-diagram", "prompt-parallel", "step0",
+             "sphere-meanfield"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_TINY else n for n in sorted(TINY)])

@@ -91,6 +91,7 @@ def test_observables_closed_forms():
     assert float(pde.mass(v)) == pytest.approx(1.0, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_quadrature_weights_and_point_evaluation_are_exact():
     """The MW quadrature integrates every degree < band exactly (4 pi, and x_3^2 -> 4 pi / 3), and
     the band-limited interpolant reproduces the grid values and a vMF density (its band-16 tail is
