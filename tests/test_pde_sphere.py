@@ -59,8 +59,7 @@ def test_mass_is_conserved_and_an_unresolved_state_fails():
     """SA, beta = 4, perturbed(3, 0, 0.05), L = 16: to T = 3 the run stays resolved and its mass
     drifts by <= 1e-12; the clusters then contract exponentially, and at T = 10 they are beyond the
     band limit (L = 16 fails at t = 3.4, L = 48 at t = 6.3, L = 96 at t = 7.25-7.5: t = 10 would need
-    L in the hundreds), which
-    is a SolverError, or RESULTS.unresolved with NaN saves from then on."""
+    L in the hundreds), which is a SolverError, or RESULTS.unresolved with NaN saves from then on."""
     pde = SphereMeanField(16, beta=4.0)
     rho0 = pde.perturbed(3, 0, 0.05)
     sol = pde.solve(rho0, jnp.linspace(0.0, 3.0, 4))
