@@ -137,3 +137,12 @@ def test_built_html_has_no_sphinx_role(site):
     assert run.returncode == 0, run.stderr[-4000:]
     bad = [str(p.relative_to(out)) for p in out.rglob("*.html") if ROLE.search(p.read_text())]
     assert not bad, bad
+
+
+def test_api_index_lists_every_public_name():
+    """docs/api/index.md has a row for every name of every package's __all__ (and no stale row)."""
+    text = (ROOT / "docs" / "api" / "index.md").read_text()
+    sections = re.split(r"^## `([\w.]+)`$", text, flags=re.M)
+    listed = {sections[i]: set(re.findall(r"^\| \[`(\w+)`\]", sections[i + 1], re.M)) for i in range(1, len(sections), 2)}
+    for name in PACKAGES:
+        assert listed.get(name) == set(importlib.import_module(name).__all__), name

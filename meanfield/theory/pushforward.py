@@ -274,7 +274,7 @@ class InverseDesign:
 
 
 def inverse_prompt(target, beta: float, weight=1.0, mass=None) -> InverseDesign:
-    r"""Parallel prompts p_i that make a chosen configuration x*_1..x*_N (unit vectors) a stationary
+    r"""Parallel prompts p_i that make a chosen configuration ``x*_1..x*_N`` (unit vectors) a stationary
     point of the SA and USA flows with [`meanfield.ParallelPrompt`][meanfield.kernel.tokens.ParallelPrompt] (Q = K = V = I, mask Full):
     an exact inverse design of the limit.
 
