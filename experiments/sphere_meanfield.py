@@ -174,11 +174,12 @@ class SphereMeanFieldPreset(HostPreset):
             for j, b in enumerate(cfg.betas):
                 pde = SphereMeanField(cfg.rate_L, beta=b, form=form)
                 tangent = sum(pde.harmonic(ell, m) for ell, m in pairs) / (4 * np.pi)
-                c0, c1 = (np.asarray(c) for c in _linear_response(pde, tangent, 10.0 / pde.linear_rate_bound()))
+                T = 10.0 / float(pde.linear_rate_bound())
+                c0, c1 = (np.asarray(c) for c in _linear_response(pde, tangent, jnp.asarray(T)))
                 for k, ell in enumerate(ells):
                     for q, m in enumerate((0, ell)):
                         idx = (ell, cfg.rate_L - 1 + m)
-                        measured[i, j, k, q] = np.log(abs(c1[idx]) / abs(c0[idx])) / (10.0 / float(pde.linear_rate_bound()))
+                        measured[i, j, k, q] = np.log(abs(c1[idx]) / abs(c0[idx])) / T
                     theory[i, j, k] = sphere_growth_rate(ell, b, form=form)
         return {"measured": measured, "theory": theory}
 

@@ -167,13 +167,11 @@ class SphereMeanField(AbstractDensitySolver):
 
     def _lift(self, flm):
         """Coefficients of band L padded to band 2L."""
-        L = self.L
-        return jnp.zeros((2 * L, 4 * L - 1), flm.dtype).at[:L, L : 3 * L - 1].set(flm)
+        return _rebin(flm, 2 * self.L)
 
     def _cut(self, flm2):
         """Coefficients of band 2L truncated to band L."""
-        L = self.L
-        return flm2[:L, L : 3 * L - 1]
+        return _rebin(flm2, self.L)
 
     def _lap(self, band):
         ell = jnp.arange(band, dtype=float)[:, None]
@@ -389,14 +387,18 @@ def _inverse(flm, band: int):
     return jnp.real(out)
 
 
+def _rebin(flm, band: int):
+    """Coefficients (L, 2L-1) as coefficients of another band limit: padded with zeros (band > L)
+    or truncated (band < L)."""
+    L, band = flm.shape[0], int(band)
+    k = min(L, band)
+    return jnp.zeros((band, 2 * band - 1), flm.dtype).at[:k, band - k : band + k - 1].set(flm[:k, L - k : L + k - 1])
+
+
 def resample(rho, band: int) -> Array:
     """The band-limited field ``rho`` (L, 2L-1) on the MW grid of another band limit: its
     coefficients padded with zeros (band > L: exact interpolation) or truncated (band < L)."""
-    L = rho.shape[0]
-    k = min(L, int(band))
-    flm = _forward(rho, L)[:k, L - k : L + k - 1]
-    out = jnp.zeros((band, 2 * band - 1), flm.dtype).at[:k, band - k : band + k - 1].set(flm)
-    return _inverse(out, band)
+    return _inverse(_rebin(_forward(rho, rho.shape[0]), band), band)
 
 
 @functools.cache
@@ -420,13 +422,20 @@ def _zonal_sum(t, coeffs):
     return jax.lax.fori_loop(1, coeffs.shape[0] - 1, body, start)[2]
 
 
-def _blocked(fn, x, block: int):
-    """fn over row blocks of x (N, ...) with lax.map (bounded memory), rows padded and dropped."""
-    n = x.shape[0]
-    nb = -(-n // block)
-    xp = jnp.concatenate([x, jnp.broadcast_to(x[:1], (nb * block - n,) + x.shape[1:])])
-    out = jax.lax.map(fn, xp.reshape((nb, block) + x.shape[1:]))
-    return out.reshape((nb * block,) + out.shape[2:])[:n]
+def _evaluator(flm, block: int):
+    """(values at points, the field on the 2L grid) for the band-limited field of coefficients ``flm``
+    (L, 2L-1): the reproducing-kernel quadrature of [`evaluate`][meanfield.pde.sphere.evaluate], its
+    weights computed once (for callers that evaluate many point sets, e.g. rejection sampling)."""
+    L = flm.shape[0]
+    grid2 = _inverse(_rebin(flm, 2 * L), 2 * L)
+    wf = (quadrature_weights(2 * L) * grid2).reshape(-1)
+    pts = _grid_points(2 * L).reshape(-1, 3).astype(wf.dtype)
+    coeffs = (2 * jnp.arange(L, dtype=wf.dtype) + 1) / (4 * np.pi)
+
+    def values(x):
+        return jax.lax.map(lambda xi: _zonal_sum(pts @ xi, coeffs) @ wf, jnp.asarray(x, wf.dtype), batch_size=block)
+
+    return values, grid2
 
 
 def evaluate(rho, x, *, block: int = 1024) -> Array:
@@ -434,11 +443,7 @@ def evaluate(rho, x, *, block: int = 1024) -> Array:
     rho(x) = int K_L(<x, y>) rho(y) dsigma(y) with the reproducing kernel of degrees < L,
     K_L(t) = sum_{l<L} (2l + 1) / (4 pi) P_l(t), integrated exactly on the 2L grid (the product has
     degree < 2L - 1). Cost O(N L^3); rows of x in blocks of ``block``."""
-    L = rho.shape[0]
-    wf = (quadrature_weights(2 * L) * resample(rho, 2 * L)).reshape(-1)
-    pts = _grid_points(2 * L).reshape(-1, 3).astype(wf.dtype)
-    coeffs = (2 * jnp.arange(L, dtype=wf.dtype) + 1) / (4 * np.pi)
-    return _blocked(lambda xb: _zonal_sum(xb @ pts.T, coeffs) @ wf, jnp.asarray(x, wf.dtype), block)
+    return _evaluator(_forward(rho, rho.shape[0]), block)[0](x)
 
 
 def density_mmd(x, rho, *, kappa: float = 1.0, block: int = 1024) -> Array:
@@ -456,9 +461,8 @@ def density_mmd(x, rho, *, kappa: float = 1.0, block: int = 1024) -> Array:
     g = 4 * np.pi * sph_in(L - 1, kappa).astype(rho.dtype) * jnp.exp(-kappa)  # e^{-kappa} 4 pi i_l
     rho_lm = _forward(rho, L)
     dd = jnp.sum(g * jnp.sum(jnp.abs(rho_lm) ** 2, axis=1))
-    G = _inverse(g[:, None] * rho_lm, L)
-    pd = jnp.mean(evaluate(G, x, block=block))
-    pp = jnp.mean(_blocked(lambda xb: jnp.mean(jnp.exp(kappa * (xb @ x.T - 1.0)), axis=1), x, block))
+    pd = jnp.mean(_evaluator(g[:, None] * rho_lm, block)[0](x))
+    pp = jnp.mean(jax.lax.map(lambda xi: jnp.mean(jnp.exp(kappa * (x @ xi - 1.0))), x, batch_size=block))
     return jnp.sqrt(jnp.maximum(pp - 2 * pd + dd, 0.0) * jnp.exp(kappa))
 
 
@@ -466,8 +470,8 @@ def density_mmd_between(rho_a, rho_b, *, kappa: float = 1.0) -> Array:
     """MMD (kernel e^{kappa <x, y>}) between two band-limited densities, of possibly different band
     limits: sqrt(sum_l 4 pi i_l(kappa) C_l(rho_a - rho_b)), both on the finer grid."""
     band = max(rho_a.shape[0], rho_b.shape[0])
-    diff = resample(rho_a, band) - resample(rho_b, band)
-    spec = jnp.sum(jnp.abs(_forward(diff, band)) ** 2, axis=1)
+    diff = _rebin(_forward(rho_a, rho_a.shape[0]), band) - _rebin(_forward(rho_b, rho_b.shape[0]), band)
+    spec = jnp.sum(jnp.abs(diff) ** 2, axis=1)
     return jnp.sqrt(jnp.sum(4 * np.pi * sph_in(band - 1, kappa).astype(spec.dtype) * spec))
 
 
@@ -490,8 +494,8 @@ def density_to_particles(key: PRNGKeyArray, rho, n: int, *, block: int = 1024) -
     x with probability rho(x) / M ([`evaluate`][meanfield.pde.sphere.evaluate]), M = 1.25 x the maximum of rho on the 2L grid;
     a proposal with rho(x) > M is an error (the bound would be wrong), not a biased sample."""
     n = int(n)
-    L = rho.shape[0]
-    bound = 1.25 * jnp.max(resample(rho, 2 * L))
+    values, grid2 = _evaluator(_forward(rho, rho.shape[0]), block)
+    bound = 1.25 * jnp.max(grid2)
     batch = max(n, 256)
 
     def body(carry):
@@ -499,7 +503,7 @@ def density_to_particles(key: PRNGKeyArray, rho, n: int, *, block: int = 1024) -
         key, k1, k2 = jax.random.split(key, 3)
         prop = jax.random.normal(k1, (batch, 3), rho.dtype)
         prop = prop / jnp.linalg.norm(prop, axis=1, keepdims=True)
-        val = evaluate(rho, prop, block=block)
+        val = values(prop)
         acc = jax.random.uniform(k2, (batch,), rho.dtype) * bound < val
         idx = jnp.where(acc, count + jnp.cumsum(acc, dtype=jnp.int32) - 1, n)
         return out.at[idx].set(prop, mode="drop"), count + jnp.sum(acc, dtype=jnp.int32), over | jnp.any(val > bound), key
