@@ -1,4 +1,4 @@
-"""Timing and memory helpers shared by the benchmark scripts (run them as
+"""Timing, memory and error helpers shared by the benchmark scripts (run them as
 ``python benchmarks/NAME.py``; this folder is then on sys.path)."""
 
 from __future__ import annotations
@@ -165,3 +165,9 @@ def _timed(fn):
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
+
+
+def field_error(out, ref) -> float:
+    """Relative max error of a field against its reference: max |out - ref| / max |ref|."""
+    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
+    return float(np.max(np.abs(out - ref)) / np.max(np.abs(ref)))

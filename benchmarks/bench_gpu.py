@@ -37,7 +37,7 @@ import json
 import time
 from pathlib import Path
 
-from _timing import median_time
+from _timing import field_error, median_time
 
 
 def gemm_rate(n, precision):
@@ -193,7 +193,7 @@ def main():
                 last[key] = (n, t)
                 err = float("nan")
                 if ref is not None:
-                    err = float(jnp.max(jnp.abs(f(x) - ref)) / jnp.max(jnp.abs(ref)))
+                    err = field_error(f(x), ref)
                 tflops = 4 * d * pairs / t / 1e12
                 of_cudnn = t_cudnn / t if t_cudnn else float("nan")
                 row = {"backend": name, "precision": prec, "n": n, "d": d, "time_s": t, "first_call_s": first,

@@ -19,6 +19,7 @@ jax.config.update("jax_enable_x64", True)  # entry point: the float64 reference
 import jax.numpy as jnp  # noqa: E402
 
 import meanfield as mf  # noqa: E402
+from _timing import field_error  # noqa: E402
 from meanfield.kernel import Dense, Fused  # noqa: E402
 from meanfield.kernel.fused import PRECISIONS  # noqa: E402
 
@@ -37,7 +38,7 @@ def main(argv=None):
         errs = []
         for prec in PRECISIONS:
             out = mf.Attention(jnp.float32(beta), mask=mf.Causal(), precision=prec, backend=Fused(64, 64))(x.astype(jnp.float32))
-            errs.append(float(jnp.max(jnp.abs(out - ref)) / jnp.max(jnp.abs(ref))))
+            errs.append(field_error(out, ref))
         print(f"{beta:>5g} | " + " | ".join(f"{e:>9.2e}" for e in errs), flush=True)
 
 

@@ -19,6 +19,7 @@ jax.config.update("jax_enable_x64", True)  # entry point: the float64 reference
 import jax.numpy as jnp  # noqa: E402
 
 import meanfield as mf  # noqa: E402
+from _timing import field_error  # noqa: E402
 from meanfield.kernel import Dense, Splash  # noqa: E402
 
 
@@ -37,7 +38,7 @@ def main(argv=None):
             mask = mf.Causal() & mf.ALiBi(lam)
             ref = mf.Attention(1.0, mask=mask, form=form, backend=Dense())(x)
             out = mf.Attention(jnp.float32(1.0), mask=mask, form=form, backend=Splash(256, 256))(x.astype(jnp.float32))
-            errs.append(float(jnp.max(jnp.abs(out - ref)) / jnp.max(jnp.abs(ref))))
+            errs.append(field_error(out, ref))
         print(f"{lam:>7g} | {lam * args.n:>8g} | {errs[0]:>9.2e} | {errs[1]:>9.2e}", flush=True)
 
 
