@@ -55,8 +55,7 @@ def test_code_blocks_run(page, tmp_path):
     text = page.read_text()
     code = []
     for i, (block, mark) in enumerate(python_blocks(text)):
-        if mark and mark.startswith("skip"):
-            assert mark[len("skip") :].strip(), f"{page.name} block {i}: a skipped block needs a reason"
+        if mark and mark.startswith("skip"):  # its reason: test_every_skip_marker_has_a_reason
             continue
         code.append(f"# --- block {i}\n{block}")
     env = dict(os.environ)
