@@ -227,7 +227,7 @@ def _run_host_steps(preset, cfg, steps, saved, meta, done, ckpt, progress, check
             if key.startswith("host::"):
                 _, step, var = key.split("::", 2)
                 results.setdefault(step, {})[var] = saved[key]
-    bar = tqdm(total=len(steps), initial=len(results), desc=f"{preset.name} (host steps)", unit="step", delay=2.0,
+    bar = tqdm(total=len(steps), initial=len(results), desc=f"{preset.name} (host steps)", unit="step", delay=PROGRESS_DELAY,
                file=sys.stderr, disable=not progress)
     count = 0
     for step in steps:
@@ -252,6 +252,22 @@ def _run_host_steps(preset, cfg, steps, saved, meta, done, ckpt, progress, check
     return results
 
 
+PROGRESS_DELAY = 2.0  # seconds before a bar shows (runs shorter than this print no bar)
+
+
+def _restart_clock(bar) -> None:
+    """Keep the first call (compilation) out of the bar's rate and ETA: its clock restarts now.
+
+    tqdm's ``close`` draws the final state (100 %, then a newline) only if the bar was drawn after
+    ``start_t + delay``. Moving ``start_t`` alone would skip that last refresh and leave the line at
+    the first chunk, so the display delay, already served, drops to 0 and a bar already shown counts
+    as drawn at the new start."""
+    shown = bar.last_print_t >= bar.start_t + bar.delay
+    bar.start_t, bar.initial, bar.delay = bar._time(), bar.n, 0.0
+    if shown:
+        bar.last_print_t = bar.start_t
+
+
 def check_run(preset: Preset, cfg, grid: Grid) -> None:
     """The checks every preset shares, before any compute: a sweep grid only where the preset
     takes one, and ``chunks`` between 1 and the number of save intervals."""
@@ -273,7 +289,7 @@ def _execute(preset, cfg, grid, outdir, groups, saved, meta, dev, checkpoint_eve
         done.append({n: saved[f"done{g}_{n}"] for n in names})
 
     bar = tqdm(total=len(groups) * n_chunks, initial=g0 * n_chunks + c0, desc=preset.name, unit="chunk",
-               delay=2.0, file=sys.stderr, disable=not progress)
+               delay=PROGRESS_DELAY, file=sys.stderr, disable=not progress)
     group_ts = [np.asarray(preset.times(gc)) for gc, _, _ in groups]
     ts_all = group_ts[0]
     if any(len(t) != len(ts_all) for t in group_ts):
@@ -310,7 +326,7 @@ def _execute(preset, cfg, grid, outdir, groups, saved, meta, dev, checkpoint_eve
             bar.update(1)
             if calls == 0 and progress:  # the first call includes compilation: keep it out of the ETA
                 bar.set_postfix_str(f"first chunk incl. compile {time.perf_counter() - t_call:.1f} s", refresh=False)
-                bar.start_t, bar.initial = bar._time(), bar.n
+                _restart_clock(bar)
             calls += 1
             last = c == len(chunks) - 1 and g == len(groups) - 1
             pause = max_chunks is not None and calls >= max_chunks and not last
