@@ -89,10 +89,22 @@ def require(condition: bool | np.bool_, message: str) -> None:
         raise ValueError(message)
 
 
+# frames a deprecation warning looks through to find the caller: the library itself, and the
+# wrappers that equinox, jaxtyping and beartype put around its functions and methods
+_WRAPPER_PACKAGES = ("meanfield", "equinox", "jaxtyping", "beartype")
+
+
+def _is_wrapper_frame(frame) -> bool:
+    name = frame.f_globals.get("__name__") or ""
+    return name.split(".")[0] in _WRAPPER_PACKAGES or frame.f_code.co_filename.startswith("<@beartype")
+
+
 def deprecated(message: str) -> None:
-    """A ``DeprecationWarning`` attributed to the first caller outside meanfield and equinox
-    (so that Python's default filters show it to the user's own code)."""
+    """A ``DeprecationWarning`` attributed to the first caller outside meanfield and the wrappers
+    around it (equinox, jaxtyping, beartype), so that Python's default filters show it to the
+    user's own code and a warnings filter on the caller's module (the test suite's guard that no
+    preset uses a deprecated API) sees that module."""
     level, frame = 2, sys._getframe(1)
-    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in ("meanfield", "equinox"):
+    while frame is not None and _is_wrapper_frame(frame):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, DeprecationWarning, stacklevel=level)
