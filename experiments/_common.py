@@ -43,25 +43,48 @@ class SolveConfig(ToleranceConfig):
 
 
 @dataclasses.dataclass(frozen=True)
-class ParticleConfig(SolveConfig):
+class MaskConfig(RunConfig):
+    """The mask keys of the particle presets ([`particle_mask`][meanfield_experiments._common.particle_mask])."""
+
+    mask: str = "full"
+    """full | causal | alibi | causal-alibi | window | causal-window (ALiBi slope: alibi; width: window)"""
+    alibi: float = 0.05
+    """ALiBi slope lambda (masks alibi, causal-alibi): score penalty lambda |i - j|"""
+    window: int = 8
+    """window width w (masks window, causal-window): keys with |i - j| < w"""
+
+    ranges = {"mask": "{full, causal, alibi, causal-alibi, window, causal-window}", "alibi": "[0, 100]",
+              "window": "[1, 2**20]"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ParticleConfig(SolveConfig, MaskConfig):
     n: int = 64
     """number of tokens"""
     d: int = 3
     """token dimension (tokens on S^{d-1})"""
     beta: float = 1.0
     """inverse temperature"""
-    mask: str = "full"
-    """full | causal"""
     chunks: int = 6
     """integration chunks (progress, checkpoints)"""
 
-    ranges = {"n": "[2, 2**20]", "d": "[2, 4096]", "beta": "[0, 1000]", "mask": "{full, causal}"}
+    ranges = {"n": "[2, 2**20]", "d": "[2, 4096]", "beta": "[0, 1000]"}
 
     def validate(self):
         """The ranges, then the memory a solve of n tokens in d dimensions with n_save saves needs
         ([`meanfield.particles.memory_estimate`][meanfield.particles.memory_estimate]) against what the machine has."""
         super().validate()
         check_memory(self.n, self.d, self.n_save)
+
+
+def particle_mask(cfg) -> mf.AbstractMask:
+    """The mask named by ``cfg.mask`` (a ParticleConfig key), with its slope ``cfg.alibi`` or width
+    ``cfg.window``."""
+    base = {"full": mf.Full(), "alibi": mf.ALiBi(cfg.alibi), "window": mf.Window(cfg.window)}
+    name = cfg.mask.removeprefix("causal-")
+    if cfg.mask == "causal":
+        return mf.Causal()
+    return mf.Causal() & base[name] if cfg.mask.startswith("causal-") else base[name]
 
 
 def check_memory(n: int, d: int, n_save: int) -> None:
@@ -99,8 +122,7 @@ class ParticlePreset(Preset):
         return np.linspace(0.0, cfg.t1, cfg.n_save)
 
     def attention(self, cfg, p):
-        mask = mf.Causal() if cfg.mask == "causal" else mf.Full()
-        return mf.Attention(p["beta"], mask=mask)
+        return mf.Attention(p["beta"], mask=particle_mask(cfg))
 
     def init(self, cfg, p):
         return mf.sphere_uniform(jax.random.key(p["seed"]), cfg.n, cfg.d)

@@ -23,15 +23,15 @@ import xarray as xr
 
 import meanfield as mf
 from meanfield.run.io import observable_vars
-from meanfield.run import Preset, RunConfig, grid_param, register
+from meanfield.run import Preset, grid_param, register
 
-from ._common import first_point, plt, save_figure
+from ._common import MaskConfig, first_point, particle_mask, plt, save_figure
 
 NORMS = {"post-LN": mf.PostLN(), "pre-LN": mf.PreLN(), "peri-LN": mf.PeriLN(), "nGPT": mf.NGPT()}
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(RunConfig):
+class Config(MaskConfig):
     n: int = 32
     d: int = 8
     beta: float = 2.0
@@ -39,8 +39,6 @@ class Config(RunConfig):
     """step size (residual weight) of every layer"""
     n_layers: int = 96
     chunks: int = 4
-    mask: str = "full"
-    """full | causal"""
     cluster_tol: float = 1e-2
 
     ranges = {
@@ -50,7 +48,6 @@ class Config(RunConfig):
         "beta": "[0, 1000]",
         "h": "(0, 100]",
         "n_layers": "[chunks, 100000]",
-        "mask": "{full, causal}",
         "cluster_tol": "(0, 2]",
     }
 
@@ -70,7 +67,7 @@ class LayerNorm(Preset):
         return jnp.stack([x0] * len(NORMS))
 
     def advance(self, cfg, p, state, ts):
-        attn = mf.Attention(p["beta"], mask=mf.Causal() if cfg.mask == "causal" else mf.Full())
+        attn = mf.Attention(p["beta"], mask=particle_mask(cfg))
         n_layers = ts.shape[0] - 1
         outs = [mf.layers(attn, state[i], n_layers, h=p["h"], norm=norm).xs[1:] for i, norm in enumerate(NORMS.values())]
         xs = jnp.stack(outs, axis=1)  # (L, norm, N, d)

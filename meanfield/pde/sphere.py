@@ -48,6 +48,7 @@ a spectral method touches and SSP Heun's does not, at three right-hand sides a s
 from __future__ import annotations
 
 import functools
+import logging
 
 import diffrax
 import equinox as eqx
@@ -67,7 +68,16 @@ TAIL = 1e-8
 
 @functools.cache
 def _s2fft():
-    import s2fft  # noqa: PLC0415 (heavy, and logs an x64 warning at import: loaded on first use)
+    # s2fft logs "JAX is not using 64-bit precision" when imported without x64. The solver states its
+    # own precision (the class docstring: float32 runs are accurate to the float32 round-off of the
+    # transforms), so that line, unexplained, is kept out of the user's output.
+    logger = logging.getLogger("s2fft")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        import s2fft  # noqa: PLC0415 (heavy: loaded on first use)
+    finally:
+        logger.setLevel(level)
     import s2fft.precompute_transforms.construct  # noqa: PLC0415, F401 (a submodule s2fft does not import)
     import s2fft.precompute_transforms.spherical  # noqa: PLC0415, F401
 

@@ -1,4 +1,4 @@
-"""The ``meanfield`` command.
+"""The meanfield command.
 
     meanfield list                                    presets with one-line descriptions
     meanfield show PRESET                             its config keys, types, defaults and valid ranges
@@ -7,9 +7,9 @@
     meanfield plot DIR                                redraw the figures of a finished run
     meanfield figures [PRESET ...] [--docs DIR]       rerun presets at their defaults, copy the PNGs to docs/figures
 
-Devices: ``--mesh auto|none|data|tokens|data,tokens|data=2,tokens=4`` lays sweep points over the
+Devices: --mesh auto|none|data|tokens|data,tokens|data=2,tokens=4 lays sweep points over the
 mesh's data axis and each run's tokens over its tokens axis (meanfield.sharding; default auto).
-Multi-host: ``--distributed`` (or the environment variable JAX_COORDINATOR_ADDRESS, with
+Multi-host: --distributed (or the environment variable JAX_COORDINATOR_ADDRESS, with
 JAX_NUM_PROCESSES and JAX_PROCESS_ID) calls jax.distributed.initialize() first; every process
 runs the same command, process 0 writes the outputs.
 
@@ -55,6 +55,8 @@ def _parser():
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE|FILE.toml", help="override a config key")
         if name == "sweep":
             p.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2,...", help="swept key")
+        else:  # accepted only to answer it: sweeps are `meanfield sweep`
+            p.add_argument("--grid", action="append", default=None, help=argparse.SUPPRESS)
         p.add_argument("--out", default=None, help="output directory (default out/PRESET or out/PRESET-sweep)")
         p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
         p.add_argument("--force", action="store_true", help="overwrite a finished result / discard a checkpoint")
@@ -174,6 +176,9 @@ def _main(argv=None) -> int:
                 print(f"wrote {fig}")
             return 0
         preset = get_preset(args.preset)
+        if args.cmd == "run" and args.grid:
+            grids = " ".join(f"--grid {g}" for g in args.grid)
+            raise ConfigError(f"--grid is for sweeps: meanfield sweep {preset.name} {grids} (meanfield run takes --set)")
         out = Path(args.out or f"out/{preset.name}{'-sweep' if args.cmd == 'sweep' else ''}")
         if args.resume and not args.set and args.cmd == "run":  # the overrides of the run being resumed
             args.set = _recorded_overrides(out, preset.name)

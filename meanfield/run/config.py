@@ -8,6 +8,7 @@ messages (unknown key -> list of valid keys; bad value -> expected type) are our
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import math
 import re
@@ -98,7 +99,9 @@ def coerce(cls, key: str, value):
     field ``key`` of ``cls``; raises ConfigError naming the key and the valid keys."""
     types = field_types(cls)
     if key not in types:
-        raise ConfigError(f"unknown key {key!r} for {cls.__name__}; valid keys:\n{describe(cls)}")
+        close = difflib.get_close_matches(key, list(types), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown key {key!r} for {cls.__name__}{hint}; valid keys:\n{describe(cls)}")
     t = types[key]
     origin = typing.get_origin(t)
     try:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import difflib
 import importlib.metadata
 import itertools
 from pathlib import Path
@@ -133,7 +134,9 @@ def get_preset(name: str) -> Preset:
     [`ConfigError`][meanfield.run.config.ConfigError] listing the available ones otherwise."""
     presets = load_presets()
     if name not in presets:
-        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(sorted(presets))}")
+        close = difflib.get_close_matches(name, list(presets), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown preset {name!r}{hint}; available: {', '.join(sorted(presets))}")
     return presets[name]
 
 
