@@ -217,3 +217,28 @@ def test_save_figure_is_atomic(tmp_path):
     ax3.plot([0, 1], [0.5, 0.5])
     save_figure(fig3, path, dpi=50)
     assert path.read_bytes() != before
+
+
+def test_friction_hints(tmp_path, capsys):
+    """Near-miss names get a suggestion; --grid on run points to sweep; the help has no RST markup."""
+    assert main(["run", "clustering", "--set", "bta=2", "--out", str(tmp_path)]) == 2
+    assert "did you mean 'beta'?" in capsys.readouterr().err
+    assert main(["run", "clustring", "--out", str(tmp_path)]) == 2
+    assert "did you mean 'clustering'?" in capsys.readouterr().err
+    assert main(["run", "clustering", "--grid", "beta=1,2", "--out", str(tmp_path)]) == 2
+    assert "meanfield sweep clustering --grid beta=1,2" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "``" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("mask", ["alibi", "causal-window"])
+def test_particle_presets_take_the_library_masks(mask, tmp_path):
+    """The mask key builds the library's masks: a causal mask keeps token 0 fixed; a two-sided
+    ALiBi mask does not."""
+    preset = get_preset("clustering")
+    cfg = apply_overrides(preset.Config(), [*TINY["clustering"], f"mask={mask}", "alibi=0.5", "window=3"])
+    ds = execute(preset, cfg, parse_grid(cfg, None), tmp_path, progress=False)
+    moved = float(np.abs(ds.x.values[-1, 0] - ds.x.values[0, 0]).max())
+    assert (moved < 1e-12) == mask.startswith("causal"), moved
