@@ -178,7 +178,7 @@ class AuxMetastability(HostPreset):
 
 
 def theory_energy_pe(x, u, beta):
-    """(1/2 beta) sum_ij m_i m_j e^{beta <y_i, y_j>}, y = x + u, m = 1/N: the additive-PE energy."""
+    """(1/2 beta) sum_ij m_i m_j e^{beta ⟨y_i, y_j⟩}, y = x + u, m = 1/N: the additive-PE energy."""
     y = np.asarray(x) + u
     m = 1.0 / y.shape[0]
     return m * m * np.sum(np.exp(beta * (y @ y.T))) / (2 * beta)

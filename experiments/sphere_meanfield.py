@@ -16,7 +16,7 @@ rates, and particles against the PDE.
   (USA) ([`meanfield.theory.sphere_growth_rate`][meanfield.theory.rates.sphere_growth_rate]).
 * ``sphere-meanfield-particles.png``: N particles sampled exactly from rho_0 = (1 + Y_1/2 + 3 Y_3/10)
   / 4 pi and evolved by the particle engine (SA, Q = K = V = I, d = 3) against the PDE at time
-  ``pvp_t1``: the MMD with kernel e^{kappa <x, y>} versus N (log-log, fitted slope; -1/2 is the
+  ``pvp_t1``: the MMD with kernel e^{kappa ⟨x, y⟩} versus N (log-log, fitted slope; -1/2 is the
   empirical-measure fluctuation), with the PDE at L = pvp_L and at 2 pvp_L (their distance, as a
   fraction of the distance at the largest N, is ``pde_l_vs_2l``).
 
@@ -78,7 +78,7 @@ class SphereConfig(ToleranceConfig):
     pvp_L: int = 16
     """band limit of the PDE against particles (also run at 2 pvp_L)"""
     kappa: float = 1.0
-    """MMD kernel e^{kappa <x, y>}"""
+    """MMD kernel e^{kappa ⟨x, y⟩}"""
     rtol: float = 1e-7
     atol: float = 1e-9
 

@@ -59,7 +59,7 @@ class AbstractGeometry(eqx.Module):
 
 
 class Sphere(AbstractGeometry):
-    """The unit sphere S^{d-1}: P_x v = v - <x, v> x, retraction x / |x|.
+    """The unit sphere S^{d-1}: P_x v = v - ⟨x, v⟩ x, retraction x / |x|.
 
     ``tol`` is the tolerance of the on-sphere check of initial states; ``None`` picks 1e-6 in
     float64 and 1e-3 in float32/16: loose enough for states produced by an earlier solve

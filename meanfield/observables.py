@@ -6,11 +6,11 @@ per cloud (shape ``x.shape[:-2]``). All are jit/vmap-able.
 
 Definitions (m_i the token masses, default 1/N):
 
-* ``energy``: E_beta = (1 / (2 beta)) sum_ij m_i m_j exp(beta <x_i, x_j>)
-  (= (1/(2 beta N^2)) sum_ij e^{beta <x_i,x_j>} for uniform masses; USA with Q=K=V=I is its
+* ``energy``: E_beta = (1 / (2 beta)) sum_ij m_i m_j exp(beta ⟨x_i, x_j⟩)
+  (= (1/(2 beta N^2)) sum_ij e^{beta ⟨x_i,x_j⟩} for uniform masses; USA with Q=K=V=I is its
   gradient ascent on the sphere). Maximal (e^beta / (2 beta)) at a single cluster.
 * ``diameter``: max_ij |x_i - x_j|.
-* ``min_cosine`` / ``mean_cosine``: min and mean over i != j of <x_i, x_j> / (|x_i| |x_j|).
+* ``min_cosine`` / ``mean_cosine``: min and mean over i != j of ⟨x_i, x_j⟩ / (|x_i| |x_j|).
 * ``n_clusters``: number of connected components of the graph i ~ j iff |x_i - x_j| < tol.
 * ``rank_collapse``: ||X - 1 xbar^T||_F / ||X||_F with xbar the mean token (0 at collapse).
 * ``effective_rank``: exp(entropy of the normalised singular values of X) (Roy & Vetterli),
@@ -57,8 +57,14 @@ def _cosines(x):
 @_per_cloud
 def energy(x: Clouds, beta: Real[ArrayLike, ""], mass: Float[ArrayLike, "*#batch n"] | None = None,
            prompt: Float[ArrayLike, "n d"] | None = None, weight: Real[ArrayLike, "*#n"] = 1.0) -> PerCloud:
-    """Interaction energy E_beta = (1/(2 beta)) sum_ij m_i m_j exp(beta <x_i, x_j>), plus
-    (1/beta) sum_i m_i weight_i exp(beta <x_i, p_i>) with parallel prompts ``prompt`` = p (N, d)
+    r"""Interaction energy
+
+    $$
+    E_\beta(x) = \frac{1}{2\beta} \sum_{i,j} m_i m_j e^{\beta\langle x_i, x_j\rangle}
+    + \frac{1}{\beta} \sum_i m_i\, \mathrm{weight}_i\, e^{\beta\langle x_i, p_i\rangle},
+    $$
+
+    the second term with parallel prompts ``prompt`` = p (N, d) only
     ([`meanfield.ParallelPrompt`][meanfield.kernel.tokens.ParallelPrompt]; ``weight`` a scalar or (N,)). With Q = K = V = I and mask
     Full the SA and USA flows never decrease it."""
     n = x.shape[0]
@@ -157,7 +163,7 @@ def _weights(n, w, dtype):
 @_per_cloud
 def dirac_distance(x: Clouds, mass: Float[ArrayLike, "*#batch n"] | None = None) -> PerCloud:
     """W2 distance from the cloud (weights ``mass``, default uniform) to the nearest Dirac mass
-    on the unit sphere. For unit tokens, sum_i m_i |x_i - c|^2 = 2 - 2 <xbar, c> is minimised
+    on the unit sphere. For unit tokens, sum_i m_i |x_i - c|^2 = 2 - 2 ⟨xbar, c⟩ is minimised
     over |c| = 1 by c = xbar / |xbar|, so W2 = sqrt(2 - 2 |xbar|) (xbar = sum_i m_i x_i);
     for general tokens the same algebra gives sqrt(sum m_i |x_i|^2 - 2 |xbar| + 1)."""
     m = _weights(x.shape[0], mass, x.dtype)

@@ -128,13 +128,15 @@ def linear_stability(
     Euclidean space), the
     linearisation is B Df(x) B^T (``jax.jacfwd``, dense: for N d up to a few thousand). At a
     stationary point (f(x) = 0) it is the flow's Jacobian on the manifold (on the sphere
-    Df[t] = P_x Dv[t] - <x, v> t is tangent there): a negative value means x attracts every
+    Df[t] = P_x Dv[t] - ⟨x, v⟩ t is tangent there): a negative value means x attracts every
     nearby start, a positive one that x is unstable. Away from a stationary point it is only the
     local growth rate of the tangent-projected Jacobian.
 
     Example:
+        ```python
         x = jnp.array([[1.0, 0.0], [-1.0, 0.0]])                 # two antipodal tokens on S^1
         linear_stability(Attention(1.0, form="USA"), x)          # e^{-1} = 0.3679: they attract
+        ```
     """
     x = jnp.asarray(x)
     require(x.ndim == 2, f"x must have shape (N, d), got {x.shape}")
@@ -232,7 +234,13 @@ def simulate(
     throw: bool = True,
     adjoint: diffrax.AbstractAdjoint | None = None,
 ) -> Trajectory:
-    """Integrate dx/dt = P_x Attention(x) from ``ts[0]`` to ``ts[-1]``, saving at ``ts``.
+    r"""Integrate dx/dt = P_x Attention(x) from ``ts[0]`` to ``ts[-1]``, saving at ``ts``.
+
+    $$
+    \frac{d x_i}{dt} = P_{x_i} v_i(x), \qquad P_x = I - x x^\top \ \text{(sphere)}, \quad P_x = I \ \text{(Euclidean)},
+    $$
+
+    with $v_i$ the field of ``attn`` ([`Attention`][meanfield.kernel.attention.Attention]).
 
     Args:
         attn: the attention kernel (beta, Q, K, V, heads, mask, backend).
@@ -255,9 +263,11 @@ def simulate(
         [`Trajectory`][meanfield.particles.Trajectory] with ``ts`` (T,) and ``xs`` (T, N, d).
 
     Example:
+        ```python
         x0 = meanfield.sphere_uniform(jax.random.key(0), 32, 3)
         traj = meanfield.simulate(meanfield.Attention(beta=1.0), x0, jnp.linspace(0, 10, 11))
         meanfield.observables.diameter(traj.xs)   # (11,) diameter over time
+        ```
     """
     require(isinstance(attn, Attention), f"attn must be a meanfield.Attention, got {type(attn).__name__}")
     x0 = jnp.asarray(x0)
@@ -340,7 +350,9 @@ def layers(
         [`Trajectory`][meanfield.particles.Trajectory] with ``ts = h * [0, 1, ..., H]`` and ``xs`` of shape (H+1, N, d).
 
     Example:
+        ```python
         out = meanfield.layers(meanfield.Attention(beta=4.0), x0, 12, h=0.5)
+        ```
     """
     require(isinstance(attn, Attention), f"attn must be a meanfield.Attention, got {type(attn).__name__}")
     require(isinstance(norm, AbstractLayerMap), f"norm must be a layer map (PostLN, PreLN, ...), got {norm!r}")

@@ -221,9 +221,11 @@ class BatchPlacement:
     mesh (``jax.set_mesh``) so that the kernels inside split their tokens over ``"tokens"``.
 
     Example:
+        ```python
         place = BatchPlacement.make("auto", batch=16, n_tokens=512)
         with place.context():
             xs = place.get(jax.jit(place.vmap(run))(place.put(x0s, 16)), 16)
+        ```
     """
 
     def __init__(self, mesh: Mesh | None, n_tokens: int = 0):

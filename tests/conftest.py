@@ -1,7 +1,12 @@
 """Tests check closed forms in float64 (enabled here, never in the library) and the fast
 path in float32 by passing float32 arrays explicitly."""
 
+import importlib.util
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import pytest
@@ -17,3 +22,15 @@ collect_ignore = [] if os.environ.get("MEANFIELD_SHARDED_TESTS") == "1" else ["s
 @pytest.fixture
 def key():
     return jax.random.key(20261123)
+
+
+@pytest.fixture(scope="session")
+def site(tmp_path_factory):
+    """The documentation site built once per test process: (folder, the finished mkdocs process)."""
+    if shutil.which("mkdocs") is None and importlib.util.find_spec("mkdocs") is None:
+        pytest.skip("mkdocs is not installed (pip install -e '.[docs]')")
+    out = tmp_path_factory.mktemp("site")
+    env = dict(os.environ, NO_MKDOCS_2_WARNING="1")  # mkdocs-material's banner about MkDocs 2, not a build warning
+    run = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+                         cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=900, env=env)
+    return out, run

@@ -90,17 +90,6 @@ def test_every_package_declares_all():
 
 
 # ----------------------------------------------------------------------------- the built site
-@pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    if shutil.which("mkdocs") is None and importlib.util.find_spec("mkdocs") is None:
-        pytest.skip("mkdocs is not installed (pip install -e '.[docs]')")
-    out = tmp_path_factory.mktemp("site")
-    env = dict(os.environ, NO_MKDOCS_2_WARNING="1")  # mkdocs-material's banner about MkDocs 2, not a build warning
-    run = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=900, env=env)
-    return out, run
-
-
 @pytest.mark.slow
 def test_site_builds_strict_without_warnings(site):
     out, run = site

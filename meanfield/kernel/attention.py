@@ -3,7 +3,7 @@ r"""The attention kernel: one ``eqx.Module`` for every self-attention velocity f
 For moving tokens x_1..x_N (rows of ``x``), keys/values x_1..x_N plus optional fixed prompt
 tokens y_1..y_P, masses m_j and a position coupling b_h(z_i, z_j) (the mask), head h computes
 
-    a^h_ij = beta_h <Q_h x_i, K_h x_j> + b_h(z_i, z_j) + log m_j
+    a^h_ij = beta_h ⟨Q_h x_i, K_h x_j⟩ + b_h(z_i, z_j) + log m_j
 
     SA  (softmax):       v^h_i = sum_j e^{a^h_ij} V_h x_j / sum_j e^{a^h_ij}
     USA (unnormalised):  v^h_i = sum_j e^{a^h_ij} V_h x_j
@@ -215,7 +215,16 @@ def _as_heads(name: str, m, heads: int | None):
 
 
 class Attention(eqx.Module):
-    """Self-attention velocity field (see module docstring for the formula).
+    r"""Self-attention velocity field (see module docstring for the formula).
+
+    For head $h$, with $b_h$ the mask's log-weights and $m_j$ the key masses,
+
+    $$
+    a^h_{ij} = \beta_h \langle Q_h x_i, K_h x_j\rangle + b_h(z_i, z_j), \qquad
+    v_i = \sum_h W_h \frac{\sum_j m_j e^{a^h_{ij}} V_h x_j}{\sum_j m_j e^{a^h_{ij}}} \ \text{(SA)},
+    $$
+
+    and under USA the denominator is dropped. The velocity of token $i$ is $P_{x_i} v_i$ on the sphere.
 
     Args:
         beta: inverse temperature beta >= 0; a scalar or one value per head.
@@ -233,7 +242,7 @@ class Attention(eqx.Module):
             [`Chunked`][meanfield.kernel.attention.Chunked] ``(block=512, query_batch=1)`` or [`Fused`][meanfield.kernel.attention.Fused] ``(block_q=64,
             block_k=64)`` (a Pallas kernel; see [`meanfield.kernel.fused`][meanfield.kernel.fused]). Deprecated: the strings
             ``"dense"``/``"chunked"`` with the keywords ``block``, ``query_batch``, ``row_block``.
-        precision: matmul precision of the scores <Q x_i, K x_j>: ``"highest"`` (default: full
+        precision: matmul precision of the scores ⟨Q x_i, K x_j⟩: ``"highest"`` (default: full
             precision of the input dtype), ``"tf32"`` (the backend's fast default: TF32 tensor
             cores for float32 on recent NVIDIA GPUs, exact float32 on CPU), ``"bf16"`` (queries
             and keys rounded to bfloat16, products accumulated in the input dtype). Values,
@@ -245,9 +254,11 @@ class Attention(eqx.Module):
             identical to the single-device field up to round-off). ``False`` never shards.
 
     Example:
+        ```python
         attn = Attention(beta=1.0, mask=Causal())
         v = attn(x)                         # x: (N, d) tokens -> (N, d) field
         v = attn(x, aux=TokenAux.default(N, pos=positions), prompt=Prompt(y))
+        ```
     """
 
     beta: Array
@@ -499,7 +510,7 @@ class _Own(eqx.Module):
 
 
 def _own_scores(p, q, own):
-    """beta <q_i, k_own_i> + log w_i, shape (h, rows)."""
+    """beta ⟨q_i, k_own_i⟩ + log w_i, shape (h, rows)."""
     return jnp.sum((p.beta * q) * own.k, axis=-1) + own.logm
 
 
@@ -518,7 +529,7 @@ class _Prepared(eqx.Module):
 
 
 def _scores(attn: Attention, q, k, qs, ks, free, beta, logm=None):
-    """a_ij = <beta q_i, k_j> + b(z_i, z_j) [+ log m_j], shape (h, nq, nk)."""
+    """a_ij = ⟨beta q_i, k_j⟩ + b(z_i, z_j) [+ log m_j], shape (h, nq, nk)."""
     bias = attn.mask.bias(qs, ks, attn.heads)
     bias = jnp.where(free[None, None, :], 0.0, bias)
     # contracting the last axes directly (no transposed copy of the keys: one XLA:CPU kernel fewer,
@@ -577,8 +588,10 @@ def default_row_block(heads: int, n_keys: int, itemsize: int = 4) -> int:
     runs 2.1-3x slower than one within it (4 heads, N = 4096, d = 64: 476 vs 1045 Mpair/s).
 
     Example:
+        ```python
         default_row_block(1, 4096)      # 512 rows: 2^21 / 4096
         default_row_block(4, 4096)      # 256 rows: 4 x 256 x 4096 float32 scores = 16 MiB
+        ```
     """
     keys = max(int(n_keys), 1)
     b = min(1024, max(128, 2**21 // keys))

@@ -12,12 +12,12 @@ Tables (the per-token z_i, to put in ``TokenAux(z=...)``):
 Three ways z can enter (the ``coupling`` of the kernel):
 
 * concatenated channel, ``ZBias(A, scale)`` (a mask): the score of the token [x; z] with a
-  block-diagonal Q^T K = diag(beta Q^T K, A) gains b_ij = scale <A z_i, z_j>;
+  block-diagonal Q^T K = diag(beta Q^T K, A) gains b_ij = scale ⟨A z_i, z_j⟩;
 * additive, ``Attention(pe=AdditivePE(scale, U))``: queries, keys (and values) use
   y = x + scale U z instead of x;
 * rotary, ``Attention(pe=RoPE(base, scale))``: Q x_i and K x_j are rotated in the planes
   (2k, 2k+1) by the angles scale * pos * base^{-2k/d}, so that the score
-  <R(p_i) Q x_i, R(p_j) K x_j> = <Q x_i, R(p_j - p_i) K x_j> depends only on p_j - p_i.
+  ⟨R(p_i) Q x_i, R(p_j) K x_j⟩ = ⟨Q x_i, R(p_j - p_i) K x_j⟩ depends only on p_j - p_i.
 
 ``scale = 0`` switches each coupling off exactly (the plain engine is recovered).
 """
@@ -59,7 +59,7 @@ def gaussian(key: PRNGKeyArray, n: int, dim: int, sigma: float = 1.0) -> Float[A
 
 
 class ZBias(AbstractMask):
-    """Concatenated-channel coupling b_ij = scale <A z_i, z_j> (A = I if None)."""
+    """Concatenated-channel coupling b_ij = scale ⟨A z_i, z_j⟩ (A = I if None)."""
 
     A: Array | None = None
     scale: Array = eqx.field(default_factory=lambda: jnp.asarray(1.0), converter=jnp.asarray)

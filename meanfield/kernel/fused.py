@@ -4,7 +4,7 @@ One kernel program per (head h, query block i) keeps its query tile on chip and 
 tiles with the online normaliser (flash-attention style), in base 2 (scores, log-masses and
 slopes scaled by log2 e, ``exp2``):
 
-    s_ij = log2(e) (<beta_h q_i, k_j> + log m_j - lambda_h |pos_i - pos_j|)   (-inf where the mask forbids)
+    s_ij = log2(e) (⟨beta_h q_i, k_j⟩ + log m_j - lambda_h |pos_i - pos_j|)   (-inf where the mask forbids)
     m   <- max(m, max_j s_ij),   l <- l 2^{m_old - m} + sum_j 2^{s_ij - m},
     acc <- acc 2^{m_old - m} + sum_j 2^{s_ij - m} v_j,
 
@@ -326,7 +326,7 @@ def check_supported(attn, p, backend: str = "Fused") -> None:
 def fold_heads(attn, p):
     """(q (H, N, d) with beta folded in, keys (Hk, M, d), values (Hv, M, dv), V or None) for kernels
     that apply the heads themselves. With K or V given, keys and values are the raw tokens, one copy
-    for every head: <Q_h x_i, K_h x_j> = <K_h^T Q_h x_i, x_j> folds K into the queries, and V_h
+    for every head: ⟨Q_h x_i, K_h x_j⟩ = ⟨K_h^T Q_h x_i, x_j⟩ folds K into the queries, and V_h
     (returned) is applied to each row's weighted sum of raw tokens."""
     q = p.beta * p.q
     vmat = None

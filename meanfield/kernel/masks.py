@@ -1,6 +1,6 @@
 r"""Position couplings b(z_i, z_j): masks and decays, in log-weight form.
 
-A mask adds a log-weight to every score, a_ij = beta <Q x_i, K x_j> + b_ij, with b_ij = -inf
+A mask adds a log-weight to every score, a_ij = beta ⟨Q x_i, K x_j⟩ + b_ij, with b_ij = -inf
 for forbidden pairs. Masks compose by adding their log-weights (``mask1 & mask2``), so
 "causal ALiBi with a window" is ``Causal() & ALiBi(0.1) & Window(64)``.
 
@@ -62,8 +62,10 @@ class AbstractMask(eqx.Module):
         forbidden rows when False (a guard that costs XLA:CPU its fused GEMM-softmax kernel).
 
         Example:
+            ```python
             Full().may_forbid, ALiBi(0.1).may_forbid, (Causal() & ALiBi(0.1)).may_forbid
             # (False, False, True)
+            ```
         """
         return True
 
@@ -215,15 +217,17 @@ class PositionNormalized(AbstractMask):
         pi_ij = m_j e^{b_ij} / sum_{j'} m_{j'} e^{b_ij'}    (over every key row i can see,
                                                              prompt keys included)
 
-    in place of m_j e^{b_ij}, before the content factor e^{beta <Q x_i, K x_j>} multiplies it.
-    USA then reads v_i = sum_j pi_ij e^{beta <Q x_i, K x_j>} V x_j (the kinetic paper's causal ALiBi
+    in place of m_j e^{b_ij}, before the content factor e^{beta ⟨Q x_i, K x_j⟩} multiplies it.
+    USA then reads v_i = sum_j pi_ij e^{beta ⟨Q x_i, K x_j⟩} V x_j (the kinetic paper's causal ALiBi
     model: ``PositionNormalized(Causal(strict=True) & ALiBi(lam / N))``, V = beta I, form "USA");
     SA divides by the content sum as well, so it is unchanged. A row that sees no key has a zero
     field. Per-head slopes give per-head normalisers. Supported by the dense, chunked (an online
     normaliser beside the softmax one), sharded and fused backends.
 
     Example:
+        ```python
         mask = PositionNormalized(Causal(strict=True) & ALiBi(1.0 / n))
+        ```
     """
 
     mask: AbstractMask

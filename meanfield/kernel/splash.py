@@ -7,10 +7,10 @@ through augmented coordinates. For head h with ALiBi slope lambda_h, set
     q'_i = [beta_h Q_h x_i, 1, lambda_h],      k'_j = [K_h x_j, log m_j, p_j],
 
 so that q'_i . k'_j = a_ij + lambda_h p_i for every key at or before the query (p_j <= p_i), with
-a_ij = beta_h <Q_h x_i, K_h x_j> + log m_j - lambda_h (p_i - p_j) the engine's score. The extra
+a_ij = beta_h ⟨Q_h x_i, K_h x_j⟩ + log m_j - lambda_h (p_i - p_j) the engine's score. The extra
 term is constant along a row, so the softmax cancels it: SA with causal ALiBi and masses is one
 causal splash call on (d + 2)-dimensional queries and keys. K_h is folded into the queries
-(<Q_h x, K_h y> = <K_h^T Q_h x, y>) and V_h applied to each row's weighted sum of raw tokens, so
+(⟨Q_h x, K_h y⟩ = ⟨K_h^T Q_h x, y⟩) and V_h applied to each row's weighted sum of raw tokens, so
 all heads share one key and value copy (``make_splash_mqa``). The rest follows:
 
 * USA: v = out exp(lse - lambda_h p_i), with lse the logsumexp residual (``save_residuals``).

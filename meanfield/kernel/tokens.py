@@ -28,9 +28,11 @@ class TokenAux(eqx.Module):
             SA field v_i = sum_j m_j e^{a_ij} V x_j / sum_j m_j e^{a_ij}.
 
     Example:
+        ```python
         aux = TokenAux.default(4)
         aux.pos
         Array([0., 1., 2., 3.], dtype=float32)
+        ```
     """
 
     pos: Real[Array, "*batch n"]
@@ -74,7 +76,9 @@ class Prompt(eqx.Module):
         z: optional feature vectors, shape (P, dz).
 
     Example:
+        ```python
         p = Prompt(jnp.eye(3)[:1])      # one fixed token at e_1, seen by everyone
+        ```
     """
 
     x: Shaped[Array, "*batch p d"]
@@ -113,7 +117,7 @@ class ParallelPrompt(eqx.Module):
 
     With Q = K = V = I and mask ``Full()``, the flows ascend
 
-        E(x) = (1 / 2 beta) sum_ij m_i m_j e^{beta <x_i, x_j>} + (1 / beta) sum_i m_i weight_i e^{beta <x_i, p_i>}
+        E(x) = (1 / 2 beta) sum_ij m_i m_j e^{beta ⟨x_i, x_j⟩} + (1 / beta) sum_i m_i weight_i e^{beta ⟨x_i, p_i⟩}
 
     (grad_{x_i} E = m_i x the USA field; SA divides it by a positive Z_i), whose maximiser over the
     token distribution is a pushforward of the prompt distribution, not a Dirac mass

@@ -222,7 +222,9 @@ class RESULTS(diffrax.RESULTS):
     negative_density = ("the density became negative beyond round-off (a step broke the positivity bound "
                         "max|u| dt <= h/2): lower cfl or dt, or keep the default adaptive step (dt=None)")
     unresolved = ("the density is no longer resolved by the band limit (spectral tail energy or a negative "
-                  "density beyond round-off): use a larger band limit L, or stop earlier")
+                  "density beyond round-off): use a larger band limit L (measured at beta >= 4: L = 16 resolves "
+                  "about 2.2 e-foldings of the fastest linear rate; multiply L by 1.5 per further e-folding; "
+                  "docs: PDE solvers, resolution rule), or stop earlier")
 
 
 NEG_TOL = 100

@@ -6,7 +6,7 @@ Tokens x = (cos t, sin t) with Q = K = I and V = a I + b J (J the rotation by pi
     u(t) = N(t) / D(t)  (SA)      or      u(t) = N(t)  (USA),
     N = g * rho,  g(p) = e^{beta cos p} (-a sin p + b cos p),     D = K * rho,  K(p) = e^{beta cos p},
 
-((f * rho)(t) = int f(t - t') rho(t') dt'), since <e_t, V x(t')> = a sin(t' - t) + b cos(t' - t).
+((f * rho)(t) = int f(t - t') rho(t') dt'), since ⟨e_t, V x(t')⟩ = a sin(t' - t) + b cos(t' - t).
 The density of unit mass obeys the continuity equation d_t rho + d_t(rho u) = 0.
 
 Discretisation: M equal cells; rho is stored as cell averages; u is evaluated at the cell faces
@@ -46,7 +46,17 @@ class DensitySolution(eqx.Module):
 
 
 class CircleMeanField(AbstractFiniteVolume):
-    """Mean-field SA/USA dynamics on S^1 (see module docstring).
+    r"""Mean-field SA/USA dynamics on S^1 (see module docstring).
+
+    With $k(p) = e^{\beta\cos p}$, $g(p) = k(p)(-a\sin p + b\cos p)$ and $*$ the convolution on the circle,
+
+    $$
+    \partial_t \rho + \partial_\theta(\rho u) = 0, \qquad
+    u = \frac{g * \rho}{k * \rho} \ \text{(SA)}, \qquad u = g * \rho \ \text{(USA)},
+    $$
+
+    and about the uniform state mode $n$ grows at $a n^2 I_n(\beta)/(\beta I_0(\beta))$ (SA) or
+    $a n^2 I_n(\beta)/\beta$ (USA).
 
     Args:
         m: number of cells M.
@@ -56,9 +66,11 @@ class CircleMeanField(AbstractFiniteVolume):
         form: "SA" or "USA".
 
     Example:
+        ```python
         pde = CircleMeanField(256, beta=2.0)
         rho0 = pde.uniform() * (1 + 0.01 * jnp.cos(pde.theta))
         sol = pde.solve(rho0, jnp.linspace(0, 5, 6))
+        ```
     """
 
     m: int = eqx.field(static=True)

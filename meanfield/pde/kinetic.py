@@ -11,8 +11,8 @@ measure is sum_k w_k f(z_k, theta) dtheta). With score a = beta cos(theta - thet
     D(z, .) = sum_{z'} c(z, z') (K * f(z', .)) + sum_p pi_p(z) K(. - theta_p),
     c(z, z') = w(z') e^{b(z, z')},   pi_p(z) = m_p e^{b(z, z_p)}   (fixed prompt tokens),
 
-with K(p) = e^{beta cos p}, g(p) = K(p)(-a sin p + b cos p) as on the circle, and each row obeys
-the continuity equation d_t f + d_theta(f u) = 0 (z never moves, so every row keeps its mass).
+with $K(p) = e^{\beta\cos p}$, $g(p) = K(p)(-a\sin p + b\cos p)$ as on the circle, and each row obeys
+the continuity equation $\partial_t f + \partial_\theta(f u) = 0$ ($z$ never moves, so every row keeps its mass).
 
 The z-coupling and the theta-convolutions act on different axes and commute: F = C f (S x M) is
 formed first, then one FFT convolution per row, O(S M log M) per evaluation plus the cost of C f.
@@ -22,14 +22,14 @@ Couplings
 * ``causal`` (z = s, cell centres s_k = (k + 1/2)/S, token density uniform in s): keys only from
   s' <= s with ALiBi decay of slope lam (b = -lam (s - s')):
 
-      F(s) = int_0^s e^{-lam (s - s')} f(s') ds'
-      ~ F_k = A_k + sigma w_k f_k,   A_k = e^{-lam (s_k - s_{k-1})} (A_{k-1} + w_{k-1} f_{k-1}),  A_0 = 0,
+  $F(s) = \int_0^s e^{-\lambda (s - s')} f(s')\, ds'$, discretised as $F_k = A_k + \sigma w_k f_k$ with
+  $A_k = e^{-\lambda (s_k - s_{k-1})} (A_{k-1} + w_{k-1} f_{k-1})$, $A_0 = 0$:
 
   a linear recurrence evaluated by ``jax.lax.associative_scan`` (O(S M) work, O(log S) depth; no
   S x S matrix). ``sigma`` = 1/2 by default: half of a token's own cell lies before it, which
   makes the quadrature second order in s; sigma = 1 is the convention of N discrete tokens with
   one token per cell (token i sees itself with full weight).
-* ``matrix``: an explicit S x S coupling c (any b(z, z'): concatenated encodings <A z, z'>,
+* ``matrix``: an explicit S x S coupling c (any b(z, z'): concatenated encodings ⟨A z, z'⟩,
   windows, custom masks), O(S^2 M).
 
 [`engine_face_velocity`][meanfield.pde.kinetic.engine_face_velocity] computes the same u through the particle engine's own
@@ -77,7 +77,7 @@ class KineticSolution(eqx.Module):
     stats: dict = eqx.field(default_factory=dict)
 
     def moment(self, n: int = 1) -> Shaped[Array, "time s"]:
-        """Circular moment int e^{i n theta} f dtheta per row, shape (T, S) complex."""
+        r"""Circular moment $\int e^{i n \theta} f\, d\theta$ per row, shape (T, S) complex."""
         h = 2 * np.pi / self.theta.shape[0]
         return h * jnp.einsum("tsm,m->ts", self.f.astype(complex), jnp.exp(1j * n * self.theta))
 
@@ -104,7 +104,7 @@ class AbstractCoupling(eqx.Module):
 
 
 class CausalCoupling(AbstractCoupling):
-    """Volterra coupling in s with ALiBi decay: c_kj = w_j e^{-lam (s_k - s_j)} for s_j < s_k and
+    r"""Volterra coupling in s with ALiBi decay: $c_{kj} = w_j e^{-\lambda (s_k - s_j)}$ for $s_j < s_k$ and
     ``self_weight`` w_k on the diagonal (1/2: the continuum quadrature, second order in s; 1: one
     discrete token per row that sees itself). Evaluated by a linear-recurrence scan in s (O(S M),
     no S x S matrix; split over the ``"tokens"`` mesh axis under a mesh context).
@@ -171,7 +171,7 @@ class CausalCoupling(AbstractCoupling):
 
 
 class FullCoupling(AbstractCoupling):
-    """Every row sees every row with two-sided decay: c_kj = w_j e^{-lam |s_k - s_j|}."""
+    r"""Every row sees every row with two-sided decay: $c_{kj} = w_j e^{-\lambda |s_k - s_j|}$."""
 
     lam: Array = eqx.field(default=0.0, converter=_float_array)
 
@@ -190,7 +190,7 @@ class FullCoupling(AbstractCoupling):
 
 class MatrixCoupling(AbstractCoupling):
     """An explicit (S, S) matrix of non-negative weights c(z_k, z_j), z-marginal weights included
-    (any b(z, z'): concatenated encodings <A z, z'>, windows, custom masks); O(S^2 M)."""
+    (any b(z, z'): concatenated encodings ⟨A z, z'⟩, windows, custom masks); O(S^2 M)."""
 
     c: Array = eqx.field(converter=_float_array)
 
@@ -231,7 +231,15 @@ def _coupling(coupling, lam, self_weight) -> AbstractCoupling:
 
 
 class KineticMeanField(AbstractFiniteVolume):
-    """Mean-field SA/USA dynamics of f(t, z, theta) (see module docstring).
+    r"""Mean-field SA/USA dynamics of f(t, z, theta) (see module docstring).
+
+    Row $k$ (auxiliary value $z_k$, weight $w_k$) sees the coupled density $F_k = \sum_j c_{kj} f_j$ with
+    $c_{kj} = w_j e^{b(z_k, z_j)}$, and moves by the circle solver's field computed from $F_k$:
+
+    $$
+    \partial_t f_k + \partial_\theta\big(f_k\, u[F_k]\big) = 0, \qquad
+    u[F] = \frac{g * F}{k * F} \ \text{(SA)}, \quad u[F] = g * F \ \text{(USA)} .
+    $$
 
     Args:
         s: auxiliary values (positions) of the S rows, shape (S,); for ``coupling="causal"``
@@ -252,8 +260,10 @@ class KineticMeanField(AbstractFiniteVolume):
         prompt_weight: their weights pi_p(z_k), shape (S, P) or (P,) (the same for every row).
 
     Example:
+        ```python
         pde = KineticMeanField(n_s=64, m=128, beta=2.0, coupling=CausalCoupling(lam=1.0))
         sol = pde.solve(pde.von_mises(kappa=1.0), jnp.linspace(0, 5, 11))
+        ```
     """
 
     s: Array
@@ -311,8 +321,13 @@ class KineticMeanField(AbstractFiniteVolume):
 
         (s' < s: strictly causal ALiBi, positional weights normalised per row, content factor
         not normalised = USA with V = beta I). Its N-token version is
-        dtheta_j/dt = sum_{k<j} w_jk (-beta sin(theta_j - theta_k) e^{beta cos(theta_j - theta_k)}),
-        w_jk proportional to e^{-(lam/N)(j - k)}: the particle engine's
+
+        $$
+        \frac{d\theta_j}{dt} = \sum_{k<j} w_{jk} \big(-\beta \sin(\theta_j - \theta_k)\, e^{\beta\cos(\theta_j - \theta_k)}\big),
+        \qquad w_{jk} \propto e^{-(\lambda/N)(j - k)} :
+        $$
+
+        the particle engine's
         ``Attention(beta, V=beta I, form="USA", mask=PositionNormalized(Causal(strict=True) & ALiBi(lam / N)))``
         with positions 0..N-1. Rows sit at the cell centres s_k = (k + 1/2)/S (token j <-> s = (j + 1/2)/N).
         Linear rates about the uniform state: a_n = n^2 I_n(beta). ``strict=False`` uses the
@@ -412,8 +427,8 @@ class KineticMeanField(AbstractFiniteVolume):
     def retrieval_profile(self, ts: Times, M: float = 8.0, n_max: int = 20, *, target: int = -1,
                           diagonal: bool = False, dt=None) -> Float[Array, "time s"]:
         r"""The multi-mode retrieval profile of row ``target`` about the uniform state,
-        sum_{n=1}^{n_max} omega_{n,M} R_n(t, s) ([`mode_response`][meanfield.pde.kinetic.KineticMeanField.mode_response], omega_{n,M} =
-        exp(-pi^2 n^2 / (2 M^2)), M the bandwidth): the solver's counterpart of
+        $\sum_{n=1}^{n_{\max}} \omega_{n,M} R_n(t, s)$ ([`mode_response`][meanfield.pde.kinetic.KineticMeanField.mode_response],
+        $\omega_{n,M} = e^{-\pi^2 n^2 / (2 M^2)}$, $M$ the bandwidth): the solver's counterpart of
         [`meanfield.theory.kinetic_profile`][meanfield.theory.kinetic.kinetic_profile]. ``diagonal=False`` removes the identity term
         (the recency delta at the target itself, omega_n / w_target per mode), as the paper's
         S_t does."""
@@ -429,7 +444,7 @@ class KineticMeanField(AbstractFiniteVolume):
 
             c(t, s_k) = (1 / w_k) d phi_target(t) / d delta_k,
 
-        phi = the mean angle arg int e^{i theta} f dtheta of the target row, delta_k a rotation of
+        $\phi = \arg \int e^{i\theta} f\, d\theta$, the mean angle of the target row, $\delta_k$ a rotation of
         the initial row k, around the base state f_0 = von Mises(kappa) in every row. Forward-mode
         derivatives through the solver (fixed step ``dt``, default 0.4 h / max speed bound).
         Rotating every row rotates every output, so sum_k w_k c(t, s_k) = 1 exactly.
@@ -485,7 +500,7 @@ def engine_face_velocity(attn, f: KineticDensity, s: Float[Array, " s"], w: Floa
 
     The M S grid cells become key tokens x = (cos theta_j, sin theta_j) with masses
     w_k f_kj h and positions s_k (features z_k); the faces become query tokens of mass 0 with the
-    same positions and features; u = <e_face, v> with e = (-sin, cos), the tangential component of
+    same positions and features; u = ⟨e_face, v⟩ with e = (-sin, cos), the tangential component of
     ``attn``'s velocity. Any d = 2 attention (Q, K, V, heads, masks on ``pos = s``, encodings)
     works; cost O((S M)^2).
     """

@@ -3,15 +3,15 @@ r"""Mean-field dynamics of self-attention on the sphere S^2: a pseudo-spectral s
 Model (Q = K = I, V = a I). A density rho on S^2 with int rho dsigma = 1 (dsigma the surface
 measure) moves tokens with the velocity
 
-    G(x) = int e^{beta <x, y>} rho(y) dsigma(y),
+    G(x) = int e^{beta ⟨x, y⟩} rho(y) dsigma(y),
     SA:  v = (a / beta) grad_S log G,        USA:  v = (a / beta) grad_S G,
 
-since grad_x e^{beta <x, y>} = beta y e^{beta <x, y>} and P_x y is its tangential part: the SA
-field P_x int y e^{beta<x,y>} rho / int e^{beta<x,y>} rho of the particle engine, and the USA field
-without the normaliser. The density obeys d_t rho + div_S(rho v) = 0.
+since $\nabla_x e^{\beta\langle x, y\rangle} = \beta y\, e^{\beta\langle x, y\rangle}$ and $P_x y$ is its tangential
+part: the SA field $P_x \int y\, e^{\beta\langle x, y\rangle} \rho \,/\, \int e^{\beta\langle x, y\rangle} \rho$ of the particle
+engine, and the USA field without the normaliser. The density obeys d_t rho + div_S(rho v) = 0.
 
 The kernel is zonal, so by Funk-Hecke it is diagonal in spherical harmonics:
-int e^{beta <x, y>} Y_lm(y) dsigma(y) = 4 pi i_l(beta) Y_lm(x), i_l the modified spherical Bessel
+$\int e^{\beta\langle x, y\rangle} Y_{\ell m}(y)\, d\sigma(y) = 4\pi\, i_\ell(\beta)\, Y_{\ell m}(x)$, $i_\ell$ the modified spherical Bessel
 function; G_lm = 4 pi i_l(beta) rho_lm. About the uniform state rho_0 = 1/(4 pi) a degree-l
 perturbation grows at a l(l+1) i_l(beta) / (beta i_0(beta)) (SA) or a l(l+1) i_l(beta) / beta (USA)
 ([`meanfield.theory.sphere_growth_rate`][meanfield.theory.rates.sphere_growth_rate]).
@@ -85,9 +85,9 @@ def _s2fft():
 
 
 def sph_in(lmax: int, beta) -> Array:
-    """Modified spherical Bessel functions i_l(beta), l = 0..lmax, in JAX (beta may be traced):
-    i_0 = sinh(beta)/beta and the ratios r_l = i_l / i_{l-1} = 1 / ((2l+1)/beta + r_{l+1}) by
-    backward recurrence from r = 0 at l = lmax + 40 (stable; no overflow)."""
+    r"""Modified spherical Bessel functions $i_\ell(\beta)$, $\ell = 0, \dots, \ell_{\max}$, in JAX (beta may be
+    traced): $i_0 = \sinh(\beta)/\beta$ and the ratios $r_\ell = i_\ell / i_{\ell-1} = 1 / ((2\ell+1)/\beta + r_{\ell+1})$ by
+    backward recurrence from $r = 0$ at $\ell = \ell_{\max} + 40$ (stable; no overflow)."""
     beta = jnp.asarray(beta, dtype=float)
     safe = jnp.maximum(beta, 1e-30)
     top = int(lmax) + 40
@@ -117,7 +117,22 @@ class SphereSolution(eqx.Module):
 
 
 class SphereMeanField(AbstractDensitySolver):
-    """Mean-field SA/USA dynamics on S^2 (module docstring).
+    r"""Mean-field SA/USA dynamics on S^2 (module docstring).
+
+    $$
+    G(x) = \int_{S^2} e^{\beta\langle x, y\rangle} \rho(y)\, d\sigma(y), \qquad
+    v = \tfrac{a}{\beta} \nabla \log G \ \text{(SA)}, \quad v = \tfrac{a}{\beta} \nabla G \ \text{(USA)}, \qquad
+    \partial_t \rho + \operatorname{div}(\rho v) = 0,
+    $$
+
+    with $G_{\ell m} = 4\pi\, i_\ell(\beta)\, \rho_{\ell m}$ (Funk–Hecke). About the uniform state degree $\ell$ grows at
+    $a\,\ell(\ell+1)\, i_\ell(\beta)/(\beta\, i_0(\beta))$ (SA) or $a\,\ell(\ell+1)\, i_\ell(\beta)/\beta$ (USA).
+
+    Precision: without x64 the solve runs in float32, which differs from float64 by $10^{-5}$ to
+    $3.5\times10^{-4}$ of the density's maximum ($L = 16$ to 32, $\beta \le 9$, measured) and can trip the
+    resolution test by round-off at $L \ge 32$; reference runs enable x64. A resolved solve's accuracy is set
+    by the step rule (`accuracy`), not by $L$; how large $L$ must be for a given $\beta$ and $t$ is measured in
+    the docs (PDE solvers, resolution rule).
 
     Args:
         L: band limit (degrees 0..L-1); the state is the density on the McEwen-Wiaux grid of L
@@ -128,8 +143,10 @@ class SphereMeanField(AbstractDensitySolver):
         tail: relative spectral tail energy beyond which a state counts as unresolved.
 
     Example:
+        ```python
         pde = SphereMeanField(16, beta=4.0)
         sol = pde.solve(pde.perturbed(3, 0, 0.05), jnp.linspace(0, 5, 11))
+        ```
     """
 
     L: int = eqx.field(static=True)
@@ -312,7 +329,7 @@ class SphereMeanField(AbstractDensitySolver):
         return (1.0 + eps * self.harmonic(ell, m)) / (4 * np.pi)
 
     def von_mises_fisher(self, kappa, mu=(0.0, 0.0, 1.0)) -> Array:
-        """kappa e^{kappa <mu, x>} / (4 pi sinh kappa), projected to band L."""
+        r"""$\kappa e^{\kappa\langle \mu, x\rangle} / (4\pi \sinh\kappa)$, projected to band L."""
         mu = jnp.asarray(mu, dtype=float)
         mu = mu / jnp.linalg.norm(mu)
         kappa = jnp.asarray(kappa, dtype=float)
@@ -336,11 +353,11 @@ class SphereMeanField(AbstractDensitySolver):
                           for k in range(3)])
 
     def dirac_distance(self, rho) -> Array:
-        """W2 distance to the nearest Dirac mass: min_mu (int |x - mu|^2 rho)^{1/2} = (2 - 2 |m1|)^{1/2}."""
+        r"""W2 distance to the nearest Dirac mass: $\min_\mu (\int |x - \mu|^2 \rho)^{1/2} = (2 - 2 |m_1|)^{1/2}$."""
         return jnp.sqrt(jnp.maximum(2.0 - 2.0 * jnp.linalg.norm(self.first_moment(rho)), 0.0))
 
     def energy(self, rho) -> Array:
-        """(1/2 beta) int int e^{beta <x, y>} rho(x) rho(y) = (1/2 beta) sum_lm 4 pi i_l(beta) |rho_lm|^2."""
+        r"""$\frac{1}{2\beta} \iint e^{\beta\langle x, y\rangle} \rho(x) \rho(y) = \frac{1}{2\beta} \sum_{\ell m} 4\pi\, i_\ell(\beta)\, |\rho_{\ell m}|^2$."""
         return jnp.sum(self.kernel_coefficients() * self.degree_spectrum(rho)) / (2 * self.beta)
 
 
@@ -449,23 +466,23 @@ def _evaluator(flm, block: int):
 
 
 def evaluate(rho, x, *, block: int = 1024) -> Array:
-    """The band-limited density ``rho`` (L, 2L-1) at arbitrary unit vectors ``x`` (N, 3):
-    rho(x) = int K_L(<x, y>) rho(y) dsigma(y) with the reproducing kernel of degrees < L,
-    K_L(t) = sum_{l<L} (2l + 1) / (4 pi) P_l(t), integrated exactly on the 2L grid (the product has
-    degree < 2L - 1). Cost O(N L^3); rows of x in blocks of ``block``."""
+    r"""The band-limited density ``rho`` (L, 2L-1) at arbitrary unit vectors ``x`` (N, 3):
+    $\rho(x) = \int K_L(\langle x, y\rangle) \rho(y)\, d\sigma(y)$ with the reproducing kernel of degrees $< L$,
+    $K_L(t) = \sum_{\ell < L} \frac{2\ell + 1}{4\pi} P_\ell(t)$, integrated exactly on the $2L$ grid (the product has
+    degree $< 2L - 1$). Cost $O(N L^3)$; rows of x in blocks of ``block``."""
     return _evaluator(_forward(rho, rho.shape[0]), block)[0](x)
 
 
 def density_mmd(x, rho, *, kappa: float = 1.0, block: int = 1024) -> Array:
-    """Maximum mean discrepancy between N particles ``x`` (N, 3) (weights 1/N) and the band-limited
-    density ``rho`` (L, 2L-1), with the kernel k(x, y) = e^{kappa <x, y>} (characteristic on S^2:
-    every Funk-Hecke coefficient 4 pi i_l(kappa) is positive):
+    r"""Maximum mean discrepancy between N particles ``x`` (N, 3) (weights 1/N) and the band-limited
+    density ``rho`` (L, 2L-1), with the kernel $k(x, y) = e^{\kappa\langle x, y\rangle}$ (characteristic on $S^2$:
+    every Funk–Hecke coefficient $4\pi\, i_\ell(\kappa)$ is positive):
 
         MMD^2 = 1/N^2 sum_ij k(x_i, x_j) - 2/N sum_i G(x_i) + sum_l 4 pi i_l(kappa) C_l(rho),
 
-    G = k * rho (coefficients 4 pi i_l(kappa) rho_lm, evaluated exactly by [`evaluate`][meanfield.pde.sphere.evaluate]).
-    Every term is computed times e^{-kappa} (no overflow). For N i.i.d. samples of rho,
-    E MMD^2 = (e^kappa - sum_l 4 pi i_l(kappa) C_l) / N exactly."""
+    $G = k * \rho$ (coefficients $4\pi\, i_\ell(\kappa)\, \rho_{\ell m}$, evaluated exactly by
+    [`evaluate`][meanfield.pde.sphere.evaluate]). Every term is computed times $e^{-\kappa}$ (no overflow). For $N$
+    i.i.d. samples of $\rho$, $\mathbb{E}\,\mathrm{MMD}^2 = (e^\kappa - \sum_\ell 4\pi\, i_\ell(\kappa)\, C_\ell)/N$ exactly."""
     x = jnp.asarray(x)
     L = rho.shape[0]
     g = 4 * np.pi * sph_in(L - 1, kappa).astype(rho.dtype) * jnp.exp(-kappa)  # e^{-kappa} 4 pi i_l
@@ -477,8 +494,8 @@ def density_mmd(x, rho, *, kappa: float = 1.0, block: int = 1024) -> Array:
 
 
 def density_mmd_between(rho_a, rho_b, *, kappa: float = 1.0) -> Array:
-    """MMD (kernel e^{kappa <x, y>}) between two band-limited densities, of possibly different band
-    limits: sqrt(sum_l 4 pi i_l(kappa) C_l(rho_a - rho_b)), both on the finer grid."""
+    r"""MMD (kernel $e^{\kappa\langle x, y\rangle}$) between two band-limited densities, of possibly different band
+    limits: $\big(\sum_\ell 4\pi\, i_\ell(\kappa)\, C_\ell(\rho_a - \rho_b)\big)^{1/2}$, both on the finer grid."""
     band = max(rho_a.shape[0], rho_b.shape[0])
     diff = _rebin(_forward(rho_a, rho_a.shape[0]), band) - _rebin(_forward(rho_b, rho_b.shape[0]), band)
     spec = jnp.sum(jnp.abs(diff) ** 2, axis=1)
@@ -486,9 +503,10 @@ def density_mmd_between(rho_a, rho_b, *, kappa: float = 1.0) -> Array:
 
 
 def particles_to_density(x, L: int, bandwidth=0.1, weights=None) -> Array:
-    """A von Mises-Fisher kernel density estimate of unit vectors ``x`` (N, 3) on the MW grid of band
-    L, projected to band L: rho(y) = sum_i w_i kappa e^{kappa(<x_i, y> - 1)} / (2 pi (1 - e^{-2 kappa})),
-    kappa = 1 / bandwidth^2."""
+    r"""A von Mises–Fisher kernel density estimate of unit vectors ``x`` (N, 3) on the MW grid of band
+    L, projected to band L:
+    $\rho(y) = \sum_i w_i\, \kappa e^{\kappa(\langle x_i, y\rangle - 1)} / (2\pi (1 - e^{-2\kappa}))$,
+    $\kappa = 1/\text{bandwidth}^2$."""
     x = jnp.asarray(x)
     w = jnp.full((x.shape[0],), 1.0 / x.shape[0]) if weights is None else jnp.asarray(weights) / jnp.sum(weights)
     kappa = 1.0 / bandwidth**2

@@ -5,7 +5,7 @@ Model. N tokens x_i on S^{d-1} carry an auxiliary variable s_i in [0, 1)^k (k = 
 normalised positions s_i = (i + 1/2) / N; k = 2: a grid of s). The positional encoding is a
 *fixed-size* map of s, K Fourier frequencies with learned coefficients,
 
-    u(s) = U phi(s),   phi(s) = (1, cos 2 pi <f, s>, sin 2 pi <f, s>)_{f in F_K},
+    u(s) = U phi(s),   phi(s) = (1, cos 2 pi ⟨f, s⟩, sin 2 pi ⟨f, s⟩)_{f in F_K},
 
 F_K the integer frequencies with 0 < |f|_inf <= K up to sign (K of them for k = 1, (2K+1)^2/2
 for k = 2), U of shape (d, 1 + 2 |F_K|): the number of parameters does not depend on N (a
@@ -13,7 +13,7 @@ per-token table would be inverse design again, [`meanfield.theory.inverse_prompt
 dynamics are the engine's SA with Q = K = V = I and [`meanfield.AdditivePE`][meanfield.kernel.encodings.AdditivePE] (y = x + u,
 values included):
 
-    dx_i/dt = P_{x_i} sum_j m_j e^{beta <y_i, y_j>} y_j / sum_j m_j e^{beta <y_i, y_j>},  y = x + u(s).
+    dx_i/dt = P_{x_i} sum_j m_j e^{beta ⟨y_i, y_j⟩} y_j / sum_j m_j e^{beta ⟨y_i, y_j⟩},  y = x + u(s).
 
 Their limit is a map s -> x*(s) (the pushforward of the auxiliary distribution,
 [`meanfield.theory.additive_pe_pushforward`][meanfield.theory.pushforward.additive_pe_pushforward]); the fit chooses U so that this pushforward is
@@ -35,7 +35,7 @@ Losses ([`fit_additive_pe`][meanfield.studies.learned_pe.fit_additive_pe], optax
 
 The start of the fit matters: ``init="paired"`` is the least-squares Fourier fit of
 ``init_scale`` x the paired target (a large offset u_i ~ c x*_i pins each token near its own
-target point, since the weights e^{beta <u_i, u_j>} then concentrate on nearby s), ``"random"`` a
+target point, since the weights e^{beta ⟨u_i, u_j⟩} then concentrate on nearby s), ``"random"`` a
 Gaussian U; the ``universality`` preset reports both.
 """
 
@@ -64,7 +64,7 @@ def frequencies(n_freq: int, k: int = 1) -> np.ndarray:
 
 
 def fourier_features(s, n_freq: int) -> np.ndarray:
-    """phi(s) = (1, cos 2 pi <f, s>, sin 2 pi <f, s>) for f in F_K: shape (N, 1 + 2 |F_K|).
+    """phi(s) = (1, cos 2 pi ⟨f, s⟩, sin 2 pi ⟨f, s⟩) for f in F_K: shape (N, 1 + 2 |F_K|).
 
     ``s``: shape (N,) or (N, k), values in [0, 1) (periodic)."""
     s = np.asarray(s, dtype=float)
@@ -168,11 +168,13 @@ def fit_additive_pe(target, s, beta: float, *, n_freq: int = 6, loss: str = "sim
         [`FitResult`][meanfield.studies.learned_pe.FitResult]. Runs in float64 if x64 is enabled, else float32.
 
     Example:
+        ```python
         s = (np.arange(12) + 0.5) / 12
         th = 2 * np.pi * s + 0.6 * np.sin(4 * np.pi * s)           # a two-bump target on S^1
         fit = fit_additive_pe(np.stack([np.cos(th), np.sin(th)], -1), s, 1.0, n_freq=3, steps=40)
         fit.losses[0], fit.losses.min()                              # the MMD falls
         fit.pe.limit(s, mf.sphere_uniform(jax.random.key(0), 12, 2))  # the limit from a new start
+        ```
     """
     target = np.asarray(target, dtype=float)
     require(target.ndim == 2 and target.shape[1] >= 2, f"target must have shape (M, d), d >= 2, got {target.shape}")

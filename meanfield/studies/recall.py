@@ -8,10 +8,10 @@ is a length-L sequence of noise tokens in which one position, uniform in [0, L),
 token f uniform in [M]; its label is f (a one-to-one map from facts to labels).
 
 Model ([`RecallModel`][meanfield.studies.recall.RecallModel], equinox). One attention layer with a trainable query direction w
-(scores s_j = <w, x_j>: the key-query product of a fixed query token) and a trainable value-output
+(scores s_j = ⟨w, x_j⟩: the key-query product of a fixed query token) and a trainable value-output
 map W in R^{M x d}:
 
-    logits(X) = W sum_j softmax_j(<w, x_j>) x_j ,
+    logits(X) = W sum_j softmax_j(⟨w, x_j⟩) x_j ,
 
 started at w = 0, W = 0 (uniform attention: the "early phase" of training is the regime where
 attention has not yet learnt to find the fact). Trained on N samples with full-batch gradient
@@ -19,7 +19,7 @@ descent or Adam (optax), cross-entropy loss.
 
 Early phase, one gradient step (derivation). At w = W = 0 every probability is 1/M and the
 gradient in W is -(1/N) sum_n (e_{y_n} - 1/M) xbar_n^T with xbar_n = (1/L) sum_j x_{n,j}, so after
-one step the predicted label of a new sequence X is argmax_m sum_{n: y_n = m} <xbar_n, xbar>. The
+one step the predicted label of a new sequence X is argmax_m sum_{n: y_n = m} ⟨xbar_n, xbar⟩. The
 sequences of label m share (1/L) e_m, so the signal is |e_m|^2 / L^2 = 1/L^2 per such sample
 (N/M of them), while (i) the noise tokens add overlaps of size ~ 1/(L sqrt d) per sample and (ii)
 the facts overlap the test sequence by ~ sqrt(L/d) / L^2 per sample (non-orthogonality: it grows
@@ -75,7 +75,7 @@ class RecallTask(eqx.Module):
 
 
 class RecallModel(eqx.Module):
-    """logits(X) = W sum_j softmax_j(<w, x_j>) x_j; zero-initialised (uniform attention). With
+    """logits(X) = W sum_j softmax_j(⟨w, x_j⟩) x_j; zero-initialised (uniform attention). With
     ``n_labels`` < the rows of W (padding, see [`RecallTask`][meanfield.studies.recall.RecallTask]) the extra logits are -inf, so
     the model is exactly the ``n_labels``-class one."""
 
@@ -207,16 +207,16 @@ def early_phase_accuracy(n_facts: int, d: int, length: int, n_train: int, *, n_n
 
     With u = L xbar = e_f + Z for a test sequence of fact f (Z: the sum of its L - 1 noise
     embeddings) and c_m training samples of label m, the score of label m is
-    S_m = sum_{n: y_n = m} <L xbar_n, u> = c_m <e_m, u> + <sum_{n: y_n = m} Z_n, u>.
+    S_m = sum_{n: y_n = m} ⟨L xbar_n, u⟩ = c_m ⟨e_m, u⟩ + ⟨sum_{n: y_n = m} Z_n, u⟩.
     Given u (|u|^2 ~ L, |e_f|^2 ~ 1), to leading order in 1/d:
 
-    * true label: S_f = c_f (1 + <e_f, Z>) + <sum Z_n, u>, with <e_f, Z> ~ N(0, (L - 1)/d);
+    * true label: S_f = c_f (1 + ⟨e_f, Z⟩) + ⟨sum Z_n, u⟩, with ⟨e_f, Z⟩ ~ N(0, (L - 1)/d);
     * wrong label m: S_m ~ N(mu_m, sigma_m^2), independent across m given u;
     * sigma_m^2 = L (c_m^2 + c_m (L - 1)) / d + c_m (L - 1)^2 / V and mu_m = c_m (L - 1)^2 / V.
       The first term is the overlap of e_m with a non-orthogonal u; the second is the c_m (L - 1)
       training noise tokens against u; the third and mu_m count noise tokens of the V-word
       vocabulary shared with the test sequence, which overlap by |z|^2 ~ 1. The true label's
-      <sum Z_n, u> has the same law.
+      ⟨sum Z_n, u⟩ has the same law.
 
     The counts c_m are Poisson(N / M). The accuracy is E[prod_{m != f} Phi((S_f - mu_m) / sigma_m)]
     over ``samples`` Monte-Carlo draws of (c, S_f). Consequences: for small N,

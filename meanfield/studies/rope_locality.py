@@ -3,7 +3,7 @@ r"""RoPE at long context: Monte-Carlo estimates of its two failures (Du et al. 2
 Scores. With rotary embeddings (the engine's [`meanfield.kernel.rope_rotate`][meanfield.kernel.encodings.rope_rotate], frequencies
 theta_c = base^{-2c/d}, c = 0..d/2-1) a query at position i and a key at position j score
 
-    s(q, k, Delta) = <R(i) q, R(j) k> = sum_c Re( q_c conj(k_c) e^{-i Delta theta_c} ),   Delta = i - j,
+    s(q, k, Delta) = ⟨R(i) q, R(j) k⟩ = sum_c Re( q_c conj(k_c) e^{-i Delta theta_c} ),   Delta = i - j,
 
 with q_c = q_{2c} + i q_{2c+1} the c-th rotation plane: the score depends on the distance only.
 
@@ -86,7 +86,7 @@ def frequencies(d: int, base: Real[ArrayLike, ""], dtype=float):
 
 
 def rope_score(q, k, delta, base: Real[ArrayLike, ""] = 10000.0):
-    """s(q, k, Delta) = <R(Delta) q, R(0) k> through the engine's rotation (q at position Delta,
+    """s(q, k, Delta) = ⟨R(Delta) q, R(0) k⟩ through the engine's rotation (q at position Delta,
     k at 0); q, k: (..., d), delta: (...) broadcast against them."""
     q, k = jnp.asarray(q), jnp.asarray(k)
     delta = jnp.asarray(delta, q.dtype)

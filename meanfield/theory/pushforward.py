@@ -5,14 +5,14 @@ Pushforward limit with an additive positional encoding
 Model: USA attention with Q = K = V = I and additive auxiliary variables: token i carries a
 fixed u_i = scale * U z_i and attends with y_i = x_i + u_i,
 
-    dx_i/dt = P_{x_i} sum_j m_j exp(beta <y_i, y_j>) y_j ,     x_i on S^{d-1}.
+    dx_i/dt = P_{x_i} sum_j m_j exp(beta ⟨y_i, y_j⟩) y_j ,     x_i on S^{d-1}.
 
-Since d/dx_i of  E(x) = (1 / (2 beta)) sum_ij m_i m_j exp(beta <x_i + u_i, x_j + u_j>)  is
-m_i sum_j m_j e^{beta <y_i, y_j>} y_j, this flow is (up to the factor 1/m_i) the Riemannian
+Since d/dx_i of  E(x) = (1 / (2 beta)) sum_ij m_i m_j exp(beta ⟨x_i + u_i, x_j + u_j⟩)  is
+m_i sum_j m_j e^{beta ⟨y_i, y_j⟩} y_j, this flow is (up to the factor 1/m_i) the Riemannian
 gradient ascent of E: along it E never decreases and tokens settle at a (local) maximiser.
 In the mean-field limit with a fixed z-distribution rho, the maximiser is a map z -> x*(z)
 (one point per auxiliary value): the limit of the tokens is the pushforward (x*)_# rho, not a
-Dirac mass. Stationarity reads x*(z) = v(z) / |v(z)| with v(z) = int e^{beta <y(z), y(z')>}
+Dirac mass. Stationarity reads x*(z) = v(z) / |v(z)| with v(z) = int e^{beta ⟨y(z), y(z')⟩}
 y(z') drho(z'): without auxiliary variables (u = 0) v is the same for every z and the maximiser
 is a Dirac mass (all x* equal), with them v depends on z and so does x*.
 
@@ -68,8 +68,8 @@ class Maximiser:
 
 
 def _log_energy_and_grad(w_flat, m, d, u, p, c, rho, beta):
-    """-log E and its gradient in w (x = w / |w|), E = (1/2b) sum rho rho e^{b <y_i, y_j>} +
-    (1/b) sum rho_i c_i e^{b <x_i, p_i>}, y = x + u."""
+    """-log E and its gradient in w (x = w / |w|), E = (1/2b) sum rho rho e^{b ⟨y_i, y_j⟩} +
+    (1/b) sum rho_i c_i e^{b ⟨x_i, p_i⟩}, y = x + u."""
     w = w_flat.reshape(m, d)
     r = np.linalg.norm(w, axis=1, keepdims=True)
     x = w / r
@@ -226,7 +226,7 @@ def prompt_pushforward(p, beta: float, weight=1.0, weights=None, *, n_starts: in
                        hessian_tol: float = 1e-8) -> Maximiser:
     r"""Energy maximiser x*(s_k) with parallel prompts ([`meanfield.ParallelPrompt`][meanfield.kernel.tokens.ParallelPrompt]):
 
-        E(x) = (1 / 2 beta) sum_kl rho_k rho_l e^{beta <x_k, x_l>} + (1 / beta) sum_k rho_k weight_k e^{beta <x_k, p_k>}
+        E(x) = (1 / 2 beta) sum_kl rho_k rho_l e^{beta ⟨x_k, x_l⟩} + (1 / beta) sum_k rho_k weight_k e^{beta ⟨x_k, p_k⟩}
 
     over x_k on the unit sphere, for prompts p_k = p(s_k) at the nodes of the auxiliary
     distribution (weights rho_k, default uniform). Its maximiser is a map s -> x*(s): the limit of
@@ -258,7 +258,7 @@ class InverseDesign:
     Attributes:
         p: (N, d) the prompts (unit vectors), one per token.
         delta: (N,) angle between each token and its prompt (the smaller root).
-        tau: (N,) the tangent pull of the other tokens, |P_{x_i} sum_j m_j e^{beta <x_i, x_j>} x_j|.
+        tau: (N,) the tangent pull of the other tokens, |P_{x_i} sum_j m_j e^{beta ⟨x_i, x_j⟩} x_j|.
         min_weight: the smallest weight for which every balance is solvable.
         hessian_max: largest eigenvalue of the Hessian of log E in the tangent space at the target
             (the flows are gradient ascents of E, so < 0 means linearly stable).
@@ -279,7 +279,7 @@ def inverse_prompt(target, beta: float, weight=1.0, mass=None) -> InverseDesign:
     an exact inverse design of the limit.
 
     Per token the tangent balance is one scalar equation. With t_i the unit tangent direction of the
-    pull g_i = P_{x_i} sum_j m_j e^{beta <x_i, x_j>} x_j, tau_i = |g_i|, and
+    pull g_i = P_{x_i} sum_j m_j e^{beta ⟨x_i, x_j⟩} x_j, tau_i = |g_i|, and
     p_i = cos(delta) x_i - sin(delta) t_i,
 
         weight_i e^{beta cos delta} sin delta = tau_i,

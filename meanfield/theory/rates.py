@@ -19,7 +19,10 @@ def circle_growth_rate(n: int, beta: float, a: float = 1.0, form: str = "SA") ->
     g_n = 2 pi (a (i n / beta) I_n(beta) + b I_n'(beta)); linearising d_t rho + d_t(rho u) = 0 gives
     lambda_n = -i n u_0 - i n rho_0 (g_n / D_0 - N_0 K_n / D_0^2) whose real part is
 
-        SA:  a n^2 I_n(beta) / (beta I_0(beta)),        USA:  a n^2 I_n(beta) / beta.
+    $$
+    r_n = \frac{a\, n^2 I_n(\beta)}{\beta\, I_0(\beta)} \ \text{(SA)}, \qquad
+    r_n = \frac{a\, n^2 I_n(\beta)}{\beta} \ \text{(USA)} .
+    $$
     """
     from scipy.special import iv
 
@@ -35,7 +38,10 @@ def sphere_growth_rate(ell: int, beta: float, a: float = 1.0, form: str = "SA") 
     gives G = i_0(beta) + eps 4 pi i_l(beta) Y_lm; the potential phi = (a/beta) log G (SA) or
     (a/beta) G (USA) and d_t rho = -div(rho grad phi) ~ -rho_0 Lap phi = rho_0 l(l+1) phi_lm Y_lm, so
 
-        SA:  a l(l+1) i_l(beta) / (beta i_0(beta)),        USA:  a l(l+1) i_l(beta) / beta,
+    $$
+    r_\ell = \frac{a\, \ell(\ell+1)\, i_\ell(\beta)}{\beta\, i_0(\beta)} \ \text{(SA)}, \qquad
+    r_\ell = \frac{a\, \ell(\ell+1)\, i_\ell(\beta)}{\beta} \ \text{(USA)},
+    $$
 
     the analogues of the circle's a n^2 I_n(beta) / (beta I_0(beta)). The kinetic paper's
     convention (USA, V = beta I) gives [`sphere_kinetic_rate`][meanfield.theory.rates.sphere_kinetic_rate], l(l+1) i_l(beta).
