@@ -38,7 +38,7 @@ import meanfield as mf
 from meanfield import observables as obs
 from meanfield.run.io import observable_vars
 from meanfield.kernel import gaussian, random_fourier
-from meanfield.run import Preset, grid_param, register
+from meanfield.run import Preset, Var, grid_param, register
 from meanfield.theory import additive_pe_pushforward, prompt_pushforward
 
 from ._common import SolveConfig, circle_w1_to, first_point, half_circle_prompts, midpoints, plt, save_figure, simulate_chunk
@@ -105,6 +105,11 @@ def z_tables(cfg, seed):
 class AntiCollapse(Preset):
     name = "anti-collapse"
     description = "no aux variable vs positional encodings (additive, concat, RoPE) vs prompt: Dirac vs pushforward limit"
+    variables = {
+        "variant": Var("auxiliary-variable variant", "1", "none, additive PE, concatenated PE (ZBias), RoPE, shared prompt or parallel prompt (module docstring); alpha = {alpha}"),
+        "pushforward_w1": Var("circle W1 to the pushforward limit", "1", "exact circle W1 between the tokens and the engine-free energy maximiser x*(z) of the additive variants (NaN elsewhere); beta = {beta}, alpha = {alpha}, quadrature = {quadrature}"),
+        "pushforward_mmd": Var("MMD to the pushforward limit", "1", "MMD between the tokens and x*(z) (additive variants; NaN elsewhere); beta = {beta}, alpha = {alpha}"),
+    }
     Config = Config
     vmap_keys = ("beta", "alpha", "seed")
 

@@ -35,7 +35,7 @@ import xarray as xr
 import meanfield as mf
 from meanfield import observables as obs
 from meanfield import theory
-from meanfield.run import register
+from meanfield.run import Var, register
 
 from ._common import HostPreset, ToleranceConfig, half_circle_prompts, plt, save_figure
 
@@ -88,6 +88,22 @@ def _distance(x, y, invariant):
 class AuxMetastability(HostPreset):
     name = "aux-metastability"
     description = "basin maps with auxiliary variables: fraction of random starts reaching the best maximiser, distinct end states, plateaus"
+    variables = {
+        "alpha": Var("additive PE scale alpha", "1", "scale of the additive positional encoding (0: none)"),
+        "weight": Var("parallel prompt weight", "1", "key mass of each token's own prompt (0: none)"),
+        "pe_fraction_best": Var("fraction of starts at the best maximiser (PE)", "1", "share of the n_starts = {n_starts} random starts whose end state (t = {t1}) is within tol = {tol} of the best maximiser found by the search (search_starts = {search_starts}, search_hops = {search_hops}), additive PE"),
+        "pe_distinct": Var("distinct end states (PE)", "1", "number of end states of the n_starts = {n_starts} runs that differ by more than tol = {tol}, additive PE"),
+        "pe_plateau_decades": Var("longest energy plateau (PE)", "decades of t", "median over starts of the longest plateau of the energy on a log-time axis, additive PE"),
+        "pe_best_energy": Var("best maximiser's energy (PE)", "1", "energy of the best maximiser found by the global search, additive PE"),
+        "pe_end_energy_max": Var("highest end energy (PE)", "1", "largest energy reached by the runs at t = {t1}, additive PE"),
+        "pe_end_energy_min": Var("lowest end energy (PE)", "1", "smallest energy reached by the runs at t = {t1}, additive PE"),
+        "prompt_fraction_best": Var("fraction of starts at the best maximiser (prompt)", "1", "share of the n_starts = {n_starts} random starts within tol = {tol} of the best maximiser, parallel prompts"),
+        "prompt_distinct": Var("distinct end states (prompt)", "1", "number of end states that differ by more than tol = {tol}, parallel prompts"),
+        "prompt_plateau_decades": Var("longest energy plateau (prompt)", "decades of t", "median over starts of the longest energy plateau on a log-time axis, parallel prompts"),
+        "prompt_best_energy": Var("best maximiser's energy (prompt)", "1", "energy of the best maximiser found by the global search, parallel prompts"),
+        "prompt_end_energy_max": Var("highest end energy (prompt)", "1", "largest energy reached at t = {t1}, parallel prompts"),
+        "prompt_end_energy_min": Var("lowest end energy (prompt)", "1", "smallest energy reached at t = {t1}, parallel prompts"),
+    }
     Config = AuxMetaConfig
 
     def host_steps(self, cfg):

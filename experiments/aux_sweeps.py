@@ -26,7 +26,7 @@ import xarray as xr
 
 import meanfield as mf
 from meanfield import observables as obs
-from meanfield.run import Preset, register
+from meanfield.run import Preset, Var, register
 from meanfield.theory import additive_pe_pushforward
 
 from ._common import SolveConfig, circle_w1_to, first_point, midpoints, plt, save_figure, simulate_chunk
@@ -148,6 +148,10 @@ class _GridPreset(Preset):
 class PESweep(_GridPreset):
     name = "pe-sweep"
     description = "additive PE scale x beta grid: heatmaps of final clusters, distance to Dirac and to the pushforward"
+    variables = {
+        "alpha": Var("additive PE scale alpha", "1", "scale of the additive positional encoding y = x + alpha u(z)"),
+        "pushforward_w1": Var("circle W1 to the pushforward limit", "1", "exact circle W1 between the tokens and the energy maximiser x*(z) (quadrature = {quadrature}); depends on beta and alpha"),
+    }
     Config = PEConfig
     rows, cols = ("beta", "betas"), ("alpha", "alphas")
 
@@ -182,6 +186,10 @@ class PESweep(_GridPreset):
 class PromptSweep(_GridPreset):
     name = "prompt-sweep"
     description = "number x total weight of fixed prompt tokens: heatmaps of final clusters and distance to Dirac"
+    variables = {
+        "weight": Var("total prompt weight", "1", "total key mass of the fixed shared prompt tokens"),
+        "size": Var("number of prompt tokens", "1", "P fixed shared prompt tokens seen by every token"),
+    }
     Config = PromptConfig
     rows, cols = ("weight", "weights"), ("size", "sizes")
 

@@ -26,7 +26,7 @@ import xarray as xr
 
 from meanfield import theory
 from meanfield.influence import profile_stats
-from meanfield.run import RunConfig, register
+from meanfield.run import RunConfig, Var, register
 
 from ._common import HostPreset, plt, save_figure
 
@@ -63,6 +63,23 @@ def _interior_error(n, depth, alpha, interior):
 class Cesaro(HostPreset):
     name = "cesaro"
     description = "Cesàro theory of position bias: discrete vs closed-form influence for H = 1..16, dead zone vs H"
+    variables = {
+        "depth": Var("depth H", "layers", "number of causal attention layers"),
+        "n_conv": Var("sequence length (convergence)", "tokens", "the lengths of the convergence study"),
+        "s*": Var("relative position s", "1", "s = j / n of input token j (1..n)"),
+        "profile_n*": Var("influence of input position on the last token", "1", "last row of the discrete uniform-causal rollout ((1 - alpha) I + alpha C)^H, alpha = {alpha}, at each depth"),
+        "closed_form_n*": Var("continuum influence density (Cesàro)", "1", "closed-form continuum limit of the rollout: sum_k binom(H, k) alpha^k (1 - alpha)^(H - k) (log 1/s)^(k-1) / (k-1)!, alpha = {alpha} (NaN at s = 1, the recency atom)"),
+        "primacy_mass_n*": Var("primacy mass", "1", "influence mass on the first positions (profile_stats)"),
+        "recency_mass_n*": Var("recency mass", "1", "influence mass on the last positions (profile_stats)"),
+        "dead_zone_depth_n*": Var("dead-zone depth", "1", "depth of the influence minimum relative to the ends (profile_stats)"),
+        "dead_zone_location_n*": Var("dead-zone location", "1", "relative position s of the influence minimum (profile_stats)"),
+        "interior_rel_error": Var("interior relative error", "1", "max relative difference between the discrete profile and the closed form over the interior fraction {interior} of positions"),
+        "error_rate": Var("convergence rate", "1", "log-log slope of interior_rel_error against n (theory: -1)"),
+        "recency_theory": Var("recency mass (theory)", "1", "closed-form weight of the last token after H layers, alpha = {alpha}"),
+        "floor_theory": Var("profile floor (theory)", "1", "H alpha (1 - alpha)^(H-1), alpha = {alpha}"),
+        "midpoint_depth_attention_only": Var("midpoint influence (attention only)", "1", "n times the influence of the middle token with alpha = 1"),
+        "midpoint_depth_theory": Var("midpoint influence (theory)", "1", "(log 2)^(H-1) / (H-1)!, the continuum value at s = 1/2 with alpha = 1"),
+    }
     Config = CesaroConfig
 
     def host_steps(self, cfg):

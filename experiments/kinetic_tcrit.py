@@ -55,7 +55,7 @@ import meanfield as mf
 from meanfield import theory
 from meanfield.influence import circle_retrieval_profile, u_shape_end
 from meanfield.pde import KineticMeanField
-from meanfield.run import RunConfig, register
+from meanfield.run import RunConfig, Var, register
 
 from ._common import HostPreset, log_axis_ticks, midpoints, plt, save_figure
 
@@ -141,6 +141,31 @@ def _particle_profiles(cfg, beta, ts, seed):
 class KineticTcrit(HostPreset):
     name = "kinetic-tcrit"
     description = "the kinetic paper's t_crit(beta): closed form, discrete propagator (S = 64..512), kinetic PDE, particles"
+    variables = {
+        "S": Var("number of rows S", "1", "size of the discrete propagator"),
+        "t_ratio": Var("time / t_crit", "1", "times of the retrieval profiles in units of t_crit(beta = {profile_beta})"),
+        "s_fine": Var("relative position (fine grid)", "1", "positions of the closed-form profile"),
+        "s_prop": Var("relative position (propagator rows)", "1", "rows (k + 1/2)/S of the discrete propagator"),
+        "s_pde": Var("relative position (PDE rows)", "1", "rows of the kinetic PDE, S = pde_s = {pde_s}"),
+        "s_bin": Var("relative position (bin centre)", "1", "centres of the bins = {bins} bins of the particle estimates"),
+        "beta_fine": Var("inverse temperature (fine grid)", "1", "beta values of the smooth closed-form curve"),
+        "tcrit_closed": Var("t_crit, closed form", "1", "end of the U-shaped regime of the paper's model: 2 (1 - e^-lam) sum omega a / sum omega a^2, lam = {lam}, M = {M}, n_max = {n_max}"),
+        "tcrit_propagator": Var("t_crit, discrete propagator", "1", "t_crit of the S-row discrete propagator (lam = {lam}, M = {M}, n_max = {n_max})"),
+        "tcrit_propagator_rel_error": Var("relative error of the propagator t_crit", "1", "(tcrit_propagator - tcrit_closed) / tcrit_closed"),
+        "propagator_convergence_order": Var("convergence order in S", "1", "log-log slope of the propagator error against S (theory: 1)"),
+        "tcrit_pde": Var("t_crit, kinetic PDE", "1", "t_crit of KineticMeanField.paper_model (S = {pde_s}, M cells = {pde_m}, modes = {pde_modes})"),
+        "tcrit_propagator_at_pde_s": Var("t_crit, propagator at the PDE's S", "1", "the propagator's t_crit at S = pde_s = {pde_s}, the PDE's reference"),
+        "tcrit_particles": Var("t_crit, particles", "1", "t_crit from runs = {runs} particle runs of N = {n_particles} tokens (NaN where not reached)"),
+        "tcrit_particles_se": Var("standard error of the particle t_crit", "1", "over the runs = {runs} runs"),
+        "tcrit_binned_reference": Var("t_crit of the binned propagator", "1", "the propagator's t_crit after the same binning as the particles (bins = {bins})"),
+        "tcrit_closed_fine": Var("t_crit, closed form (fine grid)", "1", "tcrit_closed on beta_fine"),
+        "profile_closed": Var("retrieval profile, closed form", "1", "S_t(s) of the last token, beta = {profile_beta}, lam = {lam}"),
+        "profile_propagator": Var("retrieval profile, propagator", "1", "the discrete propagator's S_t(s), beta = {profile_beta}"),
+        "profile_pde": Var("retrieval profile, kinetic PDE", "1", "KineticMeanField.retrieval_profile, beta = {profile_beta}"),
+        "profile_particles": Var("retrieval profile, particles", "1", "particle estimate (circle_retrieval_profile), binned, beta = {profile_beta}"),
+        "profile_particles_se": Var("standard error of the particle profile", "1", "over the runs = {runs} runs"),
+        "profile_propagator_binned": Var("retrieval profile, propagator, binned", "1", "the propagator profile with the particles' binning"),
+    }
     Config = KineticTcritConfig
 
     def host_steps(self, cfg):

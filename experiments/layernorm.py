@@ -23,7 +23,7 @@ import xarray as xr
 
 import meanfield as mf
 from meanfield.run.io import observable_vars
-from meanfield.run import Preset, grid_param, register
+from meanfield.run import Preset, Var, grid_param, register
 
 from ._common import MaskConfig, first_point, particle_mask, plt, save_figure
 
@@ -56,6 +56,10 @@ class Config(MaskConfig):
 class LayerNorm(Preset):
     name = "layernorm"
     description = "post-LN vs pre-LN vs peri-LN vs nGPT discrete layers from one start: collapse speed and norm growth"
+    variables = {
+        "norm": Var("layer normalisation", "1", "post-LN, pre-LN, peri-LN or nGPT discrete layer map (step h = {h})"),
+        "mean_norm": Var("mean token norm", "1", "mean over tokens of |x_i| (the residual stream's growth under pre-LN)"),
+    }
     Config = Config
     vmap_keys = ("beta", "h", "seed")
 

@@ -31,7 +31,7 @@ import xarray as xr
 import meanfield as mf
 from meanfield import theory
 from meanfield.influence import layers_influence, rollout
-from meanfield.run import Preset, RunConfig, register
+from meanfield.run import Preset, RunConfig, Var, register
 
 from ._common import plt, save_figure
 
@@ -110,6 +110,20 @@ def _profiles(cfg, attn, x0):
 class Masks(Preset):
     name = "masks"
     description = "causal vs ALiBi vs window vs RoPE: last-token influence across depth (Wu et al. 2025), Jacobian and rollout"
+    variables = {
+        "mask": Var("mask", "1", "causal, causal + ALiBi (alibi = {alibi}), causal + window (window = {window}) or causal + RoPE (rope_base = {rope_base})"),
+        "estimator": Var("influence estimator", "1", "jacobian (||d x_last(H) / d x_j(0)||), rollout (prod ((1 - alpha) I + alpha A), alpha = {alpha}) or graph (beta = 0 rollout)"),
+        "depth": Var("depth", "layers", "number of layers H (step h = {h})"),
+        "position": Var("input position j", "1", "token index of the input"),
+        "decay_mask": Var("decay mask", "1", "the masks whose walk drift has a closed form"),
+        "influence": Var("influence of input position on the last token", "1", "normalised profile over input positions, beta = {beta}, n_starts = {n_starts} starts"),
+        "first_token_mass": Var("first-token mass", "1", "share of the influence on position 0"),
+        "primacy_mass": Var("primacy mass", "1", "influence mass on the first positions (profile_stats)"),
+        "recency_mass": Var("recency mass", "1", "influence mass on the last positions (profile_stats)"),
+        "mean_position": Var("mean influence position", "1", "influence-weighted mean of j / (N - 1)"),
+        "drift_theory": Var("walk drift per layer (theory)", "tokens", "how far decay and window masks move the mean influence position back per layer (theory.mask_walk_drift)"),
+        "mean_position_graph_theory": Var("mean influence position (graph theory)", "1", "beta = 0 reference: (1 - alpha/2)^H for causal (theory.cesaro_mean_position), drift for the others"),
+    }
     Config = MasksConfig
     sweepable = False
     vmap_keys = ("beta", "seed")

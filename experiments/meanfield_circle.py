@@ -25,7 +25,7 @@ import xarray as xr
 
 import meanfield as mf
 from meanfield.pde.circle import CircleMeanField, density_to_particles, density_w1
-from meanfield.run import Preset, RunConfig, register
+from meanfield.run import Preset, RunConfig, Var, register
 from meanfield.theory import circle_growth_rate
 
 from ._common import ToleranceConfig, first_point, plt, save_figure
@@ -61,6 +61,13 @@ class CircleConfig(RunConfig):
 class MeanFieldCircle(Preset):
     name = "meanfield-circle"
     description = "density rho(theta, t) on S^1 for SA and USA at several beta (PDE solver, heatmaps)"
+    variables = {
+        "theta": Var("angle theta", "rad", "cell centre on the circle, M = m = {m} cells"),
+        "form": Var("attention form", "1", "SA (softmax) or USA (unnormalised)"),
+        "rho": Var("density rho(theta, t)", "1/rad", "cell averages of the mean-field density from (1 + eps cos 3 theta)/(2 pi), eps = {eps}; CircleMeanField, cfl = {cfl}"),
+        "mass": Var("total mass", "1", "integral of rho (1 to round-off)"),
+        "growth_rate_mode3": Var("growth rate of mode 3 (theory)", "1/time", "9 I_3(beta) / (beta I_0(beta)) (SA) or 9 I_3(beta) / beta (USA)"),
+    }
     Config = CircleConfig
     vmap_keys = ("seed",)
 
@@ -152,6 +159,11 @@ def _rho0(m):
 class ParticlesVsPDE(Preset):
     name = "particles-vs-pde"
     description = "W1 between N particles and the mean-field PDE density at time T, vs N (log-log, fitted slope)"
+    variables = {
+        "n": Var("number of particles N", "1", "tokens of each particle run"),
+        "w1": Var("circle W1, particles to PDE", "1", "exact circle W1 between N particles and the PDE density (M = m = {m} cells), beta = {beta}; one value per seed"),
+        "w1_mean": Var("mean circle W1, particles to PDE", "1", "mean of w1 over the n_seeds = {n_seeds} seeds"),
+    }
     Config = PvPConfig
     vmap_keys = ("seed",)
 

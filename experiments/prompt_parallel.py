@@ -30,7 +30,7 @@ import xarray as xr
 import meanfield as mf
 from meanfield import observables as obs
 from meanfield import theory
-from meanfield.run import register
+from meanfield.run import Var, register
 
 from ._common import HostPreset, ToleranceConfig, half_circle_prompts as _prompts, log_axis_ticks, plt, save_figure
 
@@ -78,6 +78,25 @@ def _angles(x):
 class PromptParallel(HostPreset):
     name = "prompt-parallel"
     description = "parallel vs shared prompts on S^1: pushforward limit (W1 ~ 1/N to the theory maximiser) vs Dirac collapse"
+    variables = {
+        "s_q": Var("auxiliary variable s (quadrature)", "1", "quadrature nodes (i + 1/2)/M, M = quadrature = {quadrature}"),
+        "n": Var("number of tokens N", "1", "tokens of each run"),
+        "s": Var("auxiliary variable s", "1", "s_i = (i + 1/2)/N of the largest run"),
+        "maximum": Var("local maximiser index", "1", "distinct local maximisers found by the search, best first"),
+        "theta_star": Var("pushforward limit theta*(s)", "rad", "angle of the energy maximiser x*(s) (theory.prompt_pushforward; beta = {beta}, weight = {weight}, n_starts = {n_starts}, hops = {hops})"),
+        "theory_energy": Var("energy of the best maximiser", "1", "energy per node weight 1/M of x*"),
+        "theory_energies_found": Var("energies of the maximisers found", "1", "one per distinct local maximiser"),
+        "theory_basin_counts": Var("basin counts", "1", "how many search starts reached each maximiser"),
+        "theory_hessian_max": Var("largest Hessian eigenvalue at the best maximiser", "1", "negative: a strict local maximum"),
+        "theory_tie": Var("near-tie flag", "1", "1 if another maximiser's energy is within round-off of the best"),
+        "w1_to_pushforward": Var("circle W1 to the pushforward limit", "1", "parallel prompts: W1 between the tokens at t = {t1} and theta*(s)"),
+        "w1_slope": Var("fitted slope of W1 against N", "1", "log-log slope (theory: -1)"),
+        "energy_parallel": Var("energy of the parallel run", "1", "energy (weight 1/N per token) at t = {t1}"),
+        "dirac_distance_parallel": Var("W2 to the nearest Dirac mass (parallel)", "1", "parallel prompts"),
+        "dirac_distance_shared": Var("W2 to the nearest Dirac mass (shared)", "1", "shared prompts (every p_j of mass weight / N)"),
+        "theta_parallel": Var("end angles (parallel)", "rad", "token angles at t = {t1}, largest N"),
+        "theta_shared": Var("end angles (shared)", "rad", "token angles at t = {t1}, largest N"),
+    }
     Config = PromptParallelConfig
 
     def host_steps(self, cfg):

@@ -22,7 +22,7 @@ import numpy as np
 import xarray as xr
 
 from meanfield.studies import recall
-from meanfield.run import RunConfig, register
+from meanfield.run import RunConfig, Var, register
 
 from ._common import HostPreset, plt, save_figure
 
@@ -76,6 +76,25 @@ REGIMES = ("early-gd", "adam")
 class RecallCapacity(HostPreset):
     name = "recall-capacity"
     description = "storage capacity of one-layer attention with random embeddings vs d, L, N (Vural et al. 2026), log-log fits"
+    variables = {
+        "regime": Var("training regime", "1", "early-stopped gradient descent (early_steps = {early_steps}) or Adam (adam_steps = {adam_steps}, adam_lr = {adam_lr})"),
+        "fit": Var("fit statistic", "1", "slope and its 95 % interval (lo, hi) of the log-log fit"),
+        "d": Var("embedding dimension d", "1", "swept with L = l0 = {l0}, N = n0 = {n0}"),
+        "L": Var("sequence length L", "1", "swept with d = d0 = {d0}, N = n0 = {n0}"),
+        "N": Var("number of labels N", "1", "swept with d = d0 = {d0}, L = l0 = {l0}"),
+        "capacity_vs_d": Var("storage capacity vs d", "facts", "largest number of facts stored at accuracy >= threshold = {threshold}"),
+        "capacity_vs_L": Var("storage capacity vs L", "facts", "largest number of facts stored at accuracy >= threshold = {threshold}"),
+        "capacity_vs_N": Var("storage capacity vs N", "facts", "largest number of facts stored at accuracy >= threshold = {threshold}"),
+        "exponent_d": Var("capacity exponent in d", "1", "log-log slope of capacity against d"),
+        "exponent_L": Var("capacity exponent in L", "1", "log-log slope of capacity against L"),
+        "exponent_N": Var("capacity exponent in N", "1", "log-log slope of capacity against N"),
+        "theory_vs_d": Var("capacity vs d (theory)", "facts", "Vural et al. 2026 scaling at the same settings"),
+        "theory_vs_L": Var("capacity vs L (theory)", "facts", "Vural et al. 2026 scaling at the same settings"),
+        "theory_vs_N": Var("capacity vs N (theory)", "facts", "Vural et al. 2026 scaling at the same settings"),
+        "theory_exponent_d": Var("capacity exponent in d (theory)", "1", "log-log slope of theory_vs_d"),
+        "theory_exponent_L": Var("capacity exponent in L (theory)", "1", "log-log slope of theory_vs_L"),
+        "theory_exponent_N": Var("capacity exponent in N (theory)", "1", "log-log slope of theory_vs_N"),
+    }
     Config = RecallConfig
 
     def host_steps(self, cfg):

@@ -28,7 +28,7 @@ import xarray as xr
 
 import meanfield as mf
 from meanfield.studies import rope_locality as rope
-from meanfield.run import RunConfig, register
+from meanfield.run import RunConfig, Var, register
 
 from ._common import HostPreset, plt, save_figure
 
@@ -86,6 +86,21 @@ def _est(e):
 class RopeLongContext(HostPreset):
     name = "rope-long-context"
     description = "RoPE at long context (Du et al. 2026): locality and token-consistency failures vs length and base"
+    variables = {
+        "base": Var("RoPE base", "1", "frequency base of the rotary encoding (d = {d})"),
+        "length": Var("context length", "tokens", "distance range of the sampled pairs"),
+        "stat": Var("statistic", "1", "estimate and its 95 % interval (lo, hi) over n_samples = {n_samples} samples"),
+        "tradeoff_base": Var("RoPE base (trade-off)", "1", "bases of the locality vs consistency trade-off, short = {short}, long = {long}"),
+        "layers": Var("engine layers", "layers", "layers of the engine's attention (0 or n_layers = {n_layers})"),
+        "engine_length": Var("engine context length", "tokens", "sequence lengths of the engine runs"),
+        "locality": Var("locality failure probability", "1", "P(a farther key outscores a nearer copy of the same key), Du et al. 2026"),
+        "consistency_flip": Var("token-consistency failure probability", "1", "P(the preferred of two keys flips between distances)"),
+        "unchanged_position": Var("positions with an identical score", "1", "share of distances at which the score does not change"),
+        "tradeoff_locality": Var("locality failure (trade-off)", "1", "at context short = {short}"),
+        "tradeoff_flip": Var("consistency failure (trade-off)", "1", "at context long = {long}"),
+        "engine_locality": Var("locality failure, engine", "1", "through meanfield.Attention with RoPE (heads = {engine_heads}, base = {engine_base}, beta = {engine_beta})"),
+        "engine_flip": Var("consistency failure, engine", "1", "through meanfield.Attention with RoPE"),
+    }
     Config = RopeConfig
 
     def host_steps(self, cfg):

@@ -39,7 +39,7 @@ import xarray as xr
 import meanfield as mf
 from meanfield.pde import SphereMeanField
 from meanfield.pde.sphere import density_mmd, density_mmd_between, density_to_particles
-from meanfield.run import register
+from meanfield.run import Var, register
 from meanfield.theory import sphere_growth_rate
 
 from ._common import HostPreset, ToleranceConfig, plt, save_figure
@@ -132,6 +132,28 @@ def _map_steps(cfg):
 class SphereMeanFieldPreset(HostPreset):
     name = "sphere-meanfield"
     description = "mean-field PDE on S^2: density maps (SA/USA), growth rates vs theory, particles vs PDE (MMD vs N)"
+    variables = {
+        "form": Var("attention form", "1", "SA (softmax) or USA (unnormalised)"),
+        "efold": Var("save index (e-foldings)", "1", "saves at equal fractions of efolds = {efolds} e-foldings of the fastest linear mode"),
+        "theta": Var("colatitude theta", "rad", "McEwen-Wiaux grid of band L = {L}"),
+        "phi": Var("longitude phi", "rad", "McEwen-Wiaux grid of band L = {L}"),
+        "ell": Var("degree l", "1", "spherical-harmonic degree 1..ell_max = {ell_max}"),
+        "m_kind": Var("order", "1", "m = 0 or m = l"),
+        "n": Var("number of particles N", "1", "tokens of each particle run"),
+        "stage": Var("stage", "1", "t = 0 (the samples) or t = pvp_t1 = {pvp_t1}"),
+        "pvp_theta": Var("colatitude theta (particles vs PDE)", "rad", "grid of band pvp_L = {pvp_L}"),
+        "pvp_phi": Var("longitude phi (particles vs PDE)", "rad", "grid of band pvp_L = {pvp_L}"),
+        "rho": Var("density rho on S^2", "1/sr", "SphereMeanField solution from (1 + eps Y_3)/(4 pi), eps = {eps}, L = {L}, tail = {tail}; NaN after resolved_until"),
+        "time": Var("time of each save", "1", "t of each save (NaN after the band limit stops resolving the solve)"),
+        "mass": Var("total mass", "1", "integral of rho over S^2 (1 to round-off)"),
+        "fastest_rate": Var("fastest linear rate r", "1/time", "max over degrees of the growth rate about the uniform state"),
+        "resolved_until": Var("resolved until", "1", "last save time at which band L = {L} resolves the solve"),
+        "growth_rate": Var("growth rate by linear response", "1/time", "rate of the solver's tangent (forward mode) about the uniform state, band rate_L = {rate_L}"),
+        "growth_rate_theory": Var("growth rate (theory)", "1/time", "l(l+1) i_l(beta)/(beta i_0(beta)) (SA) or l(l+1) i_l(beta)/beta (USA)"),
+        "growth_rate_rel_error": Var("relative error of the growth rate", "1", "|growth_rate - growth_rate_theory| / growth_rate_theory"),
+        "mmd": Var("MMD, particles to PDE", "1", "MMD with kernel exp(kappa <x, y>), kappa = {kappa}, between N particles and the PDE density (pvp_beta = {pvp_beta}, SA, pvp_L = {pvp_L}); one value per seed"),
+        "rho_pvp": Var("initial density (particles vs PDE)", "1/sr", "the band-limited start the particles are sampled from"),
+    }
     Config = SphereConfig
 
     def host_steps(self, cfg):

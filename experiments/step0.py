@@ -23,7 +23,7 @@ import xarray as xr
 from meanfield import theory
 from meanfield.influence import profile_stats
 from meanfield.studies.decoders import DecoderConfig, step0_influence
-from meanfield.run import Preset, RunConfig, register
+from meanfield.run import Preset, RunConfig, Var, register
 
 from ._common import plt, save_figure
 
@@ -53,6 +53,21 @@ class Step0Config(RunConfig):
 class Step0(Preset):
     name = "step0"
     description = "random-init GPT-2/Qwen2-style decoders, RoPE on/off: last-token influence U-shape vs Cesàro theory"
+    variables = {
+        "variant": Var("decoder variant", "1", "GPT-2- or Qwen2-style decoder, RoPE on or off (depth = {depth}, width = {width}, heads = {heads})"),
+        "position": Var("input position j", "1", "token index of the input, N = n = {n}"),
+        "init": Var("initialisation index", "1", "random initialisation (n_inits = {n_inits})"),
+        "influence": Var("last-token influence", "1", "||d h_last / d x_j|| of the random-init decoder, normalised over positions"),
+        "influence_mean": Var("mean last-token influence", "1", "mean of influence over initialisations"),
+        "influence_sem": Var("standard error of the influence", "1", "over initialisations"),
+        "cesaro_matched": Var("Cesàro profile (matched)", "1", "the uniform-causal rollout with alpha fitted to the profile"),
+        "alpha_matched": Var("matched residual weight alpha", "1", "alpha of the best-fitting Cesàro profile"),
+        "primacy_mass": Var("primacy mass", "1", "influence mass on the first positions (profile_stats)"),
+        "recency_mass": Var("recency mass", "1", "influence mass on the last positions (profile_stats)"),
+        "dead_zone_depth": Var("dead-zone depth", "1", "depth of the influence minimum relative to the ends"),
+        "dead_zone_location": Var("dead-zone location", "1", "relative position of the influence minimum"),
+        "u_ratio": Var("U ratio", "1", "(first + last influence) / (2 x middle influence)"),
+    }
     Config = Step0Config
     sweepable = False
 

@@ -40,7 +40,7 @@ from scipy.special import i0e
 import meanfield as mf
 from meanfield import observables as obs
 from meanfield import theory
-from meanfield.run import register
+from meanfield.run import Var, register
 from meanfield.studies import learned_pe
 
 from ._common import HostPreset, ToleranceConfig, log_axis_ticks, midpoints, plt, save_figure
@@ -149,6 +149,49 @@ class Universality(HostPreset):
     name = "universality"
     description = ("a chosen target as the limit: quantile prompts (W1 vs weight and vs N), inverse design (S^1, S^2), "
                    "a learned PE (optax, W1 vs N) against the floor")
+    variables = {
+        "theta_grid": Var("angle (grid)", "rad", "where the target density is tabulated"),
+        "weight": Var("prompt weight", "1", "key mass of each token's own (parallel) prompt"),
+        "token": Var("token index", "1", "i = 0..N-1 (N = n = {n})"),
+        "n_tokens": Var("number of tokens N", "1", "for the quantile-prompt study at weight_n = {weight_n}"),
+        "n_learned": Var("number of tokens N (learned PE)", "1", "sizes of the learned-PE study"),
+        "fit_step": Var("fit step", "1", "optax step (fit_steps = {fit_steps})"),
+        "start": Var("random start", "1", "index of the random initial cloud (n_starts = {n_starts})"),
+        "draw": Var("i.i.d. draw", "1", "index of an i.i.d. sample of the target on S^2"),
+        "s2_token": Var("token index (S^2)", "1", "tokens of the S^2 study"),
+        "cloud_point": Var("target point (S^2)", "1", "points of the S^2 target cloud"),
+        "xy": Var("coordinate", "1", "Cartesian coordinate of R^2"),
+        "xyz": Var("coordinate", "1", "Cartesian coordinate of R^3"),
+        "target_pdf": Var("target density", "1/rad", "von Mises mixture chosen as the limit"),
+        "quantile_theta": Var("end angles with quantile prompts", "rad", "token angles at t = {t1} with prompts p_i = T(s_i), beta = {beta}"),
+        "w1_quantile_prompts": Var("circle W1 to the target (quantile prompts)", "1", "W1 between the tokens at t = {t1} and the target, per weight"),
+        "w1_floor": Var("W1 floor", "1", "W1 of the N quantile midpoints to the target (the best N points can do)"),
+        "w1_quantile_vs_n": Var("circle W1 vs N (quantile prompts)", "1", "at weight_n = {weight_n}"),
+        "w1_floor_vs_n": Var("W1 floor vs N", "1", "W1 of the N quantile midpoints to the target"),
+        "learned_w1": Var("circle W1, learned PE", "1", "end states (fit_t1 = {fit_t1}) of the learned additive PE (n_freq = {n_freq}) from random starts"),
+        "learned_floor": Var("W1 floor (learned PE)", "1", "W1 of the N quantile midpoints"),
+        "learned_stability": Var("stability of the learned target", "1", "largest real part of the linearised flow at the target (< 0: attracts)"),
+        "learned_losses": Var("fit loss", "1", "loss of the learned-PE fit per optax step"),
+        "learned_theta": Var("end angles, learned PE", "rad", "tokens at fit_t1 = {fit_t1}, largest learned N"),
+        "learned_random_w1": Var("circle W1, learned PE from a random U", "1", "the same fit started from a random U"),
+        "learned_random_losses": Var("fit loss from a random U", "1", "per optax step"),
+        "learned_random_theta": Var("end angles, learned PE from a random U", "rad", "tokens at fit_t1 = {fit_t1}"),
+        "learned_random_stability": Var("stability, fit from a random U", "1", "largest real part of the linearised flow at the target"),
+        "learned_s2_mmd": Var("MMD to the S^2 target, learned PE", "1", "end states from random starts (s2_side = {s2_side})"),
+        "learned_s2_mmd_iid": Var("MMD of i.i.d. draws to the S^2 target", "1", "the reference: N i.i.d. draws of the target"),
+        "learned_s2_end": Var("end state on S^2, learned PE", "1", "tokens at the end of one run"),
+        "learned_s2_cloud": Var("S^2 target cloud", "1", "the target points"),
+        "inverse_s1_target": Var("inverse-design target on S^1", "1", "the configuration made stationary (theory.inverse_prompt)"),
+        "inverse_s1_max_error": Var("max error to the S^1 target", "1", "max_i |x_i - target_i| at the end, per start"),
+        "inverse_s1_fraction": Var("fraction of starts reaching the S^1 target", "1", "within margin = {margin}"),
+        "inverse_s1_weight": Var("prompt weight of the S^1 design", "1", "weight chosen by the design"),
+        "inverse_s1_w1": Var("circle W1 of the S^1 design", "1", "end state to the target"),
+        "inverse_s2_target": Var("inverse-design target on S^2", "1", "a von Mises-Fisher mixture sample"),
+        "inverse_s2_max_error": Var("max error to the S^2 target", "1", "max_i |x_i - target_i| at the end, per start"),
+        "inverse_s2_fraction": Var("fraction of starts reaching the S^2 target", "1", "within margin = {margin}"),
+        "inverse_s2_weight": Var("prompt weight of the S^2 design", "1", "weight chosen by the design"),
+        "inverse_s2_hessian_max": Var("largest Hessian eigenvalue of the S^2 design", "1", "negative: the target is a strict local maximum"),
+    }
     Config = UniversalityConfig
 
     def host_steps(self, cfg):

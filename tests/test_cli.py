@@ -14,6 +14,7 @@ import xarray as xr
 from meanfield.run.cli import main
 from meanfield.run import ConfigError, apply_overrides
 from meanfield.run import execute, get_preset, load_presets, parse_grid
+from meanfield.run.variables import missing_attrs
 
 TINY = {
     "clustering": ["n=8", "t1=3", "n_save=7", "chunks=2"],
@@ -89,6 +90,8 @@ def test_preset_runs_tiny(name, tmp_path):
         assert expected <= set(back.data_vars) and "x" in back
         assert {"time", "token", "dim"} <= set(back.x.dims)
     assert back.attrs["preset"] == name and "meanfield_version" in back.attrs and "seed" in back.attrs
+    # self-describing: long_name, units and description on every variable and coordinate, in the file
+    assert not missing_attrs(back), missing_attrs(back)
     assert json.loads(back.attrs["config"]) == json.loads(ds.attrs["config"])
     assert all(np.all(np.isfinite(back[v].values)) for v in back.data_vars if back[v].dtype.kind == "f"
                and not v.startswith(("pushforward", "closed_form", "error_rate", "tcrit_particles")))
@@ -242,3 +245,16 @@ def test_particle_presets_take_the_library_masks(mask, tmp_path):
     ds = execute(preset, cfg, parse_grid(cfg, None), tmp_path, progress=False)
     moved = float(np.abs(ds.x.values[-1, 0] - ds.x.values[0, 0]).max())
     assert (moved < 1e-12) == mask.startswith("causal"), moved
+
+
+def test_results_describe_their_parameters(tmp_path):
+    """A sweep's file names the values behind each variable (cluster_tol for n_clusters) and
+    describes its swept coordinates as well as its variables."""
+    preset = get_preset("clustering")
+    cfg = apply_overrides(preset.Config(), [*TINY["clustering"], "cluster_tol=0.05"])
+    execute(preset, cfg, parse_grid(cfg, ["beta=1,2", "t1=2,3"]), tmp_path, progress=False)
+    back = xr.load_dataset(tmp_path / "result.nc")
+    assert not missing_attrs(back), missing_attrs(back)
+    assert "cluster_tol = 0.05" in back.n_clusters.attrs["description"]
+    assert back.beta.attrs["long_name"] == "inverse temperature beta" and back.t1.attrs["units"] == "1"
+    assert back.energy.attrs["long_name"] == "interaction energy E_beta"

@@ -223,8 +223,8 @@ class RESULTS(diffrax.RESULTS):
                         "max|u| dt <= h/2): lower cfl or dt, or keep the default adaptive step (dt=None)")
     unresolved = ("the density is no longer resolved by the band limit (spectral tail energy or a negative "
                   "density beyond round-off): use a larger band limit L (measured at beta >= 4: L = 16 resolves "
-                  "about 2.2 e-foldings of the fastest linear rate; multiply L by 1.5 per further e-folding; "
-                  "docs: PDE solvers, resolution rule), or stop earlier")
+                  "about 2 e-foldings of the fastest linear rate r, and each doubling of L about one more: "
+                  "L ~ 16 * 2^(r t - 2); docs: PDE solvers, resolution rule), or stop earlier")
 
 
 NEG_TOL = 100

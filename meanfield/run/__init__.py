@@ -23,9 +23,13 @@ from .presets import grid_param as grid_param
 from .presets import load_presets as load_presets
 from .presets import parse_grid as parse_grid
 from .presets import register as register
+from .variables import COMMON as COMMON
+from .variables import Var as Var
 
 __all__ = [
     "ConfigError",
+    "COMMON",
+    "Var",
     "apply_overrides",
     "describe",
     "Paused",

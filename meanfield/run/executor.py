@@ -37,6 +37,7 @@ from .. import __version__
 from ..kernel import default_backend
 from ..sharding import BatchPlacement, is_writer
 from .config import ConfigError
+from .variables import annotate
 from .io import atomic_path, save_npz_atomic, write_atomic
 from .presets import Grid, Preset
 
@@ -370,6 +371,7 @@ def _execute(preset, cfg, grid, outdir, groups, saved, meta, dev, checkpoint_eve
         ds["t"] = (grid.keys + ("time",), t_pts)
         ds = ds.assign_coords(time=np.arange(len(ts_all)))
         ds["time"].attrs["note"] = "save index; the times of each point are in variable t"
+    annotate(ds, preset.variables, cfg)
     ds.attrs.update({
         "preset": preset.name,
         "config": json.dumps(dataclasses.asdict(cfg), sort_keys=True),

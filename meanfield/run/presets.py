@@ -73,6 +73,10 @@ class Preset(abc.ABC):
     vmap_keys: ClassVar[tuple[str, ...]] = ()
     sweepable: ClassVar[bool] = True
     """False: the preset runs one configuration only (``meanfield sweep`` is refused up front)."""
+    variables: ClassVar[dict] = {}
+    """What each variable and coordinate of the Dataset is, by name: a
+    [`Var`][meanfield.run.variables.Var] ``(long_name, units, description)``, beside the shared
+    [`COMMON`][meanfield.run.variables.COMMON] names ([`meanfield.run.variables`][meanfield.run.variables])."""
 
     @abc.abstractmethod
     def times(self, cfg) -> np.ndarray: ...
