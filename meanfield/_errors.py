@@ -108,3 +108,58 @@ def deprecated(message: str) -> None:
     while frame is not None and _is_wrapper_frame(frame):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, DeprecationWarning, stacklevel=level)
+
+
+def _bad_mask(v, lo, hi, lo_open, hi_open, nonzero, allow_neg_inf):
+    """Elementwise: not finite (``allow_neg_inf``: -inf allowed), out of [lo, hi] (open ends as
+    asked), or zero when ``nonzero``. Works on NumPy and JAX arrays alike."""
+    xp = jnp if isinstance(v, jax.Array) else np
+    finite = xp.isfinite(v) | (allow_neg_inf & (v == -xp.inf))
+    bad = ~finite | xp.isnan(v)
+    if lo is not None:
+        bad = bad | ((v <= lo) if lo_open else (v < lo))
+    if hi is not None:
+        bad = bad | ((v >= hi) if hi_open else (v > hi))
+    if nonzero:
+        bad = bad | (v == 0)
+    return bad
+
+
+def _range_text(lo, hi, lo_open, hi_open, nonzero, allow_neg_inf) -> str:
+    parts = ["finite" if not allow_neg_inf else "not NaN and not +inf"]
+    if lo is not None and hi is not None:
+        parts.append(f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}")
+    elif lo is not None:
+        parts.append(f"{'>' if lo_open else '>='} {lo:g}")
+    elif hi is not None:
+        parts.append(f"{'<' if hi_open else '<='} {hi:g}")
+    if nonzero:
+        parts.append("nonzero")
+    return " and ".join(parts)
+
+
+def check_param(name: str, value, *, lo=None, hi=None, lo_open=False, hi_open=False, nonzero=False,
+                allow_neg_inf=False) -> None:
+    """A numeric parameter checked at once when its value is concrete, whatever its type (Python or
+    NumPy scalar, 0-d or n-d array, a concrete JAX array): a one-line ``ValueError`` naming it when
+    any entry is NaN, infinite or out of range. A traced value is not checked here: solvers fold
+    [`param_fault`][meanfield._errors.param_fault] into their result code instead (no host
+    callback in the compiled graph)."""
+    if value is None or not is_concrete(value):
+        return
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a real number or array, got {type(value).__name__}") from None
+    if np.any(_bad_mask(arr, lo, hi, lo_open, hi_open, nonzero, allow_neg_inf)):
+        shown = f"{arr.item():g}" if arr.size == 1 else f"an array with {np.sum(_bad_mask(arr, lo, hi, lo_open, hi_open, nonzero, allow_neg_inf))} bad entries"
+        raise ValueError(f"{name} must be {_range_text(lo, hi, lo_open, hi_open, nonzero, allow_neg_inf)}, got {shown}")
+
+
+def param_fault(value, *, lo=None, hi=None, lo_open=False, hi_open=False, nonzero=False, allow_neg_inf=False):
+    """A scalar boolean computed in the graph: True when any entry of ``value`` breaks the range of
+    [`check_param`][meanfield._errors.check_param] (for traced parameters, whose solve then returns a
+    failure code)."""
+    if value is None:
+        return jnp.zeros((), bool)
+    return jnp.any(_bad_mask(jnp.asarray(value), lo, hi, lo_open, hi_open, nonzero, allow_neg_inf))

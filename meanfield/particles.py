@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from diffrax import AbstractERK, ButcherTableau, ThirdOrderHermitePolynomialInterpolation
 
-from ._errors import check_value, is_concrete, require
+from ._errors import SolverError, check_param, check_value, is_concrete, param_fault, require
 from ._types import Array, Float, PRNGKeyArray, Times, TokensLike
 from .geometry import AbstractGeometry, AbstractLayerMap, PostLN, Sphere
 from .kernel import Attention, Chunked, TokenAux
@@ -79,19 +79,36 @@ takes 3.8k steps to Tsit5's 6.4k, each costlier: there the fast rates are real m
 stiffness, and SA with the same fixed points is the cheaper route.)"""
 
 
+SPHERE_TOL = 1e-3
+"""A fixed-step solve on the sphere fails (``RESULTS.left_sphere``) when a saved token's norm differs
+from 1 by more than this: the steps are too large for the dynamics (an adaptive solve is held to its
+rtol/atol instead)."""
+
+
+class RESULTS(diffrax.RESULTS):
+    """Result codes of [`simulate`][meanfield.particles.simulate]: diffrax's, plus the failures of the input
+    and of the fixed-step state."""
+
+    invalid_parameter = ("a parameter of the attention (beta, Q, K, V, W, a mask or encoding parameter) or dt is "
+                         "NaN, infinite or out of range (a traced value, checked in the graph)")
+    left_sphere = (f"tokens left the unit sphere by more than SPHERE_TOL = {SPHERE_TOL:g}: the fixed step dt is too "
+                   "large for these dynamics; lower dt or use an adaptive solver (dt=None)")
+
+
 class Trajectory(eqx.Module):
     """A solved particle trajectory.
 
     Attributes:
         ts: save times (or depths h*k for discrete layers), shape (T,).
         xs: token clouds at those times, shape (T, N, d).
-        result: diffrax result code (``diffrax.RESULTS.successful`` on success).
+        result: result code ([`RESULTS`][meanfield.particles.RESULTS]: diffrax's codes, an invalid traced parameter,
+            a fixed-step state off the sphere; ``.successful`` on success).
         stats: solver statistics (number of steps, accepted/rejected steps).
     """
 
     ts: Float[Array, "*batch time"]
     xs: Float[Array, "*batch time n d"]
-    result: diffrax.RESULTS | None = None
+    result: RESULTS | diffrax.RESULTS | None = None
     stats: dict = eqx.field(default_factory=dict)
 
     @property
@@ -285,11 +302,10 @@ def simulate(
         )
     else:
         dt = _as_float("dt", dt, x0.dtype)
-        x0 = check_value(x0, ~(dt > 0), "dt must be > 0")
+        check_param("dt", dt, lo=0, lo_open=True)
     _check_memory(attn, x0, ts.shape[0], prompt, "simulate")
     x0 = geometry.check(x0, "x0")
     prompt = _check_parallel(geometry, prompt)
-    x0 = attn.check_values(x0)
     x0 = check_value(x0, ~jnp.all(jnp.diff(ts) > 0), "ts must be strictly increasing")
     rtol = _as_float("rtol", rtol, x0.dtype)
     atol = _as_float("atol", atol, x0.dtype)
@@ -297,15 +313,22 @@ def simulate(
         bad_tol = ~(jnp.isfinite(rtol) & jnp.isfinite(atol) & (rtol >= 0) & (atol >= 0) & (rtol + atol > 0))
         got = f" (got rtol = {float(rtol):g}, atol = {float(atol):g})" if is_concrete(rtol, atol) else ""
         x0 = check_value(x0, bad_tol, "rtol and atol must be finite and >= 0, not both 0" + got)
-    return _simulate(attn, x0, ts, geometry, aux, prompt, solver, dt, rtol, atol, int(max_steps), throw, adjoint)
+    attn.check_parameters()  # concrete values: refused now, before any solve
+    # traced parameters out of range: the point's result is RESULTS.invalid_parameter (no host callback)
+    fault = attn.parameter_fault() | (jnp.zeros((), bool) if dt is None else param_fault(dt, lo=0, lo_open=True))
+    traj = _simulate(attn, x0, ts, geometry, aux, prompt, solver, dt, rtol, atol, int(max_steps), throw, adjoint, fault)
+    if throw and is_concrete(traj.result._value) and bool(traj.result != RESULTS.successful):
+        raise SolverError(f"simulate failed: {RESULTS[traj.result]}")
+    return traj
 
 
 @eqx.filter_jit
 @eqx.debug.assert_max_traces(max_traces=None)  # counts traces: eqx.debug.get_num_traces(_simulate)
-def _simulate(attn, x0, ts, geometry, aux, prompt, solver, dt, rtol, atol, max_steps, throw, adjoint):
+def _simulate(attn, x0, ts, geometry, aux, prompt, solver, dt, rtol, atol, max_steps, throw, adjoint, fault):
 
-    def rhs(t, y, args):
-        return velocity(attn, y, geometry=geometry, aux=aux, prompt=prompt)
+    def rhs(t, y, args):  # a faulty point is not integrated (its result says why)
+        v = velocity(attn, y, geometry=geometry, aux=aux, prompt=prompt)
+        return jnp.where(fault, jnp.zeros_like(v), v)
 
     if dt is None:
         controller = diffrax.PIDController(rtol=rtol, atol=atol)
@@ -324,7 +347,15 @@ def _simulate(attn, x0, ts, geometry, aux, prompt, solver, dt, rtol, atol, max_s
         throw=throw,
         adjoint=diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint,
     )
-    return Trajectory(ts=sol.ts, xs=sol.ys, result=sol.result, stats=dict(sol.stats))
+    result = RESULTS.where(fault, RESULTS.invalid_parameter, RESULTS.promote(sol.result))
+    xs = sol.ys
+    if dt is not None and isinstance(geometry, Sphere):  # fixed steps: hold the state to the sphere
+        off = jnp.max(jnp.abs(jnp.linalg.norm(xs, axis=-1) - 1.0), axis=-1)  # per save
+        result = RESULTS.where((result == RESULTS.successful) & ~jnp.all(off <= SPHERE_TOL), RESULTS.left_sphere, result)
+        gone = jnp.cumsum(~(off <= SPHERE_TOL)) > 0  # NaN from the first save off the sphere on
+        xs = jnp.where(gone[:, None, None], jnp.nan, xs)
+    xs = jnp.where(fault, jnp.nan, xs)
+    return Trajectory(ts=sol.ts, xs=xs, result=result, stats=dict(sol.stats))
 
 
 def layers(
@@ -363,7 +394,6 @@ def layers(
     _check_memory(attn, x0, int(n_layers) + 1, prompt, "layers")
     x0 = norm.geometry.check(x0, "x0")
     prompt = _check_parallel(norm.geometry, prompt)
-    x0 = attn.check_values(x0)
     x0 = check_value(x0, ~(h > 0), "h must be > 0")
     return _layers(attn, x0, int(n_layers), h, norm, aux, prompt)
 
@@ -382,7 +412,7 @@ def _layers(attn, x0, n_layers, h, norm, aux, prompt):
     _, xs = jax.lax.scan(body, x0, None, length=n_layers)
     xs = jnp.concatenate([x0[None], xs], axis=0)
     ts = h * jnp.arange(n_layers + 1, dtype=x0.dtype)
-    return Trajectory(ts=ts, xs=xs, result=diffrax.RESULTS.successful, stats={})
+    return Trajectory(ts=ts, xs=xs, result=RESULTS.successful, stats={})
 
 
 def sphere_uniform(key: PRNGKeyArray, n: int, d: int, dtype=None) -> Float[Array, "n d"]:

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from .._arrays import pad_axis as _pad_to
-from .._errors import check_value, deprecated, is_concrete, require
+from .._errors import check_param, check_value, deprecated, is_concrete, param_fault, require
 from ..sharding import token_shards
 from .._types import Array, Float, TokensLike
 from .encodings import AbstractPE, RoPE
@@ -227,7 +227,8 @@ class Attention(eqx.Module):
     and under USA the denominator is dropped. The velocity of token $i$ is $P_{x_i} v_i$ on the sphere.
 
     Args:
-        beta: inverse temperature beta >= 0; a scalar or one value per head.
+        beta: inverse temperature, any finite real (beta < 0 makes the scores repulsive); a scalar or
+            one value per head.
         Q: query matrix, (d, d) or (heads, d, d); ``None`` = identity.
         K: key matrix, likewise.
         V: value matrix, likewise.
@@ -314,11 +315,9 @@ class Attention(eqx.Module):
         for n, m in mats.items():
             if m is not None:
                 require(m.shape[0] in (1, self.heads), f"{n} has {m.shape[0]} heads, expected 1 or {self.heads}")
-        if is_concrete(beta):
-            check_value(beta, ~jnp.isfinite(beta) | (beta < 0), f"beta must be finite and >= 0, got {beta}")
+        check_param("beta", beta)  # any sign: beta < 0 (repulsive scores) is a valid model
         for n, m in mats.items():
-            if m is not None and is_concrete(m):
-                check_value(m, ~jnp.all(jnp.isfinite(m)), f"{n} must be finite (found NaN or inf)")
+            check_param(n, m)
         self.beta = beta
         self.Q, self.K, self.V, self.W = mats["Q"], mats["K"], mats["V"], mats["W"]
         self.mask = Full() if mask is None else mask
@@ -382,9 +381,24 @@ class Attention(eqx.Module):
             slab = 0
         return int(proj + 3 * slab * itemsize)
 
-    def check_values(self, x):
-        """Data-dependent checks on beta (NaN/negative); eager raise or traced ``error_if``."""
-        return check_value(x, ~jnp.isfinite(self.beta) | (self.beta < 0), "beta must be finite and >= 0")
+    def check_parameters(self) -> None:
+        """The eager checks of [`check_param`][meanfield._errors.check_param] on beta, Q, K, V and W
+        (for an Attention whose fields were replaced after construction, e.g. by ``eqx.tree_at``)."""
+        check_param("beta", self.beta)
+        for n, m in (("Q", self.Q), ("K", self.K), ("V", self.V), ("W", self.W)):
+            check_param(n, m)
+
+    def parameter_fault(self):
+        """True (a scalar computed in the graph) when beta, Q, K, V or W holds NaN or inf, or a mask or
+        encoding parameter is out of range: the fault a traced parameter makes a solve report."""
+        fault = param_fault(self.beta)
+        for m in (self.Q, self.K, self.V, self.W):
+            fault = fault | param_fault(m)
+        for part in (self.mask, self.pe):
+            hook = getattr(part, "parameter_fault", None)
+            if hook is not None:
+                fault = fault | hook()
+        return fault
 
     # ------------------------------------------------------------- evaluation
     def __call__(self, x: TokensLike, aux: TokenAux | None = None, prompt: PromptArg = None) -> Float[Array, "n d"]:

@@ -30,7 +30,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .._errors import require
+from .._errors import check_param, param_fault, require
 from .._types import Array, ArrayLike, Float, PRNGKeyArray, Real
 from .masks import AbstractMask
 
@@ -64,6 +64,13 @@ class ZBias(AbstractMask):
     A: Array | None = None
     scale: Array = eqx.field(default_factory=lambda: jnp.asarray(1.0), converter=jnp.asarray)
 
+    def __check_init__(self):
+        check_param("ZBias: A", self.A)
+        check_param("ZBias: scale", self.scale)
+
+    def parameter_fault(self):
+        return param_fault(self.A) | param_fault(self.scale)
+
     def bias(self, q, k, heads):
         require(q.z is not None and k.z is not None, "ZBias needs auxiliary variables: pass aux=TokenAux(..., z=...)")
         zq = q.z if self.A is None else q.z @ self.A.astype(q.z.dtype).T
@@ -96,6 +103,13 @@ class AdditivePE(AbstractPE):
     U: Array | None = None
     values: bool = eqx.field(default=True, static=True)
 
+    def __check_init__(self):
+        check_param("AdditivePE: scale", self.scale)
+        check_param("AdditivePE: U", self.U)
+
+    def parameter_fault(self):
+        return param_fault(self.scale) | param_fault(self.U)
+
     def inputs(self, x, keys, qs, ks):
         require(qs.z is not None, "AdditivePE needs auxiliary variables: pass aux=TokenAux(..., z=...)")
         dt = x.dtype
@@ -117,6 +131,13 @@ class RoPE(AbstractPE):
 
     base: float = eqx.field(default=10000.0, static=True)
     scale: Array = eqx.field(default_factory=lambda: jnp.asarray(1.0), converter=jnp.asarray)
+
+    def __check_init__(self):
+        check_param("RoPE: base", self.base, lo=0, lo_open=True)
+        check_param("RoPE: scale", self.scale)
+
+    def parameter_fault(self):
+        return param_fault(self.scale)
 
     def inputs(self, x, keys, qs, ks):
         return x, keys, keys

@@ -28,7 +28,7 @@ from typing import NamedTuple
 import equinox as eqx
 import jax.numpy as jnp
 
-from .._errors import is_concrete, require
+from .._errors import check_param, is_concrete, param_fault, require
 from .._types import Array
 
 
@@ -124,7 +124,7 @@ class Window(AbstractMask):
     width: float
 
     def __init__(self, width):
-        require(float(width) > 0, f"Window: width must be > 0, got {width}")
+        check_param("Window: width", width, lo=0, lo_open=True)
         self.width = float(width)
 
     def bias(self, q, k, heads):
@@ -153,10 +153,11 @@ class ALiBi(AbstractMask):
     def __init__(self, slope):
         slope = jnp.asarray(slope)
         require(slope.ndim <= 1, f"ALiBi: slope must be a scalar or shape (heads,), got {slope.shape}")
-        if is_concrete(slope):
-            require(bool(jnp.all(jnp.isfinite(slope)) and jnp.all(slope >= 0)),
-                    f"ALiBi: slope must be finite and >= 0 (a decay), got {slope}")
+        check_param("ALiBi: slope", slope, lo=0)
         self.slope = slope
+
+    def parameter_fault(self):
+        return param_fault(self.slope, lo=0)
 
     def validate(self, n_queries, n_keys, heads):
         if self.slope.ndim == 1:
@@ -184,7 +185,11 @@ class CustomBias(AbstractMask):
     def __init__(self, matrix):
         matrix = jnp.asarray(matrix)
         require(matrix.ndim in (2, 3), f"CustomBias: matrix must be 2-D or 3-D, got {matrix.shape}")
+        check_param("CustomBias: matrix (-inf forbids a pair)", matrix, allow_neg_inf=True)
         self.matrix = matrix if matrix.ndim == 3 else matrix[None]
+
+    def parameter_fault(self):
+        return param_fault(self.matrix, allow_neg_inf=True)
 
     @classmethod
     def from_bool(cls, allowed) -> CustomBias:

@@ -12,7 +12,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
-from .._errors import is_concrete, require
+from .._errors import check_param, is_concrete, require
 from .._types import Array, Float, Real, Shaped
 
 
@@ -93,6 +93,10 @@ class Prompt(eqx.Module):
         self.mass = None if mass is None else jnp.asarray(mass)
         self.pos = None if pos is None else jnp.asarray(pos)
         self.z = None if z is None else jnp.asarray(z)
+        check_param("prompt.x", self.x)
+        check_param("prompt.mass", self.mass, lo=0)
+        check_param("prompt.pos", self.pos)
+        check_param("prompt.z", self.z)
         for field in ("mass", "pos"):
             val = getattr(self, field)
             require(

@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._errors import SolverError, check_value, is_concrete, require, traced_failure
+from .._errors import SolverError, check_param, is_concrete, param_fault, require, traced_failure
 from .._types import Array
 
 CFL = 0.4
@@ -107,21 +107,25 @@ class AbstractDensitySolver(eqx.Module):
         require(jnp.issubdtype(y0.dtype, jnp.floating), f"{name} must be a floating-point array, got {y0.dtype}")
         ts = jnp.asarray(ts, y0.dtype)
         require(ts.ndim == 1 and ts.shape[0] >= 2, f"ts must be a 1-D array of >= 2 times, got shape {ts.shape}")
-        y0 = check_value(y0, ~jnp.all(y0 >= -self.initial_tolerance(y0)), f"{name} must be non-negative (and finite)")
-        ts = check_value(ts, ~jnp.all(jnp.diff(ts) >= 0) | ~jnp.all(jnp.isfinite(ts)), "ts must be finite and non-decreasing")
+        # data checks: concrete values raise at once; traced ones fold into the result code (no host callback)
+        fault = self.parameter_fault()
+        fault = fault | data_fault(~jnp.all(jnp.isfinite(y0)) | ~jnp.all(y0 >= -self.initial_tolerance(y0)),
+                                   f"{name} must be finite and non-negative")
+        fault = fault | data_fault(~(jnp.sum(y0) > 0), f"{name} must have a positive mass (it is zero everywhere)")
+        fault = fault | data_fault(~jnp.all(jnp.diff(ts) >= 0) | ~jnp.all(jnp.isfinite(ts)),
+                                   "ts must be finite and non-decreasing")
         if dt is None:
             require(is_real_in(cfl, 0, 0.5), f"cfl must be in (0, 1/2], got {cfl}")
             require(is_real_in(accuracy, 0, 1), f"accuracy must be in (0, 1], got {accuracy}")
             step = (jnp.asarray(cfl, y0.dtype), jnp.asarray(accuracy, y0.dtype))
         else:
-            if is_concrete(dt):
-                require(bool(np.isfinite(dt)) and float(dt) > 0, f"dt must be finite and > 0, got {dt}")
+            check_param("dt", dt, lo=0, lo_open=True)
             step = jnp.asarray(dt, y0.dtype)
-            y0 = check_value(y0, ~(jnp.isfinite(step) & (step > 0)), "dt must be finite and > 0")
+            fault = fault | param_fault(step, lo=0, lo_open=True)
         require(int(max_steps) >= 1, f"max_steps must be >= 1, got {max_steps}")
         solver = diffrax.Heun() if solver is None else solver
         require(isinstance(solver, diffrax.AbstractSolver), f"solver must be a diffrax solver, got {type(solver).__name__}")
-        ys, result, t_end, stats = cfl_solve(self, y0, ts, step, dt is None, solver, int(max_steps), adjoint)
+        ys, result, t_end, stats = cfl_solve(self, y0, ts, step, dt is None, solver, int(max_steps), adjoint, fault)
         if throw:
             ys = raise_on_failure(type(self).__name__, ys, result, t_end, ts[-1])
         return ts, ys, result, stats
@@ -129,6 +133,12 @@ class AbstractDensitySolver(eqx.Module):
     def initial_tolerance(self, y0):
         """How far below zero an initial state may dip (0: none)."""
         return jnp.zeros((), y0.dtype)
+
+    @abc.abstractmethod
+    def parameter_fault(self) -> Array:
+        """True (a scalar computed in the graph) when a parameter of the solver is NaN, infinite or out
+        of range. Concrete parameters are refused by the constructor; traced ones (under a user's
+        ``vmap``/``jit``) make the solve return ``RESULTS.invalid_parameter``."""
 
 
 class AbstractFiniteVolume(AbstractDensitySolver):
@@ -220,7 +230,11 @@ class RESULTS(diffrax.RESULTS):
     nonfinite_density = ("the density became non-finite: lower cfl or dt (or keep the default adaptive step, "
                          "dt=None), or use more cells")
     negative_density = ("the density became negative beyond round-off (a step broke the positivity bound "
-                        "max|u| dt <= h/2): lower cfl or dt, or keep the default adaptive step (dt=None)")
+                        "max|u| dt <= h/2, or a solver other than Euler/Heun undershot): lower cfl or dt, keep the "
+                        "default adaptive step (dt=None), or use the default solver (SSP Heun)")
+    invalid_parameter = ("a parameter (beta, a, b, lam, prompt angles or weights, dt, the initial density or the "
+                         "save times) is NaN, infinite or out of range: fix the input (a traced value, checked in "
+                         "the graph)")
     unresolved = ("the density is no longer resolved by the band limit (spectral tail energy or a negative "
                   "density beyond round-off): use a larger band limit L (measured at beta >= 4: L = 16 resolves "
                   "about 2 e-foldings of the fastest linear rate r, and each doubling of L about one more: "
@@ -234,6 +248,33 @@ MAX_REDO = 8
 step is kept and the failure checks decide."""
 SSP_SOLVERS = (diffrax.Euler, diffrax.Heun)
 """Steppers under which the scheme preserves positivity (CFL <= 1/2), so a negative density is a failure."""
+
+
+def cell_count(name: str, value, least: int = 8) -> int:
+    """A number of cells: an integer (an int, a NumPy integer or an integral float) of at least ``least``."""
+    try:
+        ok = float(value) == int(value)
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    require(ok and int(value) >= least, f"{name} must be an integer number of cells >= {least}, got {value!r}")
+    return int(value)
+
+
+def data_fault(bad, message: str):
+    """``bad`` (a boolean array) as a scalar fault flag: a concrete True raises ``ValueError(message)``
+    at once; a traced one stays in the graph (the solve then returns ``RESULTS.invalid_parameter``)."""
+    if is_concrete(bad):
+        if bool(np.any(np.asarray(bad))):
+            raise ValueError(message)
+        return jnp.zeros((), bool)
+    return jnp.any(bad)
+
+
+def sa_finish(num: Array, den: Array) -> Array:
+    """The SA field N / D where D > 0, and 0 where a row sees no mass (D = 0: the strict causal first
+    row, an all-zero row), with a gradient that stays finite there."""
+    pos = den > 0
+    return jnp.where(pos, num / jnp.where(pos, den, 1.0), 0.0)
 
 
 def state_is_bad(y, positive: bool):
@@ -294,7 +335,7 @@ class CFLController(diffrax.AbstractStepSizeController):
 
 
 @eqx.filter_jit
-def cfl_solve(pde, y0, ts, step, adaptive: bool, solver, max_steps: int, adjoint=None):
+def cfl_solve(pde, y0, ts, step, adaptive: bool, solver, max_steps: int, adjoint=None, fault=None):
     """Integrate ``pde.rhs`` from ts[0] to ts[-1] under `CFLController`.
 
     Returns (states at every ts stacked, a [`RESULTS`][meanfield.pde.RESULTS] code, the time reached, stats);
@@ -302,7 +343,9 @@ def cfl_solve(pde, y0, ts, step, adaptive: bool, solver, max_steps: int, adjoint
     ``step`` is dt itself. ``adjoint``: a diffrax adjoint (``diffrax.ForwardMode()`` for
     forward-mode derivatives; default reverse-mode checkpointing)."""
     adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
-    positive = isinstance(solver, SSP_SOLVERS)
+    # a negative density is a failure under every solver: the scheme keeps it non-negative only under
+    # the SSP steppers within the CFL bound, and any other solver's undershoot is caught here too
+    positive = True
     rate = pde.linear_rate_bound(y0.dtype) if adaptive else jnp.zeros((), y0.dtype)
     controller = CFLController(pde, ts, step, rate, adaptive, positive)
     event = diffrax.Event(lambda t, y, args, **kw: pde.is_bad(y, positive))
@@ -314,6 +357,9 @@ def cfl_solve(pde, y0, ts, step, adaptive: bool, solver, max_steps: int, adjoint
     ys, y_end, t_end = sol.ys[0], sol.ys[1][-1], sol.ts[1][-1]
     fired = sol.result == diffrax.RESULTS.event_occurred
     result = RESULTS.where(fired, pde.failure_code(y_end), RESULTS.promote(sol.result))
+    if fault is not None:  # a traced parameter or input out of range: the point fails as a whole
+        result = RESULTS.where(fault, RESULTS.invalid_parameter, result)
+        t_end = jnp.where(fault, ts[0], t_end)
     ok = result == RESULTS.successful
     # saves at or after a failure hold nothing the solver stands behind
     after = (ts >= t_end) & ~ok

@@ -28,9 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._errors import require
+from .._errors import check_param, param_fault, require
 from .._types import Array, ArrayLike, Density, Float, PRNGKeyArray, Real, Times
-from ._fv import ACCURACY, CFL, RESULTS, AbstractFiniteVolume, periodic_conv
+from ._fv import ACCURACY, CFL, RESULTS, AbstractFiniteVolume, cell_count, periodic_conv, sa_finish
 
 
 class DensitySolution(eqx.Module):
@@ -80,11 +80,15 @@ class CircleMeanField(AbstractFiniteVolume):
     form: str = eqx.field(static=True)
 
     def __init__(self, m: int, beta=1.0, a=1.0, b=0.0, form: str = "SA"):
-        require(int(m) >= 8, f"m must be >= 8 cells, got {m}")
+        self.m = cell_count("m", m)
         require(form in ("SA", "USA"), f"form must be 'SA' or 'USA', got {form!r}")
-        self.m = int(m)
+        for name, value in (("beta", beta), ("a", a), ("b", b)):  # any sign: beta < 0 is a valid model
+            check_param(name, value)
         self.beta, self.a, self.b = (jnp.asarray(v, dtype=float) for v in (beta, a, b))
         self.form = form
+
+    def parameter_fault(self) -> Array:
+        return param_fault(self.beta) | param_fault(self.a) | param_fault(self.b)
 
     def uniform(self, dtype=float) -> Array:
         return jnp.full((self.m,), 1.0 / (2 * np.pi), dtype)
@@ -95,7 +99,7 @@ class CircleMeanField(AbstractFiniteVolume):
         num = periodic_conv(g_hat, rho, self.h, self.m)
         if self.form == "USA":
             return num
-        return num / periodic_conv(k_hat, rho, self.h, self.m)
+        return sa_finish(num, periodic_conv(k_hat, rho, self.h, self.m))
 
     def solve(self, rho0: Real[ArrayLike, " m"], ts: Times, *, dt=None, cfl: float = CFL, accuracy: float = ACCURACY, solver=None,
               max_steps: int = 1_000_000, throw: bool = True) -> DensitySolution:

@@ -55,12 +55,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._errors import deprecated, is_concrete, require
+from .._errors import check_param, deprecated, is_concrete, param_fault, require
 from .._types import Array, ArrayLike, Float, KineticDensity, Real, Shaped, Times
 from ..kernel.tokens import Prompt, TokenAux
 from ..sharding import pad_rows, token_shards
 from ..theory import kinetic_weights
-from ._fv import ACCURACY, CFL, RESULTS, AbstractFiniteVolume, muscl_divergence, periodic_conv
+from ._fv import ACCURACY, CFL, RESULTS, AbstractFiniteVolume, cell_count, muscl_divergence, periodic_conv, sa_finish
 
 
 class KineticSolution(eqx.Module):
@@ -102,6 +102,10 @@ class AbstractCoupling(eqx.Module):
     def mix(self, s: Array, w: Array, f: Array) -> Array:
         """F = C f over the rows, shape (S, M)."""
 
+    @abc.abstractmethod
+    def parameter_fault(self) -> Array:
+        """True (in the graph) when a traced parameter of the coupling is NaN, infinite or out of range."""
+
 
 class CausalCoupling(AbstractCoupling):
     r"""Volterra coupling in s with ALiBi decay: $c_{kj} = w_j e^{-\lambda (s_k - s_j)}$ for $s_j < s_k$ and
@@ -134,10 +138,11 @@ class CausalCoupling(AbstractCoupling):
 
     def __check_init__(self):
         require(self.lam.ndim == 0, "lam must be a scalar")
-        if is_concrete(self.lam, self.self_weight):
-            require(bool(np.isfinite(self.lam)) and float(self.lam) >= 0, f"lam must be finite and >= 0, got {self.lam}")
-            require(bool(np.isfinite(self.self_weight)) and float(self.self_weight) >= 0,
-                    f"self_weight must be finite and >= 0, got {self.self_weight}")
+        check_param("lam", self.lam, lo=0)
+        check_param("self_weight", self.self_weight, lo=0)
+
+    def parameter_fault(self):
+        return param_fault(self.lam, lo=0) | param_fault(self.self_weight, lo=0)
 
     def check(self, s):
         if is_concrete(s):
@@ -177,6 +182,10 @@ class FullCoupling(AbstractCoupling):
 
     def __check_init__(self):
         require(self.lam.ndim == 0, "lam must be a scalar")
+        check_param("lam", self.lam, lo=0)
+
+    def parameter_fault(self):
+        return param_fault(self.lam, lo=0)
 
     def check(self, s):
         pass
@@ -196,8 +205,10 @@ class MatrixCoupling(AbstractCoupling):
 
     def __check_init__(self):
         require(self.c.ndim == 2 and self.c.shape[0] == self.c.shape[1], f"coupling matrix must be square, got {self.c.shape}")
-        if is_concrete(self.c):
-            require(bool(np.all(np.asarray(self.c) >= 0)), "coupling matrix weights must be non-negative")
+        check_param("coupling matrix", self.c, lo=0)
+
+    def parameter_fault(self):
+        return param_fault(self.c, lo=0)
 
     def check(self, s):
         n = s.shape[0]
@@ -280,8 +291,11 @@ class KineticMeanField(AbstractFiniteVolume):
     def __init__(self, n_s: int | None = None, m: int = 128, beta=1.0, a=1.0, b=0.0, form: str = "SA", *,
                  s=None, coupling=None, lam=None, w=None, self_weight=None, prompt_theta=None,
                  prompt_weight=None):
-        require(int(m) >= 8, f"m must be >= 8 cells, got {m}")
+        m = cell_count("m", m)
         require(form in ("SA", "USA"), f"form must be 'SA' or 'USA', got {form!r}")
+        for name, value in (("beta", beta), ("a", a), ("b", b), ("s", s), ("w", w), ("prompt_theta", prompt_theta)):
+            check_param(name, value)
+        check_param("prompt_weight", prompt_weight, lo=0)
         if s is None:
             require(n_s is not None and int(n_s) >= 1, f"n_s must be a positive number of rows, got {n_s}")
             s = (np.arange(int(n_s)) + 0.5) / int(n_s)
@@ -372,7 +386,12 @@ class KineticMeanField(AbstractFiniteVolume):
             pw = self.prompt_weight.astype(dt)
             num = num + pw @ gp.T
             den = den + pw @ kp.T
-        return num if self.form == "USA" else num / den
+        return num if self.form == "USA" else sa_finish(num, den)
+
+    def parameter_fault(self) -> Array:
+        fault = param_fault(self.beta) | param_fault(self.a) | param_fault(self.b) | param_fault(self.w, lo=0)
+        fault = fault | param_fault(self.prompt_theta) | param_fault(self.prompt_weight, lo=0)
+        return fault | self.coupling.parameter_fault()
 
     def usa_gain(self) -> Array:
         """Largest row sum of the coupling (prompt weights included): the USA rate multiplier."""

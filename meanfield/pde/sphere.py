@@ -35,7 +35,7 @@ grid (tiny cells at the poles) or semi-Lagrangian interpolation would not give. 
 built in; it is checked instead: a band-limited density that clusters beyond its band limit shows
 first as energy in its top degrees, then as Gibbs undershoots. A state whose spectral tail (degrees
 >= 3L/4) holds more than ``tail`` of its energy sum_l C_l, or whose minimum is below
--NEG_TOL max, is reported as unresolved (a solver failure, as for the circle solvers: raised with
+-UNDERSHOOT max (``UNDERSHOOT`` = 1e-6), is reported as unresolved (a solver failure, as for the circle solvers: raised with
 ``throw=True``, a ``RESULTS.unresolved`` code with ``throw=False``), with the advice to raise L.
 
 Time stepping: the shared integration layer of `meanfield.pde._fv` (``CFLController``: the
@@ -56,12 +56,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._errors import require
+from .._errors import check_param, param_fault, require
 from .._types import Array, PRNGKeyArray
-from ._fv import ACCURACY, CFL, RESULTS, AbstractDensitySolver
+from ._fv import ACCURACY, CFL, RESULTS, AbstractDensitySolver, cell_count, is_real_in
 
-NEG_TOL = 1e-6
-"""A density below -NEG_TOL max(rho) is not resolved by its band limit."""
+UNDERSHOOT = 1e-6
+"""The undershoot tolerance: a band-limited density below -UNDERSHOOT max(rho) is not resolved by its
+band limit (a failure while solving), and an initial density below it is refused. A resolved
+band-limited density (a smooth density projected to degrees < L) dips below zero by far less
+(the projections of the tests' von Mises-Fisher starts: < 1e-9 of the maximum); a Gibbs undershoot
+of clusters beyond the band limit crosses it."""
 TAIL = 1e-8
 """Default threshold of the relative spectral tail energy (degrees >= 3L/4) of an unresolved state."""
 
@@ -87,8 +91,11 @@ def _s2fft():
 def sph_in(lmax: int, beta) -> Array:
     r"""Modified spherical Bessel functions $i_\ell(\beta)$, $\ell = 0, \dots, \ell_{\max}$, in JAX (beta may be
     traced): $i_0 = \sinh(\beta)/\beta$ and the ratios $r_\ell = i_\ell / i_{\ell-1} = 1 / ((2\ell+1)/\beta + r_{\ell+1})$ by
-    backward recurrence from $r = 0$ at $\ell = \ell_{\max} + 40$ (stable; no overflow)."""
+    backward recurrence from $r = 0$ at $\ell = \ell_{\max} + 40$ (stable; no overflow). Negative $\beta$:
+    $i_\ell(-\beta) = (-1)^\ell i_\ell(\beta)$."""
     beta = jnp.asarray(beta, dtype=float)
+    sign = jnp.where(beta < 0, -1.0, 1.0)
+    beta = jnp.abs(beta)
     safe = jnp.maximum(beta, 1e-30)
     top = int(lmax) + 40
 
@@ -101,7 +108,7 @@ def sph_in(lmax: int, beta) -> Array:
     _, r = jax.lax.fori_loop(0, top, body, (jnp.zeros((), safe.dtype), jnp.ones((int(lmax) + 1,), safe.dtype)))
     log_i0 = jnp.where(beta > 1e-4, beta + jnp.log1p(-jnp.exp(-2 * safe)) - jnp.log(2 * safe), beta**2 / 6)
     log_i = log_i0 + jnp.concatenate([jnp.zeros((1,), r.dtype), jnp.cumsum(jnp.log(r[1:]))])
-    return jnp.exp(log_i)
+    return jnp.exp(log_i) * sign ** jnp.arange(int(lmax) + 1)
 
 
 class SphereSolution(eqx.Module):
@@ -156,15 +163,15 @@ class SphereMeanField(AbstractDensitySolver):
     tail: float = eqx.field(static=True)
 
     def __init__(self, L: int, beta=1.0, a=1.0, form: str = "SA", *, tail: float = TAIL):
-        require(int(L) >= 4, f"L must be >= 4, got {L}")
+        self.L = cell_count("L", L, 4)
         require(form in ("SA", "USA"), f"form must be 'SA' or 'USA', got {form!r}")
-        require(0 < float(tail) < 1, f"tail must be in (0, 1), got {tail}")
-        self.L = int(L)
+        require(is_real_in(tail, 0, 1) and float(tail) < 1, f"tail must be in (0, 1), got {tail}")
+        # any sign (beta < 0: i_l(-b) = (-1)^l i_l(b)); not 0: the potential is (a / beta) log G or (a / beta) G
+        check_param("beta", beta, nonzero=True)
+        check_param("a", a)
         self.beta, self.a = jnp.asarray(beta, dtype=float), jnp.asarray(a, dtype=float)
         self.form = form
         self.tail = float(tail)
-        if isinstance(beta, (int, float)):
-            require(np.isfinite(beta) and beta > 0, f"beta must be finite and > 0, got {beta}")
 
     # ------------------------------------------------------------------ grid and transforms
     @property
@@ -277,14 +284,17 @@ class SphereMeanField(AbstractDensitySolver):
 
     def is_bad(self, y, positive: bool):
         finite = jnp.all(jnp.isfinite(y))
-        neg = jnp.min(y) < -NEG_TOL * jnp.max(jnp.abs(y))
+        neg = jnp.min(y) < -UNDERSHOOT * jnp.max(y)
         return ~finite | neg | (self.tail_fraction(jnp.where(finite, y, 0.0)) > self.tail)
 
     def failure_code(self, y):
         return RESULTS.where(jnp.all(jnp.isfinite(y)), RESULTS.unresolved, RESULTS.nonfinite_density)
 
     def initial_tolerance(self, y0):
-        return NEG_TOL * jnp.max(jnp.abs(y0))
+        return UNDERSHOOT * jnp.max(y0)
+
+    def parameter_fault(self) -> Array:
+        return param_fault(self.beta, nonzero=True) | param_fault(self.a)
 
     # ------------------------------------------------------------------ solve
     def solve(self, rho0, ts, *, dt=None, cfl: float = CFL, accuracy: float = ACCURACY, solver=None,

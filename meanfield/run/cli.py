@@ -36,8 +36,9 @@ import xarray as xr
 
 from .. import __version__
 from .._errors import SolverError, last_traced_failure, quiet_traced_failures
-from .config import ConfigError, apply_overrides, describe
+from .config import ConfigError, apply_overrides, describe, override_keys
 from .executor import Locked, Paused, RunError, execute
+from .signals import Interrupted
 from .presets import get_preset, load_presets, parse_grid
 
 
@@ -119,8 +120,11 @@ def _figures(args) -> int:
 def _recorded_overrides(out: Path, name: str) -> list[str]:
     """The --set overrides recorded in DIR/run.json by the run being resumed (none if absent)."""
     path = out / "run.json"
-    if not path.exists():
-        return []
+    try:
+        if not path.exists():
+            return []
+    except OSError as err:  # e.g. a name over the file system's limit
+        raise ConfigError(f"--out {out}: {err.strerror or err}") from None
     try:
         rec = json.loads(path.read_text())
     except ValueError:
@@ -138,8 +142,12 @@ def main(argv=None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
-    except KeyboardInterrupt:
-        print("meanfield: interrupted; the last checkpoint (if any) is kept: continue with --resume", file=sys.stderr)
+    except Interrupted as err:  # Ctrl-C at a safe point of a run: what was kept is in the message
+        print(f"meanfield: {err}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # before a run started (or outside the main thread)
+        print("meanfield: interrupted; a checkpoint written before, if any, is kept (continue with --resume)",
+              file=sys.stderr)
         return 130
 
 
@@ -172,7 +180,14 @@ def _main(argv=None) -> int:
             if "preset" not in ds.attrs or "config" not in ds.attrs:
                 raise ConfigError(f"{path} was not written by meanfield run (no preset/config attributes)")
             preset = get_preset(ds.attrs["preset"])
-            for fig in preset.plot(ds, args.dir):
+            try:
+                figs = preset.plot(ds, args.dir)
+            except OSError:
+                raise
+            except Exception as err:  # missing variables, another preset's attrs, a hand-edited file
+                raise ConfigError(f"{path} is not a complete {preset.name} result ({type(err).__name__}: {err}); "
+                                  "rerun the preset") from None
+            for fig in figs:
                 print(f"wrote {fig}")
             return 0
         preset = get_preset(args.preset)
@@ -184,7 +199,7 @@ def _main(argv=None) -> int:
             args.set = _recorded_overrides(out, preset.name)
         cfg = apply_overrides(preset.Config(), args.set)
         grid = parse_grid(cfg, args.grid if args.cmd == "sweep" else None)
-        both = sorted(set(grid.keys) & {s.split("=", 1)[0].strip() for s in args.set if "=" in s})
+        both = sorted(set(grid.keys) & override_keys(args.set))
         if both:
             raise ConfigError(f"{both} both set (--set) and swept (--grid); give each key one way")
         t0 = time.perf_counter()
@@ -212,6 +227,11 @@ def _main(argv=None) -> int:
     except SolverError as err:
         print(f"meanfield: solver failure: {err}", file=sys.stderr)
         return 6
+    except OSError as err:  # a full disk, a name over the file system's limit, a folder removed mid-run
+        name = f" {err.filename}" if err.filename else ""
+        print(f"meanfield: refused: cannot write{name}: {err.strerror or err}; a checkpoint written before, "
+              "if any, is kept", file=sys.stderr)
+        return 3
     except ValueError as err:  # the engine's own input checks (one line); MEANFIELD_DEBUG=1 re-raises
         if os.environ.get("MEANFIELD_DEBUG"):
             raise

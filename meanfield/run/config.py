@@ -139,6 +139,31 @@ def _scalar(t, value):
     raise TypeError(t)
 
 
+def read_toml(path: Path) -> dict:
+    """The table of a TOML config file; a one-line ConfigError naming the file when it cannot be read
+    (a folder, no permission, not UTF-8, not TOML)."""
+    try:
+        with Path(path).open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: invalid TOML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {err.start}); TOML files are UTF-8") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the TOML file ({err.strerror or err})") from None
+
+
+def override_keys(overrides: list[str] | None) -> set[str]:
+    """The config keys that ``key=value`` items and TOML files among ``overrides`` set."""
+    keys = set()
+    for item in overrides or []:
+        if "=" in item:
+            keys.add(item.split("=", 1)[0].strip())
+        elif Path(item).suffix == ".toml" and Path(item).exists():
+            keys.update(read_toml(Path(item)))
+    return keys
+
+
 def apply_overrides(cfg, overrides: list[str] | None):
     """Return ``cfg`` with ``key=value`` strings and/or TOML files (``path.toml``) applied in order;
     then run the config's own ``validate()`` if it has one."""
@@ -148,11 +173,7 @@ def apply_overrides(cfg, overrides: list[str] | None):
             path = Path(item)
             if path.suffix != ".toml" or not path.exists():
                 raise ConfigError(f"--set expects key=value or an existing .toml file, got {item!r}")
-            try:
-                with path.open("rb") as fh:
-                    table = tomllib.load(fh)
-            except tomllib.TOMLDecodeError as err:
-                raise ConfigError(f"{path}: invalid TOML: {err}") from None
+            table = read_toml(path)
             for key, value in table.items():
                 changes[key] = coerce(type(cfg), key, value)
             continue

@@ -37,9 +37,11 @@ from .. import __version__
 from ..kernel import default_backend
 from ..sharding import BatchPlacement, is_writer
 from .config import ConfigError
-from .variables import annotate
 from .io import atomic_path, save_npz_atomic, write_atomic
 from .presets import Grid, Preset
+from .signals import Interrupted, safe_point, sigint_as_flag
+from .signals import requested as interrupt_requested
+from .variables import annotate
 
 
 class RunError(RuntimeError):
@@ -131,8 +133,8 @@ def folder_lock(outdir: Path):
 
 def _make_outdir(outdir: Path) -> bool:
     """Create the output folder (one-line ConfigError if impossible); True if it was created here."""
-    existed = outdir.is_dir()
     try:
+        existed = outdir.is_dir()
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ConfigError(f"--out {outdir}: cannot create the output folder ({err.strerror or err})") from None
@@ -141,10 +143,12 @@ def _make_outdir(outdir: Path) -> bool:
     return not existed
 
 
-def _remove_if_empty(outdir: Path) -> None:
-    """Remove a folder this run created when nothing but its lock file and run record is in it."""
+def _remove_if_empty(outdir: Path, keep_record: bool = False) -> None:
+    """Remove a folder this run created when nothing but its lock file and run record is in it
+    (``keep_record``: when nothing but its lock file is, so an interrupted run's record stays for
+    ``--resume``)."""
     try:
-        if {p.name for p in outdir.iterdir()} <= {LOCK_NAME, RUN_RECORD}:
+        if {p.name for p in outdir.iterdir()} <= ({LOCK_NAME} if keep_record else {LOCK_NAME, RUN_RECORD}):
             shutil.rmtree(outdir)
     except OSError:
         pass
@@ -168,22 +172,55 @@ def execute(preset: Preset, cfg, grid: Grid, outdir, *, resume=False, force=Fals
     check_run(preset, cfg, grid)
     created = _make_outdir(outdir)
     try:
-        with folder_lock(outdir):  # the existence checks and the run under one lock: one writer per folder
+        # the existence checks and the run under one lock (one writer per folder); Ctrl-C stops at safe points
+        with folder_lock(outdir), sigint_as_flag():
             return _locked_execute(preset, cfg, grid, outdir, resume, force, checkpoint_every, progress, mesh, max_chunks,
                                    invocation)
-    except BaseException:
+    except BaseException as err:
         if created:
-            _remove_if_empty(outdir)
+            _remove_if_empty(outdir, keep_record=isinstance(err, KeyboardInterrupt))
         raise
+
+
+def _load_checkpoint(ckpt: Path, n_groups: int) -> dict:
+    """The arrays of DIR/checkpoint.npz, or a one-line RunError naming it as corrupt (truncated, not an
+    npz, keys missing, a position out of range, a non-finite state)."""
+    try:
+        with np.load(ckpt, allow_pickle=False) as npz:
+            saved = {k: npz[k] for k in npz.files}
+    except Exception as err:  # BadZipFile, EOFError, ValueError, OSError: whatever a damaged file raises
+        raise RunError(f"{ckpt} is corrupt ({type(err).__name__}: {err}); delete it or pass --force to start over") from None
+    problem = None
+    if "meta" not in saved or "pos" not in saved:
+        problem = "no meta/pos record"
+    elif saved["pos"].shape != (2,) or not 0 <= int(saved["pos"][0]) <= n_groups or int(saved["pos"][1]) < 0:
+        problem = f"position {saved['pos'].tolist()} out of range"
+    else:
+        bad = [k for k, v in saved.items() if k.startswith("state_") and v.dtype.kind in "fc" and not np.all(np.isfinite(v))]
+        problem = f"non-finite values in {bad[0]}" if bad else None
+    if problem:
+        raise RunError(f"{ckpt} is corrupt ({problem}); delete it or pass --force to start over")
+    return saved
 
 
 def _locked_execute(preset, cfg, grid, outdir, resume, force, checkpoint_every, progress, mesh, max_chunks, invocation):
     result, ckpt = outdir / "result.nc", outdir / "checkpoint.npz"
+    if resume and not force and not ckpt.exists():
+        if result.exists():
+            raise RunError(f"nothing to resume in {outdir}: {result.name} is complete (--force reruns it)")
+        if not (outdir / RUN_RECORD).exists():
+            raise RunError(f"nothing to resume in {outdir}: no checkpoint and no run record")
+        if progress and is_writer():
+            print(f"meanfield: nothing was checkpointed in {outdir}; running the recorded configuration "
+                  f"({RUN_RECORD}) from the start", file=sys.stderr, flush=True)
     if result.exists() and not force:
         raise RunError(f"{result} already exists; pass --force to overwrite it")
     if ckpt.exists() and not (resume or force):
         raise RunError(f"{outdir} holds an unfinished run ({ckpt.name}); pass --resume to continue it or --force to start over")
     meta = _meta(preset, cfg, grid)
+    if force and is_writer():  # --force replaces the earlier run here: its figures go with its result
+        for png in outdir.glob("*.png"):
+            png.unlink()
     if is_writer() and not (resume and ckpt.exists()):  # a resumed run keeps the record of the run it continues
         n = int(getattr(cfg, "n", 0) or 0)
         record = {"preset": preset.name, "config": dataclasses.asdict(cfg), "grid": dict(zip(grid.keys, grid.values)),
@@ -200,7 +237,7 @@ def _locked_execute(preset, cfg, grid, outdir, resume, force, checkpoint_every, 
         raise ConfigError(str(err)) from None
     saved = None
     if resume and ckpt.exists() and not force:
-        saved = dict(np.load(ckpt, allow_pickle=False))
+        saved = _load_checkpoint(ckpt, len(groups))
         if str(saved["meta"]) != meta:
             raise RunError(f"{ckpt} was written by a different run ({_meta_diff(str(saved['meta']), meta)}); "
                            "refusing to resume (rerun with the same settings, or --force to start over)")
@@ -237,15 +274,20 @@ def _run_host_steps(preset, cfg, steps, saved, meta, done, ckpt, progress, check
         results[step] = {k: np.asarray(v) for k, v in preset.host_step(cfg, step, results).items()}
         bar.update(1)
         count += 1
+        safe_point("step")
         last = len(results) == len(steps)
+        stop = interrupt_requested()
         pause = max_chunks is not None and count >= max_chunks and not last
-        if (count % checkpoint_every == 0 or pause) and not last and is_writer():
+        if (((count % checkpoint_every == 0 or pause) and not last) or stop) and is_writer():
             arrays = {"meta": np.asarray(meta), "pos": np.asarray([len(done), 0])}
             for gg, dd in enumerate(done):
                 arrays.update({f"done{gg}_{n}": a for n, a in dd.items()})
             for st, vals in results.items():
                 arrays.update({f"host::{st}::{k}": v for k, v in vals.items()})
             save_npz_atomic(ckpt, arrays)
+        if stop:
+            bar.close()
+            raise Interrupted(f"interrupted after {count} host step(s); {ckpt} holds them: continue with --resume")
         if pause:
             bar.close()
             raise Paused(f"paused after {count} host step(s); {ckpt} holds them: continue with --resume")
@@ -329,9 +371,11 @@ def _execute(preset, cfg, grid, outdir, groups, saved, meta, dev, checkpoint_eve
                 bar.set_postfix_str(f"first chunk incl. compile {time.perf_counter() - t_call:.1f} s", refresh=False)
                 _restart_clock(bar)
             calls += 1
+            safe_point("chunk")
             last = c == len(chunks) - 1 and g == len(groups) - 1
+            stop = interrupt_requested()  # Ctrl-C: checkpoint this chunk, then stop (signals module)
             pause = max_chunks is not None and calls >= max_chunks and not last
-            if ((c + 1) % checkpoint_every == 0 or pause) and not last:
+            if (((c + 1) % checkpoint_every == 0 or pause) and not last) or stop:
                 arrays = {"meta": np.asarray(meta), "pos": np.asarray([g, c + 1])}
                 if c + 1 == len(chunks):  # group finished: store it as done, next group from scratch
                     arrays["pos"] = np.asarray([g + 1, 0])
@@ -343,6 +387,9 @@ def _execute(preset, cfg, grid, outdir, groups, saved, meta, dev, checkpoint_eve
                     arrays.update({f"done{gg}_{n}": a for n, a in dd.items()})
                 if is_writer():
                     save_npz_atomic(ckpt, arrays)
+            if stop:
+                bar.close()
+                raise Interrupted(f"interrupted after {calls} chunk(s); {ckpt} holds the state: continue with --resume")
             if pause:
                 bar.close()
                 raise Paused(f"paused after {calls} chunk(s); {ckpt} holds the state: continue with --resume")
@@ -389,4 +436,6 @@ def _execute(preset, cfg, grid, outdir, groups, saved, meta, dev, checkpoint_eve
         except OSError as err:  # e.g. a full disk: the result stands, the figures can be redrawn
             raise RunError(f"{result} is written, but drawing the figures failed ({err.strerror or err}); "
                            f"redraw them with: meanfield plot {outdir}") from None
+    if interrupt_requested():  # Ctrl-C while the outputs were written: they are complete, say so
+        raise Interrupted(f"interrupted at the end; {result} is complete (redraw the figures with: meanfield plot {outdir})")
     return ds

@@ -42,16 +42,21 @@ def atomic_path(path):
     step (os.replace), on any error it is removed. A crash never leaves a half-written file
     where a finished one was expected, and never destroys the previous version."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    except OSError as err:  # a full disk, a read-only folder: name the file that could not be written
+        raise OSError(err.errno, err.strerror, str(path)) from None
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs follow the umask like any file
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(err, OSError) and not isinstance(err, (FileNotFoundError, PermissionError)) and err.errno:
+            raise OSError(err.errno, err.strerror, str(path)) from None
         raise
 
 
