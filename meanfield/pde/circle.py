@@ -112,10 +112,10 @@ class CircleMeanField(AbstractFiniteVolume):
         The CFL number must be <= 1/2 for positivity; ``accuracy`` = 0.05 keeps the relative
         error of linear growth rates near 4e-4. A fixed ``dt`` steps uniformly (and makes the
         solve smooth in its inputs). Pass ``solver=diffrax.Tsit5()`` to use another diffrax
-        solver (positivity is then not guaranteed, and only non-finite states fail).
+        solver (the scheme then does not guarantee positivity; a negative state still fails).
 
         ``throw=True``: a failed solve (non-finite density; a negative one beyond round-off under
-        Euler/Heun) raises [`meanfield.SolverError`][meanfield.SolverError] naming the time reached and the
+        any solver) raises [`meanfield.SolverError`][meanfield.SolverError] naming the time reached and the
         remedy; ``throw=False`` returns it as ``result`` (saves from the failure on are NaN).
         """
         ts, rho, result, stats = self._integrate(rho0, ts, (self.m,), "rho0", dt=dt, cfl=cfl, accuracy=accuracy,
