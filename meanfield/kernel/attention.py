@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from .._arrays import pad_axis as _pad_to
-from .._errors import check_param, check_value, deprecated, is_concrete, param_fault, require
+from .._errors import check_param, deprecated, is_concrete, param_fault, require
 from ..sharding import token_shards
 from .._types import Array, Float, TokensLike
 from .encodings import AbstractPE, RoPE

@@ -28,7 +28,7 @@ from typing import NamedTuple
 import equinox as eqx
 import jax.numpy as jnp
 
-from .._errors import check_param, is_concrete, param_fault, require
+from .._errors import check_param, param_fault, require
 from .._types import Array
 
 
