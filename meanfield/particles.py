@@ -391,6 +391,8 @@ def layers(
     x0 = jnp.asarray(x0)
     attn.validate(x0, aux, prompt, name="x0")
     h = _as_float("h", h, x0.dtype)
+    check_param("h", h, lo=0, lo_open=True)
+    attn.check_parameters()
     _check_memory(attn, x0, int(n_layers) + 1, prompt, "layers")
     x0 = norm.geometry.check(x0, "x0")
     prompt = _check_parallel(norm.geometry, prompt)

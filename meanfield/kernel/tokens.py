@@ -47,7 +47,11 @@ class TokenAux(eqx.Module):
         return cls(pos=pos, mass=mass, z=None if z is None else jnp.asarray(z))
 
     def validate(self, n: int, name: str = "aux") -> None:
-        """Shape check against the number of tokens N (raises ValueError naming the field)."""
+        """Shape check against the number of tokens N, and (concrete values) finite positions and
+        finite non-negative masses (raises ValueError naming the field)."""
+        check_param(f"{name}.pos", self.pos)
+        check_param(f"{name}.mass", self.mass, lo=0)
+        check_param(f"{name}.z", self.z)
         require(
             self.pos.ndim == 1 and self.pos.shape[0] == n,
             f"{name}.pos must have shape ({n},) (one position per token), got {self.pos.shape}",

@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -38,7 +39,8 @@ from .. import __version__
 from .._errors import SolverError, last_traced_failure, quiet_traced_failures
 from .config import ConfigError, apply_overrides, describe, override_keys
 from .executor import Locked, Paused, RunError, execute
-from .signals import Interrupted
+from .signals import Interrupted, sigint_as_flag
+from .signals import requested as interrupt_requested
 from .presets import get_preset, load_presets, parse_grid
 
 
@@ -136,8 +138,14 @@ def _recorded_overrides(out: Path, name: str) -> list[str]:
 
 def main(argv=None) -> int:
     try:
-        with quiet_traced_failures():  # errors raised inside traced solves are reported below, in one line
-            return _main(argv)
+        # errors raised inside traced solves are reported below, in one line; Ctrl-C sets a flag that
+        # runs check at safe points (meanfield.run.signals), for the whole command
+        with quiet_traced_failures(), sigint_as_flag():
+            code = _main(argv)
+            if interrupt_requested() and code == 0:  # Ctrl-C after the last safe point: the work is done
+                print("meanfield: interrupted at the end; the outputs are complete", file=sys.stderr)
+                code = 130
+        return code
     except BrokenPipeError:  # e.g. `meanfield list | head`: the reader left; not an error
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
@@ -247,5 +255,14 @@ def _main(argv=None) -> int:
         return 6 if kind is SolverError else 2
 
 
+def entry() -> None:
+    """The ``meanfield`` command (console script): [`main`][meanfield.run.cli.main], then exit with its
+    status. A Ctrl-C after the command finished (while the interpreter shuts down) is ignored, so the
+    status stays what the command decided."""
+    code = main()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

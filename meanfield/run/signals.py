@@ -46,8 +46,8 @@ def _handler(signum, frame):
 def sigint_as_flag():
     """Within the block, SIGINT sets the flag (twice: exit 130 at once). Outside the main thread,
     where handlers cannot be installed, SIGINT keeps Python's behaviour."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is _handler:
+        yield  # not installable here, or installed already by an enclosing block (the command)
         return
     _STATE.update(flag=False, hits=0)
     previous = signal.signal(signal.SIGINT, _handler)
