@@ -382,7 +382,7 @@ class Attention(eqx.Module):
         return int(proj + 3 * slab * itemsize)
 
     def check_parameters(self) -> None:
-        """The eager checks of [`check_param`][meanfield._errors.check_param] on beta, Q, K, V and W
+        """The eager checks (finite values, whatever their type) on beta, Q, K, V and W
         (for an Attention whose fields were replaced after construction, e.g. by ``eqx.tree_at``)."""
         check_param("beta", self.beta)
         for n, m in (("Q", self.Q), ("K", self.K), ("V", self.V), ("W", self.W)):

@@ -12,7 +12,7 @@ from .rates import causal_coupling
 
 
 def kinetic_rates(beta: float, n_max: int = 20) -> np.ndarray:
-    """a_n = n^2 I_n(beta), n = 1..n_max: the growth rates of the Fourier modes about the uniform
+    r"""$a_n = n^2 I_n(\beta)$, $n = 1, \dots, n_{\max}$: the growth rates of the Fourier modes about the uniform
     state under the kinetic paper's convention (USA content, V = beta I, row-normalised positions)."""
     from scipy.special import iv
 
@@ -22,14 +22,14 @@ def kinetic_rates(beta: float, n_max: int = 20) -> np.ndarray:
 
 
 def kinetic_weights(M: float = 8.0, n_max: int = 20) -> np.ndarray:
-    """omega_{n,M} = exp(-pi^2 n^2 / (2 M^2)), n = 1..n_max (M: the bandwidth, not a cell count)."""
+    r"""$\omega_{n,M} = e^{-\pi^2 n^2 / (2 M^2)}$, $n = 1, \dots, n_{\max}$ ($M$: the bandwidth, not a cell count)."""
     _check_kinetic(M=M, n_max=n_max)
     n = np.arange(1, int(n_max) + 1)
     return np.exp(-np.pi**2 * n**2 / (2.0 * M**2))
 
 
 def kinetic_psi(c, y):
-    r"""psi_c(y) = sum_k c^{k+1} y^k / (k! (k+1)!) = sqrt(c / y) I_1(2 sqrt(c y)) (psi_c(0) = c)."""
+    r"""$\psi_c(y) = \sum_k \frac{c^{k+1} y^k}{k!\,(k+1)!} = \sqrt{c/y}\, I_1(2\sqrt{c y})$ ($\psi_c(0) = c$)."""
     from scipy.special import ive
 
     c, y = np.broadcast_arrays(np.asarray(c, dtype=float), np.asarray(y, dtype=float))
@@ -41,13 +41,17 @@ def kinetic_psi(c, y):
 
 
 def kinetic_green(s, t, a, lam: float):
-    r"""g_a(t; s) = [lam e^{lam s} / (e^lam - 1)] psi_{a t}(Y_lam(s)),
-    Y_lam(s) = log((e^lam - 1) / (e^{lam s} - 1)):
+    r"""The Green function of the paper's model,
 
-    the off-diagonal part (the identity, i.e. the recency delta at s = 1, is apart) of the last row
-    of exp(t a C~) with C~ the continuum strictly causal, row-normalised ALiBi average
-    (C~ f)(s) = int_0^s lam e^{lam s'} / (e^{lam s} - 1) f(s') ds', as a density over the source
-    position s in (0, 1). lam -> 0 is the limit (prefactor 1, Y = -log s), through expm1."""
+    $$
+    g_a(t; s) = \frac{\lambda e^{\lambda s}}{e^\lambda - 1}\, \psi_{a t}\big(Y_\lambda(s)\big), \qquad
+    Y_\lambda(s) = \log \frac{e^\lambda - 1}{e^{\lambda s} - 1} :
+    $$
+
+    the off-diagonal part (the identity, i.e. the recency delta at $s = 1$, is apart) of the last row
+    of $\exp(t a \tilde C)$ with $\tilde C$ the continuum strictly causal, row-normalised ALiBi average
+    $(\tilde C f)(s) = \int_0^s \frac{\lambda e^{\lambda s'}}{e^{\lambda s} - 1} f(s')\, ds'$, as a density over the source
+    position $s \in (0, 1)$. $\lambda \to 0$ is the limit (prefactor 1, $Y = -\log s$), through expm1."""
     _check_kinetic(lam=lam)
     s = np.asarray(s, dtype=float)
     require(np.all((s > 0) & (s <= 1)), "s must lie in (0, 1]")
@@ -60,8 +64,8 @@ def kinetic_green(s, t, a, lam: float):
 
 
 def kinetic_profile(s, t, beta: float, lam: float = 1.0, M: float = 8.0, n_max: int = 20):
-    r"""The kinetic paper's retrieval profile of the last token, S_t(s) = sum_{n=1}^{n_max}
-    omega_{n,M} g_{a_n}(t; s) with a_n = n^2 I_n(beta) ([`kinetic_rates`][meanfield.theory.kinetic.kinetic_rates], [`kinetic_weights`][meanfield.theory.kinetic.kinetic_weights],
+    r"""The kinetic paper's retrieval profile of the last token,
+    $S_t(s) = \sum_{n=1}^{n_{\max}} \omega_{n,M}\, g_{a_n}(t; s)$ with $a_n = n^2 I_n(\beta)$ ([`kinetic_rates`][meanfield.theory.kinetic.kinetic_rates], [`kinetic_weights`][meanfield.theory.kinetic.kinetic_weights],
     [`kinetic_green`][meanfield.theory.kinetic.kinetic_green]). ``s`` and ``t`` broadcast. Positions: s in (0, 1) is the source token's
     relative position; N discrete tokens j = 0..N-1 map to s = (j + 1/2)/N (cell centres) or
     j/(N - 1), which differ at O(1/N)."""
@@ -72,9 +76,14 @@ def kinetic_profile(s, t, beta: float, lam: float = 1.0, M: float = 8.0, n_max: 
 
 
 def kinetic_tcrit(beta: float, lam: float = 1.0, M: float = 8.0, n_max: int = 20) -> float:
-    r"""t_crit = 2 (1 - e^{-lam}) sum_n omega_n a_n / sum_n omega_n a_n^2: the time at which the
-    right-end slope dS_t/ds(1) changes sign from + to - (the END of the U-shaped, primacy +
-    recency regime; primacy exists for every t > 0).
+    r"""The end of the U-shaped regime,
+
+    $$
+    t_{\mathrm{crit}} = 2 (1 - e^{-\lambda}) \frac{\sum_n \omega_n a_n}{\sum_n \omega_n a_n^2} :
+    $$
+
+    the time at which the right-end slope $\partial_s S_t(1)$ changes sign from + to − (the END of the
+    U-shaped, primacy + recency regime; primacy exists for every $t > 0$).
 
     Derivation: near s = 1, Y_lam(s) ~ P (1 - s) and the prefactor ~ P (1 - lam (1 - s)) with
     P = lam e^lam / (e^lam - 1); psi_c(y) = c + c^2 y / 2 + O(y^2), so
@@ -89,8 +98,8 @@ def kinetic_tcrit(beta: float, lam: float = 1.0, M: float = 8.0, n_max: int = 20
 
 def kinetic_propagator_profile(t: float, beta: float, lam: float, n_s: int, M: float = 8.0, n_max: int = 20, *,
                                strict: bool = True) -> np.ndarray:
-    r"""The discrete counterpart of [`kinetic_profile`][meanfield.theory.kinetic.kinetic_profile] on S cell centres s_k = (k + 1/2)/S:
-    S sum_n omega_n [exp(t a_n C~) - I]_{S-1, k}, with C~ the row-normalised (strict by default)
+    r"""The discrete counterpart of [`kinetic_profile`][meanfield.theory.kinetic.kinetic_profile] on $S$ cell centres $s_k = (k + 1/2)/S$:
+    $S \sum_n \omega_n [\exp(t a_n \tilde C) - I]_{S-1, k}$, with $\tilde C$ the row-normalised (strict by default)
     causal ALiBi coupling of [`causal_coupling`][meanfield.theory.rates.causal_coupling] (the kinetic paper's model). Converges to
     S_t(s_k) at O(1/S)."""
     from scipy.sparse.linalg import expm_multiply
