@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import jax
+import jaxtyping
 import pytest
 
 jax.config.update("jax_enable_x64", True)
@@ -34,3 +35,12 @@ def site(tmp_path_factory):
     run = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=900, env=env)
     return out, run
+
+
+@pytest.fixture
+def no_hook():
+    """For tests of the messages users get: the suite's jaxtyping hook would answer first."""
+    disabled = jaxtyping.config.jaxtyping_disable
+    jaxtyping.config.update("jaxtyping_disable", True)
+    yield
+    jaxtyping.config.update("jaxtyping_disable", disabled)

@@ -17,7 +17,6 @@ import time
 
 import diffrax
 import jax
-import jaxtyping
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -33,15 +32,6 @@ from meanfield.run.cli import main
 SETS = ["--set", "n=8", "--set", "t1=3", "--set", "n_save=7", "--set", "chunks=3", "--no-progress"]
 TYPES = {"python": lambda v: v, "numpy32": np.float32, "numpy64": np.float64, "0-d": jnp.asarray,
          "1-d": lambda v: np.array([v])}
-
-
-@pytest.fixture
-def no_hook():
-    """These cases check the messages users get; the suite's jaxtyping hook would answer first."""
-    disabled = jaxtyping.config.jaxtyping_disable
-    jaxtyping.config.update("jaxtyping_disable", True)
-    yield
-    jaxtyping.config.update("jaxtyping_disable", disabled)
 
 
 # ----------------------------------------------------------------------------- values, any type

@@ -9,7 +9,6 @@ import sys
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jaxtyping
 import numpy as np
 import pytest
 import xarray as xr
@@ -20,15 +19,6 @@ from meanfield.run.cli import main
 from meanfield.run.executor import Locked, folder_lock
 
 TINY = ["--set", "n=6", "--set", "t1=1", "--set", "n_save=3", "--set", "chunks=1", "--no-progress"]
-
-
-@pytest.fixture
-def no_hook():
-    """These cases check the messages users get; jaxtyping's test hook would answer first."""
-    disabled = jaxtyping.config.jaxtyping_disable
-    jaxtyping.config.update("jaxtyping_disable", True)
-    yield
-    jaxtyping.config.update("jaxtyping_disable", disabled)
 
 
 def _x0():
