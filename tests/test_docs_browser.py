@@ -1,7 +1,7 @@
 """The documentation site as a browser shows it (headless Chromium, Debian's build, driven by selenium).
 
-The built site is served on 127.0.0.1 and the concepts, kernel, PDE, gallery and one API page are
-opened. Each must show its formulas typeset by KaTeX (no TeX source and no pseudo-TeX left in the
+The built site is served on 127.0.0.1 and the concepts, kernel, PDE, gallery and two API pages (the
+density solvers and the theory) are opened. Each must show its formulas typeset by KaTeX (no TeX source and no pseudo-TeX left in the
 visible text, no KaTeX error), load every image, and keep docstring examples in ``<pre><code>``.
 Every built page is also parsed for unknown tags: Markdown passes ``<x, y>`` through as an HTML tag
 that the browser hides, which is how formulas used to vanish.
@@ -30,8 +30,9 @@ PAGES = {
     "pde": "pde/",
     "gallery": "presets/",
     "api-pde": "api/pde/",
+    "api-theory": "api/theory/",
 }
-MATH_PAGES = {"concepts", "kernel", "pde", "gallery", "api-pde"}
+MATH_PAGES = {"concepts", "kernel", "pde", "gallery", "api-pde", "api-theory"}
 
 # HTML5, the SVG that mkdocs-material inlines, and the MathML that KaTeX writes
 KNOWN_TAGS = set("""

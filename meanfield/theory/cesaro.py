@@ -27,19 +27,24 @@ def cesaro_rollout(n: int, depth: int, alpha):
 
 
 def cesaro_density(y, depth: int, alpha: float) -> np.ndarray:
-    r"""Continuum influence density on the last token (x = 1) after H residual layers:
+    r"""Continuum influence density on the last token ($x = 1$) after $H$ residual layers:
 
-        ((1 - alpha) I + alpha C)^H = sum_k binom(H, k) (1 - alpha)^{H-k} alpha^k C^k,
-        (C^k f)(x) = int_0^x (log(x/y))^{k-1} / ((k-1)! x) f(y) dy   (k >= 1),
+    $$
+    \big((1 - \alpha) I + \alpha C\big)^H = \sum_k \binom{H}{k} (1 - \alpha)^{H-k} \alpha^k C^k, \qquad
+    (C^k f)(x) = \int_0^x \frac{(\log(x/y))^{k-1}}{(k-1)!\, x} f(y)\, dy \quad (k \ge 1),
+    $$
 
-    (C f)(x) = (1/x) int_0^x f: induction, C^{k+1} has kernel (1/x) int_y^x (log(t/y))^{k-1}/((k-1)! t) dt
-    = (log(x/y))^k / (k! x). At x = 1 the density over y in (0, 1) is
+    with $(C f)(x) = \frac1x \int_0^x f$: by induction, $C^{k+1}$ has kernel
+    $\frac1x \int_y^x \frac{(\log(t/y))^{k-1}}{(k-1)!\, t} dt = \frac{(\log(x/y))^k}{k!\, x}$. At $x = 1$ the density over
+    $y \in (0, 1)$ is
 
-        rho_H(y) = sum_{k=1}^H binom(H, k) (1 - alpha)^{H-k} alpha^k (log(1/y))^{k-1} / (k-1)!
+    $$
+    \rho_H(y) = \sum_{k=1}^H \binom{H}{k} (1 - \alpha)^{H-k} \alpha^k \frac{(\log(1/y))^{k-1}}{(k-1)!}
+    $$
 
-    (primacy tail: rho ~ alpha^H (log 1/y)^{H-1}/(H-1)! as y -> 0), plus the recency delta of
-    mass ``cesaro_recency(H, alpha)`` = (1 - alpha)^H at y = 1. Each C^k kernel has unit mass, so
-    int rho + delta = 1.
+    (primacy tail: $\rho \sim \alpha^H (\log 1/y)^{H-1}/(H-1)!$ as $y \to 0$), plus the recency delta of
+    mass ``cesaro_recency(H, alpha)`` $= (1 - \alpha)^H$ at $y = 1$. Each $C^k$ kernel has unit mass, so
+    $\int \rho + \delta = 1$.
     """
     from scipy.special import comb, gammaln, xlogy
 
@@ -63,11 +68,13 @@ def cesaro_mean_position(n: int, depth: int, alpha: float) -> float:
     r"""Mean input position E[s] = sum_j (j/n) r_j (j = 1..n) of the Cesàro rollout r on the last
     token after H residual layers of uniform causal attention (``cesaro_rollout``).
 
-    Read r as the law of a walk started at j = n: each layer, with probability alpha, jumps to a
-    uniform j' in {1..j}, so E[j'/n | j] = (j/n + 1/n)/2 and E[s] obeys
-    E[s_{H+1}] = c E[s_H] + alpha/(2n), c = 1 - alpha/2, hence exactly
+    Read $r$ as the law of a walk started at $j = n$: each layer, with probability $\alpha$, jumps to a
+    uniform $j' \in \{1, \dots, j\}$, so $\mathbb{E}[j'/n \mid j] = (j/n + 1/n)/2$ and
+    $\mathbb{E}[s_{H+1}] = c\, \mathbb{E}[s_H] + \alpha/(2n)$, $c = 1 - \alpha/2$, hence exactly
 
-        E[s_H] = c^H + (1 - c^H) / n          (continuum: (1 - alpha/2)^H, geometric in H).
+    $$
+    \mathbb{E}[s_H] = c^H + (1 - c^H)/n \qquad \text{(continuum: } (1 - \alpha/2)^H\text{, geometric in } H).
+    $$
     """
     c = 1.0 - alpha / 2.0
     return float(c**depth + (1.0 - c**depth) / n)
@@ -76,14 +83,16 @@ def cesaro_mean_position(n: int, depth: int, alpha: float) -> float:
 def mask_walk_drift(alpha: float, lam: float = 0.0, window: float = float("inf")) -> float:
     r"""Mean backward jump per layer of the rollout of a position-only causal mask in the bulk.
 
-    With constant scores (beta = 0) the attention of token i is A_ij ∝ e^{-lam (i - j)} on the
-    window 0 <= i - j < w, so away from the first token the rollout is the law of a walk whose
-    jumps k = i - j have P(k) ∝ q^k (q = e^{-lam}), k < w, taken with probability alpha per
-    layer: the mean position after H layers moves back by H * drift tokens (exactly, as long as
+    With constant scores ($\beta = 0$) the attention of token $i$ is $A_{ij} \propto e^{-\lambda (i - j)}$ on the
+    window $0 \le i - j < w$, so away from the first token the rollout is the law of a walk whose
+    jumps $k = i - j$ have $P(k) \propto q^k$ ($q = e^{-\lambda}$), $k < w$, taken with probability $\alpha$ per
+    layer: the mean position after $H$ layers moves back by $H \cdot$ drift tokens (exactly, as long as
     the walk cannot reach the first token), with
 
-        drift = alpha * sum_{k<w} k q^k / sum_{k<w} q^k
-              = alpha q / (1 - q)  (ALiBi, w = inf),   alpha (w - 1) / 2  (window, lam = 0).
+    $$
+    \text{drift} = \alpha \frac{\sum_{k<w} k q^k}{\sum_{k<w} q^k}
+    = \frac{\alpha q}{1 - q} \ \text{(ALiBi, } w = \infty), \qquad \frac{\alpha (w - 1)}{2} \ \text{(window, } \lambda = 0).
+    $$
 
     Decay and window masks move the influence back additively (linear in H); the plain causal
     mask moves it multiplicatively (``cesaro_mean_position``)."""

@@ -2,19 +2,22 @@ r"""Closed forms and independent reference solutions used to check the engine.
 
 Pushforward limit with an additive positional encoding
 ------------------------------------------------------
-Model: USA attention with Q = K = V = I and additive auxiliary variables: token i carries a
-fixed u_i = scale * U z_i and attends with y_i = x_i + u_i,
+Model: USA attention with $Q = K = V = I$ and additive auxiliary variables: token $i$ carries a
+fixed $u_i = \text{scale}\cdot U z_i$ and attends with $y_i = x_i + u_i$,
 
-    dx_i/dt = P_{x_i} sum_j m_j exp(beta ⟨y_i, y_j⟩) y_j ,     x_i on S^{d-1}.
+$$
+\frac{dx_i}{dt} = P_{x_i} \sum_j m_j e^{\beta\langle y_i, y_j\rangle} y_j, \qquad x_i \in S^{d-1}.
+$$
 
-Since d/dx_i of  E(x) = (1 / (2 beta)) sum_ij m_i m_j exp(beta ⟨x_i + u_i, x_j + u_j⟩)  is
-m_i sum_j m_j e^{beta ⟨y_i, y_j⟩} y_j, this flow is (up to the factor 1/m_i) the Riemannian
-gradient ascent of E: along it E never decreases and tokens settle at a (local) maximiser.
-In the mean-field limit with a fixed z-distribution rho, the maximiser is a map z -> x*(z)
-(one point per auxiliary value): the limit of the tokens is the pushforward (x*)_# rho, not a
-Dirac mass. Stationarity reads x*(z) = v(z) / |v(z)| with v(z) = int e^{beta ⟨y(z), y(z')⟩}
-y(z') drho(z'): without auxiliary variables (u = 0) v is the same for every z and the maximiser
-is a Dirac mass (all x* equal), with them v depends on z and so does x*.
+Since the gradient in $x_i$ of $E(x) = \frac{1}{2\beta} \sum_{i,j} m_i m_j e^{\beta\langle x_i + u_i,\, x_j + u_j\rangle}$ is
+$m_i \sum_j m_j e^{\beta\langle y_i, y_j\rangle} y_j$, this flow is (up to the factor $1/m_i$) the Riemannian
+gradient ascent of $E$: along it $E$ never decreases and tokens settle at a (local) maximiser.
+In the mean-field limit with a fixed $z$-distribution $\rho$, the maximiser is a map $z \mapsto x^*(z)$
+(one point per auxiliary value): the limit of the tokens is the pushforward $(x^*)_\# \rho$, not a
+Dirac mass. Stationarity reads $x^*(z) = v(z)/|v(z)|$ with
+$v(z) = \int e^{\beta\langle y(z), y(z')\rangle} y(z')\, d\rho(z')$: without auxiliary variables ($u = 0$) $v$ is the
+same for every $z$ and the maximiser is a Dirac mass (all $x^*$ equal), with them $v$ depends on $z$ and so
+does $x^*$.
 
 ``additive_pe_pushforward`` computes x* *without the engine*: it maximises log E over
 x_k = w_k / |w_k| on a quadrature (z_k, rho_k) of the z-distribution by L-BFGS (scipy) from
@@ -193,7 +196,7 @@ def _node_weights(m, weights):
 def additive_pe_pushforward(u, beta: float, weights=None, *, n_starts: int = 48, hops: int = 48, seed: int = 0,
                             gtol: float = 1e-10, dist_tol: float = 1e-3, energy_tol: float = 1e-9,
                             hessian_tol: float = 1e-8) -> Maximiser:
-    """Energy maximiser x*(z_k) of the additive-PE USA energy (see module docstring), by a
+    r"""Energy maximiser x*(z_k) of the additive-PE USA energy (see module docstring), by a
     reproducible global search: ``n_starts`` starts (Dirac starts at random points, two groups of
     consecutive nodes, random configurations), each a damped fixed point then L-BFGS on log E, then
     ``hops`` basin-hopping moves (a block of consecutive nodes of a top maximiser perturbed and
@@ -209,7 +212,7 @@ def additive_pe_pushforward(u, beta: float, weights=None, *, n_starts: int = 48,
         weights: quadrature weights rho_k (default uniform).
 
     Returns:
-        [`Maximiser`][meanfield.theory.pushforward.Maximiser] (unpacks as ``x_star, energy``), energy E = (1/(2 beta)) sum rho rho e^{...}.
+        [`Maximiser`][meanfield.theory.pushforward.Maximiser] (unpacks as ``x_star, energy``), energy $E = \frac{1}{2\beta} \sum_{k,l} \rho_k \rho_l e^{\beta\langle y_k, y_l\rangle}$.
     """
     u = np.asarray(u, dtype=float)
     require(u.ndim == 2 and u.shape[0] >= 1, f"u must have shape (M, d), got {u.shape}")
@@ -253,12 +256,12 @@ def prompt_pushforward(p, beta: float, weight=1.0, weights=None, *, n_starts: in
 
 @dataclasses.dataclass(frozen=True)
 class InverseDesign:
-    """Prompts that make a target configuration a stationary point of the parallel-prompt flow.
+    r"""Prompts that make a target configuration a stationary point of the parallel-prompt flow.
 
     Attributes:
         p: (N, d) the prompts (unit vectors), one per token.
         delta: (N,) angle between each token and its prompt (the smaller root).
-        tau: (N,) the tangent pull of the other tokens, |P_{x_i} sum_j m_j e^{beta ⟨x_i, x_j⟩} x_j|.
+        tau: (N,) the tangent pull of the other tokens, $|P_{x_i} \sum_j m_j e^{\beta\langle x_i, x_j\rangle} x_j|$.
         min_weight: the smallest weight for which every balance is solvable.
         hessian_max: largest eigenvalue of the Hessian of log E in the tangent space at the target
             (the flows are gradient ascents of E, so < 0 means linearly stable).
@@ -278,14 +281,16 @@ def inverse_prompt(target, beta: float, weight=1.0, mass=None) -> InverseDesign:
     point of the SA and USA flows with [`meanfield.ParallelPrompt`][meanfield.kernel.tokens.ParallelPrompt] (Q = K = V = I, mask Full):
     an exact inverse design of the limit.
 
-    Per token the tangent balance is one scalar equation. With t_i the unit tangent direction of the
-    pull g_i = P_{x_i} sum_j m_j e^{beta ⟨x_i, x_j⟩} x_j, tau_i = |g_i|, and
-    p_i = cos(delta) x_i - sin(delta) t_i,
+    Per token the tangent balance is one scalar equation. With $t_i$ the unit tangent direction of the
+    pull $g_i = P_{x_i} \sum_j m_j e^{\beta\langle x_i, x_j\rangle} x_j$, $\tau_i = |g_i|$, and
+    $p_i = \cos\delta\, x_i - \sin\delta\, t_i$,
 
-        weight_i e^{beta cos delta} sin delta = tau_i,
+    $$
+    \mathrm{weight}_i\, e^{\beta \cos\delta} \sin\delta = \tau_i ,
+    $$
 
-    solvable iff weight_i >= tau_i / max_delta (e^{beta cos delta} sin delta), the maximum being at
-    cos delta* = (sqrt(1 + 4 beta^2) - 1) / (2 beta); the root in [0, delta*] (the smaller angle)
+    solvable iff $\mathrm{weight}_i \ge \tau_i / \max_\delta \big(e^{\beta\cos\delta} \sin\delta\big)$, the maximum being at
+    $\cos\delta^* = (\sqrt{1 + 4\beta^2} - 1)/(2\beta)$; the root in $[0, \delta^*]$ (the smaller angle)
     is taken. Stability: the Hessian of log E at x* on the tangent spaces (see
     [`InverseDesign`][meanfield.theory.pushforward.InverseDesign]). ``mass``: token masses m_j (default 1/N); ``weight``: the prompts' key
     mass, a scalar or (N,)."""

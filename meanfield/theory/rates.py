@@ -14,10 +14,10 @@ def circle_growth_rate(n: int, beta: float, a: float = 1.0, form: str = "SA") ->
     r"""Growth rate of Fourier mode n of a small perturbation of the uniform density on S^1
     (mean-field SA/USA with Q = K = I, V = a I + b J; b only adds a drift, no growth).
 
-    Derivation (see meanfield.pde.circle for the velocity u = N / D): with rho = rho_0 + eps e^{i n t},
-    rho_0 = 1/(2 pi), the kernels' Fourier coefficients are K_n = 2 pi I_n(beta) and
-    g_n = 2 pi (a (i n / beta) I_n(beta) + b I_n'(beta)); linearising d_t rho + d_t(rho u) = 0 gives
-    lambda_n = -i n u_0 - i n rho_0 (g_n / D_0 - N_0 K_n / D_0^2) whose real part is
+    Derivation (see meanfield.pde.circle for the velocity $u = N/D$): with $\rho = \rho_0 + \varepsilon e^{i n \theta}$,
+    $\rho_0 = 1/(2\pi)$, the kernels' Fourier coefficients are $K_n = 2\pi I_n(\beta)$ and
+    $g_n = 2\pi (a (i n/\beta) I_n(\beta) + b I_n'(\beta))$; linearising $\partial_t \rho + \partial_\theta(\rho u) = 0$ gives
+    $\lambda_n = -i n u_0 - i n \rho_0 (g_n / D_0 - N_0 K_n / D_0^2)$ whose real part is
 
     $$
     r_n = \frac{a\, n^2 I_n(\beta)}{\beta\, I_0(\beta)} \ \text{(SA)}, \qquad
@@ -53,15 +53,16 @@ def sphere_growth_rate(ell: int, beta: float, a: float = 1.0, form: str = "SA") 
 
 
 def sphere_kinetic_rate(ell: int, beta: float) -> float:
-    """a_l = l(l+1) i_l(beta): [`sphere_growth_rate`][meanfield.theory.rates.sphere_growth_rate] in the kinetic paper's convention (USA, V = beta I)."""
+    r"""$a_\ell = \ell(\ell+1)\, i_\ell(\beta)$: [`sphere_growth_rate`][meanfield.theory.rates.sphere_growth_rate] in the kinetic paper's
+    convention (USA, $V = \beta I$)."""
     return sphere_growth_rate(ell, beta, a=beta, form="USA")
 
 
 def causal_coupling(n_s: int, lam: float, self_weight: float = 0.5, *, strict: bool = False,
                     normalized: bool = False) -> np.ndarray:
-    r"""Dense (S, S) causal ALiBi coupling c_kj = w e^{-lam (s_k - s_j)} (j < k), self_weight w
-    e^0 (j = k; 0 when ``strict``), 0 (j > k), on the cell centres s_k = (k + 1/2)/S with w = 1/S:
-    the quadrature of int_0^s e^{-lam (s - s')} f(s') ds' that ``meanfield.pde.KineticMeanField``
+    r"""Dense (S, S) causal ALiBi coupling $c_{kj} = w e^{-\lambda (s_k - s_j)}$ ($j < k$), ``self_weight`` $\cdot\, w$
+    ($j = k$; 0 when ``strict``), 0 ($j > k$), on the cell centres $s_k = (k + 1/2)/S$ with $w = 1/S$:
+    the quadrature of $\int_0^s e^{-\lambda (s - s')} f(s')\, ds'$ that ``meanfield.pde.KineticMeanField``
     applies by a scan. ``normalized``: rows divided by their sums (a zero row stays zero)."""
     _check_kinetic(lam=lam)
     s = (np.arange(n_s) + 0.5) / n_s
