@@ -79,10 +79,11 @@ takes 3.8k steps to Tsit5's 6.4k, each costlier: there the fast rates are real m
 stiffness, and SA with the same fixed points is the cheaper route.)"""
 
 
-SPHERE_TOL = 1e-3
+SPHERE_TOL = 1e-2
 """A fixed-step solve on the sphere fails (``RESULTS.left_sphere``) when a saved token's norm differs
-from 1 by more than this: the steps are too large for the dynamics (an adaptive solve is held to its
-rtol/atol instead)."""
+from 1 by more than this (1 %): a fixed-step method's norm drift is of the order of its error, so the
+steps are too large for the dynamics (Euler with 32 steps over t = 2 at beta = 1 drifts by 7e-3, RK4
+with 8 steps by far less; an adaptive solve is held to its rtol/atol instead)."""
 
 
 class RESULTS(diffrax.RESULTS):

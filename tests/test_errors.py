@@ -104,4 +104,4 @@ def test_solver_and_step_errors(x0):
     no_trace(lambda: mf.simulate(mf.Attention(1.0), x0, TS, solver="euler"), r"dt: adaptive stepping")
     no_trace(lambda: mf.simulate(mf.Attention(1.0), x0, TS, solver="euler", dt=-0.1), r"dt must be finite and > 0")
     no_trace(lambda: mf.simulate(mf.Attention(1.0), x0, TS[::-1]), r"ts must be strictly increasing")
-    no_trace(lambda: mf.layers(mf.Attention(1.0), x0, 2, h=0.0), r"h must be > 0")
+    no_trace(lambda: mf.layers(mf.Attention(1.0), x0, 2, h=0.0), r"h must be finite and > 0")
