@@ -29,8 +29,9 @@ at its end (the velocity grew within the step); after ``MAX_REDO`` redos in a ro
 the solve fails (below).
 
 Failure: a state the solver cannot stand behind stops the solve (a diffrax event): non-finite
-values (every solver), or a negative density beyond round-off, min rho < -NEG_TOL eps max rho
-(the SSP steppers, Euler and Heun, which promise positivity). ``solve(throw=True)`` (default)
+values, or a negative density beyond round-off, min rho < -NEG_TOL eps max rho, under every solver
+(the SSP steppers, Euler and Heun, keep the density non-negative within the CFL bound; any other
+solver's undershoot is a failure all the same). ``solve(throw=True)`` (default)
 raises [`meanfield.SolverError`][meanfield.SolverError] naming the time reached and the remedy;
 ``throw=False`` returns the solution with a [`RESULTS`][meanfield.pde.RESULTS] code and NaN at the save times past
 the failure (so a vmapped sweep is not killed by one bad point).
@@ -246,8 +247,6 @@ NEG_TOL = 100
 MAX_REDO = 8
 """Redos of one step (each with the step re-picked from the rejected state, or halved) before the
 step is kept and the failure checks decide."""
-SSP_SOLVERS = (diffrax.Euler, diffrax.Heun)
-"""Steppers under which the scheme preserves positivity (CFL <= 1/2), so a negative density is a failure."""
 
 
 def cell_count(name: str, value, least: int = 8) -> int:
