@@ -114,8 +114,7 @@ def _bad_mask(v, lo, hi, lo_open, hi_open, nonzero, allow_neg_inf):
     """Elementwise: not finite (``allow_neg_inf``: -inf allowed), out of [lo, hi] (open ends as
     asked), or zero when ``nonzero``. Works on NumPy and JAX arrays alike."""
     xp = jnp if isinstance(v, jax.Array) else np
-    finite = xp.isfinite(v) | (allow_neg_inf & (v == -xp.inf))
-    bad = ~finite | xp.isnan(v)
+    bad = ~(xp.isfinite(v) | (allow_neg_inf & (v == -xp.inf)))  # NaN is never finite
     if lo is not None:
         bad = bad | ((v <= lo) if lo_open else (v < lo))
     if hi is not None:
@@ -151,9 +150,21 @@ def check_param(name: str, value, *, lo=None, hi=None, lo_open=False, hi_open=Fa
         arr = np.asarray(value, dtype=float)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a real number or array, got {type(value).__name__}") from None
-    if np.any(_bad_mask(arr, lo, hi, lo_open, hi_open, nonzero, allow_neg_inf)):
-        shown = f"{arr.item():g}" if arr.size == 1 else f"an array with {np.sum(_bad_mask(arr, lo, hi, lo_open, hi_open, nonzero, allow_neg_inf))} bad entries"
+    bad = _bad_mask(arr, lo, hi, lo_open, hi_open, nonzero, allow_neg_inf)
+    if np.any(bad):
+        shown = f"{arr.item():g}" if arr.size == 1 else f"an array with {np.sum(bad)} bad entries"
         raise ValueError(f"{name} must be {_range_text(lo, hi, lo_open, hi_open, nonzero, allow_neg_inf)}, got {shown}")
+
+
+def data_fault(bad, message: str):
+    """``bad`` (a boolean array) as a scalar fault flag: a concrete True raises ``ValueError(message)``
+    at once; a traced one stays in the graph (the solve then returns its ``invalid_parameter`` code).
+    The callback-free sibling of `check_value`."""
+    if is_concrete(bad):
+        if bool(np.any(np.asarray(bad))):
+            raise ValueError(message)
+        return jnp.zeros((), bool)
+    return jnp.any(bad)
 
 
 def param_fault(value, *, lo=None, hi=None, lo_open=False, hi_open=False, nonzero=False, allow_neg_inf=False):

@@ -351,9 +351,9 @@ def _simulate(attn, x0, ts, geometry, aux, prompt, solver, dt, rtol, atol, max_s
     result = RESULTS.where(fault, RESULTS.invalid_parameter, RESULTS.promote(sol.result))
     xs = sol.ys
     if dt is not None and isinstance(geometry, Sphere):  # fixed steps: hold the state to the sphere
-        off = jnp.max(jnp.abs(jnp.linalg.norm(xs, axis=-1) - 1.0), axis=-1)  # per save
-        result = RESULTS.where((result == RESULTS.successful) & ~jnp.all(off <= SPHERE_TOL), RESULTS.left_sphere, result)
-        gone = jnp.cumsum(~(off <= SPHERE_TOL)) > 0  # NaN from the first save off the sphere on
+        off = ~(jnp.max(jnp.abs(jnp.linalg.norm(xs, axis=-1) - 1.0), axis=-1) <= SPHERE_TOL)  # per save (NaN: off)
+        result = RESULTS.where((result == RESULTS.successful) & jnp.any(off), RESULTS.left_sphere, result)
+        gone = jnp.cumsum(off) > 0  # NaN from the first save off the sphere on
         xs = jnp.where(gone[:, None, None], jnp.nan, xs)
     xs = jnp.where(fault, jnp.nan, xs)
     return Trajectory(ts=sol.ts, xs=xs, result=result, stats=dict(sol.stats))

@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._errors import SolverError, check_param, is_concrete, param_fault, require, traced_failure
+from .._errors import SolverError, check_param, data_fault, is_concrete, param_fault, require, traced_failure
 from .._types import Array
 
 CFL = 0.4
@@ -257,16 +257,6 @@ def cell_count(name: str, value, least: int = 8) -> int:
         ok = False
     require(ok and int(value) >= least, f"{name} must be an integer number of cells >= {least}, got {value!r}")
     return int(value)
-
-
-def data_fault(bad, message: str):
-    """``bad`` (a boolean array) as a scalar fault flag: a concrete True raises ``ValueError(message)``
-    at once; a traced one stays in the graph (the solve then returns ``RESULTS.invalid_parameter``)."""
-    if is_concrete(bad):
-        if bool(np.any(np.asarray(bad))):
-            raise ValueError(message)
-        return jnp.zeros((), bool)
-    return jnp.any(bad)
 
 
 def sa_finish(num: Array, den: Array) -> Array:
