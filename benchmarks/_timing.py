@@ -79,7 +79,7 @@ def shape_gemm_probe(n, d, rows, steps=20):
     import jax
     import jax.numpy as jnp
 
-    from meanfield.kernel.attention import _MASS_COLUMN_MAX_D
+    from meanfield.kernel.backends.dense import MASS_COLUMN_MAX_D as _MASS_COLUMN_MAX_D
 
     rows = min(rows, n)
     x = jnp.asarray(np.random.default_rng(2).standard_normal((n, d), dtype=np.float32) / np.sqrt(d))

@@ -57,7 +57,7 @@ def gemm_rate(n, precision):
 
 def bytes_needed(backend, n, d, *, heads=1, row_block=None, block=2048, query_batch=8):
     """Device bytes one causal SA field evaluation holds at once (float32), by backend."""
-    from meanfield.kernel.attention import default_row_block
+    from meanfield.kernel.backends.dense import default_row_block
 
     base = 4 * ((2 + 3 * heads) * n * d)  # tokens, per-head q/k/v projections, the field
     if backend == "dense":  # scores, exponentials, weights of one row slab (the backend's default rows)

@@ -105,7 +105,7 @@ def main():
     import jax.numpy as jnp
 
     import meanfield as mf
-    from meanfield.kernel.attention import default_row_block
+    from meanfield.kernel.backends.dense import default_row_block
 
     try:
         import torch

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 
 import meanfield as mf
 from meanfield.kernel import Fused
-from meanfield.kernel import fused as fused_module
+from meanfield.kernel.backends import fused as fused_module
 
 
 def lower_ttir(precision: str, n: int = 1024, d: int = 64) -> str:

@@ -21,7 +21,7 @@ import jax.numpy as jnp  # noqa: E402
 import meanfield as mf  # noqa: E402
 from _timing import field_error  # noqa: E402
 from meanfield.kernel import Dense, Fused  # noqa: E402
-from meanfield.kernel.fused import PRECISIONS  # noqa: E402
+from meanfield.kernel.backends.fused import PRECISIONS  # noqa: E402
 
 
 def main(argv=None):

@@ -174,3 +174,12 @@ def param_fault(value, *, lo=None, hi=None, lo_open=False, hi_open=False, nonzer
     if value is None:
         return jnp.zeros((), bool)
     return jnp.any(_bad_mask(jnp.asarray(value), lo, hi, lo_open, hi_open, nonzero, allow_neg_inf))
+
+
+FORMS = ("SA", "USA")
+"""The attention forms: softmax (SA) and unnormalised (USA)."""
+
+
+def check_form(form) -> None:
+    """The one check of an attention ``form`` (kernel, density solvers, theory)."""
+    require(form in FORMS, f"form must be one of {FORMS}, got {form!r}")

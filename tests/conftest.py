@@ -14,6 +14,26 @@ import pytest
 
 jax.config.update("jax_enable_x64", True)
 
+from meanfield.kernel import Chunked, Dense, Fused, Splash  # noqa: E402 (after the x64 switch)
+
+# The one backend list: every backend conformance test parametrizes over it (a new backend is one
+# entry here). Small blocks, so that the 10-50-token clouds of the tests span several of them.
+BACKENDS = {
+    "dense": Dense(),
+    "dense-rows": Dense(row_block=4),
+    "chunked": Chunked(block=4),
+    "chunked-batched": Chunked(block=4, query_batch=2),
+    "fused": Fused(16, 16),
+    "splash": Splash(128, 128),
+}
+EXACT = ("dense", "dense-rows", "chunked", "chunked-batched")
+"""The XLA backends: every input (prompts, encodings, custom masks, float64), exact to round-off."""
+
+
+def backend_params(names=None):
+    """``pytest.param`` of each backend of ``names`` (default: all), with its name as the id."""
+    return [pytest.param(BACKENDS[n], id=n) for n in (names or BACKENDS)]
+
 # tests/sharded needs 8 (emulated) devices, which XLA only creates if asked before JAX starts:
 # tests/test_sharding.py runs it in its own pytest process with
 # XLA_FLAGS=--xla_force_host_platform_device_count=8 and MEANFIELD_SHARDED_TESTS=1.

@@ -76,7 +76,7 @@ def test_dense_equals_chunked_with_encodings_and_prompt(setup, backend_pe):
         "rotary": dict(mask=mf.Causal(), pe=mf.RoPE(base=100.0)),
     }[backend_pe]
     a = mf.Attention(1.5, **kw)(x, aux, prompt)
-    b = mf.Attention(1.5, backend="chunked", block=6, **kw)(x, aux, prompt)
+    b = mf.Attention(1.5, backend=mf.kernel.Chunked(block=6), **kw)(x, aux, prompt)
     np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import meanfield as mf
+from conftest import backend_params
 from meanfield.kernel import Fused
 
 F32 = jnp.float32
@@ -144,9 +145,7 @@ def test_fused_precisions(precision, tol, beta, key):
     assert err < tol, (precision, beta, err)
 
 
-@pytest.mark.parametrize("backend", [Fused(16, 16), mf.kernel.Splash(128, 128), mf.kernel.Dense(), mf.kernel.Chunked(16),
-                                     mf.kernel.Chunked(16, 2)],
-                         ids=["fused", "splash", "dense", "chunked", "chunked-batched"])
+@pytest.mark.parametrize("backend", backend_params())
 def test_integer_positions_beyond_2_24(backend, key):
     """Integer positions 2^24 + 0..47 (float32 cannot hold them: every backend used to cast them to
     the tokens' dtype, a relative field error of 1.0), strict causal with ALiBi, shuffled: positions
@@ -187,7 +186,7 @@ def test_fused_grad_and_jvp(form, key):
 def test_tile_bounds_skip_the_causal_upper_half():
     """Positions in index order under a causal mask: [lo, hi) is the lower triangle (hi = i + 1)
     and [a, b) every tile below the diagonal; a window keeps only the band."""
-    from meanfield.kernel.fused import tile_bounds
+    from meanfield.kernel.backends.fused import tile_bounds
 
     pos = jnp.arange(64, dtype=jnp.int32)
     logm = jnp.zeros(64)

@@ -24,7 +24,7 @@ def masks():
     }
 
 
-def make(kind, form, heads, mask, dtype, backend="dense", block=8, row_block=1024):
+def make(kind, form, heads, mask, dtype, backend=mf.kernel.Dense(), block=8, row_block=1024):
     rng = np.random.default_rng(1)
     if kind == "identity":
         mats = {}
@@ -33,7 +33,8 @@ def make(kind, form, heads, mask, dtype, backend="dense", block=8, row_block=102
         mats = {m: jnp.asarray(rng.normal(size=shape) / np.sqrt(D), dtype) for m in "QKVW"}
     beta = jnp.asarray(np.linspace(0.5, 2.0, heads) if heads > 1 else 1.5, dtype)
     return mf.Attention(
-        beta, **mats, heads=heads, form=form, mask=mask, backend=backend, block=block, row_block=row_block
+        beta, **mats, heads=heads, form=form, mask=mask,
+        backend=mf.kernel.Dense(row_block=row_block) if backend == "dense" else mf.kernel.Chunked(block=block),
     )
 
 
@@ -51,7 +52,7 @@ def test_dense_equals_chunked(mask_name, form, heads, kind, dtype, tol):
     x = mf.sphere_uniform(jax.random.key(7), N, D, dtype)
     dense = make(kind, form, heads, mask, dtype)
     dense_slabs = make(kind, form, heads, mask, dtype, row_block=16)  # 3 row slabs, last one padded
-    chunked = make(kind, form, heads, mask, dtype, backend="chunked", block=8)
+    chunked = make(kind, form, heads, mask, dtype, backend=mf.kernel.Chunked(block=8))
     a, b, c = dense(x), chunked(x), dense_slabs(x)
     assert a.dtype == b.dtype == c.dtype == dtype
     scale = float(jnp.max(jnp.abs(a)))
@@ -69,10 +70,10 @@ def test_dense_equals_chunked_with_prompt_and_masses(mask, form, d):
     aux = mf.TokenAux.default(30, pos=jnp.arange(30.0) * 2.0, mass=mass)
     for prompt in [mf.Prompt(y), mf.Prompt(y, mass=jnp.full(5, 0.3), pos=jnp.array([0.0, 10, 20, 30, 40]))]:
         a = mf.Attention(2.0, form=form, mask=mask)(x, aux, prompt)
-        b = mf.Attention(2.0, form=form, mask=mask, backend="chunked", block=7)(x, aux, prompt)
+        b = mf.Attention(2.0, form=form, mask=mask, backend=mf.kernel.Chunked(block=7))(x, aux, prompt)
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * float(jnp.max(jnp.abs(a))))
         # query blocks evaluated 3 at a time (vmapped; the last batch padded): the same field
-        c = mf.Attention(2.0, form=form, mask=mask, backend="chunked", block=7, query_batch=3)(x, aux, prompt)
+        c = mf.Attention(2.0, form=form, mask=mask, backend=mf.kernel.Chunked(block=7, query_batch=3))(x, aux, prompt)
         np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12 * float(jnp.max(jnp.abs(a))))
 
 
@@ -102,7 +103,7 @@ def test_causal_blocks_are_skipped():
     active = jax.vmap(lambda ql, qh: jax.vmap(lambda kl, kh: mask.block_active(ql, qh, kl, kh))(lo, hi))(lo, hi)
     assert int(active.sum()) == 8 * 9 // 2
     x = mf.sphere_uniform(jax.random.key(0), 64, 3)
-    attn = mf.Attention(1.0, mask=mask, backend="chunked", block=8)
+    attn = mf.Attention(1.0, mask=mask, backend=mf.kernel.Chunked(block=8))
     x2 = x.at[56:].set(x[:8])
     np.testing.assert_array_equal(attn(x)[:56], attn(x2)[:56])
 
@@ -132,8 +133,8 @@ def test_jit_vmap_grad_agree_with_eager(backend):
 def test_chunked_grad_equals_dense_grad():
     x = mf.sphere_uniform(jax.random.key(4), 40, 3)
     g = [
-        jax.grad(lambda b: jnp.sum(mf.Attention(b, mask=mf.Causal(), backend=be, block=8)(x) ** 2))(1.3)
-        for be in ("dense", "chunked")
+        jax.grad(lambda b: jnp.sum(mf.Attention(b, mask=mf.Causal(), backend=be)(x) ** 2))(1.3)
+        for be in (mf.kernel.Dense(), mf.kernel.Chunked(block=8))
     ]
     np.testing.assert_allclose(g[0], g[1], rtol=1e-12)
 
@@ -160,7 +161,7 @@ def test_chunked_memory_is_linear_in_n():
     # must be tens of MiB (a dense (N, N) score matrix alone would be 37 GiB).
     def temp_mib(n):
         x = jax.ShapeDtypeStruct((n, 16), jnp.float32)
-        attn = mf.Attention(1.0, mask=mf.Causal(), backend="chunked", block=512)
+        attn = mf.Attention(1.0, mask=mf.Causal(), backend=mf.kernel.Chunked(block=512))
         compiled = jax.jit(lambda y: mf.velocity(attn, y)).lower(x).compile()
         return compiled.memory_analysis().temp_size_in_bytes / 2**20
 
@@ -187,17 +188,16 @@ def test_score_precision_options_accuracy():
 
 
 @pytest.mark.slow
-def test_backend_strategies_and_the_deprecated_strings(key):
-    """Dense(row_block) and Chunked(block, query_batch) are the backends; the old strings with
-    loose keywords build the same strategy (same field) with a DeprecationWarning; loose
-    keywords beside a strategy module are refused."""
+def test_backend_strategies_and_the_removed_strings(key):
+    """Dense(row_block) and Chunked(block, query_batch) are the backends; the 0.2 strings and
+    loose keywords were removed in 0.3 and are refused with a message naming the modules."""
     x = mf.sphere_uniform(key, 37, 4)
     aux = mf.TokenAux.default(37)
     new = mf.Attention(1.7, mask=mf.Causal() & mf.ALiBi(0.1), backend=mf.kernel.Chunked(block=8, query_batch=2))
-    with pytest.warns(DeprecationWarning, match="deprecated"):
-        old = mf.Attention(1.7, mask=mf.Causal() & mf.ALiBi(0.1), backend="chunked", block=8, query_batch=2)
-    assert old.backend == new.backend
-    np.testing.assert_array_equal(old(x, aux), new(x, aux))
+    with pytest.raises(ValueError, match=r"backend must be a backend module such as Dense\(\)"):
+        mf.Attention(1.7, backend="chunked")
+    with pytest.raises(TypeError, match="block"):
+        mf.Attention(1.7, backend=mf.kernel.Chunked(), block=8)
     dense = mf.Attention(1.7, mask=mf.Causal() & mf.ALiBi(0.1), backend=mf.kernel.Dense(row_block=16))
     np.testing.assert_allclose(dense(x, aux), new(x, aux), rtol=1e-12, atol=1e-13)
     assert isinstance(mf.Attention(1.0).backend, mf.kernel.Auto)
@@ -206,8 +206,6 @@ def test_backend_strategies_and_the_deprecated_strings(key):
     assert isinstance(mf.kernel.default_backend(4096, "gpu"), mf.kernel.Dense)
     assert mf.kernel.default_backend(65536, "gpu") == mf.kernel.Chunked(2048, 8)
     assert isinstance(mf.kernel.default_backend(65536, "tpu"), mf.kernel.Dense)
-    with pytest.raises(ValueError, match="belong to the backend"):
-        mf.Attention(1.0, backend=mf.kernel.Dense(), block=8)
     with pytest.raises(ValueError, match="block must be a positive integer"):
         mf.kernel.Chunked(block=0)
 
@@ -217,7 +215,7 @@ def test_default_row_block_keeps_the_slab_in_cache():
     the floor of 8 rows allows it, keeps the one-head float32 choice 2^21/N clipped to
     [128, 1024] up to N = 32768, and shrinks with the heads (4 heads at N = 4096: 256 rows,
     where 512 rows ran 2.1x slower on the 2-core CPU)."""
-    from meanfield.kernel.attention import SLAB_BYTES, default_row_block
+    from meanfield.kernel.backends.dense import SLAB_BYTES, default_row_block
 
     for heads in (1, 2, 4, 8, 16):
         for n in (64, 256, 1000, 4096, 16384, 65536, 10**6):

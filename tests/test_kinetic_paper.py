@@ -13,6 +13,7 @@ import pytest
 from scipy.special import iv
 
 import meanfield as mf
+from conftest import EXACT, backend_params
 from meanfield import theory
 from meanfield.influence import right_end_slope, u_shape_end
 from meanfield.kernel import Chunked, Dense, Fused
@@ -43,7 +44,7 @@ def circle(theta):
     return np.stack([np.cos(theta), np.sin(theta)], -1)
 
 
-@pytest.mark.parametrize("backend", [Dense(), Dense(row_block=4), Chunked(block=4)], ids=["dense", "rows", "chunked"])
+@pytest.mark.parametrize("backend", backend_params(EXACT))
 def test_position_normalized_usa_field_is_the_papers_w_field(backend):
     n, beta, lam = 13, 2.0, 3.0
     theta = np.random.default_rng(0).uniform(0, 2 * np.pi, n)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import meanfield as mf
+from conftest import EXACT, backend_params
 from meanfield import observables as obs
 from meanfield import theory
 from meanfield.kernel import Chunked, Dense
@@ -32,7 +33,7 @@ def _reference(x, p, w, y, beta, form, causal, pn_lam=None):
     return out
 
 
-@pytest.mark.parametrize("backend", [Dense(), Dense(row_block=4), Chunked(block=4)], ids=["dense", "rows", "chunked"])
+@pytest.mark.parametrize("backend", backend_params(EXACT))
 @pytest.mark.parametrize("form", ["SA", "USA"])
 @pytest.mark.parametrize("causal", [False, True])
 def test_parallel_prompt_field_matches_the_direct_sum(backend, form, causal):

@@ -1,14 +1,14 @@
 """The attention kernel: scores, masks, auxiliary variables, prompts, heads, backends."""
 
-from .attention import AbstractBackend as AbstractBackend
 from .attention import Attention as Attention
-from .attention import Chunked as Chunked
-from .attention import Dense as Dense
-from .attention import Auto as Auto
-from .attention import Fused as Fused
-from .attention import default_backend as default_backend
-from .attention import Splash as Splash
 from .attention import precision_report as precision_report
+from .backends import AbstractBackend as AbstractBackend
+from .backends import Auto as Auto
+from .backends import Chunked as Chunked
+from .backends import Dense as Dense
+from .backends import Fused as Fused
+from .backends import Splash as Splash
+from .backends import default_backend as default_backend
 from .encodings import AbstractPE as AbstractPE
 from .encodings import AdditivePE as AdditivePE
 from .encodings import RoPE as RoPE
@@ -22,10 +22,13 @@ from .masks import ALiBi as ALiBi
 from .masks import Causal as Causal
 from .masks import PositionNormalized as PositionNormalized
 from .masks import Compose as Compose
+from .masks import Lowered as Lowered
 from .masks import CustomBias as CustomBias
 from .masks import Full as Full
 from .masks import Slots as Slots
 from .masks import Window as Window
+from .problem import Normaliser as Normaliser
+from .problem import Problem as Problem
 from .tokens import ParallelPrompt as ParallelPrompt
 from .tokens import Prompt as Prompt
 from .tokens import TokenAux as TokenAux
@@ -53,10 +56,13 @@ __all__ = [
     "Causal",
     "PositionNormalized",
     "Compose",
+    "Lowered",
     "CustomBias",
     "Full",
     "Slots",
     "Window",
+    "Normaliser",
+    "Problem",
     "ParallelPrompt",
     "Prompt",
     "TokenAux",

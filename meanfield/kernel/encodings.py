@@ -76,9 +76,6 @@ class ZBias(AbstractMask):
         zq = q.z if self.A is None else q.z @ self.A.astype(q.z.dtype).T
         return (self.scale.astype(q.pos.dtype) * (zq @ k.z.T))[None]
 
-    def block_active(self, q_lo, q_hi, k_lo, k_hi):
-        return jnp.asarray(True)
-
     def validate(self, n_queries, n_keys, heads):
         pass
 

@@ -4,16 +4,20 @@ A mask adds a log-weight to every score, a_ij = beta ⟨Q x_i, K x_j⟩ + b_ij, 
 for forbidden pairs. Masks compose by adding their log-weights (``mask1 & mask2``), so
 "causal ALiBi with a window" is ``Causal() & ALiBi(0.1) & Window(64)``.
 
-Each mask implements two methods:
+Each mask implements:
 
 * ``bias(q, k, heads)``: the (h, nq, nk) log-weights for query slots ``q`` and key slots
   ``k`` (each a [`Slots`][meanfield.kernel.masks.Slots] of token indices and positions), with h = 1 or ``heads``.
   Positions arrive relative to the smallest token position of the call (subtracted in their own
   dtype, then cast to the tokens' dtype), so a mask must depend on position differences only
   (every mask here does); integer positions beyond 2^24 then stay exact in float32;
-* ``block_active(q_lo, q_hi, k_lo, k_hi)``: whether *any* pair with query position in
-  [q_lo, q_hi] and key position in [k_lo, k_hi] may have finite weight. The chunked backend
-  skips blocks for which this is False (e.g. the upper triangle of a causal mask).
+* ``lower(heads)``: what a tiled kernel needs to evaluate the mask itself, a
+  [`Lowered`][meanfield.kernel.masks.Lowered] (causal kind, window width, per-head ALiBi slopes), or
+  ``None`` when it cannot (``CustomBias``, ``ZBias``). Everything about tiles derives from it:
+  ``block_active`` (the chunked backend skips blocks for which it is False, e.g. the upper
+  triangle of a causal mask), the fused kernel's tile bounds and in-kernel mask arithmetic, and
+  the Splash backend's index masks. A mask that lowers to ``None`` runs on the dense and chunked
+  backends (every tile computed) and is refused by the fused ones.
 
 and may say ``may_forbid = False`` when its bias is always finite (``Full``, ``ALiBi``): the
 dense backend then drops its guard against rows with no visible key, which lets XLA:CPU keep
@@ -23,6 +27,7 @@ the score GEMM, row max and exp in one fused kernel. The default (True) is alway
 from __future__ import annotations
 
 import abc
+import math
 from typing import NamedTuple
 
 import equinox as eqx
@@ -40,6 +45,40 @@ class Slots(NamedTuple):
     z: Array | None = None
 
 
+class Lowered(NamedTuple):
+    """What a tiled kernel needs to apply a mask itself (see module docstring).
+
+    Attributes:
+        causal: 0 (none), 1 (pos_j <= pos_i) or 2 (strict, pos_j < pos_i).
+        window: pairs need |pos_i - pos_j| < window (``math.inf``: no window).
+        slopes: ALiBi slopes, b_ij = -slopes_h |pos_i - pos_j|, shape (heads,) (``None``: no ALiBi).
+    """
+
+    causal: int = 0
+    window: float = math.inf
+    slopes: Array | None = None
+
+    def __and__(self, other: Lowered) -> Lowered:
+        slopes = self.slopes if other.slopes is None else (
+            other.slopes if self.slopes is None else self.slopes + other.slopes)
+        return Lowered(max(self.causal, other.causal), min(self.window, other.window), slopes)
+
+    def tiles(self, q_lo, q_hi, k_lo, k_hi):
+        """(active, full) for query positions in [q_lo, q_hi] against keys in [k_lo, k_hi]
+        (broadcasting arrays): ``active`` when some pair may be allowed, ``full`` when every pair is."""
+        active, full = jnp.asarray(True), jnp.asarray(True)
+        if self.causal:
+            strict = self.causal == 2
+            active = active & ((k_lo < q_hi) if strict else (k_lo <= q_hi))
+            full = full & ((k_hi < q_lo) if strict else (k_hi <= q_lo))
+        if self.window != math.inf:
+            gap = jnp.maximum(jnp.maximum(k_lo - q_hi, q_lo - k_hi), 0)
+            span = jnp.maximum(q_hi - k_lo, k_hi - q_lo)
+            active = active & (gap < self.window)
+            full = full & (span < self.window)
+        return active, full
+
+
 class AbstractMask(eqx.Module):
     """Base class: a log-weight b(z_i, z_j) added to the attention scores."""
 
@@ -47,9 +86,16 @@ class AbstractMask(eqx.Module):
     def bias(self, q: Slots, k: Slots, heads: int) -> Array:
         """The (h, nq, nk) log-weights, h = 1 or ``heads``."""
 
-    @abc.abstractmethod
+    def lower(self, heads: int | None) -> Lowered | None:
+        """What a tiled kernel needs to apply this mask itself, with the ALiBi slopes broadcast to
+        ``heads`` (``None``: left as given), or ``None`` when a kernel cannot (the default)."""
+        return None
+
     def block_active(self, q_lo, q_hi, k_lo, k_hi):
-        """Whether any pair of the position ranges may have finite weight (see module docstring)."""
+        """Whether any pair of the position ranges may have finite weight: from
+        [`lower`][meanfield.kernel.masks.AbstractMask.lower] (always True for a mask that does not lower)."""
+        lowered = self.lower(None)
+        return jnp.asarray(True) if lowered is None else lowered.tiles(q_lo, q_hi, k_lo, k_hi)[0]
 
     @abc.abstractmethod
     def validate(self, n_queries: int, n_keys: int, heads: int) -> None:
@@ -89,8 +135,8 @@ class Full(AbstractMask):
     def bias(self, q, k, heads):
         return _zeros(q, k)
 
-    def block_active(self, q_lo, q_hi, k_lo, k_hi):
-        return jnp.asarray(True)
+    def lower(self, heads):
+        return Lowered()
 
     def validate(self, n_queries, n_keys, heads):
         pass
@@ -113,8 +159,8 @@ class Causal(AbstractMask):
     def validate(self, n_queries, n_keys, heads):
         pass
 
-    def block_active(self, q_lo, q_hi, k_lo, k_hi):
-        return k_lo < q_hi if self.strict else k_lo <= q_hi
+    def lower(self, heads):
+        return Lowered(causal=2 if self.strict else 1)
 
 
 class Window(AbstractMask):
@@ -134,9 +180,8 @@ class Window(AbstractMask):
     def validate(self, n_queries, n_keys, heads):
         pass
 
-    def block_active(self, q_lo, q_hi, k_lo, k_hi):
-        gap = jnp.maximum(jnp.maximum(k_lo - q_hi, q_lo - k_hi), 0.0)
-        return gap < self.width
+    def lower(self, heads):
+        return Lowered(window=self.width)
 
 
 class ALiBi(AbstractMask):
@@ -171,8 +216,9 @@ class ALiBi(AbstractMask):
         slope = jnp.reshape(self.slope, (-1, 1, 1)).astype(q.pos.dtype)
         return -slope * dist[None]
 
-    def block_active(self, q_lo, q_hi, k_lo, k_hi):
-        return jnp.asarray(True)
+    def lower(self, heads):
+        slopes = jnp.reshape(self.slope, (-1,))
+        return Lowered(slopes=slopes if heads is None else jnp.broadcast_to(slopes, (heads,)))
 
 
 class CustomBias(AbstractMask):
@@ -211,9 +257,6 @@ class CustomBias(AbstractMask):
         ki = jnp.clip(k.idx, 0, n_k - 1)
         return self.matrix[:, qi][:, :, ki].astype(q.pos.dtype)
 
-    def block_active(self, q_lo, q_hi, k_lo, k_hi):
-        return jnp.asarray(True)
-
 
 class PositionNormalized(AbstractMask):
     r"""Row-normalised positional weights: with the wrapped mask's log-weights b_ij and key masses
@@ -243,6 +286,9 @@ class PositionNormalized(AbstractMask):
 
     def bias(self, q, k, heads):
         return self.mask.bias(q, k, heads)
+
+    def lower(self, heads):
+        return self.mask.lower(heads)
 
     def block_active(self, q_lo, q_hi, k_lo, k_hi):
         return self.mask.block_active(q_lo, q_hi, k_lo, k_hi)
@@ -274,7 +320,17 @@ class Compose(AbstractMask):
             total = total + m.bias(q, k, heads)
         return total
 
+    def lower(self, heads):
+        out = Lowered()
+        for m in self.masks:
+            part = m.lower(heads)
+            if part is None:
+                return None
+            out = out & part
+        return out
+
     def block_active(self, q_lo, q_hi, k_lo, k_hi):
+        # a part that does not lower (e.g. CustomBias) still lets the others skip tiles
         active = jnp.asarray(True)
         for m in self.masks:
             active = active & m.block_active(q_lo, q_hi, k_lo, k_hi)

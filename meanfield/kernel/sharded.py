@@ -1,7 +1,8 @@
-"""The attention field with the tokens split over the ``"tokens"`` axis of the mesh context.
+"""The attention field with its query rows split over the ``"tokens"`` axis of the mesh context.
 
-Each device holds N/P query rows, all-gathers the keys/values (positions, masses, features) and
-evaluates its rows with the attention's own backend ([`Attention.rows`][meanfield.kernel.attention.Attention.rows]); see
+The [`Problem`][meanfield.kernel.problem.Problem] is sharded: each device evaluates N/P query
+rows (queries, their slots and parallel prompts) against every key (the keys, values, masses and
+mask, replicated: XLA all-gathers what it computed sharded) with the attention's own backend; see
 [`meanfield.sharding`][meanfield.sharding] for the meshes.
 """
 
@@ -13,43 +14,42 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from ..sharding import pad_rows, token_shards
-from .tokens import ParallelPrompt, TokenAux, split_prompt
+from .problem import Own, Problem
 
 
-def sharded_field(attn, x, aux=None, prompt=None):
-    """The field ``attn(x, aux, prompt)`` with the N tokens split over the ``"tokens"`` axis of
-    the mesh context (see module docstring). N need not divide the axis: padding tokens get mass
-    0 (never a key) and a position after every real token, and their rows are dropped."""
+def _rows_first(p: Problem, size: int):
+    """The problem's row-indexed arrays with the row axis first, padded to ``size`` rows (padding
+    rows repeat the last row, whose result is dropped; padded own prompts get mass 0)."""
+    q = pad_rows(jnp.moveaxis(p.q, 1, 0), size)
+    qs = jax.tree.map(lambda a: pad_rows(a, size), p.qs)
+    own = None
+    if p.own is not None:
+        own = (pad_rows(jnp.moveaxis(p.own.k, 1, 0), size), pad_rows(jnp.moveaxis(p.own.v, 1, 0), size),
+               pad_rows(p.own.logm, size, -jnp.inf))
+    return q, qs, own
+
+
+def sharded_field(backend, p: Problem):
+    """``backend.field(p)`` with the query rows split over the ``"tokens"`` axis of the mesh context
+    (see module docstring). The row count need not divide the axis: padding rows are dropped."""
     shards = token_shards()
-    n, dt = x.shape[0], x.dtype
-    aux = TokenAux.default(n, dt) if aux is None else aux
-    n_loc = -(-n // shards)
-    size = n_loc * shards
-    pos = aux.pos.astype(dt)
-    xp = pad_rows(x, size)
-    posp = pad_rows(pos, size, jnp.max(pos) + 1) if size > n else pos
-    massp = pad_rows(aux.mass.astype(dt), size, 0.0)
-    zp = None if aux.z is None else pad_rows(aux.z, size)
-    prompt, parallel = split_prompt(prompt)
-    if prompt is not None and prompt.mass is None:  # its default, 1/N, counts the real tokens only
-        prompt = type(prompt)(prompt.x, jnp.full((prompt.size,), 1.0 / n, dt), prompt.pos, prompt.z)
-    if parallel is not None:  # one prompt per (padded) row; each device slices its own rows
-        parallel = ParallelPrompt(pad_rows(parallel.p, size), pad_rows(parallel.weight, size, 0.0))
-    prompt = tuple(q for q in (prompt, parallel) if q is not None) or None
-    dyn, static = eqx.partition((attn, prompt), eqx.is_array)
-    spec = P("tokens")
+    n = p.rows
+    size = -(-n // shards) * shards
+    rows = _rows_first(p, size)
+    where = lambda t: (t.q, t.qs, t.own)  # noqa: E731
+    keep_none = lambda x: x is None  # noqa: E731
+    dyn, static = eqx.partition(p, eqx.is_array)
+    dyn = eqx.tree_at(where, dyn, (None, None, None), is_leaf=keep_none)
 
-    def local(dyn, xl, posl, massl, zl):
-        attn_, prompt_ = eqx.combine(dyn, static)
-        gather = lambda a: None if a is None else jax.lax.all_gather(a, "tokens", tiled=True)  # noqa: E731
-        aux_all = TokenAux(pos=gather(posl), mass=gather(massl), z=gather(zl))
-        start = jax.lax.axis_index("tokens") * n_loc
-        return attn_.rows(gather(xl), start, n_loc, aux_all, prompt_)
+    def local(dyn, q, qs, own):
+        own = None if own is None else Own(k=jnp.moveaxis(own[0], 0, 1), v=jnp.moveaxis(own[1], 0, 1), logm=own[2])
+        mine = eqx.tree_at(where, dyn, (jnp.moveaxis(q, 0, 1), qs, own), is_leaf=keep_none)
+        return backend.field(eqx.combine(mine, static))
 
     out = jax.shard_map(
         local,
-        in_specs=(P(), spec, spec, spec, None if zp is None else spec),
-        out_specs=spec,
+        in_specs=(P(), P("tokens"), P("tokens"), None if rows[2] is None else P("tokens")),
+        out_specs=P(None, "tokens"),
         check_vma=False,  # the chunked kernel's lax.cond mixes replicated and per-device carries
-    )(dyn, xp, posp, massp, zp)
-    return out[:n]
+    )(dyn, *rows)
+    return out[:, :n]

@@ -31,7 +31,7 @@ def _kernels(n, d):
         "alibi": mf.Attention(F32(2.0), mask=mf.Causal() & mf.ALiBi(F32(0.2))),
         "multihead": mf.Attention(jnp.array([1.0, 2.0, 4.0], F32), Q=q, K=q[::-1],
                                   mask=mf.Causal() & mf.ALiBi(jnp.array([0.05, 0.1, 0.2], F32))),
-        "chunked-causal": mf.Attention(F32(2.0), mask=mf.Causal(), backend="chunked", block=16),
+        "chunked-causal": mf.Attention(F32(2.0), mask=mf.Causal(), backend=mf.kernel.Chunked(block=16)),
         "window-rope-usa": mf.Attention(F32(1.0), form="USA", mask=mf.Causal() & mf.Window(9), pe=mf.RoPE(100.0)),
         "paper-usa": mf.Attention(F32(2.0), V=2.0 * jnp.eye(d, dtype=F32), form="USA",  # the kinetic paper's rows
                                   mask=mf.PositionNormalized(mf.Causal(strict=True) & mf.ALiBi(F32(1.0 / n)))),
@@ -93,7 +93,7 @@ def test_parallel_prompt_sharded_equals_single_device():
     x = mf.sphere_uniform(jax.random.key(3), n, d, F32)
     p = mf.ParallelPrompt(mf.sphere_uniform(jax.random.key(4), n, d, F32), jnp.linspace(0.1, 1.0, n, dtype=F32))
     shared = mf.Prompt(mf.sphere_uniform(jax.random.key(5), 3, d, F32))
-    for attn in (mf.Attention(F32(2.0), mask=mf.Causal()), mf.Attention(F32(1.0), form="USA", backend="chunked", block=16)):
+    for attn in (mf.Attention(F32(2.0), mask=mf.Causal()), mf.Attention(F32(1.0), form="USA", backend=mf.kernel.Chunked(block=16))):
         ref = attn(x, prompt=(shared, p))
         with jax.set_mesh(sharding.make_mesh("tokens")):
             v = jax.jit(lambda y: attn(y, prompt=(shared, p)))(x)

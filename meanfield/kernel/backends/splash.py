@@ -49,15 +49,18 @@ from __future__ import annotations
 import functools
 import math
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .._errors import check_value, require
-from .._types import Array
-from ._reference import with_reference_derivative
-from .._arrays import pad_axis
-from .fused import check_supported as check_fused_supported
-from .fused import fold_heads, mask_params, split3_bf16, split_bf16
+from ..._arrays import pad_axis
+from ..._errors import check_value, require
+from ..._types import Array
+from ..masks import Lowered, position_normalized
+from ..problem import Problem
+from ._lowering import check_supported, split3_bf16, split_bf16, with_reference_derivative
+from .base import AbstractBackend, projection_bytes
+from .chunked import reference_field
 
 DUMMY_LOGM = -1.0e4
 """Log-mass of the dummy key that gives strict-causal rows a finite normaliser."""
@@ -70,13 +73,42 @@ def _splash():
     return sa
 
 
-def check_supported(attn, p, causal, window, has_alibi, normalized) -> None:
+class Splash(AbstractBackend):
+    """jax's TPU splash attention kernel through augmented coordinates (causal/strict/window/ALiBi
+    masks, masses, SA/USA, PositionNormalized, heads sharing one key copy): see
+    [`meanfield.kernel.backends.splash`][meanfield.kernel.backends.splash]. ``block_q``/``block_k``: splash block sizes (multiples of 128;
+    sequences are padded to them); ``interpret``: Pallas interpret mode (``None``: on unless the
+    default backend is a TPU)."""
+
+    block_q: int = eqx.field(default=512, static=True)
+    block_k: int = eqx.field(default=512, static=True)
+    interpret: bool | None = eqx.field(default=None, static=True)
+
+    def __check_init__(self):
+        for name in ("block_q", "block_k"):
+            b = int(getattr(self, name))
+            require(b >= 128 and b % 128 == 0, f"Splash: {name} must be a positive multiple of 128, got {b}")
+
+    def field(self, problem):
+        """The per-head field through splash attention (module docstring); derivatives through the
+        ``Chunked()`` path, which computes the same field."""
+        _check(problem)
+        return with_reference_derivative(problem, forward=functools.partial(_forward, self), reference=reference_field)
+
+    def memory_bytes(self, n, n_keys, d, heads, itemsize):
+        return projection_bytes(n, n_keys, d, heads, itemsize)  # the blocks live on chip
+
+
+def _check(p: Problem) -> Lowered:
     """Trace-time refusal of what the splash mapping does not cover, naming the fallback."""
-    check_fused_supported(attn, p, backend="Splash")
-    if window != math.inf:
-        require(causal != 2, "the Splash backend does not combine a strict causal mask with a Window; use backend=Chunked()")
-        require(bool(causal) or not has_alibi, "the Splash backend does not combine a two-sided Window with ALiBi; use backend=Chunked()")
-        require(not normalized, "the Splash backend does not combine PositionNormalized with a Window; use backend=Chunked()")
+    lowered = check_supported(p, "Splash")
+    if lowered.window != math.inf:
+        require(lowered.causal != 2, "the Splash backend does not combine a strict causal mask with a Window; use backend=Chunked()")
+        require(bool(lowered.causal) or lowered.slopes is None,
+                "the Splash backend does not combine a two-sided Window with ALiBi; use backend=Chunked()")
+        require(not position_normalized(p.mask),
+                "the Splash backend does not combine PositionNormalized with a Window; use backend=Chunked()")
+    return lowered
 
 
 def _round_up(n: int, k: int) -> int:
@@ -183,25 +215,18 @@ def _log_normaliser(lam, logm, pos, causal, strict):
     return jax.vmap(one)(lam)
 
 
-def field(spec, attn, p, reference) -> Array:
-    """The per-head field of the prepared rows ``p`` through splash attention (module docstring);
-    derivatives through ``reference(attn, p)`` (the ``Chunked()`` path)."""
-    causal, window, _slopes, normalized, has_alibi = mask_params(attn.mask, attn.heads, backend="Splash")
-    check_supported(attn, p, causal, window, has_alibi, normalized)
-    return with_reference_derivative(attn, p, forward=functools.partial(_forward, spec), reference=reference)
-
-
 def default_interpret() -> bool:
     """Interpret mode unless the default JAX backend is a TPU."""
     return jax.default_backend() != "tpu"
 
 
-def _forward(spec, attn, p) -> Array:
-    causal, window, slopes, normalized, has_alibi = mask_params(attn.mask, attn.heads, backend="Splash")
-    h = attn.heads
-    usa = attn.form == "USA"
-    mode = attn.precision
-    q, k, v, vmat = fold_heads(attn, p)  # V_h is applied after the kernel
+def _forward(spec: Splash, p: Problem) -> Array:
+    lowered = _check(p)
+    causal, window, has_alibi = lowered.causal, lowered.window, lowered.slopes is not None
+    h = p.heads
+    usa, normalized = p.normaliser.usa, p.normaliser.positional
+    mode = p.precision
+    q, k, v, vmat = p.folded()  # V_h is applied after the kernel
     require(k.shape[0] == 1 and v.shape[0] == 1, "the Splash backend shares one key copy across heads")
     xk = k[0]
     vmat = None if vmat is None else jnp.broadcast_to(vmat, (h,) + vmat.shape[-2:])
@@ -220,10 +245,10 @@ def _forward(spec, attn, p) -> Array:
     ps = (ps - 0.5 * (ps[0] + ps[-1])).astype(jnp.float32)
     logm = jnp.maximum(jnp.log(p.mass[perm].astype(jnp.float32)), DUMMY_LOGM)
     qs, xs = q[:, perm], xk[perm].astype(jnp.float32)
-    lam = slopes.astype(jnp.float32) if has_alibi else jnp.zeros((h,), jnp.float32)
+    lam = lowered.slopes.astype(jnp.float32) if has_alibi else jnp.zeros((h,), jnp.float32)
     interpret = default_interpret() if spec.interpret is None else spec.interpret
     common = dict(window=window, blocks=(int(spec.block_q), int(spec.block_k)), interpret=interpret, mode=mode)
-    if causal or not has_alibi:
+    if causal or not has_alibi:  # one directional call; two-sided ALiBi needs two
         out, lse = _directional(qs, xs, lam, logm, ps, causal=bool(causal), strict=causal == 2, reverse=False, **common)
     else:  # two-sided ALiBi: keys at or before, keys after, merged by logsumexp
         o1, l1 = _directional(qs, xs, lam, logm, ps, causal=True, strict=False, reverse=False, **common)

@@ -12,13 +12,13 @@ slopes scaled by log2 e, ``exp2``):
 
 so no (N x N) score matrix is ever written to memory.
 
-Which key tiles ([`tile_bounds`][meanfield.kernel.fused.tile_bounds], computed in XLA before the kernel): for query block i,
+Which key tiles ([`tile_bounds`][meanfield.kernel.backends.fused.tile_bounds], computed in XLA before the kernel): for query block i,
 tiles [lo, hi) hold every pair the mask may allow (from the blocks' and tiles' position ranges;
 padding tiles are out), and [a, b) inside it only tiles whose every pair is allowed. The kernel
 runs three ``fori_loop``s, [lo, a) and [b, hi) with the mask arithmetic and [a, b) without it, and
 no control flow around any load, so Triton can pipeline the loads. Under a causal mask in index
 order [lo, hi) is the lower triangle, and the query blocks run longest rows first. ALiBi comes from
-the exact difference pos_i - pos_j (positions arrive centred, see [`centred_positions`][meanfield.kernel.fused.centred_positions]); the
+the exact difference pos_i - pos_j (positions arrive centred, see `centred_positions` (`backends._lowering`)); the
 log-masses are the only per-key vector.
 
 Precision (``Attention(precision=...)``), for both products (scores and P V), on tensor cores:
@@ -46,62 +46,62 @@ from __future__ import annotations
 import functools
 import math
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from .._arrays import pad_axis
-from .._errors import require
-from .._types import Array
-from ._reference import with_reference_derivative
-from .masks import ALiBi, Causal, Compose, Full, PositionNormalized, Window
+from ..._arrays import pad_axis
+from ..._errors import require
+from ..._types import Array
+from ..masks import Lowered
+from ..problem import Normaliser, Problem
+from ._lowering import (active_tile_range, centred_positions, check_supported, split3_bf16, split_bf16,
+                        with_reference_derivative)
+from .base import AbstractBackend, projection_bytes
+from .chunked import reference_field
 
 LOG2E = 1.4426950408889634
 """log2(e): the kernel works in base 2 (scores, log-masses and slopes scaled by it, exp2)."""
 PRECISIONS = ("highest", "tf32", "bf16")
 
+class Fused(AbstractBackend):
+    """A fused Pallas kernel (flash-style key tiles with the online normaliser, masks, masses,
+    USA and ALiBi slopes in-kernel, forbidden tiles skipped): see [`meanfield.kernel.backends.fused`][meanfield.kernel.backends.fused]
+    for what it supports. ``block_q``/``block_k``: tile sizes (powers of two); ``interpret``:
+    Pallas interpret mode (``None``: on unless the default backend is a GPU); ``num_warps``,
+    ``num_stages``: Triton launch settings on a GPU (``None``: Pallas' defaults)."""
 
-def mask_params(mask, heads: int, backend: str = "Fused"):
-    """(causal, window, slopes (heads,), normalized, has_alibi) of a mask the fused and splash
-    kernels support, with causal in {0: none, 1: pos_j <= pos_i, 2: strict}; ValueError otherwise."""
-    normalized = isinstance(mask, PositionNormalized)
-    mask = mask.mask if normalized else mask
-    parts = mask.masks if isinstance(mask, Compose) else (mask,)
-    causal, window, slopes, has_alibi = 0, math.inf, jnp.zeros((heads,)), False
-    for m in parts:
-        if isinstance(m, Full):
-            continue
-        if isinstance(m, Causal):
-            causal = max(causal, 2 if m.strict else 1)
-        elif isinstance(m, Window):
-            window = min(window, float(m.width))
-        elif isinstance(m, ALiBi):
-            slopes = slopes + jnp.broadcast_to(jnp.reshape(m.slope, (-1,)), (heads,)).astype(slopes.dtype)
-            has_alibi = True
-        else:
-            raise ValueError(
-                f"the {backend} backend does not support the mask {type(m).__name__}; use backend=Chunked() "
-                "(supported: Full, Causal, Window, ALiBi, their & compositions and PositionNormalized of those)")
-    return causal, window, slopes, normalized, has_alibi
+    block_q: int = eqx.field(default=64, static=True)
+    block_k: int = eqx.field(default=64, static=True)
+    interpret: bool | None = eqx.field(default=None, static=True)
+    num_warps: int | None = eqx.field(default=None, static=True)
+    num_stages: int | None = eqx.field(default=None, static=True)
+
+    def __check_init__(self):
+        for name in ("block_q", "block_k"):
+            b = int(getattr(self, name))
+            require(b >= 16 and b & (b - 1) == 0, f"{name} must be a power of two >= 16, got {b}")
+
+    def field(self, problem):
+        """The per-head field through the kernel; derivatives (jvp, and vjp through it) are those
+        of the ``Chunked()`` path, which computes the same field (the kernel has no derivative rule)."""
+        check_supported(problem, "Fused")  # refuse before tracing
+        return with_reference_derivative(problem, forward=functools.partial(_forward, self), reference=reference_field)
+
+    def memory_bytes(self, n, n_keys, d, heads, itemsize):
+        return projection_bytes(n, n_keys, d, heads, itemsize)  # the tiles live on chip
+
+
+def default_interpret() -> bool:
+    """Interpret mode unless the default JAX backend is a GPU."""
+    return jax.default_backend() != "gpu"
+
 
 
 def _pow2(n: int, lo: int = 16) -> int:
     return max(lo, pl.next_power_of_2(int(n)))
-
-
-def split_bf16(x):
-    """x = hi + lo with hi = bf16(x), lo = bf16(x - hi): the pair keeps ~16 bits of x's mantissa."""
-    hi = x.astype(jnp.bfloat16)
-    return hi, (x - hi.astype(jnp.float32)).astype(jnp.bfloat16)
-
-
-def split3_bf16(x):
-    """x = hi + mid + lo in bf16 (~24 bits: float32's mantissa)."""
-    hi = x.astype(jnp.bfloat16)
-    r = x - hi.astype(jnp.float32)
-    mid = r.astype(jnp.bfloat16)
-    return hi, mid, (r - mid.astype(jnp.float32)).astype(jnp.bfloat16)
 
 
 def _dot(a, b, mode, contract):
@@ -184,38 +184,11 @@ def _kernel(bounds_ref, qpos_ref, kpos_ref, logm_ref, slope_ref, *refs, bk, caus
     carry = jax.lax.fori_loop(lo, a, lambda j, c: tile(j, c, True), init)
     carry = jax.lax.fori_loop(a, b, lambda j, c: tile(j, c, False), carry)
     mx, l, acc, pmx, pl_ = jax.lax.fori_loop(b, hi, lambda j, c: tile(j, c, True), carry)
-    if usa and normalized:  # acc 2^{mx} / (pl 2^{pmx}); zero where the row sees no key
-        shift = jnp.where((mx > -jnp.inf) & (pmx > -jnp.inf), mx - pmx, 0.0)
-        out = acc * (jnp.exp2(shift) / jnp.where(pl_ > 0, pl_, 1.0))[:, None]
-    elif usa:
-        out = acc * jnp.exp2(jnp.maximum(mx, neg))[:, None]
-    else:
-        out = acc / jnp.where(l > 0, l, 1.0)[:, None]
+    out = Normaliser(usa=usa, positional=normalized).finish(acc, l, mx, pl_, pmx, exp=jnp.exp2)  # base 2
     if project:  # the head's value projection, in-kernel: V_h sum_j w_ij x_j = sum_j w_ij V_h x_j
         pmode = "highest3" if mode == "highest" else mode
         out = _dot(_operand(out, pmode), _operand(vmat_ref[0], pmode), pmode, ((1,), (1,)))
     o_ref[0] = out.astype(o_ref.dtype)
-
-
-def active_tile_range(active):
-    """(lo, hi) per row of the (query blocks x key tiles) boolean ``active``: the first active tile
-    and one past the last (0, 0 for a row with none). The tiles between that are not active are
-    computed with their scores masked, so the range may be a superset."""
-    some = active.any(axis=1)
-    lo = jnp.where(some, jnp.argmax(active, axis=1), 0)
-    hi = jnp.where(some, active.shape[1] - jnp.argmax(active[:, ::-1], axis=1), 0)
-    return lo, hi
-
-
-def centred_positions(qpos, kpos):
-    """Query and key positions relative to their common minimum: int32 when the positions are
-    integers (exact comparisons and differences at any magnitude, 2^24 and beyond), float32
-    otherwise (the subtraction runs in the input dtype, so float64 positions keep their spacing)."""
-    ref = jnp.minimum(jnp.min(qpos), jnp.min(kpos))
-    if jnp.issubdtype(qpos.dtype, jnp.integer) and jnp.issubdtype(kpos.dtype, jnp.integer):
-        return (qpos - ref).astype(jnp.int32), (kpos - ref).astype(jnp.int32)
-    dt = jnp.result_type(qpos.dtype, kpos.dtype, jnp.float32)
-    return (qpos.astype(dt) - ref.astype(dt)).astype(jnp.float32), (kpos.astype(dt) - ref.astype(dt)).astype(jnp.float32)
 
 
 def tile_bounds(qpos, kpos, logm, bq, bk, causal, window):
@@ -227,19 +200,11 @@ def tile_bounds(qpos, kpos, logm, bq, bk, causal, window):
     and [a, b) all of it but the diagonal tile."""
     nq, nk = qpos.shape[0] // bq, kpos.shape[0] // bk
     qb, kt = qpos.reshape(nq, bq), kpos.reshape(nk, bk)
-    q_lo, q_hi = qb.min(1)[:, None], qb.max(1)[:, None]
-    k_lo, k_hi = kt.min(1)[None, :], kt.max(1)[None, :]
     live = (logm.reshape(nk, bk).max(1) > -jnp.inf)[None, :]
-    active = jnp.broadcast_to(live, (nq, nk))
-    full = jnp.ones((nq, nk), bool)
-    if causal:
-        active = active & ((k_lo < q_hi) if causal == 2 else (k_lo <= q_hi))
-        full = full & ((k_hi < q_lo) if causal == 2 else (k_hi <= q_lo))
-    if window != math.inf:
-        gap = jnp.maximum(jnp.maximum(k_lo - q_hi, q_lo - k_hi), 0).astype(jnp.float32)
-        span = jnp.maximum(q_hi - k_lo, k_hi - q_lo).astype(jnp.float32)
-        active = active & (gap < window)
-        full = full & (span < window)
+    active, full = Lowered(causal, window).tiles(qb.min(1)[:, None], qb.max(1)[:, None], kt.min(1)[None, :],
+                                                 kt.max(1)[None, :])
+    active = jnp.broadcast_to(active & live, (nq, nk))
+    full = jnp.broadcast_to(full, (nq, nk))
     idx = jnp.arange(nk)[None, :]
     lo, hi = active_tile_range(active)
     inside = (idx >= lo[:, None]) & (idx < hi[:, None])
@@ -311,50 +276,13 @@ def fused_field(q, k, v, qpos, kpos, mass, *, causal, window, slopes, usa, preci
     return out[:, :n, :dout]
 
 
-def default_interpret() -> bool:
-    """Interpret mode unless the default JAX backend is a GPU."""
-    return jax.default_backend() != "gpu"
-
-
-def check_supported(attn, p, backend: str = "Fused") -> None:
-    """Trace-time refusal of what the fused and splash kernels do not do, naming the fallback."""
-    require(attn.pe is None, f"the {backend} backend does not support positional encodings (RoPE, AdditivePE); use backend=Chunked()")
-    require(p.n_prompt == 0 and p.own is None, f"the {backend} backend does not support prompts; use backend=Chunked()")
-    require(p.q.dtype == jnp.float32, f"the {backend} backend computes in float32, got {p.q.dtype}; use backend=Chunked() or Dense() for float64")
-
-
-def fold_heads(attn, p):
-    """(q (H, N, d) with beta folded in, keys (Hk, M, d), values (Hv, M, dv), V or None) for kernels
-    that apply the heads themselves. With K or V given, keys and values are the raw tokens, one copy
-    for every head: ⟨Q_h x_i, K_h x_j⟩ = ⟨K_h^T Q_h x_i, x_j⟩ folds K into the queries, and V_h
-    (returned) is applied to each row's weighted sum of raw tokens."""
-    q = p.beta * p.q
-    vmat = None
-    if p.raw is not None and (attn.K is not None or attn.V is not None):
-        if attn.K is not None:
-            q = jnp.matmul(q, attn.K.astype(q.dtype), precision=attn._proj_precision)  # q_d <- sum_e q_e K_ed
-        k = v = p.raw[None]
-        vmat = None if attn.V is None else attn.V.astype(q.dtype)
-    else:
-        k, v = p.k, p.v
-    return jnp.broadcast_to(q, (attn.heads,) + q.shape[1:]), k, v, vmat
-
-
-def field(spec, attn, p, reference) -> Array:
-    """The per-head field of the prepared rows ``p`` for the [`Fused`][meanfield.kernel.attention.Fused] settings
-    ``spec``. Derivatives (jvp, and vjp through it) are those of ``reference(attn, p)`` (the
-    ``Chunked()`` path, which computes the same field): the Pallas kernel has no derivative rule."""
-    check_supported(attn, p)
-    mask_params(attn.mask, attn.heads)  # refuse unsupported masks before tracing
-    return with_reference_derivative(attn, p, forward=functools.partial(_forward, spec), reference=reference)
-
-
-def _forward(spec, attn, p) -> Array:
-    causal, window, slopes, normalized, has_alibi = mask_params(attn.mask, attn.heads)
-    q, k, v, vmat = fold_heads(attn, p)  # V_h is applied in-kernel
+def _forward(spec: Fused, p: Problem) -> Array:
+    lowered = check_supported(p, "Fused")
+    q, k, v, vmat = p.folded()  # V_h is applied in-kernel
     interpret = default_interpret() if spec.interpret is None else spec.interpret
-    return fused_field(q, k, v, p.qs.pos, p.ks.pos, p.mass, causal=causal, window=window, slopes=slopes,
-                       usa=attn.form == "USA", precision=attn.precision, block_q=int(spec.block_q),
+    slopes = jnp.zeros((p.heads,), jnp.float32) if lowered.slopes is None else lowered.slopes
+    return fused_field(q, k, v, p.qs.pos, p.ks.pos, p.mass, causal=lowered.causal, window=lowered.window,
+                       slopes=slopes, usa=p.normaliser.usa, precision=p.precision, block_q=int(spec.block_q),
                        block_k=int(spec.block_k), interpret=interpret, num_warps=spec.num_warps,
-                       num_stages=spec.num_stages, normalized=normalized and attn.form == "USA", vmat=vmat,
-                       has_alibi=has_alibi)
+                       num_stages=spec.num_stages, normalized=p.normaliser.positional, vmat=vmat,
+                       has_alibi=lowered.slopes is not None)

@@ -1,0 +1,103 @@
+"""Helpers the backends share: derivatives through a reference path, row and key-tile blocking,
+tile ranges, bf16 splits, centred positions, and the trace-time refusals of the Pallas kernels."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from ..._arrays import pad_axis
+from ..._errors import require
+from ..masks import Lowered
+from ..problem import Own, Problem
+
+
+# ----------------------------------------------------------------- derivatives
+@eqx.filter_custom_jvp
+def with_reference_derivative(problem, *, forward, reference):
+    """``forward(problem)``, whose derivatives (jvp, and vjp through its transpose) are those of
+    ``reference(problem)``: a path that computes the same field and can be differentiated (the
+    Pallas kernels and the data-dependent loops of ``Chunked(query_batch > 1)`` cannot)."""
+    return forward(problem)
+
+
+@with_reference_derivative.def_jvp
+def _jvp(primals, tangents, *, forward, reference):
+    return forward(*primals), eqx.filter_jvp(reference, primals, tangents)[1]
+
+
+# ----------------------------------------------------------------- blocking
+def blocks(a, nb, axis):
+    """Split ``axis`` into (nb, block) and move the block index to the front."""
+    shape = a.shape[:axis] + (nb, a.shape[axis] // nb) + a.shape[axis + 1 :]
+    return jnp.moveaxis(a.reshape(shape), axis, 0)
+
+
+def block_rows(tree, nb, b, fill="edge"):
+    """Pad every array of ``tree`` along its first axis to nb * b and split it into blocks."""
+    return jax.tree.map(lambda a: blocks(pad_axis(a, nb * b, 0, fill), nb, 0), tree)
+
+
+def block_own(own: Own, nb, b) -> Own:
+    """The own-prompt arrays split into row blocks like the queries (padding rows get mass 0)."""
+    return Own(k=blocks(pad_axis(own.k, nb * b, 1, 0.0), nb, 1), v=blocks(pad_axis(own.v, nb * b, 1, 0.0), nb, 1),
+               logm=blocks(pad_axis(own.logm, nb * b, 0, -jnp.inf), nb, 0))
+
+
+def active_tile_range(active):
+    """(lo, hi) per row of the (query blocks x key tiles) boolean ``active``: the first active tile
+    and one past the last (0, 0 for a row with none). The tiles between that are not active are
+    computed with their scores masked, so the range may be a superset."""
+    some = active.any(axis=1)
+    lo = jnp.where(some, jnp.argmax(active, axis=1), 0)
+    hi = jnp.where(some, active.shape[1] - jnp.argmax(active[:, ::-1], axis=1), 0)
+    return lo, hi
+
+
+# ----------------------------------------------------------------- Pallas kernels
+def lowered_mask(problem: Problem, backend: str) -> Lowered:
+    """The problem's mask lowered for a tiled kernel; a ValueError naming the fallback otherwise."""
+    lowered = problem.mask.lower(problem.heads)
+    if lowered is None:
+        raise ValueError(
+            f"the {backend} backend does not support the mask {type(problem.mask).__name__}; use backend=Chunked() "
+            "(supported: Full, Causal, Window, ALiBi, their & compositions and PositionNormalized of those)")
+    return lowered
+
+
+def check_supported(problem: Problem, backend: str) -> Lowered:
+    """Trace-time refusal of what the fused and splash kernels do not do, naming the fallback; the
+    lowered mask otherwise."""
+    require(problem.raw is not None,
+            f"the {backend} backend does not support positional encodings (RoPE, AdditivePE); use backend=Chunked()")
+    require(problem.n_prompt == 0 and problem.own is None,
+            f"the {backend} backend does not support prompts; use backend=Chunked()")
+    require(problem.q.dtype == jnp.float32,
+            f"the {backend} backend computes in float32, got {problem.q.dtype}; use backend=Chunked() or Dense() for float64")
+    return lowered_mask(problem, backend)
+
+
+def split_bf16(x):
+    """x = hi + lo with hi = bf16(x), lo = bf16(x - hi): the pair keeps ~16 bits of x's mantissa."""
+    hi = x.astype(jnp.bfloat16)
+    return hi, (x - hi.astype(jnp.float32)).astype(jnp.bfloat16)
+
+
+def split3_bf16(x):
+    """x = hi + mid + lo in bf16 (~24 bits: float32's mantissa)."""
+    hi = x.astype(jnp.bfloat16)
+    r = x - hi.astype(jnp.float32)
+    mid = r.astype(jnp.bfloat16)
+    return hi, mid, (r - mid.astype(jnp.float32)).astype(jnp.bfloat16)
+
+
+def centred_positions(qpos, kpos):
+    """Query and key positions relative to their common minimum: int32 when the positions are
+    integers (exact comparisons and differences at any magnitude, 2^24 and beyond), float32
+    otherwise (the subtraction runs in the input dtype, so float64 positions keep their spacing)."""
+    ref = jnp.minimum(jnp.min(qpos), jnp.min(kpos))
+    if jnp.issubdtype(qpos.dtype, jnp.integer) and jnp.issubdtype(kpos.dtype, jnp.integer):
+        return (qpos - ref).astype(jnp.int32), (kpos - ref).astype(jnp.int32)
+    dt = jnp.result_type(qpos.dtype, kpos.dtype, jnp.float32)
+    return (qpos.astype(dt) - ref.astype(dt)).astype(jnp.float32), (kpos.astype(dt) - ref.astype(dt)).astype(jnp.float32)
