@@ -145,7 +145,7 @@ def test_sphere_undershoot_tolerance():
     y1 = pde.harmonic(1, 0) / jnp.max(jnp.abs(pde.harmonic(1, 0)))
     for depth, ok in ((0.5 * UNDERSHOOT, True), (5 * UNDERSHOOT, False)):
         rho = (1 + (1 + depth) * y1) / (4 * np.pi)  # min = -depth / (4 pi), max ~ 2 / (4 pi)
-        assert bool(pde.is_bad(rho, True)) != ok
+        assert bool(pde.is_bad(rho)) != ok
         if not ok:
             with pytest.raises(ValueError, match="rho0 must be finite and non-negative"):
                 pde.solve(rho, jnp.linspace(0, 1, 3))

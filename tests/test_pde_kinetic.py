@@ -173,9 +173,9 @@ def test_causal_particles_approach_kinetic_solution():
     assert -0.75 < slope < -0.3, (errs, slope)
 
 
-def test_coupling_strategies_and_the_deprecated_strings():
-    """CausalCoupling's O(S M) scan equals its own dense matrix; the deprecated string form
-    builds the same strategy with a DeprecationWarning; loose keywords beside a module are refused."""
+def test_coupling_strategies_and_the_removed_strings():
+    """CausalCoupling's O(S M) scan equals its own dense matrix; the 0.2 string form and its loose
+    keywords were removed in 0.3 and are refused."""
     from meanfield.pde import CausalCoupling, FullCoupling, MatrixCoupling
 
     f = jax.random.uniform(jax.random.key(3), (12, 16))
@@ -184,11 +184,9 @@ def test_coupling_strategies_and_the_deprecated_strings():
         np.testing.assert_allclose(pde.mix(f), pde.coupling_matrix() @ f, rtol=1e-13, atol=1e-14)
         dense = KineticMeanField(12, 16, beta=1.0, coupling=MatrixCoupling(pde.coupling_matrix()))
         np.testing.assert_allclose(dense.mix(f), pde.mix(f), rtol=1e-13, atol=1e-14)
-    with pytest.warns(DeprecationWarning, match="deprecated"):
-        old = KineticMeanField(12, 16, beta=1.0, lam=1.3, self_weight=0.7)
-    assert isinstance(old.coupling, CausalCoupling)
-    np.testing.assert_allclose(old.mix(f), KineticMeanField(12, 16, coupling=CausalCoupling(1.3, 0.7)).mix(f), rtol=0, atol=0)
-    with pytest.raises(ValueError, match="belong to the coupling"):
+    with pytest.raises(ValueError, match="the 0.2 strings 'causal'/'full' were removed"):
+        KineticMeanField(12, 16, beta=1.0, coupling="causal")
+    with pytest.raises(TypeError, match="lam"):
         KineticMeanField(12, 16, coupling=CausalCoupling(1.0), lam=2.0)
     with pytest.raises(ValueError, match="strictly increasing"):
         KineticMeanField(s=[0.5, 0.2, 0.9], m=16, coupling=CausalCoupling(1.0))

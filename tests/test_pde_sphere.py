@@ -11,8 +11,8 @@ import scipy.special as sp
 
 import meanfield as mf
 from meanfield.pde import RESULTS, SphereMeanField
+from meanfield.pde._s2 import grid_points
 from meanfield.pde.sphere import (
-    _grid_points,
     density_mmd,
     density_mmd_between,
     density_to_particles,
@@ -98,7 +98,7 @@ def test_quadrature_weights_and_point_evaluation_are_exact():
     below 1e-13 at kappa = 2) at arbitrary points."""
     L = 16
     w = quadrature_weights(2 * L)
-    z = _grid_points(2 * L)[..., 2]
+    z = grid_points(2 * L)[..., 2]
     assert float(jnp.sum(w)) == pytest.approx(4 * np.pi, rel=1e-13)
     assert float(jnp.sum(w * z**2)) == pytest.approx(4 * np.pi / 3, rel=1e-13)
     assert abs(float(jnp.sum(w * z**5))) < 1e-13

@@ -18,7 +18,7 @@ import pytest
 
 import meanfield as mf
 from meanfield.pde import RESULTS, CausalCoupling, CircleMeanField, KineticMeanField
-from meanfield.pde._fv import ACCURACY, CFL
+from meanfield.pde._integrate import ACCURACY, CFL
 
 
 def _circle(form, key, T):

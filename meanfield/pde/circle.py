@@ -28,21 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._errors import check_param, param_fault, require
+from .._errors import check_form, check_param, param_fault, require
 from .._types import Array, ArrayLike, Density, Float, PRNGKeyArray, Real, Times
-from ._fv import ACCURACY, CFL, RESULTS, AbstractFiniteVolume, cell_count, periodic_conv, sa_finish
-
-
-class DensitySolution(eqx.Module):
-    """Saved densities: ``ts`` (T,), ``rho`` (T, M) cell averages, ``theta`` (M,) cell centres;
-    ``result`` a [`meanfield.pde.RESULTS`][meanfield.pde.RESULTS] code (``RESULTS.successful``, or the failure of a
-    ``throw=False`` solve, whose saves from the failure on are NaN); ``stats`` the step counts."""
-
-    ts: Float[Array, "*batch time"]
-    rho: Float[Array, "*batch time m"]
-    theta: Float[Array, "*batch m"]
-    result: RESULTS | None = None
-    stats: dict = eqx.field(default_factory=dict)
+from ._fv import AbstractFiniteVolume, periodic_conv, sa_finish
+from ._integrate import ACCURACY, CFL, DensitySolution, cell_count
 
 
 class CircleMeanField(AbstractFiniteVolume):
@@ -81,7 +70,7 @@ class CircleMeanField(AbstractFiniteVolume):
 
     def __init__(self, m: int, beta=1.0, a=1.0, b=0.0, form: str = "SA"):
         self.m = cell_count("m", m)
-        require(form in ("SA", "USA"), f"form must be 'SA' or 'USA', got {form!r}")
+        check_form(form)
         for name, value in (("beta", beta), ("a", a), ("b", b)):  # any sign: beta < 0 is a valid model
             check_param(name, value)
         self.beta, self.a, self.b = (jnp.asarray(v, dtype=float) for v in (beta, a, b))
@@ -92,6 +81,10 @@ class CircleMeanField(AbstractFiniteVolume):
 
     def uniform(self, dtype=float) -> Array:
         return jnp.full((self.m,), 1.0 / (2 * np.pi), dtype)
+
+    def usa_gain(self) -> Array:
+        """One row: the USA linear rates are not multiplied."""
+        return jnp.asarray(1.0)
 
     def face_velocity(self, rho) -> Array:
         """u at the faces (i + 1) h, i = 0..M-1, by FFT convolution with the cell averages."""
@@ -107,7 +100,7 @@ class CircleMeanField(AbstractFiniteVolume):
 
         ``dt=None`` (default): the step adapts throughout the solve, re-picked before every step
         from the current state as dt = min(cfl h / max|u|, accuracy / r) (r the fastest linear
-        rate or the largest velocity gradient; SSP Heun by default; see `meanfield.pde._fv`),
+        rate or the largest velocity gradient; SSP Heun by default; see `meanfield.pde._integrate`),
         and clipped to land on every save time, so the answer does not depend on the save grid.
         The CFL number must be <= 1/2 for positivity; ``accuracy`` = 0.05 keeps the relative
         error of linear growth rates near 4e-4. A fixed ``dt`` steps uniformly (and makes the
@@ -120,7 +113,7 @@ class CircleMeanField(AbstractFiniteVolume):
         """
         ts, rho, result, stats = self._integrate(rho0, ts, (self.m,), "rho0", dt=dt, cfl=cfl, accuracy=accuracy,
                                                  solver=solver, max_steps=max_steps, throw=throw)
-        return DensitySolution(ts=ts, rho=rho, theta=self.theta, result=result, stats=stats)
+        return DensitySolution(ts=ts, rho=rho, grid={"theta": self.theta}, result=result, stats=stats)
 
 
 def particles_to_density(theta: Real[ArrayLike, " n"], m: int, bandwidth=0.1,

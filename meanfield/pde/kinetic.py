@@ -55,190 +55,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._errors import check_param, deprecated, is_concrete, param_fault, require
+from .._errors import check_form, check_param, is_concrete, param_fault, require
 from .._types import Array, ArrayLike, Float, KineticDensity, Real, Shaped, Times
 from ..kernel.tokens import Prompt, TokenAux
 from ..sharding import pad_rows, token_shards
 from ..theory import kinetic_weights
-from ._fv import ACCURACY, CFL, RESULTS, AbstractFiniteVolume, cell_count, muscl_divergence, periodic_conv, sa_finish
-
-
-class KineticSolution(eqx.Module):
-    """Saved densities: ``ts`` (T,), ``f`` (T, S, M) cell averages, ``s`` (S,) auxiliary values
-    (positions), ``w`` (S,) their weights, ``theta`` (M,) cell centres; ``result`` and ``stats``
-    as in [`meanfield.pde.DensitySolution`][meanfield.pde.circle.DensitySolution]."""
-
-    ts: Float[Array, " time"]
-    f: Float[Array, "time s m"]
-    s: Float[Array, " s"]
-    w: Float[Array, " s"]
-    theta: Float[Array, " m"]
-    result: RESULTS | None = None
-    stats: dict = eqx.field(default_factory=dict)
-
-    def moment(self, n: int = 1) -> Shaped[Array, "time s"]:
-        r"""Circular moment $\int e^{i n \theta} f\, d\theta$ per row, shape (T, S) complex."""
-        h = 2 * np.pi / self.theta.shape[0]
-        return h * jnp.einsum("tsm,m->ts", self.f.astype(complex), jnp.exp(1j * n * self.theta))
-
-
-def _float_array(v):
-    return jnp.asarray(v, dtype=float)
-
-
-class AbstractCoupling(eqx.Module):
-    """How the rows (auxiliary values z_k, weights w_k) are coupled: F = C f (a strategy module
-    passed as ``KineticMeanField(coupling=...)``)."""
-
-    @abc.abstractmethod
-    def check(self, s) -> None:
-        """Trace-time checks against the row values ``s`` (S,)."""
-
-    @abc.abstractmethod
-    def matrix(self, s: Array, w: Array) -> Array:
-        """The dense (S, S) weights c_kj (z-marginal weights w_j included)."""
-
-    @abc.abstractmethod
-    def mix(self, s: Array, w: Array, f: Array) -> Array:
-        """F = C f over the rows, shape (S, M)."""
-
-    @abc.abstractmethod
-    def parameter_fault(self) -> Array:
-        """True (in the graph) when a traced parameter of the coupling is NaN, infinite or out of range."""
-
-
-class CausalCoupling(AbstractCoupling):
-    r"""Volterra coupling in s with ALiBi decay: $c_{kj} = w_j e^{-\lambda (s_k - s_j)}$ for $s_j < s_k$ and
-    ``self_weight`` w_k on the diagonal (1/2: the continuum quadrature, second order in s; 1: one
-    discrete token per row that sees itself). Evaluated by a linear-recurrence scan in s (O(S M),
-    no S x S matrix; split over the ``"tokens"`` mesh axis under a mesh context).
-
-    ``strict=True``: no diagonal (a token does not see itself; the first row sees nothing and its
-    field is zero). ``normalized=True``: each row's weights divided by their sum (the
-    position-normalised convention of [`meanfield.PositionNormalized`][meanfield.kernel.masks.PositionNormalized]; the row sums come from
-    the same scan on a column of ones, still O(S M)). SA is unchanged by ``normalized`` (it divides
-    by the content sum too); USA is not. The kinetic paper's model (Duerinckx, Geshkovski & Rossi
-    2026) is ``CausalCoupling(lam, strict=True, normalized=True)`` with ``form="USA"`` and the value
-    scale ``a = beta`` (V = beta I): see [`KineticMeanField.paper_model`][meanfield.pde.kinetic.KineticMeanField.paper_model]. With the default
-    self weight 1/2 instead of strict rows, each row also sees half of its own cell: an O(1/S)
-    change of every weight (and the first row moves)."""
-
-    lam: Array = eqx.field(converter=_float_array)
-    self_weight: Array = eqx.field(converter=_float_array)
-    strict: bool = eqx.field(static=True)
-    normalized: bool = eqx.field(static=True)
-
-    def __init__(self, lam=0.0, self_weight=None, *, strict: bool = False, normalized: bool = False):
-        if strict:
-            require(self_weight is None or float(self_weight) == 0.0,
-                    f"self_weight must be 0 (or omitted) with strict=True, got {self_weight}")
-        self.lam = lam
-        self.self_weight = 0.0 if strict else (0.5 if self_weight is None else self_weight)
-        self.strict, self.normalized = bool(strict), bool(normalized)
-
-    def __check_init__(self):
-        require(self.lam.ndim == 0, "lam must be a scalar")
-        check_param("lam", self.lam, lo=0)
-        check_param("self_weight", self.self_weight, lo=0)
-
-    def parameter_fault(self):
-        return param_fault(self.lam, lo=0) | param_fault(self.self_weight, lo=0)
-
-    def check(self, s):
-        if is_concrete(s):
-            require(bool(np.all(np.diff(np.asarray(s)) > 0)), "s must be strictly increasing for a causal coupling")
-
-    def matrix(self, s, w):
-        diff = s[:, None] - s[None, :]
-        c = w[None, :] * jnp.exp(-self.lam * jnp.abs(diff))
-        eye = jnp.eye(s.shape[0], dtype=bool)
-        c = jnp.where(eye, self.self_weight * c, jnp.where(diff > 0, c, 0.0))
-        if self.normalized:
-            rows = jnp.sum(c, axis=1, keepdims=True)
-            c = c / jnp.where(rows > 0, rows, 1.0)
-        return c
-
-    def mix(self, s, w, f):
-        out = self._mix(s, w, f)
-        if self.normalized:
-            rows = self._mix(s, w, jnp.ones((f.shape[0], 1), f.dtype))
-            out = out / jnp.where(rows > 0, rows, 1.0)
-        return out
-
-    def _mix(self, s, w, f):
-        decay = jnp.exp(-self.lam * jnp.diff(s)).astype(f.dtype)  # (S-1,)
-        wf = w[:, None].astype(f.dtype) * f
-        a = jnp.concatenate([jnp.ones((1,), f.dtype), decay])[:, None] * jnp.ones_like(f)
-        bvec = jnp.concatenate([jnp.zeros_like(f[:1]), decay[:, None] * wf[:-1]])
-        shards = token_shards()
-        acc = _sharded_prefix(a, bvec, shards) if shards > 1 else jax.lax.associative_scan(_combine, (a, bvec))[1]
-        return acc + self.self_weight.astype(f.dtype) * wf
-
-
-class FullCoupling(AbstractCoupling):
-    r"""Every row sees every row with two-sided decay: $c_{kj} = w_j e^{-\lambda |s_k - s_j|}$."""
-
-    lam: Array = eqx.field(default=0.0, converter=_float_array)
-
-    def __check_init__(self):
-        require(self.lam.ndim == 0, "lam must be a scalar")
-        check_param("lam", self.lam, lo=0)
-
-    def parameter_fault(self):
-        return param_fault(self.lam, lo=0)
-
-    def check(self, s):
-        pass
-
-    def matrix(self, s, w):
-        return w[None, :] * jnp.exp(-self.lam * jnp.abs(s[:, None] - s[None, :]))
-
-    def mix(self, s, w, f):
-        return self.matrix(s, w).astype(f.dtype) @ f
-
-
-class MatrixCoupling(AbstractCoupling):
-    """An explicit (S, S) matrix of non-negative weights c(z_k, z_j), z-marginal weights included
-    (any b(z, z'): concatenated encodings ⟨A z, z'⟩, windows, custom masks); O(S^2 M)."""
-
-    c: Array = eqx.field(converter=_float_array)
-
-    def __check_init__(self):
-        require(self.c.ndim == 2 and self.c.shape[0] == self.c.shape[1], f"coupling matrix must be square, got {self.c.shape}")
-        check_param("coupling matrix", self.c, lo=0)
-
-    def parameter_fault(self):
-        return param_fault(self.c, lo=0)
-
-    def check(self, s):
-        n = s.shape[0]
-        require(self.c.shape == (n, n), f"coupling matrix must have shape ({n}, {n}), got {self.c.shape}")
-
-    def matrix(self, s, w):
-        return self.c
-
-    def mix(self, s, w, f):
-        return self.c.astype(f.dtype) @ f
-
-
-def _coupling(coupling, lam, self_weight) -> AbstractCoupling:
-    """The coupling strategy from a module, an (S, S) array, or (deprecated) a string with the
-    loose keywords ``lam`` and ``self_weight``."""
-    if isinstance(coupling, AbstractCoupling):
-        require(lam is None and self_weight is None,
-                "lam and self_weight belong to the coupling: pass e.g. coupling=CausalCoupling(lam=..., self_weight=...)")
-        return coupling
-    if not isinstance(coupling, str):
-        require(lam is None and self_weight is None, "lam and self_weight do not apply to a coupling matrix")
-        return MatrixCoupling(coupling)
-    require(coupling in ("causal", "full"),
-            f"coupling must be CausalCoupling(...), FullCoupling(...), MatrixCoupling(c), an (S, S) array or (deprecated) 'causal'/'full', got {coupling!r}")
-    deprecated(f"KineticMeanField(coupling={coupling!r}, lam=, self_weight=) is deprecated; pass "
-               "coupling=CausalCoupling(lam, self_weight) or FullCoupling(lam)")
-    lam = 0.0 if lam is None else lam
-    if coupling == "full":
-        return FullCoupling(lam)
-    return CausalCoupling(lam, 0.5 if self_weight is None else self_weight)
+from ._fv import AbstractFiniteVolume, periodic_conv, sa_finish
+from .couplings import AbstractCoupling, CausalCoupling, _coupling
+from .couplings import FullCoupling as FullCoupling
+from .couplings import MatrixCoupling as MatrixCoupling
+from ._integrate import ACCURACY, CFL, DensitySolution, cell_count
 
 
 class KineticMeanField(AbstractFiniteVolume):
@@ -253,19 +79,18 @@ class KineticMeanField(AbstractFiniteVolume):
     $$
 
     Args:
-        s: auxiliary values (positions) of the S rows, shape (S,); for ``coupling="causal"``
+        s: auxiliary values (positions) of the S rows, shape (S,); for a causal coupling
             increasing in [0, 1]. Default: the S = ``n_s`` cell centres (k + 1/2)/S.
         m: cells in theta.
         beta: inverse temperature, as in [`meanfield.pde.CircleMeanField`][meanfield.pde.circle.CircleMeanField].
         a: value scale (V = a I + b J), as there.
         b: value rotation, as there.
         form: "SA" or "USA", as there.
-        coupling: a strategy module: [`CausalCoupling`][meanfield.pde.kinetic.CausalCoupling] ``(lam, self_weight=0.5)``
+        coupling: a strategy module: [`CausalCoupling`][meanfield.pde.couplings.CausalCoupling] ``(lam, self_weight=0.5)``
             (default, lam = 0: Volterra in s with ALiBi slope lam in units of s),
-            [`FullCoupling`][meanfield.pde.kinetic.FullCoupling] ``(lam)`` (every row sees every row, b = -lam |s - s'|),
-            [`MatrixCoupling`][meanfield.pde.kinetic.MatrixCoupling] ``(c)`` or an explicit (S, S) array of weights c(z_k, z_j)
-            (the z-marginal weights already included). Deprecated: ``"causal"``/``"full"``
-            with the keywords ``lam`` and ``self_weight``.
+            [`FullCoupling`][meanfield.pde.couplings.FullCoupling] ``(lam)`` (every row sees every row, b = -lam |s - s'|),
+            [`MatrixCoupling`][meanfield.pde.couplings.MatrixCoupling] ``(c)`` or an explicit (S, S) array of weights c(z_k, z_j)
+            (the z-marginal weights already included).
         w: z-marginal weights (S,), default 1/S each; normalised to sum 1.
         prompt_theta: fixed prompt tokens at angles, shape (P,).
         prompt_weight: their weights pi_p(z_k), shape (S, P) or (P,) (the same for every row).
@@ -289,10 +114,9 @@ class KineticMeanField(AbstractFiniteVolume):
     prompt_weight: Array | None
 
     def __init__(self, n_s: int | None = None, m: int = 128, beta=1.0, a=1.0, b=0.0, form: str = "SA", *,
-                 s=None, coupling=None, lam=None, w=None, self_weight=None, prompt_theta=None,
-                 prompt_weight=None):
+                 s=None, coupling=None, w=None, prompt_theta=None, prompt_weight=None):
         m = cell_count("m", m)
-        require(form in ("SA", "USA"), f"form must be 'SA' or 'USA', got {form!r}")
+        check_form(form)
         for name, value in (("beta", beta), ("a", a), ("b", b), ("s", s), ("w", w), ("prompt_theta", prompt_theta)):
             check_param(name, value)
         check_param("prompt_weight", prompt_weight, lo=0)
@@ -302,11 +126,7 @@ class KineticMeanField(AbstractFiniteVolume):
         s = np.asarray(s, dtype=float) if is_concrete(s) else s
         require(s.ndim == 1 and s.shape[0] >= 1, f"s must be a 1-D array of auxiliary values, got shape {s.shape}")
         n_rows = s.shape[0]
-        if coupling is None and lam is None and self_weight is None:
-            coupling = CausalCoupling()
-        elif coupling is None:
-            coupling = "causal"
-        self.coupling = _coupling(coupling, lam, self_weight)
+        self.coupling = CausalCoupling() if coupling is None else _coupling(coupling)
         self.coupling.check(s)
         w = np.full((n_rows,), 1.0 / n_rows) if w is None else w
         require(jnp.shape(w) == (n_rows,), f"w must have shape ({n_rows},), got {jnp.shape(w)}")
@@ -400,13 +220,8 @@ class KineticMeanField(AbstractFiniteVolume):
             rows = rows + jnp.sum(self.prompt_weight, axis=1)
         return jnp.max(rows)
 
-    def rhs(self, t, f, args=None) -> Array:
-        if token_shards() > 1 and f.shape[0] % token_shards() == 0:  # rows stay on their devices
-            f = jax.lax.with_sharding_constraint(f, jax.sharding.PartitionSpec("tokens"))
-        return muscl_divergence(f, self.face_velocity(f), self.h)
-
     def solve(self, f0: Real[ArrayLike, "s m"], ts: Times, *, dt=None, cfl: float = CFL, accuracy: float = ACCURACY, solver=None,
-              max_steps: int = 1_000_000, adjoint=None, throw: bool = True) -> KineticSolution:
+              max_steps: int = 1_000_000, adjoint=None, throw: bool = True) -> DensitySolution:
         """Integrate from ts[0] to ts[-1], saving at ``ts`` (as [`CircleMeanField.solve`][meanfield.pde.circle.CircleMeanField.solve]:
         ``dt=None`` re-picks dt = min(cfl h / max|u|, accuracy / r) before every step from the
         current state, SSP Heun; a fixed ``dt`` makes the solve smooth in its inputs, which
@@ -415,7 +230,8 @@ class KineticMeanField(AbstractFiniteVolume):
         with ``throw=False`` returns its ``result`` code)."""
         ts, f, result, stats = self._integrate(f0, ts, (self.n_s, self.m), "f0", dt=dt, cfl=cfl, accuracy=accuracy,
                                                solver=solver, max_steps=max_steps, adjoint=adjoint, throw=throw)
-        return KineticSolution(ts=ts, f=f, s=self.s, w=self.w, theta=self.theta, result=result, stats=stats)
+        return DensitySolution(ts=ts, rho=f, grid={"s": self.s, "w": self.w, "theta": self.theta}, result=result,
+                               stats=stats)
 
     def mode_response(self, ts: Times, n: int, *, target: int = -1, dt=None) -> Float[Array, "time s"]:
         r"""Linear response of Fourier mode ``n`` about the uniform state, as a density over s:
@@ -482,36 +298,6 @@ class KineticMeanField(AbstractFiniteVolume):
 
         jac = jax.jacfwd(phi)(jnp.zeros((self.n_s,)))  # (T, S)
         return jac / self.w[None, :]
-
-
-def _combine(left, right):
-    """Composition of the affine maps c -> a c + b (left first): the monoid of the causal scan."""
-    (a1, b1), (a2, b2) = left, right
-    return a1 * a2, a2 * b1 + b2
-
-
-def _sharded_prefix(a, b, shards: int):
-    """The causal recurrence v_k = a_k v_{k-1} + b_k (v_{-1} = 0) over rows split across the
-    ``"tokens"`` mesh axis: each device scans its block from zero, the P block summaries are
-    all-gathered and scanned (P values per theta cell), and each block adds its incoming value
-    v_in times its local product of a. Rows are padded (a = 1, b = 0 after the end: no effect on
-    earlier rows) to a multiple of the axis."""
-    n = a.shape[0]
-    size = -(-n // shards) * shards
-    a, b = pad_rows(a, size, 1.0), pad_rows(b, size, 0.0)
-
-    def local(al, bl):
-        ca, cb = jax.lax.associative_scan(_combine, (al, bl))
-        ends_a = jax.lax.all_gather(ca[-1], "tokens")  # (P, M)
-        ends_b = jax.lax.all_gather(cb[-1], "tokens")
-        _, v_end = jax.lax.associative_scan(_combine, (ends_a, ends_b))  # value at each block's end
-        idx = jax.lax.axis_index("tokens")
-        v_in = jnp.where(idx > 0, v_end[jnp.maximum(idx - 1, 0)], 0.0)
-        return ca * v_in[None] + cb
-
-    spec = jax.sharding.PartitionSpec("tokens")
-    out = jax.shard_map(local, in_specs=(spec, spec), out_specs=spec, check_vma=False)(a, b)
-    return out[:n]
 
 
 def engine_face_velocity(attn, f: KineticDensity, s: Float[Array, " s"], w: Float[Array, " s"], *, z=None) -> KineticDensity:

@@ -38,7 +38,7 @@ first as energy in its top degrees, then as Gibbs undershoots. A state whose spe
 -UNDERSHOOT max (``UNDERSHOOT`` = 1e-6), is reported as unresolved (a solver failure, as for the circle solvers: raised with
 ``throw=True``, a ``RESULTS.unresolved`` code with ``throw=False``), with the advice to raise L.
 
-Time stepping: the shared integration layer of `meanfield.pde._fv` (``CFLController``: the
+Time stepping: the shared integration layer of `meanfield.pde._integrate` (``CFLController``: the
 step re-picked before every step as min(cfl h / max|v|, accuracy / r), h = pi / L the resolution of
 the band limit, r the fastest linear rate or max |Lap phi|), with Bogacki-Shampine 3(2) (``diffrax.Bosh3``) by
 default: its stability region covers part of the imaginary axis, which the advection spectrum of
@@ -47,18 +47,17 @@ a spectral method touches and SSP Heun's does not, at three right-hand sides a s
 
 from __future__ import annotations
 
-import functools
-import logging
-
 import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._errors import check_param, param_fault, require
+from .._errors import check_form, check_param, param_fault, require
 from .._types import Array, PRNGKeyArray
-from ._fv import ACCURACY, CFL, RESULTS, AbstractDensitySolver, cell_count, is_real_in
+from ._integrate import ACCURACY, CFL, RESULTS, AbstractDensitySolver, DensitySolution, cell_count, is_real_in
+from ._s2 import band_limit, evaluator, grid_points, rebin, s2fft_module, sh_forward, sh_inverse
+from ._s2 import quadrature_weights as quadrature_weights
 
 UNDERSHOOT = 1e-6
 """The undershoot tolerance: a band-limited density below -UNDERSHOOT max(rho) is not resolved by its
@@ -68,24 +67,6 @@ band-limited density (a smooth density projected to degrees < L) dips below zero
 of clusters beyond the band limit crosses it."""
 TAIL = 1e-8
 """Default threshold of the relative spectral tail energy (degrees >= 3L/4) of an unresolved state."""
-
-
-@functools.cache
-def _s2fft():
-    # s2fft logs "JAX is not using 64-bit precision" when imported without x64. The solver states its
-    # own float32 error instead (the class docstring: 1e-5 to 3.5e-4 of the density's maximum,
-    # measured), so that line, unexplained, is kept out of the user's output.
-    logger = logging.getLogger("s2fft")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        import s2fft  # noqa: PLC0415 (heavy: loaded on first use)
-    finally:
-        logger.setLevel(level)
-    import s2fft.precompute_transforms.construct  # noqa: PLC0415, F401 (a submodule s2fft does not import)
-    import s2fft.precompute_transforms.spherical  # noqa: PLC0415, F401
-
-    return s2fft
 
 
 def sph_in(lmax: int, beta) -> Array:
@@ -109,18 +90,6 @@ def sph_in(lmax: int, beta) -> Array:
     log_i0 = jnp.where(beta > 1e-4, beta + jnp.log1p(-jnp.exp(-2 * safe)) - jnp.log(2 * safe), beta**2 / 6)
     log_i = log_i0 + jnp.concatenate([jnp.zeros((1,), r.dtype), jnp.cumsum(jnp.log(r[1:]))])
     return jnp.exp(log_i) * sign ** jnp.arange(int(lmax) + 1)
-
-
-class SphereSolution(eqx.Module):
-    """Saved densities: ``ts`` (T,), ``rho`` (T, L, 2L-1) on the MW grid, ``theta`` (L,) colatitudes,
-    ``phi`` (2L-1,) longitudes; ``result``, ``stats`` as in [`meanfield.pde.DensitySolution`][meanfield.pde.circle.DensitySolution]."""
-
-    ts: Array
-    rho: Array
-    theta: Array
-    phi: Array
-    result: RESULTS | None = None
-    stats: dict = eqx.field(default_factory=dict)
 
 
 class SphereMeanField(AbstractDensitySolver):
@@ -156,6 +125,8 @@ class SphereMeanField(AbstractDensitySolver):
         ```
     """
 
+    advice = "lower cfl or dt, or use a larger band limit L"
+
     L: int = eqx.field(static=True)
     beta: Array
     a: Array
@@ -164,7 +135,7 @@ class SphereMeanField(AbstractDensitySolver):
 
     def __init__(self, L: int, beta=1.0, a=1.0, form: str = "SA", *, tail: float = TAIL):
         self.L = cell_count("L", L, 4)
-        require(form in ("SA", "USA"), f"form must be 'SA' or 'USA', got {form!r}")
+        check_form(form)
         require(is_real_in(tail, 0, 1) and float(tail) < 1, f"tail must be in (0, 1), got {tail}")
         # any sign (beta < 0: i_l(-b) = (-1)^l i_l(b)); not 0: the potential is (a / beta) log G or (a / beta) G
         check_param("beta", beta, nonzero=True)
@@ -181,31 +152,31 @@ class SphereMeanField(AbstractDensitySolver):
 
     @property
     def theta(self) -> Array:
-        return jnp.asarray(_s2fft().sampling.s2_samples.thetas(self.L, sampling="mw"))
+        return jnp.asarray(s2fft_module().sampling.s2_samples.thetas(self.L, sampling="mw"))
 
     @property
     def phi(self) -> Array:
-        return jnp.asarray(_s2fft().sampling.s2_samples.phis_equiang(self.L, sampling="mw"))
+        return jnp.asarray(s2fft_module().sampling.s2_samples.phis_equiang(self.L, sampling="mw"))
 
     def points(self) -> Array:
         """Unit vectors of the grid, shape (L, 2L-1, 3)."""
-        return _grid_points(self.L)
+        return grid_points(self.L)
 
     def forward(self, f, band=None):
         """Spherical-harmonic coefficients (band, 2 band - 1) of the real grid field ``f``."""
-        return _forward(f, self.L if band is None else band)
+        return sh_forward(f, self.L if band is None else band)
 
     def inverse(self, flm, band=None):
         """The real grid field of the coefficients ``flm`` (band, 2 band - 1)."""
-        return _inverse(flm, self.L if band is None else band)
+        return sh_inverse(flm, self.L if band is None else band)
 
     def _lift(self, flm):
         """Coefficients of band L padded to band 2L."""
-        return _rebin(flm, 2 * self.L)
+        return rebin(flm, self.L, 2 * self.L)
 
     def _cut(self, flm2):
         """Coefficients of band 2L truncated to band L."""
-        return _rebin(flm2, self.L)
+        return rebin(flm2, 2 * self.L, self.L)
 
     def _lap(self, band):
         ell = jnp.arange(band, dtype=float)[:, None]
@@ -267,13 +238,6 @@ class SphereMeanField(AbstractDensitySolver):
             rates = rates / i[0]
         return jnp.max(jnp.abs(rates))
 
-    def _step_and_speed(self, rho, cfl, accuracy, rate_bound=None):
-        speed, div = self.speed_and_rate(rho)
-        r_lin = self.linear_rate_bound(rho.dtype) if rate_bound is None else rate_bound
-        rate = jnp.maximum(r_lin, div)
-        dt = jnp.minimum(cfl * self.h / jnp.maximum(speed, 1e-30), accuracy / jnp.maximum(rate, 1e-30))
-        return dt, speed
-
     # ------------------------------------------------------------------ failures
     def tail_fraction(self, rho) -> Array:
         """Energy of the degrees >= 3L/4 over the whole energy sum_l C_l (the mean included, so a
@@ -282,7 +246,8 @@ class SphereMeanField(AbstractDensitySolver):
         top = int(np.ceil(3 * self.L / 4))
         return jnp.sum(spec[top:]) / jnp.maximum(jnp.sum(spec), 1e-300)
 
-    def is_bad(self, y, positive: bool):
+    def is_bad(self, y):
+        """Non-finite, an undershoot below -UNDERSHOOT max, or a spectral tail above ``tail``."""
         finite = jnp.all(jnp.isfinite(y))
         neg = jnp.min(y) < -UNDERSHOOT * jnp.max(y)
         return ~finite | neg | (self.tail_fraction(jnp.where(finite, y, 0.0)) > self.tail)
@@ -298,7 +263,7 @@ class SphereMeanField(AbstractDensitySolver):
 
     # ------------------------------------------------------------------ solve
     def solve(self, rho0, ts, *, dt=None, cfl: float = CFL, accuracy: float = ACCURACY, solver=None,
-              max_steps: int = 100_000, throw: bool = True, adjoint=None) -> SphereSolution:
+              max_steps: int = 100_000, throw: bool = True, adjoint=None) -> DensitySolution:
         """Integrate from ts[0] to ts[-1], saving at ``ts`` (rho0: (L, 2L-1) on the MW grid,
         band-limited: project with [`project`][meanfield.pde.sphere.SphereMeanField.project]). The step adapts as the solution evolves, by
         the rule of the circle solver (module docstring); Bosh3 by default. ``throw=True``: an
@@ -308,7 +273,7 @@ class SphereMeanField(AbstractDensitySolver):
         ts, rho, result, stats = self._integrate(rho0, ts, (self.L, 2 * self.L - 1), "rho0", dt=dt, cfl=cfl,
                                                  accuracy=accuracy, solver=solver, max_steps=max_steps, throw=throw,
                                                  adjoint=adjoint)
-        return SphereSolution(ts=ts, rho=rho, theta=self.theta, phi=self.phi, result=result, stats=stats)
+        return DensitySolution(ts=ts, rho=rho, grid={"theta": self.theta, "phi": self.phi}, result=result, stats=stats)
 
     # ------------------------------------------------------------------ states
     def project(self, rho) -> Array:
@@ -358,7 +323,7 @@ class SphereMeanField(AbstractDensitySolver):
         """int x rho(x) dsigma, shape (3,) (exact: degree-1 products on the 2L grid)."""
         L = self.L
         rho2 = self.inverse(self._lift(self.forward(rho)), 2 * L)
-        pts = _grid_points(2 * L)
+        pts = grid_points(2 * L)
         return jnp.stack([jnp.sqrt(4 * np.pi) * jnp.real(self.forward(rho2 * pts[..., k], 2 * L)[0, 2 * L - 1])
                           for k in range(3)])
 
@@ -371,108 +336,11 @@ class SphereMeanField(AbstractDensitySolver):
         return jnp.sum(self.kernel_coefficients() * self.degree_spectrum(rho)) / (2 * self.beta)
 
 
-@functools.cache
-def _precomps(band: int, forward: bool):
-    """s2fft's precomputed recursion tables for a band limit, computed once (concrete, even when first
-    asked for inside a trace)."""
-    with jax.ensure_compile_time_eval():
-        return _s2fft().generate_precomputes_jax(band, forward=forward)
-
-
-def _grid_points(band: int) -> Array:
-    s = _s2fft().sampling.s2_samples
-    t = jnp.asarray(s.thetas(band, sampling="mw"))[:, None]
-    p = jnp.asarray(s.phis_equiang(band, sampling="mw"))[None, :]
-    return jnp.stack(jnp.broadcast_arrays(jnp.sin(t) * jnp.cos(p), jnp.sin(t) * jnp.sin(p), jnp.cos(t)), -1)
-
-
-KERNEL_MAX_BAND = 256
-"""Transforms of band limits up to this use s2fft's precomputed Wigner kernels (memory 8 (2B-1) B^2
-bytes: 0.27 GB at B = 256; fast to compile and 3-6 times faster to run than the recursions); larger
-ones use the on-the-fly recursions."""
-
-
-@functools.cache
-def _kernel(band: int, forward: bool, x64: bool):
-    """s2fft's precomputed kernel of a band limit (built once; NumPy below 64, JAX above)."""
-    construct = _s2fft().precompute_transforms.construct
-    with jax.ensure_compile_time_eval():
-        if band <= 64:
-            k = construct.spin_spherical_kernel(band, reality=True, forward=forward)
-        else:
-            k = construct.spin_spherical_kernel_jax(band, reality=True, forward=forward)
-        return jnp.asarray(k, jnp.float64 if x64 else jnp.float32)
-
-
-def _forward(f, band: int):
-    """Spherical-harmonic coefficients (band, 2 band - 1) of a real field on the MW grid (s2fft)."""
-    s2 = _s2fft()
-    if band <= KERNEL_MAX_BAND:
-        kernel = _kernel(band, True, jax.config.jax_enable_x64)
-        return s2.precompute_transforms.spherical.forward(f, band, kernel=kernel, reality=True, method="jax")
-    return s2.forward(f, band, method="jax", reality=True, precomps=_precomps(band, True))
-
-
-def _inverse(flm, band: int):
-    """The real field on the MW grid of coefficients ``flm`` (band, 2 band - 1) (s2fft)."""
-    s2 = _s2fft()
-    if band <= KERNEL_MAX_BAND:
-        kernel = _kernel(band, False, jax.config.jax_enable_x64)
-        out = s2.precompute_transforms.spherical.inverse(flm, band, kernel=kernel, reality=True, method="jax")
-    else:
-        out = s2.inverse(flm, band, method="jax", reality=True, precomps=_precomps(band, False))
-    return jnp.real(out)
-
-
-def _rebin(flm, band: int):
-    """Coefficients (L, 2L-1) as coefficients of another band limit: padded with zeros (band > L)
-    or truncated (band < L)."""
-    L, band = flm.shape[0], int(band)
-    k = min(L, band)
-    return jnp.zeros((band, 2 * band - 1), flm.dtype).at[:k, band - k : band + k - 1].set(flm[:k, L - k : L + k - 1])
-
-
 def resample(rho, band: int) -> Array:
     """The band-limited field ``rho`` (L, 2L-1) on the MW grid of another band limit: its
     coefficients padded with zeros (band > L: exact interpolation) or truncated (band < L)."""
-    return _inverse(_rebin(_forward(rho, rho.shape[0]), band), band)
-
-
-@functools.cache
-def quadrature_weights(band: int) -> Array:
-    """Weights w (band, 2 band - 1) of the MW grid with sum_g w_g f_g = int f dsigma exactly for every
-    f of degree < band: the gradient of the linear map f -> sqrt(4 pi) f_00 (computed once, concrete)."""
-    with jax.ensure_compile_time_eval():
-        def integral(f):
-            return jnp.sqrt(4 * np.pi) * jnp.real(_forward(f, band)[0, band - 1])
-        return jax.grad(integral)(jnp.zeros((band, 2 * band - 1)))
-
-
-def _zonal_sum(t, coeffs):
-    """sum_l coeffs[l] P_l(t) (Legendre polynomials by their three-term recurrence), any shape of t."""
-    def body(ell, carry):
-        p_prev, p, acc = carry
-        p_next = ((2 * ell + 1) * t * p - ell * p_prev) / (ell + 1)
-        return p, p_next, acc + coeffs[ell + 1] * p_next
-
-    start = (jnp.ones_like(t), t, coeffs[0] + coeffs[1] * t)
-    return jax.lax.fori_loop(1, coeffs.shape[0] - 1, body, start)[2]
-
-
-def _evaluator(flm, block: int):
-    """(values at points, the field on the 2L grid) for the band-limited field of coefficients ``flm``
-    (L, 2L-1): the reproducing-kernel quadrature of [`evaluate`][meanfield.pde.sphere.evaluate], its
-    weights computed once (for callers that evaluate many point sets, e.g. rejection sampling)."""
-    L = flm.shape[0]
-    grid2 = _inverse(_rebin(flm, 2 * L), 2 * L)
-    wf = (quadrature_weights(2 * L) * grid2).reshape(-1)
-    pts = _grid_points(2 * L).reshape(-1, 3).astype(wf.dtype)
-    coeffs = (2 * jnp.arange(L, dtype=wf.dtype) + 1) / (4 * np.pi)
-
-    def values(x):
-        return jax.lax.map(lambda xi: _zonal_sum(pts @ xi, coeffs) @ wf, jnp.asarray(x, wf.dtype), batch_size=block)
-
-    return values, grid2
+    L = band_limit(rho)
+    return sh_inverse(rebin(sh_forward(rho, L), L, band), band)
 
 
 def evaluate(rho, x, *, block: int = 1024) -> Array:
@@ -480,7 +348,8 @@ def evaluate(rho, x, *, block: int = 1024) -> Array:
     $\rho(x) = \int K_L(\langle x, y\rangle) \rho(y)\, d\sigma(y)$ with the reproducing kernel of degrees $< L$,
     $K_L(t) = \sum_{\ell < L} \frac{2\ell + 1}{4\pi} P_\ell(t)$, integrated exactly on the $2L$ grid (the product has
     degree $< 2L - 1$). Cost $O(N L^3)$; rows of x in blocks of ``block``."""
-    return _evaluator(_forward(rho, rho.shape[0]), block)[0](x)
+    L = band_limit(rho)
+    return evaluator(sh_forward(rho, L), L, block)[0](x)
 
 
 def density_mmd(x, rho, *, kappa: float = 1.0, block: int = 1024) -> Array:
@@ -494,11 +363,11 @@ def density_mmd(x, rho, *, kappa: float = 1.0, block: int = 1024) -> Array:
     [`evaluate`][meanfield.pde.sphere.evaluate]). Every term is computed times $e^{-\kappa}$ (no overflow). For $N$
     i.i.d. samples of $\rho$, $\mathbb{E}\,\mathrm{MMD}^2 = (e^\kappa - \sum_\ell 4\pi\, i_\ell(\kappa)\, C_\ell)/N$ exactly."""
     x = jnp.asarray(x)
-    L = rho.shape[0]
+    L = band_limit(rho)
     g = 4 * np.pi * sph_in(L - 1, kappa).astype(rho.dtype) * jnp.exp(-kappa)  # e^{-kappa} 4 pi i_l
-    rho_lm = _forward(rho, L)
+    rho_lm = sh_forward(rho, L)
     dd = jnp.sum(g * jnp.sum(jnp.abs(rho_lm) ** 2, axis=1))
-    pd = jnp.mean(_evaluator(g[:, None] * rho_lm, block)[0](x))
+    pd = jnp.mean(evaluator(g[:, None] * rho_lm, L, block)[0](x))
     pp = jnp.mean(jax.lax.map(lambda xi: jnp.mean(jnp.exp(kappa * (x @ xi - 1.0))), x, batch_size=block))
     return jnp.sqrt(jnp.maximum(pp - 2 * pd + dd, 0.0) * jnp.exp(kappa))
 
@@ -506,8 +375,9 @@ def density_mmd(x, rho, *, kappa: float = 1.0, block: int = 1024) -> Array:
 def density_mmd_between(rho_a, rho_b, *, kappa: float = 1.0) -> Array:
     r"""MMD (kernel $e^{\kappa\langle x, y\rangle}$) between two band-limited densities, of possibly different band
     limits: $\big(\sum_\ell 4\pi\, i_\ell(\kappa)\, C_\ell(\rho_a - \rho_b)\big)^{1/2}$, both on the finer grid."""
-    band = max(rho_a.shape[0], rho_b.shape[0])
-    diff = _rebin(_forward(rho_a, rho_a.shape[0]), band) - _rebin(_forward(rho_b, rho_b.shape[0]), band)
+    la, lb = band_limit(rho_a, "rho_a"), band_limit(rho_b, "rho_b")
+    band = max(la, lb)
+    diff = rebin(sh_forward(rho_a, la), la, band) - rebin(sh_forward(rho_b, lb), lb, band)
     spec = jnp.sum(jnp.abs(diff) ** 2, axis=1)
     return jnp.sqrt(jnp.sum(4 * np.pi * sph_in(band - 1, kappa).astype(spec.dtype) * spec))
 
@@ -520,7 +390,7 @@ def particles_to_density(x, L: int, bandwidth=0.1, weights=None) -> Array:
     x = jnp.asarray(x)
     w = jnp.full((x.shape[0],), 1.0 / x.shape[0]) if weights is None else jnp.asarray(weights) / jnp.sum(weights)
     kappa = 1.0 / bandwidth**2
-    pts = _grid_points(L)
+    pts = grid_points(L)
     k = kappa / (2 * np.pi * (-np.expm1(-2 * kappa))) * jnp.exp(kappa * (pts @ x.T - 1.0))
     dens = k @ w
     return SphereMeanField(L).project(dens)
@@ -532,7 +402,8 @@ def density_to_particles(key: PRNGKeyArray, rho, n: int, *, block: int = 1024) -
     x with probability rho(x) / M ([`evaluate`][meanfield.pde.sphere.evaluate]), M = 1.25 x the maximum of rho on the 2L grid;
     a proposal with rho(x) > M is an error (the bound would be wrong), not a biased sample."""
     n = int(n)
-    values, grid2 = _evaluator(_forward(rho, rho.shape[0]), block)
+    L = band_limit(rho)
+    values, grid2 = evaluator(sh_forward(rho, L), L, block)
     bound = 1.25 * jnp.max(grid2)
     batch = max(n, 256)
 

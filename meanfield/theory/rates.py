@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._errors import require
+from .._errors import check_form, require
 from ._checks import _check_kinetic
 
 
@@ -99,7 +99,7 @@ def causal_mode_propagator(t: float, n: int, beta: float, lam: float, n_s: int, 
     from scipy.linalg import expm
 
     _check_kinetic(beta=beta, lam=lam)
-    require(form in ("SA", "USA"), f"form must be 'SA' or 'USA', got {form!r}")
+    check_form(form)
     require(not (form == "SA" and normalized is False), "normalized=False is not available for SA (the softmax normalises the positions)")
     norm = True if form == "SA" else bool(normalized)
     c = causal_coupling(n_s, lam, self_weight, strict=strict, normalized=norm)
