@@ -14,7 +14,7 @@ import xarray as xr
 import meanfield as mf
 from meanfield import observables as obs
 from meanfield.particles import available_memory, memory_estimate
-from meanfield.run import ConfigError, Preset, RunConfig, grid_param
+from meanfield.run import ConfigError, TracedPreset, RunConfig, grid_param
 from meanfield.run.io import atomic_path, observable_vars
 
 
@@ -70,10 +70,9 @@ class ParticleConfig(SolveConfig, MaskConfig):
 
     ranges = {"n": "[2, 2**20]", "d": "[2, 4096]", "beta": "[0, 1000]"}
 
-    def validate(self):
-        """The ranges, then the memory a solve of n tokens in d dimensions with n_save saves needs
+    def check(self):
+        """The memory a solve of n tokens in d dimensions with n_save saves needs
         ([`meanfield.particles.memory_estimate`][meanfield.particles.memory_estimate]) against what the machine has."""
-        super().validate()
         check_memory(self.n, self.d, self.n_save)
 
 
@@ -113,7 +112,7 @@ def circle_w1_to(theta, theta_ref):
     return np.asarray(jax.vmap(lambda t: obs.circle_w1(t, ref))(flat)).reshape(theta.shape[:-1])
 
 
-class ParticlePreset(Preset):
+class ParticlePreset(TracedPreset):
     """Tokens uniform on S^{d-1} (from ``seed``) evolved by ``simulate`` chunk by chunk."""
 
     vmap_keys = ("beta", "seed")
@@ -138,32 +137,6 @@ class ParticlePreset(Preset):
         data.update(observable_vars(recs["x"], beta, dims, cfg.cluster_tol))
         coords = {"time": ts, **grid.coords()}
         return xr.Dataset(data, coords=coords)
-
-
-class HostPreset(Preset):
-    """A preset whose work is a host-side loop of jitted calls (Monte-Carlo batches, trainings,
-    each compiled for its own shapes): the runner's traced chunk is a no-op and sweeps are refused
-    up front. Preferably the work is split into ``host_steps`` (the executor shows their progress,
-    checkpoints after each and resumes at the next); otherwise it runs in ``dataset`` as one piece."""
-
-    vmap_keys = ("seed",)
-    sweepable = False
-
-    def times(self, cfg):
-        return np.array([0.0, 1.0])
-
-    def init(self, cfg, p):
-        return jnp.zeros(())
-
-    def record(self, cfg, p, state):
-        return {"x": state[None]}
-
-    def advance(self, cfg, p, state, ts):
-        return state, {"x": state[None]}
-
-    def dataset(self, cfg, ts, recs, grid):
-        """Presets with ``host_steps`` build their Dataset in ``host_dataset``; others override this."""
-        raise NotImplementedError(f"{self.name}: implement dataset() or host_steps()/host_step()/host_dataset()")
 
 
 def midpoints(n):

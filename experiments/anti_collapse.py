@@ -38,7 +38,7 @@ import meanfield as mf
 from meanfield import observables as obs
 from meanfield.run.io import observable_vars
 from meanfield.kernel import gaussian, random_fourier
-from meanfield.run import Preset, Var, grid_param, register
+from meanfield.run import TracedPreset, Var, grid_param, register
 from meanfield.theory import additive_pe_pushforward, prompt_pushforward
 
 from ._common import SolveConfig, circle_w1_to, first_point, half_circle_prompts, midpoints, plt, save_figure, simulate_chunk
@@ -102,8 +102,12 @@ def z_tables(cfg, seed):
 
 
 @register
-class AntiCollapse(Preset):
+class AntiCollapse(TracedPreset):
     name = "anti-collapse"
+    tiny = ('n=8', 't1=5', 'n_save=7', 'chunks=2', 'quadrature=40')
+    slow = True
+    outputs = frozenset({'diameter', 'effective_rank', 'energy', 'mean_cosine', 'min_cosine', 'n_clusters',
+                        'rank_collapse', 'x'})
     description = "no aux variable vs positional encodings (additive, concat, RoPE) vs prompt: Dirac vs pushforward limit"
     variables = {
         "variant": Var("auxiliary-variable variant", "1", "none, additive PE, concatenated PE (ZBias), RoPE, shared prompt or parallel prompt (module docstring); alpha = {alpha}"),
@@ -214,9 +218,9 @@ class AntiCollapse(Preset):
             ax.grid(alpha=0.3, which="both")
         ax1.legend(fontsize=7)
         ax2.legend(fontsize=7)
-        cfg = json.loads(ds.attrs["config"])
-        fig.suptitle(f"auxiliary variables vs collapse: N = {cfg['n']} on $S^1$, {cfg['form']}, $\\beta$ = {cfg['beta']}, "
-                     f"coupling $\\alpha$ = {cfg['alpha']} (colour = position s)")
+        cfg = self.Config.from_attrs(ds)
+        fig.suptitle(f"auxiliary variables vs collapse: N = {cfg.n} on $S^1$, {cfg.form}, $\\beta$ = {cfg.beta}, "
+                     f"coupling $\\alpha$ = {cfg.alpha} (colour = position s)")
         fig.subplots_adjust(left=0.05, right=0.98, top=0.88, bottom=0.08, hspace=0.3, wspace=0.2)
         path = Path(outdir) / "anti-collapse.png"
         save_figure(fig, path, dpi=110)

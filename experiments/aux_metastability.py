@@ -35,9 +35,9 @@ import xarray as xr
 import meanfield as mf
 from meanfield import observables as obs
 from meanfield import theory
-from meanfield.run import Var, register
+from meanfield.run import register, Step, StepPreset, Var
 
-from ._common import HostPreset, ToleranceConfig, half_circle_prompts, plt, save_figure
+from ._common import ToleranceConfig, half_circle_prompts, plt, save_figure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,8 +85,12 @@ def _distance(x, y, invariant):
 
 
 @register
-class AuxMetastability(HostPreset):
+class AuxMetastability(StepPreset):
     name = "aux-metastability"
+    tiny = ('n=8', 'betas=1,4', 'alphas=0,0.4', 'weights=0,1', 'n_starts=4', 't1=50', 'search_starts=2',
+            'search_hops=0')
+    slow = True
+    outputs = frozenset({'pe_fraction_best', 'pe_plateau_decades', 'prompt_distinct'})
     description = "basin maps with auxiliary variables: fraction of random starts reaching the best maximiser, distinct end states, plateaus"
     variables = {
         "alpha": Var("additive PE scale alpha", "1", "scale of the additive positional encoding (0: none)"),
@@ -106,13 +110,15 @@ class AuxMetastability(HostPreset):
     }
     Config = AuxMetaConfig
 
-    def host_steps(self, cfg):
-        return [f"pe beta={b!r} alpha={a!r}" for b in cfg.betas for a in cfg.alphas] + \
-               [f"prompt beta={b!r} weight={w!r}" for b in cfg.betas for w in cfg.weights]
+    def steps(self, cfg):
+        return [Step(f"pe beta={b!r} alpha={a!r}", {"kind": "pe", "beta": b, "strength": a})
+                for b in cfg.betas for a in cfg.alphas] + \
+               [Step(f"prompt beta={b!r} weight={w!r}", {"kind": "prompt", "beta": b, "strength": w})
+                for b in cfg.betas for w in cfg.weights]
 
-    def host_step(self, cfg, name, done):
-        kind, bs, vs = name.split()
-        beta, v = float(bs.split("=")[1]), float(vs.split("=")[1])
+    def run_step(self, cfg, step, done):
+        kind, beta, v = step.params["kind"], float(step.params["beta"]), float(step.params["strength"])
+        name = step.name  # seeds the starts (as in 0.2)
         n = cfg.n
         _, z = half_circle_prompts(n)
         ts = jnp.asarray(np.concatenate([[0.0], np.geomspace(cfg.t1 * 1e-4, cfg.t1, cfg.n_save - 1)]))
@@ -153,7 +159,7 @@ class AuxMetastability(HostPreset):
         return {"fraction_best": float(reach.mean()), "distinct": len(distinct), "plateau_decades": float(np.median(longest)),
                 "best_energy": best_e, "end_energy_max": float(end_e.max()), "end_energy_min": float(end_e.min())}
 
-    def host_dataset(self, cfg, results):
+    def step_dataset(self, cfg, results):
         data = {}
         for kind, strengths, dim in (("pe", cfg.alphas, "alpha"), ("prompt", cfg.weights, "weight")):
             for key in ("fraction_best", "distinct", "plateau_decades", "best_energy", "end_energy_max", "end_energy_min"):
@@ -162,7 +168,7 @@ class AuxMetastability(HostPreset):
         return xr.Dataset(data, coords={"beta": list(cfg.betas), "alpha": list(cfg.alphas), "weight": list(cfg.weights)})
 
     def plot(self, ds, outdir):
-        cfg = json.loads(ds.attrs["config"])
+        cfg = self.Config.from_attrs(ds)
         p = plt()
         fig, axes = p.subplots(2, 3, figsize=(15, 8))
         for row, (kind, dim, label) in enumerate((("pe", "alpha", "additive PE scale alpha"),
@@ -185,8 +191,8 @@ class AuxMetastability(HostPreset):
                 ax.set_ylabel(r"$\beta$")
                 ax.set_title(title, fontsize=9)
                 fig.colorbar(im, ax=ax, shrink=0.8)
-        fig.suptitle(f"metastability with auxiliary variables: N = {cfg['n']} on S$^1$, {cfg['n_starts']} random starts per "
-                     f"cell, t = {cfg['t1']:g} (SA)", fontsize=10)
+        fig.suptitle(f"metastability with auxiliary variables: N = {cfg.n} on S$^1$, {cfg.n_starts} random starts per "
+                     f"cell, t = {cfg.t1:g} (SA)", fontsize=10)
         fig.tight_layout()
         path = Path(outdir) / "aux-metastability.png"
         save_figure(fig, path, dpi=110)

@@ -26,7 +26,7 @@ import xarray as xr
 
 import meanfield as mf
 from meanfield import observables as obs
-from meanfield.run import Preset, Var, register
+from meanfield.run import TracedPreset, Var, register
 from meanfield.theory import additive_pe_pushforward
 
 from ._common import SolveConfig, circle_w1_to, first_point, midpoints, plt, save_figure, simulate_chunk
@@ -83,7 +83,7 @@ class PromptConfig(SolveConfig):
     }
 
 
-class _GridPreset(Preset):
+class _GridPreset(TracedPreset):
     """A preset whose own 2-D parameter grid (rows x cols) advances in one vmapped solve."""
 
     vmap_keys = ("seed",)
@@ -147,6 +147,9 @@ class _GridPreset(Preset):
 @register
 class PESweep(_GridPreset):
     name = "pe-sweep"
+    tiny = ('n=6', 'alphas=0,0.5', 'betas=1,2', 't1=2', 'n_save=5', 'chunks=2', 'quadrature=30')
+    slow = True
+    outputs = frozenset({'dirac_distance', 'n_clusters', 'x'})
     description = "additive PE scale x beta grid: heatmaps of final clusters, distance to Dirac and to the pushforward"
     variables = {
         "alpha": Var("additive PE scale alpha", "1", "scale of the additive positional encoding y = x + alpha u(z)"),
@@ -174,17 +177,20 @@ class PESweep(_GridPreset):
         return ds
 
     def plot(self, ds, outdir):
-        cfg = json.loads(ds.attrs["config"])
+        cfg = self.Config.from_attrs(ds)
         return self.heatmaps(
             ds, outdir,
             [("n_clusters", "clusters at t1"), ("dirac_distance", "W2 to nearest Dirac at t1"), ("pushforward_w1", "circle W1 to theory pushforward at t1")],
-            f"additive sinusoidal PE (f = {cfg['freq']}), N = {cfg['n']} on $S^1$, SA, t1 = {cfg['t1']}",
+            f"additive sinusoidal PE (f = {cfg.freq}), N = {cfg.n} on $S^1$, SA, t1 = {cfg.t1}",
         )
 
 
 @register
 class PromptSweep(_GridPreset):
     name = "prompt-sweep"
+    tiny = ('n=6', 'sizes=1,3', 'weights=0.5,2', 't1=2', 'n_save=5', 'chunks=2')
+    slow = False
+    outputs = frozenset({'dirac_distance', 'n_clusters', 'x'})
     description = "number x total weight of fixed prompt tokens: heatmaps of final clusters and distance to Dirac"
     variables = {
         "weight": Var("total prompt weight", "1", "total key mass of the fixed shared prompt tokens"),
@@ -206,9 +212,9 @@ class PromptSweep(_GridPreset):
         return self.base_dataset(cfg, ts, recs, grid)
 
     def plot(self, ds, outdir):
-        cfg = json.loads(ds.attrs["config"])
+        cfg = self.Config.from_attrs(ds)
         return self.heatmaps(
             ds, outdir,
             [("n_clusters", "clusters at t1"), ("dirac_distance", "W2 to nearest Dirac at t1")],
-            f"prompt tokens evenly spaced on $S^1$, N = {cfg['n']}, SA, $\\beta$ = {cfg['beta']}, t1 = {cfg['t1']}",
+            f"prompt tokens evenly spaced on $S^1$, N = {cfg.n}, SA, $\\beta$ = {cfg.beta}, t1 = {cfg.t1}",
         )

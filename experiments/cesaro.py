@@ -26,9 +26,9 @@ import xarray as xr
 
 from meanfield import theory
 from meanfield.influence import profile_stats
-from meanfield.run import RunConfig, Var, register
+from meanfield.run import register, RunConfig, Step, StepPreset, Var
 
-from ._common import HostPreset, plt, save_figure
+from ._common import plt, save_figure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,8 +60,11 @@ def _interior_error(n, depth, alpha, interior):
 
 
 @register
-class Cesaro(HostPreset):
+class Cesaro(StepPreset):
     name = "cesaro"
+    tiny = ('depths=1,2,4', 'ns=64,128', 'n_conv=64,128,256')
+    slow = False
+    outputs = frozenset({'dead_zone_depth_n128', 'interior_rel_error', 'profile_n64'})
     description = "Cesàro theory of position bias: discrete vs closed-form influence for H = 1..16, dead zone vs H"
     variables = {
         "depth": Var("depth H", "layers", "number of causal attention layers"),
@@ -82,18 +85,18 @@ class Cesaro(HostPreset):
     }
     Config = CesaroConfig
 
-    def host_steps(self, cfg):
+    def steps(self, cfg):
         """One step per n of the profiles, one per depth of the convergence fit."""
-        return [f"n={n}" for n in cfg.ns] + [f"conv H={h}" for h in cfg.depths]
+        return [Step(f"n={n}", {"n": n}) for n in cfg.ns] + [Step(f"conv H={h}", {"depth": h}) for h in cfg.depths]
 
-    def host_step(self, cfg, name, done):
-        if name.startswith("n="):
-            n = int(name[2:])
+    def run_step(self, cfg, step, done):
+        if "n" in step.params:
+            n = step.params["n"]
             return {"profile": np.stack([np.asarray(theory.cesaro_rollout(n, h, cfg.alpha)) for h in cfg.depths])}
-        h = int(name.split("=")[1])
+        h = step.params["depth"]
         return {"error": np.array([_interior_error(n, h, cfg.alpha, cfg.interior) for n in cfg.n_conv])}
 
-    def host_dataset(self, cfg, results):
+    def step_dataset(self, cfg, results):
         data, coords = {}, {"depth": list(cfg.depths), "n_conv": list(cfg.n_conv)}
         for n in cfg.ns:
             prof = results[f"n={n}"]["profile"]  # (H, n)
@@ -118,13 +121,13 @@ class Cesaro(HostPreset):
         return xr.Dataset(data, coords=coords)
 
     def plot(self, ds, outdir):
-        cfg = json.loads(ds.attrs["config"])
+        cfg = self.Config.from_attrs(ds)
         p = plt()
         fig, axes = p.subplots(1, 3, figsize=(16, 4.8))
         ax = axes[0]
         cmap = p.get_cmap("plasma")
         depths = ds.depth.values
-        ns = cfg["ns"]
+        ns = cfg.ns
         for i, h in enumerate(depths):
             c = cmap(i / max(1, len(depths)))
             for n, ls in zip(ns, ("--", "-")):
@@ -140,7 +143,7 @@ class Cesaro(HostPreset):
         ax.set_xlabel("input position s = j/n")
         ax.set_ylabel("influence density n p_j on the last token")
         ax.set_title(f"discrete (n = {ns[0]} dashed, {ns[-1]} solid) vs closed form (dotted)\n"
-                     f"alpha = {cfg['alpha']}; dots: last token (recency delta, times n)", fontsize=9)
+                     f"alpha = {cfg.alpha}; dots: last token (recency delta, times n)", fontsize=9)
         ax.legend(fontsize=7)
         ax = axes[1]
         nc = ds.n_conv.values
@@ -153,7 +156,7 @@ class Cesaro(HostPreset):
         ax.set_xticks(nc, [str(v) for v in nc])
         ax.minorticks_off()
         ax.set_xlabel("n tokens")
-        ax.set_ylabel(f"max relative error on s in [{cfg['interior']}, {1 - cfg['interior']}]")
+        ax.set_ylabel(f"max relative error on s in [{cfg.interior}, {1 - cfg.interior}]")
         ax.set_title("discrete -> continuum convergence", fontsize=9)
         ax.legend(fontsize=7)
         ax = axes[2]

@@ -57,8 +57,8 @@ class CausalConfig(ParticleConfig):
 
 
 def _title(ds):
-    cfg = json.loads(ds.attrs["config"])
-    return f"SA dynamics on $S^{{{cfg['d'] - 1}}}$: N = {cfg['n']}, $\\beta$ = {cfg['beta']}, mask = {cfg['mask']}"
+    cfg = Config.from_attrs(ds)
+    return f"SA dynamics on $S^{{{cfg.d - 1}}}$: N = {cfg.n}, $\\beta$ = {cfg.beta}, mask = {cfg.mask}"
 
 
 def _figure(preset, ds, outdir, fracs, ncols, extra=None):
@@ -92,6 +92,10 @@ def _distance_to_first(fig, one):
 @register
 class Clustering(ParticlePreset):
     name = "clustering"
+    tiny = ('n=8', 't1=3', 'n_save=7', 'chunks=2')
+    slow = False
+    outputs = frozenset({'diameter', 'effective_rank', 'energy', 'mean_cosine', 'min_cosine', 'n_clusters',
+                        'rank_collapse', 'x'})
     description = "SA on S^2 with Q=K=V=I: tokens collapse to one point (snapshots, energy, diameter, clusters)"
     Config = Config
 
@@ -102,6 +106,10 @@ class Clustering(ParticlePreset):
 @register
 class CausalClustering(Clustering):
     name = "causal-clustering"
+    tiny = ('n=8', 't1=3', 'n_save=7', 'chunks=2')
+    slow = False
+    outputs = frozenset({'diameter', 'effective_rank', 'energy', 'mean_cosine', 'min_cosine', 'n_clusters',
+                        'rank_collapse', 'x'})
     description = "causal SA on S^2: token 1 never moves; later tokens form long-lived clusters (one at token 1)"
     Config = CausalConfig
 

@@ -37,7 +37,7 @@ import xarray as xr
 from meanfield import theory
 from meanfield.influence import bin_profile, is_u_shaped, u_shape_onset
 from meanfield.pde import CausalCoupling, KineticMeanField
-from meanfield.run import Preset, RunConfig, Var, register
+from meanfield.run import TracedPreset, RunConfig, Var, register
 
 from ._common import first_point, midpoints, plt, save_figure
 
@@ -89,8 +89,12 @@ def _pde(cfg, beta):
 
 
 @register
-class KineticCausal(Preset):
+class KineticCausal(TracedPreset):
     name = "kinetic-causal"
+    tiny = ('n_s=16', 'm=16', 'betas=1,2', 'bins=8', 't_early=1', 'n_early=6', 't1=1.5', 'n_late=2',
+            'chunks=2')
+    slow = True
+    outputs = frozenset({'f', 'influence', 'time', 'u_onset'})
     description = "causal kinetic PDE f(t, s, theta) with ALiBi decay; influence profile over s turning U-shaped"
     variables = {
         "s": Var("relative position s", "1", "row s_k = (k + 1/2) / S of the kinetic density, S = n_s = {n_s}"),
@@ -194,14 +198,14 @@ class KineticCausal(Preset):
 
     def plot(self, ds, outdir):
         one = first_point(ds)
-        cfg = json.loads(ds.attrs["config"])
+        cfg = self.Config.from_attrs(ds)
         p = plt()
         betas = one.beta.values
         nb = len(betas)
         fig = p.figure(figsize=(4.0 * max(nb, 4), 7.8))
         bsel = betas[min(1, nb - 1)]
         ts = one.time.values
-        snap = [0, int(np.searchsorted(ts, cfg["t_early"])), int(np.searchsorted(ts, 0.4 * ts[-1])), len(ts) - 1]
+        snap = [0, int(np.searchsorted(ts, cfg.t_early)), int(np.searchsorted(ts, 0.4 * ts[-1])), len(ts) - 1]
         ncol = max(nb, 4)
         for j, ti in enumerate(snap):
             ax = fig.add_subplot(2, ncol, j + 1)
@@ -211,7 +215,7 @@ class KineticCausal(Preset):
             ax.set_xlabel("$\\theta$")
             ax.set_ylabel("position s")
         cmap = p.get_cmap("viridis")
-        early = ts[(ts > 0) & (ts <= cfg["t_early"])]
+        early = ts[(ts > 0) & (ts <= cfg.t_early)]
         pick = early[:: max(1, len(early) // 8)]
         for j, b in enumerate(betas):
             ax = fig.add_subplot(2, ncol, ncol + j + 1)
@@ -230,7 +234,7 @@ class KineticCausal(Preset):
         ax = fig.add_subplot(2, ncol, 2 * ncol)
         for j, b in enumerate(betas):
             prof = one.influence_binned.sel(beta=b).values
-            sel = (ts > 0) & (ts <= cfg["t_early"])
+            sel = (ts > 0) & (ts <= cfg.t_early)
             early = prof[sel]  # t = 0 is left out: the profile is then zero away from the target (0/0)
             gap = (early[:, 0] - early[:, 1:-1].min(-1)) / early[:, :-1].mean(-1)
             line, = ax.plot(ts[sel], gap, label=f"$\\beta$ = {b:g}")
@@ -241,8 +245,8 @@ class KineticCausal(Preset):
         ax.set_ylabel("(first bin - interior min) / mean")
         ax.set_title("U-shape gap (> 0: U shaped)\nsolid: onset, dotted: linear theory", fontsize=9)
         ax.legend(fontsize=7)
-        fig.suptitle(f"causal kinetic PDE, ALiBi $\\lambda$ = {cfg['lam']:g}, von Mises $\\kappa$ = {cfg['kappa']:g}, "
-                     f"S = {cfg['n_s']}, M = {cfg['m']} (dashed: not yet U-shaped)", fontsize=10)
+        fig.suptitle(f"causal kinetic PDE, ALiBi $\\lambda$ = {cfg.lam:g}, von Mises $\\kappa$ = {cfg.kappa:g}, "
+                     f"S = {cfg.n_s}, M = {cfg.m} (dashed: not yet U-shaped)", fontsize=10)
         fig.tight_layout()
         path = Path(outdir) / "kinetic-causal.png"
         save_figure(fig, path, dpi=110)

@@ -55,9 +55,9 @@ import meanfield as mf
 from meanfield import theory
 from meanfield.influence import circle_retrieval_profile, u_shape_end
 from meanfield.pde import KineticMeanField
-from meanfield.run import RunConfig, Var, register
+from meanfield.run import register, RunConfig, Step, StepPreset, Var
 
-from ._common import HostPreset, log_axis_ticks, midpoints, plt, save_figure
+from ._common import log_axis_ticks, midpoints, plt, save_figure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,8 +138,12 @@ def _particle_profiles(cfg, beta, ts, seed):
 
 
 @register
-class KineticTcrit(HostPreset):
+class KineticTcrit(StepPreset):
     name = "kinetic-tcrit"
+    tiny = ('betas=1', 'sizes=16,32', 'pde_s=8', 'pde_m=16', 'pde_modes=4', 'n_max=6', 'n_particles=8',
+            'runs=8', 'bins=4', 'profile_beta=1', 'n_times=6')
+    slow = True
+    outputs = frozenset({'profile_pde', 'tcrit_closed', 'tcrit_particles', 'tcrit_pde', 'tcrit_propagator'})
     description = "the kinetic paper's t_crit(beta): closed form, discrete propagator (S = 64..512), kinetic PDE, particles"
     variables = {
         "S": Var("number of rows S", "1", "size of the discrete propagator"),
@@ -168,12 +172,12 @@ class KineticTcrit(HostPreset):
     }
     Config = KineticTcritConfig
 
-    def host_steps(self, cfg):
-        return [f"beta={b!r}" for b in cfg.betas]
+    def steps(self, cfg):
+        return [Step(f"beta={b!r}", {"beta": b}) for b in cfg.betas]
 
-    def host_step(self, cfg, name, done):
+    def run_step(self, cfg, step, done):
         """Every solver at one beta (one progress step, one checkpoint)."""
-        b = cfg.betas[[f"beta={v!r}" for v in cfg.betas].index(name)]
+        b = step.params["beta"]
         i = cfg.betas.index(b)
         scan = np.linspace(0.3, 2.0, cfg.n_times)
         ratios = np.asarray(cfg.t_ratios)
@@ -205,8 +209,8 @@ class KineticTcrit(HostPreset):
                 r * tc, b, cfg.lam, n, cfg.M, cfg.n_max), cfg.bins) for r in ratios])
         return out
 
-    def host_dataset(self, cfg, results):
-        per = [results[k] for k in self.host_steps(cfg)]
+    def step_dataset(self, cfg, results):
+        per = [results[st.name] for st in self.steps(cfg)]
         col = lambda key: np.array([float(r[key]) for r in per])  # noqa: E731
         tc, pde_t, part_t, part_err, ref_binned, prop_pde_s = (col(k) for k in (
             "tc", "pde_t", "part_t", "part_err", "ref_binned", "prop_pde_s"))
@@ -256,16 +260,16 @@ class KineticTcrit(HostPreset):
         return ds
 
     def plot(self, ds, outdir):
-        cfg = json.loads(ds.attrs["config"])
+        cfg = self.Config.from_attrs(ds)
         p = plt()
         nr = len(ds.t_ratio)
         fig = p.figure(figsize=(4.2 * max(nr, 3), 8.4))
         ax = fig.add_subplot(2, max(nr, 3), 1)
         ax.plot(ds.beta_fine, ds.tcrit_closed_fine, "k-", lw=1.2, label="closed form")
         ax.plot(ds.beta, ds.tcrit_propagator.isel(S=-1), "o", mfc="none", label=f"propagator S = {int(ds.S[-1])}")
-        ax.plot(ds.beta, ds.tcrit_pde, "s", mfc="none", label=f"kinetic PDE S = {cfg['pde_s']}")
+        ax.plot(ds.beta, ds.tcrit_pde, "s", mfc="none", label=f"kinetic PDE S = {cfg.pde_s}")
         ax.errorbar(ds.beta, ds.tcrit_particles, yerr=ds.tcrit_particles_se, fmt="^", ms=5,
-                    label=f"particles N = {cfg['n_particles']} ({cfg['bins']} bins)")
+                    label=f"particles N = {cfg.n_particles} ({cfg.bins} bins)")
         ax.plot(ds.beta, ds.tcrit_binned_reference, "x", color="C2", label="propagator S = N, same bins")
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -273,7 +277,7 @@ class KineticTcrit(HostPreset):
         ax.minorticks_off()
         ax.set_xlabel(r"$\beta$")
         ax.set_ylabel(r"$t_{crit}$")
-        ax.set_title(rf"end of the U: $t_{{crit}}(\beta)$, $\lambda$ = {cfg['lam']:g}, M = {cfg['M']:g}", fontsize=9)
+        ax.set_title(rf"end of the U: $t_{{crit}}(\beta)$, $\lambda$ = {cfg.lam:g}, M = {cfg.M:g}", fontsize=9)
         ax.legend(fontsize=7)
         ax = fig.add_subplot(2, max(nr, 3), 2)
         err = np.abs(ds.tcrit_propagator_rel_error.values)
@@ -288,15 +292,15 @@ class KineticTcrit(HostPreset):
         ax.legend(fontsize=7)
         ax = fig.add_subplot(2, max(nr, 3), 3)
         ax.axis("off")
-        lines = ["t_crit", f"beta   closed   S={int(ds.S[-1]):<4d}  PDE      S={cfg['pde_s']:<4d} particles  S=N,bins"]
+        lines = ["t_crit", f"beta   closed   S={int(ds.S[-1]):<4d}  PDE      S={cfg.pde_s:<4d} particles  S=N,bins"]
         for b in ds.beta.values:
             sel = ds.sel(beta=b)
             lines.append(f"{b:4.2f} {float(sel.tcrit_closed):8.4g} {float(sel.tcrit_propagator.isel(S=-1)):8.4g} "
                          f"{float(sel.tcrit_pde):8.4g} {float(sel.tcrit_propagator_at_pde_s):8.4g} "
                          f"{float(sel.tcrit_particles):8.4g} {float(sel.tcrit_binned_reference):8.4g}")
-        lines += ["", f"PDE: S = {cfg['pde_s']} rows, M = {cfg['pde_m']} cells, {cfg['pde_modes']} modes;",
+        lines += ["", f"PDE: S = {cfg.pde_s} rows, M = {cfg.pde_m} cells, {cfg.pde_modes} modes;",
                   "compare it with the propagator at the same S.",
-                  f"particles: N = {cfg['n_particles']}, {cfg['runs']} runs, {cfg['bins']} bins;",
+                  f"particles: N = {cfg.n_particles}, {cfg.runs} runs, {cfg.bins} bins;",
                   "compare them with the propagator at S = N, same bins.",
                   "They follow the linear theory only while the",
                   "fluctuations e^{a t}/sqrt(N) stay small (nan: no",
@@ -313,8 +317,8 @@ class KineticTcrit(HostPreset):
             ax.plot(ds.s_bin, sel.profile_propagator_binned, "x", color="C2", label="propagator S = N, same bins")
             ax.set_xlabel("source position s")
             ax.set_ylabel("retrieval density of the last token")
-            ax.set_title(rf"$\beta$ = {cfg['profile_beta']:g}, t = {r:g} $t_{{crit}}$"
-                         + (f"\n(particles at N = {cfg['n_particles']}: past the linear regime)"
+            ax.set_title(rf"$\beta$ = {cfg.profile_beta:g}, t = {r:g} $t_{{crit}}$"
+                         + (f"\n(particles at N = {cfg.n_particles}: past the linear regime)"
                             if r >= 0.9 else ""), fontsize=9)
             top = float(np.nanmax(sel.profile_closed.values[ds.s_fine.values > 0.05]))
             ax.set_ylim(0, 1.3 * top)

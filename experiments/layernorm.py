@@ -23,7 +23,7 @@ import xarray as xr
 
 import meanfield as mf
 from meanfield.run.io import observable_vars
-from meanfield.run import Preset, Var, grid_param, register
+from meanfield.run import TracedPreset, Var, grid_param, register
 
 from ._common import MaskConfig, first_point, particle_mask, plt, save_figure
 
@@ -53,8 +53,12 @@ class Config(MaskConfig):
 
 
 @register
-class LayerNorm(Preset):
+class LayerNorm(TracedPreset):
     name = "layernorm"
+    tiny = ('n=6', 'd=4', 'n_layers=6', 'chunks=2')
+    slow = False
+    outputs = frozenset({'diameter', 'effective_rank', 'energy', 'mean_cosine', 'min_cosine', 'n_clusters',
+                        'rank_collapse', 'x'})
     description = "post-LN vs pre-LN vs peri-LN vs nGPT discrete layers from one start: collapse speed and norm growth"
     variables = {
         "norm": Var("layer normalisation", "1", "post-LN, pre-LN, peri-LN or nGPT discrete layer map (step h = {h})"),
@@ -105,8 +109,8 @@ class LayerNorm(Preset):
             ax.set_title(label, fontsize=10)
             ax.grid(alpha=0.3)
         axes[0].legend()
-        cfg = json.loads(ds.attrs["config"])
-        fig.suptitle(f"SA layers, N = {cfg['n']}, d = {cfg['d']}, $\\beta$ = {cfg['beta']}, h = {cfg['h']}, mask = {cfg['mask']}")
+        cfg = self.Config.from_attrs(ds)
+        fig.suptitle(f"SA layers, N = {cfg.n}, d = {cfg.d}, $\\beta$ = {cfg.beta}, h = {cfg.h}, mask = {cfg.mask}")
         fig.tight_layout()
         path = Path(outdir) / "layernorm.png"
         save_figure(fig, path, dpi=110)

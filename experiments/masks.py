@@ -31,7 +31,7 @@ import xarray as xr
 import meanfield as mf
 from meanfield import theory
 from meanfield.influence import layers_influence, rollout
-from meanfield.run import Preset, RunConfig, Var, register
+from meanfield.run import TracedPreset, RunConfig, Var, register
 
 from ._common import plt, save_figure
 
@@ -107,8 +107,11 @@ def _profiles(cfg, attn, x0):
 
 
 @register
-class Masks(Preset):
+class Masks(TracedPreset):
     name = "masks"
+    tiny = ('n=12', 'd=4', 'depths=1,3', 'window=3', 'n_starts=2')
+    slow = False
+    outputs = frozenset({'first_token_mass', 'influence', 'mean_position_graph_theory'})
     description = "causal vs ALiBi vs window vs RoPE: last-token influence across depth (Wu et al. 2025), Jacobian and rollout"
     variables = {
         "mask": Var("mask", "1", "causal, causal + ALiBi (alibi = {alibi}), causal + window (window = {window}) or causal + RoPE (rope_base = {rope_base})"),
@@ -170,15 +173,15 @@ class Masks(Preset):
         return xr.Dataset(data, coords=coords)
 
     def plot(self, ds, outdir):
-        cfg = json.loads(ds.attrs["config"])
+        cfg = self.Config.from_attrs(ds)
         p = plt()
         fig, axes = p.subplots(2, 4, figsize=(18, 8.4))
         cmap = p.get_cmap("viridis")
         depths = ds.depth.values
         s = ds.position.values
         n = len(s)
-        titles = {"causal": "causal", "alibi": f"causal + ALiBi (slope {cfg['alibi']})",
-                  "window": f"causal window (w = {cfg['window']})", "rope": f"causal + RoPE (base {cfg['rope_base']:g})"}
+        titles = {"causal": "causal", "alibi": f"causal + ALiBi (slope {cfg.alibi})",
+                  "window": f"causal window (w = {cfg.window})", "rope": f"causal + RoPE (base {cfg.rope_base:g})"}
         for ax, mask in zip(axes[0], ds.mask.values):
             for i, hh in enumerate(depths):
                 c = cmap(i / max(1, len(depths) - 1))
@@ -188,7 +191,7 @@ class Masks(Preset):
             ax.set_yscale("log")
             ax.set_ylim(1e-4, 2 * n)
             ax.set_xlabel("input position j / n")
-            ax.set_title(f"{titles[mask]}\nsolid: Jacobian, dotted: rollout (alpha = {cfg['alpha']})", fontsize=9)
+            ax.set_title(f"{titles[mask]}\nsolid: Jacobian, dotted: rollout (alpha = {cfg.alpha})", fontsize=9)
         axes[0][0].set_ylabel("influence density on the last token")
         axes[0][0].legend(fontsize=7, ncol=2)
         colors = dict(zip(ds.mask.values, ("C0", "C1", "C2", "C3")))
@@ -219,8 +222,8 @@ class Masks(Preset):
         ax.set_title("trade-off across depth (H increases from right to left)", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        fig.suptitle(f"n = {n}, d = {cfg['d']}, post-LN layers h = {cfg['h']}, beta = {cfg['beta']}, "
-                     f"{cfg['n_starts']} starts (spread {cfg['spread']}).  Bottom: o- Jacobian at beta = {cfg['beta']}, "
+        fig.suptitle(f"n = {n}, d = {cfg.d}, post-LN layers h = {cfg.h}, beta = {cfg.beta}, "
+                     f"{cfg.n_starts} starts (spread {cfg.spread}).  Bottom: o- Jacobian at beta = {cfg.beta}, "
                      "x-- the mask graph alone (beta = 0, rollout)", fontsize=10)
         fig.tight_layout()
         path = Path(outdir) / "masks.png"

@@ -25,7 +25,7 @@ import xarray as xr
 
 import meanfield as mf
 from meanfield.pde.circle import CircleMeanField, density_to_particles, density_w1
-from meanfield.run import Preset, RunConfig, Var, register
+from meanfield.run import TracedPreset, RunConfig, Var, register
 from meanfield.theory import circle_growth_rate
 
 from ._common import ToleranceConfig, first_point, plt, save_figure
@@ -58,8 +58,11 @@ class CircleConfig(RunConfig):
 
 
 @register
-class MeanFieldCircle(Preset):
+class MeanFieldCircle(TracedPreset):
     name = "meanfield-circle"
+    tiny = ('m=32', 'betas=1,2', 't1=1', 'n_save=5', 'chunks=2')
+    slow = True
+    outputs = frozenset({'mass', 'rho', 'time'})
     description = "density rho(theta, t) on S^1 for SA and USA at several beta (PDE solver, heatmaps)"
     variables = {
         "theta": Var("angle theta", "rad", "cell centre on the circle, M = m = {m} cells"),
@@ -119,8 +122,8 @@ class MeanFieldCircle(Preset):
                 ax.set_title(f"{form}, $\\beta$ = {b:g}  (mode-3 rate {rate:.2f})", fontsize=9)
                 ax.set_xlabel("t")
                 ax.set_ylabel("$\\theta$")
-        cfg = json.loads(ds.attrs["config"])
-        fig.suptitle(f"mean-field density on $S^1$ (M = {cfg['m']}), $\\rho_0 \\propto 1 + {cfg['eps']} \\cos 3\\theta$ (log colour)")
+        cfg = self.Config.from_attrs(ds)
+        fig.suptitle(f"mean-field density on $S^1$ (M = {cfg.m}), $\\rho_0 \\propto 1 + {cfg.eps} \\cos 3\\theta$ (log colour)")
         fig.tight_layout()
         path = Path(outdir) / "meanfield-circle.png"
         save_figure(fig, path, dpi=110)
@@ -156,8 +159,11 @@ def _rho0(m):
 
 
 @register
-class ParticlesVsPDE(Preset):
+class ParticlesVsPDE(TracedPreset):
     name = "particles-vs-pde"
+    tiny = ('ns=8,16', 'n_seeds=2', 'm=64', 't1=0.5')
+    slow = True
+    outputs = frozenset({'time', 'w1', 'w1_mean'})
     description = "W1 between N particles and the mean-field PDE density at time T, vs N (log-log, fitted slope)"
     variables = {
         "n": Var("number of particles N", "1", "tokens of each particle run"),

@@ -49,6 +49,10 @@ class Config(ParticleConfig):
 @register
 class Metastability(ParticlePreset):
     name = "metastability"
+    tiny = ('n=8', 't1=50', 'n_save=9', 'chunks=2')
+    slow = False
+    outputs = frozenset({'diameter', 'effective_rank', 'energy', 'mean_cosine', 'min_cosine', 'n_clusters',
+                        'rank_collapse', 'x'})
     description = "large beta on the circle: energy staircase and cluster-count plateaus on a log-time axis"
     Config = Config
 
@@ -74,8 +78,8 @@ class Metastability(ParticlePreset):
             ax.set_xlabel("t (log)")
             ax.set_title(label + (" (shaded: plateaus >= 0.5 decade)" if name == "n_clusters" else ""), fontsize=10)
             ax.grid(alpha=0.3, which="both")
-        cfg = json.loads(ds.attrs["config"])
-        fig.suptitle(f"metastable clusters on $S^{{{cfg['d'] - 1}}}$: N = {cfg['n']}, $\\beta$ = {cfg['beta']} "
+        cfg = self.Config.from_attrs(ds)
+        fig.suptitle(f"metastable clusters on $S^{{{cfg.d - 1}}}$: N = {cfg.n}, $\\beta$ = {cfg.beta} "
                      f"(clusters {int(nc[0])} -> {int(nc[-1])})")
         fig.tight_layout()
         path = Path(outdir) / "metastability.png"

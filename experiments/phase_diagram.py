@@ -22,7 +22,7 @@ import xarray as xr
 
 import meanfield as mf
 from meanfield.run.io import observable_vars
-from meanfield.run import Preset, RunConfig, register
+from meanfield.run import TracedPreset, RunConfig, register
 
 from ._common import first_point, plt, save_figure, simulate_chunk
 
@@ -68,8 +68,12 @@ def _attention(cfg, beta, s):
 
 
 @register
-class PhaseDiagram(Preset):
+class PhaseDiagram(TracedPreset):
     name = "phase-diagram"
+    tiny = ('n=6', 'betas=1,8', 'n_seeds=2', 't1=2', 'n_save=5', 'chunks=2')
+    slow = True
+    outputs = frozenset({'diameter', 'effective_rank', 'energy', 'mean_cosine', 'min_cosine', 'n_clusters',
+                        'rank_collapse', 'x'})
     description = "cluster count over beta x time for random Q, K, V (batched over seeds and beta): heatmap"
     Config = Config
     vmap_keys = ("seed",)
@@ -130,8 +134,8 @@ class PhaseDiagram(Preset):
         axes[2].set_title("rank-collapse residual (mean over seeds)")
         for ax in axes[1:]:
             ax.grid(alpha=0.3)
-        cfg = json.loads(ds.attrs["config"])
-        fig.suptitle(f"random Q, K, V = I + {cfg['sigma']} G/sqrt(d); N = {cfg['n']}, d = {cfg['d']}, {cfg['n_seeds']} seeds")
+        cfg = self.Config.from_attrs(ds)
+        fig.suptitle(f"random Q, K, V = I + {cfg.sigma} G/sqrt(d); N = {cfg.n}, d = {cfg.d}, {cfg.n_seeds} seeds")
         fig.tight_layout()
         path = Path(outdir) / "phase-diagram.png"
         save_figure(fig, path, dpi=110)

@@ -30,9 +30,9 @@ import xarray as xr
 import meanfield as mf
 from meanfield import observables as obs
 from meanfield import theory
-from meanfield.run import Var, register
+from meanfield.run import register, Step, StepPreset, Var
 
-from ._common import HostPreset, ToleranceConfig, half_circle_prompts as _prompts, log_axis_ticks, plt, save_figure
+from ._common import ToleranceConfig, half_circle_prompts as _prompts, log_axis_ticks, plt, save_figure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,8 +75,12 @@ def _angles(x):
 
 
 @register
-class PromptParallel(HostPreset):
+class PromptParallel(StepPreset):
     name = "prompt-parallel"
+    tiny = ('ns=8,16', 't1=5', 'n_save=4', 'quadrature=32', 'n_starts=2', 'hops=0')
+    slow = True
+    outputs = frozenset({'dirac_distance_parallel', 'dirac_distance_shared', 'theta_star',
+                        'w1_to_pushforward'})
     description = "parallel vs shared prompts on S^1: pushforward limit (W1 ~ 1/N to the theory maximiser) vs Dirac collapse"
     variables = {
         "s_q": Var("auxiliary variable s (quadrature)", "1", "quadrature nodes (i + 1/2)/M, M = quadrature = {quadrature}"),
@@ -99,16 +103,16 @@ class PromptParallel(HostPreset):
     }
     Config = PromptParallelConfig
 
-    def host_steps(self, cfg):
-        return ["theory"] + [f"n={n}" for n in cfg.ns]
+    def steps(self, cfg):
+        return [Step("theory")] + [Step(f"n={n}", {"n": n}) for n in cfg.ns]
 
-    def host_step(self, cfg, name, done):
-        if name == "theory":
+    def run_step(self, cfg, step, done):
+        if step.name == "theory":
             _, pq = _prompts(cfg.quadrature)
             best = theory.prompt_pushforward(pq, cfg.beta, cfg.weight, n_starts=cfg.n_starts, hops=cfg.hops, seed=cfg.seed)
             return {"theta_star": _angles(best.x), "energy": best.energy, "energies": best.energies,
                     "counts": best.counts, "hessian_max": best.hessian_max, "tie": int(best.tie)}
-        n = int(name[2:])
+        n = step.params["n"]
         th_star = done["theory"]["theta_star"]
         times = _times(cfg)
         s, p = _prompts(n)
@@ -122,7 +126,7 @@ class PromptParallel(HostPreset):
                 "energy": float(obs.energy(jnp.asarray(xp[-1]), cfg.beta, prompt=p, weight=cfg.weight)),
                 "theta_parallel": _angles(xp[-1]), "theta_shared": _angles(xs[-1]), "s": s}
 
-    def host_dataset(self, cfg, results):
+    def step_dataset(self, cfg, results):
         sq, _ = _prompts(cfg.quadrature)
         th = results["theory"]
         th_star = th["theta_star"]
@@ -160,7 +164,7 @@ class PromptParallel(HostPreset):
         return ds
 
     def plot(self, ds, outdir):
-        cfg = json.loads(ds.attrs["config"])
+        cfg = self.Config.from_attrs(ds)
         p = plt()
         fig, axes = p.subplots(1, 3, figsize=(15, 4.6))
         ax = axes[0]
@@ -170,7 +174,7 @@ class PromptParallel(HostPreset):
         ax.plot(ds.s_q, np.pi * ds.s_q, ":", color="gray", label=r"prompt angle $\pi s$")
         ax.set_xlabel("auxiliary variable s")
         ax.set_ylabel(r"final angle $\theta$")
-        ax.set_title(rf"limit vs theory, $\beta$ = {cfg['beta']:g}, weight = {cfg['weight']:g}", fontsize=9)
+        ax.set_title(rf"limit vs theory, $\beta$ = {cfg.beta:g}, weight = {cfg.weight:g}", fontsize=9)
         ax.legend(fontsize=7)
         ax = axes[1]
         n = ds.n.values.astype(float)

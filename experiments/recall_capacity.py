@@ -22,9 +22,9 @@ import numpy as np
 import xarray as xr
 
 from meanfield.studies import recall
-from meanfield.run import RunConfig, Var, register
+from meanfield.run import register, RunConfig, Step, StepPreset, Var
 
-from ._common import HostPreset, plt, save_figure
+from ._common import plt, save_figure
 
 AXES = ("d", "L", "N")
 
@@ -73,8 +73,12 @@ REGIMES = ("early-gd", "adam")
 
 
 @register
-class RecallCapacity(HostPreset):
+class RecallCapacity(StepPreset):
     name = "recall-capacity"
+    tiny = ('ds=4,8,16', 'ls=2,4,8', 'ns=32,64,128', 'd0=8', 'l0=4', 'n0=64', 'seeds=1',
+            'regimes=early-gd', 'm_min=2', 'm_max=16')
+    slow = True
+    outputs = frozenset({'capacity_vs_N', 'capacity_vs_d', 'exponent_L', 'theory_vs_L'})
     description = "storage capacity of one-layer attention with random embeddings vs d, L, N (Vural et al. 2026), log-log fits"
     variables = {
         "regime": Var("training regime", "1", "early-stopped gradient descent (early_steps = {early_steps}) or Adam (adam_steps = {adam_steps}, adam_lr = {adam_lr})"),
@@ -97,15 +101,14 @@ class RecallCapacity(HostPreset):
     }
     Config = RecallConfig
 
-    def host_steps(self, cfg):
+    def steps(self, cfg):
         """One capacity measurement per (axis, regime, value): progress and resume at that grain."""
-        return [f"{axis}:{regime}:{i}" for axis, values in zip(AXES, (cfg.ds, cfg.ls, cfg.ns))
-                for regime in cfg.regimes for i in range(len(values))]
+        return [Step(f"{axis}:{regime}:{i}", {"axis": axis, "regime": regime, "regime_index": r, "index": i, "value": v})
+                for axis, values in zip(AXES, (cfg.ds, cfg.ls, cfg.ns))
+                for r, regime in enumerate(cfg.regimes) for i, v in enumerate(values)]
 
-    def host_step(self, cfg, name, done):
-        axis, regime, i = name.split(":")
-        i, r = int(i), cfg.regimes.index(regime)
-        v = dict(zip(AXES, (cfg.ds, cfg.ls, cfg.ns)))[axis][i]
+    def run_step(self, cfg, step, done):
+        axis, regime, i, r, v = (step.params[k] for k in ("axis", "regime", "index", "regime_index", "value"))
         kw = dict(steps=cfg.early_steps, opt="gd") if regime == "early-gd" else \
             dict(steps=cfg.adam_steps, opt="adam", lr=cfg.adam_lr)
         d, ll, n = (v if axis == "d" else cfg.d0), (v if axis == "L" else cfg.l0), (v if axis == "N" else cfg.n0)
@@ -113,7 +116,7 @@ class RecallCapacity(HostPreset):
                                  threshold=cfg.threshold, seeds=cfg.seeds, m_min=cfg.m_min, m_max=cfg.m_max, **kw)
         return {"capacity": cap}
 
-    def host_dataset(self, cfg, results):
+    def step_dataset(self, cfg, results):
         data, coords = {}, {"regime": list(cfg.regimes), "fit": ["slope", "lo", "hi"]}
         for axis, values in zip(AXES, (cfg.ds, cfg.ls, cfg.ns)):
             caps = np.array([[float(results[f"{axis}:{regime}:{i}"]["capacity"]) for i in range(len(values))]
@@ -131,12 +134,12 @@ class RecallCapacity(HostPreset):
         return xr.Dataset(data, coords=coords)
 
     def plot(self, ds, outdir):
-        cfg = json.loads(ds.attrs["config"])
+        cfg = self.Config.from_attrs(ds)
         p = plt()
         fig, axes = p.subplots(1, 3, figsize=(15, 4.4))
-        fixed = {"d": f"L = {cfg['l0']}, N = {cfg['n0']}", "L": f"d = {cfg['d0']}, N = {cfg['n0']}",
-                 "N": f"d = {cfg['d0']}, L = {cfg['l0']}"}
-        labels = {"early-gd": f"early phase ({cfg['early_steps']} GD step)", "adam": f"Adam, {cfg['adam_steps']} steps"}
+        fixed = {"d": f"L = {cfg.l0}, N = {cfg.n0}", "L": f"d = {cfg.d0}, N = {cfg.n0}",
+                 "N": f"d = {cfg.d0}, L = {cfg.l0}"}
+        labels = {"early-gd": f"early phase ({cfg.early_steps} GD step)", "adam": f"Adam, {cfg.adam_steps} steps"}
         for ax, axis in zip(axes, AXES):
             x = ds[axis].values
             for r, regime in enumerate(ds.regime.values):
@@ -150,8 +153,8 @@ class RecallCapacity(HostPreset):
             ax.set_xticks(x, [str(v) for v in x])
             ax.minorticks_off()
             ax.set_xlabel(axis)
-            ax.set_ylabel(f"capacity: facts stored at test accuracy >= {cfg['threshold']}")
-            ax.set_title(f"capacity vs {axis} ({fixed[axis]}, {cfg['seeds']} seeds)", fontsize=9)
+            ax.set_ylabel(f"capacity: facts stored at test accuracy >= {cfg.threshold}")
+            ax.set_title(f"capacity vs {axis} ({fixed[axis]}, {cfg.seeds} seeds)", fontsize=9)
             ax.legend(fontsize=7)
             ax.grid(alpha=0.3, which="both")
         fig.tight_layout()

@@ -28,9 +28,9 @@ import xarray as xr
 
 import meanfield as mf
 from meanfield.studies import rope_locality as rope
-from meanfield.run import RunConfig, Var, register
+from meanfield.run import register, RunConfig, Step, StepPreset, Var
 
-from ._common import HostPreset, plt, save_figure
+from ._common import plt, save_figure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,8 +83,13 @@ def _est(e):
 
 
 @register
-class RopeLongContext(HostPreset):
+class RopeLongContext(StepPreset):
     name = "rope-long-context"
+    tiny = ('d=8', 'bases=10,100', 'lengths=4,64', 'n_samples=2000', 'tradeoff_bases=10,100', 'short=8',
+            'long=64', 'engine_d=8', 'engine_heads=2', 'engine_lengths=8,16', 'n_sequences=1',
+            'twin_max_length=64')
+    slow = True
+    outputs = frozenset({'consistency_flip', 'engine_locality', 'locality', 'tradeoff_flip'})
     description = "RoPE at long context (Du et al. 2026): locality and token-consistency failures vs length and base"
     variables = {
         "base": Var("RoPE base", "1", "frequency base of the rotary encoding (d = {d})"),
@@ -103,11 +108,12 @@ class RopeLongContext(HostPreset):
     }
     Config = RopeConfig
 
-    def host_steps(self, cfg):
+    def steps(self, cfg):
         """One step per base (all lengths), the trade-off curve, and the engine: progress and resume."""
-        return [f"base={b!r}" for b in cfg.bases] + ["tradeoff", "engine"]
+        return [Step(f"base={b!r}", {"index": i, "base": b}) for i, b in enumerate(cfg.bases)] + [Step("tradeoff"), Step("engine")]
 
-    def host_step(self, cfg, name, done):
+    def run_step(self, cfg, step, done):
+        name = step.name
         key = jax.random.key(cfg.seed)
         dist = rope.QKDistribution(cfg.d, cfg.signal)
         if name == "tradeoff":
@@ -125,8 +131,7 @@ class RopeLongContext(HostPreset):
                                                          signal=cfg.signal, n_layers=nl, n_sequences=cfg.n_sequences)
                     eng[a, j] = [_est(e_loc), _est(e_flip)]
             return {"eng": eng}
-        i = [f"base={b!r}" for b in cfg.bases].index(name)
-        b = cfg.bases[i]
+        i, b = step.params["index"], step.params["base"]
         loc, flip, same = (np.zeros((len(cfg.lengths), 3)) for _ in range(3))
         for j, n in enumerate(cfg.lengths):
             k = jax.random.fold_in(key, 1000 * i + j)
@@ -138,7 +143,7 @@ class RopeLongContext(HostPreset):
                 same[j] = np.nan
         return {"loc": loc, "flip": flip, "same": same}
 
-    def host_dataset(self, cfg, results):
+    def step_dataset(self, cfg, results):
         per = [results[f"base={b!r}"] for b in cfg.bases]
         loc, flip, same = (np.stack([r[k] for r in per]) for k in ("loc", "flip", "same"))
         trade, eng = results["tradeoff"]["trade"], results["engine"]["eng"]
@@ -159,7 +164,7 @@ class RopeLongContext(HostPreset):
         )
 
     def plot(self, ds, outdir):
-        cfg = json.loads(ds.attrs["config"])
+        cfg = self.Config.from_attrs(ds)
         p = plt()
         fig, axes = p.subplots(1, 5, figsize=(25, 4.6))
         cmap = p.get_cmap("viridis")
@@ -174,7 +179,7 @@ class RopeLongContext(HostPreset):
             ax.axhline(0.5, color="k", lw=0.8, ls=":")
             ax.set_xscale("log", base=2)
             ax.set_xlabel("context length L")
-            ax.set_title(f"{title}\nd = {cfg['d']}, signal {cfg['signal']}, {cfg['n_samples']} draws (bands: 95 %)", fontsize=9)
+            ax.set_title(f"{title}\nd = {cfg.d}, signal {cfg.signal}, {cfg.n_samples} draws (bands: 95 %)", fontsize=9)
             ax.grid(alpha=0.3)
         axes[0].legend(fontsize=8)
         ax = axes[2]
@@ -182,8 +187,8 @@ class RopeLongContext(HostPreset):
         ax.plot(tl, 1 - tf, "o-", color="C3")
         for b, x_, y_ in zip(ds.tradeoff_base.values, tl, 1 - tf):
             ax.annotate(f"{b:g}", (x_, y_), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ax.set_xlabel(f"locality probability at L = {cfg['short']} (positions told apart)")
-        ax.set_ylabel(f"1 - flip probability at L = {cfg['long']} (tokens told apart)")
+        ax.set_xlabel(f"locality probability at L = {cfg.short} (positions told apart)")
+        ax.set_ylabel(f"1 - flip probability at L = {cfg.long} (tokens told apart)")
         ax.set_title("the base trade-off (labels: RoPE base)", fontsize=9)
         ax.grid(alpha=0.3)
         ax = axes[3]
@@ -195,8 +200,8 @@ class RopeLongContext(HostPreset):
         ax.axhline(0.5, color="k", lw=0.8, ls=":")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("sequence length")
-        ax.set_title(f"engine: {cfg['engine_heads']} heads, d = {cfg['engine_d']}, beta = {cfg['engine_beta']}, "
-                     f"base {cfg['engine_base']:g}\nlast token's attention (flip: vs the same heads without RoPE)", fontsize=9)
+        ax.set_title(f"engine: {cfg.engine_heads} heads, d = {cfg.engine_d}, beta = {cfg.engine_beta}, "
+                     f"base {cfg.engine_base:g}\nlast token's attention (flip: vs the same heads without RoPE)", fontsize=9)
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
         ax = axes[4]

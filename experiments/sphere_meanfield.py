@@ -39,10 +39,10 @@ import xarray as xr
 import meanfield as mf
 from meanfield.pde import SphereMeanField
 from meanfield.pde.sphere import density_mmd, density_mmd_between, density_to_particles
-from meanfield.run import Var, register
+from meanfield.run import register, Step, StepPreset, Var
 from meanfield.theory import sphere_growth_rate
 
-from ._common import HostPreset, ToleranceConfig, plt, save_figure
+from ._common import ToleranceConfig, plt, save_figure
 
 FORMS = ("SA", "USA")
 DENSE_MAX = 4096
@@ -125,12 +125,16 @@ def _linear_response(pde: SphereMeanField, tangent, T):
 
 
 def _map_steps(cfg):
-    return [f"density {form} beta={b!r}" for form in FORMS for b in cfg.betas]
+    return [Step(f"density {form} beta={b!r}", {"form": form, "beta": b}) for form in FORMS for b in cfg.betas]
 
 
 @register
-class SphereMeanFieldPreset(HostPreset):
+class SphereMeanFieldPreset(StepPreset):
     name = "sphere-meanfield"
+    tiny = ('L=8', 'betas=4', 'efolds=1.5', 'n_save=4', 'ell_max=3', 'ns=16,32', 'n_seeds=2', 'pvp_L=8',
+            'pvp_t1=0.5', 'tail=1e-3')
+    slow = True
+    outputs = frozenset({'growth_rate', 'growth_rate_theory', 'mmd', 'resolved_until', 'rho'})
     description = "mean-field PDE on S^2: density maps (SA/USA), growth rates vs theory, particles vs PDE (MMD vs N)"
     variables = {
         "form": Var("attention form", "1", "SA (softmax) or USA (unnormalised)"),
@@ -156,18 +160,18 @@ class SphereMeanFieldPreset(HostPreset):
     }
     Config = SphereConfig
 
-    def host_steps(self, cfg):
-        return [*_map_steps(cfg), "growth rates", "pde", *(f"particles N={n}" for n in cfg.ns)]
+    def steps(self, cfg):
+        return [*_map_steps(cfg), Step("growth rates"), Step("pde"), *(Step(f"particles N={n}", {"n": n}) for n in cfg.ns)]
 
-    def host_step(self, cfg, name, done):
-        if name.startswith("density"):
-            form, b = name.split()[1], float(name.split("beta=")[1])
-            return self._maps(cfg, form, b)
+    def run_step(self, cfg, step, done):
+        name = step.name
+        if "form" in step.params:
+            return self._maps(cfg, step.params["form"], float(step.params["beta"]))
         if name == "growth rates":
             return self._rates(cfg)
         if name == "pde":
             return self._pde(cfg)
-        return self._particles(cfg, int(name.split("N=")[1]), done["pde"])
+        return self._particles(cfg, step.params["n"], done["pde"])
 
     def _maps(self, cfg, form, beta):
         """One map run: efolds / (fastest rate) long, n_save saves, NaN after the band limit fails."""
@@ -234,8 +238,8 @@ class SphereMeanFieldPreset(HostPreset):
         keys = [jax.random.fold_in(jax.random.key(cfg.seed), 1000 * n + s) for s in range(cfg.n_seeds)]
         return {"mmd": np.stack([np.asarray(one(k)) for k in keys], -1)}  # (3, seed)
 
-    def host_dataset(self, cfg, results):
-        maps = [results[s] for s in _map_steps(cfg)]
+    def step_dataset(self, cfg, results):
+        maps = [results[st.name] for st in _map_steps(cfg)]
         nb = len(cfg.betas)
         shape = (len(FORMS), nb)
         stack = lambda key: np.stack([m[key] for m in maps]).reshape(shape + np.shape(maps[0][key]))  # noqa: E731
@@ -280,7 +284,7 @@ class SphereMeanFieldPreset(HostPreset):
 
     def _plot_maps(self, ds, outdir):
         p = plt()
-        cfg = json.loads(ds.attrs["config"])
+        cfg = self.Config.from_attrs(ds)
         lon = np.where(ds.phi.values > np.pi, ds.phi.values - 2 * np.pi, ds.phi.values)
         order = np.argsort(lon)
         lat = np.pi / 2 - ds.theta.values
@@ -305,8 +309,8 @@ class SphereMeanFieldPreset(HostPreset):
                     ax.text(-0.08, 0.5, f"{form}, $\\beta$ = {b:g}\nresolved to t = {float(one.resolved_until):.3g}",
                             transform=ax.transAxes, ha="right", va="center", fontsize=9)
             fig.colorbar(im, cax=fig.add_subplot(grid[r, 4]), label="$4\\pi\\rho$")
-        fig.suptitle(f"mean-field density on $S^2$ (L = {cfg['L']}), $\\rho_0 = (1 + {cfg['eps']:g}\\,Y_3)/4\\pi$: "
-                     f"each row runs {cfg['efolds']:g} e-foldings of its fastest mode, shown up to where L resolves it",
+        fig.suptitle(f"mean-field density on $S^2$ (L = {cfg.L}), $\\rho_0 = (1 + {cfg.eps:g}\\,Y_3)/4\\pi$: "
+                     f"each row runs {cfg.efolds:g} e-foldings of its fastest mode, shown up to where L resolves it",
                      fontsize=10)
         path = Path(outdir) / "sphere-meanfield.png"
         save_figure(fig, path, dpi=90)
@@ -351,8 +355,8 @@ class SphereMeanFieldPreset(HostPreset):
         ax.set_yscale("log")
         ax.set_xlabel("N particles")
         ax.set_ylabel("MMD to the PDE density")
-        cfg = json.loads(ds.attrs["config"])
-        ax.set_title(f"particles vs SphereMeanField (SA, $\\beta$ = {cfg['pvp_beta']:g}): fitted slope "
+        cfg = self.Config.from_attrs(ds)
+        ax.set_title(f"particles vs SphereMeanField (SA, $\\beta$ = {cfg.pvp_beta:g}): fitted slope "
                      f"{ds.attrs['fitted_slope_at_t1']:.2f}\nPDE at L vs 2L: {100 * ds.attrs['pde_l_vs_2l']:.1g}% "
                      f"of the distance at N = {ns[-1]}", fontsize=9)
         ax.grid(alpha=0.3, which="both")

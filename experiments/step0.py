@@ -23,7 +23,7 @@ import xarray as xr
 from meanfield import theory
 from meanfield.influence import profile_stats
 from meanfield.studies.decoders import DecoderConfig, step0_influence
-from meanfield.run import Preset, RunConfig, Var, register
+from meanfield.run import TracedPreset, RunConfig, Var, register
 
 from ._common import plt, save_figure
 
@@ -50,8 +50,11 @@ class Step0Config(RunConfig):
 
 
 @register
-class Step0(Preset):
+class Step0(TracedPreset):
     name = "step0"
+    tiny = ('n=8', 'depth=2', 'width=8', 'heads=2', 'n_inits=2')
+    slow = True
+    outputs = frozenset({'alpha_matched', 'influence', 'influence_mean'})
     description = "random-init GPT-2/Qwen2-style decoders, RoPE on/off: last-token influence U-shape vs Cesàro theory"
     variables = {
         "variant": Var("decoder variant", "1", "GPT-2- or Qwen2-style decoder, RoPE on or off (depth = {depth}, width = {width}, heads = {heads})"),
@@ -92,10 +95,10 @@ class Step0(Preset):
         return _dataset(cfg, np.asarray(recs["x"][-1]))
 
     def plot(self, ds, outdir):
-        cfg = json.loads(ds.attrs["config"])
+        cfg = self.Config.from_attrs(ds)
         p = plt()
         fig, axes = p.subplots(1, 2, figsize=(12, 4.8))
-        n = cfg["n"]
+        n = cfg.n
         s = ds.position.values
         for i, v in enumerate(ds.variant.values):
             m, e = n * ds.influence_mean.sel(variant=v).values, n * ds.influence_sem.sel(variant=v).values
@@ -111,7 +114,7 @@ class Step0(Preset):
             ax.set_yscale("log")
             ax.set_xlabel("input position j / n")
             ax.set_ylabel("influence density on the last token")
-            ax.set_title(f"{title}\nH = {cfg['depth']}, width {cfg['width']}, n = {n}, {cfg['n_inits']} inits (bands: 2 s.e.)", fontsize=9)
+            ax.set_title(f"{title}\nH = {cfg.depth}, width {cfg.width}, n = {n}, {cfg.n_inits} inits (bands: 2 s.e.)", fontsize=9)
             ax.legend(fontsize=7)
         fig.tight_layout()
         path = Path(outdir) / "step0.png"

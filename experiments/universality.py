@@ -40,10 +40,10 @@ from scipy.special import i0e
 import meanfield as mf
 from meanfield import observables as obs
 from meanfield import theory
-from meanfield.run import Var, register
+from meanfield.run import register, Step, StepPreset, Var
 from meanfield.studies import learned_pe
 
-from ._common import HostPreset, ToleranceConfig, log_axis_ticks, midpoints, plt, save_figure
+from ._common import ToleranceConfig, log_axis_ticks, midpoints, plt, save_figure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,8 +145,13 @@ def _grid2(side):
 
 
 @register
-class Universality(HostPreset):
+class Universality(StepPreset):
     name = "universality"
+    tiny = ('n=8', 'weights=1,4', 't1=20', 'n_starts=2', 'ns=8,16', 'learned_ns=8', 'fit_steps=3',
+            's2_side=3')
+    slow = True
+    outputs = frozenset({'inverse_s1_fraction', 'inverse_s2_max_error', 'learned_s2_mmd', 'learned_w1',
+                        'w1_floor', 'w1_quantile_prompts', 'w1_quantile_vs_n'})
     description = ("a chosen target as the limit: quantile prompts (W1 vs weight and vs N), inverse design (S^1, S^2), "
                    "a learned PE (optax, W1 vs N) against the floor")
     variables = {
@@ -194,9 +199,12 @@ class Universality(HostPreset):
     }
     Config = UniversalityConfig
 
-    def host_steps(self, cfg):
-        return ([f"quantile weight={w!r}" for w in cfg.weights] + [f"quantile n={n}" for n in cfg.ns]
-                + [f"learned n={n}" for n in cfg.learned_ns] + ["learned random-init", "learned S2", "inverse S1", "inverse S2"])
+    def steps(self, cfg):
+        return ([Step(f"quantile weight={w!r}", {"kind": "quantile", "n": cfg.n, "weight": w}) for w in cfg.weights]
+                + [Step(f"quantile n={n}", {"kind": "quantile", "n": n, "weight": cfg.weight_n}) for n in cfg.ns]
+                + [Step(f"learned n={n}", {"kind": "learned", "n": n, "init": "paired"}) for n in cfg.learned_ns]
+                + [Step("learned random-init", {"kind": "learned", "n": cfg.n, "init": "random"}), Step("learned S2", {"kind": "learned S2"}),
+                   Step("inverse S1", {"kind": "inverse", "d": 2}), Step("inverse S2", {"kind": "inverse", "d": 3})])
 
     def _run(self, cfg, x0, p, weight):
         return np.asarray(mf.simulate(mf.Attention(cfg.beta), jnp.asarray(x0), [0.0, cfg.t1],
@@ -219,22 +227,20 @@ class Universality(HostPreset):
         return {"w1": w1, "theta": np.arctan2(ends[0][:, 1], ends[0][:, 0]), "losses": fit.losses,
                 "stability": fit.stability, "floor": _floor(quantile, n)}
 
-    def host_step(self, cfg, name, done):
+    def run_step(self, cfg, step, done):
         _, _, quantile = _circle_target()
-        if name.startswith("quantile"):
-            key, val = name.split(" ")[1].split("=")
-            n, w = (cfg.n, float(val)) if key == "weight" else (int(val), cfg.weight_n)
+        kind = step.params["kind"]
+        if kind == "quantile":
+            n, w = step.params["n"], float(step.params["weight"])
             s = midpoints(n)
             p = _circle(quantile(s))
             x = self._run(cfg, p, p, w)
             th = np.arctan2(x[:, 1], x[:, 0])
             return {"theta": th, "w1": float(obs.circle_w1(jnp.asarray(th), jnp.asarray(_fine(quantile)))),
                     "floor": _floor(quantile, n)}
-        if name.startswith("learned n="):
-            return self._learned(cfg, int(name.split("=")[1]), "paired")
-        if name == "learned random-init":
-            return self._learned(cfg, cfg.n, "random")
-        if name == "learned S2":
+        if kind == "learned":
+            return self._learned(cfg, step.params["n"], step.params["init"])
+        if kind == "learned S2":
             sg = _grid2(cfg.s2_side)
             n = sg.shape[0]
             cloud = _sphere_target(2048, cfg.seed + 1)
@@ -245,7 +251,7 @@ class Universality(HostPreset):
             ref = np.array([mmd(_sphere_target(n, cfg.seed + 50 + k)) for k in range(16)])
             return {"mmd": np.array([mmd(x) for x in ends]), "mmd_iid": ref, "end": ends[0], "cloud": cloud[:512],
                     "losses": fit.losses}
-        d = 2 if name.endswith("S1") else 3
+        d = step.params["d"]
         s = midpoints(cfg.n)
         target = _circle(quantile(s)) if d == 2 else _sphere_target(cfg.n, cfg.seed)
         need = theory.inverse_prompt(target, cfg.beta, 1e6).min_weight
@@ -259,7 +265,7 @@ class Universality(HostPreset):
             out["w1_target"] = float(obs.circle_w1(jnp.asarray(th), jnp.asarray(_fine(quantile))))
         return out
 
-    def host_dataset(self, cfg, results):
+    def step_dataset(self, cfg, results):
         th_grid, pdf, quantile = _circle_target()
         q = [results[f"quantile weight={w!r}"] for w in cfg.weights]
         qn = [results[f"quantile n={n}"] for n in cfg.ns]
@@ -307,7 +313,7 @@ class Universality(HostPreset):
         )
 
     def plot(self, ds, outdir):
-        cfg = json.loads(ds.attrs["config"])
+        cfg = self.Config.from_attrs(ds)
         p = plt()
         fig = p.figure(figsize=(16, 9.6))
         wrap = lambda th: np.mod(np.asarray(th) + np.pi, 2 * np.pi) - np.pi  # noqa: E731
@@ -321,7 +327,7 @@ class Universality(HostPreset):
                     color="C3", lw=1.5, label="learned PE (paired start)")
         ax.set_xlabel(r"$\theta$")
         ax.set_ylabel("density")
-        ax.set_title(f"limits, N = {cfg['n']}, $\\beta$ = {cfg['beta']:g}", fontsize=9)
+        ax.set_title(f"limits, N = {cfg.n}, $\\beta$ = {cfg.beta:g}", fontsize=9)
         ax.legend(fontsize=7)
         ax = fig.add_subplot(2, 3, 2)
         ax.loglog(ds.weight, ds.w1_quantile_prompts, "o-", label="limit of the quantile-prompt runs")
@@ -330,14 +336,14 @@ class Universality(HostPreset):
                    label=f"inverse design (weight {float(ds.inverse_s1_weight):.2g})")
         ax.set_xlabel("prompt weight")
         ax.set_ylabel("circle W1 to the target")
-        ax.set_title(f"W1 vs weight against the floor (N = {cfg['n']})", fontsize=9)
+        ax.set_title(f"W1 vs weight against the floor (N = {cfg.n})", fontsize=9)
         ax.legend(fontsize=7)
         ax = fig.add_subplot(2, 3, 3)
         ax.loglog(ds.n_tokens, ds.w1_floor_vs_n, "k:", marker=".", label="floor (N quantile midpoints)")
-        ax.loglog(ds.n_tokens, ds.w1_quantile_vs_n, "o-", label=f"quantile prompts, weight {cfg['weight_n']:g}")
+        ax.loglog(ds.n_tokens, ds.w1_quantile_vs_n, "o-", label=f"quantile prompts, weight {cfg.weight_n:g}")
         lw = ds.learned_w1.values
         ax.errorbar(ds.n_learned, np.median(lw, 1), yerr=[np.median(lw, 1) - lw.min(1), lw.max(1) - np.median(lw, 1)],
-                    fmt="s-", color="C3", capsize=3, label=f"learned PE, K = {cfg['n_freq']} (median, min-max over starts)")
+                    fmt="s-", color="C3", capsize=3, label=f"learned PE, K = {cfg.n_freq} (median, min-max over starts)")
         ax.set_xlabel("N")
         ax.set_ylabel("circle W1 to the target")
         ax.set_title("W1 vs N against the floor", fontsize=9)
@@ -346,11 +352,11 @@ class Universality(HostPreset):
         ax = fig.add_subplot(2, 3, 4)
         for i, n in enumerate(ds.n_learned.values):
             ax.semilogy(ds.learned_losses.values[i], color=f"C{i}", lw=1, label=f"paired start, N = {n}")
-        ax.semilogy(ds.learned_random_losses, "k--", lw=1, label=f"random start, N = {cfg['n']}")
+        ax.semilogy(ds.learned_random_losses, "k--", lw=1, label=f"random start, N = {cfg.n}")
         ax.set_xlabel("Adam step")
         ax.set_ylabel("MMD of the end states (loss)")
         rw = ds.learned_random_w1.values
-        ax.set_title(f"learned PE: the fit depends on its start (N = {cfg['n']}: W1 {np.median(rw):.3f} from a random U)",
+        ax.set_title(f"learned PE: the fit depends on its start (N = {cfg.n}: W1 {np.median(rw):.3f} from a random U)",
                      fontsize=9)
         ax.legend(fontsize=7)
         ax = fig.add_subplot(2, 3, 5, projection="3d")

@@ -16,83 +16,33 @@ from meanfield.run import ConfigError, apply_overrides
 from meanfield.run import execute, get_preset, load_presets, parse_grid
 from meanfield.run.variables import missing_attrs
 
-TINY = {
-    "clustering": ["n=8", "t1=3", "n_save=7", "chunks=2"],
-    "causal-clustering": ["n=8", "t1=3", "n_save=7", "chunks=2"],
-    "phase-diagram": ["n=6", "betas=1,8", "n_seeds=2", "t1=2", "n_save=5", "chunks=2"],
-    "layernorm": ["n=6", "d=4", "n_layers=6", "chunks=2"],
-    "metastability": ["n=8", "t1=50", "n_save=9", "chunks=2"],
-    "anti-collapse": ["n=8", "t1=5", "n_save=7", "chunks=2", "quadrature=40"],
-    "pe-sweep": ["n=6", "alphas=0,0.5", "betas=1,2", "t1=2", "n_save=5", "chunks=2", "quadrature=30"],
-    "prompt-sweep": ["n=6", "sizes=1,3", "weights=0.5,2", "t1=2", "n_save=5", "chunks=2"],
-    "meanfield-circle": ["m=32", "betas=1,2", "t1=1", "n_save=5", "chunks=2"],
-    "particles-vs-pde": ["ns=8,16", "n_seeds=2", "m=64", "t1=0.5"],
-    "step0": ["n=8", "depth=2", "width=8", "heads=2", "n_inits=2"],
-    "cesaro": ["depths=1,2,4", "ns=64,128", "n_conv=64,128,256"],
-    "masks": ["n=12", "d=4", "depths=1,3", "window=3", "n_starts=2"],
-    "recall-capacity": ["ds=4,8,16", "ls=2,4,8", "ns=32,64,128", "d0=8", "l0=4", "n0=64", "seeds=1",
-                        "regimes=early-gd", "m_min=2", "m_max=16"],
-    "rope-long-context": ["d=8", "bases=10,100", "lengths=4,64", "n_samples=2000", "tradeoff_bases=10,100",
-                          "short=8", "long=64", "engine_d=8", "engine_heads=2", "engine_lengths=8,16",
-                          "n_sequences=1", "twin_max_length=64"],
-    "kinetic-tcrit": ["betas=1", "sizes=16,32", "pde_s=8", "pde_m=16", "pde_modes=4", "n_max=6", "n_particles=8",
-                      "runs=8", "bins=4", "profile_beta=1", "n_times=6"],
-    "prompt-parallel": ["ns=8,16", "t1=5", "n_save=4", "quadrature=32", "n_starts=2", "hops=0"],
-    "aux-metastability": ["n=8", "betas=1,4", "alphas=0,0.4", "weights=0,1", "n_starts=4", "t1=50",
-                          "search_starts=2", "search_hops=0"],
-    "universality": ["n=8", "weights=1,4", "t1=20", "n_starts=2", "ns=8,16", "learned_ns=8", "fit_steps=3", "s2_side=3"],
-    "sphere-meanfield": ["L=8", "betas=4", "efolds=1.5", "n_save=4", "ell_max=3", "ns=16,32", "n_seeds=2", "pvp_L=8",
-                         "pvp_t1=0.5", "tail=1e-3"],
-    "kinetic-causal": ["n_s=16", "m=16", "betas=1,2", "bins=8", "t_early=1", "n_early=6", "t1=1.5", "n_late=2", "chunks=2"],
-}
-GRID_PRESETS = {"pe-sweep", "prompt-sweep"}
-DENSITY_PRESETS = {"meanfield-circle": {"rho", "mass"}, "particles-vs-pde": {"w1", "w1_mean"},
-                   "kinetic-causal": {"f", "influence", "u_onset"},
-                   "aux-metastability": {"pe_fraction_best", "prompt_distinct", "pe_plateau_decades"},
-                   "universality": {"w1_quantile_prompts", "w1_floor", "inverse_s1_fraction", "inverse_s2_max_error", "w1_quantile_vs_n",
-                                    "learned_w1", "learned_s2_mmd"},
-                   "prompt-parallel": {"theta_star", "w1_to_pushforward", "dirac_distance_parallel", "dirac_distance_shared"},
-                   "kinetic-tcrit": {"tcrit_closed", "tcrit_propagator", "tcrit_pde", "tcrit_particles", "profile_pde"},
-                   "sphere-meanfield": {"rho", "resolved_until", "growth_rate", "growth_rate_theory", "mmd"},
-                   "cesaro": {"profile_n64", "interior_rel_error", "dead_zone_depth_n128"},
-                   "step0": {"influence", "influence_mean", "alpha_matched"},
-                   "masks": {"influence", "first_token_mass", "mean_position_graph_theory"},
-                   "recall-capacity": {"capacity_vs_d", "exponent_L", "capacity_vs_N", "theory_vs_L"},
-                   "rope-long-context": {"locality", "consistency_flip", "tradeoff_flip", "engine_locality"}}
 OBSERVABLES = {"energy", "diameter", "min_cosine", "mean_cosine", "n_clusters", "rank_collapse", "effective_rank"}
+PRESETS = load_presets()  # every preset declares its tiny run (tiny, slow, outputs): no table here
 
 
 def test_every_preset_is_listed_and_tested(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    assert set(load_presets()) == set(TINY)
-    for name in TINY:
+    for name, preset in PRESETS.items():
         assert name in out
+        assert preset.tiny and preset.outputs, f"{name} declares no tiny run (tiny, outputs)"
 
 
-# the presets whose tiny run takes over ~20 s on 2 cores run in the full suite only (slow)
-SLOW_TINY = {"kinetic-tcrit", "universality", "particles-vs-pde", "anti-collapse", "recall-capacity", "kinetic-causal",
-             "aux-metastability", "rope-long-context", "meanfield-circle", "pe-sweep", "phase-diagram", "prompt-parallel", "step0",
-             "sphere-meanfield"}
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_TINY else n for n in sorted(TINY)])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if PRESETS[n].slow else n for n in sorted(PRESETS)])
 def test_preset_runs_tiny(name, tmp_path):
     preset = get_preset(name)
-    cfg = apply_overrides(preset.Config(), TINY[name])
+    cfg = apply_overrides(preset.Config(), list(preset.tiny))
     ds = execute(preset, cfg, parse_grid(cfg, None), tmp_path, progress=False)
     back = xr.load_dataset(tmp_path / "result.nc")
-    if name in DENSITY_PRESETS:
-        assert DENSITY_PRESETS[name] <= set(back.data_vars) and ("time" in back.dims or name in ("cesaro", "step0", "masks", "rope-long-context", "recall-capacity", "kinetic-tcrit", "universality", "aux-metastability",
-                                                                          "prompt-parallel", "sphere-meanfield"))
-    else:
-        expected = {"dirac_distance", "n_clusters"} if name in GRID_PRESETS else OBSERVABLES
-        assert expected <= set(back.data_vars) and "x" in back
+    # what the preset says its result holds ("time": a dimension), and the particle presets' trajectory
+    assert preset.outputs <= set(back.data_vars) | set(back.dims), preset.outputs - set(back.data_vars) - set(back.dims)
+    if "x" in preset.outputs:
         assert {"time", "token", "dim"} <= set(back.x.dims)
     assert back.attrs["preset"] == name and "meanfield_version" in back.attrs and "seed" in back.attrs
     # self-describing: long_name, units and description on every variable and coordinate, in the file
     assert not missing_attrs(back), missing_attrs(back)
     assert json.loads(back.attrs["config"]) == json.loads(ds.attrs["config"])
+    assert preset.Config.from_attrs(back) == cfg  # the typed config, read back
     assert all(np.all(np.isfinite(back[v].values)) for v in back.data_vars if back[v].dtype.kind == "f"
                and not v.startswith(("pushforward", "closed_form", "error_rate", "tcrit_particles")))
     pngs = list(tmp_path.glob("*.png"))
@@ -103,7 +53,7 @@ def test_preset_runs_tiny(name, tmp_path):
 @pytest.mark.slow
 def test_sweep_is_the_cross_product(tmp_path):
     preset = get_preset("clustering")
-    cfg = apply_overrides(preset.Config(), TINY["clustering"])
+    cfg = apply_overrides(preset.Config(), list(PRESETS["clustering"].tiny))
     grid = parse_grid(cfg, ["beta=0.5,2,4", "t1=2,3"])  # one batched (vmap) key, one static key
     ds = execute(preset, cfg, grid, tmp_path, progress=False)
     assert ds.x.dims[:2] == ("beta", "t1") and ds.x.shape[:2] == (3, 2)
@@ -128,7 +78,7 @@ def _files(d):
 
 def test_bad_input_exit_codes_touch_nothing(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["run", "clustering", "--out", str(out), "--no-progress", *sum((["--set", s] for s in TINY["clustering"]), [])]) == 0
+    assert main(["run", "clustering", "--out", str(out), "--no-progress", *sum((["--set", s] for s in list(PRESETS["clustering"].tiny)), [])]) == 0
     before = _files(out)
     assert main(["run", "clustering", "--set", "nope=1", "--out", str(out)]) == 2
     err = capsys.readouterr().err
@@ -138,7 +88,7 @@ def test_bad_input_exit_codes_touch_nothing(tmp_path, capsys):
     assert main(["run", "clustering", "--set", "mask=diagonal", "--out", str(out)]) == 2
     assert main(["run", "nope-preset"]) == 2
     assert main(["sweep", "clustering", "--grid", "beta", "--out", str(out)]) == 2
-    assert main(["run", "clustering", "--out", str(out), *sum((["--set", s] for s in TINY["clustering"]), [])]) == 3
+    assert main(["run", "clustering", "--out", str(out), *sum((["--set", s] for s in list(PRESETS["clustering"].tiny)), [])]) == 3
     assert "already exists; pass --force" in capsys.readouterr().err
     assert _files(out) == before
 
@@ -241,7 +191,7 @@ def test_particle_presets_take_the_library_masks(mask, tmp_path):
     """The mask key builds the library's masks: a causal mask keeps token 0 fixed; a two-sided
     ALiBi mask does not."""
     preset = get_preset("clustering")
-    cfg = apply_overrides(preset.Config(), [*TINY["clustering"], f"mask={mask}", "alibi=0.5", "window=3"])
+    cfg = apply_overrides(preset.Config(), [*list(PRESETS["clustering"].tiny), f"mask={mask}", "alibi=0.5", "window=3"])
     ds = execute(preset, cfg, parse_grid(cfg, None), tmp_path, progress=False)
     moved = float(np.abs(ds.x.values[-1, 0] - ds.x.values[0, 0]).max())
     assert (moved < 1e-12) == mask.startswith("causal"), moved
@@ -251,7 +201,7 @@ def test_results_describe_their_parameters(tmp_path):
     """A sweep's file names the values behind each variable (cluster_tol for n_clusters) and
     describes its swept coordinates as well as its variables."""
     preset = get_preset("clustering")
-    cfg = apply_overrides(preset.Config(), [*TINY["clustering"], "cluster_tol=0.05"])
+    cfg = apply_overrides(preset.Config(), [*list(PRESETS["clustering"].tiny), "cluster_tol=0.05"])
     execute(preset, cfg, parse_grid(cfg, ["beta=1,2", "t1=2,3"]), tmp_path, progress=False)
     back = xr.load_dataset(tmp_path / "result.nc")
     assert not missing_attrs(back), missing_attrs(back)

@@ -6,6 +6,7 @@ imported by it; presets live in the ``experiments/`` folder (installed as
 entry-point group.
 """
 
+from .checkpoint import Checkpoint as Checkpoint
 from .config import ConfigError as ConfigError
 from .config import apply_overrides as apply_overrides
 from .config import describe as describe
@@ -18,6 +19,9 @@ from .presets import PRESETS as PRESETS
 from .presets import Grid as Grid
 from .presets import Preset as Preset
 from .presets import RunConfig as RunConfig
+from .presets import Step as Step
+from .presets import StepPreset as StepPreset
+from .presets import TracedPreset as TracedPreset
 from .presets import get_preset as get_preset
 from .presets import grid_param as grid_param
 from .presets import load_presets as load_presets
@@ -27,6 +31,7 @@ from .variables import COMMON as COMMON
 from .variables import Var as Var
 
 __all__ = [
+    "Checkpoint",
     "ConfigError",
     "COMMON",
     "Var",
@@ -41,6 +46,9 @@ __all__ = [
     "Grid",
     "Preset",
     "RunConfig",
+    "Step",
+    "StepPreset",
+    "TracedPreset",
     "get_preset",
     "grid_param",
     "load_presets",

@@ -180,9 +180,11 @@ def apply_overrides(cfg, overrides: list[str] | None):
         key, value = item.split("=", 1)
         changes[key.strip()] = coerce(type(cfg), key.strip(), value.strip())
     cfg = dataclasses.replace(cfg, **changes)
-    if dataclasses.is_dataclass(cfg) and hasattr(type(cfg), "ranges"):
+    validate = getattr(cfg, "validate", None)
+    if validate is not None and hasattr(type(cfg), "check"):  # a RunConfig: ranges and checks, once
+        validate(first=list(changes))
+    elif dataclasses.is_dataclass(cfg) and hasattr(type(cfg), "ranges"):
         check_ranges(cfg, first=list(changes))
-    check = getattr(cfg, "validate", None)
-    if check is not None:
-        check()
+    elif validate is not None:
+        validate()
     return cfg

@@ -37,8 +37,9 @@ from .. import __version__
 from ..kernel import default_backend
 from ..sharding import BatchPlacement, is_writer
 from .config import ConfigError
-from .io import atomic_path, save_npz_atomic, write_atomic
-from .presets import Grid, Preset
+from .checkpoint import Checkpoint, CheckpointError
+from .io import atomic_path, write_atomic
+from .presets import Grid, Preset, StepPreset
 from .signals import Interrupted, safe_point, sigint_as_flag
 from .signals import requested as interrupt_requested
 from .variables import annotate
@@ -182,29 +183,9 @@ def execute(preset: Preset, cfg, grid: Grid, outdir, *, resume=False, force=Fals
         raise
 
 
-def _load_checkpoint(ckpt: Path, n_groups: int) -> dict:
-    """The arrays of DIR/checkpoint.npz, or a one-line RunError naming it as corrupt (truncated, not an
-    npz, keys missing, a position out of range, a non-finite state)."""
-    try:
-        with np.load(ckpt, allow_pickle=False) as npz:
-            saved = {k: npz[k] for k in npz.files}
-    except Exception as err:  # BadZipFile, EOFError, ValueError, OSError: whatever a damaged file raises
-        raise RunError(f"{ckpt} is corrupt ({type(err).__name__}: {err}); delete it or pass --force to start over") from None
-    problem = None
-    if "meta" not in saved or "pos" not in saved:
-        problem = "no meta/pos record"
-    elif saved["pos"].shape != (2,) or not 0 <= int(saved["pos"][0]) <= n_groups or int(saved["pos"][1]) < 0:
-        problem = f"position {saved['pos'].tolist()} out of range"
-    else:
-        bad = [k for k, v in saved.items() if k.startswith("state_") and v.dtype.kind in "fc" and not np.all(np.isfinite(v))]
-        problem = f"non-finite values in {bad[0]}" if bad else None
-    if problem:
-        raise RunError(f"{ckpt} is corrupt ({problem}); delete it or pass --force to start over")
-    return saved
-
-
 def _locked_execute(preset, cfg, grid, outdir, resume, force, checkpoint_every, progress, mesh, max_chunks, invocation):
-    result, ckpt = outdir / "result.nc", outdir / "checkpoint.npz"
+    result = outdir / "result.nc"
+    ckpt = Checkpoint(outdir, _meta(preset, cfg, grid))
     if resume and not force and not ckpt.exists():
         if result.exists():
             raise RunError(f"nothing to resume in {outdir}: {result.name} is complete (--force reruns it)")
@@ -216,32 +197,47 @@ def _locked_execute(preset, cfg, grid, outdir, resume, force, checkpoint_every, 
     if result.exists() and not force:
         raise RunError(f"{result} already exists; pass --force to overwrite it")
     if ckpt.exists() and not (resume or force):
-        raise RunError(f"{outdir} holds an unfinished run ({ckpt.name}); pass --resume to continue it or --force to start over")
-    meta = _meta(preset, cfg, grid)
+        raise RunError(f"{outdir} holds an unfinished run ({ckpt.path.name}); pass --resume to continue it or --force to start over")
     if force and is_writer():  # --force replaces the earlier run here: its figures go with its result
         for png in outdir.glob("*.png"):
             png.unlink()
     if is_writer() and not (resume and ckpt.exists()):  # a resumed run keeps the record of the run it continues
-        n = int(getattr(cfg, "n", 0) or 0)
-        record = {"preset": preset.name, "config": dataclasses.asdict(cfg), "grid": dict(zip(grid.keys, grid.values)),
-                  "platform": jax.default_backend(),
-                  # what Attention(backend=None) resolves to here (meanfield.kernel.DEFAULT_BACKENDS)
-                  "default_backend": repr(default_backend(n)) if n else f"by N (meanfield.kernel.default_backend on {jax.default_backend()})",
-                  **(invocation or {})}
-        with atomic_path(outdir / RUN_RECORD) as tmp:
-            Path(tmp).write_text(json.dumps(record, indent=1, sort_keys=True, default=list) + "\n")
-    groups = _groups(preset, cfg, grid)
+        _write_run_record(preset, cfg, grid, outdir, invocation)
+    stepped = isinstance(preset, StepPreset)
+    groups = [] if stepped else _groups(preset, cfg, grid)
     try:
-        dev = BatchPlacement.make(mesh, max(len(pts) for _, pts, _ in groups), int(getattr(cfg, "n", 0) or 0))
+        dev = BatchPlacement.make(mesh, max([len(pts) for _, pts, _ in groups] or [1]), int(getattr(cfg, "n", 0) or 0))
     except ValueError as err:
         raise ConfigError(str(err)) from None
     saved = None
     if resume and ckpt.exists() and not force:
-        saved = _load_checkpoint(ckpt, len(groups))
-        if str(saved["meta"]) != meta:
-            raise RunError(f"{ckpt} was written by a different run ({_meta_diff(str(saved['meta']), meta)}); "
-                           "refusing to resume (rerun with the same settings, or --force to start over)")
+        try:
+            saved = ckpt.load(len(groups), _meta_diff)
+        except CheckpointError as err:
+            raise RunError(str(err)) from None
+    if not stepped:
+        _check_state_shapes(preset, grid, groups)
+    with dev.context():
+        if stepped:
+            ds = _run_steps(preset, cfg, saved, ckpt, progress, checkpoint_every, max_chunks)
+        else:
+            ds = _run_traced(preset, cfg, grid, groups, saved, ckpt, dev, checkpoint_every, progress, max_chunks)
+        return _finish(preset, cfg, grid, ds, outdir, ckpt)
 
+
+def _write_run_record(preset, cfg, grid, outdir, invocation) -> None:
+    n = int(getattr(cfg, "n", 0) or 0)
+    record = {"preset": preset.name, "config": dataclasses.asdict(cfg), "grid": dict(zip(grid.keys, grid.values)),
+              "platform": jax.default_backend(),
+              # what Attention(backend=None) resolves to here (meanfield.kernel.backends.DEFAULT_BACKENDS)
+              "default_backend": repr(default_backend(n)) if n else f"by N (meanfield.kernel.default_backend on {jax.default_backend()})",
+              **(invocation or {})}
+    with atomic_path(outdir / RUN_RECORD) as tmp:
+        Path(tmp).write_text(json.dumps(record, indent=1, sort_keys=True, default=list) + "\n")
+
+
+def _check_state_shapes(preset, grid, groups) -> None:
+    """Swept static keys may not change the shape of the state (one stacked result)."""
     shapes = {
         str(jax.eval_shape(jax.vmap(lambda q, gc=gcfg: preset.init(gc, q)), {k: jnp.asarray(v[:1]) for k, v in prm.items()}))
         for gcfg, _pts, prm in groups
@@ -249,50 +245,48 @@ def _locked_execute(preset, cfg, grid, outdir, resume, force, checkpoint_every, 
     if len(shapes) > 1:
         static = [k for k in grid.keys if k not in preset.vmap_keys]
         raise ConfigError(f"swept keys {static} change the shape of the state; sweep them in separate runs")
-    with dev.context():
-        return _execute(preset, cfg, grid, outdir, groups, saved, meta, dev, checkpoint_every, progress, max_chunks)
 
 
-def _run_host_steps(preset, cfg, steps, saved, meta, done, ckpt, progress, checkpoint_every, max_chunks):
-    """The preset's host steps with a progress bar; after each (every ``checkpoint_every``), the
-    finished steps' arrays go to the checkpoint beside the finished traced part, so a killed run
-    resumes at the next step."""
-    if len(set(steps)) != len(steps) or any("::" in s for s in steps):
-        raise ConfigError(f"{preset.name}: host step names must be distinct and contain no '::'")
-    results: dict[str, dict] = {}
-    if saved is not None:
-        for key in saved:
-            if key.startswith("host::"):
-                _, step, var = key.split("::", 2)
-                results.setdefault(step, {})[var] = saved[key]
+def _stop_or_pause(bar, stop: bool, pause: bool, what: str, held: str, ckpt: Checkpoint) -> None:
+    """Ctrl-C (``stop``) or ``max_chunks`` reached (``pause``), after the checkpoint was written."""
+    if stop or pause:
+        bar.close()
+        verb, exc = ("interrupted", Interrupted) if stop else ("paused", Paused)
+        raise exc(f"{verb} after {what}; {ckpt.path} holds {held}: continue with --resume")
+
+
+def _run_steps(preset, cfg, saved, ckpt, progress, checkpoint_every, max_chunks):
+    """The preset's steps with a progress bar; after each (every ``checkpoint_every``), the finished
+    steps' arrays go to the checkpoint, so a killed run resumes at the next step."""
+    steps = list(preset.steps(cfg))
+    names = [st.name for st in steps]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{preset.name}: step names must be distinct, got {names}")
+    results: dict[str, dict] = dict(saved.steps) if saved is not None else {}
     bar = tqdm(total=len(steps), initial=len(results), desc=f"{preset.name} (host steps)", unit="step", delay=PROGRESS_DELAY,
                file=sys.stderr, disable=not progress)
     count = 0
     for step in steps:
-        if step in results:
+        if step.name in results:
             continue
-        results[step] = {k: np.asarray(v) for k, v in preset.host_step(cfg, step, results).items()}
+        results[step.name] = {k: np.asarray(v) for k, v in preset.run_step(cfg, step, results).items()}
         bar.update(1)
         count += 1
         safe_point("step")
         last = len(results) == len(steps)
         stop = interrupt_requested()
         pause = max_chunks is not None and count >= max_chunks and not last
-        if (((count % checkpoint_every == 0 or pause) and not last) or stop) and is_writer():
-            arrays = {"meta": np.asarray(meta), "pos": np.asarray([len(done), 0])}
-            for gg, dd in enumerate(done):
-                arrays.update({f"done{gg}_{n}": a for n, a in dd.items()})
-            for st, vals in results.items():
-                arrays.update({f"host::{st}::{k}": v for k, v in vals.items()})
-            save_npz_atomic(ckpt, arrays)
-        if stop:
-            bar.close()
-            raise Interrupted(f"interrupted after {count} host step(s); {ckpt} holds them: continue with --resume")
-        if pause:
-            bar.close()
-            raise Paused(f"paused after {count} host step(s); {ckpt} holds them: continue with --resume")
+        if ((count % checkpoint_every == 0 or pause) and not last) or stop:
+            ckpt.save_steps(results)
+        _stop_or_pause(bar, stop, pause, f"{count} host step(s)", "them", ckpt)
     bar.close()
-    return results
+    _post_processing(preset, progress)
+    return preset.step_dataset(cfg, results)
+
+
+def _post_processing(preset, progress) -> None:
+    if progress and is_writer():
+        print(f"{preset.name}: post-processing (dataset, figures) ...", file=sys.stderr, flush=True)
 
 
 PROGRESS_DELAY = 2.0  # seconds before a bar shows (runs shorter than this print no bar)
@@ -321,16 +315,11 @@ def check_run(preset: Preset, cfg, grid: Grid) -> None:
         raise ConfigError(f"chunks must be in [1, {intervals}] for {preset.name} ({intervals} save intervals), got {cfg.chunks}")
 
 
-def _execute(preset, cfg, grid, outdir, groups, saved, meta, dev, checkpoint_every, progress, max_chunks):
-    result, ckpt = outdir / "result.nc", outdir / "checkpoint.npz"
+def _run_traced(preset, cfg, grid, groups, saved, ckpt, dev, checkpoint_every, progress, max_chunks):
+    """The chunk calls of every group (module docstring), then the preset's Dataset."""
     n_chunks = cfg.chunks
-
-    done: list[dict] = []
-    g0, c0 = (int(saved["pos"][0]), int(saved["pos"][1])) if saved is not None else (0, 0)
-    for g in range(g0):
-        names = [k[len(f"done{g}_") :] for k in saved if k.startswith(f"done{g}_")]
-        done.append({n: saved[f"done{g}_{n}"] for n in names})
-
+    done: list[dict] = list(saved.done) if saved is not None else []
+    g0, c0 = (saved.group, saved.chunk) if saved is not None else (0, 0)
     bar = tqdm(total=len(groups) * n_chunks, initial=g0 * n_chunks + c0, desc=preset.name, unit="chunk",
                delay=PROGRESS_DELAY, file=sys.stderr, disable=not progress)
     group_ts = [np.asarray(preset.times(gc)) for gc, _, _ in groups]
@@ -340,30 +329,23 @@ def _execute(preset, cfg, grid, outdir, groups, saved, meta, dev, checkpoint_eve
     calls = 0
     for g in range(g0, len(groups)):
         gcfg, pts, params = groups[g]
-        batch = len(pts)
-        ts = group_ts[g]
+        batch, ts = len(pts), group_ts[g]
         chunks = [c for c in np.array_split(np.arange(1, len(ts)), n_chunks) if len(c)]
         p = dev.put({k: jnp.asarray(v) for k, v in params.items()}, batch)
         init = jax.jit(dev.vmap(lambda q: preset.init(gcfg, q)))
-        state_shape = jax.eval_shape(init, p)
-        treedef = jax.tree.structure(state_shape)
+        treedef = jax.tree.structure(jax.eval_shape(init, p))
         advance = jax.jit(dev.vmap(lambda q, s, t: preset.advance(gcfg, q, s, t), in_axes=(0, 0, None)))
         if saved is not None and g == g0 and c0 > 0:
-            state = jax.tree.unflatten(treedef, [jnp.asarray(saved[f"state_{i}"]) for i in range(treedef.num_leaves)])
-            state = dev.put(state, batch)
-            names = [k[4:] for k in saved if k.startswith("cur_")]
-            recs = {n: [saved[f"cur_{n}"]] for n in names}
-            start = c0
+            state = dev.put(jax.tree.unflatten(treedef, [jnp.asarray(a) for a in saved.state]), batch)
+            recs, start = {n: [a] for n, a in saved.current.items()}, c0
         else:
             state = init(p)
             first = jax.jit(dev.vmap(lambda q, s: preset.record(gcfg, q, s)))(p, state)
-            recs = {n: [a] for n, a in dev.get(first, batch).items()}
-            start = 0
+            recs, start = {n: [a] for n, a in dev.get(first, batch).items()}, 0
         for c in range(start, len(chunks)):
             idx = chunks[c]
-            t_chunk = jnp.asarray(ts[np.concatenate([[idx[0] - 1], idx])])
             t_call = time.perf_counter()
-            state, rec = advance(p, state, t_chunk)
+            state, rec = advance(p, state, jnp.asarray(ts[np.concatenate([[idx[0] - 1], idx])]))
             for n, a in dev.get(rec, batch).items():
                 recs[n].append(a)
             bar.update(1)
@@ -376,48 +358,34 @@ def _execute(preset, cfg, grid, outdir, groups, saved, meta, dev, checkpoint_eve
             stop = interrupt_requested()  # Ctrl-C: checkpoint this chunk, then stop (signals module)
             pause = max_chunks is not None and calls >= max_chunks and not last
             if (((c + 1) % checkpoint_every == 0 or pause) and not last) or stop:
-                arrays = {"meta": np.asarray(meta), "pos": np.asarray([g, c + 1])}
-                if c + 1 == len(chunks):  # group finished: store it as done, next group from scratch
-                    arrays["pos"] = np.asarray([g + 1, 0])
+                current = {n: np.concatenate(v, axis=1) for n, v in recs.items()}
+                if c + 1 == len(chunks):  # group finished: stored as done, the next group starts from scratch
+                    ckpt.save_traced(g + 1, 0, done + [current])
                 else:
-                    host = dev.get(jax.tree.leaves(state), batch)
-                    arrays.update({f"state_{i}": a for i, a in enumerate(host)})
-                    arrays.update({f"cur_{n}": np.concatenate(v, axis=1) for n, v in recs.items()})
-                for gg, dd in enumerate(done + ([{n: np.concatenate(v, axis=1) for n, v in recs.items()}] if c + 1 == len(chunks) else [])):
-                    arrays.update({f"done{gg}_{n}": a for n, a in dd.items()})
-                if is_writer():
-                    save_npz_atomic(ckpt, arrays)
-            if stop:
-                bar.close()
-                raise Interrupted(f"interrupted after {calls} chunk(s); {ckpt} holds the state: continue with --resume")
-            if pause:
-                bar.close()
-                raise Paused(f"paused after {calls} chunk(s); {ckpt} holds the state: continue with --resume")
+                    ckpt.save_traced(g, c + 1, done, dev.get(jax.tree.leaves(state), batch), current)
+            _stop_or_pause(bar, stop, pause, f"{calls} chunk(s)", "the state", ckpt)
         done.append({n: np.concatenate(v, axis=1) for n, v in recs.items()})
     bar.close()
-
-    steps = preset.host_steps(cfg)
-    if steps is not None:
-        host = _run_host_steps(preset, cfg, steps, saved, meta, done, ckpt, progress, checkpoint_every, max_chunks)
-    if progress and is_writer():
-        print(f"{preset.name}: post-processing (dataset, figures) ...", file=sys.stderr, flush=True)
+    _post_processing(preset, progress)
     # stack per-point records into the grid shape, in the user's grid order
-    lookup = {}
-    for g, (_gcfg, pts, _p) in enumerate(groups):
-        for b, pt in enumerate(pts):
-            lookup[pt] = (g, b)
-    names = list(done[0])
+    lookup = {pt: (g, b) for g, (_gcfg, pts, _p) in enumerate(groups) for b, pt in enumerate(pts)}
     stacked = {}
-    for n in names:
+    for n in done[0]:
         arrs = [done[lookup[pt][0]][n][lookup[pt][1]] for pt in grid.points()]
         stacked[n] = np.stack(arrs).reshape(grid.shape + arrs[0].shape)
-    ds = preset.host_dataset(cfg, host) if steps is not None else preset.dataset(cfg, ts_all, stacked, grid)
+    ds = preset.dataset(cfg, ts_all, stacked, grid)
     if any(not np.array_equal(t, ts_all) for t in group_ts):
         # swept keys changed the save times (e.g. t1): keep the true times of every point
         t_pts = np.stack([group_ts[lookup[pt][0]] for pt in grid.points()]).reshape(grid.shape + ts_all.shape)
         ds["t"] = (grid.keys + ("time",), t_pts)
         ds = ds.assign_coords(time=np.arange(len(ts_all)))
         ds["time"].attrs["note"] = "save index; the times of each point are in variable t"
+    return ds
+
+
+def _finish(preset, cfg, grid, ds, outdir, ckpt):
+    """Describe the Dataset, write DIR/result.nc, drop the checkpoint, draw the figures."""
+    result = outdir / "result.nc"
     annotate(ds, preset.variables, cfg)
     ds.attrs.update({
         "preset": preset.name,
@@ -425,12 +393,11 @@ def _execute(preset, cfg, grid, outdir, groups, saved, meta, dev, checkpoint_eve
         "grid": json.dumps(dict(zip(grid.keys, grid.values))),
         "meanfield_version": __version__,
         "seed": int(getattr(cfg, "seed", 0)),
-        "chunks": n_chunks,
+        "chunks": cfg.chunks,
     })
     if is_writer():
         write_atomic(ds, result)
-        if ckpt.exists():  # the result is complete: the checkpoint must not block a rerun
-            ckpt.unlink()
+        ckpt.remove()  # the result is complete: the checkpoint must not block a rerun
         try:
             preset.plot(ds, outdir)
         except OSError as err:  # e.g. a full disk: the result stands, the figures can be redrawn

@@ -1,6 +1,9 @@
 """Presets: one experiment as pure JAX pieces, found through the ``meanfield.presets`` entry points.
 
-A [`Preset`][meanfield.run.presets.Preset] describes one experiment:
+A [`Preset`][meanfield.run.presets.Preset] describes one experiment, in one of two kinds:
+[`TracedPreset`][meanfield.run.presets.TracedPreset] (traced JAX in chunks, batched over swept keys)
+or [`StepPreset`][meanfield.run.presets.StepPreset] (host-side steps, typed
+[`Step`][meanfield.run.presets.Step]s). A traced preset has
 
 * ``Config``: a frozen dataclass deriving from [`RunConfig`][meanfield.run.presets.RunConfig] (``chunks``, ``seed``) with the
   preset's own keys, each a typed field with a default;
@@ -11,7 +14,10 @@ A [`Preset`][meanfield.run.presets.Preset] describes one experiment:
   entry is the chunk's start), returning the new state and a record with a leading time axis
   of length ``len(ts) - 1``; ``record(cfg, p, state)`` is the record of the initial state;
 * ``dataset(cfg, ts, recs, grid)`` turns the stacked records into an ``xarray.Dataset``;
-  ``plot(ds, outdir)`` writes PNGs.
+  ``plot(ds, outdir)`` writes PNGs (reading the typed config back with ``Config.from_attrs(ds)``).
+
+Every preset also declares its tiny run for the test suite (``tiny``, ``slow``, ``outputs``), so
+a preset is its module plus its entry point.
 
 Registration: a module of presets decorates each class with [`register`][meanfield.run.presets.register]; the ``meanfield``
 command imports every module named in the ``meanfield.presets`` entry-point group (this project's
@@ -26,6 +32,7 @@ import dataclasses
 import difflib
 import importlib.metadata
 import itertools
+import json
 from pathlib import Path
 from typing import ClassVar
 
@@ -57,15 +64,36 @@ class RunConfig:
     """The valid range of each key ([`meanfield.run.ranges`][meanfield.run.ranges]), merged with those of the
     subclasses; ``chunks`` is at most the number of save intervals of the preset's times."""
 
-    def validate(self):
-        """Every key against its declared range ([`meanfield.run.config.check_ranges`][meanfield.run.config.check_ranges]), before
-        any compute; subclasses that add checks call ``super().validate()`` first."""
-        check_ranges(self)
+    @classmethod
+    def from_attrs(cls, ds):
+        """The typed config a result was made with, read back from its ``config`` attribute (the
+        JSON the executor writes): ``cls.from_attrs(xr.open_dataset(path))`` (or a dict of attrs).
+        JSON lists become tuples; keys the class does not know (an older preset version) are
+        ignored, and keys it lacks keep their defaults. Not validated: a result is plotted as it was made."""
+        attrs = getattr(ds, "attrs", ds)
+        raw = json.loads(attrs["config"])
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: _tuples(v) for k, v in raw.items() if k in known})
+
+    def validate(self, first=()):
+        """Every key against its declared range ([`meanfield.run.config.check_ranges`][meanfield.run.config.check_ranges]; the keys
+        in ``first``, e.g. those just set, are reported first), then the config's own `check`: once
+        per config, before any compute."""
+        check_ranges(self, first=first)
+        self.check()
+
+    def check(self):
+        """Checks across keys beyond their ranges (subclasses; the ranges already hold)."""
+
+
+def _tuples(value):
+    """JSON lists (at any depth) as tuples, the type of a config's sequence fields."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 class Preset(abc.ABC):
-    """One experiment (see the module docstring). Subclasses set the class attributes and
-    implement the abstract methods; ``record`` and ``plot`` have defaults."""
+    """One experiment (see the module docstring): the class attributes every preset sets. Subclass
+    [`TracedPreset`][meanfield.run.presets.TracedPreset] or [`StepPreset`][meanfield.run.presets.StepPreset]."""
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
@@ -73,45 +101,85 @@ class Preset(abc.ABC):
     vmap_keys: ClassVar[tuple[str, ...]] = ()
     sweepable: ClassVar[bool] = True
     """False: the preset runs one configuration only (``meanfield sweep`` is refused up front)."""
+    tiny: ClassVar[tuple[str, ...]] = ()
+    """``--set`` overrides of a run small enough for the test suite (seconds): ``tests/test_cli.py``
+    runs every registered preset with them."""
+    slow: ClassVar[bool] = False
+    """True when the tiny run takes over ~20 s on 2 cores (the full suite runs it, ``-m "not slow"`` skips it)."""
+    outputs: ClassVar[frozenset[str]] = frozenset()
+    """Variables (and dimensions, e.g. ``"time"``) the tiny run's Dataset must hold."""
     variables: ClassVar[dict] = {}
     """What each variable and coordinate of the Dataset is, by name: a
     [`Var`][meanfield.run.variables.Var] ``(long_name, units, description)``, beside the shared
     [`COMMON`][meanfield.run.variables.COMMON] names ([`meanfield.run.variables`][meanfield.run.variables])."""
 
     @abc.abstractmethod
-    def times(self, cfg) -> np.ndarray: ...
+    def times(self, cfg) -> np.ndarray:
+        """The save times (or depths), shape (T,): ``cfg.chunks`` is at most T - 1."""
+
+    def plot(self, ds, outdir) -> list[Path]:
+        """Write the figures of a result into ``outdir``; the typed config is ``self.Config.from_attrs(ds)``."""
+        return []
+
+
+class TracedPreset(Preset):
+    """A preset whose work is traced JAX: chunks of save times, batched over the swept keys of
+    ``vmap_keys`` by ``jax.vmap``, checkpointed after every chunk (module docstring)."""
 
     @abc.abstractmethod
-    def init(self, cfg, p): ...
+    def init(self, cfg, p):
+        """The initial state (a pytree); ``p`` maps every key of ``vmap_keys`` to a traced scalar."""
 
     @abc.abstractmethod
-    def advance(self, cfg, p, state, ts): ...
+    def advance(self, cfg, p, state, ts):
+        """(new state, record) over the save times ``ts`` (its first entry is the chunk's start); the
+        record has a leading time axis of length ``len(ts) - 1``."""
 
     @abc.abstractmethod
-    def dataset(self, cfg, ts, recs, grid): ...
+    def dataset(self, cfg, ts, recs, grid):
+        """The ``xarray.Dataset`` from the stacked records (grid shape + time + ...)."""
 
     def record(self, cfg, p, state):
         """Record of the initial state; default: the state itself, as variable ``x``."""
         return {"x": state[None]}
 
-    def plot(self, ds, outdir) -> list[Path]:
-        return []
 
-    # host-side work in steps (optional): progress, checkpoints and resume at step granularity
-    def host_steps(self, cfg) -> list[str] | None:
-        """Names of host-side steps (Monte-Carlo batches, trainings, one per grid value, ...) that
-        the executor runs one by one after the traced chunks, with a progress bar and a checkpoint
-        after each (a resumed run redoes none of the finished steps). None: no host steps, and
-        ``dataset`` builds the result. Otherwise [`host_step`][meanfield.run.presets.Preset.host_step] and [`host_dataset`][meanfield.run.presets.Preset.host_dataset] are used."""
-        return None
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One host-side step of a [`StepPreset`][meanfield.run.presets.StepPreset]: a ``name`` (distinct
+    within the run: the key of its results and of its checkpoint entry) and the ``params`` it computes
+    with, typed values (never parsed back from the name)."""
 
-    def host_step(self, cfg, name: str, done: dict) -> dict:
-        """Compute step ``name``; returns a dict of NumPy arrays (``done``: the finished steps)."""
-        raise NotImplementedError
+    name: str
+    params: dict = dataclasses.field(default_factory=dict)
 
-    def host_dataset(self, cfg, results: dict):
-        """The Dataset from every step's arrays, ``results[name][key]``."""
-        raise NotImplementedError
+    def __post_init__(self):
+        if not self.name or "::" in self.name:
+            raise ValueError(f"a step name must be non-empty and contain no '::', got {self.name!r}")
+
+
+class StepPreset(Preset):
+    """A preset whose work is host-side steps (Monte-Carlo batches, trainings, one per grid value,
+    each a loop of jitted calls compiled for its own shapes): the executor runs ``steps(cfg)`` one by
+    one with a progress bar and a checkpoint after each (a resumed run redoes none of the finished
+    steps), then ``step_dataset`` builds the result. One configuration per run (no sweep grid)."""
+
+    sweepable = False
+
+    def times(self, cfg):
+        return np.array([0.0, 1.0])  # one piece: chunks = 1
+
+    @abc.abstractmethod
+    def steps(self, cfg) -> list[Step]:
+        """The steps of the run, in order."""
+
+    @abc.abstractmethod
+    def run_step(self, cfg, step: Step, done: dict) -> dict:
+        """Compute ``step``; returns a dict of NumPy arrays (``done``: the finished steps' arrays by name)."""
+
+    @abc.abstractmethod
+    def step_dataset(self, cfg, results: dict):
+        """The Dataset from every step's arrays, ``results[step.name][key]``."""
 
 
 def register(preset_cls):
@@ -197,8 +265,10 @@ def parse_grid(cfg, specs: list[str] | None) -> Grid:
         for point in points:
             try:
                 point_cfg = dataclasses.replace(cfg, **point)
-                check_ranges(point_cfg, first=list(point))
-                point_cfg.validate()
+                if isinstance(point_cfg, RunConfig):
+                    point_cfg.validate(first=list(point))
+                else:
+                    point_cfg.validate()
             except ConfigError as err:
                 raise ConfigError(f"--grid: {err}") from None
     return grid
