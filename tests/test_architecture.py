@@ -187,3 +187,54 @@ def test_jaxtyping_hook_checks_public_signatures():
         mf.simulate(mf.Attention(1.0), jnp.ones(3), [0.0, 1.0])
     with pytest.raises(jaxtyping.TypeCheckError):  # dims bind across arguments: na differs
         mf.observables.wasserstein_1d(jnp.ones(3), jnp.ones(2), jnp.ones(4))
+
+
+MAX_LINES = 550
+
+
+def test_no_file_passes_the_line_cap():
+    """No Python file of the project passes 550 lines: one that would is split along its subjects."""
+    files = [p for p in ROOT.rglob("*.py") if not any(part.startswith(".") or part in ("build", "site") for part in p.relative_to(ROOT).parts)]
+    long = {str(p.relative_to(ROOT)): n for p in files if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert len(files) > 50 and not long, long
+
+
+def _concrete_overrides(base, classes):
+    """(class, method) pairs where a class below ``base`` redefines a concrete (non-abstract) method
+    or property that a class between ``base`` and it already defines."""
+    bad = []
+    for cls in classes:
+        mro = cls.__mro__
+        for i, owner in enumerate(mro[1 : mro.index(base) + 1], start=1):
+            for name, attr in vars(owner).items():
+                if name.startswith("__") or getattr(attr, "__isabstractmethod__", False):
+                    continue
+                if not (callable(attr) or isinstance(attr, property)):
+                    continue
+                if any(name in vars(below) for below in mro[:i]):
+                    bad.append(f"{cls.__name__}.{name} overrides {owner.__name__}.{name}")
+    return bad
+
+
+def test_strategy_hooks_are_abstract_or_final():
+    """A density solver or an attention backend implements its base's abstract hooks and redefines
+    none of its concrete methods (the step rule, the solve, the finite-volume right-hand side)."""
+    from meanfield.kernel import backends
+    from meanfield.pde import CircleMeanField, KineticMeanField, SphereMeanField
+    from meanfield.pde._integrate import AbstractDensitySolver
+
+    solvers = _concrete_overrides(AbstractDensitySolver, [CircleMeanField, KineticMeanField, SphereMeanField])
+    kernels = _concrete_overrides(backends.AbstractBackend, [backends.Dense, backends.Chunked, backends.Auto,
+                                                            backends.Fused, backends.Splash])
+    assert solvers == [] and kernels == [], solvers + kernels
+    base = type("Base", (), {"step": lambda self: 1})
+    assert _concrete_overrides(base, [type("Solver", (base,), {"step": lambda self: 2})]) == ["Solver.step overrides Base.step"]
+
+
+def test_attention_names_no_backend():
+    """``attention.py`` imports the backend contract and the default strategy, no backend module."""
+    text = (ROOT / "meanfield" / "kernel" / "attention.py").read_text()
+    imports = [line for line in text.splitlines() if line.startswith(("from ", "import "))]
+    names = ("Dense", "Chunked", "Fused", "Splash", "Auto", "backends.dense", "backends.chunked", "backends.fused",
+             "backends.splash", "backends.auto")
+    assert not [line for line in imports if any(n in line for n in names)], imports
