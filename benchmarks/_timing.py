@@ -157,8 +157,15 @@ def chunked_memory(n, d, block, repeats=1):
     t1 = time.perf_counter()
     t_next = min(_timed(lambda: f(x).block_until_ready()) for _ in range(repeats))
     assert bool(jnp.all(jnp.isfinite(out)))
-    return {"n": n, "d": d, "block": block, "rss_before_mib": base, "peak_rss_mib": peak_rss_mib(),
-            "first_call_s": t1 - t0, "time_per_rhs_s": t_next}
+    return {
+        "n": n,
+        "d": d,
+        "block": block,
+        "rss_before_mib": base,
+        "peak_rss_mib": peak_rss_mib(),
+        "first_call_s": t1 - t0,
+        "time_per_rhs_s": t_next,
+    }
 
 
 def _timed(fn):

@@ -40,15 +40,20 @@ def main(argv=None):
     args = ap.parse_args(argv)
     x = mf.sphere_uniform(jax.random.key(0), args.n, args.d).astype("float32")
     nq = -(-args.n // args.block)
-    print(f"N = {args.n}, d = {args.d}, block = {args.block} ({nq} query blocks; ideal causal/full "
-          f"{(nq + 1) / (2 * nq):.3f}); {jax.devices()[0].device_kind}")
+    print(
+        f"N = {args.n}, d = {args.d}, block = {args.block} ({nq} query blocks; ideal causal/full "
+        f"{(nq + 1) / (2 * nq):.3f}); {jax.devices()[0].device_kind}"
+    )
     print(f"{'query_batch':>11} | {'causal s':>9} | {'full s':>9} | causal/full")
     for qb in (int(b) for b in args.batches.split(",")):
         t = {}
         for name, mask in (("causal", mf.Causal()), ("full", mf.Full())):
             attn = mf.Attention(1.0, mask=mask, backend=Chunked(block=args.block, query_batch=qb))
             t[name] = timed(jax.jit(lambda y, a=attn: a(y)), x, args.rounds)
-        print(f"{qb:>11} | {t['causal']:>9.3f} | {t['full']:>9.3f} | {t['causal'] / t['full']:.3f}", flush=True)
+        print(
+            f"{qb:>11} | {t['causal']:>9.3f} | {t['full']:>9.3f} | {t['causal'] / t['full']:.3f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -60,7 +60,9 @@ def bytes_needed(backend, n, d, *, heads=1, row_block=None, block=2048, query_ba
     from meanfield.kernel.backends.dense import default_row_block
 
     base = 4 * ((2 + 3 * heads) * n * d)  # tokens, per-head q/k/v projections, the field
-    if backend == "dense":  # scores, exponentials, weights of one row slab (the backend's default rows)
+    if (
+        backend == "dense"
+    ):  # scores, exponentials, weights of one row slab (the backend's default rows)
         rows = row_block or default_row_block(heads, n, 4)
         return base + 4 * 3 * heads * min(rows, n) * n
     if backend == "chunked":
@@ -69,30 +71,66 @@ def bytes_needed(backend, n, d, *, heads=1, row_block=None, block=2048, query_ba
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--sizes", default="4096,16384,65536,262144,1048576")
     ap.add_argument("--no-dense", action="store_true", help="skip the dense XLA backend")
     ap.add_argument("--d", type=int, default=64)
-    ap.add_argument("--heads", type=int, default=1,
-                    help="heads; > 1 draws random per-head Q, K, V (the fused kernel's in-kernel projections)")
-    ap.add_argument("--precisions", default="highest,tf32,bf16", help="precisions (Attention.precision)")
+    ap.add_argument(
+        "--heads",
+        type=int,
+        default=1,
+        help="heads; > 1 draws random per-head Q, K, V (the fused kernel's in-kernel projections)",
+    )
+    ap.add_argument(
+        "--precisions", default="highest,tf32,bf16", help="precisions (Attention.precision)"
+    )
     ap.add_argument("--chunked", default="2048:8", help="block:query_batch of the chunked backend")
-    ap.add_argument("--fused", default=None, help="block_q:block_k[:num_warps[:num_stages]] of the fused backend "
-                    "(default 64:64,128:64 on a GPU, none elsewhere)")
-    ap.add_argument("--splash", default=None, help="block_q:block_k of the splash backend (default 512:512 on a TPU, none elsewhere)")
-    ap.add_argument("--gemm", type=int, default=8192, help="size of the square GEMM that measures the matmul rate")
+    ap.add_argument(
+        "--fused",
+        default=None,
+        help="block_q:block_k[:num_warps[:num_stages]] of the fused backend "
+        "(default 64:64,128:64 on a GPU, none elsewhere)",
+    )
+    ap.add_argument(
+        "--splash",
+        default=None,
+        help="block_q:block_k of the splash backend (default 512:512 on a TPU, none elsewhere)",
+    )
+    ap.add_argument(
+        "--gemm",
+        type=int,
+        default=8192,
+        help="size of the square GEMM that measures the matmul rate",
+    )
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--check-max", type=int, default=16384,
-                    help="up to this N, each field is compared with the dense float64 field (max |diff| / max |ref|)")
-    ap.add_argument("--box", type=float, default=20.0, help="skip a configuration predicted slower than this per call (s)")
-    ap.add_argument("--budget", type=float, default=420.0, help="launch no new work after this many seconds")
-    ap.add_argument("--out", default=None, help="also write the table (and JSON rows) into this folder")
+    ap.add_argument(
+        "--check-max",
+        type=int,
+        default=16384,
+        help="up to this N, each field is compared with the dense float64 field (max |diff| / max |ref|)",
+    )
+    ap.add_argument(
+        "--box",
+        type=float,
+        default=20.0,
+        help="skip a configuration predicted slower than this per call (s)",
+    )
+    ap.add_argument(
+        "--budget", type=float, default=420.0, help="launch no new work after this many seconds"
+    )
+    ap.add_argument(
+        "--out", default=None, help="also write the table (and JSON rows) into this folder"
+    )
     args = ap.parse_args()
     t_start = time.perf_counter()
 
     import jax
 
-    jax.config.update("jax_enable_x64", True)  # entry point: the float64 reference (tokens stay float32)
+    jax.config.update(
+        "jax_enable_x64", True
+    )  # entry point: the float64 reference (tokens stay float32)
     import jax.numpy as jnp
 
     import meanfield as mf
@@ -107,20 +145,40 @@ def main():
     mats = {}
     if heads > 1:
         keys = jax.random.split(jax.random.key(3), 3)
-        mats = {name: jax.random.normal(k, (heads, d, d), jnp.float32) / d**0.5 for name, k in zip("QKV", keys)}
-    lines = [f"# jax {jax.__version__}, {dev.platform} {dev.device_kind}, device memory {mem / 2**30:.1f} GiB; "
-             f"causal SA field, d = {d}, {heads} head(s){' with random Q, K, V' if mats else ''}, float32 tokens; "
-             "pairs and flops count head-pairs"]
+        mats = {
+            name: jax.random.normal(k, (heads, d, d), jnp.float32) / d**0.5
+            for name, k in zip("QKV", keys)
+        }
+    lines = [
+        f"# jax {jax.__version__}, {dev.platform} {dev.device_kind}, device memory {mem / 2**30:.1f} GiB; "
+        f"causal SA field, d = {d}, {heads} head(s){' with random Q, K, V' if mats else ''}, float32 tokens; "
+        "pairs and flops count head-pairs"
+    ]
     rates = {p: gemm_rate(args.gemm, p) for p in args.precisions.split(",")}
-    lines.append("# GEMM rate (TFLOP/s, 8192^3): " + ", ".join(f"{p} {r / 1e12:.1f}" for p, r in rates.items()))
+    lines.append(
+        "# GEMM rate (TFLOP/s, 8192^3): "
+        + ", ".join(f"{p} {r / 1e12:.1f}" for p, r in rates.items())
+    )
     if mem:
         b = mf.kernel.Chunked().block
-        fits = {name: int(max(n for n in (2**k for k in range(10, 31))
-                              if bytes_needed(name, n, d, heads=heads, block=b) <= 0.9 * mem))
-                for name in ("dense", "chunked", "fused")}
-        lines.append("# largest N (power of two) by the memory formula: " + ", ".join(f"{k} {v:,}" for k, v in fits.items()))
-    hdr = (f"{'backend':>18} {'prec':>7} {'N':>8} | {'time/field s':>12} {'Gpair/s':>8} {'TFLOP/s':>8} "
-           f"{'GEMM TFLOP/s':>12} {'fraction':>8} {'of cuDNN':>8} | {'rel err':>8}")
+        fits = {
+            name: int(
+                max(
+                    n
+                    for n in (2**k for k in range(10, 31))
+                    if bytes_needed(name, n, d, heads=heads, block=b) <= 0.9 * mem
+                )
+            )
+            for name in ("dense", "chunked", "fused")
+        }
+        lines.append(
+            "# largest N (power of two) by the memory formula: "
+            + ", ".join(f"{k} {v:,}" for k, v in fits.items())
+        )
+    hdr = (
+        f"{'backend':>18} {'prec':>7} {'N':>8} | {'time/field s':>12} {'Gpair/s':>8} {'TFLOP/s':>8} "
+        f"{'GEMM TFLOP/s':>12} {'fraction':>8} {'of cuDNN':>8} | {'rel err':>8}"
+    )
     lines += [hdr, "-" * len(hdr)]
     print("\n".join(lines), flush=True)
 
@@ -128,11 +186,17 @@ def main():
     for spec in filter(None, args.chunked.split(",")):
         blk, qb = (int(v) for v in spec.split(":"))
         backends.append((f"chunked {blk}:{qb}", Chunked(blk, qb)))
-    fused = args.fused if args.fused is not None else ("64:64,128:64" if dev.platform == "gpu" else "")
+    fused = (
+        args.fused if args.fused is not None else ("64:64,128:64" if dev.platform == "gpu" else "")
+    )
     for spec in filter(None, fused.split(",")):
         vals = [int(v) for v in spec.split(":")] + [None, None]
-        backends.append((f"fused {spec}", Fused(vals[0], vals[1], num_warps=vals[2], num_stages=vals[3])))
-    splash = args.splash if args.splash is not None else ("512:512" if dev.platform == "tpu" else "")
+        backends.append(
+            (f"fused {spec}", Fused(vals[0], vals[1], num_warps=vals[2], num_stages=vals[3]))
+        )
+    splash = (
+        args.splash if args.splash is not None else ("512:512" if dev.platform == "tpu" else "")
+    )
     for spec in filter(None, splash.split(",")):
         bq, bk = (int(v) for v in spec.split(":"))
         backends.append((f"splash {spec}", Splash(bq, bk)))
@@ -156,29 +220,45 @@ def main():
         if dev.platform == "gpu" and heads == 1 and time.perf_counter() - t_start < args.budget:
             try:  # fused vendor kernel, bf16, as the reference speed
                 q = x.astype(jnp.bfloat16)[None, :, None, :]
-                fa = jax.jit(lambda u: jax.nn.dot_product_attention(u, u, u, is_causal=True, implementation="cudnn"))
-                t_cudnn = median_time(lambda: fa(q).block_until_ready(), repeats=args.repeats, min_time=0)
+                fa = jax.jit(
+                    lambda u: jax.nn.dot_product_attention(
+                        u, u, u, is_causal=True, implementation="cudnn"
+                    )
+                )
+                t_cudnn = median_time(
+                    lambda: fa(q).block_until_ready(), repeats=args.repeats, min_time=0
+                )
                 tflops = 4 * d * pairs / t_cudnn / 1e12
                 rate = rates.get("bf16") or gemm_rate(args.gemm, "bf16")
-                emit(f"{'cuDNN (bf16)':>18} {'bf16':>7} {n:>8} | {t_cudnn:>12.4f} {pairs / t_cudnn / 1e9:>8.2f} {tflops:>8.1f} "
-                     f"{rate / 1e12:>12.1f} {tflops * 1e12 / rate:>8.2f} {1.0:>8.2f}")
+                emit(
+                    f"{'cuDNN (bf16)':>18} {'bf16':>7} {n:>8} | {t_cudnn:>12.4f} {pairs / t_cudnn / 1e9:>8.2f} {tflops:>8.1f} "
+                    f"{rate / 1e12:>12.1f} {tflops * 1e12 / rate:>8.2f} {1.0:>8.2f}"
+                )
             except Exception as err:
-                emit(f"{'cuDNN (bf16)':>18} {'bf16':>7} {n:>8} | not available: {type(err).__name__}: {str(err)[:100]}")
+                emit(
+                    f"{'cuDNN (bf16)':>18} {'bf16':>7} {n:>8} | not available: {type(err).__name__}: {str(err)[:100]}"
+                )
         for prec in args.precisions.split(","):
             for name, backend in backends:
                 key = (name, prec)
                 if time.perf_counter() - t_start > args.budget:
-                    emit(f"{name:>18} {prec:>7} {n:>8} | not run: budget of {args.budget:.0f} s spent")
+                    emit(
+                        f"{name:>18} {prec:>7} {n:>8} | not run: budget of {args.budget:.0f} s spent"
+                    )
                     continue
                 if key in last:
                     n0, t0 = last[key]
                     predicted = t0 * (n / n0) ** 2 * (2.0 if name == "dense" else 1.0)
                     if predicted > args.box:
-                        emit(f"{name:>18} {prec:>7} {n:>8} | skipped: predicted {predicted:.0f} s per call > box")
+                        emit(
+                            f"{name:>18} {prec:>7} {n:>8} | skipped: predicted {predicted:.0f} s per call > box"
+                        )
                         continue
                 need = bytes_needed(name.split()[0], n, d, heads=heads)
                 if mem and need > 0.9 * mem:
-                    emit(f"{name:>18} {prec:>7} {n:>8} | skipped: memory formula {need / 2**30:.1f} GiB")
+                    emit(
+                        f"{name:>18} {prec:>7} {n:>8} | skipped: memory formula {need / 2**30:.1f} GiB"
+                    )
                     continue
                 attn = mf.Attention(1.0, mask=mf.Causal(), backend=backend, precision=prec, **mats)
                 f = jax.jit(lambda y, a=attn: a(y))
@@ -186,9 +266,13 @@ def main():
                     t0 = time.perf_counter()
                     f(x).block_until_ready()
                     first = time.perf_counter() - t0
-                    t = median_time(lambda: f(x).block_until_ready(), repeats=args.repeats, min_time=0)
+                    t = median_time(
+                        lambda: f(x).block_until_ready(), repeats=args.repeats, min_time=0
+                    )
                 except Exception as err:
-                    emit(f"{name:>18} {prec:>7} {n:>8} | failed: {type(err).__name__}: {str(err)[:160]}")
+                    emit(
+                        f"{name:>18} {prec:>7} {n:>8} | failed: {type(err).__name__}: {str(err)[:160]}"
+                    )
                     continue
                 last[key] = (n, t)
                 err = float("nan")
@@ -196,12 +280,25 @@ def main():
                     err = field_error(f(x), ref)
                 tflops = 4 * d * pairs / t / 1e12
                 of_cudnn = t_cudnn / t if t_cudnn else float("nan")
-                row = {"backend": name, "precision": prec, "n": n, "d": d, "time_s": t, "first_call_s": first,
-                       "gpairs_per_s": pairs / t / 1e9, "tflops": tflops, "gemm_tflops": rates[prec] / 1e12,
-                       "fraction": tflops * 1e12 / rates[prec], "of_cudnn_bf16": of_cudnn, "rel_err_vs_dense_f64": err}
+                row = {
+                    "backend": name,
+                    "precision": prec,
+                    "n": n,
+                    "d": d,
+                    "time_s": t,
+                    "first_call_s": first,
+                    "gpairs_per_s": pairs / t / 1e9,
+                    "tflops": tflops,
+                    "gemm_tflops": rates[prec] / 1e12,
+                    "fraction": tflops * 1e12 / rates[prec],
+                    "of_cudnn_bf16": of_cudnn,
+                    "rel_err_vs_dense_f64": err,
+                }
                 rows.append(row)
-                emit(f"{name:>18} {prec:>7} {n:>8} | {t:>12.4f} {row['gpairs_per_s']:>8.2f} {tflops:>8.1f} "
-                     f"{rates[prec] / 1e12:>12.1f} {row['fraction']:>8.2f} {of_cudnn:>8.2f} | {err:>8.1e}")
+                emit(
+                    f"{name:>18} {prec:>7} {n:>8} | {t:>12.4f} {row['gpairs_per_s']:>8.2f} {tflops:>8.1f} "
+                    f"{rates[prec] / 1e12:>12.1f} {row['fraction']:>8.2f} {of_cudnn:>8.2f} | {err:>8.1e}"
+                )
     emit(f"# total {time.perf_counter() - t_start:.0f} s")
     if args.out:
         out = Path(args.out)

@@ -57,8 +57,15 @@ import subprocess
 import sys
 
 import numpy as np
-from _timing import (chunked_memory, exp_probe, exp_rate_in_cache, gemm_probe, interleaved_times, matmul_rates,
-                     shape_gemm_probe)
+from _timing import (
+    chunked_memory,
+    exp_probe,
+    exp_rate_in_cache,
+    gemm_probe,
+    interleaved_times,
+    matmul_rates,
+    shape_gemm_probe,
+)
 
 
 K_STEPS = 20
@@ -89,7 +96,9 @@ def torch_rhs(torch, x, beta):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="small sizes only (smoke run)")
     ap.add_argument("--memory-child", nargs=3, type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -120,15 +129,24 @@ def main():
     np_rate, jx_rate = matmul_rates(1024 if args.quick else 2048)
     peak = max(np_rate, jx_rate)
     exp_rate, exp_rates = exp_rate_in_cache()
-    print(f"# jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} cores; float32; "
-          f"torch {torch.__version__ if torch else 'not installed'}")
-    print(f"# square GEMM rate: NumPy/BLAS {np_rate / 1e9:.1f} GFLOP/s, XLA {jx_rate / 1e9:.1f} GFLOP/s; "
-          f"R_gemm = {peak / 1e9:.1f} GFLOP/s")
-    print("# in-cache exp rate (XLA, one jit): " + ", ".join(f"{n}^2 {r / 1e9:.2f}" for n, r in exp_rates.items())
-          + f" G/s; R_exp = {exp_rate / 1e9:.2f} G/s")
-    hdr = f"{'N':>6} {'d':>4} | {'engine':>8} {'jax':>8} {'numpy':>8} {'torch':>8} {'limit':>8} Mpair/s | " \
-          f"{'eng/jax':>7} {'eng/np':>6} {'eng/th':>6} | {'% of limit: eng':>15} {'jax':>5} {'numpy':>6} {'torch':>6} " \
-          f"| {'GEMM@shape':>10} {'eng % of it':>11} | {'R_gemm now':>10} {'eng % of limit now':>18}"
+    print(
+        f"# jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} cores; float32; "
+        f"torch {torch.__version__ if torch else 'not installed'}"
+    )
+    print(
+        f"# square GEMM rate: NumPy/BLAS {np_rate / 1e9:.1f} GFLOP/s, XLA {jx_rate / 1e9:.1f} GFLOP/s; "
+        f"R_gemm = {peak / 1e9:.1f} GFLOP/s"
+    )
+    print(
+        "# in-cache exp rate (XLA, one jit): "
+        + ", ".join(f"{n}^2 {r / 1e9:.2f}" for n, r in exp_rates.items())
+        + f" G/s; R_exp = {exp_rate / 1e9:.2f} G/s"
+    )
+    hdr = (
+        f"{'N':>6} {'d':>4} | {'engine':>8} {'jax':>8} {'numpy':>8} {'torch':>8} {'limit':>8} Mpair/s | "
+        f"{'eng/jax':>7} {'eng/np':>6} {'eng/th':>6} | {'% of limit: eng':>15} {'jax':>5} {'numpy':>6} {'torch':>6} "
+        f"| {'GEMM@shape':>10} {'eng % of it':>11} | {'R_gemm now':>10} {'eng % of limit now':>18}"
+    )
     print(hdr)
     print("-" * len(hdr))
     attn = mf.Attention(beta)
@@ -157,19 +175,34 @@ def main():
         for n in sizes:
             x = np.asarray(mf.sphere_uniform(jax.random.key(n + d), n, d, jnp.float32))
             xj = jnp.asarray(x)
-            np.testing.assert_allclose(np.asarray(rhs(xj)), numpy_rhs(x, beta), rtol=2e-3, atol=2e-4)
-            np.testing.assert_allclose(np.asarray(jax_rhs(jnp, xj, beta)), numpy_rhs(x, beta), rtol=2e-3, atol=2e-4)
-            shape_fn, shape_flops = shape_gemm_probe(n, d, default_row_block(1, n, 4), steps=K_STEPS)
-            fns = {"engine": lambda: engine_loop(xj).block_until_ready(), "jax": lambda: jax_loop(xj).block_until_ready(),
-                   "numpy": lambda: numpy_loop(x), "gemm_np": gemm_np, "gemm_xla": gemm_xla, "exp": exp_fn,
-                   "gemm_shape": shape_fn}
+            np.testing.assert_allclose(
+                np.asarray(rhs(xj)), numpy_rhs(x, beta), rtol=2e-3, atol=2e-4
+            )
+            np.testing.assert_allclose(
+                np.asarray(jax_rhs(jnp, xj, beta)), numpy_rhs(x, beta), rtol=2e-3, atol=2e-4
+            )
+            shape_fn, shape_flops = shape_gemm_probe(
+                n, d, default_row_block(1, n, 4), steps=K_STEPS
+            )
+            fns = {
+                "engine": lambda: engine_loop(xj).block_until_ready(),
+                "jax": lambda: jax_loop(xj).block_until_ready(),
+                "numpy": lambda: numpy_loop(x),
+                "gemm_np": gemm_np,
+                "gemm_xla": gemm_xla,
+                "exp": exp_fn,
+                "gemm_shape": shape_fn,
+            }
             if torch:
                 xt = torch.from_numpy(x.copy())
                 fns["torch"] = lambda: torch_loop(xt)
             t = interleaved_times(fns, rounds=7, min_time=0.3)
             t_eng, t_np, t_jax = t["engine"] / K_STEPS, t["numpy"] / K_STEPS, t["jax"] / K_STEPS
             t_th = t["torch"] / K_STEPS if torch else float("nan")
-            r_gemm_now, r_exp_now = gemm_flops / min(t["gemm_np"], t["gemm_xla"]), exp_count / t["exp"]
+            r_gemm_now, r_exp_now = (
+                gemm_flops / min(t["gemm_np"], t["gemm_xla"]),
+                exp_count / t["exp"],
+            )
             r_gemm, r_exp = max(peak, r_gemm_now), max(exp_rate, r_exp_now)
             pairs = n * n
             t_lim = 4 * pairs * d / r_gemm + pairs / r_exp
@@ -177,29 +210,39 @@ def main():
             # the products as the library runs them at the engine's shapes (_timing.shape_gemm_probe)
             t_shape = t["gemm_shape"] / K_STEPS + pairs / r_exp
             r_shape = shape_flops / t["gemm_shape"]
-            print(f"{n:>6} {d:>4} | {pairs / t_eng / 1e6:>8.1f} {pairs / t_jax / 1e6:>8.1f} {pairs / t_np / 1e6:>8.1f} "
-                  f"{pairs / t_th / 1e6:>8.1f} {pairs / t_lim / 1e6:>8.1f}         | {t_jax / t_eng:>7.2f} "
-                  f"{t_np / t_eng:>6.2f} {t_th / t_eng:>6.2f} | {100 * t_lim / t_eng:>14.1f}% {100 * t_lim / t_jax:>4.1f}% "
-                  f"{100 * t_lim / t_np:>5.1f}% {100 * t_lim / t_th:>5.1f}% | {r_shape / 1e9:>5.0f} GF/s "
-                  f"{100 * t_shape / t_eng:>10.1f}% | {r_gemm_now / 1e9:>5.0f} GF/s {100 * t_now / t_eng:>17.1f}%",
-                  flush=True)
+            print(
+                f"{n:>6} {d:>4} | {pairs / t_eng / 1e6:>8.1f} {pairs / t_jax / 1e6:>8.1f} {pairs / t_np / 1e6:>8.1f} "
+                f"{pairs / t_th / 1e6:>8.1f} {pairs / t_lim / 1e6:>8.1f}         | {t_jax / t_eng:>7.2f} "
+                f"{t_np / t_eng:>6.2f} {t_th / t_eng:>6.2f} | {100 * t_lim / t_eng:>14.1f}% {100 * t_lim / t_jax:>4.1f}% "
+                f"{100 * t_lim / t_np:>5.1f}% {100 * t_lim / t_th:>5.1f}% | {r_shape / 1e9:>5.0f} GF/s "
+                f"{100 * t_shape / t_eng:>10.1f}% | {r_gemm_now / 1e9:>5.0f} GF/s {100 * t_now / t_eng:>17.1f}%",
+                flush=True,
+            )
 
     multi_head(jax, jnp, mf, torch, [1024] if args.quick else [1024, 4096], peak, exp_rate)
 
     np_end, jx_end = matmul_rates(1024 if args.quick else 2048)
     exp_end, _ = exp_rate_in_cache()
-    print(f"# measured again at the end (machine drift): R_gemm {max(np_end, jx_end) / 1e9:.1f} GFLOP/s, "
-          f"R_exp {exp_end / 1e9:.2f} G/s")
+    print(
+        f"# measured again at the end (machine drift): R_gemm {max(np_end, jx_end) / 1e9:.1f} GFLOP/s, "
+        f"R_exp {exp_end / 1e9:.2f} G/s"
+    )
 
     n_mem = 20_000 if args.quick else 100_000
     child = subprocess.run(
         [sys.executable, __file__, "--memory-child", str(n_mem), "16", "512"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     mem = json.loads(child.stdout.strip().splitlines()[-1])
-    print(f"\n# chunked causal SA, N = {mem['n']}, d = {mem['d']}, block = {mem['block']}, float32:")
-    print(f"#   peak RSS {mem['peak_rss_mib']:.0f} MiB (resident before the call, after import and compile: {mem['rss_before_mib']:.0f} MiB); "
-          f"time per RHS {mem['time_per_rhs_s']:.2f} s (first call incl. compile {mem['first_call_s']:.2f} s)")
+    print(
+        f"\n# chunked causal SA, N = {mem['n']}, d = {mem['d']}, block = {mem['block']}, float32:"
+    )
+    print(
+        f"#   peak RSS {mem['peak_rss_mib']:.0f} MiB (resident before the call, after import and compile: {mem['rss_before_mib']:.0f} MiB); "
+        f"time per RHS {mem['time_per_rhs_s']:.2f} s (first call incl. compile {mem['first_call_s']:.2f} s)"
+    )
 
 
 def multi_head(jax, jnp, mf, torch, sizes, r_gemm, r_exp, heads=4, d=64, beta=1.0):
@@ -223,14 +266,23 @@ def multi_head(jax, jnp, mf, torch, sizes, r_gemm, r_exp, heads=4, d=64, beta=1.
         out = torch.einsum("hij,hjd->id", a, v) / heads
         return out - (z * out).sum(dim=1, keepdim=True) * z
 
-    eng = jax.jit(lambda y: jax.lax.fori_loop(0, K_STEPS, lambda i, z: z + DT * mf.velocity(attn, z), y))
+    eng = jax.jit(
+        lambda y: jax.lax.fori_loop(0, K_STEPS, lambda i, z: z + DT * mf.velocity(attn, z), y)
+    )
     scr = jax.jit(lambda y: jax.lax.fori_loop(0, K_STEPS, lambda i, z: z + DT * jax_mh(z), y))
     print(f"\n# multi-head SA: {heads} heads, d = {d}, random Q, K, V; Mpair/s of head-pairs")
-    print(f"{'N':>6} | {'engine':>8} {'jax':>8} {'torch':>8} {'limit':>8} | {'eng/jax':>7} {'eng/th':>6} | {'eng % of limit':>14}")
+    print(
+        f"{'N':>6} | {'engine':>8} {'jax':>8} {'torch':>8} {'limit':>8} | {'eng/jax':>7} {'eng/th':>6} | {'eng % of limit':>14}"
+    )
     for n in sizes:
         x = mf.sphere_uniform(jax.random.key(n), n, d, jnp.float32)
-        np.testing.assert_allclose(np.asarray(mf.velocity(attn, x)), np.asarray(jax_mh(x)), rtol=2e-3, atol=2e-4)
-        fns = {"engine": lambda: eng(x).block_until_ready(), "jax": lambda: scr(x).block_until_ready()}
+        np.testing.assert_allclose(
+            np.asarray(mf.velocity(attn, x)), np.asarray(jax_mh(x)), rtol=2e-3, atol=2e-4
+        )
+        fns = {
+            "engine": lambda: eng(x).block_until_ready(),
+            "jax": lambda: scr(x).block_until_ready(),
+        }
         if torch:
             xt, Qt, Kt, Vt = (torch.from_numpy(np.asarray(a).copy()) for a in (x, Q, K, V))
 
@@ -239,14 +291,18 @@ def multi_head(jax, jnp, mf, torch, sizes, r_gemm, r_exp, heads=4, d=64, beta=1.
                 for _ in range(K_STEPS):
                     z = z + DT * torch_mh(z, Qt, Kt, Vt)
                 return z
+
             fns["torch"] = torch_loop
         t = {k: v / K_STEPS for k, v in interleaved_times(fns, rounds=7, min_time=0.3).items()}
         t_th = t.get("torch", float("nan"))
         pairs = heads * n * n
         t_lim = (4 * pairs * d + 6 * heads * n * d * d) / r_gemm + pairs / r_exp
-        print(f"{n:>6} | {pairs / t['engine'] / 1e6:>8.1f} {pairs / t['jax'] / 1e6:>8.1f} {pairs / t_th / 1e6:>8.1f} "
-              f"{pairs / t_lim / 1e6:>8.1f} | {t['jax'] / t['engine']:>7.2f} {t_th / t['engine']:>6.2f} | "
-              f"{100 * t_lim / t['engine']:>13.1f}%", flush=True)
+        print(
+            f"{n:>6} | {pairs / t['engine'] / 1e6:>8.1f} {pairs / t['jax'] / 1e6:>8.1f} {pairs / t_th / 1e6:>8.1f} "
+            f"{pairs / t_lim / 1e6:>8.1f} | {t['jax'] / t['engine']:>7.2f} {t_th / t['engine']:>6.2f} | "
+            f"{100 * t_lim / t['engine']:>13.1f}%",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -43,7 +43,9 @@ def main():
     for m in ms:
         pde = CircleMeanField(m, beta=4.0)
         rho = pde.uniform() * (1 + 0.1 * jnp.cos(3 * pde.theta))
-        loop = jax.jit(lambda r: jax.lax.fori_loop(0, K, lambda i, y: y + 1e-6 * pde.rhs(0.0, y), r))
+        loop = jax.jit(
+            lambda r: jax.lax.fori_loop(0, K, lambda i, y: y + 1e-6 * pde.rhs(0.0, y), r)
+        )
         t_fft = per_call(loop, rho)
         t_dir = float("nan")
         if m <= 4096:
@@ -56,6 +58,7 @@ def main():
                     k = jnp.exp(4.0 * jnp.cos(p))
                     u = (k * -jnp.sin(p)) @ y / (k @ y)
                     return y + 1e-6 * u
+
                 return jax.lax.fori_loop(0, K, body, r)
 
             t_dir = per_call(jax.jit(direct), rho)
@@ -75,10 +78,20 @@ def _rhs_loop(pde):
 
 def kinetic():
     print()
-    print(f"{'S':>5} {'M':>5} | {'scan+FFT RHS us':>15} | {'dense C RHS us':>14} | {'engine quad. us':>15} | dense/scan | engine/scan"
-          f" | {'s-mix: scan us':>14} | {'dense C f us':>12}")
+    print(
+        f"{'S':>5} {'M':>5} | {'scan+FFT RHS us':>15} | {'dense C RHS us':>14} | {'engine quad. us':>15} | dense/scan | engine/scan"
+        f" | {'s-mix: scan us':>14} | {'dense C f us':>12}"
+    )
     rows = []
-    for S, M in [(16, 64), (64, 64), (64, 256), (256, 256), (256, 1024), (1024, 1024), (1024, 4096)]:
+    for S, M in [
+        (16, 64),
+        (64, 64),
+        (64, 256),
+        (256, 256),
+        (256, 1024),
+        (1024, 1024),
+        (1024, 4096),
+    ]:
         pde = KineticMeanField(S, M, beta=2.0, coupling=CausalCoupling(lam=1.0))
         f = pde.von_mises(1.0, 3.0 * pde.s)
         t_scan = per_call(_rhs_loop(pde), f)
@@ -89,15 +102,28 @@ def kinetic():
         t_eng = float("nan")
         if S * M <= 4096:
             attn = mf.Attention(2.0, mask=mf.Causal() & mf.ALiBi(1.0))
-            eng = jax.jit(lambda y: jax.lax.fori_loop(
-                0, K, lambda i, z: z + 1e-6 * engine_face_velocity(attn, z, pde.s, pde.w), y))
+            eng = jax.jit(
+                lambda y: jax.lax.fori_loop(
+                    0, K, lambda i, z: z + 1e-6 * engine_face_velocity(attn, z, pde.s, pde.w), y
+                )
+            )
             t_eng = per_call(eng, f)
-        mix_scan = per_call(jax.jit(lambda y, pde=pde: jax.lax.fori_loop(0, K, lambda i, z: z + 1e-6 * pde.mix(z), y)), f)
+        mix_scan = per_call(
+            jax.jit(
+                lambda y, pde=pde: jax.lax.fori_loop(0, K, lambda i, z: z + 1e-6 * pde.mix(z), y)
+            ),
+            f,
+        )
         cm = pde.coupling_matrix()
-        mix_dense = per_call(jax.jit(lambda y, cm=cm: jax.lax.fori_loop(0, K, lambda i, z: z + 1e-6 * (cm @ z), y)), f)
+        mix_dense = per_call(
+            jax.jit(lambda y, cm=cm: jax.lax.fori_loop(0, K, lambda i, z: z + 1e-6 * (cm @ z), y)),
+            f,
+        )
         rows.append((S * M, t_scan))
-        print(f"{S:>5} {M:>5} | {t_scan * 1e6:>15.1f} | {t_dense * 1e6:>14.1f} | {t_eng * 1e6:>15.1f} | "
-              f"{t_dense / t_scan:>10.1f} | {t_eng / t_scan:>11.1f} | {mix_scan * 1e6:>14.1f} | {mix_dense * 1e6:>12.1f}")
+        print(
+            f"{S:>5} {M:>5} | {t_scan * 1e6:>15.1f} | {t_dense * 1e6:>14.1f} | {t_eng * 1e6:>15.1f} | "
+            f"{t_dense / t_scan:>10.1f} | {t_eng / t_scan:>11.1f} | {mix_scan * 1e6:>14.1f} | {mix_dense * 1e6:>12.1f}"
+        )
     sm, tt = np.array([r[0] for r in rows], float), np.array([r[1] for r in rows])
     big = sm >= 16384
     p = np.polyfit(np.log(sm[big]), np.log(tt[big]), 1)[0]

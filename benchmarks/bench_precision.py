@@ -17,7 +17,9 @@ from _timing import median_time
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     import dataclasses
@@ -31,8 +33,10 @@ def main():
     from meanfield.kernel import precision_report
 
     print(f"# jax {jax.__version__} on {jax.default_backend()} ({jax.devices()[0].device_kind})")
-    print(f"{'N':>6} {'d':>3} {'beta':>5} | {'highest max':>11} {'tf32 max':>9} {'bf16 max':>9} {'bf16 rms':>9} | "
-          f"{'t tf32/highest':>14} {'t bf16/highest':>14}")
+    print(
+        f"{'N':>6} {'d':>3} {'beta':>5} | {'highest max':>11} {'tf32 max':>9} {'bf16 max':>9} {'bf16 rms':>9} | "
+        f"{'t tf32/highest':>14} {'t bf16/highest':>14}"
+    )
     sizes = [(1024, 16)] if args.quick else [(1024, 16), (4096, 16), (4096, 64)]
     for n, d in sizes:
         x = mf.sphere_uniform(jax.random.key(n + d), n, d)
@@ -42,13 +46,17 @@ def main():
             rep = precision_report(attn, x)
             times = {}
             for opt in ("highest", "tf32", "bf16"):
-                a = jax.tree.map(lambda v: v.astype(jnp.float32) if eqx_is_float(v) else v,
-                                 dataclasses.replace(attn, precision=opt))
+                a = jax.tree.map(
+                    lambda v: v.astype(jnp.float32) if eqx_is_float(v) else v,
+                    dataclasses.replace(attn, precision=opt),
+                )
                 f = jax.jit(lambda y, a=a: mf.velocity(a, y))
                 times[opt] = median_time(lambda f=f: f(x32).block_until_ready(), repeats=5)
-            print(f"{n:>6} {d:>3} {beta:>5g} | {rep['highest']['max_rel']:>11.1e} {rep['tf32']['max_rel']:>9.1e} "
-                  f"{rep['bf16']['max_rel']:>9.1e} {rep['bf16']['rms_rel']:>9.1e} | "
-                  f"{times['tf32'] / times['highest']:>14.2f} {times['bf16'] / times['highest']:>14.2f}")
+            print(
+                f"{n:>6} {d:>3} {beta:>5g} | {rep['highest']['max_rel']:>11.1e} {rep['tf32']['max_rel']:>9.1e} "
+                f"{rep['bf16']['max_rel']:>9.1e} {rep['bf16']['rms_rel']:>9.1e} | "
+                f"{times['tf32'] / times['highest']:>14.2f} {times['bf16'] / times['highest']:>14.2f}"
+            )
     print("# max: max_i |v_i - v_i^64| / max_i |v_i^64|; rms: the same in root mean square")
 
 

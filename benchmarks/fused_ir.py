@@ -35,8 +35,9 @@ from meanfield.kernel.backends import fused as fused_module
 def lower_ttir(precision: str, n: int = 1024, d: int = 64) -> str:
     """The Triton module of the fused kernel for ``precision``, as Pallas prints it."""
     x = mf.sphere_uniform(jax.random.key(0), n, d).astype(jnp.float32)
-    attn = mf.Attention(1.0, mask=mf.Causal() & mf.ALiBi(0.1), precision=precision,
-                        backend=Fused(interpret=False))
+    attn = mf.Attention(
+        1.0, mask=mf.Causal() & mf.ALiBi(0.1), precision=precision, backend=Fused(interpret=False)
+    )
     original = fused_module.pl.pallas_call
     fused_module.pl.pallas_call = functools.partial(original, debug=True)
     buf = io.StringIO()
@@ -65,13 +66,16 @@ def analyse(ttir: str) -> dict:
     for line in ttir.splitlines():
         opened = line.count("{") - line.count("}")
         kind = "for" if "scf.for" in line else "if" if "scf.if" in line else "other"
-        if "tt.load" in line and "for" in stack and "if" in stack[stack.index("for"):]:
+        if "tt.load" in line and "for" in stack and "if" in stack[stack.index("for") :]:
             loads_in_if_in_for += 1
         if opened > 0:
             stack.extend([kind] * opened)
         elif opened < 0:
-            del stack[len(stack) + opened:]
-    exps = sorted(set(re.findall(r'symbol = "(__nv_\w*exp\w*)"', ttir)) | set(re.findall(r"\b(math\.exp2?)\b", ttir)))
+            del stack[len(stack) + opened :]
+    exps = sorted(
+        set(re.findall(r'symbol = "(__nv_\w*exp\w*)"', ttir))
+        | set(re.findall(r"\b(math\.exp2?)\b", ttir))
+    )
     return {"dots": dots, "loads_under_if_in_loop": loads_in_if_in_for, "exp": exps}
 
 
@@ -86,8 +90,10 @@ def main(argv=None):
         (out / f"fused_{precision}.ttir").write_text(ttir)
         a = analyse(ttir)
         ieee = sum(p == "ieee" for _, p in a["dots"])
-        print(f"{precision:>8}: {len(a['dots'])} tt.dot {a['dots']}; IEEE dots: {ieee}; "
-              f"tt.load under scf.if in the key loop: {a['loads_under_if_in_loop']}; exp: {a['exp']}")
+        print(
+            f"{precision:>8}: {len(a['dots'])} tt.dot {a['dots']}; IEEE dots: {ieee}; "
+            f"tt.load under scf.if in the key loop: {a['loads_under_if_in_loop']}; exp: {a['exp']}"
+        )
     print(f"Triton modules written to {out}/fused_<precision>.ttir")
 
 

@@ -31,13 +31,17 @@ def main(argv=None):
     ap.add_argument("--betas", default="1,4,9")
     args = ap.parse_args(argv)
     x = mf.sphere_uniform(jax.random.key(0), args.n, args.d)
-    print(f"N = {args.n}, d = {args.d}, causal SA; relative field error against float64 dense (interpret mode)")
+    print(
+        f"N = {args.n}, d = {args.d}, causal SA; relative field error against float64 dense (interpret mode)"
+    )
     print(f"{'beta':>5} | " + " | ".join(f"{p:>9}" for p in PRECISIONS))
     for beta in (float(b) for b in args.betas.split(",")):
         ref = mf.Attention(beta, mask=mf.Causal(), backend=Dense())(x)
         errs = []
         for prec in PRECISIONS:
-            out = mf.Attention(jnp.float32(beta), mask=mf.Causal(), precision=prec, backend=Fused(64, 64))(x.astype(jnp.float32))
+            out = mf.Attention(
+                jnp.float32(beta), mask=mf.Causal(), precision=prec, backend=Fused(64, 64)
+            )(x.astype(jnp.float32))
             errs.append(field_error(out, ref))
         print(f"{beta:>5g} | " + " | ".join(f"{e:>9.2e}" for e in errs), flush=True)
 

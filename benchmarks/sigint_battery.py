@@ -26,12 +26,27 @@ import xarray as xr
 
 # the metastability preset at a long horizon: 30 chunks of similar cost after the compiling first one
 PRESET = "metastability"
-SETS = ["--set", "n=24", "--set", "t1=1e4", "--set", "n_save=61", "--set", "chunks=30", "--no-progress"]
+SETS = [
+    "--set",
+    "n=24",
+    "--set",
+    "t1=1e4",
+    "--set",
+    "n_save=61",
+    "--set",
+    "chunks=30",
+    "--no-progress",
+]
 
 
 def cli(args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "meanfield.run.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "meanfield.run.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def main() -> int:
@@ -50,7 +65,9 @@ def main() -> int:
     t_run = time.perf_counter() - t0
     assert ref.returncode == 0
     reference = xr.load_dataset(work / "ref" / "result.nc")
-    print(f"import {t_import:.1f} s, uninterrupted run {t_run:.1f} s; SIGINT uniform in [{t_import:.1f}, {t_run:.1f}] s")
+    print(
+        f"import {t_import:.1f} s, uninterrupted run {t_run:.1f} s; SIGINT uniform in [{t_import:.1f}, {t_run:.1f}] s"
+    )
     bad = 0
     for i in range(args.n):
         out = work / f"run{i}"
@@ -60,26 +77,53 @@ def main() -> int:
         proc.send_signal(2)
         stdout, err = proc.communicate()
         line = err.strip().splitlines()[-1] if err.strip() else ""
-        finished = proc.returncode == 0 and "done in" in stdout  # the signal came after the command ended
-        resume = subprocess.run([sys.executable, "-m", "meanfield.run.cli", "run", PRESET, "--out", str(out),
-                                 "--resume", "--no-progress"], capture_output=True, text=True)
+        finished = (
+            proc.returncode == 0 and "done in" in stdout
+        )  # the signal came after the command ended
+        resume = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "meanfield.run.cli",
+                "run",
+                PRESET,
+                "--out",
+                str(out),
+                "--resume",
+                "--no-progress",
+            ],
+            capture_output=True,
+            text=True,
+        )
         if resume.returncode == 0:
             got = xr.load_dataset(out / "result.nc")
-            same = all(np.array_equal(got[v].values, reference[v].values) for v in reference.data_vars)
+            same = all(
+                np.array_equal(got[v].values, reference[v].values) for v in reference.data_vars
+            )
             verdict = "resumed, bit-identical" if same else "resumed, DIFFERENT"
         else:
             same = "nothing to resume" in resume.stderr
             verdict = f"exit {resume.returncode}: {resume.stderr.strip().splitlines()[-1]}"
         if finished:  # nothing was interrupted: the result must be the reference's
             got = xr.load_dataset(out / "result.nc")
-            same = all(np.array_equal(got[v].values, reference[v].values) for v in reference.data_vars)
-            verdict = "the command had finished (exit 0); result bit-identical" if same else "finished, DIFFERENT"
+            same = all(
+                np.array_equal(got[v].values, reference[v].values) for v in reference.data_vars
+            )
+            verdict = (
+                "the command had finished (exit 0); result bit-identical"
+                if same
+                else "finished, DIFFERENT"
+            )
         ok = (proc.returncode == 130 or finished) and same
         bad += not ok
-        print(f"{i:2d}  SIGINT at {when:5.2f} s  exit {proc.returncode}  [{line[:90]}]  --resume: {verdict}")
+        print(
+            f"{i:2d}  SIGINT at {when:5.2f} s  exit {proc.returncode}  [{line[:90]}]  --resume: {verdict}"
+        )
     shutil.rmtree(work)
-    print(f"{args.n - bad} of {args.n} runs: exit 130 and a bit-identical resume or an honest 'nothing to resume' "
-          "(or the command had already finished, with the reference result)")
+    print(
+        f"{args.n - bad} of {args.n} runs: exit 130 and a bit-identical resume or an honest 'nothing to resume' "
+        "(or the command had already finished, with the reference result)"
+    )
     return 1 if bad else 0
 
 

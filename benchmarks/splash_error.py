@@ -30,14 +30,18 @@ def main(argv=None):
     ap.add_argument("--lams", default="0.01,0.1,1,10")
     args = ap.parse_args(argv)
     x = mf.sphere_uniform(jax.random.key(0), args.n, args.d)
-    print(f"N = {args.n}, d = {args.d}, beta = 1, Causal() & ALiBi(lambda); relative field error vs float64 dense")
+    print(
+        f"N = {args.n}, d = {args.d}, beta = 1, Causal() & ALiBi(lambda); relative field error vs float64 dense"
+    )
     print(f"{'lambda':>7} | {'lambda N':>8} | {'SA':>9} | {'USA':>9}")
     for lam in (float(v) for v in args.lams.split(",")):
         errs = []
         for form in ("SA", "USA"):
             mask = mf.Causal() & mf.ALiBi(lam)
             ref = mf.Attention(1.0, mask=mask, form=form, backend=Dense())(x)
-            out = mf.Attention(jnp.float32(1.0), mask=mask, form=form, backend=Splash(256, 256))(x.astype(jnp.float32))
+            out = mf.Attention(jnp.float32(1.0), mask=mask, form=form, backend=Splash(256, 256))(
+                x.astype(jnp.float32)
+            )
             errs.append(field_error(out, ref))
         print(f"{lam:>7g} | {lam * args.n:>8g} | {errs[0]:>9.2e} | {errs[1]:>9.2e}", flush=True)
 

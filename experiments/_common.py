@@ -39,7 +39,12 @@ class SolveConfig(ToleranceConfig):
     cluster_tol: float = 1e-2
     """tokens closer than this are one cluster"""
 
-    ranges = {"chunks": "[1, n_save - 1]", "t1": "(0, 1e6]", "n_save": "[chunks + 1, 100000]", "cluster_tol": "(0, 2]"}
+    ranges = {
+        "chunks": "[1, n_save - 1]",
+        "t1": "(0, 1e6]",
+        "n_save": "[chunks + 1, 100000]",
+        "cluster_tol": "(0, 2]",
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,8 +58,11 @@ class MaskConfig(RunConfig):
     window: int = 8
     """window width w (masks window, causal-window): keys with |i - j| < w"""
 
-    ranges = {"mask": "{full, causal, alibi, causal-alibi, window, causal-window}", "alibi": "[0, 100]",
-              "window": "[1, 2**20]"}
+    ranges = {
+        "mask": "{full, causal, alibi, causal-alibi, window, causal-window}",
+        "alibi": "[0, 100]",
+        "window": "[1, 2**20]",
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,8 +100,10 @@ def check_memory(n: int, d: int, n_save: int) -> None:
     need = memory_estimate(mf.Attention(1.0), n, d, n_save)["total"]
     avail = available_memory()
     if avail is not None and need > avail:
-        raise ConfigError(f"n = {n}, d = {d}, n_save = {n_save} need about {need / 2**30:.3g} GB for the solve "
-                          f"but {avail / 2**30:.3g} GB is available: fewer tokens, dimensions or save times")
+        raise ConfigError(
+            f"n = {n}, d = {d}, n_save = {n_save} need about {need / 2**30:.3g} GB for the solve "
+            f"but {avail / 2**30:.3g} GB is available: fewer tokens, dimensions or save times"
+        )
 
 
 def simulate_chunk(attn, x, ts, cfg, aux=None, prompt=None):
@@ -180,8 +190,12 @@ def sphere_snapshots(fig, ds, fracs, row, ncols, nrows=2):
     for k, i in enumerate(picks):
         if x.shape[-1] >= 3:
             ax = fig.add_subplot(nrows, ncols, row * ncols + k + 1, projection="3d")
-            ax.plot_wireframe(np.cos(u) * np.sin(v), np.sin(u) * np.sin(v), np.cos(v), color="0.9", lw=0.3)
-            ax.scatter(*x[i, :, :3].T, c=np.arange(x.shape[1]), cmap="viridis", s=14, depthshade=False)
+            ax.plot_wireframe(
+                np.cos(u) * np.sin(v), np.sin(u) * np.sin(v), np.cos(v), color="0.9", lw=0.3
+            )
+            ax.scatter(
+                *x[i, :, :3].T, c=np.arange(x.shape[1]), cmap="viridis", s=14, depthshade=False
+            )
             ax.set_box_aspect((1, 1, 1))
         else:
             ax = fig.add_subplot(nrows, ncols, row * ncols + k + 1)

@@ -26,7 +26,6 @@ at the theory pushforward of meanfield.theory.prompt_pushforward (right panel); 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import jax
@@ -41,10 +40,27 @@ from meanfield.kernel import gaussian, random_fourier
 from meanfield.run import TracedPreset, Var, grid_param, register
 from meanfield.theory import additive_pe_pushforward, prompt_pushforward
 
-from ._common import SolveConfig, circle_w1_to, first_point, half_circle_prompts, midpoints, plt, save_figure, simulate_chunk
+from ._common import (
+    SolveConfig,
+    circle_w1_to,
+    first_point,
+    half_circle_prompts,
+    midpoints,
+    plt,
+    save_figure,
+    simulate_chunk,
+)
 
-VARIANTS = ("none", "additive-sinusoidal", "additive-rff", "additive-gaussian", "concat", "rope", "prompt",
-            "parallel-prompt")
+VARIANTS = (
+    "none",
+    "additive-sinusoidal",
+    "additive-rff",
+    "additive-gaussian",
+    "concat",
+    "rope",
+    "prompt",
+    "parallel-prompt",
+)
 ADDITIVE = VARIANTS[1:4]
 
 
@@ -104,15 +120,37 @@ def z_tables(cfg, seed):
 @register
 class AntiCollapse(TracedPreset):
     name = "anti-collapse"
-    tiny = ('n=8', 't1=5', 'n_save=7', 'chunks=2', 'quadrature=40')
+    tiny = ("n=8", "t1=5", "n_save=7", "chunks=2", "quadrature=40")
     slow = True
-    outputs = frozenset({'diameter', 'effective_rank', 'energy', 'mean_cosine', 'min_cosine', 'n_clusters',
-                        'rank_collapse', 'x'})
+    outputs = frozenset(
+        {
+            "diameter",
+            "effective_rank",
+            "energy",
+            "mean_cosine",
+            "min_cosine",
+            "n_clusters",
+            "rank_collapse",
+            "x",
+        }
+    )
     description = "no aux variable vs positional encodings (additive, concat, RoPE) vs prompt: Dirac vs pushforward limit"
     variables = {
-        "variant": Var("auxiliary-variable variant", "1", "none, additive PE, concatenated PE (ZBias), RoPE, shared prompt or parallel prompt (module docstring); alpha = {alpha}"),
-        "pushforward_w1": Var("circle W1 to the pushforward limit", "1", "exact circle W1 between the tokens and the engine-free energy maximiser x*(z) of the additive variants (NaN elsewhere); beta = {beta}, alpha = {alpha}, quadrature = {quadrature}"),
-        "pushforward_mmd": Var("MMD to the pushforward limit", "1", "MMD between the tokens and x*(z) (additive variants; NaN elsewhere); beta = {beta}, alpha = {alpha}"),
+        "variant": Var(
+            "auxiliary-variable variant",
+            "1",
+            "none, additive PE, concatenated PE (ZBias), RoPE, shared prompt or parallel prompt (module docstring); alpha = {alpha}",
+        ),
+        "pushforward_w1": Var(
+            "circle W1 to the pushforward limit",
+            "1",
+            "exact circle W1 between the tokens and the engine-free energy maximiser x*(z) of the additive variants (NaN elsewhere); beta = {beta}, alpha = {alpha}, quadrature = {quadrature}",
+        ),
+        "pushforward_mmd": Var(
+            "MMD to the pushforward limit",
+            "1",
+            "MMD between the tokens and x*(z) (additive variants; NaN elsewhere); beta = {beta}, alpha = {alpha}",
+        ),
     }
     Config = Config
     vmap_keys = ("beta", "alpha", "seed")
@@ -130,17 +168,34 @@ class AntiCollapse(TracedPreset):
         plain = mf.TokenAux.default(n)
         sin_aux = mf.TokenAux.default(n, z=zs["additive-sinusoidal"])
         y = mf.sphere_uniform(jax.random.fold_in(jax.random.key(p["seed"]), 11), cfg.prompt_size, 2)
-        prompt = mf.Prompt(y, mass=jnp.full((cfg.prompt_size,), cfg.prompt_weight / cfg.prompt_size))
+        prompt = mf.Prompt(
+            y, mass=jnp.full((cfg.prompt_size,), cfg.prompt_weight / cfg.prompt_size)
+        )
         kw = dict(form=cfg.form)
         out = {"none": (mf.Attention(p["beta"], **kw), plain, None)}
         for v in ADDITIVE:
-            out[v] = (mf.Attention(p["beta"], pe=mf.AdditivePE(p["alpha"]), **kw), mf.TokenAux.default(n, z=zs[v]), None)
-        out["concat"] = (mf.Attention(p["beta"], mask=mf.ZBias(scale=p["beta"] * p["alpha"]), **kw), sin_aux, None)
-        out["rope"] = (mf.Attention(p["beta"], pe=mf.RoPE(base=10000.0, scale=p["alpha"] * np.pi / n), **kw), plain, None)
+            out[v] = (
+                mf.Attention(p["beta"], pe=mf.AdditivePE(p["alpha"]), **kw),
+                mf.TokenAux.default(n, z=zs[v]),
+                None,
+            )
+        out["concat"] = (
+            mf.Attention(p["beta"], mask=mf.ZBias(scale=p["beta"] * p["alpha"]), **kw),
+            sin_aux,
+            None,
+        )
+        out["rope"] = (
+            mf.Attention(p["beta"], pe=mf.RoPE(base=10000.0, scale=p["alpha"] * np.pi / n), **kw),
+            plain,
+            None,
+        )
         out["prompt"] = (mf.Attention(p["beta"], **kw), plain, prompt)
         # the paper's parallel insertion: token i's own prompt p_i = (cos pi s_i, sin pi s_i), key mass prompt_weight
-        out["parallel-prompt"] = (mf.Attention(p["beta"], **kw), plain,
-                                  mf.ParallelPrompt(zs["additive-sinusoidal"], cfg.prompt_weight))
+        out["parallel-prompt"] = (
+            mf.Attention(p["beta"], **kw),
+            plain,
+            mf.ParallelPrompt(zs["additive-sinusoidal"], cfg.prompt_weight),
+        )
         return [out[v] for v in VARIANTS]
 
     def advance(self, cfg, p, state, ts):
@@ -155,7 +210,10 @@ class AntiCollapse(TracedPreset):
         x = recs["x"]  # (*grid, time, variant, N, 2)
         dims = grid.keys + ("time", "variant")
         beta = grid_param(grid, cfg, "beta")[..., None, None]
-        data = {"x": (dims + ("token", "dim"), x), "dirac_distance": (dims, np.asarray(obs.dirac_distance(x)))}
+        data = {
+            "x": (dims + ("token", "dim"), x),
+            "dirac_distance": (dims, np.asarray(obs.dirac_distance(x))),
+        }
         data.update(observable_vars(x, beta, dims, cfg.cluster_tol))
         # theory limit for the additive variants, per grid point
         pts = list(np.ndindex(*grid.shape)) if grid.shape else [()]
@@ -175,14 +233,23 @@ class AntiCollapse(TracedPreset):
                 th_star = np.arctan2(xs_star[:, 1], xs_star[:, 0])
                 cloud = jnp.asarray(x[pt + (slice(None), vi)])
                 w1[pt + (slice(None), vi)] = circle_w1_to(theta[pt + (slice(None), vi)], th_star)
-                mmd[pt + (slice(None), vi)] = np.asarray(jax.vmap(lambda c: obs.mmd(c, jnp.asarray(xs_star)))(cloud))
+                mmd[pt + (slice(None), vi)] = np.asarray(
+                    jax.vmap(lambda c: obs.mmd(c, jnp.asarray(xs_star)))(cloud)
+                )
             vi = VARIANTS.index("parallel-prompt")
-            xs_star, _ = prompt_pushforward(half_circle_prompts(cfg.quadrature)[1], float(g["beta"]),
-                                            cfg.prompt_weight, n_starts=2, hops=0)
+            xs_star, _ = prompt_pushforward(
+                half_circle_prompts(cfg.quadrature)[1],
+                float(g["beta"]),
+                cfg.prompt_weight,
+                n_starts=2,
+                hops=0,
+            )
             th_star = np.arctan2(xs_star[:, 1], xs_star[:, 0])
             cloud = jnp.asarray(x[pt + (slice(None), vi)])
             w1[pt + (slice(None), vi)] = circle_w1_to(theta[pt + (slice(None), vi)], th_star)
-            mmd[pt + (slice(None), vi)] = np.asarray(jax.vmap(lambda c: obs.mmd(c, jnp.asarray(xs_star)))(cloud))
+            mmd[pt + (slice(None), vi)] = np.asarray(
+                jax.vmap(lambda c: obs.mmd(c, jnp.asarray(xs_star)))(cloud)
+            )
         data["pushforward_w1"] = (dims, w1)
         data["pushforward_mmd"] = (dims, mmd)
         coords = {"time": ts, "variant": list(VARIANTS), **grid.coords()}
@@ -202,7 +269,10 @@ class AntiCollapse(TracedPreset):
             ax.scatter(xf[:, 0], xf[:, 1], c=s, cmap="viridis", s=12, vmin=0, vmax=1)
             ax.set_aspect("equal")
             ax.set_axis_off()
-            ax.set_title(f"{v}\nDirac dist {float(one.dirac_distance.isel(time=-1).sel(variant=v)):.2f}", fontsize=8)
+            ax.set_title(
+                f"{v}\nDirac dist {float(one.dirac_distance.isel(time=-1).sel(variant=v)):.2f}",
+                fontsize=8,
+            )
         t = one.time.values
         ax1 = fig.add_subplot(2, 2, 3)
         ax2 = fig.add_subplot(2, 2, 4)
@@ -210,7 +280,10 @@ class AntiCollapse(TracedPreset):
             ax1.plot(t[1:], one.dirac_distance.sel(variant=v).values[1:], label=v, lw=1.5)
             if v in ADDITIVE or v == "parallel-prompt":
                 ax2.plot(t[1:], one.pushforward_w1.sel(variant=v).values[1:], label=v, lw=1.5)
-        for ax, title in ((ax1, "W2 distance to the nearest Dirac mass"), (ax2, "circle W1 to the theory pushforward x*(z)")):
+        for ax, title in (
+            (ax1, "W2 distance to the nearest Dirac mass"),
+            (ax2, "circle W1 to the theory pushforward x*(z)"),
+        ):
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlabel("t (log)")
@@ -219,8 +292,10 @@ class AntiCollapse(TracedPreset):
         ax1.legend(fontsize=7)
         ax2.legend(fontsize=7)
         cfg = self.Config.from_attrs(ds)
-        fig.suptitle(f"auxiliary variables vs collapse: N = {cfg.n} on $S^1$, {cfg.form}, $\\beta$ = {cfg.beta}, "
-                     f"coupling $\\alpha$ = {cfg.alpha} (colour = position s)")
+        fig.suptitle(
+            f"auxiliary variables vs collapse: N = {cfg.n} on $S^1$, {cfg.form}, $\\beta$ = {cfg.beta}, "
+            f"coupling $\\alpha$ = {cfg.alpha} (colour = position s)"
+        )
         fig.subplots_adjust(left=0.05, right=0.98, top=0.88, bottom=0.08, hspace=0.3, wspace=0.2)
         path = Path(outdir) / "anti-collapse.png"
         save_figure(fig, path, dpi=110)

@@ -23,7 +23,6 @@ SA and USA share their stationary points; SA is used for its O(1) rates.
 from __future__ import annotations
 
 import dataclasses
-import json
 import zlib
 from pathlib import Path
 
@@ -87,41 +86,112 @@ def _distance(x, y, invariant):
 @register
 class AuxMetastability(StepPreset):
     name = "aux-metastability"
-    tiny = ('n=8', 'betas=1,4', 'alphas=0,0.4', 'weights=0,1', 'n_starts=4', 't1=50', 'search_starts=2',
-            'search_hops=0')
+    tiny = (
+        "n=8",
+        "betas=1,4",
+        "alphas=0,0.4",
+        "weights=0,1",
+        "n_starts=4",
+        "t1=50",
+        "search_starts=2",
+        "search_hops=0",
+    )
     slow = True
-    outputs = frozenset({'pe_fraction_best', 'pe_plateau_decades', 'prompt_distinct'})
+    outputs = frozenset({"pe_fraction_best", "pe_plateau_decades", "prompt_distinct"})
     description = "basin maps with auxiliary variables: fraction of random starts reaching the best maximiser, distinct end states, plateaus"
     variables = {
-        "alpha": Var("additive PE scale alpha", "1", "scale of the additive positional encoding (0: none)"),
-        "weight": Var("parallel prompt weight", "1", "key mass of each token's own prompt (0: none)"),
-        "pe_fraction_best": Var("fraction of starts at the best maximiser (PE)", "1", "share of the n_starts = {n_starts} random starts whose end state (t = {t1}) is within tol = {tol} of the best maximiser found by the search (search_starts = {search_starts}, search_hops = {search_hops}), additive PE"),
-        "pe_distinct": Var("distinct end states (PE)", "1", "number of end states of the n_starts = {n_starts} runs that differ by more than tol = {tol}, additive PE"),
-        "pe_plateau_decades": Var("longest energy plateau (PE)", "decades of t", "median over starts of the longest plateau of the energy on a log-time axis, additive PE"),
-        "pe_best_energy": Var("best maximiser's energy (PE)", "1", "energy of the best maximiser found by the global search, additive PE"),
-        "pe_end_energy_max": Var("highest end energy (PE)", "1", "largest energy reached by the runs at t = {t1}, additive PE"),
-        "pe_end_energy_min": Var("lowest end energy (PE)", "1", "smallest energy reached by the runs at t = {t1}, additive PE"),
-        "prompt_fraction_best": Var("fraction of starts at the best maximiser (prompt)", "1", "share of the n_starts = {n_starts} random starts within tol = {tol} of the best maximiser, parallel prompts"),
-        "prompt_distinct": Var("distinct end states (prompt)", "1", "number of end states that differ by more than tol = {tol}, parallel prompts"),
-        "prompt_plateau_decades": Var("longest energy plateau (prompt)", "decades of t", "median over starts of the longest energy plateau on a log-time axis, parallel prompts"),
-        "prompt_best_energy": Var("best maximiser's energy (prompt)", "1", "energy of the best maximiser found by the global search, parallel prompts"),
-        "prompt_end_energy_max": Var("highest end energy (prompt)", "1", "largest energy reached at t = {t1}, parallel prompts"),
-        "prompt_end_energy_min": Var("lowest end energy (prompt)", "1", "smallest energy reached at t = {t1}, parallel prompts"),
+        "alpha": Var(
+            "additive PE scale alpha", "1", "scale of the additive positional encoding (0: none)"
+        ),
+        "weight": Var(
+            "parallel prompt weight", "1", "key mass of each token's own prompt (0: none)"
+        ),
+        "pe_fraction_best": Var(
+            "fraction of starts at the best maximiser (PE)",
+            "1",
+            "share of the n_starts = {n_starts} random starts whose end state (t = {t1}) is within tol = {tol} of the best maximiser found by the search (search_starts = {search_starts}, search_hops = {search_hops}), additive PE",
+        ),
+        "pe_distinct": Var(
+            "distinct end states (PE)",
+            "1",
+            "number of end states of the n_starts = {n_starts} runs that differ by more than tol = {tol}, additive PE",
+        ),
+        "pe_plateau_decades": Var(
+            "longest energy plateau (PE)",
+            "decades of t",
+            "median over starts of the longest plateau of the energy on a log-time axis, additive PE",
+        ),
+        "pe_best_energy": Var(
+            "best maximiser's energy (PE)",
+            "1",
+            "energy of the best maximiser found by the global search, additive PE",
+        ),
+        "pe_end_energy_max": Var(
+            "highest end energy (PE)",
+            "1",
+            "largest energy reached by the runs at t = {t1}, additive PE",
+        ),
+        "pe_end_energy_min": Var(
+            "lowest end energy (PE)",
+            "1",
+            "smallest energy reached by the runs at t = {t1}, additive PE",
+        ),
+        "prompt_fraction_best": Var(
+            "fraction of starts at the best maximiser (prompt)",
+            "1",
+            "share of the n_starts = {n_starts} random starts within tol = {tol} of the best maximiser, parallel prompts",
+        ),
+        "prompt_distinct": Var(
+            "distinct end states (prompt)",
+            "1",
+            "number of end states that differ by more than tol = {tol}, parallel prompts",
+        ),
+        "prompt_plateau_decades": Var(
+            "longest energy plateau (prompt)",
+            "decades of t",
+            "median over starts of the longest energy plateau on a log-time axis, parallel prompts",
+        ),
+        "prompt_best_energy": Var(
+            "best maximiser's energy (prompt)",
+            "1",
+            "energy of the best maximiser found by the global search, parallel prompts",
+        ),
+        "prompt_end_energy_max": Var(
+            "highest end energy (prompt)",
+            "1",
+            "largest energy reached at t = {t1}, parallel prompts",
+        ),
+        "prompt_end_energy_min": Var(
+            "lowest end energy (prompt)",
+            "1",
+            "smallest energy reached at t = {t1}, parallel prompts",
+        ),
     }
     Config = AuxMetaConfig
 
     def steps(self, cfg):
-        return [Step(f"pe beta={b!r} alpha={a!r}", {"kind": "pe", "beta": b, "strength": a})
-                for b in cfg.betas for a in cfg.alphas] + \
-               [Step(f"prompt beta={b!r} weight={w!r}", {"kind": "prompt", "beta": b, "strength": w})
-                for b in cfg.betas for w in cfg.weights]
+        return [
+            Step(f"pe beta={b!r} alpha={a!r}", {"kind": "pe", "beta": b, "strength": a})
+            for b in cfg.betas
+            for a in cfg.alphas
+        ] + [
+            Step(f"prompt beta={b!r} weight={w!r}", {"kind": "prompt", "beta": b, "strength": w})
+            for b in cfg.betas
+            for w in cfg.weights
+        ]
 
     def run_step(self, cfg, step, done):
-        kind, beta, v = step.params["kind"], float(step.params["beta"]), float(step.params["strength"])
+        kind, beta, v = (
+            step.params["kind"],
+            float(step.params["beta"]),
+            float(step.params["strength"]),
+        )
         name = step.name  # seeds the starts (as in 0.2)
         n = cfg.n
         _, z = half_circle_prompts(n)
-        ts = jnp.asarray(np.concatenate([[0.0], np.geomspace(cfg.t1 * 1e-4, cfg.t1, cfg.n_save - 1)]))
+        ts = jnp.asarray(
+            np.concatenate([[0.0], np.geomspace(cfg.t1 * 1e-4, cfg.t1, cfg.n_save - 1)])
+        )
         if kind == "pe":
             attn = mf.Attention(beta, pe=mf.AdditivePE(v)) if v > 0 else mf.Attention(beta)
             aux, prompt = mf.TokenAux.default(n, z=jnp.asarray(z)), None
@@ -130,19 +200,28 @@ class AuxMetastability(StepPreset):
             attn, aux = mf.Attention(beta), None
             prompt = mf.ParallelPrompt(z, v) if v > 0 else None
             energy = lambda x: float(obs.energy(jnp.asarray(x), beta, prompt=z, weight=v))  # noqa: E731
-        keys = jax.random.split(jax.random.fold_in(jax.random.key(cfg.seed), zlib.crc32(name.encode()) % 2**31), cfg.n_starts)
+        keys = jax.random.split(
+            jax.random.fold_in(jax.random.key(cfg.seed), zlib.crc32(name.encode()) % 2**31),
+            cfg.n_starts,
+        )
         x0 = jax.vmap(lambda k: mf.sphere_uniform(k, n, 2))(keys)
-        run = jax.vmap(lambda x: mf.simulate(attn, x, ts, aux=aux, prompt=prompt, rtol=cfg.rtol, atol=cfg.atol).xs)
+        run = jax.vmap(
+            lambda x: (
+                mf.simulate(attn, x, ts, aux=aux, prompt=prompt, rtol=cfg.rtol, atol=cfg.atol).xs
+            )
+        )
         xs = np.asarray(run(x0))  # (starts, T, n, 2)
         if v == 0:  # no auxiliary variable: the maximiser is a Dirac mass (any point)
             best = np.tile([1.0, 0.0], (n, 1))
             best_e = float(np.exp(beta) / (2 * beta))
         elif kind == "pe":
-            best, best_e = theory.additive_pe_pushforward(v * z, beta, n_starts=cfg.search_starts, hops=cfg.search_hops,
-                                                          seed=cfg.seed)
+            best, best_e = theory.additive_pe_pushforward(
+                v * z, beta, n_starts=cfg.search_starts, hops=cfg.search_hops, seed=cfg.seed
+            )
         else:
-            best, best_e = theory.prompt_pushforward(z, beta, v, n_starts=cfg.search_starts, hops=cfg.search_hops,
-                                                     seed=cfg.seed)
+            best, best_e = theory.prompt_pushforward(
+                z, beta, v, n_starts=cfg.search_starts, hops=cfg.search_hops, seed=cfg.seed
+            )
         ends = xs[:, -1]
         reach = np.array([_distance(best, e, v == 0) < cfg.tol for e in ends])
         distinct = []
@@ -156,33 +235,76 @@ class AuxMetastability(StepPreset):
             pl = obs.plateaus(tt, es, min_decades=0.5, rtol=1e-4)
             longest.append(max((np.log10(b / a) for a, b, _ in pl), default=0.0))
         end_e = np.array([energy(e) for e in ends])
-        return {"fraction_best": float(reach.mean()), "distinct": len(distinct), "plateau_decades": float(np.median(longest)),
-                "best_energy": best_e, "end_energy_max": float(end_e.max()), "end_energy_min": float(end_e.min())}
+        return {
+            "fraction_best": float(reach.mean()),
+            "distinct": len(distinct),
+            "plateau_decades": float(np.median(longest)),
+            "best_energy": best_e,
+            "end_energy_max": float(end_e.max()),
+            "end_energy_min": float(end_e.min()),
+        }
 
     def step_dataset(self, cfg, results):
         data = {}
-        for kind, strengths, dim in (("pe", cfg.alphas, "alpha"), ("prompt", cfg.weights, "weight")):
-            for key in ("fraction_best", "distinct", "plateau_decades", "best_energy", "end_energy_max", "end_energy_min"):
-                arr = np.array([[float(results[f"{kind} beta={b!r} {dim}={v!r}"][key]) for v in strengths] for b in cfg.betas])
+        for kind, strengths, dim in (
+            ("pe", cfg.alphas, "alpha"),
+            ("prompt", cfg.weights, "weight"),
+        ):
+            for key in (
+                "fraction_best",
+                "distinct",
+                "plateau_decades",
+                "best_energy",
+                "end_energy_max",
+                "end_energy_min",
+            ):
+                arr = np.array(
+                    [
+                        [float(results[f"{kind} beta={b!r} {dim}={v!r}"][key]) for v in strengths]
+                        for b in cfg.betas
+                    ]
+                )
                 data[f"{kind}_{key}"] = (("beta", dim), arr)
-        return xr.Dataset(data, coords={"beta": list(cfg.betas), "alpha": list(cfg.alphas), "weight": list(cfg.weights)})
+        return xr.Dataset(
+            data,
+            coords={
+                "beta": list(cfg.betas),
+                "alpha": list(cfg.alphas),
+                "weight": list(cfg.weights),
+            },
+        )
 
     def plot(self, ds, outdir):
         cfg = self.Config.from_attrs(ds)
         p = plt()
         fig, axes = p.subplots(2, 3, figsize=(15, 8))
-        for row, (kind, dim, label) in enumerate((("pe", "alpha", "additive PE scale alpha"),
-                                                   ("prompt", "weight", "parallel prompt weight"))):
-            for col, (key, title, cmap) in enumerate((("fraction_best", "fraction of starts at the best maximiser", "viridis"),
-                                                      ("distinct", "distinct end states", "magma"),
-                                                      ("plateau_decades", "median longest energy plateau (decades)", "cividis"))):
+        for row, (kind, dim, label) in enumerate(
+            (
+                ("pe", "alpha", "additive PE scale alpha"),
+                ("prompt", "weight", "parallel prompt weight"),
+            )
+        ):
+            for col, (key, title, cmap) in enumerate(
+                (
+                    ("fraction_best", "fraction of starts at the best maximiser", "viridis"),
+                    ("distinct", "distinct end states", "magma"),
+                    ("plateau_decades", "median longest energy plateau (decades)", "cividis"),
+                )
+            ):
                 ax = axes[row, col]
                 v = ds[f"{kind}_{key}"].values
                 im = ax.imshow(v, origin="lower", cmap=cmap, aspect="auto")
                 for i in range(v.shape[0]):
                     for j in range(v.shape[1]):
-                        ax.text(j, i, f"{v[i, j]:.2g}", ha="center", va="center", fontsize=8,
-                                color="w" if v[i, j] < 0.5 * np.nanmax(v) else "k")
+                        ax.text(
+                            j,
+                            i,
+                            f"{v[i, j]:.2g}",
+                            ha="center",
+                            va="center",
+                            fontsize=8,
+                            color="w" if v[i, j] < 0.5 * np.nanmax(v) else "k",
+                        )
                 ax.set_xticks(range(len(ds[dim])))
                 ax.set_xticklabels([f"{x:g}" for x in ds[dim].values])
                 ax.set_yticks(range(len(ds.beta)))
@@ -191,8 +313,11 @@ class AuxMetastability(StepPreset):
                 ax.set_ylabel(r"$\beta$")
                 ax.set_title(title, fontsize=9)
                 fig.colorbar(im, ax=ax, shrink=0.8)
-        fig.suptitle(f"metastability with auxiliary variables: N = {cfg.n} on S$^1$, {cfg.n_starts} random starts per "
-                     f"cell, t = {cfg.t1:g} (SA)", fontsize=10)
+        fig.suptitle(
+            f"metastability with auxiliary variables: N = {cfg.n} on S$^1$, {cfg.n_starts} random starts per "
+            f"cell, t = {cfg.t1:g} (SA)",
+            fontsize=10,
+        )
         fig.tight_layout()
         path = Path(outdir) / "aux-metastability.png"
         save_figure(fig, path, dpi=110)

@@ -16,7 +16,6 @@ final cluster count and distance to the nearest Dirac mass.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import jax
@@ -29,7 +28,15 @@ from meanfield import observables as obs
 from meanfield.run import TracedPreset, Var, register
 from meanfield.theory import additive_pe_pushforward
 
-from ._common import SolveConfig, circle_w1_to, first_point, midpoints, plt, save_figure, simulate_chunk
+from ._common import (
+    SolveConfig,
+    circle_w1_to,
+    first_point,
+    midpoints,
+    plt,
+    save_figure,
+    simulate_chunk,
+)
 
 
 def _u(s, freq):
@@ -106,7 +113,9 @@ class _GridPreset(TracedPreset):
             attn, aux, prompt = self.setup(cfg, p, r, c)
             return simulate_chunk(attn, x, ts, cfg, aux, prompt)
 
-        xf, xs = jax.vmap(lambda r, xr_: jax.vmap(lambda c, x: one(r, c, x))(cols, xr_))(rows, state)
+        xf, xs = jax.vmap(lambda r, xr_: jax.vmap(lambda c, x: one(r, c, x))(cols, xr_))(
+            rows, state
+        )
         return xf, {"x": jnp.moveaxis(xs, 2, 0)}
 
     def base_dataset(self, cfg, ts, recs, grid):
@@ -118,7 +127,11 @@ class _GridPreset(TracedPreset):
             "dirac_distance": (dims, np.asarray(obs.dirac_distance(x))),
             "n_clusters": (dims, np.asarray(obs.n_clusters(x, cfg.cluster_tol))),
         }
-        coords = {"time": ts, self.rows[0]: list(getattr(cfg, self.rows[1])), self.cols[0]: list(getattr(cfg, self.cols[1]))}
+        coords = {
+            "time": ts,
+            self.rows[0]: list(getattr(cfg, self.rows[1])),
+            self.cols[0]: list(getattr(cfg, self.cols[1])),
+        }
         coords.update(grid.coords())
         return xr.Dataset(data, coords=coords)
 
@@ -131,8 +144,12 @@ class _GridPreset(TracedPreset):
             im = ax.imshow(vals, origin="lower", aspect="auto", cmap="viridis")
             for (i, j), v in np.ndenumerate(vals):
                 ax.text(j, i, f"{v:.2g}", ha="center", va="center", color="w", fontsize=7)
-            ax.set_xticks(range(one.sizes[self.cols[0]]), [f"{v:g}" for v in one[self.cols[0]].values])
-            ax.set_yticks(range(one.sizes[self.rows[0]]), [f"{v:g}" for v in one[self.rows[0]].values])
+            ax.set_xticks(
+                range(one.sizes[self.cols[0]]), [f"{v:g}" for v in one[self.cols[0]].values]
+            )
+            ax.set_yticks(
+                range(one.sizes[self.rows[0]]), [f"{v:g}" for v in one[self.rows[0]].values]
+            )
             ax.set_xlabel(self.cols[0])
             ax.set_ylabel(self.rows[0])
             ax.set_title(label, fontsize=10)
@@ -147,13 +164,21 @@ class _GridPreset(TracedPreset):
 @register
 class PESweep(_GridPreset):
     name = "pe-sweep"
-    tiny = ('n=6', 'alphas=0,0.5', 'betas=1,2', 't1=2', 'n_save=5', 'chunks=2', 'quadrature=30')
+    tiny = ("n=6", "alphas=0,0.5", "betas=1,2", "t1=2", "n_save=5", "chunks=2", "quadrature=30")
     slow = True
-    outputs = frozenset({'dirac_distance', 'n_clusters', 'x'})
+    outputs = frozenset({"dirac_distance", "n_clusters", "x"})
     description = "additive PE scale x beta grid: heatmaps of final clusters, distance to Dirac and to the pushforward"
     variables = {
-        "alpha": Var("additive PE scale alpha", "1", "scale of the additive positional encoding y = x + alpha u(z)"),
-        "pushforward_w1": Var("circle W1 to the pushforward limit", "1", "exact circle W1 between the tokens and the energy maximiser x*(z) (quadrature = {quadrature}); depends on beta and alpha"),
+        "alpha": Var(
+            "additive PE scale alpha",
+            "1",
+            "scale of the additive positional encoding y = x + alpha u(z)",
+        ),
+        "pushforward_w1": Var(
+            "circle W1 to the pushforward limit",
+            "1",
+            "exact circle W1 between the tokens and the energy maximiser x*(z) (quadrature = {quadrature}); depends on beta and alpha",
+        ),
     }
     Config = PEConfig
     rows, cols = ("beta", "betas"), ("alpha", "alphas")
@@ -167,20 +192,29 @@ class PESweep(_GridPreset):
 
     def _pushforward(self, cfg, ds, grid):
         sq = midpoints(cfg.quadrature)
-        theta = np.arctan2(ds.x.values[..., 1], ds.x.values[..., 0])  # (*grid, beta, alpha, time, N)
+        theta = np.arctan2(
+            ds.x.values[..., 1], ds.x.values[..., 0]
+        )  # (*grid, beta, alpha, time, N)
         w1 = np.zeros(theta.shape[:-1])
         for bi, b in enumerate(cfg.betas):
             for ai, a in enumerate(cfg.alphas):
                 xs, _ = additive_pe_pushforward(a * _u(sq, cfg.freq), float(b), n_starts=4, hops=0)
-                w1[..., bi, ai, :] = circle_w1_to(theta[..., bi, ai, :, :], np.arctan2(xs[:, 1], xs[:, 0]))
+                w1[..., bi, ai, :] = circle_w1_to(
+                    theta[..., bi, ai, :, :], np.arctan2(xs[:, 1], xs[:, 0])
+                )
         ds["pushforward_w1"] = (ds.dirac_distance.dims, w1)
         return ds
 
     def plot(self, ds, outdir):
         cfg = self.Config.from_attrs(ds)
         return self.heatmaps(
-            ds, outdir,
-            [("n_clusters", "clusters at t1"), ("dirac_distance", "W2 to nearest Dirac at t1"), ("pushforward_w1", "circle W1 to theory pushforward at t1")],
+            ds,
+            outdir,
+            [
+                ("n_clusters", "clusters at t1"),
+                ("dirac_distance", "W2 to nearest Dirac at t1"),
+                ("pushforward_w1", "circle W1 to theory pushforward at t1"),
+            ],
             f"additive sinusoidal PE (f = {cfg.freq}), N = {cfg.n} on $S^1$, SA, t1 = {cfg.t1}",
         )
 
@@ -188,13 +222,17 @@ class PESweep(_GridPreset):
 @register
 class PromptSweep(_GridPreset):
     name = "prompt-sweep"
-    tiny = ('n=6', 'sizes=1,3', 'weights=0.5,2', 't1=2', 'n_save=5', 'chunks=2')
+    tiny = ("n=6", "sizes=1,3", "weights=0.5,2", "t1=2", "n_save=5", "chunks=2")
     slow = False
-    outputs = frozenset({'dirac_distance', 'n_clusters', 'x'})
+    outputs = frozenset({"dirac_distance", "n_clusters", "x"})
     description = "number x total weight of fixed prompt tokens: heatmaps of final clusters and distance to Dirac"
     variables = {
-        "weight": Var("total prompt weight", "1", "total key mass of the fixed shared prompt tokens"),
-        "size": Var("number of prompt tokens", "1", "P fixed shared prompt tokens seen by every token"),
+        "weight": Var(
+            "total prompt weight", "1", "total key mass of the fixed shared prompt tokens"
+        ),
+        "size": Var(
+            "number of prompt tokens", "1", "P fixed shared prompt tokens seen by every token"
+        ),
     }
     Config = PromptConfig
     rows, cols = ("weight", "weights"), ("size", "sizes")
@@ -202,10 +240,14 @@ class PromptSweep(_GridPreset):
     def setup(self, cfg, p, weight, size):
         pmax = max(cfg.sizes)
         k = jnp.arange(pmax)
-        phase = jax.random.uniform(jax.random.fold_in(jax.random.key(p["seed"]), 3), (), maxval=2 * jnp.pi)
+        phase = jax.random.uniform(
+            jax.random.fold_in(jax.random.key(p["seed"]), 3), (), maxval=2 * jnp.pi
+        )
         ang = phase + 2 * jnp.pi * k / size
         y = jnp.stack([jnp.cos(ang), jnp.sin(ang)], 1)
-        mass = jnp.where(k < size, weight / size, 0.0)  # unused slots get zero mass (same shapes for vmap)
+        mass = jnp.where(
+            k < size, weight / size, 0.0
+        )  # unused slots get zero mass (same shapes for vmap)
         return mf.Attention(cfg.beta), mf.TokenAux.default(cfg.n), mf.Prompt(y, mass=mass)
 
     def dataset(self, cfg, ts, recs, grid):
@@ -214,7 +256,8 @@ class PromptSweep(_GridPreset):
     def plot(self, ds, outdir):
         cfg = self.Config.from_attrs(ds)
         return self.heatmaps(
-            ds, outdir,
+            ds,
+            outdir,
             [("n_clusters", "clusters at t1"), ("dirac_distance", "W2 to nearest Dirac at t1")],
             f"prompt tokens evenly spaced on $S^1$, N = {cfg.n}, SA, $\\beta$ = {cfg.beta}, t1 = {cfg.t1}",
         )

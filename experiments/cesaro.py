@@ -17,7 +17,6 @@ density (log 2)^{H-1}/(H-1)! against 1/(H-1)!.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 
@@ -62,39 +61,89 @@ def _interior_error(n, depth, alpha, interior):
 @register
 class Cesaro(StepPreset):
     name = "cesaro"
-    tiny = ('depths=1,2,4', 'ns=64,128', 'n_conv=64,128,256')
+    tiny = ("depths=1,2,4", "ns=64,128", "n_conv=64,128,256")
     slow = False
-    outputs = frozenset({'dead_zone_depth_n128', 'interior_rel_error', 'profile_n64'})
+    outputs = frozenset({"dead_zone_depth_n128", "interior_rel_error", "profile_n64"})
     description = "Cesàro theory of position bias: discrete vs closed-form influence for H = 1..16, dead zone vs H"
     variables = {
         "depth": Var("depth H", "layers", "number of causal attention layers"),
-        "n_conv": Var("sequence length (convergence)", "tokens", "the lengths of the convergence study"),
+        "n_conv": Var(
+            "sequence length (convergence)", "tokens", "the lengths of the convergence study"
+        ),
         "s*": Var("relative position s", "1", "s = j / n of input token j (1..n)"),
-        "profile_n*": Var("influence of input position on the last token", "1", "last row of the discrete uniform-causal rollout ((1 - alpha) I + alpha C)^H, alpha = {alpha}, at each depth"),
-        "closed_form_n*": Var("continuum influence density (Cesàro)", "1", "closed-form continuum limit of the rollout: sum_k binom(H, k) alpha^k (1 - alpha)^(H - k) (log 1/s)^(k-1) / (k-1)!, alpha = {alpha} (NaN at s = 1, the recency atom)"),
-        "primacy_mass_n*": Var("primacy mass", "1", "influence mass on the first positions (profile_stats)"),
-        "recency_mass_n*": Var("recency mass", "1", "influence mass on the last positions (profile_stats)"),
-        "dead_zone_depth_n*": Var("dead-zone depth", "1", "depth of the influence minimum relative to the ends (profile_stats)"),
-        "dead_zone_location_n*": Var("dead-zone location", "1", "relative position s of the influence minimum (profile_stats)"),
-        "interior_rel_error": Var("interior relative error", "1", "max relative difference between the discrete profile and the closed form over the interior fraction {interior} of positions"),
-        "error_rate": Var("convergence rate", "1", "log-log slope of interior_rel_error against n (theory: -1)"),
-        "recency_theory": Var("recency mass (theory)", "1", "closed-form weight of the last token after H layers, alpha = {alpha}"),
-        "floor_theory": Var("profile floor (theory)", "1", "H alpha (1 - alpha)^(H-1), alpha = {alpha}"),
-        "midpoint_depth_attention_only": Var("midpoint influence (attention only)", "1", "n times the influence of the middle token with alpha = 1"),
-        "midpoint_depth_theory": Var("midpoint influence (theory)", "1", "(log 2)^(H-1) / (H-1)!, the continuum value at s = 1/2 with alpha = 1"),
+        "profile_n*": Var(
+            "influence of input position on the last token",
+            "1",
+            "last row of the discrete uniform-causal rollout ((1 - alpha) I + alpha C)^H, alpha = {alpha}, at each depth",
+        ),
+        "closed_form_n*": Var(
+            "continuum influence density (Cesàro)",
+            "1",
+            "closed-form continuum limit of the rollout: sum_k binom(H, k) alpha^k (1 - alpha)^(H - k) (log 1/s)^(k-1) / (k-1)!, alpha = {alpha} (NaN at s = 1, the recency atom)",
+        ),
+        "primacy_mass_n*": Var(
+            "primacy mass", "1", "influence mass on the first positions (profile_stats)"
+        ),
+        "recency_mass_n*": Var(
+            "recency mass", "1", "influence mass on the last positions (profile_stats)"
+        ),
+        "dead_zone_depth_n*": Var(
+            "dead-zone depth",
+            "1",
+            "depth of the influence minimum relative to the ends (profile_stats)",
+        ),
+        "dead_zone_location_n*": Var(
+            "dead-zone location",
+            "1",
+            "relative position s of the influence minimum (profile_stats)",
+        ),
+        "interior_rel_error": Var(
+            "interior relative error",
+            "1",
+            "max relative difference between the discrete profile and the closed form over the interior fraction {interior} of positions",
+        ),
+        "error_rate": Var(
+            "convergence rate", "1", "log-log slope of interior_rel_error against n (theory: -1)"
+        ),
+        "recency_theory": Var(
+            "recency mass (theory)",
+            "1",
+            "closed-form weight of the last token after H layers, alpha = {alpha}",
+        ),
+        "floor_theory": Var(
+            "profile floor (theory)", "1", "H alpha (1 - alpha)^(H-1), alpha = {alpha}"
+        ),
+        "midpoint_depth_attention_only": Var(
+            "midpoint influence (attention only)",
+            "1",
+            "n times the influence of the middle token with alpha = 1",
+        ),
+        "midpoint_depth_theory": Var(
+            "midpoint influence (theory)",
+            "1",
+            "(log 2)^(H-1) / (H-1)!, the continuum value at s = 1/2 with alpha = 1",
+        ),
     }
     Config = CesaroConfig
 
     def steps(self, cfg):
         """One step per n of the profiles, one per depth of the convergence fit."""
-        return [Step(f"n={n}", {"n": n}) for n in cfg.ns] + [Step(f"conv H={h}", {"depth": h}) for h in cfg.depths]
+        return [Step(f"n={n}", {"n": n}) for n in cfg.ns] + [
+            Step(f"conv H={h}", {"depth": h}) for h in cfg.depths
+        ]
 
     def run_step(self, cfg, step, done):
         if "n" in step.params:
             n = step.params["n"]
-            return {"profile": np.stack([np.asarray(theory.cesaro_rollout(n, h, cfg.alpha)) for h in cfg.depths])}
+            return {
+                "profile": np.stack(
+                    [np.asarray(theory.cesaro_rollout(n, h, cfg.alpha)) for h in cfg.depths]
+                )
+            }
         h = step.params["depth"]
-        return {"error": np.array([_interior_error(n, h, cfg.alpha, cfg.interior) for n in cfg.n_conv])}
+        return {
+            "error": np.array([_interior_error(n, h, cfg.alpha, cfg.interior) for n in cfg.n_conv])
+        }
 
     def step_dataset(self, cfg, results):
         data, coords = {}, {"depth": list(cfg.depths), "n_conv": list(cfg.n_conv)}
@@ -102,22 +151,43 @@ class Cesaro(StepPreset):
             prof = results[f"n={n}"]["profile"]  # (H, n)
             s = np.arange(1, n + 1) / n
             data[f"profile_n{n}"] = (("depth", f"s{n}"), prof)
-            data[f"closed_form_n{n}"] = (("depth", f"s{n}"), np.stack(
-                [np.append(theory.cesaro_density(s[:-1], h, cfg.alpha), np.nan) for h in cfg.depths]))
+            data[f"closed_form_n{n}"] = (
+                ("depth", f"s{n}"),
+                np.stack(
+                    [
+                        np.append(theory.cesaro_density(s[:-1], h, cfg.alpha), np.nan)
+                        for h in cfg.depths
+                    ]
+                ),
+            )
             coords[f"s{n}"] = s
             stats = [profile_stats(p) for p in prof]
             for key in ("primacy_mass", "recency_mass", "dead_zone_depth", "dead_zone_location"):
                 data[f"{key}_n{n}"] = (("depth",), np.array([st[key] for st in stats]))
         err = np.stack([results[f"conv H={h}"]["error"] for h in cfg.depths])
         data["interior_rel_error"] = (("depth", "n_conv"), err)
-        rates = [np.polyfit(np.log(cfg.n_conv), np.log(e), 1)[0] if np.all(e > 0) else np.nan for e in err]
+        rates = [
+            np.polyfit(np.log(cfg.n_conv), np.log(e), 1)[0] if np.all(e > 0) else np.nan
+            for e in err
+        ]
         data["error_rate"] = (("depth",), np.array(rates))
-        data["recency_theory"] = (("depth",), np.array([theory.cesaro_recency(h, cfg.alpha) for h in cfg.depths]))
-        data["floor_theory"] = (("depth",), np.array([h * cfg.alpha * (1 - cfg.alpha) ** (h - 1) for h in cfg.depths]))
+        data["recency_theory"] = (
+            ("depth",),
+            np.array([theory.cesaro_recency(h, cfg.alpha) for h in cfg.depths]),
+        )
+        data["floor_theory"] = (
+            ("depth",),
+            np.array([h * cfg.alpha * (1 - cfg.alpha) ** (h - 1) for h in cfg.depths]),
+        )
         nmax = max(cfg.ns)
-        mid = np.array([nmax * float(theory.cesaro_rollout(nmax, h, 1.0)[nmax // 2 - 1]) for h in cfg.depths])
+        mid = np.array(
+            [nmax * float(theory.cesaro_rollout(nmax, h, 1.0)[nmax // 2 - 1]) for h in cfg.depths]
+        )
         data["midpoint_depth_attention_only"] = (("depth",), mid)
-        data["midpoint_depth_theory"] = (("depth",), np.array([math.log(2) ** (h - 1) / math.factorial(h - 1) for h in cfg.depths]))
+        data["midpoint_depth_theory"] = (
+            ("depth",),
+            np.array([math.log(2) ** (h - 1) / math.factorial(h - 1) for h in cfg.depths]),
+        )
         return xr.Dataset(data, coords=coords)
 
     def plot(self, ds, outdir):
@@ -132,18 +202,31 @@ class Cesaro(StepPreset):
             c = cmap(i / max(1, len(depths)))
             for n, ls in zip(ns, ("--", "-")):
                 s = ds[f"s{n}"].values
-                ax.plot(s[:-1], n * ds[f"profile_n{n}"].sel(depth=h).values[:-1], ls=ls, color=c, lw=1.2,
-                        label=f"H = {h}" if n == ns[-1] else None)
+                ax.plot(
+                    s[:-1],
+                    n * ds[f"profile_n{n}"].sel(depth=h).values[:-1],
+                    ls=ls,
+                    color=c,
+                    lw=1.2,
+                    label=f"H = {h}" if n == ns[-1] else None,
+                )
             s = ds[f"s{ns[-1]}"].values
-            ax.plot(s[:-1], ds[f"closed_form_n{ns[-1]}"].sel(depth=h).values[:-1], ":", color="k", lw=1)
-            ax.plot([1.0], [ns[-1] * ds[f"profile_n{ns[-1]}"].sel(depth=h).values[-1]], "o", color=c)
+            ax.plot(
+                s[:-1], ds[f"closed_form_n{ns[-1]}"].sel(depth=h).values[:-1], ":", color="k", lw=1
+            )
+            ax.plot(
+                [1.0], [ns[-1] * ds[f"profile_n{ns[-1]}"].sel(depth=h).values[-1]], "o", color=c
+            )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_ylim(1e-6, None)
         ax.set_xlabel("input position s = j/n")
         ax.set_ylabel("influence density n p_j on the last token")
-        ax.set_title(f"discrete (n = {ns[0]} dashed, {ns[-1]} solid) vs closed form (dotted)\n"
-                     f"alpha = {cfg.alpha}; dots: last token (recency delta, times n)", fontsize=9)
+        ax.set_title(
+            f"discrete (n = {ns[0]} dashed, {ns[-1]} solid) vs closed form (dotted)\n"
+            f"alpha = {cfg.alpha}; dots: last token (recency delta, times n)",
+            fontsize=9,
+        )
         ax.legend(fontsize=7)
         ax = axes[1]
         nc = ds.n_conv.values
@@ -151,8 +234,13 @@ class Cesaro(StepPreset):
             rate = float(ds.error_rate.sel(depth=h))
             if not np.isfinite(rate):
                 continue  # H = 1: the discrete profile is exactly the closed form
-            ax.loglog(nc, ds.interior_rel_error.sel(depth=h).values, "o-", color=cmap(i / len(depths)),
-                      label=f"H = {h}: rate {rate:.2f}")
+            ax.loglog(
+                nc,
+                ds.interior_rel_error.sel(depth=h).values,
+                "o-",
+                color=cmap(i / len(depths)),
+                label=f"H = {h}: rate {rate:.2f}",
+            )
         ax.set_xticks(nc, [str(v) for v in nc])
         ax.minorticks_off()
         ax.set_xlabel("n tokens")
@@ -161,9 +249,16 @@ class Cesaro(StepPreset):
         ax.legend(fontsize=7)
         ax = axes[2]
         nmax = max(ns)
-        ax.semilogy(depths, ds[f"dead_zone_depth_n{nmax}"].values, "o", label=f"residual floor, n = {nmax}")
+        ax.semilogy(
+            depths, ds[f"dead_zone_depth_n{nmax}"].values, "o", label=f"residual floor, n = {nmax}"
+        )
         ax.semilogy(depths, ds.floor_theory.values, "-", label="H alpha (1 - alpha)^{H-1}")
-        ax.semilogy(depths, ds.midpoint_depth_attention_only.values, "s", label=f"alpha = 1, density at s = 1/2, n = {nmax}")
+        ax.semilogy(
+            depths,
+            ds.midpoint_depth_attention_only.values,
+            "s",
+            label=f"alpha = 1, density at s = 1/2, n = {nmax}",
+        )
         ax.semilogy(depths, ds.midpoint_depth_theory.values, "-", label="(log 2)^{H-1} / (H-1)!")
         ax.semilogy(depths, [1 / math.factorial(h - 1) for h in depths], "k:", label="1 / (H-1)!")
         ax.set_xlabel("depth H")

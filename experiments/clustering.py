@@ -16,7 +16,6 @@ token 1 over time.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +57,9 @@ class CausalConfig(ParticleConfig):
 
 def _title(ds):
     cfg = Config.from_attrs(ds)
-    return f"SA dynamics on $S^{{{cfg.d - 1}}}$: N = {cfg.n}, $\\beta$ = {cfg.beta}, mask = {cfg.mask}"
+    return (
+        f"SA dynamics on $S^{{{cfg.d - 1}}}$: N = {cfg.n}, $\\beta$ = {cfg.beta}, mask = {cfg.mask}"
+    )
 
 
 def _figure(preset, ds, outdir, fracs, ncols, extra=None):
@@ -81,8 +82,13 @@ def _distance_to_first(fig, one):
     ax = fig.add_subplot(2, 5, 10)
     x = one.x.values
     dist = np.linalg.norm(x - x[:, :1], axis=-1).T  # (token, time)
-    im = ax.pcolormesh(one.time.values, np.arange(x.shape[1]) + 1, np.log10(np.maximum(dist, 1e-12)),
-                       shading="auto", cmap="magma")
+    im = ax.pcolormesh(
+        one.time.values,
+        np.arange(x.shape[1]) + 1,
+        np.log10(np.maximum(dist, 1e-12)),
+        shading="auto",
+        cmap="magma",
+    )
     fig.colorbar(im, ax=ax, label="log10 |x_i - x_1|")
     ax.set_xlabel("t")
     ax.set_ylabel("token i")
@@ -92,10 +98,20 @@ def _distance_to_first(fig, one):
 @register
 class Clustering(ParticlePreset):
     name = "clustering"
-    tiny = ('n=8', 't1=3', 'n_save=7', 'chunks=2')
+    tiny = ("n=8", "t1=3", "n_save=7", "chunks=2")
     slow = False
-    outputs = frozenset({'diameter', 'effective_rank', 'energy', 'mean_cosine', 'min_cosine', 'n_clusters',
-                        'rank_collapse', 'x'})
+    outputs = frozenset(
+        {
+            "diameter",
+            "effective_rank",
+            "energy",
+            "mean_cosine",
+            "min_cosine",
+            "n_clusters",
+            "rank_collapse",
+            "x",
+        }
+    )
     description = "SA on S^2 with Q=K=V=I: tokens collapse to one point (snapshots, energy, diameter, clusters)"
     Config = Config
 
@@ -106,10 +122,20 @@ class Clustering(ParticlePreset):
 @register
 class CausalClustering(Clustering):
     name = "causal-clustering"
-    tiny = ('n=8', 't1=3', 'n_save=7', 'chunks=2')
+    tiny = ("n=8", "t1=3", "n_save=7", "chunks=2")
     slow = False
-    outputs = frozenset({'diameter', 'effective_rank', 'energy', 'mean_cosine', 'min_cosine', 'n_clusters',
-                        'rank_collapse', 'x'})
+    outputs = frozenset(
+        {
+            "diameter",
+            "effective_rank",
+            "energy",
+            "mean_cosine",
+            "min_cosine",
+            "n_clusters",
+            "rank_collapse",
+            "x",
+        }
+    )
     description = "causal SA on S^2: token 1 never moves; later tokens form long-lived clusters (one at token 1)"
     Config = CausalConfig
 

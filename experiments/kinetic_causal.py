@@ -25,7 +25,6 @@ its times fall with beta) is the ``kinetic-tcrit`` preset.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import diffrax
@@ -91,22 +90,63 @@ def _pde(cfg, beta):
 @register
 class KineticCausal(TracedPreset):
     name = "kinetic-causal"
-    tiny = ('n_s=16', 'm=16', 'betas=1,2', 'bins=8', 't_early=1', 'n_early=6', 't1=1.5', 'n_late=2',
-            'chunks=2')
+    tiny = (
+        "n_s=16",
+        "m=16",
+        "betas=1,2",
+        "bins=8",
+        "t_early=1",
+        "n_early=6",
+        "t1=1.5",
+        "n_late=2",
+        "chunks=2",
+    )
     slow = True
-    outputs = frozenset({'f', 'influence', 'time', 'u_onset'})
+    outputs = frozenset({"f", "influence", "time", "u_onset"})
     description = "causal kinetic PDE f(t, s, theta) with ALiBi decay; influence profile over s turning U-shaped"
     variables = {
-        "s": Var("relative position s", "1", "row s_k = (k + 1/2) / S of the kinetic density, S = n_s = {n_s}"),
+        "s": Var(
+            "relative position s",
+            "1",
+            "row s_k = (k + 1/2) / S of the kinetic density, S = n_s = {n_s}",
+        ),
         "theta": Var("angle theta", "rad", "cell centre on the circle, M = m = {m} cells"),
-        "s_bin": Var("relative position (bin centre)", "1", "centres of the bins = {bins} bins of s"),
-        "f": Var("kinetic density f(t, s, theta)", "1/rad", "conditional density of the angle of the tokens at position s (each row integrates to 1); causal ALiBi lam = {lam}, this project's SA convention"),
-        "influence": Var("influence of position s on the last token", "1", "linearised correlation c(t, s) of the last row's mean angle with a rotation of row s (forward mode), about von Mises(kappa = {kappa})"),
-        "influence_binned": Var("influence (binned)", "1", "influence averaged over bins = {bins} bins of s"),
-        "u_shaped": Var("U-shaped profile", "1", "1 where the binned profile is higher at both ends than in the middle, else 0"),
-        "influence_sum": Var("total influence", "1", "sum_k w_k c(t, s_k) (exactly 1: rotating every row rotates the output)"),
-        "u_onset": Var("U-shape onset time", "1", "first time the profile turns U-shaped (influence.u_shape_onset)"),
-        "u_onset_linear_theory": Var("U-shape onset (linear theory)", "1", "the same onset from the causal mode propagator about the uniform state"),
+        "s_bin": Var(
+            "relative position (bin centre)", "1", "centres of the bins = {bins} bins of s"
+        ),
+        "f": Var(
+            "kinetic density f(t, s, theta)",
+            "1/rad",
+            "conditional density of the angle of the tokens at position s (each row integrates to 1); causal ALiBi lam = {lam}, this project's SA convention",
+        ),
+        "influence": Var(
+            "influence of position s on the last token",
+            "1",
+            "linearised correlation c(t, s) of the last row's mean angle with a rotation of row s (forward mode), about von Mises(kappa = {kappa})",
+        ),
+        "influence_binned": Var(
+            "influence (binned)", "1", "influence averaged over bins = {bins} bins of s"
+        ),
+        "u_shaped": Var(
+            "U-shaped profile",
+            "1",
+            "1 where the binned profile is higher at both ends than in the middle, else 0",
+        ),
+        "influence_sum": Var(
+            "total influence",
+            "1",
+            "sum_k w_k c(t, s_k) (exactly 1: rotating every row rotates the output)",
+        ),
+        "u_onset": Var(
+            "U-shape onset time",
+            "1",
+            "first time the profile turns U-shaped (influence.u_shape_onset)",
+        ),
+        "u_onset_linear_theory": Var(
+            "U-shape onset (linear theory)",
+            "1",
+            "the same onset from the causal mode propagator about the uniform state",
+        ),
         "mass": Var("mass per row", "1", "integral of f over theta in each row (1 to round-off)"),
     }
     Config = KineticConfig
@@ -124,7 +164,9 @@ class KineticCausal(TracedPreset):
             out["f"].append(pde.von_mises(cfg.kappa, cfg.twist * pde.s))
             out["base"].append(pde.von_mises(cfg.kappa))
             # d f0 / d delta_k: rotating row k of vM(kappa) by delta_k
-            d = jax.jacfwd(lambda dl, pde=pde: pde.von_mises(cfg.kappa, dl))(jnp.zeros(cfg.n_s))  # (S, M, S)
+            d = jax.jacfwd(lambda dl, pde=pde: pde.von_mises(cfg.kappa, dl))(
+                jnp.zeros(cfg.n_s)
+            )  # (S, M, S)
             out["tan"].append(jnp.moveaxis(d, -1, 0))
         return {k: jnp.stack(v) for k, v in out.items()}
 
@@ -151,12 +193,16 @@ class KineticCausal(TracedPreset):
                 return pde.solve(f0, ts, dt=dt, adjoint=diffrax.ForwardMode()).f[1:]
 
             fs = run(state["f"][i])
-            base, tans = jax.vmap(lambda t: jax.jvp(run, (state["base"][i],), (t,)), out_axes=(None, 0))(state["tan"][i])
+            base, tans = jax.vmap(
+                lambda t: jax.jvp(run, (state["base"][i],), (t,)), out_axes=(None, 0)
+            )(state["tan"][i])
             new["f"].append(fs[-1])
             new["base"].append(base[-1])
             new["tan"].append(tans[:, -1])
             recs["f"].append(fs)
-            recs["influence"].append(jax.vmap(lambda b, t: self._influence(cfg, b, t), in_axes=(0, 1))(base, tans))
+            recs["influence"].append(
+                jax.vmap(lambda b, t: self._influence(cfg, b, t), in_axes=(0, 1))(base, tans)
+            )
         new = {k: jnp.stack(v) for k, v in new.items()}
         return new, {k: jnp.stack(v, axis=1) for k, v in recs.items()}  # (L, beta, ...)
 
@@ -170,9 +216,23 @@ class KineticCausal(TracedPreset):
             *gi, bi = idx
             onset[idx] = u_shape_onset(ts, binned[tuple(gi) + (slice(None), bi)])
         lin_ts = np.linspace(0.0, cfg.t_early, 4 * (cfg.n_early - 1) + 1)
-        lin = np.array([u_shape_onset(lin_ts, bin_profile(np.array(
-            [theory.causal_mode_propagator(t, 1, b, cfg.lam, cfg.n_s)[-1] for t in lin_ts]), cfg.bins))
-            for b in cfg.betas])
+        lin = np.array(
+            [
+                u_shape_onset(
+                    lin_ts,
+                    bin_profile(
+                        np.array(
+                            [
+                                theory.causal_mode_propagator(t, 1, b, cfg.lam, cfg.n_s)[-1]
+                                for t in lin_ts
+                            ]
+                        ),
+                        cfg.bins,
+                    ),
+                )
+                for b in cfg.betas
+            ]
+        )
         s = midpoints(cfg.n_s)
         theta = (np.arange(cfg.m) + 0.5) * 2 * np.pi / cfg.m
         ds = xr.Dataset(
@@ -186,14 +246,21 @@ class KineticCausal(TracedPreset):
                 "u_onset_linear_theory": (("beta",), lin),
                 "mass": (g + ("time", "beta", "s"), f.sum(-1) * 2 * np.pi / cfg.m),
             },
-            coords={"time": ts, "beta": list(cfg.betas), "s": s, "theta": theta,
-                    "s_bin": midpoints(cfg.bins), **grid.coords()},
+            coords={
+                "time": ts,
+                "beta": list(cfg.betas),
+                "s": s,
+                "theta": theta,
+                "s_bin": midpoints(cfg.bins),
+                **grid.coords(),
+            },
         )
         ds.attrs["influence_definition"] = (
             "c(t, s) = (1/w(s)) d phi_last(t) / d delta(s): response of the last row's mean angle to a "
             "rotation of initial row s, around von Mises(kappa) rows; binned as masses per s-bin. "
             "influence_sum = 1 exactly in the continuum (rotation invariance); it drifts from 1 once the base "
-            "state has collapsed to a few cells (the grid is not rotation invariant): trust c only where it is ~1")
+            "state has collapsed to a few cells (the grid is not rotation invariant): trust c only where it is ~1"
+        )
         return ds
 
     def plot(self, ds, outdir):
@@ -205,12 +272,22 @@ class KineticCausal(TracedPreset):
         fig = p.figure(figsize=(4.0 * max(nb, 4), 7.8))
         bsel = betas[min(1, nb - 1)]
         ts = one.time.values
-        snap = [0, int(np.searchsorted(ts, cfg.t_early)), int(np.searchsorted(ts, 0.4 * ts[-1])), len(ts) - 1]
+        snap = [
+            0,
+            int(np.searchsorted(ts, cfg.t_early)),
+            int(np.searchsorted(ts, 0.4 * ts[-1])),
+            len(ts) - 1,
+        ]
         ncol = max(nb, 4)
         for j, ti in enumerate(snap):
             ax = fig.add_subplot(2, ncol, j + 1)
-            ax.pcolormesh(one.theta.values, one.s.values, one.f.sel(beta=bsel).isel(time=ti).values,
-                          shading="auto", cmap="magma")
+            ax.pcolormesh(
+                one.theta.values,
+                one.s.values,
+                one.f.sel(beta=bsel).isel(time=ti).values,
+                shading="auto",
+                cmap="magma",
+            )
             ax.set_title(f"f(s, $\\theta$), $\\beta$ = {bsel:g}, t = {ts[ti]:.2f}", fontsize=9)
             ax.set_xlabel("$\\theta$")
             ax.set_ylabel("position s")
@@ -223,10 +300,19 @@ class KineticCausal(TracedPreset):
             t_on = float(one.u_onset.sel(beta=b))
             for k, t in enumerate(pick):
                 q = prof.sel(time=t).values[:-1]
-                ax.plot(one.s_bin.values[:-1], q / q.mean(), color=cmap(k / len(pick)), lw=1.2,
-                        ls="-" if t >= t_on else "--", label=f"t = {t:.2f}")
-            ax.set_title(f"$\\beta$ = {b:g}: U-shape from t = {t_on:.3f}\n(linear theory about uniform: "
-                         f"{float(one.u_onset_linear_theory.sel(beta=b)):.3f})", fontsize=9)
+                ax.plot(
+                    one.s_bin.values[:-1],
+                    q / q.mean(),
+                    color=cmap(k / len(pick)),
+                    lw=1.2,
+                    ls="-" if t >= t_on else "--",
+                    label=f"t = {t:.2f}",
+                )
+            ax.set_title(
+                f"$\\beta$ = {b:g}: U-shape from t = {t_on:.3f}\n(linear theory about uniform: "
+                f"{float(one.u_onset_linear_theory.sel(beta=b)):.3f})",
+                fontsize=9,
+            )
             ax.set_xlabel("input position s (bins; last bin = recency, off scale)")
             ax.set_ylabel("influence on last token / its mean")
             if j == 0:
@@ -235,18 +321,25 @@ class KineticCausal(TracedPreset):
         for j, b in enumerate(betas):
             prof = one.influence_binned.sel(beta=b).values
             sel = (ts > 0) & (ts <= cfg.t_early)
-            early = prof[sel]  # t = 0 is left out: the profile is then zero away from the target (0/0)
+            early = prof[
+                sel
+            ]  # t = 0 is left out: the profile is then zero away from the target (0/0)
             gap = (early[:, 0] - early[:, 1:-1].min(-1)) / early[:, :-1].mean(-1)
-            line, = ax.plot(ts[sel], gap, label=f"$\\beta$ = {b:g}")
+            (line,) = ax.plot(ts[sel], gap, label=f"$\\beta$ = {b:g}")
             ax.axvline(float(one.u_onset.sel(beta=b)), color=line.get_color(), lw=0.8)
-            ax.axvline(float(one.u_onset_linear_theory.sel(beta=b)), color=line.get_color(), lw=0.8, ls=":")
+            ax.axvline(
+                float(one.u_onset_linear_theory.sel(beta=b)), color=line.get_color(), lw=0.8, ls=":"
+            )
         ax.axhline(0, color="k", lw=0.6)
         ax.set_xlabel("t")
         ax.set_ylabel("(first bin - interior min) / mean")
         ax.set_title("U-shape gap (> 0: U shaped)\nsolid: onset, dotted: linear theory", fontsize=9)
         ax.legend(fontsize=7)
-        fig.suptitle(f"causal kinetic PDE, ALiBi $\\lambda$ = {cfg.lam:g}, von Mises $\\kappa$ = {cfg.kappa:g}, "
-                     f"S = {cfg.n_s}, M = {cfg.m} (dashed: not yet U-shaped)", fontsize=10)
+        fig.suptitle(
+            f"causal kinetic PDE, ALiBi $\\lambda$ = {cfg.lam:g}, von Mises $\\kappa$ = {cfg.kappa:g}, "
+            f"S = {cfg.n_s}, M = {cfg.m} (dashed: not yet U-shaped)",
+            fontsize=10,
+        )
         fig.tight_layout()
         path = Path(outdir) / "kinetic-causal.png"
         save_figure(fig, path, dpi=110)

@@ -43,8 +43,6 @@ positions normalised together, V = I), where the U-shape times rise with beta in
 from __future__ import annotations
 
 import dataclasses
-import json
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -57,7 +55,8 @@ from meanfield.influence import circle_retrieval_profile, u_shape_end
 from meanfield.pde import KineticMeanField
 from meanfield.run import register, RunConfig, Step, StepPreset, Var
 
-from ._common import log_axis_ticks, midpoints, plt, save_figure
+from . import kinetic_tcrit_figure as _figure
+from ._common import midpoints
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,48 +126,152 @@ def _binned(prof, bins):
 
 def _particle_profiles(cfg, beta, ts, seed):
     n = cfg.n_particles
-    attn = mf.Attention(beta, V=beta * jnp.eye(2), form="USA",
-                        mask=mf.PositionNormalized(mf.Causal(strict=True) & mf.ALiBi(cfg.lam / n)))
+    attn = mf.Attention(
+        beta,
+        V=beta * jnp.eye(2),
+        form="USA",
+        mask=mf.PositionNormalized(mf.Causal(strict=True) & mf.ALiBi(cfg.lam / n)),
+    )
     groups = []
     for g in range(4):
         key = jax.random.fold_in(jax.random.key(seed), g)
-        groups.append(np.asarray(circle_retrieval_profile(attn, key, jnp.asarray(ts), n, n_runs=cfg.runs // 4,
-                                                          M=cfg.M, n_max=cfg.n_max, rtol=1e-6, atol=1e-8)))
+        groups.append(
+            np.asarray(
+                circle_retrieval_profile(
+                    attn,
+                    key,
+                    jnp.asarray(ts),
+                    n,
+                    n_runs=cfg.runs // 4,
+                    M=cfg.M,
+                    n_max=cfg.n_max,
+                    rtol=1e-6,
+                    atol=1e-8,
+                )
+            )
+        )
     return np.stack(groups)  # (4, T, N)
 
 
 @register
 class KineticTcrit(StepPreset):
     name = "kinetic-tcrit"
-    tiny = ('betas=1', 'sizes=16,32', 'pde_s=8', 'pde_m=16', 'pde_modes=4', 'n_max=6', 'n_particles=8',
-            'runs=8', 'bins=4', 'profile_beta=1', 'n_times=6')
+    tiny = (
+        "betas=1",
+        "sizes=16,32",
+        "pde_s=8",
+        "pde_m=16",
+        "pde_modes=4",
+        "n_max=6",
+        "n_particles=8",
+        "runs=8",
+        "bins=4",
+        "profile_beta=1",
+        "n_times=6",
+    )
     slow = True
-    outputs = frozenset({'profile_pde', 'tcrit_closed', 'tcrit_particles', 'tcrit_pde', 'tcrit_propagator'})
+    outputs = frozenset(
+        {"profile_pde", "tcrit_closed", "tcrit_particles", "tcrit_pde", "tcrit_propagator"}
+    )
     description = "the kinetic paper's t_crit(beta): closed form, discrete propagator (S = 64..512), kinetic PDE, particles"
     variables = {
         "S": Var("number of rows S", "1", "size of the discrete propagator"),
-        "t_ratio": Var("time / t_crit", "1", "times of the retrieval profiles in units of t_crit(beta = {profile_beta})"),
+        "t_ratio": Var(
+            "time / t_crit",
+            "1",
+            "times of the retrieval profiles in units of t_crit(beta = {profile_beta})",
+        ),
         "s_fine": Var("relative position (fine grid)", "1", "positions of the closed-form profile"),
-        "s_prop": Var("relative position (propagator rows)", "1", "rows (k + 1/2)/S of the discrete propagator"),
-        "s_pde": Var("relative position (PDE rows)", "1", "rows of the kinetic PDE, S = pde_s = {pde_s}"),
-        "s_bin": Var("relative position (bin centre)", "1", "centres of the bins = {bins} bins of the particle estimates"),
-        "beta_fine": Var("inverse temperature (fine grid)", "1", "beta values of the smooth closed-form curve"),
-        "tcrit_closed": Var("t_crit, closed form", "1", "end of the U-shaped regime of the paper's model: 2 (1 - e^-lam) sum omega a / sum omega a^2, lam = {lam}, M = {M}, n_max = {n_max}"),
-        "tcrit_propagator": Var("t_crit, discrete propagator", "1", "t_crit of the S-row discrete propagator (lam = {lam}, M = {M}, n_max = {n_max})"),
-        "tcrit_propagator_rel_error": Var("relative error of the propagator t_crit", "1", "(tcrit_propagator - tcrit_closed) / tcrit_closed"),
-        "propagator_convergence_order": Var("convergence order in S", "1", "log-log slope of the propagator error against S (theory: 1)"),
-        "tcrit_pde": Var("t_crit, kinetic PDE", "1", "t_crit of KineticMeanField.paper_model (S = {pde_s}, M cells = {pde_m}, modes = {pde_modes})"),
-        "tcrit_propagator_at_pde_s": Var("t_crit, propagator at the PDE's S", "1", "the propagator's t_crit at S = pde_s = {pde_s}, the PDE's reference"),
-        "tcrit_particles": Var("t_crit, particles", "1", "t_crit from runs = {runs} particle runs of N = {n_particles} tokens (NaN where not reached)"),
-        "tcrit_particles_se": Var("standard error of the particle t_crit", "1", "over the runs = {runs} runs"),
-        "tcrit_binned_reference": Var("t_crit of the binned propagator", "1", "the propagator's t_crit after the same binning as the particles (bins = {bins})"),
-        "tcrit_closed_fine": Var("t_crit, closed form (fine grid)", "1", "tcrit_closed on beta_fine"),
-        "profile_closed": Var("retrieval profile, closed form", "1", "S_t(s) of the last token, beta = {profile_beta}, lam = {lam}"),
-        "profile_propagator": Var("retrieval profile, propagator", "1", "the discrete propagator's S_t(s), beta = {profile_beta}"),
-        "profile_pde": Var("retrieval profile, kinetic PDE", "1", "KineticMeanField.retrieval_profile, beta = {profile_beta}"),
-        "profile_particles": Var("retrieval profile, particles", "1", "particle estimate (circle_retrieval_profile), binned, beta = {profile_beta}"),
-        "profile_particles_se": Var("standard error of the particle profile", "1", "over the runs = {runs} runs"),
-        "profile_propagator_binned": Var("retrieval profile, propagator, binned", "1", "the propagator profile with the particles' binning"),
+        "s_prop": Var(
+            "relative position (propagator rows)",
+            "1",
+            "rows (k + 1/2)/S of the discrete propagator",
+        ),
+        "s_pde": Var(
+            "relative position (PDE rows)", "1", "rows of the kinetic PDE, S = pde_s = {pde_s}"
+        ),
+        "s_bin": Var(
+            "relative position (bin centre)",
+            "1",
+            "centres of the bins = {bins} bins of the particle estimates",
+        ),
+        "beta_fine": Var(
+            "inverse temperature (fine grid)", "1", "beta values of the smooth closed-form curve"
+        ),
+        "tcrit_closed": Var(
+            "t_crit, closed form",
+            "1",
+            "end of the U-shaped regime of the paper's model: 2 (1 - e^-lam) sum omega a / sum omega a^2, lam = {lam}, M = {M}, n_max = {n_max}",
+        ),
+        "tcrit_propagator": Var(
+            "t_crit, discrete propagator",
+            "1",
+            "t_crit of the S-row discrete propagator (lam = {lam}, M = {M}, n_max = {n_max})",
+        ),
+        "tcrit_propagator_rel_error": Var(
+            "relative error of the propagator t_crit",
+            "1",
+            "(tcrit_propagator - tcrit_closed) / tcrit_closed",
+        ),
+        "propagator_convergence_order": Var(
+            "convergence order in S",
+            "1",
+            "log-log slope of the propagator error against S (theory: 1)",
+        ),
+        "tcrit_pde": Var(
+            "t_crit, kinetic PDE",
+            "1",
+            "t_crit of KineticMeanField.paper_model (S = {pde_s}, M cells = {pde_m}, modes = {pde_modes})",
+        ),
+        "tcrit_propagator_at_pde_s": Var(
+            "t_crit, propagator at the PDE's S",
+            "1",
+            "the propagator's t_crit at S = pde_s = {pde_s}, the PDE's reference",
+        ),
+        "tcrit_particles": Var(
+            "t_crit, particles",
+            "1",
+            "t_crit from runs = {runs} particle runs of N = {n_particles} tokens (NaN where not reached)",
+        ),
+        "tcrit_particles_se": Var(
+            "standard error of the particle t_crit", "1", "over the runs = {runs} runs"
+        ),
+        "tcrit_binned_reference": Var(
+            "t_crit of the binned propagator",
+            "1",
+            "the propagator's t_crit after the same binning as the particles (bins = {bins})",
+        ),
+        "tcrit_closed_fine": Var(
+            "t_crit, closed form (fine grid)", "1", "tcrit_closed on beta_fine"
+        ),
+        "profile_closed": Var(
+            "retrieval profile, closed form",
+            "1",
+            "S_t(s) of the last token, beta = {profile_beta}, lam = {lam}",
+        ),
+        "profile_propagator": Var(
+            "retrieval profile, propagator",
+            "1",
+            "the discrete propagator's S_t(s), beta = {profile_beta}",
+        ),
+        "profile_pde": Var(
+            "retrieval profile, kinetic PDE",
+            "1",
+            "KineticMeanField.retrieval_profile, beta = {profile_beta}",
+        ),
+        "profile_particles": Var(
+            "retrieval profile, particles",
+            "1",
+            "particle estimate (circle_retrieval_profile), binned, beta = {profile_beta}",
+        ),
+        "profile_particles_se": Var(
+            "standard error of the particle profile", "1", "over the runs = {runs} runs"
+        ),
+        "profile_propagator_binned": Var(
+            "retrieval profile, propagator, binned",
+            "1",
+            "the propagator profile with the particles' binning",
+        ),
     }
     Config = KineticTcritConfig
 
@@ -183,9 +286,16 @@ class KineticTcrit(StepPreset):
         ratios = np.asarray(cfg.t_ratios)
         n = cfg.n_particles
         tc = theory.kinetic_tcrit(b, cfg.lam, cfg.M, cfg.n_max)
-        out = {"tc": tc,
-               "prop": np.array([theory.kinetic_propagator_tcrit(b, cfg.lam, S, cfg.M, cfg.n_max) for S in cfg.sizes]),
-               "prop_pde_s": theory.kinetic_propagator_tcrit(b, cfg.lam, cfg.pde_s, cfg.M, cfg.n_max)}
+        out = {
+            "tc": tc,
+            "prop": np.array(
+                [
+                    theory.kinetic_propagator_tcrit(b, cfg.lam, S, cfg.M, cfg.n_max)
+                    for S in cfg.sizes
+                ]
+            ),
+            "prop_pde_s": theory.kinetic_propagator_tcrit(b, cfg.lam, cfg.pde_s, cfg.M, cfg.n_max),
+        }
         times = scan * tc
         pde = KineticMeanField.paper_model(cfg.pde_s, cfg.pde_m, b, cfg.lam)
         # one solve for the scan and the profile times (sorted, duplicates merged)
@@ -197,23 +307,39 @@ class KineticTcrit(StepPreset):
         per_group = [u_shape_end(times, g[: len(times)]) for g in binned]
         out["part_t"] = u_shape_end(times, binned.mean(0)[: len(times)])
         out["part_err"] = np.nanstd(per_group) / np.sqrt(len(per_group))
-        ref = np.stack([theory.kinetic_propagator_profile(t, b, cfg.lam, n, cfg.M, cfg.n_max) for t in times])
+        ref = np.stack(
+            [theory.kinetic_propagator_profile(t, b, cfg.lam, n, cfg.M, cfg.n_max) for t in times]
+        )
         out["ref_binned"] = u_shape_end(times, _binned(ref, cfg.bins))
         if b == cfg.profile_beta:
-            out["pde"] = pde_prof[len(times):]
-            out["particles"] = binned.mean(0)[len(times):]
-            out["particles_se"] = binned.std(0)[len(times):] / np.sqrt(4)
-            out["propagator"] = np.stack([theory.kinetic_propagator_profile(r * tc, b, cfg.lam, max(cfg.sizes),
-                                                                            cfg.M, cfg.n_max) for r in ratios])
-            out["propagator_binned"] = np.stack([_binned(theory.kinetic_propagator_profile(
-                r * tc, b, cfg.lam, n, cfg.M, cfg.n_max), cfg.bins) for r in ratios])
+            out["pde"] = pde_prof[len(times) :]
+            out["particles"] = binned.mean(0)[len(times) :]
+            out["particles_se"] = binned.std(0)[len(times) :] / np.sqrt(4)
+            out["propagator"] = np.stack(
+                [
+                    theory.kinetic_propagator_profile(
+                        r * tc, b, cfg.lam, max(cfg.sizes), cfg.M, cfg.n_max
+                    )
+                    for r in ratios
+                ]
+            )
+            out["propagator_binned"] = np.stack(
+                [
+                    _binned(
+                        theory.kinetic_propagator_profile(r * tc, b, cfg.lam, n, cfg.M, cfg.n_max),
+                        cfg.bins,
+                    )
+                    for r in ratios
+                ]
+            )
         return out
 
     def step_dataset(self, cfg, results):
         per = [results[st.name] for st in self.steps(cfg)]
         col = lambda key: np.array([float(r[key]) for r in per])  # noqa: E731
-        tc, pde_t, part_t, part_err, ref_binned, prop_pde_s = (col(k) for k in (
-            "tc", "pde_t", "part_t", "part_err", "ref_binned", "prop_pde_s"))
+        tc, pde_t, part_t, part_err, ref_binned, prop_pde_s = (
+            col(k) for k in ("tc", "pde_t", "part_t", "part_err", "ref_binned", "prop_pde_s")
+        )
         prop = np.stack([r["prop"] for r in per])
         ratios = np.asarray(cfg.t_ratios)
         s_pde = midpoints(cfg.pde_s)
@@ -221,13 +347,25 @@ class KineticTcrit(StepPreset):
         pb = cfg.betas.index(cfg.profile_beta)
         prof = per[pb]
         s_fine = np.linspace(0.002, 0.999, 400)
-        closed = np.stack([theory.kinetic_profile(s_fine, r * tc[pb], cfg.profile_beta, cfg.lam, cfg.M, cfg.n_max)
-                           for r in ratios])
+        closed = np.stack(
+            [
+                theory.kinetic_profile(
+                    s_fine, r * tc[pb], cfg.profile_beta, cfg.lam, cfg.M, cfg.n_max
+                )
+                for r in ratios
+            ]
+        )
         s_prop = (np.arange(max(cfg.sizes)) + 0.5) / max(cfg.sizes)
         beta_fine = np.geomspace(min(cfg.betas), max(cfg.betas), 60)
         err = prop / tc[:, None] - 1
-        rate = np.array([np.polyfit(np.log(cfg.sizes), np.log(np.abs(e)), 1)[0] if len(cfg.sizes) > 1 else np.nan
-                         for e in err])
+        rate = np.array(
+            [
+                np.polyfit(np.log(cfg.sizes), np.log(np.abs(e)), 1)[0]
+                if len(cfg.sizes) > 1
+                else np.nan
+                for e in err
+            ]
+        )
         ds = xr.Dataset(
             {
                 "tcrit_closed": (("beta",), tc),
@@ -239,8 +377,12 @@ class KineticTcrit(StepPreset):
                 "tcrit_particles": (("beta",), part_t),
                 "tcrit_particles_se": (("beta",), part_err),
                 "tcrit_binned_reference": (("beta",), ref_binned),
-                "tcrit_closed_fine": (("beta_fine",), np.array([theory.kinetic_tcrit(b, cfg.lam, cfg.M, cfg.n_max)
-                                                                for b in beta_fine])),
+                "tcrit_closed_fine": (
+                    ("beta_fine",),
+                    np.array(
+                        [theory.kinetic_tcrit(b, cfg.lam, cfg.M, cfg.n_max) for b in beta_fine]
+                    ),
+                ),
                 "profile_closed": (("t_ratio", "s_fine"), closed),
                 "profile_propagator": (("t_ratio", "s_prop"), prof["propagator"]),
                 "profile_pde": (("t_ratio", "s_pde"), prof["pde"]),
@@ -248,85 +390,25 @@ class KineticTcrit(StepPreset):
                 "profile_particles_se": (("t_ratio", "s_bin"), prof["particles_se"]),
                 "profile_propagator_binned": (("t_ratio", "s_bin"), prof["propagator_binned"]),
             },
-            coords={"beta": list(cfg.betas), "S": list(cfg.sizes), "t_ratio": ratios, "s_fine": s_fine,
-                    "s_prop": s_prop, "s_pde": s_pde, "s_bin": s_bin, "beta_fine": beta_fine},
+            coords={
+                "beta": list(cfg.betas),
+                "S": list(cfg.sizes),
+                "t_ratio": ratios,
+                "s_fine": s_fine,
+                "s_prop": s_prop,
+                "s_pde": s_pde,
+                "s_bin": s_bin,
+                "beta_fine": beta_fine,
+            },
         )
         ds.attrs["conventions"] = (
             "the kinetic paper's model: strictly causal ALiBi, positional weights normalised per row, USA content, "
             "V = beta I; rows/tokens at s = (k + 1/2)/S, target = last; profiles are off-diagonal densities over s "
             "(the target's own identity term removed); particle profiles binned (mean density per bin). "
             "tcrit_particles is nan where the binned right-end slope does not turn negative in the scan: finite-N "
-            "particles follow the linear theory only while the fluctuations e^{a t} / sqrt(N) stay small")
+            "particles follow the linear theory only while the fluctuations e^{a t} / sqrt(N) stay small"
+        )
         return ds
 
     def plot(self, ds, outdir):
-        cfg = self.Config.from_attrs(ds)
-        p = plt()
-        nr = len(ds.t_ratio)
-        fig = p.figure(figsize=(4.2 * max(nr, 3), 8.4))
-        ax = fig.add_subplot(2, max(nr, 3), 1)
-        ax.plot(ds.beta_fine, ds.tcrit_closed_fine, "k-", lw=1.2, label="closed form")
-        ax.plot(ds.beta, ds.tcrit_propagator.isel(S=-1), "o", mfc="none", label=f"propagator S = {int(ds.S[-1])}")
-        ax.plot(ds.beta, ds.tcrit_pde, "s", mfc="none", label=f"kinetic PDE S = {cfg.pde_s}")
-        ax.errorbar(ds.beta, ds.tcrit_particles, yerr=ds.tcrit_particles_se, fmt="^", ms=5,
-                    label=f"particles N = {cfg.n_particles} ({cfg.bins} bins)")
-        ax.plot(ds.beta, ds.tcrit_binned_reference, "x", color="C2", label="propagator S = N, same bins")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        log_axis_ticks(ax, ds.beta.values, p)
-        ax.minorticks_off()
-        ax.set_xlabel(r"$\beta$")
-        ax.set_ylabel(r"$t_{crit}$")
-        ax.set_title(rf"end of the U: $t_{{crit}}(\beta)$, $\lambda$ = {cfg.lam:g}, M = {cfg.M:g}", fontsize=9)
-        ax.legend(fontsize=7)
-        ax = fig.add_subplot(2, max(nr, 3), 2)
-        err = np.abs(ds.tcrit_propagator_rel_error.values)
-        ax.loglog(ds.S, err[0], "o-", label=rf"all $\beta$ (spread {np.ptp(err, axis=0).max():.1e})")
-        S = ds.S.values.astype(float)
-        ax.loglog(S, err[0, 0] * S[0] / S, "k:", label="1/S")
-        log_axis_ticks(ax, S, p)
-        ax.set_xlabel("rows S")
-        ax.set_ylabel(r"$|t^S_{crit} / t_{crit} - 1|$")
-        ax.set_title("discrete propagator: O(1/S) convergence\n(its right-end slope is exactly quadratic in t, "
-                     "so the ratio is the same for every $\\beta$)", fontsize=8)
-        ax.legend(fontsize=7)
-        ax = fig.add_subplot(2, max(nr, 3), 3)
-        ax.axis("off")
-        lines = ["t_crit", f"beta   closed   S={int(ds.S[-1]):<4d}  PDE      S={cfg.pde_s:<4d} particles  S=N,bins"]
-        for b in ds.beta.values:
-            sel = ds.sel(beta=b)
-            lines.append(f"{b:4.2f} {float(sel.tcrit_closed):8.4g} {float(sel.tcrit_propagator.isel(S=-1)):8.4g} "
-                         f"{float(sel.tcrit_pde):8.4g} {float(sel.tcrit_propagator_at_pde_s):8.4g} "
-                         f"{float(sel.tcrit_particles):8.4g} {float(sel.tcrit_binned_reference):8.4g}")
-        lines += ["", f"PDE: S = {cfg.pde_s} rows, M = {cfg.pde_m} cells, {cfg.pde_modes} modes;",
-                  "compare it with the propagator at the same S.",
-                  f"particles: N = {cfg.n_particles}, {cfg.runs} runs, {cfg.bins} bins;",
-                  "compare them with the propagator at S = N, same bins.",
-                  "They follow the linear theory only while the",
-                  "fluctuations e^{a t}/sqrt(N) stay small (nan: no",
-                  "sign change of the binned slope in the scan)."]
-        ax.text(0.0, 1.0, "\n".join(lines), family="monospace", fontsize=8, va="top")
-        for j, r in enumerate(ds.t_ratio.values):
-            ax = fig.add_subplot(2, max(nr, 3), max(nr, 3) + j + 1)
-            sel = ds.sel(t_ratio=r)
-            ax.plot(ds.s_fine, sel.profile_closed, "k-", lw=1.2, label="closed form $S_t(s)$")
-            ax.plot(ds.s_prop[:-1], sel.profile_propagator[:-1], "-", color="C0", lw=0.8, label=f"propagator S = {int(ds.S[-1])}")
-            ax.plot(ds.s_pde[:-1], sel.profile_pde[:-1], "s", ms=3, mfc="none", color="C1", label="kinetic PDE")
-            ax.errorbar(ds.s_bin, sel.profile_particles, yerr=sel.profile_particles_se, fmt="^", ms=4, color="C3",
-                        label="particles (bins)")
-            ax.plot(ds.s_bin, sel.profile_propagator_binned, "x", color="C2", label="propagator S = N, same bins")
-            ax.set_xlabel("source position s")
-            ax.set_ylabel("retrieval density of the last token")
-            ax.set_title(rf"$\beta$ = {cfg.profile_beta:g}, t = {r:g} $t_{{crit}}$"
-                         + (f"\n(particles at N = {cfg.n_particles}: past the linear regime)"
-                            if r >= 0.9 else ""), fontsize=9)
-            top = float(np.nanmax(sel.profile_closed.values[ds.s_fine.values > 0.05]))
-            ax.set_ylim(0, 1.3 * top)
-            if j == 0:
-                ax.legend(fontsize=6)
-        fig.suptitle("kinetic paper's model (strict causal ALiBi, normalised positions, USA, V = βI): "
-                     "t_crit from four solvers", fontsize=10)
-        fig.tight_layout()
-        path = Path(outdir) / "kinetic-tcrit.png"
-        save_figure(fig, path, dpi=110)
-        return [path]
+        return _figure.plot(self, ds, outdir)

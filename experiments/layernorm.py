@@ -13,7 +13,6 @@ collapses (mean cosine, rank-collapse residual, effective rank) and the norm gro
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import jax
@@ -55,14 +54,32 @@ class Config(MaskConfig):
 @register
 class LayerNorm(TracedPreset):
     name = "layernorm"
-    tiny = ('n=6', 'd=4', 'n_layers=6', 'chunks=2')
+    tiny = ("n=6", "d=4", "n_layers=6", "chunks=2")
     slow = False
-    outputs = frozenset({'diameter', 'effective_rank', 'energy', 'mean_cosine', 'min_cosine', 'n_clusters',
-                        'rank_collapse', 'x'})
+    outputs = frozenset(
+        {
+            "diameter",
+            "effective_rank",
+            "energy",
+            "mean_cosine",
+            "min_cosine",
+            "n_clusters",
+            "rank_collapse",
+            "x",
+        }
+    )
     description = "post-LN vs pre-LN vs peri-LN vs nGPT discrete layers from one start: collapse speed and norm growth"
     variables = {
-        "norm": Var("layer normalisation", "1", "post-LN, pre-LN, peri-LN or nGPT discrete layer map (step h = {h})"),
-        "mean_norm": Var("mean token norm", "1", "mean over tokens of |x_i| (the residual stream's growth under pre-LN)"),
+        "norm": Var(
+            "layer normalisation",
+            "1",
+            "post-LN, pre-LN, peri-LN or nGPT discrete layer map (step h = {h})",
+        ),
+        "mean_norm": Var(
+            "mean token norm",
+            "1",
+            "mean over tokens of |x_i| (the residual stream's growth under pre-LN)",
+        ),
     }
     Config = Config
     vmap_keys = ("beta", "h", "seed")
@@ -77,7 +94,10 @@ class LayerNorm(TracedPreset):
     def advance(self, cfg, p, state, ts):
         attn = mf.Attention(p["beta"], mask=particle_mask(cfg))
         n_layers = ts.shape[0] - 1
-        outs = [mf.layers(attn, state[i], n_layers, h=p["h"], norm=norm).xs[1:] for i, norm in enumerate(NORMS.values())]
+        outs = [
+            mf.layers(attn, state[i], n_layers, h=p["h"], norm=norm).xs[1:]
+            for i, norm in enumerate(NORMS.values())
+        ]
         xs = jnp.stack(outs, axis=1)  # (L, norm, N, d)
         return xs[-1], {"x": xs}
 
@@ -86,7 +106,10 @@ class LayerNorm(TracedPreset):
         dims = grid.keys + ("time", "norm")
         u = x / np.linalg.norm(x, axis=-1, keepdims=True)
         beta = grid_param(grid, cfg, "beta")[..., None, None]
-        data = {"x": (dims + ("token", "dim"), x), "mean_norm": (dims, np.linalg.norm(x, axis=-1).mean(-1))}
+        data = {
+            "x": (dims + ("token", "dim"), x),
+            "mean_norm": (dims, np.linalg.norm(x, axis=-1).mean(-1)),
+        }
         data.update(observable_vars(u, beta, dims, cfg.cluster_tol))
         coords = {"time": ts, "norm": list(NORMS), **grid.coords()}
         ds = xr.Dataset(data, coords=coords)
@@ -96,8 +119,12 @@ class LayerNorm(TracedPreset):
     def plot(self, ds, outdir):
         one = first_point(ds)
         p = plt()
-        panels = [("mean_cosine", "mean pairwise cosine", False), ("rank_collapse", "rank-collapse residual", True),
-                  ("effective_rank", "effective rank", False), ("mean_norm", "mean |x| (residual stream)", True)]
+        panels = [
+            ("mean_cosine", "mean pairwise cosine", False),
+            ("rank_collapse", "rank-collapse residual", True),
+            ("effective_rank", "effective rank", False),
+            ("mean_norm", "mean |x| (residual stream)", True),
+        ]
         fig, axes = p.subplots(1, 4, figsize=(16, 4))
         layer = np.arange(one.sizes["time"])
         for ax, (name, label, logy) in zip(axes, panels):
@@ -110,7 +137,9 @@ class LayerNorm(TracedPreset):
             ax.grid(alpha=0.3)
         axes[0].legend()
         cfg = self.Config.from_attrs(ds)
-        fig.suptitle(f"SA layers, N = {cfg.n}, d = {cfg.d}, $\\beta$ = {cfg.beta}, h = {cfg.h}, mask = {cfg.mask}")
+        fig.suptitle(
+            f"SA layers, N = {cfg.n}, d = {cfg.d}, $\\beta$ = {cfg.beta}, h = {cfg.h}, mask = {cfg.mask}"
+        )
         fig.tight_layout()
         path = Path(outdir) / "layernorm.png"
         save_figure(fig, path, dpi=110)

@@ -20,7 +20,6 @@ back additively, by ``mask_walk_drift`` tokens per layer.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import jax
@@ -109,23 +108,49 @@ def _profiles(cfg, attn, x0):
 @register
 class Masks(TracedPreset):
     name = "masks"
-    tiny = ('n=12', 'd=4', 'depths=1,3', 'window=3', 'n_starts=2')
+    tiny = ("n=12", "d=4", "depths=1,3", "window=3", "n_starts=2")
     slow = False
-    outputs = frozenset({'first_token_mass', 'influence', 'mean_position_graph_theory'})
+    outputs = frozenset({"first_token_mass", "influence", "mean_position_graph_theory"})
     description = "causal vs ALiBi vs window vs RoPE: last-token influence across depth (Wu et al. 2025), Jacobian and rollout"
     variables = {
-        "mask": Var("mask", "1", "causal, causal + ALiBi (alibi = {alibi}), causal + window (window = {window}) or causal + RoPE (rope_base = {rope_base})"),
-        "estimator": Var("influence estimator", "1", "jacobian (||d x_last(H) / d x_j(0)||), rollout (prod ((1 - alpha) I + alpha A), alpha = {alpha}) or graph (beta = 0 rollout)"),
+        "mask": Var(
+            "mask",
+            "1",
+            "causal, causal + ALiBi (alibi = {alibi}), causal + window (window = {window}) or causal + RoPE (rope_base = {rope_base})",
+        ),
+        "estimator": Var(
+            "influence estimator",
+            "1",
+            "jacobian (||d x_last(H) / d x_j(0)||), rollout (prod ((1 - alpha) I + alpha A), alpha = {alpha}) or graph (beta = 0 rollout)",
+        ),
         "depth": Var("depth", "layers", "number of layers H (step h = {h})"),
         "position": Var("input position j", "1", "token index of the input"),
         "decay_mask": Var("decay mask", "1", "the masks whose walk drift has a closed form"),
-        "influence": Var("influence of input position on the last token", "1", "normalised profile over input positions, beta = {beta}, n_starts = {n_starts} starts"),
+        "influence": Var(
+            "influence of input position on the last token",
+            "1",
+            "normalised profile over input positions, beta = {beta}, n_starts = {n_starts} starts",
+        ),
         "first_token_mass": Var("first-token mass", "1", "share of the influence on position 0"),
-        "primacy_mass": Var("primacy mass", "1", "influence mass on the first positions (profile_stats)"),
-        "recency_mass": Var("recency mass", "1", "influence mass on the last positions (profile_stats)"),
-        "mean_position": Var("mean influence position", "1", "influence-weighted mean of j / (N - 1)"),
-        "drift_theory": Var("walk drift per layer (theory)", "tokens", "how far decay and window masks move the mean influence position back per layer (theory.mask_walk_drift)"),
-        "mean_position_graph_theory": Var("mean influence position (graph theory)", "1", "beta = 0 reference: (1 - alpha/2)^H for causal (theory.cesaro_mean_position), drift for the others"),
+        "primacy_mass": Var(
+            "primacy mass", "1", "influence mass on the first positions (profile_stats)"
+        ),
+        "recency_mass": Var(
+            "recency mass", "1", "influence mass on the last positions (profile_stats)"
+        ),
+        "mean_position": Var(
+            "mean influence position", "1", "influence-weighted mean of j / (N - 1)"
+        ),
+        "drift_theory": Var(
+            "walk drift per layer (theory)",
+            "tokens",
+            "how far decay and window masks move the mean influence position back per layer (theory.mask_walk_drift)",
+        ),
+        "mean_position_graph_theory": Var(
+            "mean influence position (graph theory)",
+            "1",
+            "beta = 0 reference: (1 - alpha/2)^H for causal (theory.cesaro_mean_position), drift for the others",
+        ),
     }
     Config = MasksConfig
     sweepable = False
@@ -140,13 +165,19 @@ class Masks(TracedPreset):
     def advance(self, cfg, p, state, ts):
         keys = jax.random.split(jax.random.key(p["seed"]), cfg.n_starts)
         e1 = jnp.zeros(cfg.d).at[0].set(1.0)
-        x0s = jax.vmap(lambda k: mf.geometry.normalise(e1 + cfg.spread * jax.random.normal(k, (cfg.n, cfg.d))))(keys)
+        x0s = jax.vmap(
+            lambda k: mf.geometry.normalise(e1 + cfg.spread * jax.random.normal(k, (cfg.n, cfg.d)))
+        )(keys)
         out = []
         for mask in MASKS:
             attn = attention(cfg, mask, p["beta"])
             jac, roll = jax.vmap(lambda x: _profiles(cfg, attn, x))(x0s)
-            graph = rollout(attention(cfg, mask, 0.0), x0s[0][None].repeat(max(cfg.depths), 0), cfg.alpha,
-                            depths=cfg.depths)  # beta = 0: the scores are constant, only the mask graph acts
+            graph = rollout(
+                attention(cfg, mask, 0.0),
+                x0s[0][None].repeat(max(cfg.depths), 0),
+                cfg.alpha,
+                depths=cfg.depths,
+            )  # beta = 0: the scores are constant, only the mask graph acts
             out.append(jnp.stack([jac.mean(0), roll.mean(0), graph]))
         new = jnp.stack(out)  # (mask, method, depth, position)
         return new, {"x": new[None]}
@@ -161,15 +192,28 @@ class Masks(TracedPreset):
             "primacy_mass": (dims, prof[..., s <= 0.1].sum(-1)),
             "recency_mass": (dims, prof[..., s > 0.9].sum(-1)),
             "mean_position": (dims, (prof * s).sum(-1)),
-            "drift_theory": (("decay_mask",), np.array([drift(cfg, m) for m in ("alibi", "window")])),
+            "drift_theory": (
+                ("decay_mask",),
+                np.array([drift(cfg, m) for m in ("alibi", "window")]),
+            ),
         }
         hs = np.asarray(cfg.depths, float)
-        theory_pos = np.stack([
-            np.array([theory.cesaro_mean_position(cfg.n, int(hh), cfg.alpha) for hh in hs]) if not np.isfinite(drift(cfg, m))
-            else np.maximum(1.0 - hs * drift(cfg, m) / cfg.n, 1.0 / cfg.n) for m in MASKS])
+        theory_pos = np.stack(
+            [
+                np.array([theory.cesaro_mean_position(cfg.n, int(hh), cfg.alpha) for hh in hs])
+                if not np.isfinite(drift(cfg, m))
+                else np.maximum(1.0 - hs * drift(cfg, m) / cfg.n, 1.0 / cfg.n)
+                for m in MASKS
+            ]
+        )
         data["mean_position_graph_theory"] = (("mask", "depth"), theory_pos)
-        coords = {"mask": list(MASKS), "estimator": ["jacobian", "rollout", "graph"], "depth": list(cfg.depths),
-                  "position": s, "decay_mask": ["alibi", "window"]}
+        coords = {
+            "mask": list(MASKS),
+            "estimator": ["jacobian", "rollout", "graph"],
+            "depth": list(cfg.depths),
+            "position": s,
+            "decay_mask": ["alibi", "window"],
+        }
         return xr.Dataset(data, coords=coords)
 
     def plot(self, ds, outdir):
@@ -180,28 +224,57 @@ class Masks(TracedPreset):
         depths = ds.depth.values
         s = ds.position.values
         n = len(s)
-        titles = {"causal": "causal", "alibi": f"causal + ALiBi (slope {cfg.alibi})",
-                  "window": f"causal window (w = {cfg.window})", "rope": f"causal + RoPE (base {cfg.rope_base:g})"}
+        titles = {
+            "causal": "causal",
+            "alibi": f"causal + ALiBi (slope {cfg.alibi})",
+            "window": f"causal window (w = {cfg.window})",
+            "rope": f"causal + RoPE (base {cfg.rope_base:g})",
+        }
         for ax, mask in zip(axes[0], ds.mask.values):
             for i, hh in enumerate(depths):
                 c = cmap(i / max(1, len(depths) - 1))
                 prof = ds.influence.sel(mask=mask, depth=hh)
-                ax.plot(s, n * prof.sel(estimator="jacobian").values, "-", color=c, lw=1.3, label=f"H = {hh}")
+                ax.plot(
+                    s,
+                    n * prof.sel(estimator="jacobian").values,
+                    "-",
+                    color=c,
+                    lw=1.3,
+                    label=f"H = {hh}",
+                )
                 ax.plot(s, n * prof.sel(estimator="rollout").values, ":", color=c, lw=1.0)
             ax.set_yscale("log")
             ax.set_ylim(1e-4, 2 * n)
             ax.set_xlabel("input position j / n")
-            ax.set_title(f"{titles[mask]}\nsolid: Jacobian, dotted: rollout (alpha = {cfg.alpha})", fontsize=9)
+            ax.set_title(
+                f"{titles[mask]}\nsolid: Jacobian, dotted: rollout (alpha = {cfg.alpha})",
+                fontsize=9,
+            )
         axes[0][0].set_ylabel("influence density on the last token")
         axes[0][0].legend(fontsize=7, ncol=2)
         colors = dict(zip(ds.mask.values, ("C0", "C1", "C2", "C3")))
-        panels = (("first_token_mass", "mass on the first token (sink)", True),
-                  ("recency_mass", "mass on the last 10 % of positions", False),
-                  ("mean_position", "mean influence position E[s]", False))
+        panels = (
+            ("first_token_mass", "mass on the first token (sink)", True),
+            ("recency_mass", "mass on the last 10 % of positions", False),
+            ("mean_position", "mean influence position E[s]", False),
+        )
         for ax, (var, label, logy) in zip(axes[1][:3], panels):
             for mask in ds.mask.values:
-                ax.plot(depths, ds[var].sel(mask=mask, estimator="jacobian").values, "o-", color=colors[mask], label=mask)
-                ax.plot(depths, ds[var].sel(mask=mask, estimator="graph").values, "x--", color=colors[mask], lw=0.8, alpha=0.7)
+                ax.plot(
+                    depths,
+                    ds[var].sel(mask=mask, estimator="jacobian").values,
+                    "o-",
+                    color=colors[mask],
+                    label=mask,
+                )
+                ax.plot(
+                    depths,
+                    ds[var].sel(mask=mask, estimator="graph").values,
+                    "x--",
+                    color=colors[mask],
+                    lw=0.8,
+                    alpha=0.7,
+                )
             if var == "mean_position":
                 for mask in ds.mask.values:
                     ax.plot(depths, ds.mean_position_graph_theory.sel(mask=mask).values, "k:", lw=1)
@@ -210,21 +283,32 @@ class Masks(TracedPreset):
                 ax.set_yscale("log")
                 ax.set_ylim(1e-6, 1.5)
             ax.set_xlabel("depth H")
-            ax.set_title(label + ("\ndotted: theory of the mask graph" if var == "mean_position" else ""), fontsize=9)
+            ax.set_title(
+                label + ("\ndotted: theory of the mask graph" if var == "mean_position" else ""),
+                fontsize=9,
+            )
             ax.grid(alpha=0.3)
         axes[1][0].legend(fontsize=8)
         ax = axes[1][3]
         for mask in ds.mask.values:
-            ax.plot(ds.recency_mass.sel(mask=mask, estimator="jacobian").values,
-                    ds.primacy_mass.sel(mask=mask, estimator="jacobian").values, "o-", color=colors[mask], label=mask)
+            ax.plot(
+                ds.recency_mass.sel(mask=mask, estimator="jacobian").values,
+                ds.primacy_mass.sel(mask=mask, estimator="jacobian").values,
+                "o-",
+                color=colors[mask],
+                label=mask,
+            )
         ax.set_xlabel("recency mass (last 10 %)")
         ax.set_ylabel("primacy mass (first 10 %)")
         ax.set_title("trade-off across depth (H increases from right to left)", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        fig.suptitle(f"n = {n}, d = {cfg.d}, post-LN layers h = {cfg.h}, beta = {cfg.beta}, "
-                     f"{cfg.n_starts} starts (spread {cfg.spread}).  Bottom: o- Jacobian at beta = {cfg.beta}, "
-                     "x-- the mask graph alone (beta = 0, rollout)", fontsize=10)
+        fig.suptitle(
+            f"n = {n}, d = {cfg.d}, post-LN layers h = {cfg.h}, beta = {cfg.beta}, "
+            f"{cfg.n_starts} starts (spread {cfg.spread}).  Bottom: o- Jacobian at beta = {cfg.beta}, "
+            "x-- the mask graph alone (beta = 0, rollout)",
+            fontsize=10,
+        )
         fig.tight_layout()
         path = Path(outdir) / "masks.png"
         save_figure(fig, path, dpi=100)

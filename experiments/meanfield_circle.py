@@ -15,7 +15,6 @@ the PDE density at time T: exact circle W1 versus N on a log-log plot, with the 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import jax
@@ -60,16 +59,26 @@ class CircleConfig(RunConfig):
 @register
 class MeanFieldCircle(TracedPreset):
     name = "meanfield-circle"
-    tiny = ('m=32', 'betas=1,2', 't1=1', 'n_save=5', 'chunks=2')
+    tiny = ("m=32", "betas=1,2", "t1=1", "n_save=5", "chunks=2")
     slow = True
-    outputs = frozenset({'mass', 'rho', 'time'})
-    description = "density rho(theta, t) on S^1 for SA and USA at several beta (PDE solver, heatmaps)"
+    outputs = frozenset({"mass", "rho", "time"})
+    description = (
+        "density rho(theta, t) on S^1 for SA and USA at several beta (PDE solver, heatmaps)"
+    )
     variables = {
         "theta": Var("angle theta", "rad", "cell centre on the circle, M = m = {m} cells"),
         "form": Var("attention form", "1", "SA (softmax) or USA (unnormalised)"),
-        "rho": Var("density rho(theta, t)", "1/rad", "cell averages of the mean-field density from (1 + eps cos 3 theta)/(2 pi), eps = {eps}; CircleMeanField, cfl = {cfl}"),
+        "rho": Var(
+            "density rho(theta, t)",
+            "1/rad",
+            "cell averages of the mean-field density from (1 + eps cos 3 theta)/(2 pi), eps = {eps}; CircleMeanField, cfl = {cfl}",
+        ),
         "mass": Var("total mass", "1", "integral of rho (1 to round-off)"),
-        "growth_rate_mode3": Var("growth rate of mode 3 (theory)", "1/time", "9 I_3(beta) / (beta I_0(beta)) (SA) or 9 I_3(beta) / beta (USA)"),
+        "growth_rate_mode3": Var(
+            "growth rate of mode 3 (theory)",
+            "1/time",
+            "9 I_3(beta) / (beta I_0(beta)) (SA) or 9 I_3(beta) / beta (USA)",
+        ),
     }
     Config = CircleConfig
     vmap_keys = ("seed",)
@@ -86,14 +95,20 @@ class MeanFieldCircle(TracedPreset):
     def advance(self, cfg, p, state, ts):
         out = []
         for i, form in enumerate(FORMS):
+
             def one(beta, rho, form=form):
-                return CircleMeanField(cfg.m, beta=beta, form=form).solve(rho, ts, cfl=cfg.cfl).rho[1:]
+                return (
+                    CircleMeanField(cfg.m, beta=beta, form=form).solve(rho, ts, cfl=cfg.cfl).rho[1:]
+                )
+
             out.append(jax.vmap(one)(jnp.asarray(cfg.betas), state[i]))
         rho = jnp.stack(out)  # (form, beta, L, M)
         return rho[:, :, -1], {"x": jnp.moveaxis(rho, 2, 0)}
 
     def dataset(self, cfg, ts, recs, grid):
-        rho = np.moveaxis(recs["x"], len(grid.keys), len(grid.keys) + 2)  # (*grid, form, beta, time, M)
+        rho = np.moveaxis(
+            recs["x"], len(grid.keys), len(grid.keys) + 2
+        )  # (*grid, form, beta, time, M)
         dims = grid.keys + ("form", "beta", "time", "theta")
         theta = (np.arange(cfg.m) + 0.5) * 2 * np.pi / cfg.m
         rates = np.array([[circle_growth_rate(3, b, form=f) for b in cfg.betas] for f in FORMS])
@@ -115,15 +130,23 @@ class MeanFieldCircle(TracedPreset):
             for j, b in enumerate(one.beta.values):
                 ax = axes[i][j]
                 r = one.rho.sel(form=form, beta=b).values
-                im = ax.pcolormesh(one.time.values, one.theta.values, r.T, shading="auto", cmap="magma",
-                                   norm=p.matplotlib.colors.LogNorm(vmin=max(r.min(), 1e-4), vmax=r.max()))
+                im = ax.pcolormesh(
+                    one.time.values,
+                    one.theta.values,
+                    r.T,
+                    shading="auto",
+                    cmap="magma",
+                    norm=p.matplotlib.colors.LogNorm(vmin=max(r.min(), 1e-4), vmax=r.max()),
+                )
                 fig.colorbar(im, ax=ax)
                 rate = float(one.growth_rate_mode3.sel(form=form, beta=b))
                 ax.set_title(f"{form}, $\\beta$ = {b:g}  (mode-3 rate {rate:.2f})", fontsize=9)
                 ax.set_xlabel("t")
                 ax.set_ylabel("$\\theta$")
         cfg = self.Config.from_attrs(ds)
-        fig.suptitle(f"mean-field density on $S^1$ (M = {cfg.m}), $\\rho_0 \\propto 1 + {cfg.eps} \\cos 3\\theta$ (log colour)")
+        fig.suptitle(
+            f"mean-field density on $S^1$ (M = {cfg.m}), $\\rho_0 \\propto 1 + {cfg.eps} \\cos 3\\theta$ (log colour)"
+        )
         fig.tight_layout()
         path = Path(outdir) / "meanfield-circle.png"
         save_figure(fig, path, dpi=110)
@@ -161,14 +184,20 @@ def _rho0(m):
 @register
 class ParticlesVsPDE(TracedPreset):
     name = "particles-vs-pde"
-    tiny = ('ns=8,16', 'n_seeds=2', 'm=64', 't1=0.5')
+    tiny = ("ns=8,16", "n_seeds=2", "m=64", "t1=0.5")
     slow = True
-    outputs = frozenset({'time', 'w1', 'w1_mean'})
+    outputs = frozenset({"time", "w1", "w1_mean"})
     description = "W1 between N particles and the mean-field PDE density at time T, vs N (log-log, fitted slope)"
     variables = {
         "n": Var("number of particles N", "1", "tokens of each particle run"),
-        "w1": Var("circle W1, particles to PDE", "1", "exact circle W1 between N particles and the PDE density (M = m = {m} cells), beta = {beta}; one value per seed"),
-        "w1_mean": Var("mean circle W1, particles to PDE", "1", "mean of w1 over the n_seeds = {n_seeds} seeds"),
+        "w1": Var(
+            "circle W1, particles to PDE",
+            "1",
+            "exact circle W1 between N particles and the PDE density (M = m = {m} cells), beta = {beta}; one value per seed",
+        ),
+        "w1_mean": Var(
+            "mean circle W1, particles to PDE", "1", "mean of w1 over the n_seeds = {n_seeds} seeds"
+        ),
     }
     Config = PvPConfig
     vmap_keys = ("seed",)
@@ -180,23 +209,34 @@ class ParticlesVsPDE(TracedPreset):
         rho0 = _rho0(cfg.m)
         out = {}
         for n in cfg.ns:
-            th = jax.vmap(lambda s: density_to_particles(jax.random.key(s), rho0, n))(p["seed"] * 1000 + jnp.arange(cfg.n_seeds))
+            th = jax.vmap(lambda s: density_to_particles(jax.random.key(s), rho0, n))(
+                p["seed"] * 1000 + jnp.arange(cfg.n_seeds)
+            )
             out[f"n{n}"] = jnp.stack([jnp.cos(th), jnp.sin(th)], -1)
         out["rho"] = rho0
         return out
 
     def _w1(self, cfg, state):
-        return jnp.stack([
-            jax.vmap(lambda x: density_w1(jnp.arctan2(x[:, 1], x[:, 0]), state["rho"]))(state[f"n{n}"]) for n in cfg.ns
-        ])  # (n, seed)
+        return jnp.stack(
+            [
+                jax.vmap(lambda x: density_w1(jnp.arctan2(x[:, 1], x[:, 0]), state["rho"]))(
+                    state[f"n{n}"]
+                )
+                for n in cfg.ns
+            ]
+        )  # (n, seed)
 
     def record(self, cfg, p, state):
         return {"w1": self._w1(cfg, state)[None]}
 
     def advance(self, cfg, p, state, ts):
-        new = {"rho": CircleMeanField(cfg.m, beta=cfg.beta).solve(state["rho"], ts, cfl=0.2).rho[-1]}
+        new = {
+            "rho": CircleMeanField(cfg.m, beta=cfg.beta).solve(state["rho"], ts, cfl=0.2).rho[-1]
+        }
         for n in cfg.ns:
-            run = lambda x: mf.simulate(mf.Attention(cfg.beta), x, ts, rtol=cfg.rtol, atol=cfg.atol).final
+            run = lambda x: (
+                mf.simulate(mf.Attention(cfg.beta), x, ts, rtol=cfg.rtol, atol=cfg.atol).final
+            )
             new[f"n{n}"] = jax.vmap(run)(state[f"n{n}"])
         return new, {"w1": self._w1(cfg, new)[None]}
 
@@ -204,11 +244,17 @@ class ParticlesVsPDE(TracedPreset):
         dims = grid.keys + ("time", "n", "seed_index")
         w1 = recs["w1"]
         mean = w1.mean(-1)
-        slope = np.polyfit(np.log(cfg.ns), np.log(mean[..., -1, :].reshape(-1, len(cfg.ns)).mean(0)), 1)[0]
+        slope = np.polyfit(
+            np.log(cfg.ns), np.log(mean[..., -1, :].reshape(-1, len(cfg.ns)).mean(0)), 1
+        )[0]
         ds = xr.Dataset(
             {"w1": (dims, w1), "w1_mean": (dims[:-1], mean)},
-            coords={"time": ts, "n": list(cfg.ns), "seed_index": np.arange(cfg.n_seeds),
-                    **grid.coords()},
+            coords={
+                "time": ts,
+                "n": list(cfg.ns),
+                "seed_index": np.arange(cfg.n_seeds),
+                **grid.coords(),
+            },
         )
         ds.attrs["fitted_slope_at_t1"] = float(slope)
         return ds
@@ -227,7 +273,10 @@ class ParticlesVsPDE(TracedPreset):
         ax.set_yscale("log")
         ax.set_xlabel("N particles")
         ax.set_ylabel("circle W1 to the PDE density")
-        ax.set_title(f"particles vs mean-field PDE: fitted slope {ds.attrs['fitted_slope_at_t1']:.2f}", fontsize=10)
+        ax.set_title(
+            f"particles vs mean-field PDE: fitted slope {ds.attrs['fitted_slope_at_t1']:.2f}",
+            fontsize=10,
+        )
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
         fig.tight_layout()

@@ -8,7 +8,6 @@ On a log-time axis the energy rises in a staircase and the cluster count drops i
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
@@ -49,11 +48,23 @@ class Config(ParticleConfig):
 @register
 class Metastability(ParticlePreset):
     name = "metastability"
-    tiny = ('n=8', 't1=50', 'n_save=9', 'chunks=2')
+    tiny = ("n=8", "t1=50", "n_save=9", "chunks=2")
     slow = False
-    outputs = frozenset({'diameter', 'effective_rank', 'energy', 'mean_cosine', 'min_cosine', 'n_clusters',
-                        'rank_collapse', 'x'})
-    description = "large beta on the circle: energy staircase and cluster-count plateaus on a log-time axis"
+    outputs = frozenset(
+        {
+            "diameter",
+            "effective_rank",
+            "energy",
+            "mean_cosine",
+            "min_cosine",
+            "n_clusters",
+            "rank_collapse",
+            "x",
+        }
+    )
+    description = (
+        "large beta on the circle: energy staircase and cluster-count plateaus on a log-time axis"
+    )
     Config = Config
 
     def times(self, cfg):
@@ -67,20 +78,40 @@ class Metastability(ParticlePreset):
         # snapshots at the start of the run and in the middle of the longest plateaus
         nc = one.n_clusters.values
         sphere_snapshots(fig, one, [0.0, 2e-5, 1e-3, 1.0], 0, 4)
-        for k, (name, label) in enumerate([("energy", "energy $E_\\beta$"), ("n_clusters", "clusters at tol")]):
+        for k, (name, label) in enumerate(
+            [("energy", "energy $E_\\beta$"), ("n_clusters", "clusters at tol")]
+        ):
             ax = fig.add_subplot(2, 2, 3 + k)
-            ax.plot(t[1:], one[name].values[1:], lw=1.8, drawstyle="steps-post" if name == "n_clusters" else "default")
+            ax.plot(
+                t[1:],
+                one[name].values[1:],
+                lw=1.8,
+                drawstyle="steps-post" if name == "n_clusters" else "default",
+            )
             if name == "n_clusters":
                 for t0, t1, val in obs.plateaus(t, one.n_clusters.values, min_decades=0.5):
                     ax.axvspan(t0, t1, color="C1", alpha=0.12)
-                    ax.text(np.sqrt(t0 * t1), val, f"{int(val)}", ha="center", va="bottom", fontsize=8, color="C1")
+                    ax.text(
+                        np.sqrt(t0 * t1),
+                        val,
+                        f"{int(val)}",
+                        ha="center",
+                        va="bottom",
+                        fontsize=8,
+                        color="C1",
+                    )
             ax.set_xscale("log")
             ax.set_xlabel("t (log)")
-            ax.set_title(label + (" (shaded: plateaus >= 0.5 decade)" if name == "n_clusters" else ""), fontsize=10)
+            ax.set_title(
+                label + (" (shaded: plateaus >= 0.5 decade)" if name == "n_clusters" else ""),
+                fontsize=10,
+            )
             ax.grid(alpha=0.3, which="both")
         cfg = self.Config.from_attrs(ds)
-        fig.suptitle(f"metastable clusters on $S^{{{cfg.d - 1}}}$: N = {cfg.n}, $\\beta$ = {cfg.beta} "
-                     f"(clusters {int(nc[0])} -> {int(nc[-1])})")
+        fig.suptitle(
+            f"metastable clusters on $S^{{{cfg.d - 1}}}$: N = {cfg.n}, $\\beta$ = {cfg.beta} "
+            f"(clusters {int(nc[0])} -> {int(nc[-1])})"
+        )
         fig.tight_layout()
         path = Path(outdir) / "metastability.png"
         save_figure(fig, path, dpi=110)

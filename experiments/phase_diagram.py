@@ -12,7 +12,6 @@ large beta lingers in many (metastable) clusters.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import jax
@@ -63,18 +62,33 @@ class Config(RunConfig):
 def _attention(cfg, beta, s):
     kq, kk, kv = jax.random.split(jax.random.key(1_000_003 + s), 3)
     eye = jnp.eye(cfg.d)
-    mats = [eye + cfg.sigma * jax.random.normal(k, (cfg.d, cfg.d)) / np.sqrt(cfg.d) for k in (kq, kk, kv)]
+    mats = [
+        eye + cfg.sigma * jax.random.normal(k, (cfg.d, cfg.d)) / np.sqrt(cfg.d)
+        for k in (kq, kk, kv)
+    ]
     return mf.Attention(beta, Q=mats[0], K=mats[1], V=mats[2])
 
 
 @register
 class PhaseDiagram(TracedPreset):
     name = "phase-diagram"
-    tiny = ('n=6', 'betas=1,8', 'n_seeds=2', 't1=2', 'n_save=5', 'chunks=2')
+    tiny = ("n=6", "betas=1,8", "n_seeds=2", "t1=2", "n_save=5", "chunks=2")
     slow = True
-    outputs = frozenset({'diameter', 'effective_rank', 'energy', 'mean_cosine', 'min_cosine', 'n_clusters',
-                        'rank_collapse', 'x'})
-    description = "cluster count over beta x time for random Q, K, V (batched over seeds and beta): heatmap"
+    outputs = frozenset(
+        {
+            "diameter",
+            "effective_rank",
+            "energy",
+            "mean_cosine",
+            "min_cosine",
+            "n_clusters",
+            "rank_collapse",
+            "x",
+        }
+    )
+    description = (
+        "cluster count over beta x time for random Q, K, V (batched over seeds and beta): heatmap"
+    )
     Config = Config
     vmap_keys = ("seed",)
 
@@ -88,7 +102,9 @@ class PhaseDiagram(TracedPreset):
 
     def init(self, cfg, p):
         _, seeds = self._grid(cfg, p)
-        return jax.vmap(jax.vmap(lambda s: mf.sphere_uniform(jax.random.key(s), cfg.n, cfg.d)))(seeds)
+        return jax.vmap(jax.vmap(lambda s: mf.sphere_uniform(jax.random.key(s), cfg.n, cfg.d)))(
+            seeds
+        )
 
     def advance(self, cfg, p, state, ts):
         betas, seeds = self._grid(cfg, p)
@@ -100,7 +116,9 @@ class PhaseDiagram(TracedPreset):
         return xf, {"x": jnp.moveaxis(xs, 2, 0)}  # time first
 
     def dataset(self, cfg, ts, recs, grid):
-        x = np.moveaxis(recs["x"], len(grid.keys), len(grid.keys) + 2)  # (*grid, beta, seed, time, N, d)
+        x = np.moveaxis(
+            recs["x"], len(grid.keys), len(grid.keys) + 2
+        )  # (*grid, beta, seed, time, N, d)
         dims = grid.keys + ("beta", "seed_index", "time")
         beta = np.asarray(cfg.betas)[:, None, None]
         data = {"x": (dims + ("token", "dim"), x)}
@@ -114,8 +132,14 @@ class PhaseDiagram(TracedPreset):
         p = plt()
         fig, axes = p.subplots(1, 3, figsize=(15, 4.4))
         mean_nc = one.n_clusters.mean("seed_index")
-        im = axes[0].pcolormesh(one.time.values, np.arange(one.sizes["beta"]), mean_nc.values, shading="nearest", cmap="viridis",
-                                 norm=p.matplotlib.colors.LogNorm(vmin=1, vmax=max(2, float(mean_nc.max()))))
+        im = axes[0].pcolormesh(
+            one.time.values,
+            np.arange(one.sizes["beta"]),
+            mean_nc.values,
+            shading="nearest",
+            cmap="viridis",
+            norm=p.matplotlib.colors.LogNorm(vmin=1, vmax=max(2, float(mean_nc.max()))),
+        )
         axes[0].set_yticks(np.arange(one.sizes["beta"]), [f"{b:g}" for b in one.beta.values])
         axes[0].set_xlabel("t")
         axes[0].set_ylabel("$\\beta$")
@@ -135,7 +159,9 @@ class PhaseDiagram(TracedPreset):
         for ax in axes[1:]:
             ax.grid(alpha=0.3)
         cfg = self.Config.from_attrs(ds)
-        fig.suptitle(f"random Q, K, V = I + {cfg.sigma} G/sqrt(d); N = {cfg.n}, d = {cfg.d}, {cfg.n_seeds} seeds")
+        fig.suptitle(
+            f"random Q, K, V = I + {cfg.sigma} G/sqrt(d); N = {cfg.n}, d = {cfg.d}, {cfg.n_seeds} seeds"
+        )
         fig.tight_layout()
         path = Path(outdir) / "phase-diagram.png"
         save_figure(fig, path, dpi=110)

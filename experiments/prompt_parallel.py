@@ -20,7 +20,6 @@ the dataset); the distance to the nearest Dirac mass is recorded along time for 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -32,7 +31,13 @@ from meanfield import observables as obs
 from meanfield import theory
 from meanfield.run import register, Step, StepPreset, Var
 
-from ._common import ToleranceConfig, half_circle_prompts as _prompts, log_axis_ticks, plt, save_figure
+from ._common import (
+    ToleranceConfig,
+    half_circle_prompts as _prompts,
+    log_axis_ticks,
+    plt,
+    save_figure,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,28 +82,67 @@ def _angles(x):
 @register
 class PromptParallel(StepPreset):
     name = "prompt-parallel"
-    tiny = ('ns=8,16', 't1=5', 'n_save=4', 'quadrature=32', 'n_starts=2', 'hops=0')
+    tiny = ("ns=8,16", "t1=5", "n_save=4", "quadrature=32", "n_starts=2", "hops=0")
     slow = True
-    outputs = frozenset({'dirac_distance_parallel', 'dirac_distance_shared', 'theta_star',
-                        'w1_to_pushforward'})
+    outputs = frozenset(
+        {"dirac_distance_parallel", "dirac_distance_shared", "theta_star", "w1_to_pushforward"}
+    )
     description = "parallel vs shared prompts on S^1: pushforward limit (W1 ~ 1/N to the theory maximiser) vs Dirac collapse"
     variables = {
-        "s_q": Var("auxiliary variable s (quadrature)", "1", "quadrature nodes (i + 1/2)/M, M = quadrature = {quadrature}"),
+        "s_q": Var(
+            "auxiliary variable s (quadrature)",
+            "1",
+            "quadrature nodes (i + 1/2)/M, M = quadrature = {quadrature}",
+        ),
         "n": Var("number of tokens N", "1", "tokens of each run"),
         "s": Var("auxiliary variable s", "1", "s_i = (i + 1/2)/N of the largest run"),
-        "maximum": Var("local maximiser index", "1", "distinct local maximisers found by the search, best first"),
-        "theta_star": Var("pushforward limit theta*(s)", "rad", "angle of the energy maximiser x*(s) (theory.prompt_pushforward; beta = {beta}, weight = {weight}, n_starts = {n_starts}, hops = {hops})"),
-        "theory_energy": Var("energy of the best maximiser", "1", "energy per node weight 1/M of x*"),
-        "theory_energies_found": Var("energies of the maximisers found", "1", "one per distinct local maximiser"),
-        "theory_basin_counts": Var("basin counts", "1", "how many search starts reached each maximiser"),
-        "theory_hessian_max": Var("largest Hessian eigenvalue at the best maximiser", "1", "negative: a strict local maximum"),
-        "theory_tie": Var("near-tie flag", "1", "1 if another maximiser's energy is within round-off of the best"),
-        "w1_to_pushforward": Var("circle W1 to the pushforward limit", "1", "parallel prompts: W1 between the tokens at t = {t1} and theta*(s)"),
+        "maximum": Var(
+            "local maximiser index",
+            "1",
+            "distinct local maximisers found by the search, best first",
+        ),
+        "theta_star": Var(
+            "pushforward limit theta*(s)",
+            "rad",
+            "angle of the energy maximiser x*(s) (theory.prompt_pushforward; beta = {beta}, weight = {weight}, n_starts = {n_starts}, hops = {hops})",
+        ),
+        "theory_energy": Var(
+            "energy of the best maximiser", "1", "energy per node weight 1/M of x*"
+        ),
+        "theory_energies_found": Var(
+            "energies of the maximisers found", "1", "one per distinct local maximiser"
+        ),
+        "theory_basin_counts": Var(
+            "basin counts", "1", "how many search starts reached each maximiser"
+        ),
+        "theory_hessian_max": Var(
+            "largest Hessian eigenvalue at the best maximiser",
+            "1",
+            "negative: a strict local maximum",
+        ),
+        "theory_tie": Var(
+            "near-tie flag", "1", "1 if another maximiser's energy is within round-off of the best"
+        ),
+        "w1_to_pushforward": Var(
+            "circle W1 to the pushforward limit",
+            "1",
+            "parallel prompts: W1 between the tokens at t = {t1} and theta*(s)",
+        ),
         "w1_slope": Var("fitted slope of W1 against N", "1", "log-log slope (theory: -1)"),
-        "energy_parallel": Var("energy of the parallel run", "1", "energy (weight 1/N per token) at t = {t1}"),
-        "dirac_distance_parallel": Var("W2 to the nearest Dirac mass (parallel)", "1", "parallel prompts"),
-        "dirac_distance_shared": Var("W2 to the nearest Dirac mass (shared)", "1", "shared prompts (every p_j of mass weight / N)"),
-        "theta_parallel": Var("end angles (parallel)", "rad", "token angles at t = {t1}, largest N"),
+        "energy_parallel": Var(
+            "energy of the parallel run", "1", "energy (weight 1/N per token) at t = {t1}"
+        ),
+        "dirac_distance_parallel": Var(
+            "W2 to the nearest Dirac mass (parallel)", "1", "parallel prompts"
+        ),
+        "dirac_distance_shared": Var(
+            "W2 to the nearest Dirac mass (shared)",
+            "1",
+            "shared prompts (every p_j of mass weight / N)",
+        ),
+        "theta_parallel": Var(
+            "end angles (parallel)", "rad", "token angles at t = {t1}, largest N"
+        ),
         "theta_shared": Var("end angles (shared)", "rad", "token angles at t = {t1}, largest N"),
     }
     Config = PromptParallelConfig
@@ -109,22 +153,42 @@ class PromptParallel(StepPreset):
     def run_step(self, cfg, step, done):
         if step.name == "theory":
             _, pq = _prompts(cfg.quadrature)
-            best = theory.prompt_pushforward(pq, cfg.beta, cfg.weight, n_starts=cfg.n_starts, hops=cfg.hops, seed=cfg.seed)
-            return {"theta_star": _angles(best.x), "energy": best.energy, "energies": best.energies,
-                    "counts": best.counts, "hessian_max": best.hessian_max, "tie": int(best.tie)}
+            best = theory.prompt_pushforward(
+                pq, cfg.beta, cfg.weight, n_starts=cfg.n_starts, hops=cfg.hops, seed=cfg.seed
+            )
+            return {
+                "theta_star": _angles(best.x),
+                "energy": best.energy,
+                "energies": best.energies,
+                "counts": best.counts,
+                "hessian_max": best.hessian_max,
+                "tie": int(best.tie),
+            }
         n = step.params["n"]
         th_star = done["theory"]["theta_star"]
         times = _times(cfg)
         s, p = _prompts(n)
-        run = lambda prompt: mf.simulate(mf.Attention(cfg.beta), jnp.asarray(p), jnp.asarray(times),  # noqa: E731
-                                         prompt=prompt, rtol=cfg.rtol, atol=cfg.atol).xs
+        run = lambda prompt: (
+            mf.simulate(
+                mf.Attention(cfg.beta),
+                jnp.asarray(p),
+                jnp.asarray(times),  # noqa: E731
+                prompt=prompt,
+                rtol=cfg.rtol,
+                atol=cfg.atol,
+            ).xs
+        )
         xp = np.asarray(run(mf.ParallelPrompt(p, cfg.weight)))
         xs = np.asarray(run(mf.Prompt(p, jnp.full((n,), cfg.weight / n))))
-        return {"w1": float(obs.circle_w1(jnp.asarray(_angles(xp[-1])), jnp.asarray(th_star))),
-                "dirac_par": np.asarray(obs.dirac_distance(jnp.asarray(xp))),
-                "dirac_sh": np.asarray(obs.dirac_distance(jnp.asarray(xs))),
-                "energy": float(obs.energy(jnp.asarray(xp[-1]), cfg.beta, prompt=p, weight=cfg.weight)),
-                "theta_parallel": _angles(xp[-1]), "theta_shared": _angles(xs[-1]), "s": s}
+        return {
+            "w1": float(obs.circle_w1(jnp.asarray(_angles(xp[-1])), jnp.asarray(th_star))),
+            "dirac_par": np.asarray(obs.dirac_distance(jnp.asarray(xp))),
+            "dirac_sh": np.asarray(obs.dirac_distance(jnp.asarray(xs))),
+            "energy": float(obs.energy(jnp.asarray(xp[-1]), cfg.beta, prompt=p, weight=cfg.weight)),
+            "theta_parallel": _angles(xp[-1]),
+            "theta_shared": _angles(xs[-1]),
+            "s": s,
+        }
 
     def step_dataset(self, cfg, results):
         sq, _ = _prompts(cfg.quadrature)
@@ -136,7 +200,11 @@ class PromptParallel(StepPreset):
         dirac_par = [r["dirac_par"] for r in per]
         dirac_sh = [r["dirac_sh"] for r in per]
         energy_par = [float(r["energy"]) for r in per]
-        finals = {"parallel": per[-1]["theta_parallel"], "shared": per[-1]["theta_shared"], "s": per[-1]["s"]}
+        finals = {
+            "parallel": per[-1]["theta_parallel"],
+            "shared": per[-1]["theta_shared"],
+            "s": per[-1]["s"],
+        }
         slope = float(np.polyfit(np.log(cfg.ns), np.log(w1), 1)[0])
         ds = xr.Dataset(
             {
@@ -154,13 +222,19 @@ class PromptParallel(StepPreset):
                 "theta_parallel": (("s",), finals["parallel"]),
                 "theta_shared": (("s",), finals["shared"]),
             },
-            coords={"s_q": sq, "n": list(cfg.ns), "time": times, "s": finals["s"],
-                    "maximum": np.arange(len(th["energies"]))},
+            coords={
+                "s_q": sq,
+                "n": list(cfg.ns),
+                "time": times,
+                "s": finals["s"],
+                "maximum": np.arange(len(th["energies"])),
+            },
         )
         ds.attrs["conventions"] = (
             "SA, Q = K = V = I, mask Full, tokens on S^1 from x(0) = p; p_i = (cos pi s_i, sin pi s_i), s_i = (i + 1/2)/N; "
             "parallel: own key p_i of mass weight; shared: every p_j of mass weight / N; theory: prompt_pushforward on "
-            "the quadrature nodes (energy per node weight 1/M), its energy compared with energy_parallel (1/N)")
+            "the quadrature nodes (energy per node weight 1/M), its energy compared with energy_parallel (1/N)"
+        )
         return ds
 
     def plot(self, ds, outdir):
@@ -168,13 +242,23 @@ class PromptParallel(StepPreset):
         p = plt()
         fig, axes = p.subplots(1, 3, figsize=(15, 4.6))
         ax = axes[0]
-        ax.plot(ds.s_q, np.unwrap(ds.theta_star), "k-", lw=1.2, zorder=3, label="theory maximiser x*(s)")
-        ax.plot(ds.s, np.unwrap(ds.theta_parallel), "o", ms=3, label=f"parallel prompts, N = {int(ds.n[-1])}")
+        ax.plot(
+            ds.s_q, np.unwrap(ds.theta_star), "k-", lw=1.2, zorder=3, label="theory maximiser x*(s)"
+        )
+        ax.plot(
+            ds.s,
+            np.unwrap(ds.theta_parallel),
+            "o",
+            ms=3,
+            label=f"parallel prompts, N = {int(ds.n[-1])}",
+        )
         ax.plot(ds.s, ds.theta_shared, "x", ms=3, label="shared prompts (collapsed)")
         ax.plot(ds.s_q, np.pi * ds.s_q, ":", color="gray", label=r"prompt angle $\pi s$")
         ax.set_xlabel("auxiliary variable s")
         ax.set_ylabel(r"final angle $\theta$")
-        ax.set_title(rf"limit vs theory, $\beta$ = {cfg.beta:g}, weight = {cfg.weight:g}", fontsize=9)
+        ax.set_title(
+            rf"limit vs theory, $\beta$ = {cfg.beta:g}, weight = {cfg.weight:g}", fontsize=9
+        )
         ax.legend(fontsize=7)
         ax = axes[1]
         n = ds.n.values.astype(float)
@@ -188,8 +272,20 @@ class PromptParallel(StepPreset):
         ax = axes[2]
         t = ds.time.values[1:]
         for i, nv in enumerate(ds.n.values):
-            ax.semilogx(t, ds.dirac_distance_parallel.isel(n=i).values[1:], "-", color=f"C{i}", label=f"parallel N = {nv}")
-            ax.semilogx(t, ds.dirac_distance_shared.isel(n=i).values[1:], "--", color=f"C{i}", label=f"shared N = {nv}")
+            ax.semilogx(
+                t,
+                ds.dirac_distance_parallel.isel(n=i).values[1:],
+                "-",
+                color=f"C{i}",
+                label=f"parallel N = {nv}",
+            )
+            ax.semilogx(
+                t,
+                ds.dirac_distance_shared.isel(n=i).values[1:],
+                "--",
+                color=f"C{i}",
+                label=f"shared N = {nv}",
+            )
         ax.set_xlabel("t")
         ax.set_ylabel("distance to the nearest Dirac mass")
         ax.set_title("shared prompts collapse, parallel prompts do not", fontsize=9)

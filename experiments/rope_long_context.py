@@ -18,7 +18,6 @@ layers (``meanfield.studies.rope_locality.engine_locality``).
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import jax
@@ -43,7 +42,17 @@ class RopeConfig(RunConfig):
     """shared mean of queries and keys (content similarity), in units of the noise norm"""
     n_samples: int = 131072
     """Monte-Carlo draws per estimate"""
-    tradeoff_bases: tuple[float, ...] = (3.0, 10.0, 30.0, 100.0, 1000.0, 10000.0, 100000.0, 1000000.0, 100000000.0)
+    tradeoff_bases: tuple[float, ...] = (
+        3.0,
+        10.0,
+        30.0,
+        100.0,
+        1000.0,
+        10000.0,
+        100000.0,
+        1000000.0,
+        100000000.0,
+    )
     short: int = 16
     """context length of the locality axis of the trade-off"""
     long: int = 4096
@@ -85,60 +94,141 @@ def _est(e):
 @register
 class RopeLongContext(StepPreset):
     name = "rope-long-context"
-    tiny = ('d=8', 'bases=10,100', 'lengths=4,64', 'n_samples=2000', 'tradeoff_bases=10,100', 'short=8',
-            'long=64', 'engine_d=8', 'engine_heads=2', 'engine_lengths=8,16', 'n_sequences=1',
-            'twin_max_length=64')
+    tiny = (
+        "d=8",
+        "bases=10,100",
+        "lengths=4,64",
+        "n_samples=2000",
+        "tradeoff_bases=10,100",
+        "short=8",
+        "long=64",
+        "engine_d=8",
+        "engine_heads=2",
+        "engine_lengths=8,16",
+        "n_sequences=1",
+        "twin_max_length=64",
+    )
     slow = True
-    outputs = frozenset({'consistency_flip', 'engine_locality', 'locality', 'tradeoff_flip'})
+    outputs = frozenset({"consistency_flip", "engine_locality", "locality", "tradeoff_flip"})
     description = "RoPE at long context (Du et al. 2026): locality and token-consistency failures vs length and base"
     variables = {
         "base": Var("RoPE base", "1", "frequency base of the rotary encoding (d = {d})"),
         "length": Var("context length", "tokens", "distance range of the sampled pairs"),
-        "stat": Var("statistic", "1", "estimate and its 95 % interval (lo, hi) over n_samples = {n_samples} samples"),
-        "tradeoff_base": Var("RoPE base (trade-off)", "1", "bases of the locality vs consistency trade-off, short = {short}, long = {long}"),
-        "layers": Var("engine layers", "layers", "layers of the engine's attention (0 or n_layers = {n_layers})"),
-        "engine_length": Var("engine context length", "tokens", "sequence lengths of the engine runs"),
-        "locality": Var("locality failure probability", "1", "P(a farther key outscores a nearer copy of the same key), Du et al. 2026"),
-        "consistency_flip": Var("token-consistency failure probability", "1", "P(the preferred of two keys flips between distances)"),
-        "unchanged_position": Var("positions with an identical score", "1", "share of distances at which the score does not change"),
+        "stat": Var(
+            "statistic",
+            "1",
+            "estimate and its 95 % interval (lo, hi) over n_samples = {n_samples} samples",
+        ),
+        "tradeoff_base": Var(
+            "RoPE base (trade-off)",
+            "1",
+            "bases of the locality vs consistency trade-off, short = {short}, long = {long}",
+        ),
+        "layers": Var(
+            "engine layers",
+            "layers",
+            "layers of the engine's attention (0 or n_layers = {n_layers})",
+        ),
+        "engine_length": Var(
+            "engine context length", "tokens", "sequence lengths of the engine runs"
+        ),
+        "locality": Var(
+            "locality failure probability",
+            "1",
+            "P(a farther key outscores a nearer copy of the same key), Du et al. 2026",
+        ),
+        "consistency_flip": Var(
+            "token-consistency failure probability",
+            "1",
+            "P(the preferred of two keys flips between distances)",
+        ),
+        "unchanged_position": Var(
+            "positions with an identical score",
+            "1",
+            "share of distances at which the score does not change",
+        ),
         "tradeoff_locality": Var("locality failure (trade-off)", "1", "at context short = {short}"),
         "tradeoff_flip": Var("consistency failure (trade-off)", "1", "at context long = {long}"),
-        "engine_locality": Var("locality failure, engine", "1", "through meanfield.Attention with RoPE (heads = {engine_heads}, base = {engine_base}, beta = {engine_beta})"),
-        "engine_flip": Var("consistency failure, engine", "1", "through meanfield.Attention with RoPE"),
+        "engine_locality": Var(
+            "locality failure, engine",
+            "1",
+            "through meanfield.Attention with RoPE (heads = {engine_heads}, base = {engine_base}, beta = {engine_beta})",
+        ),
+        "engine_flip": Var(
+            "consistency failure, engine", "1", "through meanfield.Attention with RoPE"
+        ),
     }
     Config = RopeConfig
 
     def steps(self, cfg):
         """One step per base (all lengths), the trade-off curve, and the engine: progress and resume."""
-        return [Step(f"base={b!r}", {"index": i, "base": b}) for i, b in enumerate(cfg.bases)] + [Step("tradeoff"), Step("engine")]
+        return [Step(f"base={b!r}", {"index": i, "base": b}) for i, b in enumerate(cfg.bases)] + [
+            Step("tradeoff"),
+            Step("engine"),
+        ]
 
     def run_step(self, cfg, step, done):
         name = step.name
         key = jax.random.key(cfg.seed)
         dist = rope.QKDistribution(cfg.d, cfg.signal)
         if name == "tradeoff":
-            trade = np.array([[*_est(rope.locality_probability(jax.random.fold_in(key, 7000 + i), cfg.short, dist, b, cfg.n_samples)),
-                               *_est(rope.consistency_flip_probability(jax.random.fold_in(key, 8000 + i), cfg.long, dist, b, cfg.n_samples))]
-                              for i, b in enumerate(cfg.tradeoff_bases)])
+            trade = np.array(
+                [
+                    [
+                        *_est(
+                            rope.locality_probability(
+                                jax.random.fold_in(key, 7000 + i), cfg.short, dist, b, cfg.n_samples
+                            )
+                        ),
+                        *_est(
+                            rope.consistency_flip_probability(
+                                jax.random.fold_in(key, 8000 + i), cfg.long, dist, b, cfg.n_samples
+                            )
+                        ),
+                    ]
+                    for i, b in enumerate(cfg.tradeoff_bases)
+                ]
+            )
             return {"trade": trade}
         if name == "engine":
-            q = jnp.eye(cfg.engine_d) + 0.3 * jax.random.normal(jax.random.fold_in(key, 9), (cfg.engine_heads, cfg.engine_d, cfg.engine_d))
-            attn = mf.Attention(cfg.engine_beta, Q=q, K=q, mask=mf.Causal(), pe=mf.RoPE(cfg.engine_base))
-            eng = np.zeros((2, len(cfg.engine_lengths), 2, 3))  # (layers 0 / n_layers, length, locality/flip, est)
+            q = jnp.eye(cfg.engine_d) + 0.3 * jax.random.normal(
+                jax.random.fold_in(key, 9), (cfg.engine_heads, cfg.engine_d, cfg.engine_d)
+            )
+            attn = mf.Attention(
+                cfg.engine_beta, Q=q, K=q, mask=mf.Causal(), pe=mf.RoPE(cfg.engine_base)
+            )
+            eng = np.zeros(
+                (2, len(cfg.engine_lengths), 2, 3)
+            )  # (layers 0 / n_layers, length, locality/flip, est)
             for a, nl in enumerate((0, cfg.n_layers)):
                 for j, n in enumerate(cfg.engine_lengths):
-                    e_loc, e_flip = rope.engine_locality(attn, jax.random.fold_in(key, 9000 + j), n, d=cfg.engine_d,
-                                                         signal=cfg.signal, n_layers=nl, n_sequences=cfg.n_sequences)
+                    e_loc, e_flip = rope.engine_locality(
+                        attn,
+                        jax.random.fold_in(key, 9000 + j),
+                        n,
+                        d=cfg.engine_d,
+                        signal=cfg.signal,
+                        n_layers=nl,
+                        n_sequences=cfg.n_sequences,
+                    )
                     eng[a, j] = [_est(e_loc), _est(e_flip)]
             return {"eng": eng}
         i, b = step.params["index"], step.params["base"]
         loc, flip, same = (np.zeros((len(cfg.lengths), 3)) for _ in range(3))
         for j, n in enumerate(cfg.lengths):
             k = jax.random.fold_in(key, 1000 * i + j)
-            loc[j] = _est(rope.locality_probability(jax.random.fold_in(k, 0), n, dist, b, cfg.n_samples))
-            flip[j] = _est(rope.consistency_flip_probability(jax.random.fold_in(k, 1), n, dist, b, cfg.n_samples))
+            loc[j] = _est(
+                rope.locality_probability(jax.random.fold_in(k, 0), n, dist, b, cfg.n_samples)
+            )
+            flip[j] = _est(
+                rope.consistency_flip_probability(
+                    jax.random.fold_in(k, 1), n, dist, b, cfg.n_samples
+                )
+            )
             if n <= cfg.twin_max_length:
-                same[j] = _est(rope.unchanged_fraction(jax.random.fold_in(k, 2), n, dist, b, n_samples=128))
+                same[j] = _est(
+                    rope.unchanged_fraction(jax.random.fold_in(k, 2), n, dist, b, n_samples=128)
+                )
             else:
                 same[j] = np.nan
         return {"loc": loc, "flip": flip, "same": same}
@@ -158,9 +248,14 @@ class RopeLongContext(StepPreset):
                 "engine_locality": (("layers", "engine_length", "stat"), eng[..., 0, :]),
                 "engine_flip": (("layers", "engine_length", "stat"), eng[..., 1, :]),
             },
-            coords={"base": list(cfg.bases), "length": list(cfg.lengths), "stat": stat,
-                    "tradeoff_base": list(cfg.tradeoff_bases), "layers": [0, cfg.n_layers],
-                    "engine_length": list(cfg.engine_lengths)},
+            coords={
+                "base": list(cfg.bases),
+                "length": list(cfg.lengths),
+                "stat": stat,
+                "tradeoff_base": list(cfg.tradeoff_bases),
+                "layers": [0, cfg.n_layers],
+                "engine_length": list(cfg.engine_lengths),
+            },
         )
 
     def plot(self, ds, outdir):
@@ -169,8 +264,10 @@ class RopeLongContext(StepPreset):
         fig, axes = p.subplots(1, 5, figsize=(25, 4.6))
         cmap = p.get_cmap("viridis")
         nb = len(ds.base)
-        for ax, var, title in ((axes[0], "locality", "locality: P(nearer copy of a key scores higher)"),
-                               (axes[1], "consistency_flip", "token consistency: P(two keys' order flips)")):
+        for ax, var, title in (
+            (axes[0], "locality", "locality: P(nearer copy of a key scores higher)"),
+            (axes[1], "consistency_flip", "token consistency: P(two keys' order flips)"),
+        ):
             for i, b in enumerate(ds.base.values):
                 e = ds[var].sel(base=b)
                 c = cmap(i / max(1, nb - 1))
@@ -179,7 +276,10 @@ class RopeLongContext(StepPreset):
             ax.axhline(0.5, color="k", lw=0.8, ls=":")
             ax.set_xscale("log", base=2)
             ax.set_xlabel("context length L")
-            ax.set_title(f"{title}\nd = {cfg.d}, signal {cfg.signal}, {cfg.n_samples} draws (bands: 95 %)", fontsize=9)
+            ax.set_title(
+                f"{title}\nd = {cfg.d}, signal {cfg.signal}, {cfg.n_samples} draws (bands: 95 %)",
+                fontsize=9,
+            )
             ax.grid(alpha=0.3)
         axes[0].legend(fontsize=8)
         ax = axes[2]
@@ -193,15 +293,30 @@ class RopeLongContext(StepPreset):
         ax.grid(alpha=0.3)
         ax = axes[3]
         for a, nl in enumerate(ds.layers.values):
-            for var, mk, lab in (("engine_locality", "o-", "locality"), ("engine_flip", "s--", "flip")):
+            for var, mk, lab in (
+                ("engine_locality", "o-", "locality"),
+                ("engine_flip", "s--", "flip"),
+            ):
                 e = ds[var].sel(layers=nl)
-                ax.plot(ds.engine_length, e.sel(stat="p"), mk, color=f"C{a}", ms=4, label=f"{lab}, {nl} layers")
-                ax.fill_between(ds.engine_length, e.sel(stat="lo"), e.sel(stat="hi"), color=f"C{a}", alpha=0.2)
+                ax.plot(
+                    ds.engine_length,
+                    e.sel(stat="p"),
+                    mk,
+                    color=f"C{a}",
+                    ms=4,
+                    label=f"{lab}, {nl} layers",
+                )
+                ax.fill_between(
+                    ds.engine_length, e.sel(stat="lo"), e.sel(stat="hi"), color=f"C{a}", alpha=0.2
+                )
         ax.axhline(0.5, color="k", lw=0.8, ls=":")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("sequence length")
-        ax.set_title(f"engine: {cfg.engine_heads} heads, d = {cfg.engine_d}, beta = {cfg.engine_beta}, "
-                     f"base {cfg.engine_base:g}\nlast token's attention (flip: vs the same heads without RoPE)", fontsize=9)
+        ax.set_title(
+            f"engine: {cfg.engine_heads} heads, d = {cfg.engine_d}, beta = {cfg.engine_beta}, "
+            f"base {cfg.engine_base:g}\nlast token's attention (flip: vs the same heads without RoPE)",
+            fontsize=9,
+        )
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
         ax = axes[4]
@@ -212,8 +327,10 @@ class RopeLongContext(StepPreset):
             ax.fill_between(e.length, e.sel(stat="lo"), e.sel(stat="hi"), color=c, alpha=0.25)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("context length L")
-        ax.set_title("P(a position >= L/4 away gives the same score)\n(to 1 % of the score's spread over positions; 128 draws)",
-                     fontsize=9)
+        ax.set_title(
+            "P(a position >= L/4 away gives the same score)\n(to 1 % of the score's spread over positions; 128 draws)",
+            fontsize=9,
+        )
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         fig.tight_layout()

@@ -26,7 +26,6 @@ rates, and particles against the PDE.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import diffrax
@@ -117,51 +116,113 @@ def _pvp_rho0(pde: SphereMeanField):
 def _linear_response(pde: SphereMeanField, tangent, T):
     """Coefficients of the tangent and of its image under the linearised solve over [0, T] about
     the uniform state (forward mode through the time stepping; one compilation per L and form)."""
+
     def solve(r):
-        return pde.solve(r, jnp.stack([jnp.zeros_like(T), T]), adjoint=diffrax.ForwardMode()).rho[-1]
+        return pde.solve(r, jnp.stack([jnp.zeros_like(T), T]), adjoint=diffrax.ForwardMode()).rho[
+            -1
+        ]
 
     _, response = jax.jvp(solve, (pde.uniform(),), (tangent,))
     return pde.forward(tangent), pde.forward(response)
 
 
 def _map_steps(cfg):
-    return [Step(f"density {form} beta={b!r}", {"form": form, "beta": b}) for form in FORMS for b in cfg.betas]
+    return [
+        Step(f"density {form} beta={b!r}", {"form": form, "beta": b})
+        for form in FORMS
+        for b in cfg.betas
+    ]
 
 
 @register
 class SphereMeanFieldPreset(StepPreset):
     name = "sphere-meanfield"
-    tiny = ('L=8', 'betas=4', 'efolds=1.5', 'n_save=4', 'ell_max=3', 'ns=16,32', 'n_seeds=2', 'pvp_L=8',
-            'pvp_t1=0.5', 'tail=1e-3')
+    tiny = (
+        "L=8",
+        "betas=4",
+        "efolds=1.5",
+        "n_save=4",
+        "ell_max=3",
+        "ns=16,32",
+        "n_seeds=2",
+        "pvp_L=8",
+        "pvp_t1=0.5",
+        "tail=1e-3",
+    )
     slow = True
-    outputs = frozenset({'growth_rate', 'growth_rate_theory', 'mmd', 'resolved_until', 'rho'})
+    outputs = frozenset({"growth_rate", "growth_rate_theory", "mmd", "resolved_until", "rho"})
     description = "mean-field PDE on S^2: density maps (SA/USA), growth rates vs theory, particles vs PDE (MMD vs N)"
     variables = {
         "form": Var("attention form", "1", "SA (softmax) or USA (unnormalised)"),
-        "efold": Var("save index (e-foldings)", "1", "saves at equal fractions of efolds = {efolds} e-foldings of the fastest linear mode"),
+        "efold": Var(
+            "save index (e-foldings)",
+            "1",
+            "saves at equal fractions of efolds = {efolds} e-foldings of the fastest linear mode",
+        ),
         "theta": Var("colatitude theta", "rad", "McEwen-Wiaux grid of band L = {L}"),
         "phi": Var("longitude phi", "rad", "McEwen-Wiaux grid of band L = {L}"),
         "ell": Var("degree l", "1", "spherical-harmonic degree 1..ell_max = {ell_max}"),
         "m_kind": Var("order", "1", "m = 0 or m = l"),
         "n": Var("number of particles N", "1", "tokens of each particle run"),
         "stage": Var("stage", "1", "t = 0 (the samples) or t = pvp_t1 = {pvp_t1}"),
-        "pvp_theta": Var("colatitude theta (particles vs PDE)", "rad", "grid of band pvp_L = {pvp_L}"),
+        "pvp_theta": Var(
+            "colatitude theta (particles vs PDE)", "rad", "grid of band pvp_L = {pvp_L}"
+        ),
         "pvp_phi": Var("longitude phi (particles vs PDE)", "rad", "grid of band pvp_L = {pvp_L}"),
-        "rho": Var("density rho on S^2", "1/sr", "SphereMeanField solution from (1 + eps Y_3)/(4 pi), eps = {eps}, L = {L}, tail = {tail}; NaN after resolved_until"),
-        "time": Var("time of each save", "1", "t of each save (NaN after the band limit stops resolving the solve)"),
+        "rho": Var(
+            "density rho on S^2",
+            "1/sr",
+            "SphereMeanField solution from (1 + eps Y_3)/(4 pi), eps = {eps}, L = {L}, tail = {tail}; NaN after resolved_until",
+        ),
+        "time": Var(
+            "time of each save",
+            "1",
+            "t of each save (NaN after the band limit stops resolving the solve)",
+        ),
         "mass": Var("total mass", "1", "integral of rho over S^2 (1 to round-off)"),
-        "fastest_rate": Var("fastest linear rate r", "1/time", "max over degrees of the growth rate about the uniform state"),
-        "resolved_until": Var("resolved until", "1", "last save time at which band L = {L} resolves the solve"),
-        "growth_rate": Var("growth rate by linear response", "1/time", "rate of the solver's tangent (forward mode) about the uniform state, band rate_L = {rate_L}"),
-        "growth_rate_theory": Var("growth rate (theory)", "1/time", "l(l+1) i_l(beta)/(beta i_0(beta)) (SA) or l(l+1) i_l(beta)/beta (USA)"),
-        "growth_rate_rel_error": Var("relative error of the growth rate", "1", "|growth_rate - growth_rate_theory| / growth_rate_theory"),
-        "mmd": Var("MMD, particles to PDE", "1", "MMD with kernel exp(kappa <x, y>), kappa = {kappa}, between N particles and the PDE density (pvp_beta = {pvp_beta}, SA, pvp_L = {pvp_L}); one value per seed"),
-        "rho_pvp": Var("initial density (particles vs PDE)", "1/sr", "the band-limited start the particles are sampled from"),
+        "fastest_rate": Var(
+            "fastest linear rate r",
+            "1/time",
+            "max over degrees of the growth rate about the uniform state",
+        ),
+        "resolved_until": Var(
+            "resolved until", "1", "last save time at which band L = {L} resolves the solve"
+        ),
+        "growth_rate": Var(
+            "growth rate by linear response",
+            "1/time",
+            "rate of the solver's tangent (forward mode) about the uniform state, band rate_L = {rate_L}",
+        ),
+        "growth_rate_theory": Var(
+            "growth rate (theory)",
+            "1/time",
+            "l(l+1) i_l(beta)/(beta i_0(beta)) (SA) or l(l+1) i_l(beta)/beta (USA)",
+        ),
+        "growth_rate_rel_error": Var(
+            "relative error of the growth rate",
+            "1",
+            "|growth_rate - growth_rate_theory| / growth_rate_theory",
+        ),
+        "mmd": Var(
+            "MMD, particles to PDE",
+            "1",
+            "MMD with kernel exp(kappa <x, y>), kappa = {kappa}, between N particles and the PDE density (pvp_beta = {pvp_beta}, SA, pvp_L = {pvp_L}); one value per seed",
+        ),
+        "rho_pvp": Var(
+            "initial density (particles vs PDE)",
+            "1/sr",
+            "the band-limited start the particles are sampled from",
+        ),
     }
     Config = SphereConfig
 
     def steps(self, cfg):
-        return [*_map_steps(cfg), Step("growth rates"), Step("pde"), *(Step(f"particles N={n}", {"n": n}) for n in cfg.ns)]
+        return [
+            *_map_steps(cfg),
+            Step("growth rates"),
+            Step("pde"),
+            *(Step(f"particles N={n}", {"n": n}) for n in cfg.ns),
+        ]
 
     def run_step(self, cfg, step, done):
         name = step.name
@@ -185,8 +246,14 @@ class SphereMeanFieldPreset(StepPreset):
         last = int(np.flatnonzero(ok)[-1])
         mass = np.array([float(pde.mass(r)) if k else np.nan for r, k in zip(rho, ok)])
         dirac = np.array([float(pde.dirac_distance(r)) if k else np.nan for r, k in zip(rho, ok)])
-        return {"rho": rho, "time": ts, "fastest_rate": rate, "resolved_until": ts[last], "mass": mass,
-                "dirac_distance": dirac}
+        return {
+            "rho": rho,
+            "time": ts,
+            "fastest_rate": rate,
+            "resolved_until": ts[last],
+            "mass": mass,
+            "dirac_distance": dirac,
+        }
 
     def _rates(self, cfg):
         """Linear response: the tangent of the solve at the uniform state along all degrees at
@@ -218,7 +285,11 @@ class SphereMeanFieldPreset(StepPreset):
             pde = SphereMeanField(L, beta=cfg.pvp_beta, tail=cfg.tail)
             out[key] = np.asarray(pde.solve(_pvp_rho0(pde), ts).rho[-1])
         out["rho0"] = np.asarray(_pvp_rho0(SphereMeanField(cfg.pvp_L)))
-        out["l_vs_2l"] = float(density_mmd_between(jnp.asarray(out["rho_l"]), jnp.asarray(out["rho_2l"]), kappa=cfg.kappa))
+        out["l_vs_2l"] = float(
+            density_mmd_between(
+                jnp.asarray(out["rho_l"]), jnp.asarray(out["rho_2l"]), kappa=cfg.kappa
+            )
+        )
         return out
 
     def _particles(self, cfg, n, pde_out):
@@ -232,10 +303,17 @@ class SphereMeanFieldPreset(StepPreset):
         def one(key):
             x0 = density_to_particles(key, rho0, n)
             x1 = mf.simulate(attn, x0, ts, rtol=cfg.rtol, atol=cfg.atol).final
-            return jnp.stack([density_mmd(x0, rho0, kappa=cfg.kappa), density_mmd(x1, rho_l, kappa=cfg.kappa),
-                              density_mmd(x1, rho_2l, kappa=cfg.kappa)])
+            return jnp.stack(
+                [
+                    density_mmd(x0, rho0, kappa=cfg.kappa),
+                    density_mmd(x1, rho_l, kappa=cfg.kappa),
+                    density_mmd(x1, rho_2l, kappa=cfg.kappa),
+                ]
+            )
 
-        keys = [jax.random.fold_in(jax.random.key(cfg.seed), 1000 * n + s) for s in range(cfg.n_seeds)]
+        keys = [
+            jax.random.fold_in(jax.random.key(cfg.seed), 1000 * n + s) for s in range(cfg.n_seeds)
+        ]
         return {"mmd": np.stack([np.asarray(one(k)) for k in keys], -1)}  # (3, seed)
 
     def step_dataset(self, cfg, results):
@@ -267,12 +345,20 @@ class SphereMeanFieldPreset(StepPreset):
                 "mmd": (("n", "stage", "seed_index"), mmd),
                 "rho_pvp": (("pvp_theta", "pvp_phi"), pde["rho_l"]),
             },
-            coords={"form": list(FORMS), "beta": list(cfg.betas), "efold": s,
-                    "theta": np.asarray(SphereMeanField(cfg.L).theta), "phi": np.asarray(SphereMeanField(cfg.L).phi),
-                    "ell": ells, "m_kind": ["m=0", "m=l"], "n": list(cfg.ns),
-                    "stage": ["t=0", f"t={cfg.pvp_t1:g}, L={L2}", f"t={cfg.pvp_t1:g}, L={2 * L2}"],
-                    "seed_index": np.arange(cfg.n_seeds),
-                    "pvp_theta": np.asarray(SphereMeanField(L2).theta), "pvp_phi": np.asarray(SphereMeanField(L2).phi)},
+            coords={
+                "form": list(FORMS),
+                "beta": list(cfg.betas),
+                "efold": s,
+                "theta": np.asarray(SphereMeanField(cfg.L).theta),
+                "phi": np.asarray(SphereMeanField(cfg.L).phi),
+                "ell": ells,
+                "m_kind": ["m=0", "m=l"],
+                "n": list(cfg.ns),
+                "stage": ["t=0", f"t={cfg.pvp_t1:g}, L={L2}", f"t={cfg.pvp_t1:g}, L={2 * L2}"],
+                "seed_index": np.arange(cfg.n_seeds),
+                "pvp_theta": np.asarray(SphereMeanField(L2).theta),
+                "pvp_phi": np.asarray(SphereMeanField(L2).phi),
+            },
         )
         ds.attrs["fitted_slope_at_t1"] = slope
         ds.attrs["pde_l_vs_2l"] = float(pde["l_vs_2l"]) / float(mean_t1[-1])
@@ -280,7 +366,11 @@ class SphereMeanFieldPreset(StepPreset):
         return ds
 
     def plot(self, ds, outdir):
-        return [self._plot_maps(ds, outdir), self._plot_rates(ds, outdir), self._plot_particles(ds, outdir)]
+        return [
+            self._plot_maps(ds, outdir),
+            self._plot_rates(ds, outdir),
+            self._plot_particles(ds, outdir),
+        ]
 
     def _plot_maps(self, ds, outdir):
         p = plt()
@@ -290,8 +380,17 @@ class SphereMeanFieldPreset(StepPreset):
         lat = np.pi / 2 - ds.theta.values
         rows = [(f, b) for f in ds.form.values for b in ds.beta.values]
         fig = p.figure(figsize=(13.5, 2.3 * len(rows)))
-        grid = fig.add_gridspec(len(rows), 5, width_ratios=[1, 1, 1, 1, 0.035], left=0.12, right=0.95, top=0.95,
-                                bottom=0.02, wspace=0.08, hspace=0.3)
+        grid = fig.add_gridspec(
+            len(rows),
+            5,
+            width_ratios=[1, 1, 1, 1, 0.035],
+            left=0.12,
+            right=0.95,
+            top=0.95,
+            bottom=0.02,
+            wspace=0.08,
+            hspace=0.3,
+        )
         for r, (form, b) in enumerate(rows):
             one = ds.sel(form=form, beta=b)
             rho = one.rho.values * 4 * np.pi
@@ -300,18 +399,37 @@ class SphereMeanFieldPreset(StepPreset):
             vmax = np.nanmax(rho[picks])
             for c, k in enumerate(picks):
                 ax = fig.add_subplot(grid[r, c], projection="mollweide")
-                im = ax.pcolormesh(lon[order], lat, rho[k][:, order], shading="auto", cmap="magma", vmin=0, vmax=vmax)
+                im = ax.pcolormesh(
+                    lon[order],
+                    lat,
+                    rho[k][:, order],
+                    shading="auto",
+                    cmap="magma",
+                    vmin=0,
+                    vmax=vmax,
+                )
                 ax.set_xticklabels([])
                 ax.set_yticklabels([])
                 ax.grid(alpha=0.2)
-                ax.set_title(f"t = {float(one.time.values[k]):.3g}  (max {rho[k].max():.2f})", fontsize=8)
+                ax.set_title(
+                    f"t = {float(one.time.values[k]):.3g}  (max {rho[k].max():.2f})", fontsize=8
+                )
                 if c == 0:
-                    ax.text(-0.08, 0.5, f"{form}, $\\beta$ = {b:g}\nresolved to t = {float(one.resolved_until):.3g}",
-                            transform=ax.transAxes, ha="right", va="center", fontsize=9)
+                    ax.text(
+                        -0.08,
+                        0.5,
+                        f"{form}, $\\beta$ = {b:g}\nresolved to t = {float(one.resolved_until):.3g}",
+                        transform=ax.transAxes,
+                        ha="right",
+                        va="center",
+                        fontsize=9,
+                    )
             fig.colorbar(im, cax=fig.add_subplot(grid[r, 4]), label="$4\\pi\\rho$")
-        fig.suptitle(f"mean-field density on $S^2$ (L = {cfg.L}), $\\rho_0 = (1 + {cfg.eps:g}\\,Y_3)/4\\pi$: "
-                     f"each row runs {cfg.efolds:g} e-foldings of its fastest mode, shown up to where L resolves it",
-                     fontsize=10)
+        fig.suptitle(
+            f"mean-field density on $S^2$ (L = {cfg.L}), $\\rho_0 = (1 + {cfg.eps:g}\\,Y_3)/4\\pi$: "
+            f"each row runs {cfg.efolds:g} e-foldings of its fastest mode, shown up to where L resolves it",
+            fontsize=10,
+        )
         path = Path(outdir) / "sphere-meanfield.png"
         save_figure(fig, path, dpi=90)
         return path
@@ -326,16 +444,28 @@ class SphereMeanFieldPreset(StepPreset):
                 th = ds.growth_rate_theory.sel(form=form, beta=b).values
                 ax.plot(ells, th, "-", color=colour, lw=1, label=f"$\\beta$ = {b:g}: closed form")
                 for q, marker in zip(ds.m_kind.values, ("o", "x")):
-                    ax.plot(ells, ds.growth_rate.sel(form=form, beta=b, m_kind=q).values, marker, color=colour,
-                            ms=6 if marker == "o" else 8, mfc="none", label=f"solver, {q}" if j == 0 else None)
+                    ax.plot(
+                        ells,
+                        ds.growth_rate.sel(form=form, beta=b, m_kind=q).values,
+                        marker,
+                        color=colour,
+                        ms=6 if marker == "o" else 8,
+                        mfc="none",
+                        label=f"solver, {q}" if j == 0 else None,
+                    )
             ax.set_yscale("log")
             ax.set_xlabel("degree $\\ell$")
-            ax.set_title(f"{form}: growth rate of $Y_{{\\ell m}}$ about the uniform state", fontsize=10)
+            ax.set_title(
+                f"{form}: growth rate of $Y_{{\\ell m}}$ about the uniform state", fontsize=10
+            )
             ax.grid(alpha=0.3, which="both")
             ax.legend(fontsize=7)
         axes[0].set_ylabel("rate")
-        fig.suptitle(f"linear response of SphereMeanField against $\\ell(\\ell+1) i_\\ell(\\beta)/\\beta$ (/ $i_0$ for SA): "
-                     f"max relative error {ds.attrs['growth_rate_max_rel_error']:.1e}", fontsize=10)
+        fig.suptitle(
+            f"linear response of SphereMeanField against $\\ell(\\ell+1) i_\\ell(\\beta)/\\beta$ (/ $i_0$ for SA): "
+            f"max relative error {ds.attrs['growth_rate_max_rel_error']:.1e}",
+            fontsize=10,
+        )
         fig.tight_layout()
         path = Path(outdir) / "sphere-meanfield-rates.png"
         save_figure(fig, path, dpi=110)
@@ -347,8 +477,15 @@ class SphereMeanFieldPreset(StepPreset):
         ns = ds.n.values
         for k, marker in zip(range(3), ("s", "o", "x")):
             w = ds.mmd.isel(stage=k).values
-            ax.errorbar(ns, w.mean(-1), yerr=w.std(-1), marker=marker, capsize=3, label=str(ds.stage.values[k]),
-                        ls="-" if k < 2 else ":")
+            ax.errorbar(
+                ns,
+                w.mean(-1),
+                yerr=w.std(-1),
+                marker=marker,
+                capsize=3,
+                label=str(ds.stage.values[k]),
+                ls="-" if k < 2 else ":",
+            )
         ref = ds.mmd.isel(stage=1).values.mean(-1)
         ax.plot(ns, ref[0] * (ns / ns[0]) ** -0.5, "k--", lw=1, label="$N^{-1/2}$")
         ax.set_xscale("log")
@@ -356,9 +493,12 @@ class SphereMeanFieldPreset(StepPreset):
         ax.set_xlabel("N particles")
         ax.set_ylabel("MMD to the PDE density")
         cfg = self.Config.from_attrs(ds)
-        ax.set_title(f"particles vs SphereMeanField (SA, $\\beta$ = {cfg.pvp_beta:g}): fitted slope "
-                     f"{ds.attrs['fitted_slope_at_t1']:.2f}\nPDE at L vs 2L: {100 * ds.attrs['pde_l_vs_2l']:.1g}% "
-                     f"of the distance at N = {ns[-1]}", fontsize=9)
+        ax.set_title(
+            f"particles vs SphereMeanField (SA, $\\beta$ = {cfg.pvp_beta:g}): fitted slope "
+            f"{ds.attrs['fitted_slope_at_t1']:.2f}\nPDE at L vs 2L: {100 * ds.attrs['pde_l_vs_2l']:.1g}% "
+            f"of the distance at N = {ns[-1]}",
+            fontsize=9,
+        )
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
         fig.tight_layout()

@@ -28,8 +28,6 @@ S^2 (d = 3).
 from __future__ import annotations
 
 import dataclasses
-import json
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -43,7 +41,8 @@ from meanfield import theory
 from meanfield.run import register, Step, StepPreset, Var
 from meanfield.studies import learned_pe
 
-from ._common import ToleranceConfig, log_axis_ticks, midpoints, plt, save_figure
+from . import universality_figure as _figure
+from ._common import ToleranceConfig, midpoints
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +117,9 @@ def _sphere_target(n, seed):
     comp = rng.random(n) < 0.5
     out = []
     for c in comp.astype(int):
-        w = 1 + np.log(rng.random() + (1 - rng.random()) * np.exp(-2 * kap[c])) / kap[c]  # vMF on S^2: cos angle
+        w = (
+            1 + np.log(rng.random() + (1 - rng.random()) * np.exp(-2 * kap[c])) / kap[c]
+        )  # vMF on S^2: cos angle
         v = rng.normal(size=3)
         v -= v @ mus[c] * mus[c]
         v /= np.linalg.norm(v)
@@ -147,85 +148,212 @@ def _grid2(side):
 @register
 class Universality(StepPreset):
     name = "universality"
-    tiny = ('n=8', 'weights=1,4', 't1=20', 'n_starts=2', 'ns=8,16', 'learned_ns=8', 'fit_steps=3',
-            's2_side=3')
+    tiny = (
+        "n=8",
+        "weights=1,4",
+        "t1=20",
+        "n_starts=2",
+        "ns=8,16",
+        "learned_ns=8",
+        "fit_steps=3",
+        "s2_side=3",
+    )
     slow = True
-    outputs = frozenset({'inverse_s1_fraction', 'inverse_s2_max_error', 'learned_s2_mmd', 'learned_w1',
-                        'w1_floor', 'w1_quantile_prompts', 'w1_quantile_vs_n'})
-    description = ("a chosen target as the limit: quantile prompts (W1 vs weight and vs N), inverse design (S^1, S^2), "
-                   "a learned PE (optax, W1 vs N) against the floor")
+    outputs = frozenset(
+        {
+            "inverse_s1_fraction",
+            "inverse_s2_max_error",
+            "learned_s2_mmd",
+            "learned_w1",
+            "w1_floor",
+            "w1_quantile_prompts",
+            "w1_quantile_vs_n",
+        }
+    )
+    description = (
+        "a chosen target as the limit: quantile prompts (W1 vs weight and vs N), inverse design (S^1, S^2), "
+        "a learned PE (optax, W1 vs N) against the floor"
+    )
     variables = {
         "theta_grid": Var("angle (grid)", "rad", "where the target density is tabulated"),
         "weight": Var("prompt weight", "1", "key mass of each token's own (parallel) prompt"),
         "token": Var("token index", "1", "i = 0..N-1 (N = n = {n})"),
-        "n_tokens": Var("number of tokens N", "1", "for the quantile-prompt study at weight_n = {weight_n}"),
+        "n_tokens": Var(
+            "number of tokens N", "1", "for the quantile-prompt study at weight_n = {weight_n}"
+        ),
         "n_learned": Var("number of tokens N (learned PE)", "1", "sizes of the learned-PE study"),
         "fit_step": Var("fit step", "1", "optax step (fit_steps = {fit_steps})"),
-        "start": Var("random start", "1", "index of the random initial cloud (n_starts = {n_starts})"),
+        "start": Var(
+            "random start", "1", "index of the random initial cloud (n_starts = {n_starts})"
+        ),
         "draw": Var("i.i.d. draw", "1", "index of an i.i.d. sample of the target on S^2"),
         "s2_token": Var("token index (S^2)", "1", "tokens of the S^2 study"),
         "cloud_point": Var("target point (S^2)", "1", "points of the S^2 target cloud"),
         "xy": Var("coordinate", "1", "Cartesian coordinate of R^2"),
         "xyz": Var("coordinate", "1", "Cartesian coordinate of R^3"),
         "target_pdf": Var("target density", "1/rad", "von Mises mixture chosen as the limit"),
-        "quantile_theta": Var("end angles with quantile prompts", "rad", "token angles at t = {t1} with prompts p_i = T(s_i), beta = {beta}"),
-        "w1_quantile_prompts": Var("circle W1 to the target (quantile prompts)", "1", "W1 between the tokens at t = {t1} and the target, per weight"),
-        "w1_floor": Var("W1 floor", "1", "W1 of the N quantile midpoints to the target (the best N points can do)"),
-        "w1_quantile_vs_n": Var("circle W1 vs N (quantile prompts)", "1", "at weight_n = {weight_n}"),
+        "quantile_theta": Var(
+            "end angles with quantile prompts",
+            "rad",
+            "token angles at t = {t1} with prompts p_i = T(s_i), beta = {beta}",
+        ),
+        "w1_quantile_prompts": Var(
+            "circle W1 to the target (quantile prompts)",
+            "1",
+            "W1 between the tokens at t = {t1} and the target, per weight",
+        ),
+        "w1_floor": Var(
+            "W1 floor",
+            "1",
+            "W1 of the N quantile midpoints to the target (the best N points can do)",
+        ),
+        "w1_quantile_vs_n": Var(
+            "circle W1 vs N (quantile prompts)", "1", "at weight_n = {weight_n}"
+        ),
         "w1_floor_vs_n": Var("W1 floor vs N", "1", "W1 of the N quantile midpoints to the target"),
-        "learned_w1": Var("circle W1, learned PE", "1", "end states (fit_t1 = {fit_t1}) of the learned additive PE (n_freq = {n_freq}) from random starts"),
+        "learned_w1": Var(
+            "circle W1, learned PE",
+            "1",
+            "end states (fit_t1 = {fit_t1}) of the learned additive PE (n_freq = {n_freq}) from random starts",
+        ),
         "learned_floor": Var("W1 floor (learned PE)", "1", "W1 of the N quantile midpoints"),
-        "learned_stability": Var("stability of the learned target", "1", "largest real part of the linearised flow at the target (< 0: attracts)"),
+        "learned_stability": Var(
+            "stability of the learned target",
+            "1",
+            "largest real part of the linearised flow at the target (< 0: attracts)",
+        ),
         "learned_losses": Var("fit loss", "1", "loss of the learned-PE fit per optax step"),
-        "learned_theta": Var("end angles, learned PE", "rad", "tokens at fit_t1 = {fit_t1}, largest learned N"),
-        "learned_random_w1": Var("circle W1, learned PE from a random U", "1", "the same fit started from a random U"),
+        "learned_theta": Var(
+            "end angles, learned PE", "rad", "tokens at fit_t1 = {fit_t1}, largest learned N"
+        ),
+        "learned_random_w1": Var(
+            "circle W1, learned PE from a random U", "1", "the same fit started from a random U"
+        ),
         "learned_random_losses": Var("fit loss from a random U", "1", "per optax step"),
-        "learned_random_theta": Var("end angles, learned PE from a random U", "rad", "tokens at fit_t1 = {fit_t1}"),
-        "learned_random_stability": Var("stability, fit from a random U", "1", "largest real part of the linearised flow at the target"),
-        "learned_s2_mmd": Var("MMD to the S^2 target, learned PE", "1", "end states from random starts (s2_side = {s2_side})"),
-        "learned_s2_mmd_iid": Var("MMD of i.i.d. draws to the S^2 target", "1", "the reference: N i.i.d. draws of the target"),
+        "learned_random_theta": Var(
+            "end angles, learned PE from a random U", "rad", "tokens at fit_t1 = {fit_t1}"
+        ),
+        "learned_random_stability": Var(
+            "stability, fit from a random U",
+            "1",
+            "largest real part of the linearised flow at the target",
+        ),
+        "learned_s2_mmd": Var(
+            "MMD to the S^2 target, learned PE",
+            "1",
+            "end states from random starts (s2_side = {s2_side})",
+        ),
+        "learned_s2_mmd_iid": Var(
+            "MMD of i.i.d. draws to the S^2 target",
+            "1",
+            "the reference: N i.i.d. draws of the target",
+        ),
         "learned_s2_end": Var("end state on S^2, learned PE", "1", "tokens at the end of one run"),
         "learned_s2_cloud": Var("S^2 target cloud", "1", "the target points"),
-        "inverse_s1_target": Var("inverse-design target on S^1", "1", "the configuration made stationary (theory.inverse_prompt)"),
-        "inverse_s1_max_error": Var("max error to the S^1 target", "1", "max_i |x_i - target_i| at the end, per start"),
-        "inverse_s1_fraction": Var("fraction of starts reaching the S^1 target", "1", "within margin = {margin}"),
-        "inverse_s1_weight": Var("prompt weight of the S^1 design", "1", "weight chosen by the design"),
+        "inverse_s1_target": Var(
+            "inverse-design target on S^1",
+            "1",
+            "the configuration made stationary (theory.inverse_prompt)",
+        ),
+        "inverse_s1_max_error": Var(
+            "max error to the S^1 target", "1", "max_i |x_i - target_i| at the end, per start"
+        ),
+        "inverse_s1_fraction": Var(
+            "fraction of starts reaching the S^1 target", "1", "within margin = {margin}"
+        ),
+        "inverse_s1_weight": Var(
+            "prompt weight of the S^1 design", "1", "weight chosen by the design"
+        ),
         "inverse_s1_w1": Var("circle W1 of the S^1 design", "1", "end state to the target"),
-        "inverse_s2_target": Var("inverse-design target on S^2", "1", "a von Mises-Fisher mixture sample"),
-        "inverse_s2_max_error": Var("max error to the S^2 target", "1", "max_i |x_i - target_i| at the end, per start"),
-        "inverse_s2_fraction": Var("fraction of starts reaching the S^2 target", "1", "within margin = {margin}"),
-        "inverse_s2_weight": Var("prompt weight of the S^2 design", "1", "weight chosen by the design"),
-        "inverse_s2_hessian_max": Var("largest Hessian eigenvalue of the S^2 design", "1", "negative: the target is a strict local maximum"),
+        "inverse_s2_target": Var(
+            "inverse-design target on S^2", "1", "a von Mises-Fisher mixture sample"
+        ),
+        "inverse_s2_max_error": Var(
+            "max error to the S^2 target", "1", "max_i |x_i - target_i| at the end, per start"
+        ),
+        "inverse_s2_fraction": Var(
+            "fraction of starts reaching the S^2 target", "1", "within margin = {margin}"
+        ),
+        "inverse_s2_weight": Var(
+            "prompt weight of the S^2 design", "1", "weight chosen by the design"
+        ),
+        "inverse_s2_hessian_max": Var(
+            "largest Hessian eigenvalue of the S^2 design",
+            "1",
+            "negative: the target is a strict local maximum",
+        ),
     }
     Config = UniversalityConfig
 
     def steps(self, cfg):
-        return ([Step(f"quantile weight={w!r}", {"kind": "quantile", "n": cfg.n, "weight": w}) for w in cfg.weights]
-                + [Step(f"quantile n={n}", {"kind": "quantile", "n": n, "weight": cfg.weight_n}) for n in cfg.ns]
-                + [Step(f"learned n={n}", {"kind": "learned", "n": n, "init": "paired"}) for n in cfg.learned_ns]
-                + [Step("learned random-init", {"kind": "learned", "n": cfg.n, "init": "random"}), Step("learned S2", {"kind": "learned S2"}),
-                   Step("inverse S1", {"kind": "inverse", "d": 2}), Step("inverse S2", {"kind": "inverse", "d": 3})])
+        return (
+            [
+                Step(f"quantile weight={w!r}", {"kind": "quantile", "n": cfg.n, "weight": w})
+                for w in cfg.weights
+            ]
+            + [
+                Step(f"quantile n={n}", {"kind": "quantile", "n": n, "weight": cfg.weight_n})
+                for n in cfg.ns
+            ]
+            + [
+                Step(f"learned n={n}", {"kind": "learned", "n": n, "init": "paired"})
+                for n in cfg.learned_ns
+            ]
+            + [
+                Step("learned random-init", {"kind": "learned", "n": cfg.n, "init": "random"}),
+                Step("learned S2", {"kind": "learned S2"}),
+                Step("inverse S1", {"kind": "inverse", "d": 2}),
+                Step("inverse S2", {"kind": "inverse", "d": 3}),
+            ]
+        )
 
     def _run(self, cfg, x0, p, weight):
-        return np.asarray(mf.simulate(mf.Attention(cfg.beta), jnp.asarray(x0), [0.0, cfg.t1],
-                                      prompt=mf.ParallelPrompt(p, weight), rtol=cfg.rtol, atol=cfg.atol).final)
+        return np.asarray(
+            mf.simulate(
+                mf.Attention(cfg.beta),
+                jnp.asarray(x0),
+                [0.0, cfg.t1],
+                prompt=mf.ParallelPrompt(p, weight),
+                rtol=cfg.rtol,
+                atol=cfg.atol,
+            ).final
+        )
 
     def _starts(self, cfg, n, d):
         """The n_starts random starts (N, d), shared by the inverse-design and learned-PE runs."""
-        return jnp.stack([mf.sphere_uniform(jax.random.fold_in(jax.random.key(cfg.seed), 100 + k), n, d)
-                          for k in range(cfg.n_starts)])
+        return jnp.stack(
+            [
+                mf.sphere_uniform(jax.random.fold_in(jax.random.key(cfg.seed), 100 + k), n, d)
+                for k in range(cfg.n_starts)
+            ]
+        )
 
     def _learned(self, cfg, n, init):
         _, _, quantile = _circle_target()
         s = midpoints(n)
-        fit = learned_pe.fit_additive_pe(_circle(quantile(s)), s, cfg.beta, n_freq=cfg.n_freq, steps=cfg.fit_steps,
-                                         t1=cfg.fit_t1, init=init, init_scale=2.0 if init == "paired" else 1.0,
-                                         seed=cfg.seed)
+        fit = learned_pe.fit_additive_pe(
+            _circle(quantile(s)),
+            s,
+            cfg.beta,
+            n_freq=cfg.n_freq,
+            steps=cfg.fit_steps,
+            t1=cfg.fit_t1,
+            init=init,
+            init_scale=2.0 if init == "paired" else 1.0,
+            seed=cfg.seed,
+        )
         ends = np.asarray(fit.pe.limit(s, self._starts(cfg, n, 2), cfg.t1))
         fine = jnp.asarray(_fine(quantile))
-        w1 = np.array([float(obs.circle_w1(jnp.asarray(np.arctan2(x[:, 1], x[:, 0])), fine)) for x in ends])
-        return {"w1": w1, "theta": np.arctan2(ends[0][:, 1], ends[0][:, 0]), "losses": fit.losses,
-                "stability": fit.stability, "floor": _floor(quantile, n)}
+        w1 = np.array(
+            [float(obs.circle_w1(jnp.asarray(np.arctan2(x[:, 1], x[:, 0])), fine)) for x in ends]
+        )
+        return {
+            "w1": w1,
+            "theta": np.arctan2(ends[0][:, 1], ends[0][:, 0]),
+            "losses": fit.losses,
+            "stability": fit.stability,
+            "floor": _floor(quantile, n),
+        }
 
     def run_step(self, cfg, step, done):
         _, _, quantile = _circle_target()
@@ -236,30 +364,57 @@ class Universality(StepPreset):
             p = _circle(quantile(s))
             x = self._run(cfg, p, p, w)
             th = np.arctan2(x[:, 1], x[:, 0])
-            return {"theta": th, "w1": float(obs.circle_w1(jnp.asarray(th), jnp.asarray(_fine(quantile)))),
-                    "floor": _floor(quantile, n)}
+            return {
+                "theta": th,
+                "w1": float(obs.circle_w1(jnp.asarray(th), jnp.asarray(_fine(quantile)))),
+                "floor": _floor(quantile, n),
+            }
         if kind == "learned":
             return self._learned(cfg, step.params["n"], step.params["init"])
         if kind == "learned S2":
             sg = _grid2(cfg.s2_side)
             n = sg.shape[0]
             cloud = _sphere_target(2048, cfg.seed + 1)
-            fit = learned_pe.fit_additive_pe(cloud, sg, cfg.beta, n_freq=2, steps=cfg.fit_steps, t1=cfg.fit_t1,
-                                             init="random", init_scale=1.0, seed=cfg.seed)
+            fit = learned_pe.fit_additive_pe(
+                cloud,
+                sg,
+                cfg.beta,
+                n_freq=2,
+                steps=cfg.fit_steps,
+                t1=cfg.fit_t1,
+                init="random",
+                init_scale=1.0,
+                seed=cfg.seed,
+            )
             ends = np.asarray(fit.pe.limit(sg, self._starts(cfg, n, 3), cfg.t1))
             mmd = lambda x: float(obs.mmd(jnp.asarray(x), jnp.asarray(cloud), sigma=0.3))  # noqa: E731
             ref = np.array([mmd(_sphere_target(n, cfg.seed + 50 + k)) for k in range(16)])
-            return {"mmd": np.array([mmd(x) for x in ends]), "mmd_iid": ref, "end": ends[0], "cloud": cloud[:512],
-                    "losses": fit.losses}
+            return {
+                "mmd": np.array([mmd(x) for x in ends]),
+                "mmd_iid": ref,
+                "end": ends[0],
+                "cloud": cloud[:512],
+                "losses": fit.losses,
+            }
         d = step.params["d"]
         s = midpoints(cfg.n)
         target = _circle(quantile(s)) if d == 2 else _sphere_target(cfg.n, cfg.seed)
         need = theory.inverse_prompt(target, cfg.beta, 1e6).min_weight
         design = theory.inverse_prompt(target, cfg.beta, cfg.margin * need)
-        errs = np.array([float(np.abs(self._run(cfg, x0, design.p, cfg.margin * need) - target).max())
-                         for x0 in self._starts(cfg, cfg.n, d)])
-        out = {"target": target, "prompts": design.p, "max_error": errs, "weight": cfg.margin * need,
-               "min_weight": need, "hessian_max": design.hessian_max}
+        errs = np.array(
+            [
+                float(np.abs(self._run(cfg, x0, design.p, cfg.margin * need) - target).max())
+                for x0 in self._starts(cfg, cfg.n, d)
+            ]
+        )
+        out = {
+            "target": target,
+            "prompts": design.p,
+            "max_error": errs,
+            "weight": cfg.margin * need,
+            "min_weight": need,
+            "hessian_max": design.hessian_max,
+        }
         if d == 2:
             th = np.arctan2(target[:, 1], target[:, 0])
             out["w1_target"] = float(obs.circle_w1(jnp.asarray(th), jnp.asarray(_fine(quantile))))
@@ -286,8 +441,12 @@ class Universality(StepPreset):
                 "learned_floor": (("n_learned",), np.array([r["floor"] for r in ln])),
                 "learned_stability": (("n_learned",), np.array([r["stability"] for r in ln])),
                 "learned_losses": (("n_learned", "fit_step"), np.stack([r["losses"] for r in ln])),
-                "learned_theta": (("token",), ln[list(cfg.learned_ns).index(cfg.n)]["theta"] if cfg.n in cfg.learned_ns
-                                  else np.full(cfg.n, np.nan)),
+                "learned_theta": (
+                    ("token",),
+                    ln[list(cfg.learned_ns).index(cfg.n)]["theta"]
+                    if cfg.n in cfg.learned_ns
+                    else np.full(cfg.n, np.nan),
+                ),
                 "learned_random_w1": (("start",), lr["w1"]),
                 "learned_random_losses": (("fit_step",), lr["losses"]),
                 "learned_random_theta": (("token",), lr["theta"]),
@@ -307,76 +466,19 @@ class Universality(StepPreset):
                 "inverse_s2_weight": ((), float(i2["weight"])),
                 "inverse_s2_hessian_max": ((), float(i2["hessian_max"])),
             },
-            coords={"theta_grid": th_grid, "weight": list(cfg.weights), "token": np.arange(cfg.n),
-                    "n_tokens": list(cfg.ns), "n_learned": list(cfg.learned_ns), "fit_step": np.arange(n_steps),
-                    "start": np.arange(cfg.n_starts), "draw": np.arange(16), "xy": ["x", "y"], "xyz": ["x", "y", "z"]},
+            coords={
+                "theta_grid": th_grid,
+                "weight": list(cfg.weights),
+                "token": np.arange(cfg.n),
+                "n_tokens": list(cfg.ns),
+                "n_learned": list(cfg.learned_ns),
+                "fit_step": np.arange(n_steps),
+                "start": np.arange(cfg.n_starts),
+                "draw": np.arange(16),
+                "xy": ["x", "y"],
+                "xyz": ["x", "y", "z"],
+            },
         )
 
     def plot(self, ds, outdir):
-        cfg = self.Config.from_attrs(ds)
-        p = plt()
-        fig = p.figure(figsize=(16, 9.6))
-        wrap = lambda th: np.mod(np.asarray(th) + np.pi, 2 * np.pi) - np.pi  # noqa: E731
-        ax = fig.add_subplot(2, 3, 1)
-        ax.plot(ds.theta_grid, ds.target_pdf, "k-", lw=1.2, label="target density (von Mises mixture)")
-        for w in ds.weight.values[:: max(1, len(ds.weight) // 3)]:
-            ax.hist(wrap(ds.quantile_theta.sel(weight=w).values), bins=32, range=(-np.pi, np.pi), density=True,
-                    alpha=0.35, label=f"quantile prompts, weight {w:g}")
-        if np.all(np.isfinite(ds.learned_theta.values)):
-            ax.hist(wrap(ds.learned_theta.values), bins=32, range=(-np.pi, np.pi), density=True, histtype="step",
-                    color="C3", lw=1.5, label="learned PE (paired start)")
-        ax.set_xlabel(r"$\theta$")
-        ax.set_ylabel("density")
-        ax.set_title(f"limits, N = {cfg.n}, $\\beta$ = {cfg.beta:g}", fontsize=9)
-        ax.legend(fontsize=7)
-        ax = fig.add_subplot(2, 3, 2)
-        ax.loglog(ds.weight, ds.w1_quantile_prompts, "o-", label="limit of the quantile-prompt runs")
-        ax.axhline(float(ds.w1_floor), color="k", ls=":", label=f"floor: N quantile midpoints ({float(ds.w1_floor):.2e})")
-        ax.axhline(float(ds.inverse_s1_w1), color="C2", ls="--", lw=0.8,
-                   label=f"inverse design (weight {float(ds.inverse_s1_weight):.2g})")
-        ax.set_xlabel("prompt weight")
-        ax.set_ylabel("circle W1 to the target")
-        ax.set_title(f"W1 vs weight against the floor (N = {cfg.n})", fontsize=9)
-        ax.legend(fontsize=7)
-        ax = fig.add_subplot(2, 3, 3)
-        ax.loglog(ds.n_tokens, ds.w1_floor_vs_n, "k:", marker=".", label="floor (N quantile midpoints)")
-        ax.loglog(ds.n_tokens, ds.w1_quantile_vs_n, "o-", label=f"quantile prompts, weight {cfg.weight_n:g}")
-        lw = ds.learned_w1.values
-        ax.errorbar(ds.n_learned, np.median(lw, 1), yerr=[np.median(lw, 1) - lw.min(1), lw.max(1) - np.median(lw, 1)],
-                    fmt="s-", color="C3", capsize=3, label=f"learned PE, K = {cfg.n_freq} (median, min-max over starts)")
-        ax.set_xlabel("N")
-        ax.set_ylabel("circle W1 to the target")
-        ax.set_title("W1 vs N against the floor", fontsize=9)
-        log_axis_ticks(ax, sorted(set(ds.n_tokens.values) | set(ds.n_learned.values)), p)
-        ax.legend(fontsize=7)
-        ax = fig.add_subplot(2, 3, 4)
-        for i, n in enumerate(ds.n_learned.values):
-            ax.semilogy(ds.learned_losses.values[i], color=f"C{i}", lw=1, label=f"paired start, N = {n}")
-        ax.semilogy(ds.learned_random_losses, "k--", lw=1, label=f"random start, N = {cfg.n}")
-        ax.set_xlabel("Adam step")
-        ax.set_ylabel("MMD of the end states (loss)")
-        rw = ds.learned_random_w1.values
-        ax.set_title(f"learned PE: the fit depends on its start (N = {cfg.n}: W1 {np.median(rw):.3f} from a random U)",
-                     fontsize=9)
-        ax.legend(fontsize=7)
-        ax = fig.add_subplot(2, 3, 5, projection="3d")
-        c, e = ds.learned_s2_cloud.values, ds.learned_s2_end.values
-        ax.scatter(c[:, 0], c[:, 1], c[:, 2], s=2, color="0.6", alpha=0.4, label="target (vMF mixture draws)")
-        ax.scatter(e[:, 0], e[:, 1], e[:, 2], s=14, color="C3", label=f"learned-PE limit, N = {e.shape[0]}")
-        ax.set_title(f"learned PE on S$^2$: MMD {np.median(ds.learned_s2_mmd):.3f} vs {np.mean(ds.learned_s2_mmd_iid):.3f} "
-                     f"for N i.i.d. draws", fontsize=8)
-        ax.legend(fontsize=7)
-        ax = fig.add_subplot(2, 3, 6, projection="3d")
-        t = ds.inverse_s2_target.values
-        ax.scatter(t[:, 0], t[:, 1], t[:, 2], s=12, color="k", label="target (N draws of a vMF mixture)")
-        ax.set_title(f"inverse design on S$^2$: {100 * float(ds.inverse_s2_fraction):.0f} % of {len(ds.start)} random starts "
-                     f"end at the target\n(max error {float(ds.inverse_s2_max_error.max()):.1e}); on S$^1$: "
-                     f"{100 * float(ds.inverse_s1_fraction):.0f} % (max {float(ds.inverse_s1_max_error.max()):.1e})",
-                     fontsize=8)
-        ax.legend(fontsize=7)
-        fig.suptitle("universality: the limit is a chosen target up to the floor (parallel prompts, inverse design, learned PE)",
-                     fontsize=10)
-        fig.tight_layout()
-        path = Path(outdir) / "universality.png"
-        save_figure(fig, path, dpi=100)
-        return [path]
+        return _figure.plot(self, ds, outdir)

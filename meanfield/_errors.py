@@ -96,7 +96,9 @@ _WRAPPER_PACKAGES = ("meanfield", "equinox", "jaxtyping", "beartype")
 
 def _is_wrapper_frame(frame) -> bool:
     name = frame.f_globals.get("__name__") or ""
-    return name.split(".")[0] in _WRAPPER_PACKAGES or frame.f_code.co_filename.startswith("<@beartype")
+    return name.split(".")[0] in _WRAPPER_PACKAGES or frame.f_code.co_filename.startswith(
+        "<@beartype"
+    )
 
 
 def deprecated(message: str) -> None:
@@ -137,8 +139,17 @@ def _range_text(lo, hi, lo_open, hi_open, nonzero, allow_neg_inf) -> str:
     return " and ".join(parts)
 
 
-def check_param(name: str, value, *, lo=None, hi=None, lo_open=False, hi_open=False, nonzero=False,
-                allow_neg_inf=False) -> None:
+def check_param(
+    name: str,
+    value,
+    *,
+    lo=None,
+    hi=None,
+    lo_open=False,
+    hi_open=False,
+    nonzero=False,
+    allow_neg_inf=False,
+) -> None:
     """A numeric parameter checked at once when its value is concrete, whatever its type (Python or
     NumPy scalar, 0-d or n-d array, a concrete JAX array): a one-line ``ValueError`` naming it when
     any entry is NaN, infinite or out of range. A traced value is not checked here: solvers fold
@@ -149,11 +160,15 @@ def check_param(name: str, value, *, lo=None, hi=None, lo_open=False, hi_open=Fa
     try:
         arr = np.asarray(value, dtype=float)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a real number or array, got {type(value).__name__}") from None
+        raise ValueError(
+            f"{name} must be a real number or array, got {type(value).__name__}"
+        ) from None
     bad = _bad_mask(arr, lo, hi, lo_open, hi_open, nonzero, allow_neg_inf)
     if np.any(bad):
         shown = f"{arr.item():g}" if arr.size == 1 else f"an array with {np.sum(bad)} bad entries"
-        raise ValueError(f"{name} must be {_range_text(lo, hi, lo_open, hi_open, nonzero, allow_neg_inf)}, got {shown}")
+        raise ValueError(
+            f"{name} must be {_range_text(lo, hi, lo_open, hi_open, nonzero, allow_neg_inf)}, got {shown}"
+        )
 
 
 def data_fault(bad, message: str):
@@ -167,7 +182,9 @@ def data_fault(bad, message: str):
     return jnp.any(bad)
 
 
-def param_fault(value, *, lo=None, hi=None, lo_open=False, hi_open=False, nonzero=False, allow_neg_inf=False):
+def param_fault(
+    value, *, lo=None, hi=None, lo_open=False, hi_open=False, nonzero=False, allow_neg_inf=False
+):
     """A scalar boolean computed in the graph: True when any entry of ``value`` breaks the range of
     [`check_param`][meanfield._errors.check_param] (for traced parameters, whose solve then returns a
     failure code)."""

@@ -41,7 +41,9 @@ class AbstractGeometry(eqx.Module):
     """Tangent projection and retraction of a state manifold (abstract: subclasses are final)."""
 
     @abc.abstractmethod
-    def project(self, x: Float[Array, "*batch d"], v: Float[Array, "*batch d"]) -> Float[Array, "*batch d"]:
+    def project(
+        self, x: Float[Array, "*batch d"], v: Float[Array, "*batch d"]
+    ) -> Float[Array, "*batch d"]:
         """The tangent part of ``v`` at ``x``."""
 
     @abc.abstractmethod
@@ -68,14 +70,18 @@ class Sphere(AbstractGeometry):
 
     tol: float | None = None
 
-    def project(self, x: Float[Array, "*batch d"], v: Float[Array, "*batch d"]) -> Float[Array, "*batch d"]:
+    def project(
+        self, x: Float[Array, "*batch d"], v: Float[Array, "*batch d"]
+    ) -> Float[Array, "*batch d"]:
         return v - jnp.sum(x * v, axis=-1, keepdims=True) * x
 
     def retract(self, x: Float[Array, "*batch d"]) -> Float[Array, "*batch d"]:
         return normalise(x)
 
     def check(self, x, name: str = "x0"):
-        tol = self.tol if self.tol is not None else (1e-6 if jnp.finfo(x.dtype).eps < 1e-10 else 1e-3)
+        tol = (
+            self.tol if self.tol is not None else (1e-6 if jnp.finfo(x.dtype).eps < 1e-10 else 1e-3)
+        )
         x = check_value(x, ~jnp.isfinite(x), f"{name}: tokens must be finite (found NaN or inf)")
         err = jnp.abs(jnp.linalg.norm(x, axis=-1) - 1.0)
         return check_value(
@@ -99,7 +105,9 @@ class Sphere(AbstractGeometry):
 class Euclidean(AbstractGeometry):
     """R^d: no projection."""
 
-    def project(self, x: Float[Array, "*batch d"], v: Float[Array, "*batch d"]) -> Float[Array, "*batch d"]:
+    def project(
+        self, x: Float[Array, "*batch d"], v: Float[Array, "*batch d"]
+    ) -> Float[Array, "*batch d"]:
         return v
 
     def retract(self, x: Float[Array, "*batch d"]) -> Float[Array, "*batch d"]:
@@ -133,7 +141,6 @@ class PostLN(AbstractLayerMap):
         return normalise(x + h * field(x))
 
 
-
 class PreLN(AbstractLayerMap):
     """x <- x + h F(n(x)) (GPT-2 style residual stream; the state is not normalised)."""
 
@@ -159,7 +166,6 @@ class NGPT(AbstractLayerMap):
 
     def step(self, field, x: Float[Array, "n d"], h) -> Float[Array, "n d"]:
         return normalise(x + h * (normalise(field(x)) - x))
-
 
 
 class Residual(AbstractLayerMap):

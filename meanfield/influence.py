@@ -37,7 +37,9 @@ from .particles import layers, simulate
 from .theory import kinetic_weights
 
 
-def bin_profile(profile: Real[ArrayLike, "*batch n"], n_bins: int) -> Real[np.ndarray, "*batch bins"]:
+def bin_profile(
+    profile: Real[ArrayLike, "*batch n"], n_bins: int
+) -> Real[np.ndarray, "*batch bins"]:
     """Sum the masses of a (..., n) profile over ``n_bins`` equal contiguous bins (n must be a
     multiple of n_bins)."""
     p = np.asarray(profile)
@@ -80,7 +82,9 @@ def u_shape_onset(ts: Real[ArrayLike, " time"], profiles: Real[ArrayLike, "time 
     return float(ts[i - 1] + (ts[i] - ts[i - 1]) * (-g0) / (g1 - g0))
 
 
-def right_end_slope(profile: Real[ArrayLike, "*batch n"], k: int = 1) -> Real[np.ndarray | np.generic, "*batch"]:
+def right_end_slope(
+    profile: Real[ArrayLike, "*batch n"], k: int = 1
+) -> Real[np.ndarray | np.generic, "*batch"]:
     """p_{n-1} - p_{n-1-k}: the slope sign at the right end of a profile (pass the off-diagonal
     profile, i.e. without the target's own entry, when the target is the last position)."""
     p = np.asarray(profile)
@@ -88,7 +92,9 @@ def right_end_slope(profile: Real[ArrayLike, "*batch n"], k: int = 1) -> Real[np
     return p[..., -1] - p[..., -1 - k]
 
 
-def u_shape_end(ts: Real[ArrayLike, " time"], profiles: Real[ArrayLike, "time n"], k: int = 1) -> float:
+def u_shape_end(
+    ts: Real[ArrayLike, " time"], profiles: Real[ArrayLike, "time n"], k: int = 1
+) -> float:
     r"""First time the right-end slope of the profiles (T, n) ([`right_end_slope`][meanfield.influence.right_end_slope]) turns from
     positive to non-positive, linearly interpolated between the two saved times; ``nan`` if it
     never does. This is the END of the U-shaped regime: the kinetic paper's t_crit
@@ -111,9 +117,21 @@ def u_shape_end(ts: Real[ArrayLike, " time"], profiles: Real[ArrayLike, "time n"
     return float("nan")
 
 
-def circle_retrieval_profile(attn, key: PRNGKeyArray, ts: Real[ArrayLike, " time"], n_tokens: int, *, n_runs: int = 256,
-                             M: float = 8.0, n_max: int = 20, target: int = -1, aux=None, batch: int = 64,
-                             diagonal: bool = False, **simulate_kwargs) -> Float[Array, "time n"]:
+def circle_retrieval_profile(
+    attn,
+    key: PRNGKeyArray,
+    ts: Real[ArrayLike, " time"],
+    n_tokens: int,
+    *,
+    n_runs: int = 256,
+    M: float = 8.0,
+    n_max: int = 20,
+    target: int = -1,
+    aux=None,
+    batch: int = 64,
+    diagonal: bool = False,
+    **simulate_kwargs,
+) -> Float[Array, "time n"]:
     r"""Retrieval profile of the token ``target`` on the circle S^1 (d = 2) from particle runs with
     i.i.d. uniform initial angles, as a density over source positions (comparable to
     [`meanfield.theory.kinetic_profile`][meanfield.theory.kinetic.kinetic_profile] with s_k = (k + 1/2)/N):
@@ -134,11 +152,17 @@ def circle_retrieval_profile(attn, key: PRNGKeyArray, ts: Real[ArrayLike, " time
     ``simulate_kwargs`` go to [`meanfield.simulate`][meanfield.particles.simulate] (``rtol``, ``atol``, ``solver``...)."""
     require(int(n_tokens) >= 2, f"n_tokens must be >= 2, got {n_tokens}")
     require(int(n_runs) >= 1, f"n_runs must be >= 1, got {n_runs}")
-    require(attn.dim in (None, 2), f"the circle retrieval profile needs d = 2 tokens, the attention has d = {attn.dim}")
+    require(
+        attn.dim in (None, 2),
+        f"the circle retrieval profile needs d = 2 tokens, the attention has d = {attn.dim}",
+    )
     weights = kinetic_weights(M, n_max)  # checks M > 0 and n_max >= 1
     n = int(n_tokens)
     ts = jnp.asarray(ts, dtype=float)
-    require(ts.ndim == 1 and ts.shape[0] >= 1, f"ts must be a 1-D array of save times, got shape {ts.shape}")
+    require(
+        ts.ndim == 1 and ts.shape[0] >= 1,
+        f"ts must be a 1-D array of save times, got shape {ts.shape}",
+    )
     save = jnp.concatenate([jnp.zeros((1,), ts.dtype), ts])
     modes = jnp.arange(1, int(n_max) + 1, dtype=ts.dtype)
 
@@ -151,7 +175,9 @@ def circle_retrieval_profile(attn, key: PRNGKeyArray, ts: Real[ArrayLike, " time
         theta0 = jax.random.uniform(k, (n,), ts.dtype, 0.0, 2 * np.pi)
         out, jac = target_angles(theta0), jax.jacrev(target_angles)(theta0)  # (T,), (T, N)
         phase = out[:, None, None] - theta0[None, None, :]  # (T, 1, N)
-        corr = jnp.cos(modes[None, :, None] * phase) * jac[:, None, :]  # Re e^{i n (.)} d theta_T/d theta_k
+        corr = (
+            jnp.cos(modes[None, :, None] * phase) * jac[:, None, :]
+        )  # Re e^{i n (.)} d theta_T/d theta_k
         return jnp.einsum("m,tmk->tk", jnp.asarray(weights, ts.dtype), corr)
 
     keys = jax.random.split(key, int(n_runs))
@@ -181,30 +207,50 @@ def jacobian_profile(fn, x0: TokensLike, target: int = -1) -> Float[Array, "*lea
     return jnp.sqrt(sq).reshape(lead + x0.shape[:1])
 
 
-def layers_influence(attn, x0: TokensLike, n_layers: int | None = None, *, h=1.0, norm=None, aux=None, prompt=None,
-                     target: int = -1, depths=None) -> Float[Array, "*depth n"]:
+def layers_influence(
+    attn,
+    x0: TokensLike,
+    n_layers: int | None = None,
+    *,
+    h=1.0,
+    norm=None,
+    aux=None,
+    prompt=None,
+    target: int = -1,
+    depths=None,
+) -> Float[Array, "*depth n"]:
     """Jacobian profile of the output of ``meanfield.layers`` (H = ``n_layers`` discrete layers),
     shape (N,); with ``depths`` = (H_1, H_2, ...) instead, the profiles after each of those depths
     from one forward pass and one batch of VJPs, shape (len(depths), N)."""
     norm = PostLN() if norm is None else norm
     if depths is None:
-        return jacobian_profile(lambda x: layers(attn, x, n_layers, h=h, norm=norm, aux=aux, prompt=prompt).xs[-1],
-                                x0, target)
+        return jacobian_profile(
+            lambda x: layers(attn, x, n_layers, h=h, norm=norm, aux=aux, prompt=prompt).xs[-1],
+            x0,
+            target,
+        )
     idx = np.asarray(depths, dtype=int)
     if idx.ndim != 1 or idx.size == 0 or idx.min() < 1:
         raise ValueError(f"depths must be a non-empty list of depths >= 1, got {depths}")
-    return jacobian_profile(lambda x: layers(attn, x, int(idx.max()), h=h, norm=norm, aux=aux, prompt=prompt).xs[idx],
-                            x0, target)
+    return jacobian_profile(
+        lambda x: layers(attn, x, int(idx.max()), h=h, norm=norm, aux=aux, prompt=prompt).xs[idx],
+        x0,
+        target,
+    )
 
 
-def flow_influence(attn, x0: TokensLike, t1, *, target: int = -1, **simulate_kwargs) -> Float[Array, " n"]:
+def flow_influence(
+    attn, x0: TokensLike, t1, *, target: int = -1, **simulate_kwargs
+) -> Float[Array, " n"]:
     """Jacobian profile of the continuous dynamics x(t1) (``meanfield.simulate``, its keyword
     arguments passed through: geometry, aux, prompt, solver, dt, rtol, atol)."""
     ts = jnp.asarray([0.0, t1], dtype=jnp.asarray(x0).dtype)
     return jacobian_profile(lambda x: simulate(attn, x, ts, **simulate_kwargs).xs[-1], x0, target)
 
 
-def rollout(attn, xs: Float[ArrayLike, "depth n d"], alpha, *, aux=None, target: int = -1, depths=None) -> Float[Array, "*k n"]:
+def rollout(
+    attn, xs: Float[ArrayLike, "depth n d"], alpha, *, aux=None, target: int = -1, depths=None
+) -> Float[Array, "*k n"]:
     """Attention rollout: row ``target`` of prod_l ((1 - alpha) I + alpha A_l), A_l = the
     engine's attention matrix at layer input xs[l] (l = 0..H-1, heads averaged), applied from
     the last layer down: r <- (1 - alpha) r + alpha r A_l. ``xs``: (H, N, d) layer inputs, e.g.

@@ -55,8 +55,13 @@ def _cosines(x):
 
 
 @_per_cloud
-def energy(x: Clouds, beta: Real[ArrayLike, ""], mass: Float[ArrayLike, "*#batch n"] | None = None,
-           prompt: Float[ArrayLike, "n d"] | None = None, weight: Real[ArrayLike, "*#n"] = 1.0) -> PerCloud:
+def energy(
+    x: Clouds,
+    beta: Real[ArrayLike, ""],
+    mass: Float[ArrayLike, "*#batch n"] | None = None,
+    prompt: Float[ArrayLike, "n d"] | None = None,
+    weight: Real[ArrayLike, "*#n"] = 1.0,
+) -> PerCloud:
     r"""Interaction energy
 
     $$
@@ -88,7 +93,9 @@ def min_cosine(x: Clouds) -> PerCloud:
     """min over i != j of the cosine between x_i and x_j (1 at full collapse)."""
     c = _cosines(x)
     n = x.shape[0]
-    return jnp.min(jnp.where(jnp.eye(n, dtype=bool), jnp.inf, c)) if n > 1 else jnp.ones((), x.dtype)
+    return (
+        jnp.min(jnp.where(jnp.eye(n, dtype=bool), jnp.inf, c)) if n > 1 else jnp.ones((), x.dtype)
+    )
 
 
 @_per_cloud
@@ -172,8 +179,13 @@ def dirac_distance(x: Clouds, mass: Float[ArrayLike, "*#batch n"] | None = None)
     return jnp.sqrt(jnp.maximum(val, 0.0))
 
 
-def wasserstein_1d(a: Real[ArrayLike, " na"], b: Real[ArrayLike, " nb"], wa: Real[ArrayLike, " na"] | None = None,
-                   wb: Real[ArrayLike, " nb"] | None = None, p: int = 2) -> Float[Array, ""]:
+def wasserstein_1d(
+    a: Real[ArrayLike, " na"],
+    b: Real[ArrayLike, " nb"],
+    wa: Real[ArrayLike, " na"] | None = None,
+    wb: Real[ArrayLike, " nb"] | None = None,
+    p: int = 2,
+) -> Float[Array, ""]:
     """Exact W_p between weighted samples on the line: (int_0^1 |F^-1(u) - G^-1(u)|^p du)^(1/p),
     integrated exactly over the merged breakpoints of the two quantile functions."""
     a, b = jnp.asarray(a), jnp.asarray(b)
@@ -189,8 +201,12 @@ def wasserstein_1d(a: Real[ArrayLike, " na"], b: Real[ArrayLike, " nb"], wa: Rea
     return jnp.sum(du * jnp.abs(qa - qb) ** p) ** (1.0 / p)
 
 
-def circle_w1(theta_a: Real[ArrayLike, " na"], theta_b: Real[ArrayLike, " nb"], wa: Real[ArrayLike, " na"] | None = None,
-              wb: Real[ArrayLike, " nb"] | None = None) -> Float[Array, ""]:
+def circle_w1(
+    theta_a: Real[ArrayLike, " na"],
+    theta_b: Real[ArrayLike, " nb"],
+    wa: Real[ArrayLike, " na"] | None = None,
+    wb: Real[ArrayLike, " nb"] | None = None,
+) -> Float[Array, ""]:
     """Exact W1 on the circle (geodesic distance, angles in radians):
     W1 = min_c int_0^{2 pi} |F(t) - G(t) - c| dt, attained at a weighted median of F - G."""
     ta = jnp.mod(jnp.asarray(theta_a), 2 * jnp.pi)
@@ -209,8 +225,15 @@ def circle_w1(theta_a: Real[ArrayLike, " na"], theta_b: Real[ArrayLike, " nb"], 
     return jnp.sum(length * jnp.abs(diff - c))
 
 
-def sliced_wasserstein(x: Real[ArrayLike, "nx d"], y: Real[ArrayLike, "ny d"], key: PRNGKeyArray, n_proj: int = 256,
-                       wx: Real[ArrayLike, " nx"] | None = None, wy: Real[ArrayLike, " ny"] | None = None, p: int = 2) -> Float[Array, ""]:
+def sliced_wasserstein(
+    x: Real[ArrayLike, "nx d"],
+    y: Real[ArrayLike, "ny d"],
+    key: PRNGKeyArray,
+    n_proj: int = 256,
+    wx: Real[ArrayLike, " nx"] | None = None,
+    wy: Real[ArrayLike, " ny"] | None = None,
+    p: int = 2,
+) -> Float[Array, ""]:
     """Sliced W_p between weighted clouds x (n, d) and y (m, d): the W_p of the 1-D projections
     on ``n_proj`` random unit directions, averaged in the p-th power (Monte Carlo over directions,
     exact in each direction)."""
@@ -220,8 +243,13 @@ def sliced_wasserstein(x: Real[ArrayLike, "nx d"], y: Real[ArrayLike, "ny d"], k
     return jnp.mean(per) ** (1.0 / p)
 
 
-def mmd(x: Real[ArrayLike, "nx d"], y: Real[ArrayLike, "ny d"], sigma=0.5, wx: Real[ArrayLike, " nx"] | None = None,
-        wy: Real[ArrayLike, " ny"] | None = None) -> Float[Array, ""]:
+def mmd(
+    x: Real[ArrayLike, "nx d"],
+    y: Real[ArrayLike, "ny d"],
+    sigma=0.5,
+    wx: Real[ArrayLike, " nx"] | None = None,
+    wy: Real[ArrayLike, " ny"] | None = None,
+) -> Float[Array, ""]:
     """Maximum mean discrepancy with the Gaussian kernel exp(-|a-b|^2 / (2 sigma^2))
     (weighted V-statistic; >= 0, zero iff the two weighted clouds coincide as measures)."""
     wx, wy = _weights(x.shape[0], wx, x.dtype), _weights(y.shape[0], wy, y.dtype)
@@ -234,7 +262,13 @@ def mmd(x: Real[ArrayLike, "nx d"], y: Real[ArrayLike, "ny d"], sigma=0.5, wx: R
     return jnp.sqrt(jnp.maximum(val, 0.0))
 
 
-def plateaus(ts: Real[ArrayLike, " time"], values: Real[ArrayLike, " time"], *, min_decades: float = 0.5, rtol: float = 1e-3):
+def plateaus(
+    ts: Real[ArrayLike, " time"],
+    values: Real[ArrayLike, " time"],
+    *,
+    min_decades: float = 0.5,
+    rtol: float = 1e-3,
+):
     """Metastable plateaus of a series on a log-time axis (NumPy post-processing).
 
     A plateau is a maximal run of saves (at t > 0) over which ``values`` stays within a relative

@@ -36,7 +36,6 @@ from .kernel.attention import PromptArg
 from .kernel.tokens import split_prompt
 
 
-
 _rk4_tableau = ButcherTableau(
     a_lower=(np.array([0.5]), np.array([0.0, 0.5]), np.array([0.0, 0.0, 1.0])),
     b_sol=np.array([1 / 6, 1 / 3, 1 / 3, 1 / 6]),
@@ -90,10 +89,14 @@ class RESULTS(diffrax.RESULTS):
     """Result codes of [`simulate`][meanfield.particles.simulate]: diffrax's, plus the failures of the input
     and of the fixed-step state."""
 
-    invalid_parameter = ("a parameter of the attention (beta, Q, K, V, W, a mask or encoding parameter) or dt is "
-                         "NaN, infinite or out of range (a traced value, checked in the graph)")
-    left_sphere = (f"tokens left the unit sphere by more than SPHERE_TOL = {SPHERE_TOL:g}: the fixed step dt is too "
-                   "large for these dynamics; lower dt or use an adaptive solver (dt=None)")
+    invalid_parameter = (
+        "a parameter of the attention (beta, Q, K, V, W, a mask or encoding parameter) or dt is "
+        "NaN, infinite or out of range (a traced value, checked in the graph)"
+    )
+    left_sphere = (
+        f"tokens left the unit sphere by more than SPHERE_TOL = {SPHERE_TOL:g}: the fixed step dt is too "
+        "large for these dynamics; lower dt or use an adaptive solver (dt=None)"
+    )
 
 
 class Trajectory(eqx.Module):
@@ -159,7 +162,9 @@ def linear_stability(
     x = jnp.asarray(x)
     require(x.ndim == 2, f"x must have shape (N, d), got {x.shape}")
     n, d = x.shape
-    jac = jax.jacfwd(lambda y: velocity(attn, y, geometry=geometry, aux=aux, prompt=prompt).ravel())(x).reshape(n * d, n * d)
+    jac = jax.jacfwd(
+        lambda y: velocity(attn, y, geometry=geometry, aux=aux, prompt=prompt).ravel()
+    )(x).reshape(n * d, n * d)
     jac = np.asarray(jac, dtype=np.float64)
     basis = geometry.tangent_basis(x)
     return float(np.linalg.eigvals(basis @ jac @ basis.T).real.max())
@@ -167,7 +172,10 @@ def linear_stability(
 
 def _resolve_solver(solver) -> diffrax.AbstractSolver:
     if isinstance(solver, str):
-        require(solver in SOLVERS, f"solver must be one of {sorted(SOLVERS)} or a diffrax solver, got {solver!r}")
+        require(
+            solver in SOLVERS,
+            f"solver must be one of {sorted(SOLVERS)} or a diffrax solver, got {solver!r}",
+        )
         return SOLVERS[solver]()
     require(
         isinstance(solver, diffrax.AbstractSolver),
@@ -207,8 +215,16 @@ def available_memory() -> int | None:
         return None
 
 
-def memory_estimate(attn: Attention, n: int, d: int, n_save: int, *, n_prompt: int = 0, itemsize: int = 8,
-                    stages: int = 7) -> dict:
+def memory_estimate(
+    attn: Attention,
+    n: int,
+    d: int,
+    n_save: int,
+    *,
+    n_prompt: int = 0,
+    itemsize: int = 8,
+    stages: int = 7,
+) -> dict:
     """Bytes a solve needs, roughly: the saved states (n_save N d), the solver's working states
     (``stages`` + 4 copies of N d: Tsit5 stages, the state, error estimate and dense output) and one
     attention evaluation ([`Attention.memory_bytes`][meanfield.kernel.attention.Attention.memory_bytes]). Reverse-mode gradients need more."""
@@ -220,14 +236,26 @@ def memory_estimate(attn: Attention, n: int, d: int, n_save: int, *, n_prompt: i
 def _check_memory(attn, x0, n_save, prompt, what):
     n, d = x0.shape
     shared, parallel = split_prompt(prompt)
-    est = memory_estimate(attn, n, d, n_save, n_prompt=0 if shared is None else shared.size,
-                          itemsize=x0.dtype.itemsize)
+    est = memory_estimate(
+        attn,
+        n,
+        d,
+        n_save,
+        n_prompt=0 if shared is None else shared.size,
+        itemsize=x0.dtype.itemsize,
+    )
     avail = available_memory()
     if avail is not None and est["total"] > avail:
         gb = lambda b: f"{b / 2**30:.3g} GB"  # noqa: E731
-        hint = "" if isinstance(attn.backend, Chunked) else "; backend=meanfield.kernel.Chunked() bounds the attention part"
-        raise ValueError(f"{what} needs about {gb(est['total'])} (saved and working states {gb(est['state'])}, attention "
-                         f"{gb(est['attention'])}) but only {gb(avail)} is available: fewer tokens or save times{hint}")
+        hint = (
+            ""
+            if isinstance(attn.backend, Chunked)
+            else "; backend=meanfield.kernel.Chunked() bounds the attention part"
+        )
+        raise ValueError(
+            f"{what} needs about {gb(est['total'])} (saved and working states {gb(est['state'])}, attention "
+            f"{gb(est['attention'])}) but only {gb(avail)} is available: fewer tokens or save times{hint}"
+        )
 
 
 def _as_float(name, value, dtype):
@@ -287,13 +315,21 @@ def simulate(
         meanfield.observables.diameter(traj.xs)   # (11,) diameter over time
         ```
     """
-    require(isinstance(attn, Attention), f"attn must be a meanfield.Attention, got {type(attn).__name__}")
+    require(
+        isinstance(attn, Attention),
+        f"attn must be a meanfield.Attention, got {type(attn).__name__}",
+    )
     x0 = jnp.asarray(x0)
-    require(x0.dtype in (jnp.float32, jnp.float64),
-            f"x0 must be float32 or float64, got {x0.dtype} (half precision cannot hold the solver's tolerances)")
+    require(
+        x0.dtype in (jnp.float32, jnp.float64),
+        f"x0 must be float32 or float64, got {x0.dtype} (half precision cannot hold the solver's tolerances)",
+    )
     attn.validate(x0, aux, prompt, name="x0")
     ts = jnp.asarray(ts, dtype=x0.dtype)
-    require(ts.ndim == 1 and ts.shape[0] >= 2, f"ts must be a 1-D array of at least 2 save times, got shape {ts.shape}")
+    require(
+        ts.ndim == 1 and ts.shape[0] >= 2,
+        f"ts must be a 1-D array of at least 2 save times, got shape {ts.shape}",
+    )
     solver = _resolve_solver(solver)
     if dt is None:
         require(
@@ -310,14 +346,39 @@ def simulate(
     x0 = check_value(x0, ~jnp.all(jnp.diff(ts) > 0), "ts must be strictly increasing")
     rtol = _as_float("rtol", rtol, x0.dtype)
     atol = _as_float("atol", atol, x0.dtype)
-    if dt is None:  # the tolerances drive the step: negative, NaN or both zero would silently mislead it
-        bad_tol = ~(jnp.isfinite(rtol) & jnp.isfinite(atol) & (rtol >= 0) & (atol >= 0) & (rtol + atol > 0))
-        got = f" (got rtol = {float(rtol):g}, atol = {float(atol):g})" if is_concrete(rtol, atol) else ""
+    if (
+        dt is None
+    ):  # the tolerances drive the step: negative, NaN or both zero would silently mislead it
+        bad_tol = ~(
+            jnp.isfinite(rtol) & jnp.isfinite(atol) & (rtol >= 0) & (atol >= 0) & (rtol + atol > 0)
+        )
+        got = (
+            f" (got rtol = {float(rtol):g}, atol = {float(atol):g})"
+            if is_concrete(rtol, atol)
+            else ""
+        )
         x0 = check_value(x0, bad_tol, "rtol and atol must be finite and >= 0, not both 0" + got)
     attn.check_parameters()  # concrete values: refused now, before any solve
     # traced parameters out of range: the point's result is RESULTS.invalid_parameter (no host callback)
-    fault = attn.parameter_fault() | (jnp.zeros((), bool) if dt is None else param_fault(dt, lo=0, lo_open=True))
-    traj = _simulate(attn, x0, ts, geometry, aux, prompt, solver, dt, rtol, atol, int(max_steps), throw, adjoint, fault)
+    fault = attn.parameter_fault() | (
+        jnp.zeros((), bool) if dt is None else param_fault(dt, lo=0, lo_open=True)
+    )
+    traj = _simulate(
+        attn,
+        x0,
+        ts,
+        geometry,
+        aux,
+        prompt,
+        solver,
+        dt,
+        rtol,
+        atol,
+        int(max_steps),
+        throw,
+        adjoint,
+        fault,
+    )
     if throw and is_concrete(traj.result._value) and bool(traj.result != RESULTS.successful):
         raise SolverError(f"simulate failed: {RESULTS[traj.result]}")
     return traj
@@ -325,7 +386,9 @@ def simulate(
 
 @eqx.filter_jit
 @eqx.debug.assert_max_traces(max_traces=None)  # counts traces: eqx.debug.get_num_traces(_simulate)
-def _simulate(attn, x0, ts, geometry, aux, prompt, solver, dt, rtol, atol, max_steps, throw, adjoint, fault):
+def _simulate(
+    attn, x0, ts, geometry, aux, prompt, solver, dt, rtol, atol, max_steps, throw, adjoint, fault
+):
 
     def rhs(t, y, args):  # a faulty point is not integrated (its result says why)
         v = velocity(attn, y, geometry=geometry, aux=aux, prompt=prompt)
@@ -351,8 +414,12 @@ def _simulate(attn, x0, ts, geometry, aux, prompt, solver, dt, rtol, atol, max_s
     result = RESULTS.where(fault, RESULTS.invalid_parameter, RESULTS.promote(sol.result))
     xs = sol.ys
     if dt is not None and isinstance(geometry, Sphere):  # fixed steps: hold the state to the sphere
-        off = ~(jnp.max(jnp.abs(jnp.linalg.norm(xs, axis=-1) - 1.0), axis=-1) <= SPHERE_TOL)  # per save (NaN: off)
-        result = RESULTS.where((result == RESULTS.successful) & jnp.any(off), RESULTS.left_sphere, result)
+        off = ~(
+            jnp.max(jnp.abs(jnp.linalg.norm(xs, axis=-1) - 1.0), axis=-1) <= SPHERE_TOL
+        )  # per save (NaN: off)
+        result = RESULTS.where(
+            (result == RESULTS.successful) & jnp.any(off), RESULTS.left_sphere, result
+        )
         gone = jnp.cumsum(off) > 0  # NaN from the first save off the sphere on
         xs = jnp.where(gone[:, None, None], jnp.nan, xs)
     xs = jnp.where(fault, jnp.nan, xs)
@@ -386,8 +453,14 @@ def layers(
         out = meanfield.layers(meanfield.Attention(beta=4.0), x0, 12, h=0.5)
         ```
     """
-    require(isinstance(attn, Attention), f"attn must be a meanfield.Attention, got {type(attn).__name__}")
-    require(isinstance(norm, AbstractLayerMap), f"norm must be a layer map (PostLN, PreLN, ...), got {norm!r}")
+    require(
+        isinstance(attn, Attention),
+        f"attn must be a meanfield.Attention, got {type(attn).__name__}",
+    )
+    require(
+        isinstance(norm, AbstractLayerMap),
+        f"norm must be a layer map (PostLN, PreLN, ...), got {norm!r}",
+    )
     require(int(n_layers) >= 1, f"n_layers must be >= 1, got {n_layers}")
     x0 = jnp.asarray(x0)
     attn.validate(x0, aux, prompt, name="x0")

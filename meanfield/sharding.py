@@ -102,7 +102,10 @@ def make_mesh(spec: str = "auto", *, batch: int = 1, n_tokens: int = 0, devices=
     """
     devs = list(jax.devices() if devices is None else devices)
     data, tokens = _parse(str(spec), len(devs), int(batch), int(n_tokens))
-    require(data >= 1 and tokens >= 1, f"mesh: axis sizes must be >= 1, got data={data}, tokens={tokens}")
+    require(
+        data >= 1 and tokens >= 1,
+        f"mesh: axis sizes must be >= 1, got data={data}, tokens={tokens}",
+    )
     require(
         data * tokens <= len(devs),
         f"mesh: {spec!r} needs data x tokens = {data * tokens} devices but {len(devs)} are present",
@@ -128,7 +131,11 @@ def data_shards() -> int:
     return _axis_size("data")
 
 
-def pad_rows(a: Shaped[Array, "n *rest"], size: int, value=None) -> Shaped[Array, "{size} *rest"]:
+def pad_rows(
+    a: Shaped[Array, "n *rest"],  # noqa: F821 (jaxtyping dimensions, not names)
+    size: int,
+    value=None,
+) -> Shaped[Array, "{size} *rest"]:  # noqa: F821
     """Pad the leading axis of ``a`` to ``size`` (repeating the last row, or with ``value``)."""
     return pad_axis(jnp.asarray(a), max(size, a.shape[0]), 0, "edge" if value is None else value)
 
@@ -140,8 +147,10 @@ def shard_leading(tree, mesh: Mesh, axis: str = "data"):
 
     def put(a):
         a = jnp.asarray(a)
-        require(a.ndim >= 1 and a.shape[0] % size == 0,
-                f"shard_leading: leading axis of shape {a.shape} is not a multiple of the {axis!r} axis ({size})")
+        require(
+            a.ndim >= 1 and a.shape[0] % size == 0,
+            f"shard_leading: leading axis of shape {a.shape} is not a multiple of the {axis!r} axis ({size})",
+        )
         return jax.device_put(a, NamedSharding(mesh, P(axis)))
 
     return jax.tree.map(put, tree)
@@ -175,7 +184,9 @@ def ensemble_chunk(n_tokens: int, scores: int = ENSEMBLE_SCORES) -> int:
     return max(1, int(scores) // max(1, int(n_tokens)) ** 2)
 
 
-def ensemble_vmap(fn, n_tokens: int, *, in_axes=0, spmd_axis_name=None, scores: int = ENSEMBLE_SCORES):
+def ensemble_vmap(
+    fn, n_tokens: int, *, in_axes=0, spmd_axis_name=None, scores: int = ENSEMBLE_SCORES
+):
     """``jax.vmap(fn, in_axes)`` for an ensemble of runs of ``n_tokens`` tokens each, evaluated
     in chunks of k = [`ensemble_chunk`][meanfield.sharding.ensemble_chunk] runs (``jax.lax.map(..., batch_size=k)``: a scan
     over chunks, each chunk vmapped).
@@ -194,11 +205,20 @@ def ensemble_vmap(fn, n_tokens: int, *, in_axes=0, spmd_axis_name=None, scores: 
 
     def call(*args):
         axes = in_axes if isinstance(in_axes, (tuple, list)) else (in_axes,) * len(args)
-        require(len(axes) == len(args), f"ensemble_vmap: in_axes has {len(axes)} entries for {len(args)} arguments")
-        require(all(a in (0, None) for a in axes), f"ensemble_vmap: in_axes entries must be 0 or None, got {in_axes}")
+        require(
+            len(axes) == len(args),
+            f"ensemble_vmap: in_axes has {len(axes)} entries for {len(args)} arguments",
+        )
+        require(
+            all(a in (0, None) for a in axes),
+            f"ensemble_vmap: in_axes entries must be 0 or None, got {in_axes}",
+        )
         mapped = tuple(a for a, ax in zip(args, axes) if ax == 0)
         sizes = {leaf.shape[0] for leaf in jax.tree.leaves(mapped)}
-        require(len(sizes) == 1, f"ensemble_vmap: mapped arguments have different leading sizes {sorted(sizes)}")
+        require(
+            len(sizes) == 1,
+            f"ensemble_vmap: mapped arguments have different leading sizes {sorted(sizes)}",
+        )
         if sizes.pop() <= k:
             return jax.vmap(fn, in_axes=in_axes)(*args)
 

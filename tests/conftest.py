@@ -34,6 +34,7 @@ def backend_params(names=None):
     """``pytest.param`` of each backend of ``names`` (default: all), with its name as the id."""
     return [pytest.param(BACKENDS[n], id=n) for n in (names or BACKENDS)]
 
+
 # tests/sharded needs 8 (emulated) devices, which XLA only creates if asked before JAX starts:
 # tests/test_sharding.py runs it in its own pytest process with
 # XLA_FLAGS=--xla_force_host_platform_device_count=8 and MEANFIELD_SHARDED_TESTS=1.
@@ -51,9 +52,17 @@ def site(tmp_path_factory):
     if shutil.which("mkdocs") is None and importlib.util.find_spec("mkdocs") is None:
         pytest.skip("mkdocs is not installed (pip install -e '.[docs]')")
     out = tmp_path_factory.mktemp("site")
-    env = dict(os.environ, NO_MKDOCS_2_WARNING="1")  # mkdocs-material's banner about MkDocs 2, not a build warning
-    run = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
-                         cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=900, env=env)
+    env = dict(
+        os.environ, NO_MKDOCS_2_WARNING="1"
+    )  # mkdocs-material's banner about MkDocs 2, not a build warning
+    run = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
     return out, run
 
 

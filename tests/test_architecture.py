@@ -76,7 +76,9 @@ def graph():
 
         def visit(node, in_func):
             for child in ast.iter_child_nodes(node):
-                inner = in_func or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+                inner = in_func or isinstance(
+                    child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
+                )
                 if isinstance(child, (ast.Import, ast.ImportFrom)):
                     for target in _resolve(mod, path.name == "__init__.py", child, known):
                         found.append((target, child.lineno, in_func))
@@ -89,7 +91,9 @@ def graph():
 
 def cycles(edges) -> list[list[str]]:
     """Strongly connected components with more than one module (Tarjan), module-level imports only."""
-    adj = {m: sorted({t for t, _, f in e if not f and t in edges and t != m}) for m, e in edges.items()}
+    adj = {
+        m: sorted({t for t, _, f in e if not f and t in edges and t != m}) for m, e in edges.items()
+    }
     index, low, stack, on, out = {}, {}, [], set(), []
 
     def strong(v):
@@ -134,7 +138,12 @@ def test_no_import_cycle():
 
 
 def test_no_function_local_import_of_a_project_module():
-    bad = [f"{m} imports {t} inside a function at line {line}" for m, e in graph().items() for t, line, f in e if f]
+    bad = [
+        f"{m} imports {t} inside a function at line {line}"
+        for m, e in graph().items()
+        for t, line, f in e
+        if f
+    ]
     assert not bad, "\n".join(bad)
 
 
@@ -171,7 +180,12 @@ def test_package_attributes_version_and_plain_examples():
     for name in ("AbstractMask", "AbstractPE", "AbstractGeometry", "AbstractLayerMap"):
         assert getattr(mf, name).__name__ == name
     assert mf.__version__ == importlib.metadata.version("meanfield")
-    doctests = [str(p) for folder in PACKAGES.values() for p in folder.rglob("*.py") if ">>> " in p.read_text()]
+    doctests = [
+        str(p)
+        for folder in PACKAGES.values()
+        for p in folder.rglob("*.py")
+        if ">>> " in p.read_text()
+    ]
     assert doctests == []
 
 
@@ -194,8 +208,18 @@ MAX_LINES = 550
 
 def test_no_file_passes_the_line_cap():
     """No Python file of the project passes 550 lines: one that would is split along its subjects."""
-    files = [p for p in ROOT.rglob("*.py") if not any(part.startswith(".") or part in ("build", "site") for part in p.relative_to(ROOT).parts)]
-    long = {str(p.relative_to(ROOT)): n for p in files if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    files = [
+        p
+        for p in ROOT.rglob("*.py")
+        if not any(
+            part.startswith(".") or part in ("build", "site") for part in p.relative_to(ROOT).parts
+        )
+    ]
+    long = {
+        str(p.relative_to(ROOT)): n
+        for p in files
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
     assert len(files) > 50 and not long, long
 
 
@@ -223,18 +247,34 @@ def test_strategy_hooks_are_abstract_or_final():
     from meanfield.pde import CircleMeanField, KineticMeanField, SphereMeanField
     from meanfield.pde._integrate import AbstractDensitySolver
 
-    solvers = _concrete_overrides(AbstractDensitySolver, [CircleMeanField, KineticMeanField, SphereMeanField])
-    kernels = _concrete_overrides(backends.AbstractBackend, [backends.Dense, backends.Chunked, backends.Auto,
-                                                            backends.Fused, backends.Splash])
+    solvers = _concrete_overrides(
+        AbstractDensitySolver, [CircleMeanField, KineticMeanField, SphereMeanField]
+    )
+    kernels = _concrete_overrides(
+        backends.AbstractBackend,
+        [backends.Dense, backends.Chunked, backends.Auto, backends.Fused, backends.Splash],
+    )
     assert solvers == [] and kernels == [], solvers + kernels
     base = type("Base", (), {"step": lambda self: 1})
-    assert _concrete_overrides(base, [type("Solver", (base,), {"step": lambda self: 2})]) == ["Solver.step overrides Base.step"]
+    assert _concrete_overrides(base, [type("Solver", (base,), {"step": lambda self: 2})]) == [
+        "Solver.step overrides Base.step"
+    ]
 
 
 def test_attention_names_no_backend():
     """``attention.py`` imports the backend contract and the default strategy, no backend module."""
     text = (ROOT / "meanfield" / "kernel" / "attention.py").read_text()
     imports = [line for line in text.splitlines() if line.startswith(("from ", "import "))]
-    names = ("Dense", "Chunked", "Fused", "Splash", "Auto", "backends.dense", "backends.chunked", "backends.fused",
-             "backends.splash", "backends.auto")
+    names = (
+        "Dense",
+        "Chunked",
+        "Fused",
+        "Splash",
+        "Auto",
+        "backends.dense",
+        "backends.chunked",
+        "backends.fused",
+        "backends.splash",
+        "backends.auto",
+    )
     assert not [line for line in imports if any(n in line for n in names)], imports

@@ -30,7 +30,9 @@ def setup(key):
 def test_zero_coupling_is_the_plain_engine(setup, make):
     x0, aux = setup
     ts = jnp.linspace(0, 3, 4)
-    plain = mf.simulate(mf.Attention(2.0, mask=mf.Causal()), x0, ts, aux=aux, rtol=1e-10, atol=1e-10).xs
+    plain = mf.simulate(
+        mf.Attention(2.0, mask=mf.Causal()), x0, ts, aux=aux, rtol=1e-10, atol=1e-10
+    ).xs
     off = mf.simulate(mf.Attention(2.0, **make(0.0)), x0, ts, aux=aux, rtol=1e-10, atol=1e-10).xs
     on = mf.simulate(mf.Attention(2.0, **make(1.0)), x0, ts, aux=aux, rtol=1e-10, atol=1e-10).xs
     np.testing.assert_array_equal(off, plain)
@@ -48,14 +50,22 @@ def test_rope_scores_match_explicit_rotation_and_are_relative(key):
         r = np.zeros((d, d))
         for j in range(d // 2):
             a = p * base ** (-2 * j / d)
-            r[2 * j : 2 * j + 2, 2 * j : 2 * j + 2] = [[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]
+            r[2 * j : 2 * j + 2, 2 * j : 2 * j + 2] = [
+                [np.cos(a), -np.sin(a)],
+                [np.sin(a), np.cos(a)],
+            ]
         return r
 
-    explicit = np.array([[(rot(pos[i]) @ q[i]) @ (rot(pos[j]) @ k[j]) for j in range(n)] for i in range(n)])
+    explicit = np.array(
+        [[(rot(pos[i]) @ q[i]) @ (rot(pos[j]) @ k[j]) for j in range(n)] for i in range(n)]
+    )
     rq = rope_rotate(jnp.asarray(q), jnp.asarray(pos), base)
     rk = rope_rotate(jnp.asarray(k), jnp.asarray(pos), base)
     np.testing.assert_allclose(rq @ rk.T, explicit, rtol=1e-12, atol=1e-12)
-    shifted = rope_rotate(jnp.asarray(q), jnp.asarray(pos + 17.3), base) @ rope_rotate(jnp.asarray(k), jnp.asarray(pos + 17.3), base).T
+    shifted = (
+        rope_rotate(jnp.asarray(q), jnp.asarray(pos + 17.3), base)
+        @ rope_rotate(jnp.asarray(k), jnp.asarray(pos + 17.3), base).T
+    )
     np.testing.assert_allclose(shifted, explicit, rtol=1e-11, atol=1e-11)
     # through the kernel: attention weights are invariant under a global shift of positions
     x = mf.sphere_uniform(key, n, d)
@@ -86,7 +96,9 @@ def test_prompt_is_felt_and_never_moves(key):
     x0 = mf.sphere_uniform(key, 16, 3)
     y = jnp.array([[0.0, 0.0, 1.0]])
     prompt = mf.Prompt(y, mass=jnp.array([50.0]))
-    traj = mf.simulate(mf.Attention(1.0), x0, jnp.linspace(0, 30, 4), prompt=prompt, rtol=1e-10, atol=1e-10)
+    traj = mf.simulate(
+        mf.Attention(1.0), x0, jnp.linspace(0, 30, 4), prompt=prompt, rtol=1e-10, atol=1e-10
+    )
     assert float(jnp.max(jnp.linalg.norm(traj.final - y, axis=-1))) < 1e-6
     np.testing.assert_array_equal(prompt.x, y)
     free = mf.simulate(mf.Attention(1.0), x0, jnp.linspace(0, 30, 4), rtol=1e-10, atol=1e-10).final
@@ -95,7 +107,9 @@ def test_prompt_is_felt_and_never_moves(key):
 
 def test_tables():
     s = sinusoidal(jnp.arange(5), 4, base=10.0)
-    np.testing.assert_allclose(s[3], [np.sin(3), np.cos(3), np.sin(3 / np.sqrt(10)), np.cos(3 / np.sqrt(10))], rtol=1e-12)
+    np.testing.assert_allclose(
+        s[3], [np.sin(3), np.cos(3), np.sin(3 / np.sqrt(10)), np.cos(3 / np.sqrt(10))], rtol=1e-12
+    )
     r = random_fourier(jax.random.key(0), jnp.arange(7), 64, sigma=0.5)
     assert r.shape == (7, 64) and float(jnp.max(jnp.abs(r))) <= np.sqrt(2 / 64) + 1e-15
     g = gaussian(jax.random.key(0), 4000, 8, sigma=2.0)
@@ -126,7 +140,9 @@ def test_additive_pe_limit_is_the_pushforward_not_a_dirac():
         return alpha * np.stack([np.cos(np.pi * s), np.sin(np.pi * s)], 1)
 
     sq = (np.arange(300) + 0.5) / 300
-    xq, _ = additive_pe_pushforward(u_of(sq), beta, n_starts=1, hops=0)  # a smooth, unique maximiser here
+    xq, _ = additive_pe_pushforward(
+        u_of(sq), beta, n_starts=1, hops=0
+    )  # a smooth, unique maximiser here
     thq = np.arctan2(xq[:, 1], xq[:, 0])
     spread = np.ptp(np.unwrap(thq))
     assert spread > 1.0  # the theory limit is far from a Dirac mass
@@ -136,8 +152,17 @@ def test_additive_pe_limit_is_the_pushforward_not_a_dirac():
         aux = mf.TokenAux.default(n, z=jnp.asarray(u_of(s) / alpha))
         x0 = mf.sphere_uniform(jax.random.key(n), n, 2)
         ts = jnp.array([0.0, 100.0])
-        with_pe = mf.simulate(mf.Attention(beta, form="USA", pe=mf.AdditivePE(alpha)), x0, ts, aux=aux, rtol=1e-9, atol=1e-9).final
-        without = mf.simulate(mf.Attention(beta, form="USA"), x0, ts, aux=aux, rtol=1e-9, atol=1e-9).final
+        with_pe = mf.simulate(
+            mf.Attention(beta, form="USA", pe=mf.AdditivePE(alpha)),
+            x0,
+            ts,
+            aux=aux,
+            rtol=1e-9,
+            atol=1e-9,
+        ).final
+        without = mf.simulate(
+            mf.Attention(beta, form="USA"), x0, ts, aux=aux, rtol=1e-9, atol=1e-9
+        ).final
         th = np.arctan2(with_pe[:, 1], with_pe[:, 0])
         w1.append(float(obs.circle_w1(th, thq)))
         assert w1[-1] <= spread / n, (n, w1)
@@ -158,5 +183,12 @@ def test_concatenated_channel_still_collapses(key):
     s = (np.arange(n) + 0.5) / n
     aux = mf.TokenAux.default(n, z=jnp.stack([jnp.cos(jnp.pi * s), jnp.sin(jnp.pi * s)], 1))
     x0 = mf.sphere_uniform(key, n, 3)
-    out = mf.simulate(mf.Attention(1.0, mask=mf.ZBias(scale=2.0)), x0, jnp.array([0.0, 60.0]), aux=aux, rtol=1e-9, atol=1e-9)
+    out = mf.simulate(
+        mf.Attention(1.0, mask=mf.ZBias(scale=2.0)),
+        x0,
+        jnp.array([0.0, 60.0]),
+        aux=aux,
+        rtol=1e-9,
+        atol=1e-9,
+    )
     assert float(obs.dirac_distance(out.final)) < 1e-6

@@ -16,7 +16,15 @@ from meanfield.run import ConfigError, apply_overrides
 from meanfield.run import execute, get_preset, load_presets, parse_grid
 from meanfield.run.variables import missing_attrs
 
-OBSERVABLES = {"energy", "diameter", "min_cosine", "mean_cosine", "n_clusters", "rank_collapse", "effective_rank"}
+OBSERVABLES = {
+    "energy",
+    "diameter",
+    "min_cosine",
+    "mean_cosine",
+    "n_clusters",
+    "rank_collapse",
+    "effective_rank",
+}
 PRESETS = load_presets()  # every preset declares its tiny run (tiny, slow, outputs): no table here
 
 
@@ -28,23 +36,34 @@ def test_every_preset_is_listed_and_tested(capsys):
         assert preset.tiny and preset.outputs, f"{name} declares no tiny run (tiny, outputs)"
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if PRESETS[n].slow else n for n in sorted(PRESETS)])
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow) if PRESETS[n].slow else n for n in sorted(PRESETS)],
+)
 def test_preset_runs_tiny(name, tmp_path):
     preset = get_preset(name)
     cfg = apply_overrides(preset.Config(), list(preset.tiny))
     ds = execute(preset, cfg, parse_grid(cfg, None), tmp_path, progress=False)
     back = xr.load_dataset(tmp_path / "result.nc")
     # what the preset says its result holds ("time": a dimension), and the particle presets' trajectory
-    assert preset.outputs <= set(back.data_vars) | set(back.dims), preset.outputs - set(back.data_vars) - set(back.dims)
+    assert preset.outputs <= set(back.data_vars) | set(back.dims), (
+        preset.outputs - set(back.data_vars) - set(back.dims)
+    )
     if "x" in preset.outputs:
         assert {"time", "token", "dim"} <= set(back.x.dims)
-    assert back.attrs["preset"] == name and "meanfield_version" in back.attrs and "seed" in back.attrs
+    assert (
+        back.attrs["preset"] == name and "meanfield_version" in back.attrs and "seed" in back.attrs
+    )
     # self-describing: long_name, units and description on every variable and coordinate, in the file
     assert not missing_attrs(back), missing_attrs(back)
     assert json.loads(back.attrs["config"]) == json.loads(ds.attrs["config"])
     assert preset.Config.from_attrs(back) == cfg  # the typed config, read back
-    assert all(np.all(np.isfinite(back[v].values)) for v in back.data_vars if back[v].dtype.kind == "f"
-               and not v.startswith(("pushforward", "closed_form", "error_rate", "tcrit_particles")))
+    assert all(
+        np.all(np.isfinite(back[v].values))
+        for v in back.data_vars
+        if back[v].dtype.kind == "f"
+        and not v.startswith(("pushforward", "closed_form", "error_rate", "tcrit_particles"))
+    )
     pngs = list(tmp_path.glob("*.png"))
     assert pngs and all(p.stat().st_size > 10_000 for p in pngs)
     assert not (tmp_path / "checkpoint.npz").exists()
@@ -60,7 +79,13 @@ def test_sweep_is_the_cross_product(tmp_path):
     np.testing.assert_array_equal(ds.beta.values, [0.5, 2, 4])
     np.testing.assert_array_equal(ds.t.values[0, 1, -1], 3.0)  # true save times kept per point
     # each point equals the same config run alone
-    single = execute(preset, apply_overrides(cfg, ["beta=2", "t1=3"]), parse_grid(cfg, None), tmp_path / "one", progress=False)
+    single = execute(
+        preset,
+        apply_overrides(cfg, ["beta=2", "t1=3"]),
+        parse_grid(cfg, None),
+        tmp_path / "one",
+        progress=False,
+    )
     np.testing.assert_allclose(ds.x.values[1, 1], single.x.values, rtol=0, atol=1e-10)
 
 
@@ -73,12 +98,28 @@ def test_toml_overrides(tmp_path):
 
 def _files(d):
     """Every output of a run folder (the lock file records the last holder, not an output)."""
-    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in d.iterdir() if p.name != ".meanfield.lock"}
+    return {
+        p.name: (p.stat().st_mtime_ns, p.read_bytes())
+        for p in d.iterdir()
+        if p.name != ".meanfield.lock"
+    }
 
 
 def test_bad_input_exit_codes_touch_nothing(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["run", "clustering", "--out", str(out), "--no-progress", *sum((["--set", s] for s in list(PRESETS["clustering"].tiny)), [])]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "clustering",
+                "--out",
+                str(out),
+                "--no-progress",
+                *sum((["--set", s] for s in list(PRESETS["clustering"].tiny)), []),
+            ]
+        )
+        == 0
+    )
     before = _files(out)
     assert main(["run", "clustering", "--set", "nope=1", "--out", str(out)]) == 2
     err = capsys.readouterr().err
@@ -88,13 +129,29 @@ def test_bad_input_exit_codes_touch_nothing(tmp_path, capsys):
     assert main(["run", "clustering", "--set", "mask=diagonal", "--out", str(out)]) == 2
     assert main(["run", "nope-preset"]) == 2
     assert main(["sweep", "clustering", "--grid", "beta", "--out", str(out)]) == 2
-    assert main(["run", "clustering", "--out", str(out), *sum((["--set", s] for s in list(PRESETS["clustering"].tiny)), [])]) == 3
+    assert (
+        main(
+            [
+                "run",
+                "clustering",
+                "--out",
+                str(out),
+                *sum((["--set", s] for s in list(PRESETS["clustering"].tiny)), []),
+            ]
+        )
+        == 3
+    )
     assert "already exists; pass --force" in capsys.readouterr().err
     assert _files(out) == before
 
 
 def _cli(args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "meanfield.run.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "meanfield.run.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kw,
+    )
 
 
 @pytest.mark.slow
@@ -128,7 +185,9 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
 
 
 def test_config_validation_messages():
-    with pytest.raises(ConfigError, match=r"chunks = 0 is out of range: must be in \[1, n_save - 1\], n_save = 61"):
+    with pytest.raises(
+        ConfigError, match=r"chunks = 0 is out of range: must be in \[1, n_save - 1\], n_save = 61"
+    ):
         apply_overrides(get_preset("clustering").Config(), ["chunks=0"])
     with pytest.raises(ConfigError, match="--grid key 'beta' given twice"):
         parse_grid(get_preset("clustering").Config(), ["beta=1", "beta=2"])
@@ -191,7 +250,10 @@ def test_particle_presets_take_the_library_masks(mask, tmp_path):
     """The mask key builds the library's masks: a causal mask keeps token 0 fixed; a two-sided
     ALiBi mask does not."""
     preset = get_preset("clustering")
-    cfg = apply_overrides(preset.Config(), [*list(PRESETS["clustering"].tiny), f"mask={mask}", "alibi=0.5", "window=3"])
+    cfg = apply_overrides(
+        preset.Config(),
+        [*list(PRESETS["clustering"].tiny), f"mask={mask}", "alibi=0.5", "window=3"],
+    )
     ds = execute(preset, cfg, parse_grid(cfg, None), tmp_path, progress=False)
     moved = float(np.abs(ds.x.values[-1, 0] - ds.x.values[0, 0]).max())
     assert (moved < 1e-12) == mask.startswith("causal"), moved
@@ -206,5 +268,7 @@ def test_results_describe_their_parameters(tmp_path):
     back = xr.load_dataset(tmp_path / "result.nc")
     assert not missing_attrs(back), missing_attrs(back)
     assert "cluster_tol = 0.05" in back.n_clusters.attrs["description"]
-    assert back.beta.attrs["long_name"] == "inverse temperature beta" and back.t1.attrs["units"] == "1"
+    assert (
+        back.beta.attrs["long_name"] == "inverse temperature beta" and back.t1.attrs["units"] == "1"
+    )
     assert back.energy.attrs["long_name"] == "interaction energy E_beta"

@@ -36,7 +36,9 @@ def test_full_attention_collapses_to_one_cluster(key):
 @pytest.mark.slow
 def test_causal_first_token_fixed_and_rest_converge(key):
     x0 = mf.sphere_uniform(key, 32, 3)
-    traj = mf.simulate(mf.Attention(1.0, mask=mf.Causal()), x0, jnp.linspace(0, 40, 21), rtol=1e-10, atol=1e-10)
+    traj = mf.simulate(
+        mf.Attention(1.0, mask=mf.Causal()), x0, jnp.linspace(0, 40, 21), rtol=1e-10, atol=1e-10
+    )
     assert float(jnp.max(jnp.abs(traj.xs[:, 0] - x0[0]))) < 1e-14
     dist = jnp.linalg.norm(traj.final - x0[0], axis=-1)
     assert float(jnp.max(dist)) < 1e-3

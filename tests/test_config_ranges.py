@@ -16,10 +16,19 @@ from meanfield.run.presets import load_presets, parse_grid
 from meanfield.run.ranges import Range, evaluate, is_numeric
 
 PRESETS = load_presets()
-KEYS = [(name, f.name) for name, p in sorted(PRESETS.items()) for f in dataclasses.fields(p.Config)
-        if is_numeric(field_types(p.Config)[f.name]) or f.name in key_ranges(p.Config)]
-SETTINGS = settings(derandomize=True, max_examples=25, deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+KEYS = [
+    (name, f.name)
+    for name, p in sorted(PRESETS.items())
+    for f in dataclasses.fields(p.Config)
+    if is_numeric(field_types(p.Config)[f.name]) or f.name in key_ranges(p.Config)
+]
+SETTINGS = settings(
+    derandomize=True,
+    max_examples=25,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 
 
 def _defaults(preset):
@@ -33,8 +42,14 @@ def _element_type(t):
 
 def _int_bounds(rng, values):
     lo, hi = rng.bounds(values)
-    ilo = -10**6 if lo == -math.inf else math.ceil(lo) + (not rng.lo_closed and float(lo).is_integer())
-    ihi = 10**6 if hi == math.inf else math.floor(hi) - (not rng.hi_closed and float(hi).is_integer())
+    ilo = (
+        -(10**6)
+        if lo == -math.inf
+        else math.ceil(lo) + (not rng.lo_closed and float(lo).is_integer())
+    )
+    ihi = (
+        10**6 if hi == math.inf else math.floor(hi) - (not rng.hi_closed and float(hi).is_integer())
+    )
     return ilo, ihi
 
 
@@ -51,21 +66,34 @@ def _valid_element(rng: Range, t, values):
         step = 2 if rng.even else int(evaluate(rng.multiple_of, values)) if rng.multiple_of else 1
         return st.integers(-(-lo // step), hi // step).map(lambda v: v * step)
     lo, hi = rng.bounds(values)
-    return st.floats(None if lo == -math.inf else lo, None if hi == math.inf else hi, allow_nan=False,
-                     allow_infinity=False, exclude_min=not rng.lo_closed and lo != -math.inf,
-                     exclude_max=not rng.hi_closed and hi != math.inf)
+    return st.floats(
+        None if lo == -math.inf else lo,
+        None if hi == math.inf else hi,
+        allow_nan=False,
+        allow_infinity=False,
+        exclude_min=not rng.lo_closed and lo != -math.inf,
+        exclude_max=not rng.hi_closed and hi != math.inf,
+    )
 
 
 def _valid(rng: Range, t, values):
     elem = _valid_element(rng, _element_type(t), values)
     if getattr(t, "__origin__", None) is not tuple:
         return elem
-    lists = st.lists(elem, min_size=max(rng.min_length, 1), max_size=max(rng.min_length, 1) + 4,
-                     unique=rng.distinct or rng.increasing)
+    lists = st.lists(
+        elem,
+        min_size=max(rng.min_length, 1),
+        max_size=max(rng.min_length, 1) + 4,
+        unique=rng.distinct or rng.increasing,
+    )
     if rng.contains is not None:
         need = values[rng.contains]
         lists = lists.map(lambda v: v if need in v else v[:-1] + [need])
-        lists = lists.filter(lambda v: len(set(v)) == len(v)) if rng.distinct or rng.increasing else lists
+        lists = (
+            lists.filter(lambda v: len(set(v)) == len(v))
+            if rng.distinct or rng.increasing
+            else lists
+        )
     return lists.map(lambda v: tuple(sorted(v)) if rng.increasing else tuple(v))
 
 
@@ -100,8 +128,12 @@ def nearest_bad(rng: Range, t, values) -> list:
 
 
 def test_every_numeric_key_of_every_preset_declares_a_range():
-    missing = [(name, f.name) for name, p in PRESETS.items() for f in dataclasses.fields(p.Config)
-               if is_numeric(field_types(p.Config)[f.name]) and f.name not in key_ranges(p.Config)]
+    missing = [
+        (name, f.name)
+        for name, p in PRESETS.items()
+        for f in dataclasses.fields(p.Config)
+        if is_numeric(field_types(p.Config)[f.name]) and f.name not in key_ranges(p.Config)
+    ]
     assert not missing
 
 
@@ -139,9 +171,17 @@ def test_values_outside_the_range_name_the_key(preset, key):
         lo, hi = rng.bounds(values)
         far = []
         if lo != -math.inf:
-            far.append(st.floats(max_value=lo, exclude_max=rng.lo_closed, allow_nan=False, allow_infinity=False))
+            far.append(
+                st.floats(
+                    max_value=lo, exclude_max=rng.lo_closed, allow_nan=False, allow_infinity=False
+                )
+            )
         if hi != math.inf:
-            far.append(st.floats(min_value=hi, exclude_min=rng.hi_closed, allow_nan=False, allow_infinity=False))
+            far.append(
+                st.floats(
+                    min_value=hi, exclude_min=rng.hi_closed, allow_nan=False, allow_infinity=False
+                )
+            )
         bad = st.one_of(st.sampled_from(scalars), *far)
     else:
         bad = st.sampled_from(scalars) if scalars else None
@@ -173,7 +213,11 @@ def _battery_cases():
         if not is_numeric(t):
             continue
         for bad in ["nan", "inf", "-inf", *(repr(v) for v in nearest_bad(rng, t, values))]:
-            text = ",".join([bad, *(repr(v) for v in values[key][1:])]) if isinstance(values[key], tuple) else bad
+            text = (
+                ",".join([bad, *(repr(v) for v in values[key][1:])])
+                if isinstance(values[key], tuple)
+                else bad
+            )
             yield preset, key, text
 
 
@@ -181,13 +225,17 @@ def _battery_cases():
 def test_command_battery_refuses_every_bad_value_before_compute(monkeypatch, capsys):
     """Every preset x numeric key x {nan, inf, -inf, nearest out-of-range}, through --set and
     --grid, in one process: exit 2 with one line naming the key, never reaching execute."""
+
     def never(*args, **kwargs):
         raise AssertionError("execute reached with a bad value")
 
     monkeypatch.setattr(cli, "execute", never)
     tried, short = 0, []
     for preset, key, text in _battery_cases():
-        for argv in (["run", preset, "--set", f"{key}={text}"], ["sweep", preset, "--grid", f"{key}={text}"]):
+        for argv in (
+            ["run", preset, "--set", f"{key}={text}"],
+            ["sweep", preset, "--grid", f"{key}={text}"],
+        ):
             tried += 1
             code = cli.main(argv + ["--out", "/nonexistent/never-written", "--no-progress"])
             err = capsys.readouterr().err.strip().splitlines()
@@ -205,7 +253,9 @@ def test_toml_values_are_checked(tmp_path, capsys):
 
 def test_grid_points_are_validated_together():
     cfg = PRESETS["masks"].Config()
-    with pytest.raises(ConfigError, match=r"--grid: window = 200 is out of range: must be in \[1, n\)"):
+    with pytest.raises(
+        ConfigError, match=r"--grid: window = 200 is out of range: must be in \[1, n\)"
+    ):
         parse_grid(cfg, ["window=8,200"])
 
 

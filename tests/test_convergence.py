@@ -26,7 +26,9 @@ def problem():
     return attn, x0, ref
 
 
-@pytest.mark.parametrize("solver,steps,order", [("euler", [32, 64, 128, 256], 1.0), ("rk4", [8, 16, 32, 64], 4.0)])
+@pytest.mark.parametrize(
+    "solver,steps,order", [("euler", [32, 64, 128, 256], 1.0), ("rk4", [8, 16, 32, 64], 4.0)]
+)
 def test_fixed_step_order(problem, solver, steps, order):
     attn, x0, ref = problem
     errs = []

@@ -15,7 +15,7 @@ import pytest
 
 from meanfield.run import apply_overrides, execute, parse_grid
 
-PROBE = '''
+PROBE = """
 from beartype import beartype
 from jaxtyping import jaxtyped
 
@@ -35,7 +35,7 @@ class Probe(Clustering):
 
 def call_old_api():
     old_api("the probe API is deprecated; pass something else")
-'''
+"""
 
 
 def load_probe(module_name):

@@ -27,20 +27,28 @@ def test_wasserstein_1d_matches_scipy():
     ref = scipy.stats.wasserstein_distance(a, b, wa, wb)
     np.testing.assert_allclose(obs.wasserstein_1d(a, b, wa, wb, p=1), ref, rtol=1e-12)
     c, d = rng.normal(size=40), rng.normal(size=40)
-    np.testing.assert_allclose(obs.wasserstein_1d(c, d, p=2), np.sqrt(np.mean((np.sort(c) - np.sort(d)) ** 2)), rtol=1e-12)
+    np.testing.assert_allclose(
+        obs.wasserstein_1d(c, d, p=2), np.sqrt(np.mean((np.sort(c) - np.sort(d)) ** 2)), rtol=1e-12
+    )
 
 
 def test_circle_w1_closed_forms_and_brute_force():
     # two Diracs at angular distance phi: W1 = min(phi, 2 pi - phi)
     for phi in [0.3, 2.0, 4.0]:
-        np.testing.assert_allclose(obs.circle_w1(jnp.array([0.1]), jnp.array([0.1 + phi])), min(phi, 2 * np.pi - phi), rtol=1e-12)
+        np.testing.assert_allclose(
+            obs.circle_w1(jnp.array([0.1]), jnp.array([0.1 + phi])),
+            min(phi, 2 * np.pi - phi),
+            rtol=1e-12,
+        )
     rng = np.random.default_rng(1)
     a, b = rng.uniform(0, 2 * np.pi, 15), rng.vonmises(1.0, 2.0, 25)
     grid = np.linspace(0, 2 * np.pi, 200_001)
     F = (np.mod(a, 2 * np.pi)[None, :] <= grid[:, None]).mean(1)
     G = (np.mod(b, 2 * np.pi)[None, :] <= grid[:, None]).mean(1)
     diff = F - G
-    brute = min(np.trapezoid(np.abs(diff - c), grid) for c in np.linspace(diff.min(), diff.max(), 2001))
+    brute = min(
+        np.trapezoid(np.abs(diff - c), grid) for c in np.linspace(diff.min(), diff.max(), 2001)
+    )
     np.testing.assert_allclose(obs.circle_w1(a, b), brute, rtol=2e-3)
     # rotation invariance
     np.testing.assert_allclose(obs.circle_w1(a + 1.0, b + 1.0), obs.circle_w1(a, b), rtol=1e-10)
@@ -70,4 +78,6 @@ def test_plateaus_on_a_staircase():
     assert [int(v) for *_, v in found] == [10, 4, 2]
     (s0, e0, _), (s1, e1, _), (s2, e2, _) = found
     assert s0 == ts[1] and e0 < 1.0 <= s1 and e1 < 300.0 <= s2 and e2 == 1e4
-    assert obs.plateaus(ts, counts, min_decades=2.2) == [(s1, e1, 4.0)]  # 2.47 decades; the others < 2
+    assert obs.plateaus(ts, counts, min_decades=2.2) == [
+        (s1, e1, 4.0)
+    ]  # 2.47 decades; the others < 2

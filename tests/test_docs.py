@@ -29,7 +29,14 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 MARK = re.compile(r"<!-- docs-test: (.*?) -->")
 ROLE = re.compile(r":(class|func|meth|mod|attr|obj|exc|data):`")
-PACKAGES = ("meanfield", "meanfield.kernel", "meanfield.pde", "meanfield.theory", "meanfield.studies", "meanfield.run")
+PACKAGES = (
+    "meanfield",
+    "meanfield.kernel",
+    "meanfield.pde",
+    "meanfield.theory",
+    "meanfield.studies",
+    "meanfield.run",
+)
 
 
 def python_blocks(text: str) -> list[tuple[str, str | None]]:
@@ -49,8 +56,10 @@ def page_marks(text: str) -> set[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("page", [pytest.param(p, id=str(p.relative_to(ROOT))) for p in PAGES
-                                  if python_blocks(p.read_text())])
+@pytest.mark.parametrize(
+    "page",
+    [pytest.param(p, id=str(p.relative_to(ROOT))) for p in PAGES if python_blocks(p.read_text())],
+)
 def test_code_blocks_run(page, tmp_path):
     text = page.read_text()
     code = []
@@ -60,10 +69,18 @@ def test_code_blocks_run(page, tmp_path):
         code.append(f"# --- block {i}\n{block}")
     env = dict(os.environ)
     if "devices=8" in page_marks(text):
-        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+        env["XLA_FLAGS"] = (
+            env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+        ).strip()
     env["MPLBACKEND"] = "Agg"
-    run = subprocess.run([sys.executable, "-c", "\n".join(code)], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=600)
+    run = subprocess.run(
+        [sys.executable, "-c", "\n".join(code)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, f"{page.name}:\n{run.stderr[-4000:]}"
 
 
@@ -76,9 +93,17 @@ def test_every_skip_marker_has_a_reason():
 
 def test_no_sphinx_role_in_docstrings_or_pages():
     """The docstrings are Markdown for mkdocstrings: a Sphinx role would show as literal text."""
-    files = [*ROOT.joinpath("meanfield").rglob("*.py"), *ROOT.joinpath("experiments").rglob("*.py"), *PAGES]
-    bad = [f"{f.relative_to(ROOT)}:{n}" for f in files for n, line in enumerate(f.read_text().splitlines(), 1)
-           if ROLE.search(line)]
+    files = [
+        *ROOT.joinpath("meanfield").rglob("*.py"),
+        *ROOT.joinpath("experiments").rglob("*.py"),
+        *PAGES,
+    ]
+    bad = [
+        f"{f.relative_to(ROOT)}:{n}"
+        for f in files
+        for n, line in enumerate(f.read_text().splitlines(), 1)
+        if ROLE.search(line)
+    ]
     assert not bad, bad
 
 
@@ -113,8 +138,10 @@ def test_api_reference_covers_every_public_name(site):
         for n in mod.__all__:
             obj = getattr(mod, n)
             canonical = f"{getattr(obj, '__module__', name)}.{getattr(obj, '__qualname__', n)}"
-            if not ({f"{name}.{n}", canonical, getattr(obj, "__name__", None)} & ids
-                    or any(i.endswith(f".{n}") and i.startswith("meanfield") for i in ids)):
+            if not (
+                {f"{name}.{n}", canonical, getattr(obj, "__name__", None)} & ids
+                or any(i.endswith(f".{n}") and i.startswith("meanfield") for i in ids)
+            ):
                 missing.append(f"{name}.{n}")
     assert not missing, missing
 
@@ -130,12 +157,17 @@ def test_built_html_has_no_sphinx_role(site):
 def test_api_index_lists_every_public_name():
     """The generated API index (docs/hooks/api_index.py, run by mkdocs) has a row for every name of
     every package's __all__ (and no stale row)."""
-    spec = importlib.util.spec_from_file_location("api_index", ROOT / "docs" / "hooks" / "api_index.py")
+    spec = importlib.util.spec_from_file_location(
+        "api_index", ROOT / "docs" / "hooks" / "api_index.py"
+    )
     hook = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hook)
     assert hook.PACKAGES == PACKAGES
     text = hook.generate()
     sections = re.split(r"^## `([\w.]+)`$", text, flags=re.M)
-    listed = {sections[i]: set(re.findall(r"^\| \[`(\w+)`\]", sections[i + 1], re.M)) for i in range(1, len(sections), 2)}
+    listed = {
+        sections[i]: set(re.findall(r"^\| \[`(\w+)`\]", sections[i + 1], re.M))
+        for i in range(1, len(sections), 2)
+    }
     for name in PACKAGES:
         assert listed.get(name) == set(importlib.import_module(name).__all__), name

@@ -35,7 +35,8 @@ PAGES = {
 MATH_PAGES = {"concepts", "kernel", "pde", "gallery", "api-pde", "api-theory"}
 
 # HTML5, the SVG that mkdocs-material inlines, and the MathML that KaTeX writes
-KNOWN_TAGS = set("""
+KNOWN_TAGS = set(
+    """
 a abbr address area article aside audio b base bdi bdo blockquote body br button canvas caption cite code col
 colgroup data datalist dd del details dfn dialog div dl dt em embed fieldset figcaption figure footer form h1 h2
 h3 h4 h5 h6 head header hgroup hr html i iframe img input ins kbd label legend li link main map mark menu meta
@@ -46,7 +47,8 @@ svg path g circle rect line polyline polygon ellipse defs use symbol clippath li
 pattern desc
 math semantics annotation mrow mi mo mn msup msub msubsup mfrac msqrt mroot mtext mspace mtable mtr mtd mover
 munder munderover mpadded mphantom menclose mstyle
-""".split())
+""".split()
+)
 
 # text that is TeX source or the project's old pseudo-TeX, if it shows outside code and formulas
 RAW_TEX = re.compile(r"\\\(|\\\)|\\\[|\\\]|\$\$|\\[a-zA-Z]{2,}\b|[_^]\{")
@@ -120,8 +122,14 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = path
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1400,1000", "--hide-scrollbars"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1400,1000",
+        "--hide-scrollbars",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
     driver.set_page_load_timeout(60)
@@ -154,9 +162,12 @@ def _open(browser, url):
     # the math is typeset on mkdocs-material's document$ event: wait until no arithmatex is left raw
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(browser, 30).until(lambda d: d.execute_script(
-        "return document.readyState === 'complete' && "
-        "Array.from(document.querySelectorAll('.arithmatex')).every(e => e.dataset.typeset)"))
+    WebDriverWait(browser, 30).until(
+        lambda d: d.execute_script(
+            "return document.readyState === 'complete' && "
+            "Array.from(document.querySelectorAll('.arithmatex')).every(e => e.dataset.typeset)"
+        )
+    )
 
 
 @pytest.mark.slow
@@ -169,7 +180,9 @@ def test_page_in_a_browser(name, server, browser, tmp_path):
 
     n_math = browser.execute_script("return document.querySelectorAll('.katex').length")
     n_errors = browser.execute_script("return document.querySelectorAll('.katex-error').length")
-    raw = browser.execute_script("return document.querySelectorAll('.arithmatex:not([data-typeset])').length")
+    raw = browser.execute_script(
+        "return document.querySelectorAll('.arithmatex:not([data-typeset])').length"
+    )
     if name in MATH_PAGES:
         assert n_math > 0, f"{name}: no typeset formula"
     assert n_errors == 0 and raw == 0, (name, n_errors, raw)
@@ -186,11 +199,13 @@ def test_page_in_a_browser(name, server, browser, tmp_path):
 
     # docstring examples: code blocks, never a paragraph of run-on code
     paragraphs = browser.execute_script(
-        "return Array.from(document.querySelectorAll('article p')).map(p => p.innerText)")
+        "return Array.from(document.querySelectorAll('article p')).map(p => p.innerText)"
+    )
     prose_code = [p[:80] for p in paragraphs if CODE_AS_PROSE.search(p)]
     assert not prose_code, f"{name}: code shown as a paragraph: {prose_code}"
     if name == "api-pde":
         examples = browser.execute_script(
             "return Array.from(document.querySelectorAll('article pre code')).map(c => c.innerText)"
-            ".filter(t => t.includes('.solve('))")
+            ".filter(t => t.includes('.solve('))"
+        )
         assert examples, "api-pde: the solvers' examples are not in <pre><code>"

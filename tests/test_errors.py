@@ -35,14 +35,24 @@ def no_trace(fn, match):
 
 def test_wrong_state_shape(x0):
     no_trace(lambda: mf.simulate(mf.Attention(1.0), x0[0], TS), r"x0 must have shape \(N, d\)")
-    no_trace(lambda: mf.simulate(mf.Attention(1.0, Q=jnp.eye(4)), x0, TS), r"Q has shape \(1, 4, 4\).*d = 3")
-    no_trace(lambda: mf.simulate(mf.Attention(1.0), x0, jnp.array([0.0])), r"ts must be a 1-D array")
+    no_trace(
+        lambda: mf.simulate(mf.Attention(1.0, Q=jnp.eye(4)), x0, TS),
+        r"Q has shape \(1, 4, 4\).*d = 3",
+    )
+    no_trace(
+        lambda: mf.simulate(mf.Attention(1.0), x0, jnp.array([0.0])), r"ts must be a 1-D array"
+    )
     no_trace(lambda: mf.layers(mf.Attention(1.0, V=jnp.eye(2)), x0, 3), r"V has shape")
 
 
 def test_tokens_not_on_sphere(x0):
-    no_trace(lambda: mf.simulate(mf.Attention(1.0), 1.5 * x0, TS), r"x0: tokens must lie on the unit sphere")
-    no_trace(lambda: mf.layers(mf.Attention(1.0), 1.5 * x0, 2), r"x0: tokens must lie on the unit sphere")
+    no_trace(
+        lambda: mf.simulate(mf.Attention(1.0), 1.5 * x0, TS),
+        r"x0: tokens must lie on the unit sphere",
+    )
+    no_trace(
+        lambda: mf.layers(mf.Attention(1.0), 1.5 * x0, 2), r"x0: tokens must lie on the unit sphere"
+    )
     # Euclidean geometry and pre-LN layers accept any finite state
     mf.simulate(mf.Attention(1.0), 1.5 * x0, TS, geometry=mf.Euclidean())
     mf.layers(mf.Attention(1.0), 1.5 * x0, 2, norm=mf.PreLN())
@@ -77,7 +87,9 @@ def test_mask_length_mismatch(x0):
         r"CustomBias: matrix has shape \(5, 5\).*N = 6",
     )
     no_trace(
-        lambda: mf.simulate(mf.Attention(1.0, mask=mf.Causal()), x0, TS, aux=mf.TokenAux.default(7)),
+        lambda: mf.simulate(
+            mf.Attention(1.0, mask=mf.Causal()), x0, TS, aux=mf.TokenAux.default(7)
+        ),
         r"aux.pos must have shape \(6,\)",
     )
     no_trace(
@@ -101,7 +113,14 @@ def test_non_square_and_inconsistent_matrices():
 
 def test_solver_and_step_errors(x0):
     no_trace(lambda: mf.simulate(mf.Attention(1.0), x0, TS, solver="rk5"), r"solver must be one of")
-    no_trace(lambda: mf.simulate(mf.Attention(1.0), x0, TS, solver="euler"), r"dt: adaptive stepping")
-    no_trace(lambda: mf.simulate(mf.Attention(1.0), x0, TS, solver="euler", dt=-0.1), r"dt must be finite and > 0")
-    no_trace(lambda: mf.simulate(mf.Attention(1.0), x0, TS[::-1]), r"ts must be strictly increasing")
+    no_trace(
+        lambda: mf.simulate(mf.Attention(1.0), x0, TS, solver="euler"), r"dt: adaptive stepping"
+    )
+    no_trace(
+        lambda: mf.simulate(mf.Attention(1.0), x0, TS, solver="euler", dt=-0.1),
+        r"dt must be finite and > 0",
+    )
+    no_trace(
+        lambda: mf.simulate(mf.Attention(1.0), x0, TS[::-1]), r"ts must be strictly increasing"
+    )
     no_trace(lambda: mf.layers(mf.Attention(1.0), x0, 2, h=0.0), r"h must be finite and > 0")

@@ -62,8 +62,16 @@ def test_fused_heads_projections_and_per_head_slopes(d, key):
     x = mf.sphere_uniform(ks[0], n, d, F32)
     mats = {nm: jax.random.normal(k, (h, d, d), F32) / np.sqrt(d) for nm, k in zip("QKVW", ks[1:5])}
     aux = mf.TokenAux.default(n, F32)
-    err = _compare(dict(beta=jnp.asarray([1.5, 3.0], F32), mask=mf.Causal() & mf.ALiBi(jnp.asarray([0.05, 0.3], F32)),
-                        precision="highest"), x, aux, mats)
+    err = _compare(
+        dict(
+            beta=jnp.asarray([1.5, 3.0], F32),
+            mask=mf.Causal() & mf.ALiBi(jnp.asarray([0.05, 0.3], F32)),
+            precision="highest",
+        ),
+        x,
+        aux,
+        mats,
+    )
     assert err < HIGHEST_TOL, err
 
 
@@ -91,11 +99,19 @@ def test_fused_in_kernel_projections(which, key):
     x = mf.sphere_uniform(ks[0], n, d, F32)
     per_head = lambda k: jax.random.normal(k, (h, d, d), F32) / np.sqrt(d)  # noqa: E731
     shared = lambda k: jax.random.normal(k, (d, d), F32) / np.sqrt(d)  # noqa: E731
-    mats = {"K": {"K": per_head(ks[1])}, "V": {"V": shared(ks[2])},
-            "QK-mixed-heads": {"Q": per_head(ks[1]), "K": shared(ks[2])},
-            "QKV-USA": {"Q": shared(ks[1]), "K": per_head(ks[2]), "V": per_head(ks[3])}}[which]
+    mats = {
+        "K": {"K": per_head(ks[1])},
+        "V": {"V": shared(ks[2])},
+        "QK-mixed-heads": {"Q": per_head(ks[1]), "K": shared(ks[2])},
+        "QKV-USA": {"Q": shared(ks[1]), "K": per_head(ks[2]), "V": per_head(ks[3])},
+    }[which]
     form = "USA" if which == "QKV-USA" else "SA"
-    kw = dict(beta=jnp.asarray([1.0, 2.5], F32), mask=mf.Causal() & mf.ALiBi(0.1), form=form, precision="highest")
+    kw = dict(
+        beta=jnp.asarray([1.0, 2.5], F32),
+        mask=mf.Causal() & mf.ALiBi(0.1),
+        form=form,
+        precision="highest",
+    )
     if "Q" not in mats and "K" not in mats and "V" in mats:
         kw["heads"] = h
     err = _compare(kw, x, mf.TokenAux.default(n, F32), mats)
@@ -123,7 +139,9 @@ def test_fused_strict_normalized_heads_masses(mask, form, heads, key):
     n = 45
     kx, km = jax.random.split(key)
     x = mf.sphere_uniform(kx, n, 6, F32)
-    aux = mf.TokenAux(pos=jnp.arange(n, dtype=F32), mass=jax.random.uniform(km, (n,), F32, 0.5, 1.5) / n)
+    aux = mf.TokenAux(
+        pos=jnp.arange(n, dtype=F32), mass=jax.random.uniform(km, (n,), F32, 0.5, 1.5) / n
+    )
     beta = jnp.linspace(1.0, 3.0, heads).astype(F32) if heads > 1 else F32(2.0)
     kw = dict(beta=beta, mask=STRICT_MASKS[mask], form=form, precision="highest")
     if heads > 1:
@@ -132,7 +150,9 @@ def test_fused_strict_normalized_heads_masses(mask, form, heads, key):
     assert err < HIGHEST_TOL, err
 
 
-@pytest.mark.parametrize("precision,tol", [("highest", HIGHEST_TOL), ("tf32", 1e-5), ("bf16", 3e-2)])
+@pytest.mark.parametrize(
+    "precision,tol", [("highest", HIGHEST_TOL), ("tf32", 1e-5), ("bf16", 3e-2)]
+)
 @pytest.mark.parametrize("beta", [1.0, 4.0])
 def test_fused_precisions(precision, tol, beta, key):
     """Each precision on both products, N = 200, d = 64, causal ALiBi, against float64. In
@@ -140,8 +160,12 @@ def test_fused_precisions(precision, tol, beta, key):
     the rest of the kernel; bf16 rounds P and V to 8 bits, ~1e-2."""
     n, d = 200, 64
     x = mf.sphere_uniform(key, n, d, F32)
-    err = _compare(dict(beta=F32(beta), mask=mf.Causal() & mf.ALiBi(0.05), precision=precision), x,
-                   mf.TokenAux.default(n, F32), backend=Fused(32, 32))
+    err = _compare(
+        dict(beta=F32(beta), mask=mf.Causal() & mf.ALiBi(0.05), precision=precision),
+        x,
+        mf.TokenAux.default(n, F32),
+        backend=Fused(32, 32),
+    )
     assert err < tol, (precision, beta, err)
 
 
@@ -155,9 +179,13 @@ def test_integer_positions_beyond_2_24(backend, key):
     x = mf.sphere_uniform(key, n, 4, F32)
     pos = 2**24 + jax.random.permutation(jax.random.fold_in(key, 1), n)
     aux = mf.TokenAux(pos=pos.astype(jnp.int32), mass=jnp.full((n,), 1.0 / n, F32))
-    ref = mf.Attention(2.0, mask=mf.Causal(strict=True) & mf.ALiBi(0.05))(x.astype(jnp.float64),
-                                                                          mf.TokenAux(pos=pos.astype(jnp.float64), mass=aux.mass.astype(jnp.float64)))
-    out = mf.Attention(F32(2.0), mask=mf.Causal(strict=True) & mf.ALiBi(0.05), backend=backend)(x, aux)
+    ref = mf.Attention(2.0, mask=mf.Causal(strict=True) & mf.ALiBi(0.05))(
+        x.astype(jnp.float64),
+        mf.TokenAux(pos=pos.astype(jnp.float64), mass=aux.mass.astype(jnp.float64)),
+    )
+    out = mf.Attention(F32(2.0), mask=mf.Causal(strict=True) & mf.ALiBi(0.05), backend=backend)(
+        x, aux
+    )
     assert float(jnp.max(jnp.abs(out - ref)) / jnp.max(jnp.abs(ref))) < HIGHEST_TOL
 
 
@@ -178,7 +206,9 @@ def test_fused_grad_and_jvp(form, key):
     for a, b in zip(g_f, g_d):
         assert float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b))) < 1e-4
     t = jax.random.normal(key, x.shape, F32)
-    f = lambda backend: jax.jvp(lambda y: mf.Attention(1.5, mask=mask, form=form, backend=backend)(y), (x,), (t,))[1]  # noqa: E731
+    f = lambda backend: jax.jvp(
+        lambda y: mf.Attention(1.5, mask=mask, form=form, backend=backend)(y), (x,), (t,)
+    )[1]  # noqa: E731
     tf, td = f(Fused(16, 16)), f(mf.kernel.Dense())
     assert float(jnp.max(jnp.abs(tf - td)) / jnp.max(jnp.abs(td))) < 1e-4
 

@@ -23,15 +23,26 @@ import pytest
 import xarray as xr
 
 import meanfield as mf
-from meanfield.pde import RESULTS, CausalCoupling, CircleMeanField, KineticMeanField, SphereMeanField
+from meanfield.pde import (
+    RESULTS,
+    CausalCoupling,
+    CircleMeanField,
+    KineticMeanField,
+    SphereMeanField,
+)
 from meanfield.pde.sphere import UNDERSHOOT
 from meanfield.particles import RESULTS as PRESULTS
 from meanfield.run import executor
 from meanfield.run.cli import main
 
 SETS = ["--set", "n=8", "--set", "t1=3", "--set", "n_save=7", "--set", "chunks=3", "--no-progress"]
-TYPES = {"python": lambda v: v, "numpy32": np.float32, "numpy64": np.float64, "0-d": jnp.asarray,
-         "1-d": lambda v: np.array([v])}
+TYPES = {
+    "python": lambda v: v,
+    "numpy32": np.float32,
+    "numpy64": np.float64,
+    "0-d": jnp.asarray,
+    "1-d": lambda v: np.array([v]),
+}
 
 
 # ----------------------------------------------------------------------------- values, any type
@@ -43,13 +54,22 @@ def test_bad_numbers_are_refused_whatever_their_type(kind):
         (lambda: CircleMeanField(64, beta=t(float("nan"))), "beta must be finite"),
         (lambda: CircleMeanField(64, a=t(float("inf"))), "a must be finite"),
         (lambda: KineticMeanField(8, 16, beta=t(float("nan"))), "beta must be finite"),
-        (lambda: KineticMeanField(8, 16, prompt_theta=t(float("nan"))), "prompt_theta must be finite"),
-        (lambda: KineticMeanField(8, 16, prompt_theta=[0.0], prompt_weight=t(-1.0)), "prompt_weight must be finite and >= 0"),
+        (
+            lambda: KineticMeanField(8, 16, prompt_theta=t(float("nan"))),
+            "prompt_theta must be finite",
+        ),
+        (
+            lambda: KineticMeanField(8, 16, prompt_theta=[0.0], prompt_weight=t(-1.0)),
+            "prompt_weight must be finite and >= 0",
+        ),
         (lambda: SphereMeanField(8, beta=t(float("nan"))), "beta must be finite and nonzero"),
         (lambda: SphereMeanField(8, beta=t(0.0)), "beta must be finite and nonzero"),
         (lambda: mf.Attention(t(float("nan"))), "beta must be finite"),
         (lambda: mf.ALiBi(t(-1.0)), "slope must be finite and >= 0"),
-        (lambda: mf.Prompt(np.ones((1, 3)), mass=t(-1.0) if not scalar else np.array([-1.0])), "prompt.mass"),
+        (
+            lambda: mf.Prompt(np.ones((1, 3)), mass=t(-1.0) if not scalar else np.array([-1.0])),
+            "prompt.mass",
+        ),
     ]
     if scalar:
         cases += [
@@ -68,7 +88,11 @@ def test_shapes_and_counts_that_are_not_what_they_say(no_hook):
         CircleMeanField(8.7)
     with pytest.raises(ValueError, match="not NaN and not"):
         mf.CustomBias(jnp.array([[0.0, jnp.nan], [0.0, 0.0]]))
-    assert mf.CustomBias.from_bool(jnp.eye(3, dtype=bool)).matrix.shape == (1, 3, 3)  # -inf stays allowed
+    assert mf.CustomBias.from_bool(jnp.eye(3, dtype=bool)).matrix.shape == (
+        1,
+        3,
+        3,
+    )  # -inf stays allowed
     with pytest.raises(ValueError, match="positive mass"):
         CircleMeanField(64).solve(jnp.zeros(64), jnp.linspace(0, 1, 3))
     with pytest.raises(ValueError, match="positive mass"):
@@ -78,13 +102,24 @@ def test_shapes_and_counts_that_are_not_what_they_say(no_hook):
 def test_negative_beta_is_one_model_everywhere():
     """beta < 0 is accepted by the kernel, the particles and all three density solvers."""
     x0 = mf.sphere_uniform(jax.random.key(0), 16, 3)
-    assert mf.simulate(mf.Attention(np.float32(-1.5)), x0, jnp.linspace(0, 2, 3)).result == PRESULTS.successful
+    assert (
+        mf.simulate(mf.Attention(np.float32(-1.5)), x0, jnp.linspace(0, 2, 3)).result
+        == PRESULTS.successful
+    )
     circle = CircleMeanField(64, beta=-1.5)
-    assert circle.solve(circle.uniform() * (1 + 0.1 * jnp.cos(circle.theta)), jnp.linspace(0, 1, 3)).result == RESULTS.successful
+    assert (
+        circle.solve(
+            circle.uniform() * (1 + 0.1 * jnp.cos(circle.theta)), jnp.linspace(0, 1, 3)
+        ).result
+        == RESULTS.successful
+    )
     kin = KineticMeanField(8, 32, beta=jnp.asarray(-1.5))
     assert kin.solve(kin.von_mises(1.0), jnp.linspace(0, 1, 3)).result == RESULTS.successful
     sphere = SphereMeanField(8, beta=-1.5)
-    assert sphere.solve(sphere.perturbed(2, 0, 0.05), jnp.linspace(0, 1, 3)).result == RESULTS.successful
+    assert (
+        sphere.solve(sphere.perturbed(2, 0, 0.05), jnp.linspace(0, 1, 3)).result
+        == RESULTS.successful
+    )
 
 
 # ----------------------------------------------------------------------------- traced values
@@ -96,15 +131,29 @@ def test_traced_bad_parameters_fail_their_own_point_only():
     rho0 = CircleMeanField(64).uniform() * (1 + 0.1 * jnp.cos(CircleMeanField(64).theta))
     sols = jax.vmap(lambda b: CircleMeanField(64, beta=b).solve(rho0, ts, throw=False))(betas)
     assert sols.result._value.tolist() == [0, RESULTS.invalid_parameter._value, 0]
-    assert bool(jnp.all(jnp.isnan(sols.rho[1]))) and bool(jnp.all(jnp.isfinite(sols.rho[jnp.array([0, 2])])))
-    np.testing.assert_allclose(sols.rho[2], CircleMeanField(64, beta=-2.0).solve(rho0, ts).rho, rtol=1e-12)
+    assert bool(jnp.all(jnp.isnan(sols.rho[1]))) and bool(
+        jnp.all(jnp.isfinite(sols.rho[jnp.array([0, 2])]))
+    )
+    np.testing.assert_allclose(
+        sols.rho[2], CircleMeanField(64, beta=-2.0).solve(rho0, ts).rho, rtol=1e-12
+    )
 
-    sph = jax.vmap(lambda b: SphereMeanField(8, beta=b).solve(SphereMeanField(8).perturbed(1, 0, 0.05), ts, throw=False))(
-        jnp.array([2.0, 0.0, jnp.inf]))
-    assert sph.result._value.tolist() == [0, RESULTS.invalid_parameter._value, RESULTS.invalid_parameter._value]
+    sph = jax.vmap(
+        lambda b: SphereMeanField(8, beta=b).solve(
+            SphereMeanField(8).perturbed(1, 0, 0.05), ts, throw=False
+        )
+    )(jnp.array([2.0, 0.0, jnp.inf]))
+    assert sph.result._value.tolist() == [
+        0,
+        RESULTS.invalid_parameter._value,
+        RESULTS.invalid_parameter._value,
+    ]
 
-    kin = jax.vmap(lambda lam: KineticMeanField(8, 16, coupling=CausalCoupling(lam)).solve(
-        KineticMeanField(8, 16).von_mises(1.0), ts, throw=False))(jnp.array([1.0, -1.0]))
+    kin = jax.vmap(
+        lambda lam: KineticMeanField(8, 16, coupling=CausalCoupling(lam)).solve(
+            KineticMeanField(8, 16).von_mises(1.0), ts, throw=False
+        )
+    )(jnp.array([1.0, -1.0]))
     assert kin.result._value.tolist() == [0, RESULTS.invalid_parameter._value]
 
     x0 = mf.sphere_uniform(jax.random.key(1), 8, 3)
@@ -121,7 +170,9 @@ def test_positivity_holds_under_every_solver():
     rho0 = (1 + 0.05 * jnp.cos(3 * pde.theta)) / (2 * jnp.pi)
     for solver in (diffrax.Midpoint(), diffrax.Tsit5()):
         sol = pde.solve(rho0, jnp.linspace(0, 20, 5), dt=0.1, solver=solver, throw=False)
-        assert sol.result in (RESULTS.negative_density, RESULTS.nonfinite_density), type(solver).__name__
+        assert sol.result in (RESULTS.negative_density, RESULTS.nonfinite_density), type(
+            solver
+        ).__name__
         good = sol.rho[jnp.all(jnp.isfinite(sol.rho), axis=1)]
         assert float(jnp.min(good)) >= -100 * jnp.finfo(good.dtype).eps * float(jnp.max(good))
         with pytest.raises(mf.SolverError, match="negative|non-finite"):
@@ -155,22 +206,48 @@ def test_fixed_steps_off_the_sphere_fail():
     x0 = mf.sphere_uniform(jax.random.key(0), 16, 3)
     with pytest.raises(mf.SolverError, match="left the unit sphere"):
         mf.simulate(mf.Attention(1.0), x0, jnp.linspace(0, 100, 3), solver="euler", dt=50.0)
-    traj = mf.simulate(mf.Attention(1.0), x0, jnp.linspace(0, 100, 3), solver="euler", dt=50.0, throw=False)
+    traj = mf.simulate(
+        mf.Attention(1.0), x0, jnp.linspace(0, 100, 3), solver="euler", dt=50.0, throw=False
+    )
     assert traj.result == PRESULTS.left_sphere and bool(jnp.all(jnp.isnan(traj.xs[-1])))
-    assert mf.simulate(mf.Attention(1.0), x0, jnp.linspace(0, 5, 3), solver="rk4", dt=0.05).result == PRESULTS.successful
+    assert (
+        mf.simulate(mf.Attention(1.0), x0, jnp.linspace(0, 5, 3), solver="rk4", dt=0.05).result
+        == PRESULTS.successful
+    )
 
 
 # ----------------------------------------------------------------------------- files and exit codes
 def test_files_that_are_not_what_they_seem(tmp_path, capsys):
     out = tmp_path / "o"
     (tmp_path / "d.toml").mkdir()
-    assert main(["run", "clustering", "--set", str(tmp_path / "d.toml"), "--out", str(out), *SETS]) == 2
+    assert (
+        main(["run", "clustering", "--set", str(tmp_path / "d.toml"), "--out", str(out), *SETS])
+        == 2
+    )
     assert "d.toml: cannot read the TOML file" in capsys.readouterr().err
     (tmp_path / "b.toml").write_bytes(b"beta = 2\n\xff\xfe\n")
-    assert main(["run", "clustering", "--set", str(tmp_path / "b.toml"), "--out", str(out), *SETS]) == 2
+    assert (
+        main(["run", "clustering", "--set", str(tmp_path / "b.toml"), "--out", str(out), *SETS])
+        == 2
+    )
     assert "b.toml: not a UTF-8 text file" in capsys.readouterr().err
     (tmp_path / "g.toml").write_text("beta = 2\n")
-    assert main(["sweep", "clustering", "--set", str(tmp_path / "g.toml"), "--grid", "beta=1,2", "--out", str(out), *SETS]) == 2
+    assert (
+        main(
+            [
+                "sweep",
+                "clustering",
+                "--set",
+                str(tmp_path / "g.toml"),
+                "--grid",
+                "beta=1,2",
+                "--out",
+                str(out),
+                *SETS,
+            ]
+        )
+        == 2
+    )
     assert "both set (--set) and swept (--grid)" in capsys.readouterr().err
     assert main(["run", "clustering", "--out", str(tmp_path / ("x" * 300)), *SETS]) == 2
     assert "File name too long" in capsys.readouterr().err
@@ -203,7 +280,10 @@ def test_corrupt_checkpoint_is_named(damage, tmp_path, capsys):
         ckpt.write_bytes(b"\0garbage" * 50)
     else:
         arrays = dict(np.load(ckpt))
-        np.savez(ckpt, **{k: np.full_like(v, np.nan) if v.dtype.kind == "f" else v for k, v in arrays.items()})
+        np.savez(
+            ckpt,
+            **{k: np.full_like(v, np.nan) if v.dtype.kind == "f" else v for k, v in arrays.items()},
+        )
     capsys.readouterr()
     assert main(["run", "clustering", "--out", str(out), "--resume", *SETS]) == 3
     err = capsys.readouterr().err
@@ -217,7 +297,11 @@ def test_full_disk_at_the_first_checkpoint(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(executor, "save_npz_atomic", full)
     assert main(["run", "clustering", "--out", str(tmp_path / "o"), *SETS]) == 3
     err = capsys.readouterr().err
-    assert "cannot write" in err and "checkpoint.npz: No space left on device" in err and err.count("\n") == 1
+    assert (
+        "cannot write" in err
+        and "checkpoint.npz: No space left on device" in err
+        and err.count("\n") == 1
+    )
 
 
 def test_force_over_another_presets_run_leaves_no_stale_figure(tmp_path):
@@ -235,8 +319,13 @@ def _cli(args, pause=None, hold=False, tmp=None):
         env.update(MEANFIELD_PAUSE_AT=pause, MEANFIELD_PAUSE_FILE=str(tmp / "paused"))
         if hold:
             env["MEANFIELD_PAUSE_HOLD"] = "1"
-    return subprocess.Popen([sys.executable, "-m", "meanfield.run.cli", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "meanfield.run.cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_paused(proc, tmp):
@@ -257,13 +346,22 @@ def test_sigint_stops_at_a_safe_point_and_resumes_bit_identically(tmp_path):
     assert proc.returncode == 130, err
     assert "interrupted after 2 chunk(s)" in err and "continue with --resume" in err
     assert (out / "checkpoint.npz").exists() and (out / "run.json").exists()
-    assert main(["run", "clustering", "--out", str(out), "--resume", "--no-progress"]) == 0  # overrides from run.json
-    np.testing.assert_array_equal(xr.load_dataset(out / "result.nc").x.values, xr.load_dataset(ref / "result.nc").x.values)
+    assert (
+        main(["run", "clustering", "--out", str(out), "--resume", "--no-progress"]) == 0
+    )  # overrides from run.json
+    np.testing.assert_array_equal(
+        xr.load_dataset(out / "result.nc").x.values, xr.load_dataset(ref / "result.nc").x.values
+    )
 
 
 @pytest.mark.slow
 def test_second_sigint_exits_at_once(tmp_path):
-    proc = _cli(["run", "clustering", "--out", str(tmp_path / "o"), *SETS], pause="chunk=1", hold=True, tmp=tmp_path)
+    proc = _cli(
+        ["run", "clustering", "--out", str(tmp_path / "o"), *SETS],
+        pause="chunk=1",
+        hold=True,
+        tmp=tmp_path,
+    )
     _wait_paused(proc, tmp_path)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.2)  # the hold keeps the run at the pause point; the first signal only set the flag
@@ -285,12 +383,22 @@ def test_killed_before_its_first_checkpoint_resumes_the_recorded_run(tmp_path):
     assert (out / "run.json").exists() and not (out / "checkpoint.npz").exists()
     assert main(["run", "clustering", "--out", str(out), "--resume", "--no-progress"]) == 0
     assert main(["run", "clustering", "--out", str(ref), *SETS]) == 0
-    np.testing.assert_array_equal(xr.load_dataset(out / "result.nc").x.values, xr.load_dataset(ref / "result.nc").x.values)
+    np.testing.assert_array_equal(
+        xr.load_dataset(out / "result.nc").x.values, xr.load_dataset(ref / "result.nc").x.values
+    )
 
 
 @pytest.mark.slow
 def test_sigint_between_host_steps(tmp_path):
-    sets = ["--set", "depths=1,2,4", "--set", "ns=64,128", "--set", "n_conv=64,128,256", "--no-progress"]
+    sets = [
+        "--set",
+        "depths=1,2,4",
+        "--set",
+        "ns=64,128",
+        "--set",
+        "n_conv=64,128,256",
+        "--no-progress",
+    ]
     ref, out = tmp_path / "ref", tmp_path / "o"
     proc = _cli(["run", "cesaro", "--out", str(out), *sets], pause="step=1", tmp=tmp_path)
     _wait_paused(proc, tmp_path)

@@ -26,8 +26,12 @@ from meanfield.influence import (
 
 @pytest.mark.parametrize("n,depth,alpha", [(7, 1, 1.0), (20, 3, 0.5), (33, 6, 0.3)])
 def test_engine_rollout_and_jacobian_equal_the_cesaro_power(n, depth, alpha):
-    power = np.linalg.matrix_power((1 - alpha) * np.eye(n) + alpha * theory.cesaro_matrix(n), depth)[-1]
-    np.testing.assert_allclose(theory.cesaro_rollout(n, depth, alpha), power, rtol=1e-12, atol=1e-15)
+    power = np.linalg.matrix_power(
+        (1 - alpha) * np.eye(n) + alpha * theory.cesaro_matrix(n), depth
+    )[-1]
+    np.testing.assert_allclose(
+        theory.cesaro_rollout(n, depth, alpha), power, rtol=1e-12, atol=1e-15
+    )
     attn = mf.Attention(0.0, mask=mf.Causal())  # constant scores: A = Cesàro matrix
     x0 = jax.random.normal(jax.random.key(n), (n, 3))
     xs = mf.layers(attn, x0, depth, h=alpha, norm=mf.Residual()).xs
@@ -39,7 +43,12 @@ def test_engine_rollout_and_jacobian_equal_the_cesaro_power(n, depth, alpha):
 
 def test_closed_form_has_unit_mass_with_the_recency_delta():
     for depth, alpha in [(1, 0.5), (4, 0.5), (8, 0.3), (16, 0.9)]:
-        mass, _ = quad(lambda u: theory.cesaro_density(np.array([np.exp(-u)]), depth, alpha)[0] * np.exp(-u), 0, 200, limit=400)
+        mass, _ = quad(
+            lambda u: theory.cesaro_density(np.array([np.exp(-u)]), depth, alpha)[0] * np.exp(-u),
+            0,
+            200,
+            limit=400,
+        )
         assert abs(mass + theory.cesaro_recency(depth, alpha) - 1) < 1e-8
 
 
@@ -165,7 +174,9 @@ def test_causal_masks_make_the_first_token_a_sink(mask):
     }[mask]
     x0 = mf.sphere_uniform(jax.random.key(3), n, 8)
     depths = np.arange(1, 10 * n + 1)
-    frozen = np.asarray(rollout(attn, jnp.tile(x0[None], (depths[-1], 1, 1)), 0.5, depths=depths))[:, 0]
+    frozen = np.asarray(rollout(attn, jnp.tile(x0[None], (depths[-1], 1, 1)), 0.5, depths=depths))[
+        :, 0
+    ]
     assert np.all(np.diff(frozen) >= -1e-14), frozen
     xs = mf.layers(attn, x0, int(depths[-1]), h=1.0).xs[:-1]
     first = np.asarray(rollout(attn, xs, 0.5, depths=depths))[:, 0]
@@ -191,7 +202,9 @@ def test_decay_and_window_masks_move_influence_back_by_the_walk_drift(lam, windo
     r = np.asarray(rollout(attn, xs, alpha, depths=depths))
     k = np.arange(n)[::-1]  # jump length to each position
     jump = np.where(k < window, np.exp(-lam * k), 0.0)
-    np.testing.assert_allclose(r[0], (1 - alpha) * (k == 0) + alpha * jump / jump.sum(), rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(
+        r[0], (1 - alpha) * (k == 0) + alpha * jump / jump.sum(), rtol=1e-12, atol=1e-300
+    )
     moved = r @ k
     drift = theory.mask_walk_drift(alpha, lam=lam, window=window)
     np.testing.assert_allclose(moved, depths * drift, rtol=1e-10)

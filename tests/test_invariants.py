@@ -12,7 +12,9 @@ from meanfield import observables as obs
 def test_tokens_stay_on_sphere(key, mask):
     # d|x|^2/dt = 2 <x, P_x v> = 0 exactly; numerically the drift is set by the tolerance.
     x0 = mf.sphere_uniform(key, 32, 4)
-    traj = mf.simulate(mf.Attention(2.0, mask=mask), x0, jnp.linspace(0, 20, 41), rtol=1e-12, atol=1e-12)
+    traj = mf.simulate(
+        mf.Attention(2.0, mask=mask), x0, jnp.linspace(0, 20, 41), rtol=1e-12, atol=1e-12
+    )
     drift = jnp.max(jnp.abs(jnp.linalg.norm(traj.xs, axis=-1) - 1.0))
     assert drift < 1e-10
 
@@ -22,7 +24,9 @@ def test_usa_is_gradient_ascent_of_energy(key, beta):
     # With Q = K = V = I and masses 1/N, grad_{x_i} E_beta = (1/N^2) sum_j e^{beta <x_i,x_j>} x_j
     # = v_i^USA / N, so dE/dt = N sum_i |P_{x_i} grad_i E|^2 >= 0 along the USA flow.
     x0 = mf.sphere_uniform(key, 24, 3)
-    traj = mf.simulate(mf.Attention(beta, form="USA"), x0, jnp.linspace(0, 10, 201), rtol=1e-11, atol=1e-11)
+    traj = mf.simulate(
+        mf.Attention(beta, form="USA"), x0, jnp.linspace(0, 10, 201), rtol=1e-11, atol=1e-11
+    )
     e = np.asarray(obs.energy(traj.xs, beta))
     assert np.all(np.diff(e) >= -1e-12 * e[:-1]), np.min(np.diff(e))
     assert e[-1] > e[0]

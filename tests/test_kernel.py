@@ -33,8 +33,14 @@ def make(kind, form, heads, mask, dtype, backend=mf.kernel.Dense(), block=8, row
         mats = {m: jnp.asarray(rng.normal(size=shape) / np.sqrt(D), dtype) for m in "QKVW"}
     beta = jnp.asarray(np.linspace(0.5, 2.0, heads) if heads > 1 else 1.5, dtype)
     return mf.Attention(
-        beta, **mats, heads=heads, form=form, mask=mask,
-        backend=mf.kernel.Dense(row_block=row_block) if backend == "dense" else mf.kernel.Chunked(block=block),
+        beta,
+        **mats,
+        heads=heads,
+        form=form,
+        mask=mask,
+        backend=mf.kernel.Dense(row_block=row_block)
+        if backend == "dense"
+        else mf.kernel.Chunked(block=block),
     )
 
 
@@ -62,18 +68,27 @@ def test_dense_equals_chunked(mask_name, form, heads, kind, dtype, tol):
 
 @pytest.mark.parametrize("mask", [mf.Full(), mf.Causal() & mf.ALiBi(0.2)])
 @pytest.mark.parametrize("form", ["SA", "USA"])
-@pytest.mark.parametrize("d", [4, 12], ids=["row-sum-column", "row-sum-gemv"])  # the dense SA row sum: d <= 8 / > 8
+@pytest.mark.parametrize(
+    "d", [4, 12], ids=["row-sum-column", "row-sum-gemv"]
+)  # the dense SA row sum: d <= 8 / > 8
 def test_dense_equals_chunked_with_prompt_and_masses(mask, form, d):
     x = mf.sphere_uniform(jax.random.key(2), 30, d)
     y = mf.sphere_uniform(jax.random.key(3), 5, d)
     mass = jax.random.uniform(jax.random.key(4), (30,), minval=0.5, maxval=1.5) / 30
     aux = mf.TokenAux.default(30, pos=jnp.arange(30.0) * 2.0, mass=mass)
-    for prompt in [mf.Prompt(y), mf.Prompt(y, mass=jnp.full(5, 0.3), pos=jnp.array([0.0, 10, 20, 30, 40]))]:
+    for prompt in [
+        mf.Prompt(y),
+        mf.Prompt(y, mass=jnp.full(5, 0.3), pos=jnp.array([0.0, 10, 20, 30, 40])),
+    ]:
         a = mf.Attention(2.0, form=form, mask=mask)(x, aux, prompt)
-        b = mf.Attention(2.0, form=form, mask=mask, backend=mf.kernel.Chunked(block=7))(x, aux, prompt)
+        b = mf.Attention(2.0, form=form, mask=mask, backend=mf.kernel.Chunked(block=7))(
+            x, aux, prompt
+        )
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * float(jnp.max(jnp.abs(a))))
         # query blocks evaluated 3 at a time (vmapped; the last batch padded): the same field
-        c = mf.Attention(2.0, form=form, mask=mask, backend=mf.kernel.Chunked(block=7, query_batch=3))(x, aux, prompt)
+        c = mf.Attention(
+            2.0, form=form, mask=mask, backend=mf.kernel.Chunked(block=7, query_batch=3)
+        )(x, aux, prompt)
         np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12 * float(jnp.max(jnp.abs(a))))
 
 
@@ -88,7 +103,12 @@ def test_matches_explicit_formula():
     out = np.zeros_like(x)
     for h in range(2):
         for i in range(12):
-            a = np.array([beta[h] * (Q[h] @ x[i]) @ (K[h] @ x[j]) - slopes[h] * (i - j) for j in range(i + 1)])
+            a = np.array(
+                [
+                    beta[h] * (Q[h] @ x[i]) @ (K[h] @ x[j]) - slopes[h] * (i - j)
+                    for j in range(i + 1)
+                ]
+            )
             w = np.exp(a - a.max())
             out[i] += W[h] @ (sum(w[j] * V[h] @ x[j] for j in range(i + 1)) / w.sum())
     np.testing.assert_allclose(attn(jnp.asarray(x)), out, rtol=1e-12, atol=1e-13)
@@ -100,7 +120,9 @@ def test_causal_blocks_are_skipped():
     mask = mf.Causal()
     lo = jnp.arange(0, 64, 8.0)
     hi = lo + 7
-    active = jax.vmap(lambda ql, qh: jax.vmap(lambda kl, kh: mask.block_active(ql, qh, kl, kh))(lo, hi))(lo, hi)
+    active = jax.vmap(
+        lambda ql, qh: jax.vmap(lambda kl, kh: mask.block_active(ql, qh, kl, kh))(lo, hi)
+    )(lo, hi)
     assert int(active.sum()) == 8 * 9 // 2
     x = mf.sphere_uniform(jax.random.key(0), 64, 3)
     attn = mf.Attention(1.0, mask=mask, backend=mf.kernel.Chunked(block=8))
@@ -111,7 +133,15 @@ def test_causal_blocks_are_skipped():
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["dense", "chunked"])
 def test_jit_vmap_grad_agree_with_eager(backend):
-    attn = make("random", "SA", H, mf.Causal() & mf.ALiBi(jnp.array([0.1, 0.2, 0.3])), jnp.float64, backend, 8)
+    attn = make(
+        "random",
+        "SA",
+        H,
+        mf.Causal() & mf.ALiBi(jnp.array([0.1, 0.2, 0.3])),
+        jnp.float64,
+        backend,
+        8,
+    )
     xs = mf.sphere_uniform(jax.random.key(9), 4 * N, D).reshape(4, N, D)
     eager = jnp.stack([attn(x) for x in xs])
     np.testing.assert_allclose(jax.jit(lambda x: attn(x))(xs[0]), eager[0], rtol=1e-13, atol=1e-14)
@@ -193,12 +223,16 @@ def test_backend_strategies_and_the_removed_strings(key):
     loose keywords were removed in 0.3 and are refused with a message naming the modules."""
     x = mf.sphere_uniform(key, 37, 4)
     aux = mf.TokenAux.default(37)
-    new = mf.Attention(1.7, mask=mf.Causal() & mf.ALiBi(0.1), backend=mf.kernel.Chunked(block=8, query_batch=2))
+    new = mf.Attention(
+        1.7, mask=mf.Causal() & mf.ALiBi(0.1), backend=mf.kernel.Chunked(block=8, query_batch=2)
+    )
     with pytest.raises(ValueError, match=r"backend must be a backend module such as Dense\(\)"):
         mf.Attention(1.7, backend="chunked")
     with pytest.raises(TypeError, match="block"):
         mf.Attention(1.7, backend=mf.kernel.Chunked(), block=8)
-    dense = mf.Attention(1.7, mask=mf.Causal() & mf.ALiBi(0.1), backend=mf.kernel.Dense(row_block=16))
+    dense = mf.Attention(
+        1.7, mask=mf.Causal() & mf.ALiBi(0.1), backend=mf.kernel.Dense(row_block=16)
+    )
     np.testing.assert_allclose(dense(x, aux), new(x, aux), rtol=1e-12, atol=1e-13)
     assert isinstance(mf.Attention(1.0).backend, mf.kernel.Auto)
     # Dense on the CPU at every size, and below 16k tokens on a GPU; Chunked(2048, 8) above (recorded H200 runs)
@@ -230,9 +264,17 @@ def test_default_row_block_keeps_the_slab_in_cache():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mask", [mf.Causal(), mf.Causal(strict=True) & mf.ALiBi(0.1), mf.Window(40.0), mf.Full(),
-                                  mf.PositionNormalized(mf.Causal() & mf.ALiBi(0.05))],
-                         ids=["causal", "strict-alibi", "window", "full", "pn"])
+@pytest.mark.parametrize(
+    "mask",
+    [
+        mf.Causal(),
+        mf.Causal(strict=True) & mf.ALiBi(0.1),
+        mf.Window(40.0),
+        mf.Full(),
+        mf.PositionNormalized(mf.Causal() & mf.ALiBi(0.05)),
+    ],
+    ids=["causal", "strict-alibi", "window", "full", "pn"],
+)
 @pytest.mark.parametrize("form", ["SA", "USA"])
 def test_chunked_batched_query_blocks_equal_dense(mask, form, key):
     """Chunked(query_batch > 1) loops each query block over its own key-tile range, query blocks
@@ -245,12 +287,16 @@ def test_chunked_batched_query_blocks_equal_dense(mask, form, key):
         out = mf.Attention(2.0, mask=mask, form=form, backend=mf.kernel.Chunked(block, qb))(x)
         assert float(jnp.max(jnp.abs(out - ref))) < 1e-12
     aux = mf.TokenAux.default(n, pos=jax.random.permutation(key, n).astype(float))
-    a, b = (mf.Attention(2.0, mask=mask, form=form, backend=be)(x, aux)
-            for be in (mf.kernel.Dense(), mf.kernel.Chunked(16, 4)))
+    a, b = (
+        mf.Attention(2.0, mask=mask, form=form, backend=be)(x, aux)
+        for be in (mf.kernel.Dense(), mf.kernel.Chunked(16, 4))
+    )
     assert float(jnp.max(jnp.abs(a - b))) < 1e-12
 
     def loss(beta):
-        return jnp.sum(mf.Attention(beta, mask=mask, form=form, backend=mf.kernel.Chunked(16, 4))(x) ** 2)
+        return jnp.sum(
+            mf.Attention(beta, mask=mask, form=form, backend=mf.kernel.Chunked(16, 4))(x) ** 2
+        )
 
     eps = 1e-5  # central difference of the batched path itself (error ~ eps^2 times the third derivative)
     fd = (loss(1.5 + eps) - loss(1.5 - eps)) / (2 * eps)

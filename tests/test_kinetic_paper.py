@@ -24,7 +24,9 @@ def paper_attention(beta, lam, n, backend=None, heads_slopes=None):
     slope = lam / n if heads_slopes is None else jnp.asarray(heads_slopes)
     mask = mf.PositionNormalized(mf.Causal(strict=True) & mf.ALiBi(slope))
     heads = None if heads_slopes is None else len(heads_slopes)
-    return mf.Attention(beta, V=beta * jnp.eye(2), form="USA", mask=mask, backend=backend, heads=heads)
+    return mf.Attention(
+        beta, V=beta * jnp.eye(2), form="USA", mask=mask, backend=backend, heads=heads
+    )
 
 
 def paper_rhs(theta, beta, lam):
@@ -50,7 +52,9 @@ def test_position_normalized_usa_field_is_the_papers_w_field(backend):
     theta = np.random.default_rng(0).uniform(0, 2 * np.pi, n)
     v = np.asarray(mf.velocity(paper_attention(beta, lam, n, backend), circle(theta)))
     tangent = circle(theta + np.pi / 2)
-    np.testing.assert_allclose(np.sum(v * tangent, -1), paper_rhs(theta, beta, lam), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        np.sum(v * tangent, -1), paper_rhs(theta, beta, lam), rtol=0, atol=1e-12
+    )
     assert np.all(v[0] == 0.0)  # the first token sees no key: zero field, no 0/0
 
 
@@ -70,7 +74,9 @@ def test_position_normalized_per_head_slopes_and_prompt_keys():
     for h, lam in enumerate(slopes):
         for i in range(n):
             j = np.arange(i)
-            pos_w = np.concatenate([np.exp(-lam * (i - j)) / n, [1.0 / n]])  # keys j < i, then the prompt
+            pos_w = np.concatenate(
+                [np.exp(-lam * (i - j)) / n, [1.0 / n]]
+            )  # keys j < i, then the prompt
             keys = np.concatenate([x[j], p])
             content = np.exp(beta * keys @ x[i])
             ref[i] += (pos_w * content) @ (beta * keys) / pos_w.sum() / len(slopes)
@@ -82,7 +88,9 @@ def test_position_normalized_changes_nothing_under_sa_and_strict_causal_rows():
     x = mf.sphere_uniform(jax.random.key(2), 11, 3)
     for be in (Dense(), Chunked(block=4)):
         a = mf.Attention(2.0, mask=mf.Causal(strict=True) & mf.ALiBi(0.3), backend=be)
-        b = mf.Attention(2.0, mask=mf.PositionNormalized(mf.Causal(strict=True) & mf.ALiBi(0.3)), backend=be)
+        b = mf.Attention(
+            2.0, mask=mf.PositionNormalized(mf.Causal(strict=True) & mf.ALiBi(0.3)), backend=be
+        )
         np.testing.assert_allclose(a(x), b(x), rtol=1e-13, atol=1e-15)
         assert np.all(np.asarray(a(x))[0] == 0.0)
         w = np.asarray(mf.Attention(2.0, mask=mf.Causal(strict=True), backend=be).weights(x))[0]
@@ -95,9 +103,13 @@ def test_fused_backend_matches_the_papers_field_in_interpret_mode():
     n, beta, lam = 37, 2.0, 3.0
     theta = np.random.default_rng(3).uniform(0, 2 * np.pi, n)
     x = jnp.asarray(circle(theta), jnp.float32)
-    v = np.asarray(mf.velocity(paper_attention(beta, lam, n, Fused(block_q=16, block_k=16)), x), np.float64)
+    v = np.asarray(
+        mf.velocity(paper_attention(beta, lam, n, Fused(block_q=16, block_k=16)), x), np.float64
+    )
     ref = paper_rhs(theta, beta, lam)
-    np.testing.assert_allclose(np.sum(v * circle(theta + np.pi / 2), -1), ref, rtol=0, atol=2e-5 * np.abs(ref).max())
+    np.testing.assert_allclose(
+        np.sum(v * circle(theta + np.pi / 2), -1), ref, rtol=0, atol=2e-5 * np.abs(ref).max()
+    )
 
 
 def test_particles_match_an_independent_rk4_of_the_papers_equation():
@@ -110,21 +122,29 @@ def test_particles_match_an_independent_rk4_of_the_papers_equation():
         k3 = paper_rhs(th + dt / 2 * k2, beta, lam)
         k4 = paper_rhs(th + dt * k3, beta, lam)
         th = th + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
-    traj = mf.simulate(paper_attention(beta, lam, n), circle(theta0), [0.0, t1], rtol=1e-11, atol=1e-12)
+    traj = mf.simulate(
+        paper_attention(beta, lam, n), circle(theta0), [0.0, t1], rtol=1e-11, atol=1e-12
+    )
     x = np.asarray(traj.final)
     got = np.arctan2(x[:, 1], x[:, 0])
     np.testing.assert_allclose(np.angle(np.exp(1j * (got - th))), 0.0, atol=1e-9)
-    assert got[0] == pytest.approx(np.angle(np.exp(1j * theta0[0])), abs=1e-14)  # the first token never moves
+    assert got[0] == pytest.approx(
+        np.angle(np.exp(1j * theta0[0])), abs=1e-14
+    )  # the first token never moves
 
 
 # ------------------------------------------------------------------------------------ theory
 def test_closed_form_psi_equals_its_series_and_lambda_zero_is_a_limit():
     for c, y in [(0.3, 0.2), (2.3, 0.7), (5.0, 3.0)]:
-        series = sum(c ** (k + 1) * y**k / (math.factorial(k) * math.factorial(k + 1)) for k in range(60))
+        series = sum(
+            c ** (k + 1) * y**k / (math.factorial(k) * math.factorial(k + 1)) for k in range(60)
+        )
         assert theory.kinetic_psi(c, y) == pytest.approx(series, rel=1e-13)
     assert theory.kinetic_psi(1.7, 0.0) == pytest.approx(1.7)
     s = np.linspace(0.05, 1.0, 7)
-    np.testing.assert_allclose(theory.kinetic_green(s, 0.7, 1.3, 1e-9), theory.kinetic_green(s, 0.7, 1.3, 0.0), rtol=1e-8)
+    np.testing.assert_allclose(
+        theory.kinetic_green(s, 0.7, 1.3, 1e-9), theory.kinetic_green(s, 0.7, 1.3, 0.0), rtol=1e-8
+    )
 
 
 @pytest.mark.parametrize("beta,lam", [(0.25, 1.0), (1.0, 1.0), (4.0, 0.5), (2.0, 3.0)])
@@ -132,10 +152,14 @@ def test_tcrit_is_where_the_closed_form_right_end_slope_changes_sign(beta, lam):
     """Independent of the derivation: the sign change of dS_t/ds(1), by a one-sided finite
     difference of the closed-form profile, brackets the closed-form t_crit."""
     tc = theory.kinetic_tcrit(beta, lam)
-    slope = lambda t: theory.kinetic_profile(1.0, t, beta, lam) - theory.kinetic_profile(1.0 - 1e-6, t, beta, lam)  # noqa: E731
+    slope = lambda t: (
+        theory.kinetic_profile(1.0, t, beta, lam) - theory.kinetic_profile(1.0 - 1e-6, t, beta, lam)
+    )  # noqa: E731
     assert slope(0.98 * tc) > 0 > slope(1.02 * tc)
     ts = np.linspace(0.02, 3.0, 150) * tc
-    prof = np.stack([theory.kinetic_profile(np.array([1 - 2e-6, 1 - 1e-6, 1.0]), t, beta, lam) for t in ts])
+    prof = np.stack(
+        [theory.kinetic_profile(np.array([1 - 2e-6, 1 - 1e-6, 1.0]), t, beta, lam) for t in ts]
+    )
     assert u_shape_end(ts, prof) == pytest.approx(tc, rel=1e-3)
     assert right_end_slope(prof[0]) > 0
 
@@ -157,7 +181,9 @@ def test_discrete_propagator_tcrit_converges_at_first_order_in_S():
 
 def test_causal_mode_propagator_separates_content_and_position_normalisation():
     n, beta, lam, S, t = 2, 1.5, 1.0, 32, 0.4
-    paper = theory.causal_mode_propagator(t, n, beta, lam, S, form="USA", value=beta, normalized=True, strict=True)
+    paper = theory.causal_mode_propagator(
+        t, n, beta, lam, S, form="USA", value=beta, normalized=True, strict=True
+    )
     c = theory.causal_coupling(S, lam, strict=True, normalized=True)
     from scipy.linalg import expm
 
@@ -167,15 +193,18 @@ def test_causal_mode_propagator_separates_content_and_position_normalisation():
         theory.causal_mode_propagator(t, n, beta, lam, S, form="SA", normalized=False)
 
 
-@pytest.mark.parametrize("call,match", [
-    (lambda: theory.kinetic_tcrit(1.0, lam=-1.0), "lam"),
-    (lambda: theory.kinetic_tcrit(1.0, M=0.0), "M"),
-    (lambda: theory.kinetic_tcrit(1.0, n_max=0), "n_max"),
-    (lambda: theory.kinetic_profile(0.5, 1.0, -1.0), "beta"),
-    (lambda: theory.kinetic_green(0.5, 1.0, 1.0, -0.5), "lam"),
-    (lambda: CausalCoupling(-1.0), "lam"),
-    (lambda: CausalCoupling(1.0, 0.5, strict=True), "self_weight"),
-])
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: theory.kinetic_tcrit(1.0, lam=-1.0), "lam"),
+        (lambda: theory.kinetic_tcrit(1.0, M=0.0), "M"),
+        (lambda: theory.kinetic_tcrit(1.0, n_max=0), "n_max"),
+        (lambda: theory.kinetic_profile(0.5, 1.0, -1.0), "beta"),
+        (lambda: theory.kinetic_green(0.5, 1.0, 1.0, -0.5), "lam"),
+        (lambda: CausalCoupling(-1.0), "lam"),
+        (lambda: CausalCoupling(1.0, 0.5, strict=True), "self_weight"),
+    ],
+)
 def test_bad_kinetic_parameters_are_refused(call, match):
     with pytest.raises(ValueError, match=match):
         call()
@@ -188,9 +217,16 @@ def test_normalized_causal_scan_equals_the_dense_matrix(strict):
     w = np.full(10, 0.1)
     f = np.random.default_rng(5).uniform(0.1, 1.0, (10, 7))
     cp = CausalCoupling(1.7, strict=strict, normalized=True)
-    np.testing.assert_allclose(cp.mix(jnp.asarray(s), jnp.asarray(w), jnp.asarray(f)), cp.matrix(s, w) @ f, rtol=1e-12)
-    np.testing.assert_allclose(cp.matrix(s, w), theory.causal_coupling(10, 1.7, strict=strict, normalized=True) if strict
-                               else theory.causal_coupling(10, 1.7, 0.5, normalized=True), rtol=1e-12)
+    np.testing.assert_allclose(
+        cp.mix(jnp.asarray(s), jnp.asarray(w), jnp.asarray(f)), cp.matrix(s, w) @ f, rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        cp.matrix(s, w),
+        theory.causal_coupling(10, 1.7, strict=strict, normalized=True)
+        if strict
+        else theory.causal_coupling(10, 1.7, 0.5, normalized=True),
+        rtol=1e-12,
+    )
 
 
 def test_pde_growth_rate_with_self_weighted_normalised_rows_is_n2_In_with_the_default_step():
@@ -198,7 +234,9 @@ def test_pde_growth_rate_with_self_weighted_normalised_rows_is_n2_In_with_the_de
     a_n = n^2 I_n(beta) (V = beta I, USA); one save interval, default step, M = 256."""
     beta, lam = 1.0, 1.0
     for n in (1, 2, 3):
-        pde = KineticMeanField(16, 256, beta=beta, a=beta, form="USA", coupling=CausalCoupling(lam, normalized=True))
+        pde = KineticMeanField(
+            16, 256, beta=beta, a=beta, form="USA", coupling=CausalCoupling(lam, normalized=True)
+        )
         f0 = jnp.broadcast_to(pde.uniform()[0] * (1 + 1e-6 * jnp.cos(n * pde.theta)), (16, 256))
         sol = pde.solve(f0, [0.0, 1.0])
         c = np.asarray(sol.f @ jnp.cos(n * pde.theta))
@@ -211,6 +249,8 @@ def test_pde_mode_response_is_the_discrete_propagator_row():
     tc = theory.kinetic_tcrit(beta, lam)
     pde = KineticMeanField.paper_model(S, 64, beta, lam)
     R = np.asarray(pde.mode_response(jnp.array([0.0, tc]), 2))
-    P = theory.causal_mode_propagator(tc, 2, beta, lam, S, form="USA", value=beta, normalized=True, strict=True)
+    P = theory.causal_mode_propagator(
+        tc, 2, beta, lam, S, form="USA", value=beta, normalized=True, strict=True
+    )
     np.testing.assert_allclose(R[0] / S, np.eye(S)[-1], atol=1e-12)
     np.testing.assert_allclose(R[1] / S, P[-1], atol=3e-3)

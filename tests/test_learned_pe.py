@@ -38,7 +38,9 @@ def test_linear_stability_equals_n_times_the_energy_hessian_at_a_maximiser():
     th = np.linspace(0, 1.5 * np.pi, n)
     p = np.stack([np.cos(th), np.sin(th)], -1)
     best = theory.prompt_pushforward(p, beta, w, n_starts=6, hops=0)
-    lam = mf.linear_stability(mf.Attention(beta, form="USA"), best.x, prompt=mf.ParallelPrompt(p, w))
+    lam = mf.linear_stability(
+        mf.Attention(beta, form="USA"), best.x, prompt=mf.ParallelPrompt(p, w)
+    )
     assert lam == pytest.approx(n * best.energy * best.hessian_max, rel=1e-4)
     assert lam < 0  # a strict maximiser attracts
 
@@ -47,13 +49,18 @@ def test_residual_fit_makes_the_target_stationary_and_from_the_paired_start_attr
     n = 12
     s, tgt = _target(n)
     assert lp.fourier_features(s, 3).shape == (n, 7)
-    assert lp.fourier_features(np.stack([s, s[::-1]], -1), 2).shape == (n, 25)  # 1 + 2 * 12 frequencies
+    assert lp.fourier_features(np.stack([s, s[::-1]], -1), 2).shape == (
+        n,
+        25,
+    )  # 1 + 2 * 12 frequencies
     fit = lp.fit_additive_pe(tgt, s, 1.0, n_freq=3, loss="residual", steps=300, init="paired")
     # stationarity residual sum_i m_i |P v_i|^2 falls by orders of magnitude ...
     assert fit.losses[-1] < 1e-3 * fit.losses[0]
     assert fit.stability < 0
     # ... and the target attracts: a random start ends within |v| / |lambda| ~ sqrt(residual) / |lambda|
-    end = np.asarray(fit.pe.limit(s, np.asarray(mf.sphere_uniform(jax.random.key(3), n, 2), float), 60.0))
+    end = np.asarray(
+        fit.pe.limit(s, np.asarray(mf.sphere_uniform(jax.random.key(3), n, 2), float), 60.0)
+    )
     bound = 10 * np.sqrt(n * fit.losses[-1]) / abs(fit.stability)
     assert np.abs(end - tgt).max() < max(bound, 1e-3)
 
@@ -64,7 +71,9 @@ def test_fit_through_simulate_lowers_the_distance_of_the_limit_to_the_target():
     and so does the exact circle W1 to the target from a start the fit never saw."""
     n = 12
     s, tgt = _target(n)
-    fit = lp.fit_additive_pe(tgt, s, 1.0, n_freq=3, loss="simulate", steps=40, n_starts=2, t1=20.0, init="paired")
+    fit = lp.fit_additive_pe(
+        tgt, s, 1.0, n_freq=3, loss="simulate", steps=40, n_starts=2, t1=20.0, init="paired"
+    )
     assert fit.losses.shape == (40,) and fit.pe.U.shape == (2, 7)
     assert np.min(fit.losses[-5:]) < 0.75 * fit.losses[0]
     x0 = np.asarray(mf.sphere_uniform(jax.random.key(7), n, 2), float)

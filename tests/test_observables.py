@@ -44,7 +44,14 @@ def test_cluster_count_on_chains_and_blobs(key):
 
 def test_trajectory_and_batch_shapes(key):
     xs = mf.sphere_uniform(key, 2 * 3 * 8, 3).reshape(2, 3, 8, 3)
-    for f in (obs.diameter, obs.min_cosine, obs.mean_cosine, obs.rank_collapse, obs.effective_rank, obs.n_clusters):
+    for f in (
+        obs.diameter,
+        obs.min_cosine,
+        obs.mean_cosine,
+        obs.rank_collapse,
+        obs.effective_rank,
+        obs.n_clusters,
+    ):
         out = f(xs)
         assert out.shape == (2, 3)
         np.testing.assert_allclose(out[1, 2], f(xs[1, 2]))

@@ -16,7 +16,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_package_list_is_every_package_folder():
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     declared = set(config["packages"])
-    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "meanfield").rglob("__init__.py")}
-    assert declared == on_disk | {"meanfield_experiments"}, (sorted(on_disk - declared), sorted(declared - on_disk))
+    on_disk = {
+        ".".join(p.parent.relative_to(ROOT).parts)
+        for p in (ROOT / "meanfield").rglob("__init__.py")
+    }
+    assert declared == on_disk | {"meanfield_experiments"}, (
+        sorted(on_disk - declared),
+        sorted(declared - on_disk),
+    )
     assert config["package-dir"] == {"meanfield_experiments": "experiments"}
     assert (ROOT / "experiments" / "__init__.py").exists()

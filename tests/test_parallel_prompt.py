@@ -26,8 +26,13 @@ def _reference(x, p, w, y, beta, form, causal, pn_lam=None):
     for i in range(n):
         idx = np.arange(i + 1) if causal else np.arange(n)
         keys = np.concatenate([x[idx], y, p[i : i + 1]])
-        pos_w = np.concatenate([np.full(len(idx), 1.0 / n) * (np.exp(-pn_lam * (i - idx)) if pn_lam else 1.0),
-                                np.full(len(y), 1.0 / n), [w[i]]])
+        pos_w = np.concatenate(
+            [
+                np.full(len(idx), 1.0 / n) * (np.exp(-pn_lam * (i - idx)) if pn_lam else 1.0),
+                np.full(len(y), 1.0 / n),
+                [w[i]],
+            ]
+        )
         e = pos_w * np.exp(beta * keys @ x[i])
         out[i] = e @ keys / (e.sum() if form == "SA" else (pos_w.sum() if pn_lam else 1.0))
     return out
@@ -42,7 +47,9 @@ def test_parallel_prompt_field_matches_the_direct_sum(backend, form, causal):
     w = np.linspace(0.2, 1.5, n)
     attn = mf.Attention(beta, form=form, mask=mf.Causal() if causal else mf.Full(), backend=backend)
     v = attn(x, prompt=(mf.Prompt(y), mf.ParallelPrompt(p, w)))
-    np.testing.assert_allclose(v, _reference(x, p, w, y, beta, form, causal), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(
+        v, _reference(x, p, w, y, beta, form, causal), rtol=1e-12, atol=1e-13
+    )
 
 
 def test_own_prompt_counts_in_the_position_normaliser_and_is_seen_under_strict_causal():
@@ -50,13 +57,21 @@ def test_own_prompt_counts_in_the_position_normaliser_and_is_seen_under_strict_c
     x, p = _cloud(n, d, 3), _cloud(n, d, 4)
     w = np.full(n, 0.4)
     for be in (Dense(), Chunked(block=4)):
-        attn = mf.Attention(beta, form="USA", mask=mf.PositionNormalized(mf.Causal() & mf.ALiBi(lam)), backend=be)
+        attn = mf.Attention(
+            beta, form="USA", mask=mf.PositionNormalized(mf.Causal() & mf.ALiBi(lam)), backend=be
+        )
         v = attn(x, prompt=(mf.Prompt(np.zeros((0, d))), mf.ParallelPrompt(p, w)))
-        np.testing.assert_allclose(v, _reference(x, p, w, np.zeros((0, d)), beta, "USA", True, pn_lam=lam), rtol=1e-12)
-        strict = mf.Attention(beta, mask=mf.Causal(strict=True), backend=be)(x, prompt=mf.ParallelPrompt(p, w))
+        np.testing.assert_allclose(
+            v, _reference(x, p, w, np.zeros((0, d)), beta, "USA", True, pn_lam=lam), rtol=1e-12
+        )
+        strict = mf.Attention(beta, mask=mf.Causal(strict=True), backend=be)(
+            x, prompt=mf.ParallelPrompt(p, w)
+        )
         np.testing.assert_allclose(strict[0], p[0], rtol=1e-12)  # token 0 sees only its own prompt
     wts = mf.Attention(beta).weights(x, prompt=mf.ParallelPrompt(p, w))
-    assert wts.shape == (1, n, n + 1) and np.allclose(wts.sum(-1), 1.0)  # last column: the own prompt
+    assert wts.shape == (1, n, n + 1) and np.allclose(
+        wts.sum(-1), 1.0
+    )  # last column: the own prompt
 
 
 @pytest.mark.parametrize("form", ["SA", "USA"])
@@ -65,8 +80,14 @@ def test_energy_with_parallel_prompts_never_decreases(form):
     s = (np.arange(n) + 0.5) / n
     p = np.stack([np.cos(np.pi * s), np.sin(np.pi * s)], -1)
     x0 = mf.sphere_uniform(jax.random.key(0), n, 2)
-    tr = mf.simulate(mf.Attention(beta, form=form), x0, jnp.linspace(0, 30, 61), prompt=mf.ParallelPrompt(p, wgt),
-                     rtol=1e-9, atol=1e-9)
+    tr = mf.simulate(
+        mf.Attention(beta, form=form),
+        x0,
+        jnp.linspace(0, 30, 61),
+        prompt=mf.ParallelPrompt(p, wgt),
+        rtol=1e-9,
+        atol=1e-9,
+    )
     e = np.asarray(obs.energy(tr.xs, beta, prompt=p, weight=wgt))
     assert np.all(np.diff(e) >= -1e-7 * e.max()) and e[-1] > 2 * e[0]
 
@@ -78,17 +99,29 @@ def test_parallel_prompts_reach_the_pushforward_where_shared_prompts_collapse():
     512-node maximiser (measured 0.0183, 0.0091, 0.0046 for N = 32, 64, 128)."""
     beta, wgt = 1.0, 1.0
     sq = (np.arange(512) + 0.5) / 512
-    th_star = theory.prompt_pushforward(np.stack([np.cos(np.pi * sq), np.sin(np.pi * sq)], -1), beta, wgt,
-                                        n_starts=2, hops=0)
+    th_star = theory.prompt_pushforward(
+        np.stack([np.cos(np.pi * sq), np.sin(np.pi * sq)], -1), beta, wgt, n_starts=2, hops=0
+    )
     assert th_star.strict
     th_star = np.arctan2(th_star.x[:, 1], th_star.x[:, 0])
     w1 = []
     for n in (32, 64, 128):
         s = (np.arange(n) + 0.5) / n
         p = np.stack([np.cos(np.pi * s), np.sin(np.pi * s)], -1)
-        run = lambda prompt: mf.simulate(mf.Attention(beta), jnp.asarray(p), [0.0, 200.0], prompt=prompt,  # noqa: E731
-                                         rtol=1e-10, atol=1e-10).final
-        xf, xs = np.asarray(run(mf.ParallelPrompt(p, wgt))), run(mf.Prompt(p, jnp.full((n,), wgt / n)))
+        run = lambda prompt: (
+            mf.simulate(
+                mf.Attention(beta),
+                jnp.asarray(p),
+                [0.0, 200.0],
+                prompt=prompt,  # noqa: E731
+                rtol=1e-10,
+                atol=1e-10,
+            ).final
+        )
+        xf, xs = (
+            np.asarray(run(mf.ParallelPrompt(p, wgt))),
+            run(mf.Prompt(p, jnp.full((n,), wgt / n))),
+        )
         assert float(obs.dirac_distance(xs)) < 1e-6 < 0.5 < float(obs.dirac_distance(xf))
         w1.append(float(obs.circle_w1(jnp.arctan2(xf[:, 1], xf[:, 0]), jnp.asarray(th_star))))
     rates = np.log2(np.array(w1[:-1]) / np.array(w1[1:]))
@@ -102,9 +135,15 @@ def test_global_search_finds_the_best_known_additive_pe_maximiser():
     higher), flag no tie, and certify a strict local maximum."""
     m = 64
     s = (np.arange(m) + 0.5) / m
-    res = theory.additive_pe_pushforward(0.4 * np.stack([np.cos(np.pi * s), np.sin(np.pi * s)], 1), 4.0)
+    res = theory.additive_pe_pushforward(
+        0.4 * np.stack([np.cos(np.pi * s), np.sin(np.pi * s)], 1), 4.0
+    )
     x, e = res
-    assert e == pytest.approx(106.70885, abs=2e-4) and e == res.energies[0] and res.energies[1] < e - 1e-3
+    assert (
+        e == pytest.approx(106.70885, abs=2e-4)
+        and e == res.energies[0]
+        and res.energies[1] < e - 1e-3
+    )
     assert res.strict and res.hessian_max < 0 and not res.tie and x.shape == (m, 2)
     assert len(res.energies) > 1 and res.counts.sum() == res.n_starts
 
@@ -118,8 +157,14 @@ def test_inverse_prompt_makes_a_target_the_limit_from_random_starts():
     for k in range(4):
         x0 = mf.sphere_uniform(jax.random.key(k), n, 2)
         for form in ("SA", "USA"):
-            xf = mf.simulate(mf.Attention(beta, form=form), x0, [0.0, 200.0], prompt=mf.ParallelPrompt(design.p, 1.0),
-                             rtol=1e-10, atol=1e-10).final
+            xf = mf.simulate(
+                mf.Attention(beta, form=form),
+                x0,
+                [0.0, 200.0],
+                prompt=mf.ParallelPrompt(design.p, 1.0),
+                rtol=1e-10,
+                atol=1e-10,
+            ).final
             assert np.abs(np.asarray(xf) - target).max() < 1e-6
     with pytest.raises(ValueError, match=r"weight too small.*need weight >= 0\.41"):
         theory.inverse_prompt(target, beta, 0.5 * design.min_weight)

@@ -54,11 +54,19 @@ def test_mass_positivity_and_uniform_stationary(form):
 @pytest.mark.slow
 def test_grid_refinement_is_second_order():
     beta, T = 3.0, 1.0
-    ref = CircleMeanField(4096, beta=beta).solve(cell_averages(4096), jnp.array([0.0, T]), cfl=0.2).rho[-1]
+    ref = (
+        CircleMeanField(4096, beta=beta)
+        .solve(cell_averages(4096), jnp.array([0.0, T]), cfl=0.2)
+        .rho[-1]
+    )
     ms = [64, 128, 256, 512]
     errs = []
     for m in ms:
-        sol = CircleMeanField(m, beta=beta).solve(cell_averages(m), jnp.array([0.0, T]), cfl=0.2).rho[-1]
+        sol = (
+            CircleMeanField(m, beta=beta)
+            .solve(cell_averages(m), jnp.array([0.0, T]), cfl=0.2)
+            .rho[-1]
+        )
         errs.append(float(jnp.sum(jnp.abs(sol - ref.reshape(m, -1).mean(1)))) * 2 * np.pi / m)
     slope = -np.polyfit(np.log(ms), np.log(errs), 1)[0]
     assert abs(slope - 2.0) < 0.3, (errs, slope)
@@ -79,7 +87,9 @@ def test_particles_converge_to_the_pde_at_rate_n_to_minus_half():
         for seed in range(4):
             th0 = density_to_particles(jax.random.key(seed), rho0, n)
             x0 = jnp.stack([jnp.cos(th0), jnp.sin(th0)], 1)
-            xt = mf.simulate(mf.Attention(beta), x0, jnp.array([0.0, T]), rtol=1e-8, atol=1e-8).final
+            xt = mf.simulate(
+                mf.Attention(beta), x0, jnp.array([0.0, T]), rtol=1e-8, atol=1e-8
+            ).final
             vals.append(float(density_w1(jnp.arctan2(xt[:, 1], xt[:, 0]), rho_t)))
         w1.append(np.mean(vals))
     slope = np.polyfit(np.log(ns), np.log(w1), 1)[0]
@@ -95,7 +105,9 @@ def test_density_w1_and_conversions():
     assert float(density_w1(th, rho)) < 0.01
     assert float(density_w1(jnp.zeros(10), rho)) > 1.0
     # exact case: uniform density vs a single atom at 0: W1 = int_0^{2pi} |t/2pi - 1 - c| dt, c* = -1/2 -> pi/2
-    np.testing.assert_allclose(density_w1(jnp.array([0.0]), jnp.full((m,), 1 / (2 * np.pi))), np.pi / 2, rtol=1e-9)
+    np.testing.assert_allclose(
+        density_w1(jnp.array([0.0]), jnp.full((m,), 1 / (2 * np.pi))), np.pi / 2, rtol=1e-9
+    )
     # kernel density: unit mass, and close to the sampled density for small bandwidth
     kde = particles_to_density(th[:20_000], m, bandwidth=0.05)
     np.testing.assert_allclose(jnp.sum(kde) * 2 * np.pi / m, 1.0, rtol=1e-6)

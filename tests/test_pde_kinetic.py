@@ -15,7 +15,9 @@ from meanfield.pde.circle import density_to_particles
 
 
 def _state(pde, kappa=1.5):
-    return pde.von_mises(kappa, jnp.linspace(0.0, 2.0, pde.n_s)) * (1 + 0.2 * jnp.sin(3 * pde.theta))
+    return pde.von_mises(kappa, jnp.linspace(0.0, 2.0, pde.n_s)) * (
+        1 + 0.2 * jnp.sin(3 * pde.theta)
+    )
 
 
 @pytest.mark.slow
@@ -29,7 +31,9 @@ def test_fast_causal_path_equals_engine_kernel(lam, form):
     attn = mf.Attention(2.0, V=V, form=form, mask=mf.Causal() & mf.ALiBi(lam))
     ue = engine_face_velocity(attn, f, pde.s, pde.w)
     np.testing.assert_allclose(pde.face_velocity(f), ue, rtol=1e-11, atol=1e-12)
-    dense = KineticMeanField(12, 32, beta=2.0, a=1.0, b=0.3, form=form, coupling=pde.coupling_matrix())
+    dense = KineticMeanField(
+        12, 32, beta=2.0, a=1.0, b=0.3, form=form, coupling=pde.coupling_matrix()
+    )
     np.testing.assert_allclose(pde.face_velocity(f), dense.face_velocity(f), rtol=1e-12, atol=1e-13)
 
 
@@ -53,7 +57,9 @@ def test_one_row_full_coupling_is_the_circle_solver():
     kin = KineticMeanField(1, 64, beta=2.5, b=0.2, coupling="full")
     circ = CircleMeanField(64, beta=2.5, b=0.2)
     rho = _state(kin)[0]
-    np.testing.assert_allclose(kin.rhs(0.0, rho[None])[0], circ.rhs(0.0, rho), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(
+        kin.rhs(0.0, rho[None])[0], circ.rhs(0.0, rho), rtol=1e-12, atol=1e-13
+    )
 
 
 @pytest.mark.slow
@@ -64,7 +70,9 @@ def test_prompt_equals_a_frozen_one_cell_row():
     base = KineticMeanField(S, M, beta=2.0, lam=1.0)
     theta_p = float(base.theta[j])
     pw = 0.3 * jnp.exp(-0.5 * base.s)  # pi_p(s)
-    with_prompt = KineticMeanField(S, M, beta=2.0, lam=1.0, prompt_theta=theta_p, prompt_weight=pw[:, None])
+    with_prompt = KineticMeanField(
+        S, M, beta=2.0, lam=1.0, prompt_theta=theta_p, prompt_weight=pw[:, None]
+    )
     c = np.zeros((S + 1, S + 1))
     c[:S, :S] = np.asarray(base.coupling_matrix())
     c[:S, S] = np.asarray(pw)
@@ -138,7 +146,9 @@ def test_influence_sum_rule_and_u_shape_onset_matches_linear_theory():
     c = np.asarray(pde.influence(ts, kappa=0.1))
     prof = bin_profile(c * np.asarray(pde.w), 16)
     np.testing.assert_allclose(prof.sum(-1), 1.0, atol=1e-4)
-    lin = bin_profile(np.array([theory.causal_mode_propagator(t, 1, beta, 1.0, 64)[-1] for t in ts]), 16)
+    lin = bin_profile(
+        np.array([theory.causal_mode_propagator(t, 1, beta, 1.0, 64)[-1] for t in ts]), 16
+    )
     t_lin, t_kin = u_shape_onset(ts, lin), u_shape_onset(ts, prof)
     assert 0.1 < t_lin < 0.5
     assert abs(t_kin / t_lin - 1) < 0.02, (t_kin, t_lin)
@@ -164,7 +174,9 @@ def test_causal_particles_approach_kinetic_solution():
             keys = jax.random.split(jax.random.key(seed), n)
             th = jax.vmap(lambda k, c: density_to_particles(k, f0[c], 1)[0])(keys, cell)
             x0 = jnp.stack([jnp.cos(th), jnp.sin(th)], -1)
-            xs = mf.simulate(attn, x0, ts, aux=mf.TokenAux.default(n, jnp.float64, pos=s), rtol=1e-7, atol=1e-9).final
+            xs = mf.simulate(
+                attn, x0, ts, aux=mf.TokenAux.default(n, jnp.float64, pos=s), rtol=1e-7, atol=1e-9
+            ).final
             mp = np.asarray(xs[:, 0] + 1j * xs[:, 1]).reshape(B, n // B).mean(-1)
             e.append(np.sqrt(np.mean(np.abs(mp - mk) ** 2)))
         errs.append(np.mean(e))

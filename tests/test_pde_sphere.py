@@ -48,7 +48,10 @@ def test_linear_growth_rates_match_the_closed_form(form, beta):
     _, response = jax.jvp(solve, (pde.uniform(),), (tangent,))
     c0, c1 = pde.forward(tangent), pde.forward(response)
     for ell, m in zip(ells, ms):
-        rate = np.log(float(jnp.abs(c1[ell, pde.L - 1 + m])) / float(jnp.abs(c0[ell, pde.L - 1 + m]))) / T
+        rate = (
+            np.log(float(jnp.abs(c1[ell, pde.L - 1 + m])) / float(jnp.abs(c0[ell, pde.L - 1 + m])))
+            / T
+        )
         theory = sphere_growth_rate(ell, beta, form=form)
         assert abs(rate / theory - 1) < 1e-3, (ell, m, rate, theory)
     assert sphere_kinetic_rate(3, 2.0) == pytest.approx(12 * sp.spherical_in(3, 2.0))
@@ -66,7 +69,9 @@ def test_mass_is_conserved_and_an_unresolved_state_fails():
     mass = np.asarray([float(pde.mass(r)) for r in sol.rho])
     assert np.max(np.abs(mass - 1.0)) <= 1e-12
     assert float(sol.rho[-1].max()) > 1.2 * float(rho0.max())  # it is clustering
-    with pytest.raises(mf.SolverError, match=r"SphereMeanField.solve failed at t = .*larger band limit L"):
+    with pytest.raises(
+        mf.SolverError, match=r"SphereMeanField.solve failed at t = .*larger band limit L"
+    ):
         pde.solve(rho0, jnp.array([0.0, 10.0]))
     bad = pde.solve(rho0, jnp.array([0.0, 3.0, 10.0]), throw=False)
     assert bad.result == RESULTS.unresolved
@@ -105,7 +110,10 @@ def test_quadrature_weights_and_point_evaluation_are_exact():
     pde = SphereMeanField(L, beta=1.0)
     mu = np.array([0.3, 0.2, 1.0]) / np.linalg.norm([0.3, 0.2, 1.0])
     rho = pde.von_mises_fisher(2.0, mu)
-    assert float(jnp.max(jnp.abs(evaluate(rho, pde.points().reshape(-1, 3)) - rho.reshape(-1)))) < 1e-13
+    assert (
+        float(jnp.max(jnp.abs(evaluate(rho, pde.points().reshape(-1, 3)) - rho.reshape(-1))))
+        < 1e-13
+    )
     x = jax.random.normal(jax.random.key(1), (300, 3))
     x = x / jnp.linalg.norm(x, axis=1, keepdims=True)
     exact = 2.0 / (2 * np.pi * (-np.expm1(-4.0))) * jnp.exp(2.0 * (x @ mu - 1))
@@ -121,7 +129,8 @@ def test_mmd_of_iid_samples_has_its_exact_expectation():
     rho = pde.von_mises_fisher(1.0, (0.0, 0.6, 0.8))
     n, kappa = 64, 1.5
     mmd2 = jax.vmap(lambda k: density_mmd(density_to_particles(k, rho, n), rho, kappa=kappa) ** 2)(
-        jax.random.split(jax.random.key(3), 200))
+        jax.random.split(jax.random.key(3), 200)
+    )
     dd = float(jnp.sum(4 * np.pi * sph_in(7, kappa) * pde.degree_spectrum(rho)))
     expected = (np.exp(kappa) - dd) / n
     se = float(jnp.std(mmd2)) / np.sqrt(200)
@@ -142,5 +151,9 @@ def test_particles_and_density_round_trip():
     assert abs(float(jnp.mean(x[:, 2])) - r) < 5 / np.sqrt(n)
     rho = particles_to_density(x, 16, bandwidth=0.3)
     assert float(pde.mass(rho)) == pytest.approx(1.0, abs=1e-6)
-    k_kde = 1 / 0.3**2  # the estimate is the sample convolved with a vMF(k_kde): resultants multiply
-    assert abs(float(pde.first_moment(rho)[2]) - r * (1 / np.tanh(k_kde) - 1 / k_kde)) < 5 / np.sqrt(n)
+    k_kde = (
+        1 / 0.3**2
+    )  # the estimate is the sample convolved with a vMF(k_kde): resultants multiply
+    assert abs(
+        float(pde.first_moment(rho)[2]) - r * (1 / np.tanh(k_kde) - 1 / k_kde)
+    ) < 5 / np.sqrt(n)

@@ -71,7 +71,10 @@ def _case_sa20():
 def test_fixed_step_past_the_cfl_bound_fails():
     pde, rho0, T = _case_sa20()
     ts = jnp.linspace(0, T, 5)
-    with pytest.raises(mf.SolverError, match=r"CircleMeanField.solve failed at t = [0-9.]+ \(of 20\): the density became negative"):
+    with pytest.raises(
+        mf.SolverError,
+        match=r"CircleMeanField.solve failed at t = [0-9.]+ \(of 20\): the density became negative",
+    ):
         pde.solve(rho0, ts, dt=0.5)
     sol = pde.solve(rho0, ts, dt=0.5, throw=False)
     assert sol.result == RESULTS.negative_density
@@ -84,7 +87,9 @@ def test_fixed_step_past_the_cfl_bound_fails():
 def test_failure_in_a_vmapped_sweep_keeps_the_other_points():
     pde, rho0, T = _case_sa20()
     ts = jnp.linspace(0, T, 3)
-    out = jax.jit(jax.vmap(lambda dt: pde.solve(rho0, ts, dt=dt, throw=False)))(jnp.array([0.01, 0.5]))
+    out = jax.jit(jax.vmap(lambda dt: pde.solve(rho0, ts, dt=dt, throw=False)))(
+        jnp.array([0.01, 0.5])
+    )
     good, bad = (RESULTS.successful, RESULTS.negative_density)
     assert bool((out.result == good)[0]) and bool((out.result == bad)[1])
     assert bool(jnp.all(jnp.isfinite(out.rho[0]))) and bool(jnp.any(jnp.isnan(out.rho[1])))
@@ -117,8 +122,17 @@ def test_step_follows_the_state_within_a_save_interval():
     assert int(sol.stats["num_accepted_steps"]) > 2 * T / dt0
 
 
-@pytest.mark.parametrize("bad", [{"dt": float("nan")}, {"dt": float("inf")}, {"dt": 0.0}, {"cfl": float("nan")},
-                                 {"accuracy": float("inf")}, {"max_steps": 0}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"dt": float("nan")},
+        {"dt": float("inf")},
+        {"dt": 0.0},
+        {"cfl": float("nan")},
+        {"accuracy": float("inf")},
+        {"max_steps": 0},
+    ],
+)
 def test_bad_step_arguments_are_refused(bad):
     pde, rho0, _ = _case_sa20()
     with pytest.raises(ValueError, match=next(iter(bad))):
@@ -160,5 +174,7 @@ def test_command_exits_6_with_one_line_on_a_solver_failure(tmp_path, monkeypatch
     code = cli.main(["run", "test-failing-pde", "--out", str(tmp_path / "o"), "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 6
-    assert len(err) == 1 and err[0].startswith("meanfield: solver failure: CircleMeanField.solve failed at t = ")
+    assert len(err) == 1 and err[0].startswith(
+        "meanfield: solver failure: CircleMeanField.solve failed at t = "
+    )
     assert "lower cfl or dt" in err[0]

@@ -19,7 +19,11 @@ def _no_delay(monkeypatch):
 
 def bar_lines(err: str, desc: str) -> list[str]:
     """The final state of each bar line of ``desc`` (the text after its last carriage return)."""
-    return [line.rsplit("\r", 1)[-1] for line in err.split("\n") if re.search(rf"{re.escape(desc)}:\s+\d+%\|", line)]
+    return [
+        line.rsplit("\r", 1)[-1]
+        for line in err.split("\n")
+        if re.search(rf"{re.escape(desc)}:\s+\d+%\|", line)
+    ]
 
 
 def check_finished(err: str, desc: str, total: int) -> None:
@@ -39,7 +43,22 @@ def test_single_run_bar_reaches_100(tmp_path, capsys):
 def test_sweep_bar_reaches_100(tmp_path, capsys):
     # beta is batched (one group); t1 is static (two groups): 2 groups x 3 chunks
     sets = ["--set", "n=8", "--set", "n_save=7", "--set", "chunks=3"]
-    assert main(["sweep", "clustering", "--grid", "beta=1,2", "--grid", "t1=2,3", "--out", str(tmp_path / "s"), *sets]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "clustering",
+                "--grid",
+                "beta=1,2",
+                "--grid",
+                "t1=2,3",
+                "--out",
+                str(tmp_path / "s"),
+                *sets,
+            ]
+        )
+        == 0
+    )
     check_finished(capsys.readouterr().err, "clustering", 6)
 
 
@@ -55,7 +74,12 @@ def test_resumed_run_bar_reaches_100(tmp_path, capsys):
 
 def test_host_step_bar_reaches_100(tmp_path, capsys):
     sets = ["depths=1,2,4", "ns=64,128", "n_conv=64,128,256"]
-    assert main(["run", "cesaro", "--out", str(tmp_path / "c"), *sum((["--set", s] for s in sets), [])]) == 0
+    assert (
+        main(
+            ["run", "cesaro", "--out", str(tmp_path / "c"), *sum((["--set", s] for s in sets), [])]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     lines = bar_lines(err, "cesaro (host steps)")
     assert lines and re.search(r"100%", lines[-1]), repr(err[-800:])

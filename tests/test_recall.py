@@ -15,7 +15,9 @@ from meanfield.studies import recall
 @pytest.mark.slow
 @pytest.mark.parametrize("opt,steps,lr", [("gd", 200, None), ("adam", 300, 0.05)])
 def test_tiny_instance_is_learnt_to_full_train_accuracy(opt, steps, lr):
-    _, train_acc, test_acc = recall.train(jax.random.key(0), 4, 32, 4, 256, steps=steps, opt=opt, lr=lr)
+    _, train_acc, test_acc = recall.train(
+        jax.random.key(0), 4, 32, 4, 256, steps=steps, opt=opt, lr=lr
+    )
     assert float(train_acc) == 1.0 and float(test_acc) > 0.95
 
 
@@ -31,7 +33,9 @@ def test_one_gradient_step_is_the_closed_form_early_phase_classifier():
     xt, _ = task.sample(kv, 300)
     params, static = eqx.partition(recall.RecallModel(m, d), eqx.is_inexact_array)
     tx = optax.sgd(10.0 * m)
-    loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(eqx.combine(p, static)(x), y).mean()  # noqa: E731
+    loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(
+        eqx.combine(p, static)(x), y
+    ).mean()  # noqa: E731
     upd, _ = tx.update(jax.grad(loss)(params), tx.init(params), params)
     model = eqx.combine(optax.apply_updates(params, upd), static)
     pred = np.argmax(np.asarray(model(xt)), -1)
@@ -52,7 +56,9 @@ def test_capacity_grows_with_d_in_the_early_phase():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("m,d,length,n", [(16, 32, 2, 1024), (16, 32, 4, 1024), (16, 32, 8, 1024), (64, 64, 8, 1024)])
+@pytest.mark.parametrize(
+    "m,d,length,n", [(16, 32, 2, 1024), (16, 32, 4, 1024), (16, 32, 8, 1024), (64, 64, 8, 1024)]
+)
 def test_early_phase_accuracy_matches_its_gaussian_theory(m, d, length, n):
     """Simulated one-step test accuracy (8 instances x 2048 test sequences; standard error
     <= 0.012) against ``early_phase_accuracy``, a Gaussian model of the classifier's scores that

@@ -26,16 +26,34 @@ def _x0():
 
 
 API_CASES = {
-    "rtol < 0": (lambda: mf.simulate(mf.Attention(1.0), _x0(), [0.0, 1.0], rtol=-1.0), "rtol and atol must be finite and >= 0"),
-    "rtol = atol = 0": (lambda: mf.simulate(mf.Attention(1.0), _x0(), [0.0, 1.0], rtol=0.0, atol=0.0), "not both 0"),
-    "rtol NaN": (lambda: mf.simulate(mf.Attention(1.0), _x0(), [0.0, 1.0], rtol=float("nan")), "rtol and atol"),
+    "rtol < 0": (
+        lambda: mf.simulate(mf.Attention(1.0), _x0(), [0.0, 1.0], rtol=-1.0),
+        "rtol and atol must be finite and >= 0",
+    ),
+    "rtol = atol = 0": (
+        lambda: mf.simulate(mf.Attention(1.0), _x0(), [0.0, 1.0], rtol=0.0, atol=0.0),
+        "not both 0",
+    ),
+    "rtol NaN": (
+        lambda: mf.simulate(mf.Attention(1.0), _x0(), [0.0, 1.0], rtol=float("nan")),
+        "rtol and atol",
+    ),
     "Q NaN": (lambda: mf.Attention(1.0, Q=jnp.full((3, 3), jnp.nan)), "Q must be finite"),
     "ALiBi NaN": (lambda: mf.ALiBi(float("nan")), "slope must be finite and >= 0"),
     "ALiBi < 0": (lambda: mf.ALiBi(-1.0), "slope must be finite and >= 0"),
     "beta inf": (lambda: mf.Attention(float("inf")), "beta must be finite"),
-    "float16 x0": (lambda: mf.simulate(mf.Attention(1.0), _x0().astype(jnp.float16), [0.0, 1.0]), "float32 or float64"),
-    "RoPE with odd d": (lambda: mf.simulate(mf.Attention(1.0, pe=mf.RoPE()), _x0(), [0.0, 1.0]), "even token dimension"),
-    "NaN token": (lambda: mf.simulate(mf.Attention(1.0), _x0().at[0, 0].set(jnp.nan), [0.0, 1.0]), "must be finite"),
+    "float16 x0": (
+        lambda: mf.simulate(mf.Attention(1.0), _x0().astype(jnp.float16), [0.0, 1.0]),
+        "float32 or float64",
+    ),
+    "RoPE with odd d": (
+        lambda: mf.simulate(mf.Attention(1.0, pe=mf.RoPE()), _x0(), [0.0, 1.0]),
+        "even token dimension",
+    ),
+    "NaN token": (
+        lambda: mf.simulate(mf.Attention(1.0), _x0().at[0, 0].set(jnp.nan), [0.0, 1.0]),
+        "must be finite",
+    ),
 }
 
 
@@ -53,10 +71,34 @@ def test_bad_cli_input_exit_codes(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     (tmp_path / "bad.toml").write_text("n = [\n")
     cases = [
-        (["run", "clustering", "--out", str(tmp_path / "file"), *TINY], 2, "cannot create the output folder"),
-        (["run", "clustering", "--out", str(tmp_path / "file" / "sub"), *TINY], 2, "cannot create the output folder"),
-        (["run", "clustering", "--set", str(tmp_path / "bad.toml"), "--out", str(tmp_path / "t"), *TINY], 2, "invalid TOML"),
-        (["run", "clustering", "--set", "beta=-1", "--out", str(tmp_path / "b"), *TINY], 2, "beta = -1.0 is out of range: must be in [0, 1000]"),
+        (
+            ["run", "clustering", "--out", str(tmp_path / "file"), *TINY],
+            2,
+            "cannot create the output folder",
+        ),
+        (
+            ["run", "clustering", "--out", str(tmp_path / "file" / "sub"), *TINY],
+            2,
+            "cannot create the output folder",
+        ),
+        (
+            [
+                "run",
+                "clustering",
+                "--set",
+                str(tmp_path / "bad.toml"),
+                "--out",
+                str(tmp_path / "t"),
+                *TINY,
+            ],
+            2,
+            "invalid TOML",
+        ),
+        (
+            ["run", "clustering", "--set", "beta=-1", "--out", str(tmp_path / "b"), *TINY],
+            2,
+            "beta = -1.0 is out of range: must be in [0, 1000]",
+        ),
         (["plot", str(tmp_path / "missing")], 2, "not found"),
     ]
     trunc = tmp_path / "trunc"
@@ -95,29 +137,57 @@ def test_outputs_respect_the_umask(tmp_path):
 
 
 def test_list_into_a_closed_pipe_and_version():
-    proc = subprocess.run(f"{sys.executable} -m meanfield list | head -1", shell=True, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        f"{sys.executable} -m meanfield list | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0 and "Traceback" not in proc.stderr and proc.stdout.count("\n") == 1
-    ver = subprocess.run([sys.executable, "-m", "meanfield", "--version"], capture_output=True, text=True, timeout=120)
+    ver = subprocess.run(
+        [sys.executable, "-m", "meanfield", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert ver.stdout.strip() == f"meanfield {mf.__version__}"
 
 
 @pytest.mark.slow
 def test_grid_and_set_conflicts_and_resume_without_retyping(tmp_path, capsys):
     out = tmp_path / "o"
-    sets = ["--set", "n=6", "--set", "t1=1", "--set", "n_save=5", "--set", "chunks=4", "--no-progress"]
+    sets = [
+        "--set",
+        "n=6",
+        "--set",
+        "t1=1",
+        "--set",
+        "n_save=5",
+        "--set",
+        "chunks=4",
+        "--no-progress",
+    ]
     assert main(["sweep", "clustering", "--grid", "seed=0,0", "--out", str(out)]) == 2
     assert "repeated values [0]" in capsys.readouterr().err
-    assert main(["sweep", "clustering", "--grid", "beta=1,2", "--set", "beta=7", "--out", str(out)]) == 2
+    assert (
+        main(["sweep", "clustering", "--grid", "beta=1,2", "--set", "beta=7", "--out", str(out)])
+        == 2
+    )
     assert "both set (--set) and swept (--grid)" in capsys.readouterr().err
     (tmp_path / "s.toml").write_text("seed = true\n")
     assert main(["run", "clustering", "--set", str(tmp_path / "s.toml"), "--out", str(out)]) == 2
     assert "bad value True for 'seed': expected int" in capsys.readouterr().err
     assert not out.exists()
     assert main(["run", "clustering", "--out", str(out), *sets, "--max-chunks", "1"]) == 4
-    assert main(["run", "clustering", "--out", str(out), "--resume", "--set", "n=7", "--no-progress"]) == 3
+    assert (
+        main(["run", "clustering", "--out", str(out), "--resume", "--set", "n=7", "--no-progress"])
+        == 3
+    )
     assert "n = 6 then, 7 now" in capsys.readouterr().err  # the mismatch names the key
-    assert main(["run", "clustering", "--out", str(out), "--resume", "--no-progress"]) == 0  # overrides from run.json
+    assert (
+        main(["run", "clustering", "--out", str(out), "--resume", "--no-progress"]) == 0
+    )  # overrides from run.json
     ref = tmp_path / "ref"
     assert main(["run", "clustering", "--out", str(ref), *sets]) == 0
     a, b = xr.load_dataset(out / "result.nc"), xr.load_dataset(ref / "result.nc")
@@ -138,14 +208,18 @@ def test_a_run_that_cannot_fit_is_refused_before_the_solve(monkeypatch, no_hook)
     assert est["total"] == est["state"] + est["attention"] > 0
     monkeypatch.setattr(particles, "available_memory", lambda: est["total"] // 2)
     before = eqx.debug.get_num_traces(_simulate)
-    with pytest.raises(ValueError, match=r"simulate needs about .* GB .* only .* available.*Chunked"):
+    with pytest.raises(
+        ValueError, match=r"simulate needs about .* GB .* only .* available.*Chunked"
+    ):
         mf.simulate(mf.Attention(1.0), x0, [0.0, 1.0])
     assert eqx.debug.get_num_traces(_simulate) == before
     monkeypatch.setattr(particles, "available_memory", lambda: None)  # unknown: no refusal
     assert mf.simulate(mf.Attention(1.0), x0, [0.0, 1.0]).xs.shape == (2, 8, 3)
 
 
-def test_full_disk_while_drawing_keeps_the_result_and_leaves_no_stale_checkpoint(tmp_path, monkeypatch, capsys):
+def test_full_disk_while_drawing_keeps_the_result_and_leaves_no_stale_checkpoint(
+    tmp_path, monkeypatch, capsys
+):
     """Injected ENOSPC in the figure step: result.nc is complete, no checkpoint is left to block
     anything, the refusal is one line, and `meanfield plot` redraws the figures afterwards."""
     import errno
@@ -160,9 +234,26 @@ def test_full_disk_while_drawing_keeps_the_result_and_leaves_no_stale_checkpoint
 
     with monkeypatch.context() as m:
         m.setattr(preset, "plot", full_disk)
-        assert main(["run", "clustering", "--out", str(out), *TINY, "--set", "chunks=2", "--checkpoint-every", "1"]) == 3
+        assert (
+            main(
+                [
+                    "run",
+                    "clustering",
+                    "--out",
+                    str(out),
+                    *TINY,
+                    "--set",
+                    "chunks=2",
+                    "--checkpoint-every",
+                    "1",
+                ]
+            )
+            == 3
+        )
     err = capsys.readouterr().err.strip()
-    assert "No space left on device" in err and "meanfield plot" in err and len(err.splitlines()) == 1
+    assert (
+        "No space left on device" in err and "meanfield plot" in err and len(err.splitlines()) == 1
+    )
     assert (out / "result.nc").exists() and not (out / "checkpoint.npz").exists()
     assert xr.load_dataset(out / "result.nc").attrs["preset"] == "clustering"
     assert main(["plot", str(out)]) == 0 and list(out.glob("*.png"))
@@ -172,13 +263,28 @@ def test_full_disk_while_drawing_keeps_the_result_and_leaves_no_stale_checkpoint
 def test_host_steps_checkpoint_and_resume_to_the_same_result(tmp_path, capsys):
     """A host-side preset (prompt-parallel: the theory, then one step per N) paused after its first
     step resumes at the next one and ends with the uninterrupted result."""
-    sets = ["--set", "ns=8,16", "--set", "t1=5", "--set", "n_save=4", "--set", "quadrature=32",
-            "--set", "n_starts=2", "--set", "hops=0", "--no-progress"]
+    sets = [
+        "--set",
+        "ns=8,16",
+        "--set",
+        "t1=5",
+        "--set",
+        "n_save=4",
+        "--set",
+        "quadrature=32",
+        "--set",
+        "n_starts=2",
+        "--set",
+        "hops=0",
+        "--no-progress",
+    ]
     out, ref = tmp_path / "o", tmp_path / "ref"
     assert main(["run", "prompt-parallel", "--out", str(out), *sets, "--max-chunks", "1"]) == 4
     assert "paused after 1 host step" in capsys.readouterr().err
     with np.load(out / "checkpoint.npz") as ck:
-        assert any(k.startswith("host::theory::") for k in ck) and not any(k.startswith("host::n=") for k in ck)
+        assert any(k.startswith("host::theory::") for k in ck) and not any(
+            k.startswith("host::n=") for k in ck
+        )
     assert main(["run", "prompt-parallel", "--out", str(out), "--resume", "--no-progress"]) == 0
     assert main(["run", "prompt-parallel", "--out", str(ref), *sets]) == 0
     a, b = xr.load_dataset(out / "result.nc"), xr.load_dataset(ref / "result.nc")
@@ -189,7 +295,20 @@ def test_host_steps_checkpoint_and_resume_to_the_same_result(tmp_path, capsys):
 
 def test_figures_command_regenerates_a_presets_png(tmp_path):
     docs = tmp_path / "docs"
-    assert main(["figures", "cesaro", "--out", str(tmp_path / "runs"), "--docs", str(docs), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "figures",
+                "cesaro",
+                "--out",
+                str(tmp_path / "runs"),
+                "--docs",
+                str(docs),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert (docs / "cesaro.png").stat().st_size > 10_000
     assert main(["figures", "nope", "--docs", str(docs)]) == 2
 
@@ -203,7 +322,9 @@ def test_under_a_users_jit_the_real_message_comes_first(capfd):
         f(-1.0)
     err = capfd.readouterr().err
     assert err.startswith("meanfield: error: rtol and atol must be finite and >= 0, not both 0")
-    assert f(1e-6).shape == (8, 3) and "meanfield: error" not in capfd.readouterr().err  # good values: silent
+    assert (
+        f(1e-6).shape == (8, 3) and "meanfield: error" not in capfd.readouterr().err
+    )  # good values: silent
 
 
 @pytest.mark.slow
@@ -217,15 +338,22 @@ def test_interrupt_mid_write_leaves_no_partial_result_and_resumes(tmp_path, monk
 
     def interrupted(self, path, *a, **k):
         with open(path, "wb") as fh:
-            fh.write(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)  # the first bytes of a file, then the interrupt
+            fh.write(
+                b"\x89HDF\r\n\x1a\n" + b"\0" * 64
+            )  # the first bytes of a file, then the interrupt
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
         m.setattr(xr.Dataset, "to_netcdf", interrupted)
         assert main(["run", "clustering", "--out", str(out), *sets]) == 130
     assert "--resume" in capsys.readouterr().err
-    assert sorted(p.name for p in out.iterdir() if p.name != ".meanfield.lock") == ["checkpoint.npz", "run.json"]
+    assert sorted(p.name for p in out.iterdir() if p.name != ".meanfield.lock") == [
+        "checkpoint.npz",
+        "run.json",
+    ]
     assert xr.Dataset.to_netcdf is real
     assert main(["run", "clustering", "--out", str(out), "--resume", "--no-progress"]) == 0
     assert main(["run", "clustering", "--out", str(ref), *sets]) == 0
-    np.testing.assert_array_equal(xr.load_dataset(out / "result.nc").x.values, xr.load_dataset(ref / "result.nc").x.values)
+    np.testing.assert_array_equal(
+        xr.load_dataset(out / "result.nc").x.values, xr.load_dataset(ref / "result.nc").x.values
+    )

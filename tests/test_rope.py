@@ -42,13 +42,17 @@ def test_locality_estimator_is_unbiased_on_a_single_frequency(length):
     dist = rope.QKDistribution(2, signal=1.0, noise=0.0, u=jnp.array([1.0, 0.0]))
     c = np.cos(np.arange(length))
     exact = np.mean([c[a] > c[b] for a in range(length) for b in range(a + 1, length)])
-    est = rope.locality_probability(jax.random.key(length), length, dist, 10.0, 200_000, dtype=jnp.float64)
+    est = rope.locality_probability(
+        jax.random.key(length), length, dist, 10.0, 200_000, dtype=jnp.float64
+    )
     assert abs(est.p - exact) < 4 * np.sqrt(exact * (1 - exact) / est.n), (est, exact)
     assert est.lo <= est.p <= est.hi
 
 
 def test_short_context_small_base_is_local():
-    est = rope.locality_probability(jax.random.key(1), 16, rope.QKDistribution(64, 1.0), 10.0, 100_000)
+    est = rope.locality_probability(
+        jax.random.key(1), 16, rope.QKDistribution(64, 1.0), 10.0, 100_000
+    )
     assert est.lo > 0.75, est
 
 
@@ -60,8 +64,14 @@ def test_locality_and_consistency_approach_one_half(base):
     excludes it), at the longest both are within 0.01 of 1/2."""
     dist = rope.QKDistribution(64, 1.0)
     lengths = [16, 256, 4096, 2**18]
-    loc = [rope.locality_probability(jax.random.key(i), n, dist, base, 131_072) for i, n in enumerate(lengths)]
-    flip = [rope.consistency_flip_probability(jax.random.key(10 + i), n, dist, base, 131_072) for i, n in enumerate(lengths)]
+    loc = [
+        rope.locality_probability(jax.random.key(i), n, dist, base, 131_072)
+        for i, n in enumerate(lengths)
+    ]
+    flip = [
+        rope.consistency_flip_probability(jax.random.key(10 + i), n, dist, base, 131_072)
+        for i, n in enumerate(lengths)
+    ]
     assert loc[0].lo > 0.55 and flip[0].hi < 0.45, (loc[0], flip[0])
     assert abs(loc[-1].p - 0.5) < 0.01 and abs(flip[-1].p - 0.5) < 0.01, (loc[-1], flip[-1])
     gap_loc = [abs(e.p - 0.5) for e in loc]
@@ -74,8 +84,13 @@ def test_larger_base_trades_positions_for_tokens():
     """At L = 4096: raising the base lowers the flip probability (tokens are told apart) and pulls
     the locality probability of short contexts (L = 16) towards 1/2 (positions are not)."""
     dist = rope.QKDistribution(64, 1.0)
-    flips = [rope.consistency_flip_probability(jax.random.key(2), 4096, dist, b, 131_072) for b in (1e2, 1e4, 1e6)]
-    locs = [rope.locality_probability(jax.random.key(3), 16, dist, b, 131_072) for b in (1e1, 1e3, 1e6)]
+    flips = [
+        rope.consistency_flip_probability(jax.random.key(2), 4096, dist, b, 131_072)
+        for b in (1e2, 1e4, 1e6)
+    ]
+    locs = [
+        rope.locality_probability(jax.random.key(3), 16, dist, b, 131_072) for b in (1e1, 1e3, 1e6)
+    ]
     assert flips[0].lo > flips[1].hi and flips[1].lo > flips[2].hi, flips
     assert locs[0].lo > locs[1].hi and locs[1].lo > locs[2].hi, locs
 
@@ -94,8 +109,12 @@ def test_score_preserving_moves_and_token_swaps_exist_at_long_context():
     idx, dpos = rope.token_swaps(q, k, 10, pool, length, base, tol=1e-2)
     assert len(idx) > 0
     np.testing.assert_allclose(rope.rope_score(q, pool[idx], dpos, base), target, atol=1e-2)
-    frac_short = rope.unchanged_fraction(jax.random.key(7), 64, rope.QKDistribution(d, 1.0), base, n_samples=256)
-    frac_long = rope.unchanged_fraction(jax.random.key(7), length, rope.QKDistribution(d, 1.0), base, n_samples=256)
+    frac_short = rope.unchanged_fraction(
+        jax.random.key(7), 64, rope.QKDistribution(d, 1.0), base, n_samples=256
+    )
+    frac_long = rope.unchanged_fraction(
+        jax.random.key(7), length, rope.QKDistribution(d, 1.0), base, n_samples=256
+    )
     assert frac_long.lo > frac_short.hi, (frac_short, frac_long)
 
 
@@ -105,7 +124,9 @@ def test_engine_multihead_locality_fades_with_length():
     q = jnp.eye(d) + 0.3 * jax.random.normal(jax.random.key(1), (heads, d, d))
     attn = mf.Attention(4.0, Q=q, K=q, mask=mf.Causal(), pe=mf.RoPE(100.0))
     short, _ = rope.engine_locality(attn, jax.random.key(0), 32, d=d, n_layers=2, n_sequences=8)
-    long_, flip = rope.engine_locality(attn, jax.random.key(0), 2048, d=d, n_layers=2, n_sequences=8)
+    long_, flip = rope.engine_locality(
+        attn, jax.random.key(0), 2048, d=d, n_layers=2, n_sequences=8
+    )
     # measured 0.56-0.62 at L = 32 over seeds (triples share 8 sequences, so the spread across
     # seeds exceeds the Wilson interval): require the interval to exclude 1/2 with margin
     assert short.lo > 0.52 and abs(long_.p - 0.5) < 4 * long_.se + 0.01, (short, long_)

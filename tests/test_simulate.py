@@ -39,9 +39,12 @@ def test_grad_through_solve_matches_finite_difference(key):
     eps = 1e-5
     fd = (final_energy(1.3 + eps) - final_energy(1.3 - eps)) / (2 * eps)
     np.testing.assert_allclose(g, fd, rtol=1e-6)
+
     # the same for an observable of a different kind (mean pairwise cosine)
     def final_cos(beta):
-        return obs.mean_cosine(mf.simulate(mf.Attention(beta, form="USA"), x0, TS, rtol=1e-12, atol=1e-12).final)
+        return obs.mean_cosine(
+            mf.simulate(mf.Attention(beta, form="USA"), x0, TS, rtol=1e-12, atol=1e-12).final
+        )
 
     fd = (final_cos(1.3 + eps) - final_cos(1.3 - eps)) / (2 * eps)
     np.testing.assert_allclose(jax.grad(final_cos)(1.3), fd, rtol=1e-6)
@@ -61,7 +64,13 @@ def test_new_beta_and_state_do_not_retrace(key):
     mf.simulate(mf.Attention(1.0), x0, TS, **kw)
     before = eqx.debug.get_num_traces(_simulate)
     mf.simulate(mf.Attention(2.5), x0, TS, **kw)
-    mf.simulate(mf.Attention(0.1), mf.sphere_uniform(jax.random.key(1), 9, 3), TS + 1.0, rtol=1e-7, atol=1e-9)
+    mf.simulate(
+        mf.Attention(0.1),
+        mf.sphere_uniform(jax.random.key(1), 9, 3),
+        TS + 1.0,
+        rtol=1e-7,
+        atol=1e-9,
+    )
     assert eqx.debug.get_num_traces(_simulate) == before
     mf.layers(mf.Attention(1.0), x0, 4, h=0.1)
     before = eqx.debug.get_num_traces(_layers)
@@ -81,7 +90,9 @@ def test_post_ln_layers_converge_to_flow_at_order_one(key):
     # x <- n(x + h v) is Euler + retraction: error at depth T = H h is O(h).
     x0 = mf.sphere_uniform(key, 12, 3)
     attn = mf.Attention(1.0, mask=mf.Causal())
-    ref = mf.simulate(attn, x0, jnp.array([0.0, 1.0]), solver="dopri8", rtol=1e-13, atol=1e-13).final
+    ref = mf.simulate(
+        attn, x0, jnp.array([0.0, 1.0]), solver="dopri8", rtol=1e-13, atol=1e-13
+    ).final
     hs = [1 / 16, 1 / 32, 1 / 64, 1 / 128]
     errs = [float(jnp.max(jnp.abs(mf.layers(attn, x0, round(1 / h), h=h).final - ref))) for h in hs]
     slope = np.polyfit(np.log(hs), np.log(errs), 1)[0]
@@ -114,7 +125,14 @@ def test_layer_maps_match_their_formulas(key, norm):
 def test_euclidean_geometry_is_unprojected(key):
     # In R^d the SA flow keeps the token mean's dynamics: with Q=K=V=I, x_i' = v_i - not projected.
     x0 = jax.random.normal(key, (5, 2))
-    traj = mf.simulate(mf.Attention(0.0), x0, jnp.array([0.0, 1.0]), geometry=mf.Euclidean(), rtol=1e-12, atol=1e-12)
+    traj = mf.simulate(
+        mf.Attention(0.0),
+        x0,
+        jnp.array([0.0, 1.0]),
+        geometry=mf.Euclidean(),
+        rtol=1e-12,
+        atol=1e-12,
+    )
     # beta = 0: v_i = mean(x) (constant), so x_i(t) = x_i(0) + t * mean(x0) ... and mean moves too:
     # d mean/dt = mean, d x_i/dt = mean  =>  mean(t) = e^t mean0, x_i(t) = x_i0 + (e^t - 1) mean0.
     m0 = x0.mean(0)

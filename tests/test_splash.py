@@ -13,9 +13,13 @@ F32 = jnp.float32
 # content scores as three bf16 products of hi/lo splits (16 bits each side): ~1e-5 relative
 TOL = 2e-5
 MASKS = {
-    "full": mf.Full(), "causal": mf.Causal(), "strict": mf.Causal(strict=True),
-    "causal-alibi": mf.Causal() & mf.ALiBi(0.05), "strict-alibi": mf.Causal(strict=True) & mf.ALiBi(0.1),
-    "two-sided-alibi": mf.ALiBi(0.05), "window": mf.Window(9.0),
+    "full": mf.Full(),
+    "causal": mf.Causal(),
+    "strict": mf.Causal(strict=True),
+    "causal-alibi": mf.Causal() & mf.ALiBi(0.05),
+    "strict-alibi": mf.Causal(strict=True) & mf.ALiBi(0.1),
+    "two-sided-alibi": mf.ALiBi(0.05),
+    "window": mf.Window(9.0),
     "causal-window-alibi": mf.Causal() & mf.Window(12.0) & mf.ALiBi(0.1),
     "pn-causal-alibi": mf.PositionNormalized(mf.Causal() & mf.ALiBi(0.05)),
     "pn-two-sided": mf.PositionNormalized(mf.ALiBi(0.05)),
@@ -25,7 +29,14 @@ MASKS = {
 
 def _err(attn_kw, x, aux, heads_kw=None):
     heads_kw = heads_kw or {}
-    f64 = lambda t: jax.tree.map(lambda a: a.astype(jnp.float64) if isinstance(a, jax.Array) and jnp.issubdtype(a.dtype, jnp.floating) else a, t)  # noqa: E731
+    f64 = lambda t: jax.tree.map(
+        lambda a: (
+            a.astype(jnp.float64)
+            if isinstance(a, jax.Array) and jnp.issubdtype(a.dtype, jnp.floating)
+            else a
+        ),
+        t,
+    )  # noqa: E731
     ref = mf.Attention(**attn_kw, **f64(heads_kw))(x.astype(jnp.float64), f64(aux))
     out = mf.Attention(**attn_kw, **heads_kw, backend=Splash(128, 128))(x, aux)
     assert out.dtype == F32 and out.shape == ref.shape
@@ -55,8 +66,11 @@ def test_splash_heads_share_one_key_copy(form, key):
     ks = jax.random.split(key, 5)
     x = mf.sphere_uniform(ks[0], n, d, F32)
     mats = {nm: jax.random.normal(k, (h, d, d), F32) / np.sqrt(d) for nm, k in zip("QKV", ks[1:4])}
-    kw = dict(beta=jnp.asarray([0.5, 1.0, 2.0], F32), form=form,
-              mask=mf.Causal() & mf.ALiBi(jnp.asarray([0.02, 0.05, 0.1], F32)))
+    kw = dict(
+        beta=jnp.asarray([0.5, 1.0, 2.0], F32),
+        form=form,
+        mask=mf.Causal() & mf.ALiBi(jnp.asarray([0.02, 0.05, 0.1], F32)),
+    )
     assert _err(kw, x, mf.TokenAux.default(n, F32), mats) < 2 * TOL
 
 
@@ -69,9 +83,13 @@ def test_splash_refusals(key):
     with pytest.raises(ValueError, match="prompts.*Chunked"):
         mf.Attention(1.0, backend=Splash())(x, prompt=mf.Prompt(x[:3]))
     with pytest.raises(ValueError, match="tied positions"):
-        mf.Attention(1.0, mask=mf.Causal(), backend=Splash())(x, mf.TokenAux.default(20, F32, pos=jnp.zeros(20)))
+        mf.Attention(1.0, mask=mf.Causal(), backend=Splash())(
+            x, mf.TokenAux.default(20, F32, pos=jnp.zeros(20))
+        )
     with pytest.raises(ValueError, match="consecutive integer positions"):
-        mf.Attention(1.0, mask=mf.Window(3.0), backend=Splash())(x, mf.TokenAux.default(20, F32, pos=2.0 * jnp.arange(20)))
+        mf.Attention(1.0, mask=mf.Window(3.0), backend=Splash())(
+            x, mf.TokenAux.default(20, F32, pos=2.0 * jnp.arange(20))
+        )
     with pytest.raises(ValueError, match="multiple of 128"):
         Splash(block_q=100)
 
@@ -85,5 +103,8 @@ def test_splash_grad(key):
     def loss(b, backend):
         return jnp.sum(mf.Attention(b, mask=mf.Causal() & mf.ALiBi(0.05), backend=backend)(x) ** 2)
 
-    g_s, g_d = jax.grad(loss)(F32(1.5), Splash(128, 128)), jax.grad(loss)(F32(1.5), mf.kernel.Dense())
+    g_s, g_d = (
+        jax.grad(loss)(F32(1.5), Splash(128, 128)),
+        jax.grad(loss)(F32(1.5), mf.kernel.Dense()),
+    )
     assert abs(float(g_s - g_d)) < 1e-4 * abs(float(g_d))

@@ -28,10 +28,20 @@ def rho_dot(form, beta):
 def test_two_token_overlap_matches_scalar_ode(form, beta, d, key):
     x0 = mf.sphere_uniform(key, 2, d)
     ts = jnp.linspace(0.0, 3.0, 31)
-    traj = mf.simulate(mf.Attention(beta, form=form), x0, ts, solver="dopri8", rtol=1e-13, atol=1e-13)
+    traj = mf.simulate(
+        mf.Attention(beta, form=form), x0, ts, solver="dopri8", rtol=1e-13, atol=1e-13
+    )
     rho_engine = np.asarray(jnp.sum(traj.xs[:, 0] * traj.xs[:, 1], axis=-1))
     rho0 = float(jnp.dot(x0[0], x0[1]))
-    ref = solve_ivp(rho_dot(form, beta), (0.0, 3.0), [rho0], t_eval=np.asarray(ts), method="DOP853", rtol=1e-13, atol=1e-14)
+    ref = solve_ivp(
+        rho_dot(form, beta),
+        (0.0, 3.0),
+        [rho0],
+        t_eval=np.asarray(ts),
+        method="DOP853",
+        rtol=1e-13,
+        atol=1e-14,
+    )
     assert ref.success
     np.testing.assert_allclose(rho_engine, ref.y[0], rtol=0, atol=1e-8)
     assert rho_engine[-1] > rho0  # the two tokens attract

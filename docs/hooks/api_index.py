@@ -11,7 +11,14 @@ import inspect
 import re
 import sys
 
-PACKAGES = ("meanfield", "meanfield.kernel", "meanfield.pde", "meanfield.theory", "meanfield.studies", "meanfield.run")
+PACKAGES = (
+    "meanfield",
+    "meanfield.kernel",
+    "meanfield.pde",
+    "meanfield.theory",
+    "meanfield.studies",
+    "meanfield.run",
+)
 PAGE = "api/index.md"
 WIDTH = 110
 
@@ -45,8 +52,11 @@ def anchor(package: str, name: str, obj) -> str:
     if inspect.isclass(obj) or inspect.isroutine(obj):
         return f"{obj.__module__}.{obj.__qualname__}"
     # a constant: the module below the package that binds the name to this very object
-    owners = [m for m_name, m in sorted(sys.modules.items()) if m_name.startswith(package + ".")
-              and m is not None and getattr(m, name, None) is obj]
+    owners = [
+        m
+        for m_name, m in sorted(sys.modules.items())
+        if m_name.startswith(package + ".") and m is not None and getattr(m, name, None) is obj
+    ]
     owners = [m for m in owners if not hasattr(m, "__path__")] or owners
     return f"{owners[0].__name__}.{name}" if owners else f"{package}.{name}"
 

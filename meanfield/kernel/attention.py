@@ -51,7 +51,9 @@ def _as_heads(name: str, m, heads: int | None):
         return None
     m = jnp.asarray(m)
     require(m.ndim in (2, 3), f"{name} must have shape (d, d) or (heads, d, d), got {m.shape}")
-    require(m.shape[-1] == m.shape[-2], f"{name} must be square (d x d) per head, got shape {m.shape}")
+    require(
+        m.shape[-1] == m.shape[-2], f"{name} must be square (d x d) per head, got shape {m.shape}"
+    )
     return m if m.ndim == 3 else m[None]
 
 
@@ -137,11 +139,15 @@ class Attention(eqx.Module):
     ):
         mask = Full() if mask is None else mask
         Normaliser.of(form, mask)  # checks form
-        require(precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {precision!r}")
+        require(
+            precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {precision!r}"
+        )
         backend = default_strategy() if backend is None else backend
-        require(isinstance(backend, AbstractBackend),
-                f"backend must be a backend module such as Dense(), Chunked(block=...), Fused() or Splash(), got {backend!r} "
-                "(the 0.2 strings 'dense'/'chunked' were removed in 0.3)")
+        require(
+            isinstance(backend, AbstractBackend),
+            f"backend must be a backend module such as Dense(), Chunked(block=...), Fused() or Splash(), got {backend!r} "
+            "(the 0.2 strings 'dense'/'chunked' were removed in 0.3)",
+        )
         mats = {n: _as_heads(n, m, heads) for n, m in dict(Q=Q, K=K, V=V, W=W).items()}
         beta = jnp.asarray(beta)
         if not jnp.issubdtype(beta.dtype, jnp.floating):
@@ -152,14 +158,22 @@ class Attention(eqx.Module):
             counts.add(beta.shape[0])
         if heads is not None:
             counts.add(int(heads))
-        require(len(counts) <= 1, f"inconsistent number of heads across Q, K, V, W, beta, heads: {sorted(counts)}")
+        require(
+            len(counts) <= 1,
+            f"inconsistent number of heads across Q, K, V, W, beta, heads: {sorted(counts)}",
+        )
         self.heads = counts.pop() if counts else 1
         require(self.heads >= 1, f"heads must be >= 1, got {self.heads}")
         dims = {n: m.shape[-1] for n, m in mats.items() if m is not None}
-        require(len(set(dims.values())) <= 1, f"Q, K, V, W must share the token dimension d, got {dims}")
+        require(
+            len(set(dims.values())) <= 1, f"Q, K, V, W must share the token dimension d, got {dims}"
+        )
         for n, m in mats.items():
             if m is not None:
-                require(m.shape[0] in (1, self.heads), f"{n} has {m.shape[0]} heads, expected 1 or {self.heads}")
+                require(
+                    m.shape[0] in (1, self.heads),
+                    f"{n} has {m.shape[0]} heads, expected 1 or {self.heads}",
+                )
         check_param("beta", beta)  # any sign: beta < 0 (repulsive scores) is a valid model
         for n, m in mats.items():
             check_param(n, m)
@@ -181,18 +195,26 @@ class Attention(eqx.Module):
                 return m.shape[-1]
         return None
 
-    def validate(self, x: TokensLike, aux: TokenAux | None = None, prompt: PromptArg = None, name: str = "x") -> None:
+    def validate(
+        self, x: TokensLike, aux: TokenAux | None = None, prompt: PromptArg = None, name: str = "x"
+    ) -> None:
         """Trace-time shape checks for an input cloud ``x`` of shape (N, d)."""
         self._validate(x, aux, *split_prompt(prompt), name)
 
     def _validate(self, x, aux, prompt, parallel, name="x") -> None:
-        require(jnp.ndim(x) == 2, f"{name} must have shape (N, d) (tokens x dimension), got {jnp.shape(x)}")
+        require(
+            jnp.ndim(x) == 2,
+            f"{name} must have shape (N, d) (tokens x dimension), got {jnp.shape(x)}",
+        )
         n, d = x.shape
         require(n >= 1, f"{name} must contain at least one token")
         for nm in ("Q", "K", "V", "W"):
             m = getattr(self, nm)
             if m is not None:
-                require(m.shape[-1] == d, f"{nm} has shape {m.shape} but the tokens have dimension d = {d}")
+                require(
+                    m.shape[-1] == d,
+                    f"{nm} has shape {m.shape} but the tokens have dimension d = {d}",
+                )
         require(
             self.beta.ndim == 0 or self.beta.shape[0] in (1, self.heads),
             f"beta has shape {self.beta.shape}, expected () or ({self.heads},)",
@@ -201,8 +223,10 @@ class Attention(eqx.Module):
             aux.validate(n)
         n_keys = n
         if parallel is not None:
-            require(parallel.p.shape == (n, d),
-                    f"prompt.p (parallel prompt) must have shape ({n}, {d}), one per token, got {parallel.p.shape}")
+            require(
+                parallel.p.shape == (n, d),
+                f"prompt.p (parallel prompt) must have shape ({n}, {d}), one per token, got {parallel.p.shape}",
+            )
         if prompt is not None:
             require(
                 prompt.x.shape[1] == d,
@@ -211,7 +235,10 @@ class Attention(eqx.Module):
             n_keys += prompt.size
         self.mask.validate(n, n_keys, self.heads)
         if isinstance(self.pe, RoPE):
-            require(d % 2 == 0, f"RoPE rotates pairs of coordinates: it needs an even token dimension d, got d = {d}")
+            require(
+                d % 2 == 0,
+                f"RoPE rotates pairs of coordinates: it needs an even token dimension d, got d = {d}",
+            )
 
     def memory_bytes(self, n: int, n_keys: int, d: int, itemsize: int) -> int:
         """Peak bytes of one field evaluation for n query rows over n_keys keys (the backend's own
@@ -238,7 +265,9 @@ class Attention(eqx.Module):
         return fault
 
     # ------------------------------------------------------------- evaluation
-    def __call__(self, x: TokensLike, aux: TokenAux | None = None, prompt: PromptArg = None) -> Float[Array, "n d"]:
+    def __call__(
+        self, x: TokensLike, aux: TokenAux | None = None, prompt: PromptArg = None
+    ) -> Float[Array, "n d"]:
         """The velocity field v(x), shape (N, d) (not yet projected on any tangent space)."""
         shared, parallel = split_prompt(prompt)
         self._validate(x, aux, shared, parallel)
@@ -247,15 +276,18 @@ class Attention(eqx.Module):
             return self._mix(sharded_field(self.backend, p), p.q.dtype)
         return self._mix(self.backend.field(p), p.q.dtype)
 
-    def rows(self, x: TokensLike, start, size: int, aux: TokenAux | None = None,
-             prompt: PromptArg = None) -> Float[Array, "size d"]:
+    def rows(
+        self, x: TokensLike, start, size: int, aux: TokenAux | None = None, prompt: PromptArg = None
+    ) -> Float[Array, "size d"]:
         """The field of the query rows ``start .. start + size - 1`` only, shape (size, d): every
         token of ``x`` (and the prompt) is a key, only those rows are queries. ``start`` may be
         traced; ``size`` is static."""
         p = self._problem(x, aux, *split_prompt(prompt), (start, int(size)))
         return self._mix(self.backend.field(p), p.q.dtype)
 
-    def weights(self, x: TokensLike, aux: TokenAux | None = None, prompt: PromptArg = None) -> Float[Array, "h n nk"]:
+    def weights(
+        self, x: TokensLike, aux: TokenAux | None = None, prompt: PromptArg = None
+    ) -> Float[Array, "h n nk"]:
         """Dense attention matrix, shape (h, N, N + P) with h = 1 or heads.
 
         SA: row-stochastic weights e^{a_ij} / sum_j e^{a_ij}; USA: e^{a_ij} (masses included).
@@ -267,7 +299,9 @@ class Attention(eqx.Module):
         self._validate(x, aux, shared, parallel)
         return self._problem(x, aux, shared, parallel).weights()
 
-    def problem(self, x: TokensLike, aux: TokenAux | None = None, prompt: PromptArg = None) -> Problem:
+    def problem(
+        self, x: TokensLike, aux: TokenAux | None = None, prompt: PromptArg = None
+    ) -> Problem:
         """The [`Problem`][meanfield.kernel.problem.Problem] the backend evaluates for ``x`` (every
         token a query row), after the shape checks."""
         shared, parallel = split_prompt(prompt)
@@ -278,7 +312,9 @@ class Attention(eqx.Module):
         if self.W is None:
             return jnp.mean(out, axis=0)
         out = jnp.broadcast_to(out, (self.heads,) + out.shape[1:])
-        return jnp.einsum("hed,hnd->ne", self.W.astype(dtype), out, precision=proj_precision(self.precision))
+        return jnp.einsum(
+            "hed,hnd->ne", self.W.astype(dtype), out, precision=proj_precision(self.precision)
+        )
 
     def _problem(self, x, aux, prompt, parallel, rows=None) -> Problem:
         x = jnp.asarray(x)
@@ -319,7 +355,9 @@ class Attention(eqx.Module):
         prec = proj_precision(self.precision)
 
         def proj(m, y):
-            return y[None] if m is None else jnp.einsum("hed,nd->hne", m.astype(dt), y, precision=prec)
+            return (
+                y[None] if m is None else jnp.einsum("hed,nd->hne", m.astype(dt), y, precision=prec)
+            )
 
         xk, xv = keys, keys
         xq_raw = xq
@@ -358,24 +396,36 @@ class Attention(eqx.Module):
         )
 
 
-
-
-def precision_report(attn: Attention, x: TokensLike, aux: TokenAux | None = None, prompt: PromptArg = None) -> dict:
+def precision_report(
+    attn: Attention, x: TokensLike, aux: TokenAux | None = None, prompt: PromptArg = None
+) -> dict:
     """Accuracy of the score-precision options on one cloud: for every option of
     ``Attention.precision`` the field in float32 against a float64 reference,
     {option: {"max_rel": max_i |v_i - v_i^64| / max_i |v_i^64|, "rms_rel": rms / rms}}.
 
     Needs float64 (``jax.config.update("jax_enable_x64", True)`` in the calling script; the
     library never sets it)."""
-    require(jax.config.jax_enable_x64, "precision_report needs float64: call jax.config.update('jax_enable_x64', True) first")
+    require(
+        jax.config.jax_enable_x64,
+        "precision_report needs float64: call jax.config.update('jax_enable_x64', True) first",
+    )
     cast = lambda tree, dt: jax.tree.map(  # noqa: E731
-        lambda a: a.astype(dt) if eqx.is_array(a) and jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
-    ref = cast(attn, jnp.float64)(jnp.asarray(x, jnp.float64), cast(aux, jnp.float64), cast(prompt, jnp.float64))
+        lambda a: a.astype(dt) if eqx.is_array(a) and jnp.issubdtype(a.dtype, jnp.floating) else a,
+        tree,
+    )
+    ref = cast(attn, jnp.float64)(
+        jnp.asarray(x, jnp.float64), cast(aux, jnp.float64), cast(prompt, jnp.float64)
+    )
     out = {}
     for option in PRECISIONS:
         a32 = cast(dataclasses.replace(attn, precision=option), jnp.float32)
-        v = a32(jnp.asarray(x, jnp.float32), cast(aux, jnp.float32), cast(prompt, jnp.float32)).astype(jnp.float64)
+        v = a32(
+            jnp.asarray(x, jnp.float32), cast(aux, jnp.float32), cast(prompt, jnp.float32)
+        ).astype(jnp.float64)
         err = jnp.linalg.norm(v - ref, axis=-1)
         norm = jnp.linalg.norm(ref, axis=-1)
-        out[option] = {"max_rel": float(err.max() / norm.max()), "rms_rel": float(jnp.sqrt(jnp.mean(err**2) / jnp.mean(norm**2)))}
+        out[option] = {
+            "max_rel": float(err.max() / norm.max()),
+            "rms_rel": float(jnp.sqrt(jnp.mean(err**2) / jnp.mean(norm**2))),
+        }
     return out

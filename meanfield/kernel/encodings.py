@@ -35,7 +35,9 @@ from .._types import Array, ArrayLike, Float, PRNGKeyArray, Real
 from .masks import AbstractMask
 
 
-def sinusoidal(pos: Real[ArrayLike, " n"], dim: int, base: float = 10000.0) -> Float[Array, "n {dim}"]:
+def sinusoidal(
+    pos: Real[ArrayLike, " n"], dim: int, base: float = 10000.0
+) -> Float[Array, "n {dim}"]:
     """Sinusoidal table, shape (N, dim) (dim even)."""
     require(dim % 2 == 0 and dim > 0, f"sinusoidal: dim must be a positive even integer, got {dim}")
     pos = jnp.asarray(pos, dtype=float)
@@ -44,7 +46,9 @@ def sinusoidal(pos: Real[ArrayLike, " n"], dim: int, base: float = 10000.0) -> F
     return jnp.stack([jnp.sin(ang), jnp.cos(ang)], axis=-1).reshape(pos.shape[0], dim)
 
 
-def random_fourier(key: PRNGKeyArray, pos: Real[ArrayLike, " n"], dim: int, sigma: float = 1.0) -> Float[Array, "n {dim}"]:
+def random_fourier(
+    key: PRNGKeyArray, pos: Real[ArrayLike, " n"], dim: int, sigma: float = 1.0
+) -> Float[Array, "n {dim}"]:
     """Random Fourier features of the position, shape (N, dim)."""
     pos = jnp.asarray(pos, dtype=float)
     kw, kb = jax.random.split(key)
@@ -72,7 +76,10 @@ class ZBias(AbstractMask):
         return param_fault(self.A) | param_fault(self.scale)
 
     def bias(self, q, k, heads):
-        require(q.z is not None and k.z is not None, "ZBias needs auxiliary variables: pass aux=TokenAux(..., z=...)")
+        require(
+            q.z is not None and k.z is not None,
+            "ZBias needs auxiliary variables: pass aux=TokenAux(..., z=...)",
+        )
         zq = q.z if self.A is None else q.z @ self.A.astype(q.z.dtype).T
         return (self.scale.astype(q.pos.dtype) * (zq @ k.z.T))[None]
 
@@ -108,12 +115,17 @@ class AdditivePE(AbstractPE):
         return param_fault(self.scale) | param_fault(self.U)
 
     def inputs(self, x, keys, qs, ks):
-        require(qs.z is not None, "AdditivePE needs auxiliary variables: pass aux=TokenAux(..., z=...)")
+        require(
+            qs.z is not None, "AdditivePE needs auxiliary variables: pass aux=TokenAux(..., z=...)"
+        )
         dt = x.dtype
 
         def add(y, z):
             uz = z if self.U is None else z @ self.U.astype(dt).T
-            require(uz.shape[-1] == y.shape[-1], f"AdditivePE: U z has dimension {uz.shape[-1]}, tokens have {y.shape[-1]}")
+            require(
+                uz.shape[-1] == y.shape[-1],
+                f"AdditivePE: U z has dimension {uz.shape[-1]}, tokens have {y.shape[-1]}",
+            )
             return y + self.scale.astype(dt) * uz
 
         xq, xk = add(x, qs.z), add(keys, ks.z)
@@ -140,10 +152,14 @@ class RoPE(AbstractPE):
         return x, keys, keys
 
     def rotate(self, q, k, qs, ks):
-        return rope_rotate(q, qs.pos, self.base, self.scale), rope_rotate(k, ks.pos, self.base, self.scale)
+        return rope_rotate(q, qs.pos, self.base, self.scale), rope_rotate(
+            k, ks.pos, self.base, self.scale
+        )
 
 
-def rope_rotate(v: Float[Array, "*batch n d"], pos: Real[ArrayLike, " n"], base=10000.0, scale=1.0) -> Float[Array, "*batch n d"]:
+def rope_rotate(
+    v: Float[Array, "*batch n d"], pos: Real[ArrayLike, " n"], base=10000.0, scale=1.0
+) -> Float[Array, "*batch n d"]:
     """Rotate the last axis of ``v`` (..., N, d) in planes (2k, 2k+1) by scale*pos*base^{-2k/d}."""
     d = v.shape[-1]
     require(d % 2 == 0, f"RoPE needs an even dimension, got d = {d}")

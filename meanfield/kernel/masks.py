@@ -59,8 +59,11 @@ class Lowered(NamedTuple):
     slopes: Array | None = None
 
     def __and__(self, other: Lowered) -> Lowered:
-        slopes = self.slopes if other.slopes is None else (
-            other.slopes if self.slopes is None else self.slopes + other.slopes)
+        slopes = (
+            self.slopes
+            if other.slopes is None
+            else (other.slopes if self.slopes is None else self.slopes + other.slopes)
+        )
         return Lowered(max(self.causal, other.causal), min(self.window, other.window), slopes)
 
     def tiles(self, q_lo, q_hi, k_lo, k_hi):
@@ -116,8 +119,10 @@ class AbstractMask(eqx.Module):
         return True
 
     def __and__(self, other: AbstractMask) -> Compose:
-        require(not isinstance(other, PositionNormalized),
-                "PositionNormalized must wrap the whole mask: write PositionNormalized(m1 & m2)")
+        require(
+            not isinstance(other, PositionNormalized),
+            "PositionNormalized must wrap the whole mask: write PositionNormalized(m1 & m2)",
+        )
         left = self.masks if isinstance(self, Compose) else (self,)
         right = other.masks if isinstance(other, Compose) else (other,)
         return Compose(left + right)
@@ -197,7 +202,9 @@ class ALiBi(AbstractMask):
 
     def __init__(self, slope):
         slope = jnp.asarray(slope)
-        require(slope.ndim <= 1, f"ALiBi: slope must be a scalar or shape (heads,), got {slope.shape}")
+        require(
+            slope.ndim <= 1, f"ALiBi: slope must be a scalar or shape (heads,), got {slope.shape}"
+        )
         check_param("ALiBi: slope", slope, lo=0)
         self.slope = slope
 
@@ -281,8 +288,14 @@ class PositionNormalized(AbstractMask):
     mask: AbstractMask
 
     def __check_init__(self):
-        require(isinstance(self.mask, AbstractMask), f"PositionNormalized: mask must be a mask, got {self.mask!r}")
-        require(not isinstance(self.mask, PositionNormalized), "PositionNormalized: the mask is already position-normalised")
+        require(
+            isinstance(self.mask, AbstractMask),
+            f"PositionNormalized: mask must be a mask, got {self.mask!r}",
+        )
+        require(
+            not isinstance(self.mask, PositionNormalized),
+            "PositionNormalized: the mask is already position-normalised",
+        )
 
     def bias(self, q, k, heads):
         return self.mask.bias(q, k, heads)
@@ -301,7 +314,9 @@ class PositionNormalized(AbstractMask):
         return self.mask.may_forbid
 
     def __and__(self, other: AbstractMask) -> AbstractMask:
-        raise ValueError("PositionNormalized must wrap the whole mask: write PositionNormalized(m1 & m2)")
+        raise ValueError(
+            "PositionNormalized must wrap the whole mask: write PositionNormalized(m1 & m2)"
+        )
 
 
 def position_normalized(mask: AbstractMask) -> bool:

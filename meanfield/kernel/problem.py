@@ -137,10 +137,18 @@ class Problem(eqx.Module):
         # contracting the last axes directly (no transposed copy of the keys: one XLA:CPU kernel
         # fewer, +5-20 % at N = 256 measured); "..." broadcasts one shared head against h
         if self.precision == "bf16":
-            s = jnp.einsum("...id,...jd->...ij", (self.beta * q).astype(jnp.bfloat16), k.astype(jnp.bfloat16),
-                           preferred_element_type=q.dtype)
+            s = jnp.einsum(
+                "...id,...jd->...ij",
+                (self.beta * q).astype(jnp.bfloat16),
+                k.astype(jnp.bfloat16),
+                preferred_element_type=q.dtype,
+            )
         else:
-            prec = jax.lax.Precision.HIGHEST if self.precision == "highest" else jax.lax.Precision.DEFAULT
+            prec = (
+                jax.lax.Precision.HIGHEST
+                if self.precision == "highest"
+                else jax.lax.Precision.DEFAULT
+            )
             s = jnp.einsum("...id,...jd->...ij", self.beta * q, k, precision=prec)
         if not isinstance(self.mask, Full):
             s = s + bias
@@ -174,7 +182,13 @@ class Problem(eqx.Module):
                 own_b = jnp.broadcast_to(self.own.logm[None, :, None], b.shape[:-1] + (1,))
                 b = jnp.concatenate([b, own_b], axis=-1)
             bmax = finite(jnp.max(b, axis=-1))
-            return nrm.finish(jnp.exp(s - bmax[..., None]), None, bmax, jnp.sum(jnp.exp(b - bmax[..., None]), -1), bmax)
+            return nrm.finish(
+                jnp.exp(s - bmax[..., None]),
+                None,
+                bmax,
+                jnp.sum(jnp.exp(b - bmax[..., None]), -1),
+                bmax,
+            )
         if nrm.usa:
             return nrm.finish(jnp.exp(s), None, jnp.zeros(s.shape[:-1], s.dtype))
         smax = jnp.max(s, axis=-1)
@@ -192,7 +206,9 @@ class Problem(eqx.Module):
         vmat = None
         if self.raw is not None and (self.K is not None or self.V is not None):
             if self.K is not None:
-                q = jnp.matmul(q, self.K.astype(q.dtype), precision=self.proj_precision)  # q_d <- sum_e q_e K_ed
+                q = jnp.matmul(
+                    q, self.K.astype(q.dtype), precision=self.proj_precision
+                )  # q_d <- sum_e q_e K_ed
             k = v = self.raw[None]
             vmat = None if self.V is None else self.V.astype(q.dtype)
         else:

@@ -24,8 +24,11 @@ def _rows_first(p: Problem, size: int):
     qs = jax.tree.map(lambda a: pad_rows(a, size), p.qs)
     own = None
     if p.own is not None:
-        own = (pad_rows(jnp.moveaxis(p.own.k, 1, 0), size), pad_rows(jnp.moveaxis(p.own.v, 1, 0), size),
-               pad_rows(p.own.logm, size, -jnp.inf))
+        own = (
+            pad_rows(jnp.moveaxis(p.own.k, 1, 0), size),
+            pad_rows(jnp.moveaxis(p.own.v, 1, 0), size),
+            pad_rows(p.own.logm, size, -jnp.inf),
+        )
     return q, qs, own
 
 
@@ -42,7 +45,11 @@ def sharded_field(backend, p: Problem):
     dyn = eqx.tree_at(where, dyn, (None, None, None), is_leaf=keep_none)
 
     def local(dyn, q, qs, own):
-        own = None if own is None else Own(k=jnp.moveaxis(own[0], 0, 1), v=jnp.moveaxis(own[1], 0, 1), logm=own[2])
+        own = (
+            None
+            if own is None
+            else Own(k=jnp.moveaxis(own[0], 0, 1), v=jnp.moveaxis(own[1], 0, 1), logm=own[2])
+        )
         mine = eqx.tree_at(where, dyn, (jnp.moveaxis(q, 0, 1), qs, own), is_leaf=keep_none)
         return backend.field(eqx.combine(mine, static))
 

@@ -43,7 +43,11 @@ class TokenAux(eqx.Module):
     def default(cls, n: int, dtype=None, *, pos=None, mass=None, z=None) -> TokenAux:
         """Positions 0..N-1 and masses 1/N unless given."""
         pos = jnp.arange(n, dtype=dtype or jnp.float32) if pos is None else jnp.asarray(pos)
-        mass = jnp.full((n,), 1.0 / n, dtype=dtype or jnp.float32) if mass is None else jnp.asarray(mass)
+        mass = (
+            jnp.full((n,), 1.0 / n, dtype=dtype or jnp.float32)
+            if mass is None
+            else jnp.asarray(mass)
+        )
         return cls(pos=pos, mass=mass, z=None if z is None else jnp.asarray(z))
 
     def validate(self, n: int, name: str = "aux") -> None:
@@ -145,16 +149,27 @@ class ParallelPrompt(eqx.Module):
 
     def __init__(self, p, weight=1.0):
         self.p = jnp.asarray(p)
-        require(self.p.ndim == 2, f"prompt.p must have shape (N, d) (one prompt per token), got {self.p.shape}")
-        require(jnp.issubdtype(self.p.dtype, jnp.floating), f"prompt.p must be a floating-point array, got {self.p.dtype}")
+        require(
+            self.p.ndim == 2,
+            f"prompt.p must have shape (N, d) (one prompt per token), got {self.p.shape}",
+        )
+        require(
+            jnp.issubdtype(self.p.dtype, jnp.floating),
+            f"prompt.p must be a floating-point array, got {self.p.dtype}",
+        )
         w = jnp.asarray(weight, dtype=self.p.dtype)
-        require(w.ndim == 0 or w.shape == (self.p.shape[0],),
-                f"prompt weight must be a scalar or have shape ({self.p.shape[0]},), got {w.shape}")
+        require(
+            w.ndim == 0 or w.shape == (self.p.shape[0],),
+            f"prompt weight must be a scalar or have shape ({self.p.shape[0]},), got {w.shape}",
+        )
         self.weight = jnp.broadcast_to(w, (self.p.shape[0],))
         if is_concrete(self.p, self.weight):
             require(bool(np.all(np.isfinite(np.asarray(self.p)))), "prompt.p must be finite")
             wv = np.asarray(self.weight)
-            require(bool(np.all(np.isfinite(wv)) and np.all(wv >= 0)), f"prompt weight must be finite and >= 0, got {weight}")
+            require(
+                bool(np.all(np.isfinite(wv)) and np.all(wv >= 0)),
+                f"prompt weight must be finite and >= 0, got {weight}",
+            )
 
     @property
     def size(self) -> int:
@@ -169,7 +184,9 @@ def split_prompt(prompt) -> tuple[Prompt | None, ParallelPrompt | None]:
     items = tuple(prompt) if isinstance(prompt, (tuple, list)) else (prompt,)
     shared = [q for q in items if isinstance(q, Prompt)]
     parallel = [q for q in items if isinstance(q, ParallelPrompt)]
-    require(len(shared) + len(parallel) == len(items) and len(shared) <= 1 and len(parallel) <= 1,
-            "prompt must be a Prompt, a ParallelPrompt, or a tuple of at most one of each, got "
-            f"{[type(q).__name__ for q in items]}")
+    require(
+        len(shared) + len(parallel) == len(items) and len(shared) <= 1 and len(parallel) <= 1,
+        "prompt must be a Prompt, a ParallelPrompt, or a tuple of at most one of each, got "
+        f"{[type(q).__name__ for q in items]}",
+    )
     return (shared[0] if shared else None), (parallel[0] if parallel else None)

@@ -120,7 +120,9 @@ class AbstractFiniteVolume(AbstractDensitySolver):
         return state_is_bad(y)
 
     def failure_code(self, y):
-        return RESULTS.where(jnp.all(jnp.isfinite(y)), RESULTS.negative_density, RESULTS.nonfinite_density)
+        return RESULTS.where(
+            jnp.all(jnp.isfinite(y)), RESULTS.negative_density, RESULTS.nonfinite_density
+        )
 
     def initial_tolerance(self, y0):
         return jnp.zeros((), y0.dtype)

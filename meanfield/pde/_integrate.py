@@ -47,7 +47,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._errors import SolverError, check_param, data_fault, is_concrete, param_fault, require, traced_failure
+from .._errors import (
+    SolverError,
+    check_param,
+    data_fault,
+    is_concrete,
+    param_fault,
+    require,
+    traced_failure,
+)
 from .._types import Array
 
 CFL = 0.4
@@ -109,27 +117,43 @@ class AbstractDensitySolver(eqx.Module):
         speed, local = self.speed_and_rate(y)
         r_lin = self.linear_rate_bound(y.dtype) if rate_bound is None else rate_bound
         rate = jnp.maximum(r_lin, local)
-        dt = jnp.minimum(cfl * self.h / jnp.maximum(speed, 1e-30), accuracy / jnp.maximum(rate, 1e-30))
+        dt = jnp.minimum(
+            cfl * self.h / jnp.maximum(speed, 1e-30), accuracy / jnp.maximum(rate, 1e-30)
+        )
         return dt, speed
 
     def default_step(self, y, cfl, accuracy, rate_bound=None) -> Array:
         """The step the rule picks at the state ``y`` (see `step_and_speed`)."""
         return self.step_and_speed(y, cfl, accuracy, rate_bound)[0]
 
-    def _integrate(self, y0, ts, shape, name, *, dt, cfl, accuracy, solver, max_steps, throw, adjoint=None):
+    def _integrate(
+        self, y0, ts, shape, name, *, dt, cfl, accuracy, solver, max_steps, throw, adjoint=None
+    ):
         """Checked arguments, then `cfl_solve`; returns (ts, states at ts, result, stats)."""
         y0 = jnp.asarray(y0)
         require(y0.shape == shape, f"{name} must have shape {shape}, got {y0.shape}")
-        require(jnp.issubdtype(y0.dtype, jnp.floating), f"{name} must be a floating-point array, got {y0.dtype}")
+        require(
+            jnp.issubdtype(y0.dtype, jnp.floating),
+            f"{name} must be a floating-point array, got {y0.dtype}",
+        )
         ts = jnp.asarray(ts, y0.dtype)
-        require(ts.ndim == 1 and ts.shape[0] >= 2, f"ts must be a 1-D array of >= 2 times, got shape {ts.shape}")
+        require(
+            ts.ndim == 1 and ts.shape[0] >= 2,
+            f"ts must be a 1-D array of >= 2 times, got shape {ts.shape}",
+        )
         # data checks: concrete values raise at once; traced ones fold into the result code (no host callback)
         fault = self.parameter_fault()
-        fault = fault | data_fault(~jnp.all(jnp.isfinite(y0)) | ~jnp.all(y0 >= -self.initial_tolerance(y0)),
-                                   f"{name} must be finite and non-negative")
-        fault = fault | data_fault(~(jnp.sum(y0) > 0), f"{name} must have a positive mass (it is zero everywhere)")
-        fault = fault | data_fault(~jnp.all(jnp.diff(ts) >= 0) | ~jnp.all(jnp.isfinite(ts)),
-                                   "ts must be finite and non-decreasing")
+        fault = fault | data_fault(
+            ~jnp.all(jnp.isfinite(y0)) | ~jnp.all(y0 >= -self.initial_tolerance(y0)),
+            f"{name} must be finite and non-negative",
+        )
+        fault = fault | data_fault(
+            ~(jnp.sum(y0) > 0), f"{name} must have a positive mass (it is zero everywhere)"
+        )
+        fault = fault | data_fault(
+            ~jnp.all(jnp.diff(ts) >= 0) | ~jnp.all(jnp.isfinite(ts)),
+            "ts must be finite and non-decreasing",
+        )
         if dt is None:
             require(is_real_in(cfl, 0, 0.5), f"cfl must be in (0, 1/2], got {cfl}")
             require(is_real_in(accuracy, 0, 1), f"accuracy must be in (0, 1], got {accuracy}")
@@ -140,8 +164,13 @@ class AbstractDensitySolver(eqx.Module):
             fault = fault | param_fault(step, lo=0, lo_open=True)
         require(int(max_steps) >= 1, f"max_steps must be >= 1, got {max_steps}")
         solver = diffrax.Heun() if solver is None else solver
-        require(isinstance(solver, diffrax.AbstractSolver), f"solver must be a diffrax solver, got {type(solver).__name__}")
-        ys, result, t_end, stats = cfl_solve(self, y0, ts, step, dt is None, solver, int(max_steps), adjoint, fault)
+        require(
+            isinstance(solver, diffrax.AbstractSolver),
+            f"solver must be a diffrax solver, got {type(solver).__name__}",
+        )
+        ys, result, t_end, stats = cfl_solve(
+            self, y0, ts, step, dt is None, solver, int(max_steps), adjoint, fault
+        )
         if throw:
             ys = raise_on_failure(type(self).__name__, ys, result, t_end, ts[-1], self.advice)
         return ts, ys, result, stats
@@ -168,7 +197,9 @@ class DensitySolution(eqx.Module):
             return grid[name]
         if name == "f":
             return self.rho
-        raise AttributeError(f"{type(self).__name__} has no attribute {name!r} (grid: {sorted(grid)})")
+        raise AttributeError(
+            f"{type(self).__name__} has no attribute {name!r} (grid: {sorted(grid)})"
+        )
 
     def moment(self, n: int = 1) -> Array:
         r"""Circular moment $\int e^{i n \theta} \rho\, d\theta$ over the last (theta) axis of a
@@ -190,18 +221,26 @@ def is_real_in(value, lo, hi) -> bool:
 class RESULTS(diffrax.RESULTS):
     """Result codes of the finite-volume solvers: diffrax's, plus the two failures of the state."""
 
-    nonfinite_density = ("the density became non-finite: lower cfl or dt (or keep the default adaptive step, "
-                         "dt=None), or use more cells")
-    negative_density = ("the density became negative beyond round-off (a step broke the positivity bound "
-                        "max|u| dt <= h/2, or a solver other than Euler/Heun undershot): lower cfl or dt, keep the "
-                        "default adaptive step (dt=None), or use the default solver (SSP Heun)")
-    invalid_parameter = ("a parameter (beta, a, b, lam, prompt angles or weights, dt, the initial density or the "
-                         "save times) is NaN, infinite or out of range: fix the input (a traced value, checked in "
-                         "the graph)")
-    unresolved = ("the density is no longer resolved by the band limit (spectral tail energy or a negative "
-                  "density beyond round-off): use a larger band limit L (measured at beta >= 4: L = 16 resolves "
-                  "about 2 e-foldings of the fastest linear rate r, and each doubling of L about one more: "
-                  "L ~ 16 * 2^(r t - 2); docs: PDE solvers, resolution rule), or stop earlier")
+    nonfinite_density = (
+        "the density became non-finite: lower cfl or dt (or keep the default adaptive step, "
+        "dt=None), or use more cells"
+    )
+    negative_density = (
+        "the density became negative beyond round-off (a step broke the positivity bound "
+        "max|u| dt <= h/2, or a solver other than Euler/Heun undershot): lower cfl or dt, keep the "
+        "default adaptive step (dt=None), or use the default solver (SSP Heun)"
+    )
+    invalid_parameter = (
+        "a parameter (beta, a, b, lam, prompt angles or weights, dt, the initial density or the "
+        "save times) is NaN, infinite or out of range: fix the input (a traced value, checked in "
+        "the graph)"
+    )
+    unresolved = (
+        "the density is no longer resolved by the band limit (spectral tail energy or a negative "
+        "density beyond round-off): use a larger band limit L (measured at beta >= 4: L = 16 resolves "
+        "about 2 e-foldings of the fastest linear rate r, and each doubling of L about one more: "
+        "L ~ 16 * 2^(r t - 2); docs: PDE solvers, resolution rule), or stop earlier"
+    )
 
 
 NEG_TOL = 100
@@ -217,7 +256,10 @@ def cell_count(name: str, value, least: int = 8) -> int:
         ok = float(value) == int(value)
     except (TypeError, ValueError, OverflowError):
         ok = False
-    require(ok and int(value) >= least, f"{name} must be an integer number of cells >= {least}, got {value!r}")
+    require(
+        ok and int(value) >= least,
+        f"{name} must be an integer number of cells >= {least}, got {value!r}",
+    )
     return int(value)
 
 
@@ -260,7 +302,9 @@ class CFLController(diffrax.AbstractStepSizeController):
         dt, _ = self._dt(y0)
         return self._clip(t0, t0 + dt), jnp.zeros((), jnp.int32)
 
-    def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state):
+    def adapt_step_size(
+        self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state
+    ):
         taken = t1 - t0
         dt, speed = self._dt(y1_candidate)
         if self.adaptive:
@@ -289,9 +333,18 @@ def cfl_solve(pde, y0, ts, step, adaptive: bool, solver, max_steps: int, adjoint
     controller = CFLController(pde, ts, step, rate, adaptive)
     event = diffrax.Event(lambda t, y, args, **kw: pde.is_bad(y))
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(pde.rhs), solver, t0=ts[0], t1=ts[-1], dt0=None, y0=y0,
-        saveat=diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=ts), diffrax.SubSaveAt(t1=True)]), stepsize_controller=controller, max_steps=max_steps,
-        adjoint=adjoint, event=event, throw=False,
+        diffrax.ODETerm(pde.rhs),
+        solver,
+        t0=ts[0],
+        t1=ts[-1],
+        dt0=None,
+        y0=y0,
+        saveat=diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=ts), diffrax.SubSaveAt(t1=True)]),
+        stepsize_controller=controller,
+        max_steps=max_steps,
+        adjoint=adjoint,
+        event=event,
+        throw=False,
     )
     ys, y_end, t_end = sol.ys[0], sol.ys[1][-1], sol.ts[1][-1]
     fired = sol.result == diffrax.RESULTS.event_occurred
@@ -303,8 +356,11 @@ def cfl_solve(pde, y0, ts, step, adaptive: bool, solver, max_steps: int, adjoint
     # saves at or after a failure hold nothing the solver stands behind
     after = (ts >= t_end) & ~ok
     ys = jnp.where(after.reshape((-1,) + (1,) * y0.ndim), jnp.nan, ys)
-    stats = {"num_steps": sol.stats["num_steps"], "num_accepted_steps": sol.stats["num_accepted_steps"],
-             "num_rejected_steps": sol.stats["num_rejected_steps"]}
+    stats = {
+        "num_steps": sol.stats["num_steps"],
+        "num_accepted_steps": sol.stats["num_accepted_steps"],
+        "num_rejected_steps": sol.stats["num_rejected_steps"],
+    }
     return ys, result, t_end, stats
 
 
@@ -315,11 +371,17 @@ def raise_on_failure(name: str, ys, result, t_end, t_final, advice: str = "lower
     failed = result != RESULTS.successful
     if is_concrete(result._value, t_end):
         if bool(failed):
-            raise SolverError(f"{name}.solve failed at t = {float(t_end):.6g} (of {float(t_final):.6g}): "
-                              f"{RESULTS[result]}")
+            raise SolverError(
+                f"{name}.solve failed at t = {float(t_end):.6g} (of {float(t_final):.6g}): "
+                f"{RESULTS[result]}"
+            )
         return ys
-    jax.debug.callback(functools.partial(_announce_failure, name), failed, t_end, t_final, result._value)
-    return eqx.error_if(ys, failed, f"{name}.solve failed (SolverError): see the line printed above; {advice}")
+    jax.debug.callback(
+        functools.partial(_announce_failure, name), failed, t_end, t_final, result._value
+    )
+    return eqx.error_if(
+        ys, failed, f"{name}.solve failed (SolverError): see the line printed above; {advice}"
+    )
 
 
 def _announce_failure(name, failed, t_end, t_final, code):
@@ -327,5 +389,8 @@ def _announce_failure(name, failed, t_end, t_final, code):
     for i in zip(*np.nonzero(failed)) if failed.ndim else ([()] if failed else []):
         message = RESULTS._index_to_message[int(np.asarray(code)[i])]
         final = float(np.asarray(t_final)[i] if np.ndim(t_final) else t_final)
-        traced_failure(f"solver failure: {name}.solve failed at t = {float(np.asarray(t_end)[i]):.6g} "
-                       f"(of {final:.6g}): {message}", SolverError)
+        traced_failure(
+            f"solver failure: {name}.solve failed at t = {float(np.asarray(t_end)[i]):.6g} "
+            f"(of {final:.6g}): {message}",
+            SolverError,
+        )

@@ -21,8 +21,10 @@ from .._types import Array
 def band_limit(rho, name: str = "rho") -> int:
     """The band limit L of a field on the MW grid, shape (L, 2L - 1) (a ValueError otherwise)."""
     shape = tuple(np.shape(rho))
-    require(len(shape) == 2 and shape[0] >= 1 and shape[1] == 2 * shape[0] - 1,
-            f"{name} must be a field on the MW grid of a band limit L, shape (L, 2L - 1), got {shape}")
+    require(
+        len(shape) == 2 and shape[0] >= 1 and shape[1] == 2 * shape[0] - 1,
+        f"{name} must be a field on the MW grid of a band limit L, shape (L, 2L - 1), got {shape}",
+    )
     return int(shape[0])
 
 
@@ -56,7 +58,9 @@ def grid_points(band: int) -> Array:
     s = s2fft_module().sampling.s2_samples
     t = jnp.asarray(s.thetas(band, sampling="mw"))[:, None]
     p = jnp.asarray(s.phis_equiang(band, sampling="mw"))[None, :]
-    return jnp.stack(jnp.broadcast_arrays(jnp.sin(t) * jnp.cos(p), jnp.sin(t) * jnp.sin(p), jnp.cos(t)), -1)
+    return jnp.stack(
+        jnp.broadcast_arrays(jnp.sin(t) * jnp.cos(p), jnp.sin(t) * jnp.sin(p), jnp.cos(t)), -1
+    )
 
 
 KERNEL_MAX_BAND = 256
@@ -82,7 +86,9 @@ def sh_forward(f, band: int):
     s2 = s2fft_module()
     if band <= KERNEL_MAX_BAND:
         kernel = sh_kernel(band, True, jax.config.jax_enable_x64)
-        return s2.precompute_transforms.spherical.forward(f, band, kernel=kernel, reality=True, method="jax")
+        return s2.precompute_transforms.spherical.forward(
+            f, band, kernel=kernel, reality=True, method="jax"
+        )
     return s2.forward(f, band, method="jax", reality=True, precomps=precomps(band, True))
 
 
@@ -91,7 +97,9 @@ def sh_inverse(flm, band: int):
     s2 = s2fft_module()
     if band <= KERNEL_MAX_BAND:
         kernel = sh_kernel(band, False, jax.config.jax_enable_x64)
-        out = s2.precompute_transforms.spherical.inverse(flm, band, kernel=kernel, reality=True, method="jax")
+        out = s2.precompute_transforms.spherical.inverse(
+            flm, band, kernel=kernel, reality=True, method="jax"
+        )
     else:
         out = s2.inverse(flm, band, method="jax", reality=True, precomps=precomps(band, False))
     return jnp.real(out)
@@ -102,7 +110,11 @@ def rebin(flm, L: int, band: int):
     or truncated (band < L)."""
     L, band = int(L), int(band)
     k = min(L, band)
-    return jnp.zeros((band, 2 * band - 1), flm.dtype).at[:k, band - k : band + k - 1].set(flm[:k, L - k : L + k - 1])
+    return (
+        jnp.zeros((band, 2 * band - 1), flm.dtype)
+        .at[:k, band - k : band + k - 1]
+        .set(flm[:k, L - k : L + k - 1])
+    )
 
 
 @functools.cache
@@ -110,13 +122,16 @@ def quadrature_weights(band: int) -> Array:
     """Weights w (band, 2 band - 1) of the MW grid with sum_g w_g f_g = int f dsigma exactly for every
     f of degree < band: the gradient of the linear map f -> sqrt(4 pi) f_00 (computed once, concrete)."""
     with jax.ensure_compile_time_eval():
+
         def integral(f):
             return jnp.sqrt(4 * np.pi) * jnp.real(sh_forward(f, band)[0, band - 1])
+
         return jax.grad(integral)(jnp.zeros((band, 2 * band - 1)))
 
 
 def zonal_sum(t, coeffs):
     """sum_l coeffs[l] P_l(t) (Legendre polynomials by their three-term recurrence), any shape of t."""
+
     def body(ell, carry):
         p_prev, p, acc = carry
         p_next = ((2 * ell + 1) * t * p - ell * p_prev) / (ell + 1)
@@ -136,6 +151,8 @@ def evaluator(flm, L: int, block: int):
     coeffs = (2 * jnp.arange(L, dtype=wf.dtype) + 1) / (4 * np.pi)
 
     def values(x):
-        return jax.lax.map(lambda xi: zonal_sum(pts @ xi, coeffs) @ wf, jnp.asarray(x, wf.dtype), batch_size=block)
+        return jax.lax.map(
+            lambda xi: zonal_sum(pts @ xi, coeffs) @ wf, jnp.asarray(x, wf.dtype), batch_size=block
+        )
 
     return values, grid2

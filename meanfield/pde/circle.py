@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._errors import check_form, check_param, param_fault, require
+from .._errors import check_form, check_param, param_fault
 from .._types import Array, ArrayLike, Density, Float, PRNGKeyArray, Real, Times
 from ._fv import AbstractFiniteVolume, periodic_conv, sa_finish
 from ._integrate import ACCURACY, CFL, DensitySolution, cell_count
@@ -71,7 +71,11 @@ class CircleMeanField(AbstractFiniteVolume):
     def __init__(self, m: int, beta=1.0, a=1.0, b=0.0, form: str = "SA"):
         self.m = cell_count("m", m)
         check_form(form)
-        for name, value in (("beta", beta), ("a", a), ("b", b)):  # any sign: beta < 0 is a valid model
+        for name, value in (
+            ("beta", beta),
+            ("a", a),
+            ("b", b),
+        ):  # any sign: beta < 0 is a valid model
             check_param(name, value)
         self.beta, self.a, self.b = (jnp.asarray(v, dtype=float) for v in (beta, a, b))
         self.form = form
@@ -94,8 +98,18 @@ class CircleMeanField(AbstractFiniteVolume):
             return num
         return sa_finish(num, periodic_conv(k_hat, rho, self.h, self.m))
 
-    def solve(self, rho0: Real[ArrayLike, " m"], ts: Times, *, dt=None, cfl: float = CFL, accuracy: float = ACCURACY, solver=None,
-              max_steps: int = 1_000_000, throw: bool = True) -> DensitySolution:
+    def solve(
+        self,
+        rho0: Real[ArrayLike, " m"],
+        ts: Times,
+        *,
+        dt=None,
+        cfl: float = CFL,
+        accuracy: float = ACCURACY,
+        solver=None,
+        max_steps: int = 1_000_000,
+        throw: bool = True,
+    ) -> DensitySolution:
         """Integrate from ts[0] to ts[-1], saving at ``ts``.
 
         ``dt=None`` (default): the step adapts throughout the solve, re-picked before every step
@@ -111,25 +125,49 @@ class CircleMeanField(AbstractFiniteVolume):
         any solver) raises [`meanfield.SolverError`][meanfield.SolverError] naming the time reached and the
         remedy; ``throw=False`` returns it as ``result`` (saves from the failure on are NaN).
         """
-        ts, rho, result, stats = self._integrate(rho0, ts, (self.m,), "rho0", dt=dt, cfl=cfl, accuracy=accuracy,
-                                                 solver=solver, max_steps=max_steps, throw=throw)
-        return DensitySolution(ts=ts, rho=rho, grid={"theta": self.theta}, result=result, stats=stats)
+        ts, rho, result, stats = self._integrate(
+            rho0,
+            ts,
+            (self.m,),
+            "rho0",
+            dt=dt,
+            cfl=cfl,
+            accuracy=accuracy,
+            solver=solver,
+            max_steps=max_steps,
+            throw=throw,
+        )
+        return DensitySolution(
+            ts=ts, rho=rho, grid={"theta": self.theta}, result=result, stats=stats
+        )
 
 
-def particles_to_density(theta: Real[ArrayLike, " n"], m: int, bandwidth=0.1,
-                         weights: Real[ArrayLike, " n"] | None = None) -> Density:
+def particles_to_density(
+    theta: Real[ArrayLike, " n"],
+    m: int,
+    bandwidth=0.1,
+    weights: Real[ArrayLike, " n"] | None = None,
+) -> Density:
     """Cell averages on M cells of a von Mises kernel density estimate of angles ``theta``:
     rho(t) = sum_i w_i exp(kappa cos(t - theta_i)) / (2 pi I_0(kappa)), kappa = 1 / bandwidth^2."""
     theta = jnp.asarray(theta)
-    w = jnp.full(theta.shape, 1.0 / theta.shape[0]) if weights is None else jnp.asarray(weights) / jnp.sum(weights)
+    w = (
+        jnp.full(theta.shape, 1.0 / theta.shape[0])
+        if weights is None
+        else jnp.asarray(weights) / jnp.sum(weights)
+    )
     kappa = 1.0 / bandwidth**2
     centres = (jnp.arange(m) + 0.5) * 2 * np.pi / m
     # exp(kappa (cos - 1)) / (2 pi I0e(kappa)) avoids overflow for large kappa
-    k = jnp.exp(kappa * (jnp.cos(centres[:, None] - theta[None, :]) - 1.0)) / (2 * np.pi * jax.scipy.special.i0e(kappa))
+    k = jnp.exp(kappa * (jnp.cos(centres[:, None] - theta[None, :]) - 1.0)) / (
+        2 * np.pi * jax.scipy.special.i0e(kappa)
+    )
     return k @ w
 
 
-def density_to_particles(key: PRNGKeyArray, rho: Real[ArrayLike, " m"], n: int) -> Float[Array, " {n}"]:
+def density_to_particles(
+    key: PRNGKeyArray, rho: Real[ArrayLike, " m"], n: int
+) -> Float[Array, " {n}"]:
     """N angles sampled from the piecewise-constant density ``rho`` (cell averages on M cells)."""
     m = rho.shape[0]
     h = 2 * np.pi / m
@@ -137,7 +175,9 @@ def density_to_particles(key: PRNGKeyArray, rho: Real[ArrayLike, " m"], n: int) 
     return (cells + jax.random.uniform(jax.random.fold_in(key, 1), (n,))) * h
 
 
-def density_w1(theta_particles: Real[ArrayLike, " n"], rho: Real[ArrayLike, " m"]) -> Float[Array, ""]:
+def density_w1(
+    theta_particles: Real[ArrayLike, " n"], rho: Real[ArrayLike, " m"]
+) -> Float[Array, ""]:
     """Exact circle W1 between the empirical measure of the angles and the piecewise-constant
     density (CDFs on the merged breakpoints; the density's CDF is linear inside each cell)."""
     m = rho.shape[0]
@@ -164,7 +204,11 @@ def density_w1(theta_particles: Real[ArrayLike, " n"], rho: Real[ArrayLike, " m"
 
     def below(c):
         lo, hi = jnp.minimum(d0, d1), jnp.maximum(d0, d1)
-        frac = jnp.where(hi > lo, jnp.clip((c - lo) / jnp.where(hi > lo, hi - lo, 1.0), 0.0, 1.0), (c >= lo) * 1.0)
+        frac = jnp.where(
+            hi > lo,
+            jnp.clip((c - lo) / jnp.where(hi > lo, hi - lo, 1.0), 0.0, 1.0),
+            (c >= lo) * 1.0,
+        )
         return jnp.sum(frac * dx)
 
     def bisect(_, bounds):
@@ -173,13 +217,19 @@ def density_w1(theta_particles: Real[ArrayLike, " n"], rho: Real[ArrayLike, " m"
         go_up = below(mid) < 0.5 * jnp.sum(dx)
         return jnp.where(go_up, mid, lo), jnp.where(go_up, hi, mid)
 
-    lo, hi = jax.lax.fori_loop(0, 100, bisect, (jnp.minimum(d0.min(), d1.min()), jnp.maximum(d0.max(), d1.max())))
+    lo, hi = jax.lax.fori_loop(
+        0, 100, bisect, (jnp.minimum(d0.min(), d1.min()), jnp.maximum(d0.max(), d1.max()))
+    )
     c = 0.5 * (lo + hi)
 
     def piece(lo, hi, length):  # exact int_0^length |linear from lo to hi| dx
         same = lo * hi >= 0
         both = 0.5 * length * jnp.abs(lo + hi)
-        tot = jnp.where(jnp.abs(hi - lo) > 0, 0.5 * length * (lo**2 + hi**2) / jnp.maximum(jnp.abs(hi - lo), 1e-300), 0.0)
+        tot = jnp.where(
+            jnp.abs(hi - lo) > 0,
+            0.5 * length * (lo**2 + hi**2) / jnp.maximum(jnp.abs(hi - lo), 1e-300),
+            0.0,
+        )
         return jnp.where(same, both, tot)
 
     return jnp.sum(piece(d0 - c, d1 - c, dx))

@@ -67,10 +67,14 @@ class CausalCoupling(AbstractCoupling):
     strict: bool = eqx.field(static=True)
     normalized: bool = eqx.field(static=True)
 
-    def __init__(self, lam=0.0, self_weight=None, *, strict: bool = False, normalized: bool = False):
+    def __init__(
+        self, lam=0.0, self_weight=None, *, strict: bool = False, normalized: bool = False
+    ):
         if strict:
-            require(self_weight is None or float(self_weight) == 0.0,
-                    f"self_weight must be 0 (or omitted) with strict=True, got {self_weight}")
+            require(
+                self_weight is None or float(self_weight) == 0.0,
+                f"self_weight must be 0 (or omitted) with strict=True, got {self_weight}",
+            )
         self.lam = lam
         self.self_weight = 0.0 if strict else (0.5 if self_weight is None else self_weight)
         self.strict, self.normalized = bool(strict), bool(normalized)
@@ -85,7 +89,10 @@ class CausalCoupling(AbstractCoupling):
 
     def check(self, s):
         if is_concrete(s):
-            require(bool(np.all(np.diff(np.asarray(s)) > 0)), "s must be strictly increasing for a causal coupling")
+            require(
+                bool(np.all(np.diff(np.asarray(s)) > 0)),
+                "s must be strictly increasing for a causal coupling",
+            )
 
     def matrix(self, s, w):
         diff = s[:, None] - s[None, :]
@@ -110,7 +117,11 @@ class CausalCoupling(AbstractCoupling):
         a = jnp.concatenate([jnp.ones((1,), f.dtype), decay])[:, None] * jnp.ones_like(f)
         bvec = jnp.concatenate([jnp.zeros_like(f[:1]), decay[:, None] * wf[:-1]])
         shards = token_shards()
-        acc = _sharded_prefix(a, bvec, shards) if shards > 1 else jax.lax.associative_scan(_combine, (a, bvec))[1]
+        acc = (
+            _sharded_prefix(a, bvec, shards)
+            if shards > 1
+            else jax.lax.associative_scan(_combine, (a, bvec))[1]
+        )
         return acc + self.self_weight.astype(f.dtype) * wf
 
 
@@ -143,7 +154,10 @@ class MatrixCoupling(AbstractCoupling):
     c: Array = eqx.field(converter=_float_array)
 
     def __check_init__(self):
-        require(self.c.ndim == 2 and self.c.shape[0] == self.c.shape[1], f"coupling matrix must be square, got {self.c.shape}")
+        require(
+            self.c.ndim == 2 and self.c.shape[0] == self.c.shape[1],
+            f"coupling matrix must be square, got {self.c.shape}",
+        )
         check_param("coupling matrix", self.c, lo=0)
 
     def parameter_fault(self):
@@ -151,7 +165,10 @@ class MatrixCoupling(AbstractCoupling):
 
     def check(self, s):
         n = s.shape[0]
-        require(self.c.shape == (n, n), f"coupling matrix must have shape ({n}, {n}), got {self.c.shape}")
+        require(
+            self.c.shape == (n, n),
+            f"coupling matrix must have shape ({n}, {n}), got {self.c.shape}",
+        )
 
     def matrix(self, s, w):
         return self.c
@@ -164,9 +181,11 @@ def _coupling(coupling) -> AbstractCoupling:
     """The coupling strategy from a module or an (S, S) array."""
     if isinstance(coupling, AbstractCoupling):
         return coupling
-    require(not isinstance(coupling, str),
-            f"coupling must be CausalCoupling(...), FullCoupling(...), MatrixCoupling(c) or an (S, S) array, got {coupling!r} "
-            "(the 0.2 strings 'causal'/'full' were removed in 0.3)")
+    require(
+        not isinstance(coupling, str),
+        f"coupling must be CausalCoupling(...), FullCoupling(...), MatrixCoupling(c) or an (S, S) array, got {coupling!r} "
+        "(the 0.2 strings 'causal'/'full' were removed in 0.3)",
+    )
     return MatrixCoupling(coupling)
 
 

@@ -47,7 +47,6 @@ the mean angle of the last position to rotating the initial state at position s.
 
 from __future__ import annotations
 
-import abc
 
 import diffrax
 import equinox as eqx
@@ -56,9 +55,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._errors import check_form, check_param, is_concrete, param_fault, require
-from .._types import Array, ArrayLike, Float, KineticDensity, Real, Shaped, Times
+from .._types import Array, ArrayLike, Float, KineticDensity, Real, Times
 from ..kernel.tokens import Prompt, TokenAux
-from ..sharding import pad_rows, token_shards
 from ..theory import kinetic_weights
 from ._fv import AbstractFiniteVolume, periodic_conv, sa_finish
 from .couplings import AbstractCoupling, CausalCoupling, _coupling
@@ -113,18 +111,44 @@ class KineticMeanField(AbstractFiniteVolume):
     prompt_theta: Array | None
     prompt_weight: Array | None
 
-    def __init__(self, n_s: int | None = None, m: int = 128, beta=1.0, a=1.0, b=0.0, form: str = "SA", *,
-                 s=None, coupling=None, w=None, prompt_theta=None, prompt_weight=None):
+    def __init__(
+        self,
+        n_s: int | None = None,
+        m: int = 128,
+        beta=1.0,
+        a=1.0,
+        b=0.0,
+        form: str = "SA",
+        *,
+        s=None,
+        coupling=None,
+        w=None,
+        prompt_theta=None,
+        prompt_weight=None,
+    ):
         m = cell_count("m", m)
         check_form(form)
-        for name, value in (("beta", beta), ("a", a), ("b", b), ("s", s), ("w", w), ("prompt_theta", prompt_theta)):
+        for name, value in (
+            ("beta", beta),
+            ("a", a),
+            ("b", b),
+            ("s", s),
+            ("w", w),
+            ("prompt_theta", prompt_theta),
+        ):
             check_param(name, value)
         check_param("prompt_weight", prompt_weight, lo=0)
         if s is None:
-            require(n_s is not None and int(n_s) >= 1, f"n_s must be a positive number of rows, got {n_s}")
+            require(
+                n_s is not None and int(n_s) >= 1,
+                f"n_s must be a positive number of rows, got {n_s}",
+            )
             s = (np.arange(int(n_s)) + 0.5) / int(n_s)
         s = np.asarray(s, dtype=float) if is_concrete(s) else s
-        require(s.ndim == 1 and s.shape[0] >= 1, f"s must be a 1-D array of auxiliary values, got shape {s.shape}")
+        require(
+            s.ndim == 1 and s.shape[0] >= 1,
+            f"s must be a 1-D array of auxiliary values, got shape {s.shape}",
+        )
         n_rows = s.shape[0]
         self.coupling = CausalCoupling() if coupling is None else _coupling(coupling)
         self.coupling.check(s)
@@ -132,7 +156,10 @@ class KineticMeanField(AbstractFiniteVolume):
         require(jnp.shape(w) == (n_rows,), f"w must have shape ({n_rows},), got {jnp.shape(w)}")
         if is_concrete(w):
             require(bool(np.all(np.asarray(w) > 0)), "w (z-marginal weights) must be positive")
-        self.s, self.w = jnp.asarray(s, dtype=float), jnp.asarray(w, dtype=float) / jnp.sum(jnp.asarray(w, dtype=float))
+        self.s, self.w = (
+            jnp.asarray(s, dtype=float),
+            jnp.asarray(w, dtype=float) / jnp.sum(jnp.asarray(w, dtype=float)),
+        )
         self.m = int(m)
         self.beta, self.a, self.b = (jnp.asarray(v, dtype=float) for v in (beta, a, b))
         self.form = form
@@ -141,13 +168,22 @@ class KineticMeanField(AbstractFiniteVolume):
             self.prompt_theta = self.prompt_weight = None
         else:
             pt = jnp.atleast_1d(jnp.asarray(prompt_theta, dtype=float))
-            pw = jnp.ones(pt.shape) / n_rows if prompt_weight is None else jnp.asarray(prompt_weight, dtype=float)
+            pw = (
+                jnp.ones(pt.shape) / n_rows
+                if prompt_weight is None
+                else jnp.asarray(prompt_weight, dtype=float)
+            )
             pw = jnp.broadcast_to(pw, (n_rows, pt.shape[0])) if pw.ndim == 1 else pw
-            require(pw.shape == (n_rows, pt.shape[0]), f"prompt_weight must have shape ({pt.shape[0]},) or ({n_rows}, {pt.shape[0]}), got {pw.shape}")
+            require(
+                pw.shape == (n_rows, pt.shape[0]),
+                f"prompt_weight must have shape ({pt.shape[0]},) or ({n_rows}, {pt.shape[0]}), got {pw.shape}",
+            )
             self.prompt_theta, self.prompt_weight = pt, pw
 
     @classmethod
-    def paper_model(cls, n_s: int, m: int = 128, beta=1.0, lam=1.0, *, strict: bool = True) -> KineticMeanField:
+    def paper_model(
+        cls, n_s: int, m: int = 128, beta=1.0, lam=1.0, *, strict: bool = True
+    ) -> KineticMeanField:
         r"""The kinetic lost-in-the-middle model as Duerinckx, Geshkovski & Rossi (2026) state it:
 
             d_t f + d_theta(f u) = 0,   u(s, theta) = int pi(s, s') (g * f(s', .))(theta) ds',
@@ -166,7 +202,11 @@ class KineticMeanField(AbstractFiniteVolume):
         with positions 0..N-1. Rows sit at the cell centres s_k = (k + 1/2)/S (token j <-> s = (j + 1/2)/N).
         Linear rates about the uniform state: a_n = n^2 I_n(beta). ``strict=False`` uses the
         self weight 1/2 instead (O(1/S) different, first row not frozen)."""
-        coupling = CausalCoupling(lam, strict=True, normalized=True) if strict else CausalCoupling(lam, normalized=True)
+        coupling = (
+            CausalCoupling(lam, strict=True, normalized=True)
+            if strict
+            else CausalCoupling(lam, normalized=True)
+        )
         return cls(n_s, m, beta=beta, a=beta, form="USA", coupling=coupling)
 
     # ----------------------------------------------------------------------------------------
@@ -209,7 +249,12 @@ class KineticMeanField(AbstractFiniteVolume):
         return num if self.form == "USA" else sa_finish(num, den)
 
     def parameter_fault(self) -> Array:
-        fault = param_fault(self.beta) | param_fault(self.a) | param_fault(self.b) | param_fault(self.w, lo=0)
+        fault = (
+            param_fault(self.beta)
+            | param_fault(self.a)
+            | param_fault(self.b)
+            | param_fault(self.w, lo=0)
+        )
         fault = fault | param_fault(self.prompt_theta) | param_fault(self.prompt_weight, lo=0)
         return fault | self.coupling.parameter_fault()
 
@@ -220,20 +265,49 @@ class KineticMeanField(AbstractFiniteVolume):
             rows = rows + jnp.sum(self.prompt_weight, axis=1)
         return jnp.max(rows)
 
-    def solve(self, f0: Real[ArrayLike, "s m"], ts: Times, *, dt=None, cfl: float = CFL, accuracy: float = ACCURACY, solver=None,
-              max_steps: int = 1_000_000, adjoint=None, throw: bool = True) -> DensitySolution:
+    def solve(
+        self,
+        f0: Real[ArrayLike, "s m"],
+        ts: Times,
+        *,
+        dt=None,
+        cfl: float = CFL,
+        accuracy: float = ACCURACY,
+        solver=None,
+        max_steps: int = 1_000_000,
+        adjoint=None,
+        throw: bool = True,
+    ) -> DensitySolution:
         """Integrate from ts[0] to ts[-1], saving at ``ts`` (as [`CircleMeanField.solve`][meanfield.pde.circle.CircleMeanField.solve]:
         ``dt=None`` re-picks dt = min(cfl h / max|u|, accuracy / r) before every step from the
         current state, SSP Heun; a fixed ``dt`` makes the solve smooth in its inputs, which
         [`influence`][meanfield.influence] needs; ``adjoint`` as in diffrax, ``diffrax.ForwardMode()`` for
         jvp/jacfwd; ``throw`` as there: a failed solve raises [`meanfield.SolverError`][meanfield.SolverError], or
         with ``throw=False`` returns its ``result`` code)."""
-        ts, f, result, stats = self._integrate(f0, ts, (self.n_s, self.m), "f0", dt=dt, cfl=cfl, accuracy=accuracy,
-                                               solver=solver, max_steps=max_steps, adjoint=adjoint, throw=throw)
-        return DensitySolution(ts=ts, rho=f, grid={"s": self.s, "w": self.w, "theta": self.theta}, result=result,
-                               stats=stats)
+        ts, f, result, stats = self._integrate(
+            f0,
+            ts,
+            (self.n_s, self.m),
+            "f0",
+            dt=dt,
+            cfl=cfl,
+            accuracy=accuracy,
+            solver=solver,
+            max_steps=max_steps,
+            adjoint=adjoint,
+            throw=throw,
+        )
+        return DensitySolution(
+            ts=ts,
+            rho=f,
+            grid={"s": self.s, "w": self.w, "theta": self.theta},
+            result=result,
+            stats=stats,
+        )
 
-    def mode_response(self, ts: Times, n: int, *, target: int = -1, dt=None) -> Float[Array, "time s"]:
+    def mode_response(
+        self, ts: Times, n: int, *, target: int = -1, dt=None
+    ) -> Float[Array, "time s"]:
         r"""Linear response of Fourier mode ``n`` about the uniform state, as a density over s:
 
             R_n(t, s_k) = (1 / w_k) d c_n(t, target) / d c_n(0, k),   c_n(t, k) = int f(t, s_k, theta) cos(n theta) dtheta,
@@ -243,9 +317,14 @@ class KineticMeanField(AbstractFiniteVolume):
         VJP per save time through the finite-volume solver at c = 0 (about the uniform state the
         velocity vanishes, so the limiter and the upwind switch are inactive at first order).
         ``dt``: fixed step, default accuracy 0.05 / the fastest linear rate (as the default step)."""
-        require(int(n) >= 1 and 2 * int(n) < self.m, f"n must be in [1, M/2), got {n} (M = {self.m})")
+        require(
+            int(n) >= 1 and 2 * int(n) < self.m, f"n must be in [1, M/2), got {n} (M = {self.m})"
+        )
         ts = jnp.asarray(ts, dtype=float)
-        require(ts.ndim == 1 and ts.shape[0] >= 1, f"ts must be a 1-D array of times, got shape {ts.shape}")
+        require(
+            ts.ndim == 1 and ts.shape[0] >= 1,
+            f"ts must be a 1-D array of times, got shape {ts.shape}",
+        )
         if dt is None:
             dt = ACCURACY / self.linear_rate_bound()
         cos = jnp.cos(int(n) * self.theta)
@@ -259,8 +338,16 @@ class KineticMeanField(AbstractFiniteVolume):
         jac = jax.jacrev(coefficient)(jnp.zeros((self.n_s,)))  # (T, S)
         return jac / self.w[None, :]
 
-    def retrieval_profile(self, ts: Times, M: float = 8.0, n_max: int = 20, *, target: int = -1,
-                          diagonal: bool = False, dt=None) -> Float[Array, "time s"]:
+    def retrieval_profile(
+        self,
+        ts: Times,
+        M: float = 8.0,
+        n_max: int = 20,
+        *,
+        target: int = -1,
+        diagonal: bool = False,
+        dt=None,
+    ) -> Float[Array, "time s"]:
         r"""The multi-mode retrieval profile of row ``target`` about the uniform state,
         $\sum_{n=1}^{n_{\max}} \omega_{n,M} R_n(t, s)$ ([`mode_response`][meanfield.pde.kinetic.KineticMeanField.mode_response],
         $\omega_{n,M} = e^{-\pi^2 n^2 / (2 M^2)}$, $M$ the bandwidth): the solver's counterpart of
@@ -268,12 +355,17 @@ class KineticMeanField(AbstractFiniteVolume):
         (the recency delta at the target itself, omega_n / w_target per mode), as the paper's
         S_t does."""
         w = kinetic_weights(M, n_max)
-        prof = sum(float(w[i]) * self.mode_response(ts, i + 1, target=target, dt=dt) for i in range(int(n_max)))
+        prof = sum(
+            float(w[i]) * self.mode_response(ts, i + 1, target=target, dt=dt)
+            for i in range(int(n_max))
+        )
         if not diagonal:
             prof = prof.at[:, target].add(-float(np.sum(w)) / self.w[target])
         return prof
 
-    def influence(self, ts: Times, *, kappa=1.0, target: int = -1, dt=None) -> Float[Array, "time s"]:
+    def influence(
+        self, ts: Times, *, kappa=1.0, target: int = -1, dt=None
+    ) -> Float[Array, "time s"]:
         r"""Linearised correlation profile c(t, s) of the row ``target`` (default: the last
         position) with every initial position, shape (T, S):
 
@@ -288,7 +380,15 @@ class KineticMeanField(AbstractFiniteVolume):
         if dt is None:
             bound = jnp.abs(self.a) + jnp.abs(self.b)
             if self.form == "USA":
-                bound = bound * jnp.exp(self.beta) * (1.0 + jnp.sum(jnp.abs(self.prompt_weight)) if self.prompt_weight is not None else 1.0)
+                bound = (
+                    bound
+                    * jnp.exp(self.beta)
+                    * (
+                        1.0 + jnp.sum(jnp.abs(self.prompt_weight))
+                        if self.prompt_weight is not None
+                        else 1.0
+                    )
+                )
             dt = 0.4 * self.h / bound
 
         def phi(delta):
@@ -300,7 +400,9 @@ class KineticMeanField(AbstractFiniteVolume):
         return jac / self.w[None, :]
 
 
-def engine_face_velocity(attn, f: KineticDensity, s: Float[Array, " s"], w: Float[Array, " s"], *, z=None) -> KineticDensity:
+def engine_face_velocity(
+    attn, f: KineticDensity, s: Float[Array, " s"], w: Float[Array, " s"], *, z=None
+) -> KineticDensity:
     r"""u(z_k, face_i) of the kinetic field computed by the particle engine's kernel.
 
     The M S grid cells become key tokens x = (cos theta_j, sin theta_j) with masses
@@ -318,8 +420,12 @@ def engine_face_velocity(attn, f: KineticDensity, s: Float[Array, " s"], w: Floa
 
     pos = jnp.repeat(jnp.asarray(s, dt), m)
     zz = None if z is None else jnp.repeat(jnp.asarray(z, dt), m, axis=0)
-    keys = Prompt(x=jnp.tile(circ(centres), (n_s, 1)), mass=(jnp.asarray(w, dt)[:, None] * f * h).reshape(-1),
-                  pos=pos, z=zz)
+    keys = Prompt(
+        x=jnp.tile(circ(centres), (n_s, 1)),
+        mass=(jnp.asarray(w, dt)[:, None] * f * h).reshape(-1),
+        pos=pos,
+        z=zz,
+    )
     xq = jnp.tile(circ(faces), (n_s, 1))
     aux = TokenAux(pos=pos, mass=jnp.zeros((n_s * m,), dt), z=zz)
     v = attn(xq, aux=aux, prompt=keys)

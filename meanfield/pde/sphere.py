@@ -55,7 +55,15 @@ import numpy as np
 
 from .._errors import check_form, check_param, param_fault, require
 from .._types import Array, PRNGKeyArray
-from ._integrate import ACCURACY, CFL, RESULTS, AbstractDensitySolver, DensitySolution, cell_count, is_real_in
+from ._integrate import (
+    ACCURACY,
+    CFL,
+    RESULTS,
+    AbstractDensitySolver,
+    DensitySolution,
+    cell_count,
+    is_real_in,
+)
 from ._s2 import band_limit, evaluator, grid_points, rebin, s2fft_module, sh_forward, sh_inverse
 from ._s2 import quadrature_weights as quadrature_weights
 
@@ -86,8 +94,12 @@ def sph_in(lmax: int, beta) -> Array:
         r = 1.0 / ((2 * ell + 1) / safe + r)
         return r, jnp.where(ell <= lmax, out.at[jnp.clip(ell, 0, lmax)].set(r), out)
 
-    _, r = jax.lax.fori_loop(0, top, body, (jnp.zeros((), safe.dtype), jnp.ones((int(lmax) + 1,), safe.dtype)))
-    log_i0 = jnp.where(beta > 1e-4, beta + jnp.log1p(-jnp.exp(-2 * safe)) - jnp.log(2 * safe), beta**2 / 6)
+    _, r = jax.lax.fori_loop(
+        0, top, body, (jnp.zeros((), safe.dtype), jnp.ones((int(lmax) + 1,), safe.dtype))
+    )
+    log_i0 = jnp.where(
+        beta > 1e-4, beta + jnp.log1p(-jnp.exp(-2 * safe)) - jnp.log(2 * safe), beta**2 / 6
+    )
     log_i = log_i0 + jnp.concatenate([jnp.zeros((1,), r.dtype), jnp.cumsum(jnp.log(r[1:]))])
     return jnp.exp(log_i) * sign ** jnp.arange(int(lmax) + 1)
 
@@ -253,7 +265,9 @@ class SphereMeanField(AbstractDensitySolver):
         return ~finite | neg | (self.tail_fraction(jnp.where(finite, y, 0.0)) > self.tail)
 
     def failure_code(self, y):
-        return RESULTS.where(jnp.all(jnp.isfinite(y)), RESULTS.unresolved, RESULTS.nonfinite_density)
+        return RESULTS.where(
+            jnp.all(jnp.isfinite(y)), RESULTS.unresolved, RESULTS.nonfinite_density
+        )
 
     def initial_tolerance(self, y0):
         return UNDERSHOOT * jnp.max(y0)
@@ -262,18 +276,41 @@ class SphereMeanField(AbstractDensitySolver):
         return param_fault(self.beta, nonzero=True) | param_fault(self.a)
 
     # ------------------------------------------------------------------ solve
-    def solve(self, rho0, ts, *, dt=None, cfl: float = CFL, accuracy: float = ACCURACY, solver=None,
-              max_steps: int = 100_000, throw: bool = True, adjoint=None) -> DensitySolution:
+    def solve(
+        self,
+        rho0,
+        ts,
+        *,
+        dt=None,
+        cfl: float = CFL,
+        accuracy: float = ACCURACY,
+        solver=None,
+        max_steps: int = 100_000,
+        throw: bool = True,
+        adjoint=None,
+    ) -> DensitySolution:
         """Integrate from ts[0] to ts[-1], saving at ``ts`` (rho0: (L, 2L-1) on the MW grid,
         band-limited: project with [`project`][meanfield.pde.sphere.SphereMeanField.project]). The step adapts as the solution evolves, by
         the rule of the circle solver (module docstring); Bosh3 by default. ``throw=True``: an
         unresolved or non-finite state raises [`meanfield.SolverError`][meanfield.SolverError] naming the time and
         suggesting a larger L; ``throw=False`` returns the ``result`` code."""
         solver = diffrax.Bosh3() if solver is None else solver
-        ts, rho, result, stats = self._integrate(rho0, ts, (self.L, 2 * self.L - 1), "rho0", dt=dt, cfl=cfl,
-                                                 accuracy=accuracy, solver=solver, max_steps=max_steps, throw=throw,
-                                                 adjoint=adjoint)
-        return DensitySolution(ts=ts, rho=rho, grid={"theta": self.theta, "phi": self.phi}, result=result, stats=stats)
+        ts, rho, result, stats = self._integrate(
+            rho0,
+            ts,
+            (self.L, 2 * self.L - 1),
+            "rho0",
+            dt=dt,
+            cfl=cfl,
+            accuracy=accuracy,
+            solver=solver,
+            max_steps=max_steps,
+            throw=throw,
+            adjoint=adjoint,
+        )
+        return DensitySolution(
+            ts=ts, rho=rho, grid={"theta": self.theta, "phi": self.phi}, result=result, stats=stats
+        )
 
     # ------------------------------------------------------------------ states
     def project(self, rho) -> Array:
@@ -287,7 +324,10 @@ class SphereMeanField(AbstractDensitySolver):
         """A real spherical harmonic of degree ``ell`` and order |m| on the grid: Y_l0 for m = 0,
         Re-type for m > 0, Im-type for m < 0, scaled to max |Y| = 1."""
         L = self.L
-        require(0 <= int(ell) < L and abs(int(m)) <= int(ell), f"need 0 <= ell < L = {L} and |m| <= ell, got ({ell}, {m})")
+        require(
+            0 <= int(ell) < L and abs(int(m)) <= int(ell),
+            f"need 0 <= ell < L = {L} and |m| <= ell, got ({ell}, {m})",
+        )
         ell, m = int(ell), int(m)
         flm = np.zeros((L, 2 * L - 1), complex)
         if m == 0:
@@ -308,7 +348,11 @@ class SphereMeanField(AbstractDensitySolver):
         mu = jnp.asarray(mu, dtype=float)
         mu = mu / jnp.linalg.norm(mu)
         kappa = jnp.asarray(kappa, dtype=float)
-        dens = kappa / (2 * np.pi * (-jnp.expm1(-2 * kappa))) * jnp.exp(kappa * (self.points() @ mu - 1.0))
+        dens = (
+            kappa
+            / (2 * np.pi * (-jnp.expm1(-2 * kappa)))
+            * jnp.exp(kappa * (self.points() @ mu - 1.0))
+        )
         return self.project(dens)
 
     # ------------------------------------------------------------------ observables
@@ -324,8 +368,13 @@ class SphereMeanField(AbstractDensitySolver):
         L = self.L
         rho2 = self.inverse(self._lift(self.forward(rho)), 2 * L)
         pts = grid_points(2 * L)
-        return jnp.stack([jnp.sqrt(4 * np.pi) * jnp.real(self.forward(rho2 * pts[..., k], 2 * L)[0, 2 * L - 1])
-                          for k in range(3)])
+        return jnp.stack(
+            [
+                jnp.sqrt(4 * np.pi)
+                * jnp.real(self.forward(rho2 * pts[..., k], 2 * L)[0, 2 * L - 1])
+                for k in range(3)
+            ]
+        )
 
     def dirac_distance(self, rho) -> Array:
         r"""W2 distance to the nearest Dirac mass: $\min_\mu (\int |x - \mu|^2 \rho)^{1/2} = (2 - 2 |m_1|)^{1/2}$."""
@@ -368,7 +417,9 @@ def density_mmd(x, rho, *, kappa: float = 1.0, block: int = 1024) -> Array:
     rho_lm = sh_forward(rho, L)
     dd = jnp.sum(g * jnp.sum(jnp.abs(rho_lm) ** 2, axis=1))
     pd = jnp.mean(evaluator(g[:, None] * rho_lm, L, block)[0](x))
-    pp = jnp.mean(jax.lax.map(lambda xi: jnp.mean(jnp.exp(kappa * (x @ xi - 1.0))), x, batch_size=block))
+    pp = jnp.mean(
+        jax.lax.map(lambda xi: jnp.mean(jnp.exp(kappa * (x @ xi - 1.0))), x, batch_size=block)
+    )
     return jnp.sqrt(jnp.maximum(pp - 2 * pd + dd, 0.0) * jnp.exp(kappa))
 
 
@@ -388,7 +439,11 @@ def particles_to_density(x, L: int, bandwidth=0.1, weights=None) -> Array:
     $\rho(y) = \sum_i w_i\, \kappa e^{\kappa(\langle x_i, y\rangle - 1)} / (2\pi (1 - e^{-2\kappa}))$,
     $\kappa = 1/\text{bandwidth}^2$."""
     x = jnp.asarray(x)
-    w = jnp.full((x.shape[0],), 1.0 / x.shape[0]) if weights is None else jnp.asarray(weights) / jnp.sum(weights)
+    w = (
+        jnp.full((x.shape[0],), 1.0 / x.shape[0])
+        if weights is None
+        else jnp.asarray(weights) / jnp.sum(weights)
+    )
     kappa = 1.0 / bandwidth**2
     pts = grid_points(L)
     k = kappa / (2 * np.pi * (-np.expm1(-2 * kappa))) * jnp.exp(kappa * (pts @ x.T - 1.0))
@@ -415,9 +470,18 @@ def density_to_particles(key: PRNGKeyArray, rho, n: int, *, block: int = 1024) -
         val = values(prop)
         acc = jax.random.uniform(k2, (batch,), rho.dtype) * bound < val
         idx = jnp.where(acc, count + jnp.cumsum(acc, dtype=jnp.int32) - 1, n)
-        return out.at[idx].set(prop, mode="drop"), count + jnp.sum(acc, dtype=jnp.int32), over | jnp.any(val > bound), key
+        return (
+            out.at[idx].set(prop, mode="drop"),
+            count + jnp.sum(acc, dtype=jnp.int32),
+            over | jnp.any(val > bound),
+            key,
+        )
 
     init = (jnp.zeros((n, 3), rho.dtype), jnp.zeros((), jnp.int32), jnp.zeros((), bool), key)
     out, _, over, _ = jax.lax.while_loop(lambda c: c[1] < n, body, init)
-    return eqx.error_if(out, over, "density_to_particles: the density exceeds 1.25 x its grid maximum "
-                                   "between grid points (not band-limited?); sample a smoother density")
+    return eqx.error_if(
+        out,
+        over,
+        "density_to_particles: the density exceeds 1.25 x its grid maximum "
+        "between grid points (not band-limited?); sample a smoother density",
+    )

@@ -64,26 +64,42 @@ class Checkpoint:
         try:
             with np.load(self.path, allow_pickle=False) as npz:
                 raw = {k: npz[k] for k in npz.files}
-        except Exception as err:  # BadZipFile, EOFError, ValueError, OSError: whatever a damaged file raises
-            raise CheckpointError(f"{self.path} is corrupt ({type(err).__name__}: {err}); "
-                                  "delete it or pass --force to start over") from None
+        except (
+            Exception
+        ) as err:  # BadZipFile, EOFError, ValueError, OSError: whatever a damaged file raises
+            raise CheckpointError(
+                f"{self.path} is corrupt ({type(err).__name__}: {err}); "
+                "delete it or pass --force to start over"
+            ) from None
         problem = None
         if "meta" not in raw or "pos" not in raw:
             problem = "no meta/pos record"
-        elif raw["pos"].shape != (2,) or not 0 <= int(raw["pos"][0]) <= n_groups or int(raw["pos"][1]) < 0:
+        elif (
+            raw["pos"].shape != (2,)
+            or not 0 <= int(raw["pos"][0]) <= n_groups
+            or int(raw["pos"][1]) < 0
+        ):
             problem = f"position {raw['pos'].tolist()} out of range"
         else:
-            bad = [k for k, v in raw.items() if k.startswith("state_") and v.dtype.kind in "fc" and not np.all(np.isfinite(v))]
+            bad = [
+                k
+                for k, v in raw.items()
+                if k.startswith("state_") and v.dtype.kind in "fc" and not np.all(np.isfinite(v))
+            ]
             problem = f"non-finite values in {bad[0]}" if bad else None
         if problem:
-            raise CheckpointError(f"{self.path} is corrupt ({problem}); delete it or pass --force to start over")
+            raise CheckpointError(
+                f"{self.path} is corrupt ({problem}); delete it or pass --force to start over"
+            )
         if str(raw["meta"]) != self.meta:
-            raise CheckpointError(f"{self.path} was written by a different run ({describe_difference(str(raw['meta']), self.meta)}); "
-                                  "refusing to resume (rerun with the same settings, or --force to start over)")
+            raise CheckpointError(
+                f"{self.path} was written by a different run ({describe_difference(str(raw['meta']), self.meta)}); "
+                "refusing to resume (rerun with the same settings, or --force to start over)"
+            )
         saved = Saved(group=int(raw["pos"][0]), chunk=int(raw["pos"][1]))
         for g in range(saved.group):
             prefix = f"done{g}_"
-            saved.done.append({k[len(prefix):]: v for k, v in raw.items() if k.startswith(prefix)})
+            saved.done.append({k[len(prefix) :]: v for k, v in raw.items() if k.startswith(prefix)})
         n_state = sum(k.startswith("state_") for k in raw)
         saved.state = [raw[f"state_{i}"] for i in range(n_state)]
         saved.current = {k[4:]: v for k, v in raw.items() if k.startswith("cur_")}
@@ -94,8 +110,14 @@ class Checkpoint:
         return saved
 
     # ------------------------------------------------------------------ writing
-    def save_traced(self, group: int, chunk: int, done: list[dict], state: list | None = None,
-                    current: dict | None = None) -> None:
+    def save_traced(
+        self,
+        group: int,
+        chunk: int,
+        done: list[dict],
+        state: list | None = None,
+        current: dict | None = None,
+    ) -> None:
         """The position (``group``, ``chunk``) of the next chunk call, the finished groups' records
         and, inside a group, its state leaves and records so far."""
         arrays = {"meta": np.asarray(self.meta), "pos": np.asarray([group, chunk])}

@@ -45,37 +45,83 @@ from .presets import get_preset, load_presets, parse_grid
 
 
 def _parser():
-    ap = argparse.ArgumentParser(prog="meanfield", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="meanfield", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--version", action="version", version=f"meanfield {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="list presets")
     sh = sub.add_parser("show", help="config keys of a preset (with --set: the resolved config)")
     sh.add_argument("preset")
-    sh.add_argument("--set", action="append", default=[], metavar="KEY=VALUE|FILE.toml", help="override a config key")
+    sh.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE|FILE.toml",
+        help="override a config key",
+    )
     for name in ("run", "sweep"):
         p = sub.add_parser(name, help=f"{name} a preset")
         p.add_argument("preset")
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE|FILE.toml", help="override a config key")
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE|FILE.toml",
+            help="override a config key",
+        )
         if name == "sweep":
-            p.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2,...", help="swept key")
+            p.add_argument(
+                "--grid", action="append", required=True, metavar="KEY=V1,V2,...", help="swept key"
+            )
         else:  # accepted only to answer it: sweeps are `meanfield sweep`
             p.add_argument("--grid", action="append", default=None, help=argparse.SUPPRESS)
-        p.add_argument("--out", default=None, help="output directory (default out/PRESET or out/PRESET-sweep)")
-        p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
-        p.add_argument("--force", action="store_true", help="overwrite a finished result / discard a checkpoint")
-        p.add_argument("--checkpoint-every", type=int, default=1, metavar="K", help="checkpoint every K chunks")
+        p.add_argument(
+            "--out", default=None, help="output directory (default out/PRESET or out/PRESET-sweep)"
+        )
+        p.add_argument(
+            "--resume", action="store_true", help="continue an interrupted run from its checkpoint"
+        )
+        p.add_argument(
+            "--force",
+            action="store_true",
+            help="overwrite a finished result / discard a checkpoint",
+        )
+        p.add_argument(
+            "--checkpoint-every", type=int, default=1, metavar="K", help="checkpoint every K chunks"
+        )
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
-        p.add_argument("--mesh", default="auto", metavar="SPEC",
-                       help="device mesh: auto, none, data, tokens, data,tokens or data=2,tokens=4 (default auto)")
-        p.add_argument("--distributed", action="store_true", help="multi-host: call jax.distributed.initialize() first")
-        p.add_argument("--max-chunks", type=int, default=None, metavar="K",
-                       help="stop after K chunks with a checkpoint (exit 4); continue with --resume")
+        p.add_argument(
+            "--mesh",
+            default="auto",
+            metavar="SPEC",
+            help="device mesh: auto, none, data, tokens, data,tokens or data=2,tokens=4 (default auto)",
+        )
+        p.add_argument(
+            "--distributed",
+            action="store_true",
+            help="multi-host: call jax.distributed.initialize() first",
+        )
+        p.add_argument(
+            "--max-chunks",
+            type=int,
+            default=None,
+            metavar="K",
+            help="stop after K chunks with a checkpoint (exit 4); continue with --resume",
+        )
     pl = sub.add_parser("plot", help="redraw figures from DIR/result.nc")
     pl.add_argument("dir")
-    fg = sub.add_parser("figures", help="rerun presets at their defaults and copy their figures (README's docs/figures)")
+    fg = sub.add_parser(
+        "figures",
+        help="rerun presets at their defaults and copy their figures (README's docs/figures)",
+    )
     fg.add_argument("presets", nargs="*", help="presets to rerun (default: all)")
-    fg.add_argument("--out", default="out/figures", help="run folders (one per preset; default out/figures)")
-    fg.add_argument("--docs", default="docs/figures", help="where the PNGs are copied (default docs/figures)")
+    fg.add_argument(
+        "--out", default="out/figures", help="run folders (one per preset; default out/figures)"
+    )
+    fg.add_argument(
+        "--docs", default="docs/figures", help="where the PNGs are copied (default docs/figures)"
+    )
     fg.add_argument("--no-progress", action="store_true", help="no progress bar")
     return ap
 
@@ -111,8 +157,14 @@ def _figures(args) -> int:
         preset = presets[name]
         out = Path(args.out) / name
         t0 = time.perf_counter()
-        execute(preset, preset.Config(), parse_grid(preset.Config(), None), out, force=True,
-                progress=not args.no_progress)
+        execute(
+            preset,
+            preset.Config(),
+            parse_grid(preset.Config(), None),
+            out,
+            force=True,
+            progress=not args.no_progress,
+        )
         for png in sorted(out.glob("*.png")):
             shutil.copyfile(png, docs / png.name)
             print(f"{name}: {docs / png.name} ({time.perf_counter() - t0:.0f} s)")
@@ -130,7 +182,9 @@ def _recorded_overrides(out: Path, name: str) -> list[str]:
     try:
         rec = json.loads(path.read_text())
     except ValueError:
-        raise ConfigError(f"{path} is not valid JSON; pass the run's --set overrides again") from None
+        raise ConfigError(
+            f"{path} is not valid JSON; pass the run's --set overrides again"
+        ) from None
     if rec.get("preset") != name:
         raise ConfigError(f"{out} holds a run of {rec.get('preset')!r}, not {name!r}")
     return [str(s) for s in rec.get("set", [])]
@@ -142,8 +196,12 @@ def main(argv=None) -> int:
         # runs check at safe points (meanfield.run.signals), for the whole command
         with quiet_traced_failures(), sigint_as_flag():
             code = _main(argv)
-            if interrupt_requested() and code == 0:  # Ctrl-C after the last safe point: the work is done
-                print("meanfield: interrupted at the end; the outputs are complete", file=sys.stderr)
+            if (
+                interrupt_requested() and code == 0
+            ):  # Ctrl-C after the last safe point: the work is done
+                print(
+                    "meanfield: interrupted at the end; the outputs are complete", file=sys.stderr
+                )
                 code = 130
         return code
     except BrokenPipeError:  # e.g. `meanfield list | head`: the reader left; not an error
@@ -154,8 +212,10 @@ def main(argv=None) -> int:
         print(f"meanfield: {err}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:  # before a run started (or outside the main thread)
-        print("meanfield: interrupted; a checkpoint written before, if any, is kept (continue with --resume)",
-              file=sys.stderr)
+        print(
+            "meanfield: interrupted; a checkpoint written before, if any, is kept (continue with --resume)",
+            file=sys.stderr,
+        )
         return 130
 
 
@@ -184,26 +244,38 @@ def _main(argv=None) -> int:
             try:
                 ds = xr.load_dataset(path)
             except Exception as err:  # truncated or not a netCDF file
-                raise ConfigError(f"{path} cannot be read ({type(err).__name__}: {err}); rerun the preset") from None
+                raise ConfigError(
+                    f"{path} cannot be read ({type(err).__name__}: {err}); rerun the preset"
+                ) from None
             if "preset" not in ds.attrs or "config" not in ds.attrs:
-                raise ConfigError(f"{path} was not written by meanfield run (no preset/config attributes)")
+                raise ConfigError(
+                    f"{path} was not written by meanfield run (no preset/config attributes)"
+                )
             preset = get_preset(ds.attrs["preset"])
             try:
                 figs = preset.plot(ds, args.dir)
             except OSError:
                 raise
-            except Exception as err:  # missing variables, another preset's attrs, a hand-edited file
-                raise ConfigError(f"{path} is not a complete {preset.name} result ({type(err).__name__}: {err}); "
-                                  "rerun the preset") from None
+            except (
+                Exception
+            ) as err:  # missing variables, another preset's attrs, a hand-edited file
+                raise ConfigError(
+                    f"{path} is not a complete {preset.name} result ({type(err).__name__}: {err}); "
+                    "rerun the preset"
+                ) from None
             for fig in figs:
                 print(f"wrote {fig}")
             return 0
         preset = get_preset(args.preset)
         if args.cmd == "run" and args.grid:
             grids = " ".join(f"--grid {g}" for g in args.grid)
-            raise ConfigError(f"--grid is for sweeps: meanfield sweep {preset.name} {grids} (meanfield run takes --set)")
+            raise ConfigError(
+                f"--grid is for sweeps: meanfield sweep {preset.name} {grids} (meanfield run takes --set)"
+            )
         out = Path(args.out or f"out/{preset.name}{'-sweep' if args.cmd == 'sweep' else ''}")
-        if args.resume and not args.set and args.cmd == "run":  # the overrides of the run being resumed
+        if (
+            args.resume and not args.set and args.cmd == "run"
+        ):  # the overrides of the run being resumed
             args.set = _recorded_overrides(out, preset.name)
         cfg = apply_overrides(preset.Config(), args.set)
         grid = parse_grid(cfg, args.grid if args.cmd == "sweep" else None)
@@ -211,10 +283,22 @@ def _main(argv=None) -> int:
         if both:
             raise ConfigError(f"{both} both set (--set) and swept (--grid); give each key one way")
         t0 = time.perf_counter()
-        ds = execute(preset, cfg, grid, out, resume=args.resume, force=args.force,
-                     checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
-                     mesh=args.mesh, max_chunks=args.max_chunks,
-                     invocation={"set": list(args.set), "grid_specs": list(getattr(args, "grid", None) or [])})
+        ds = execute(
+            preset,
+            cfg,
+            grid,
+            out,
+            resume=args.resume,
+            force=args.force,
+            checkpoint_every=args.checkpoint_every,
+            progress=not args.no_progress,
+            mesh=args.mesh,
+            max_chunks=args.max_chunks,
+            invocation={
+                "set": list(args.set),
+                "grid_specs": list(getattr(args, "grid", None) or []),
+            },
+        )
         print(f"{preset.name}: done in {time.perf_counter() - t0:.1f} s; dims {dict(ds.sizes)}")
         if jax.process_index() == 0:  # the writer (multi-host: the other processes write nothing)
             figs = sorted(str(p) for p in out.glob("*.png"))
@@ -235,15 +319,25 @@ def _main(argv=None) -> int:
     except SolverError as err:
         print(f"meanfield: solver failure: {err}", file=sys.stderr)
         return 6
-    except OSError as err:  # a full disk, a name over the file system's limit, a folder removed mid-run
+    except (
+        OSError
+    ) as err:  # a full disk, a name over the file system's limit, a folder removed mid-run
         name = f" {err.filename}" if err.filename else ""
-        print(f"meanfield: refused: cannot write{name}: {err.strerror or err}; a checkpoint written before, "
-              "if any, is kept", file=sys.stderr)
+        print(
+            f"meanfield: refused: cannot write{name}: {err.strerror or err}; a checkpoint written before, "
+            "if any, is kept",
+            file=sys.stderr,
+        )
         return 3
-    except ValueError as err:  # the engine's own input checks (one line); MEANFIELD_DEBUG=1 re-raises
+    except (
+        ValueError
+    ) as err:  # the engine's own input checks (one line); MEANFIELD_DEBUG=1 re-raises
         if os.environ.get("MEANFIELD_DEBUG"):
             raise
-        print(f"meanfield: error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
+        print(
+            f"meanfield: error: {str(err).splitlines()[0] if str(err) else type(err).__name__}",
+            file=sys.stderr,
+        )
         return 2
     except (jax.errors.JaxRuntimeError, eqx.EquinoxRuntimeError):
         # a check that fired inside a traced solve: its one line was recorded by the callback

@@ -59,7 +59,12 @@ def describe(cls, cfg=None) -> str:
     for f in dataclasses.fields(cls):
         t = field_types(cls)[f.name]
         value = f.default if cfg is None else getattr(cfg, f.name)
-        rows.append((f"  {f.name}: {type_name(t)} = {value!r}", ranges[f.name].text if f.name in ranges else ""))
+        rows.append(
+            (
+                f"  {f.name}: {type_name(t)} = {value!r}",
+                ranges[f.name].text if f.name in ranges else "",
+            )
+        )
     width = max(len(a) for a, _ in rows)
     return "\n".join(f"{a:<{width}}  in {r}" if r else a for a, r in rows)
 
@@ -81,15 +86,21 @@ def check_ranges(cfg, first=()) -> None:
         rng = ranges.get(key)
         if rng is None:
             if is_numeric(types[key]):
-                bad = [v for v in (value if isinstance(value, tuple) else (value,))
-                       if isinstance(v, float) and not math.isfinite(v)]
+                bad = [
+                    v
+                    for v in (value if isinstance(value, tuple) else (value,))
+                    if isinstance(v, float) and not math.isfinite(v)
+                ]
                 if bad:
                     raise ConfigError(f"{key} = {value!r} is out of range: must be finite")
             continue
         why = rng.check(value, values)
         if why is not None:
-            named = [w for w in dict.fromkeys(re.findall(r"[A-Za-z_]\w*", rng.text))
-                     if w in values and w != key and f"{w} = " not in why]
+            named = [
+                w
+                for w in dict.fromkeys(re.findall(r"[A-Za-z_]\w*", rng.text))
+                if w in values and w != key and f"{w} = " not in why
+            ]
             where = "".join(f", {w} = {values[w]!r}" for w in named)
             raise ConfigError(f"{key} = {value!r} is out of range: {why}{where}")
 
@@ -101,7 +112,9 @@ def coerce(cls, key: str, value):
     if key not in types:
         close = difflib.get_close_matches(key, list(types), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown key {key!r} for {cls.__name__}{hint}; valid keys:\n{describe(cls)}")
+        raise ConfigError(
+            f"unknown key {key!r} for {cls.__name__}{hint}; valid keys:\n{describe(cls)}"
+        )
     t = types[key]
     origin = typing.get_origin(t)
     try:
@@ -116,7 +129,11 @@ def coerce(cls, key: str, value):
             raise ValueError(value)
         if origin is tuple:
             (inner, *_rest) = typing.get_args(t)
-            items = value if isinstance(value, (list, tuple)) else [v for v in str(value).split(",") if v.strip()]
+            items = (
+                value
+                if isinstance(value, (list, tuple))
+                else [v for v in str(value).split(",") if v.strip()]
+            )
             return tuple(_scalar(inner, v) for v in items)
         return _scalar(t, value)
     except (TypeError, ValueError):
@@ -148,7 +165,9 @@ def read_toml(path: Path) -> dict:
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: invalid TOML: {err}") from None
     except UnicodeDecodeError as err:
-        raise ConfigError(f"{path}: not a UTF-8 text file (byte {err.start}); TOML files are UTF-8") from None
+        raise ConfigError(
+            f"{path}: not a UTF-8 text file (byte {err.start}); TOML files are UTF-8"
+        ) from None
     except OSError as err:
         raise ConfigError(f"{path}: cannot read the TOML file ({err.strerror or err})") from None
 
@@ -172,7 +191,9 @@ def apply_overrides(cfg, overrides: list[str] | None):
         if "=" not in item:
             path = Path(item)
             if path.suffix != ".toml" or not path.exists():
-                raise ConfigError(f"--set expects key=value or an existing .toml file, got {item!r}")
+                raise ConfigError(
+                    f"--set expects key=value or an existing .toml file, got {item!r}"
+                )
             table = read_toml(path)
             for key, value in table.items():
                 changes[key] = coerce(type(cfg), key, value)

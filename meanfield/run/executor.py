@@ -51,7 +51,12 @@ class RunError(RuntimeError):
 
 def _meta(preset, cfg, grid) -> str:
     return json.dumps(
-        {"preset": preset.name, "config": dataclasses.asdict(cfg), "grid": [grid.keys, grid.values], "version": __version__},
+        {
+            "preset": preset.name,
+            "config": dataclasses.asdict(cfg),
+            "grid": [grid.keys, grid.values],
+            "version": __version__,
+        },
         sort_keys=True,
         default=list,
     )
@@ -120,7 +125,9 @@ def folder_lock(outdir: Path):
         fh.seek(0)
         who = fh.read().strip() or "unknown process"
         fh.close()
-        raise Locked(f"{outdir} is being written by another meanfield run ({who}); wait for it or pass another --out") from None
+        raise Locked(
+            f"{outdir} is being written by another meanfield run ({who}); wait for it or pass another --out"
+        ) from None
     try:
         fh.seek(0)
         fh.truncate()
@@ -138,7 +145,9 @@ def _make_outdir(outdir: Path) -> bool:
         existed = outdir.is_dir()
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ConfigError(f"--out {outdir}: cannot create the output folder ({err.strerror or err})") from None
+        raise ConfigError(
+            f"--out {outdir}: cannot create the output folder ({err.strerror or err})"
+        ) from None
     if not os.access(outdir, os.W_OK | os.X_OK):
         raise ConfigError(f"--out {outdir}: the output folder is not writable")
     return not existed
@@ -149,14 +158,28 @@ def _remove_if_empty(outdir: Path, keep_record: bool = False) -> None:
     (``keep_record``: when nothing but its lock file is, so an interrupted run's record stays for
     ``--resume``)."""
     try:
-        if {p.name for p in outdir.iterdir()} <= ({LOCK_NAME} if keep_record else {LOCK_NAME, RUN_RECORD}):
+        if {p.name for p in outdir.iterdir()} <= (
+            {LOCK_NAME} if keep_record else {LOCK_NAME, RUN_RECORD}
+        ):
             shutil.rmtree(outdir)
     except OSError:
         pass
 
 
-def execute(preset: Preset, cfg, grid: Grid, outdir, *, resume=False, force=False, checkpoint_every=1, progress=True,
-            mesh="auto", max_chunks=None, invocation: dict | None = None):
+def execute(
+    preset: Preset,
+    cfg,
+    grid: Grid,
+    outdir,
+    *,
+    resume=False,
+    force=False,
+    checkpoint_every=1,
+    progress=True,
+    mesh="auto",
+    max_chunks=None,
+    invocation: dict | None = None,
+):
     """Run (or sweep) ``preset`` and write DIR/result.nc and DIR/*.png; returns the Dataset.
 
     ``mesh``: a [`meanfield.sharding.make_mesh`][meanfield.sharding.make_mesh] spec (``"auto"``, ``"none"``, ``"data"``,
@@ -175,38 +198,75 @@ def execute(preset: Preset, cfg, grid: Grid, outdir, *, resume=False, force=Fals
     try:
         # the existence checks and the run under one lock (one writer per folder); Ctrl-C stops at safe points
         with folder_lock(outdir), sigint_as_flag():
-            return _locked_execute(preset, cfg, grid, outdir, resume, force, checkpoint_every, progress, mesh, max_chunks,
-                                   invocation)
+            return _locked_execute(
+                preset,
+                cfg,
+                grid,
+                outdir,
+                resume,
+                force,
+                checkpoint_every,
+                progress,
+                mesh,
+                max_chunks,
+                invocation,
+            )
     except BaseException as err:
         if created:
             _remove_if_empty(outdir, keep_record=isinstance(err, KeyboardInterrupt))
         raise
 
 
-def _locked_execute(preset, cfg, grid, outdir, resume, force, checkpoint_every, progress, mesh, max_chunks, invocation):
+def _locked_execute(
+    preset,
+    cfg,
+    grid,
+    outdir,
+    resume,
+    force,
+    checkpoint_every,
+    progress,
+    mesh,
+    max_chunks,
+    invocation,
+):
     result = outdir / "result.nc"
     ckpt = Checkpoint(outdir, _meta(preset, cfg, grid))
     if resume and not force and not ckpt.exists():
         if result.exists():
-            raise RunError(f"nothing to resume in {outdir}: {result.name} is complete (--force reruns it)")
+            raise RunError(
+                f"nothing to resume in {outdir}: {result.name} is complete (--force reruns it)"
+            )
         if not (outdir / RUN_RECORD).exists():
             raise RunError(f"nothing to resume in {outdir}: no checkpoint and no run record")
         if progress and is_writer():
-            print(f"meanfield: nothing was checkpointed in {outdir}; running the recorded configuration "
-                  f"({RUN_RECORD}) from the start", file=sys.stderr, flush=True)
+            print(
+                f"meanfield: nothing was checkpointed in {outdir}; running the recorded configuration "
+                f"({RUN_RECORD}) from the start",
+                file=sys.stderr,
+                flush=True,
+            )
     if result.exists() and not force:
         raise RunError(f"{result} already exists; pass --force to overwrite it")
     if ckpt.exists() and not (resume or force):
-        raise RunError(f"{outdir} holds an unfinished run ({ckpt.path.name}); pass --resume to continue it or --force to start over")
-    if force and is_writer():  # --force replaces the earlier run here: its figures go with its result
+        raise RunError(
+            f"{outdir} holds an unfinished run ({ckpt.path.name}); pass --resume to continue it or --force to start over"
+        )
+    if (
+        force and is_writer()
+    ):  # --force replaces the earlier run here: its figures go with its result
         for png in outdir.glob("*.png"):
             png.unlink()
-    if is_writer() and not (resume and ckpt.exists()):  # a resumed run keeps the record of the run it continues
+    if is_writer() and not (
+        resume and ckpt.exists()
+    ):  # a resumed run keeps the record of the run it continues
         _write_run_record(preset, cfg, grid, outdir, invocation)
     stepped = isinstance(preset, StepPreset)
     groups = [] if stepped else _groups(preset, cfg, grid)
     try:
-        dev = BatchPlacement.make(mesh, max([len(pts) for _, pts, _ in groups] or [1]), int(getattr(cfg, "n", 0) or 0))
+        dev = BatchPlacement.make(
+            mesh, max([len(pts) for _, pts, _ in groups] or [1]), int(getattr(cfg, "n", 0) or 0)
+        )
     except ValueError as err:
         raise ConfigError(str(err)) from None
     saved = None
@@ -221,17 +281,25 @@ def _locked_execute(preset, cfg, grid, outdir, resume, force, checkpoint_every, 
         if stepped:
             ds = _run_steps(preset, cfg, saved, ckpt, progress, checkpoint_every, max_chunks)
         else:
-            ds = _run_traced(preset, cfg, grid, groups, saved, ckpt, dev, checkpoint_every, progress, max_chunks)
+            ds = _run_traced(
+                preset, cfg, grid, groups, saved, ckpt, dev, checkpoint_every, progress, max_chunks
+            )
         return _finish(preset, cfg, grid, ds, outdir, ckpt)
 
 
 def _write_run_record(preset, cfg, grid, outdir, invocation) -> None:
     n = int(getattr(cfg, "n", 0) or 0)
-    record = {"preset": preset.name, "config": dataclasses.asdict(cfg), "grid": dict(zip(grid.keys, grid.values)),
-              "platform": jax.default_backend(),
-              # what Attention(backend=None) resolves to here (meanfield.kernel.backends.DEFAULT_BACKENDS)
-              "default_backend": repr(default_backend(n)) if n else f"by N (meanfield.kernel.default_backend on {jax.default_backend()})",
-              **(invocation or {})}
+    record = {
+        "preset": preset.name,
+        "config": dataclasses.asdict(cfg),
+        "grid": dict(zip(grid.keys, grid.values)),
+        "platform": jax.default_backend(),
+        # what Attention(backend=None) resolves to here (meanfield.kernel.backends.DEFAULT_BACKENDS)
+        "default_backend": repr(default_backend(n))
+        if n
+        else f"by N (meanfield.kernel.default_backend on {jax.default_backend()})",
+        **(invocation or {}),
+    }
     with atomic_path(outdir / RUN_RECORD) as tmp:
         Path(tmp).write_text(json.dumps(record, indent=1, sort_keys=True, default=list) + "\n")
 
@@ -239,12 +307,19 @@ def _write_run_record(preset, cfg, grid, outdir, invocation) -> None:
 def _check_state_shapes(preset, grid, groups) -> None:
     """Swept static keys may not change the shape of the state (one stacked result)."""
     shapes = {
-        str(jax.eval_shape(jax.vmap(lambda q, gc=gcfg: preset.init(gc, q)), {k: jnp.asarray(v[:1]) for k, v in prm.items()}))
+        str(
+            jax.eval_shape(
+                jax.vmap(lambda q, gc=gcfg: preset.init(gc, q)),
+                {k: jnp.asarray(v[:1]) for k, v in prm.items()},
+            )
+        )
         for gcfg, _pts, prm in groups
     }
     if len(shapes) > 1:
         static = [k for k in grid.keys if k not in preset.vmap_keys]
-        raise ConfigError(f"swept keys {static} change the shape of the state; sweep them in separate runs")
+        raise ConfigError(
+            f"swept keys {static} change the shape of the state; sweep them in separate runs"
+        )
 
 
 def _stop_or_pause(bar, stop: bool, pause: bool, what: str, held: str, ckpt: Checkpoint) -> None:
@@ -263,13 +338,22 @@ def _run_steps(preset, cfg, saved, ckpt, progress, checkpoint_every, max_chunks)
     if len(set(names)) != len(names):
         raise ConfigError(f"{preset.name}: step names must be distinct, got {names}")
     results: dict[str, dict] = dict(saved.steps) if saved is not None else {}
-    bar = tqdm(total=len(steps), initial=len(results), desc=f"{preset.name} (host steps)", unit="step", delay=PROGRESS_DELAY,
-               file=sys.stderr, disable=not progress)
+    bar = tqdm(
+        total=len(steps),
+        initial=len(results),
+        desc=f"{preset.name} (host steps)",
+        unit="step",
+        delay=PROGRESS_DELAY,
+        file=sys.stderr,
+        disable=not progress,
+    )
     count = 0
     for step in steps:
         if step.name in results:
             continue
-        results[step.name] = {k: np.asarray(v) for k, v in preset.run_step(cfg, step, results).items()}
+        results[step.name] = {
+            k: np.asarray(v) for k, v in preset.run_step(cfg, step, results).items()
+        }
         bar.update(1)
         count += 1
         safe_point("step")
@@ -312,16 +396,27 @@ def check_run(preset: Preset, cfg, grid: Grid) -> None:
         raise ConfigError(f"{preset.name} does not take a sweep grid (set its keys with --set)")
     intervals = len(preset.times(cfg)) - 1
     if not 1 <= cfg.chunks <= intervals:
-        raise ConfigError(f"chunks must be in [1, {intervals}] for {preset.name} ({intervals} save intervals), got {cfg.chunks}")
+        raise ConfigError(
+            f"chunks must be in [1, {intervals}] for {preset.name} ({intervals} save intervals), got {cfg.chunks}"
+        )
 
 
-def _run_traced(preset, cfg, grid, groups, saved, ckpt, dev, checkpoint_every, progress, max_chunks):
+def _run_traced(
+    preset, cfg, grid, groups, saved, ckpt, dev, checkpoint_every, progress, max_chunks
+):
     """The chunk calls of every group (module docstring), then the preset's Dataset."""
     n_chunks = cfg.chunks
     done: list[dict] = list(saved.done) if saved is not None else []
     g0, c0 = (saved.group, saved.chunk) if saved is not None else (0, 0)
-    bar = tqdm(total=len(groups) * n_chunks, initial=g0 * n_chunks + c0, desc=preset.name, unit="chunk",
-               delay=PROGRESS_DELAY, file=sys.stderr, disable=not progress)
+    bar = tqdm(
+        total=len(groups) * n_chunks,
+        initial=g0 * n_chunks + c0,
+        desc=preset.name,
+        unit="chunk",
+        delay=PROGRESS_DELAY,
+        file=sys.stderr,
+        disable=not progress,
+    )
     group_ts = [np.asarray(preset.times(gc)) for gc, _, _ in groups]
     ts_all = group_ts[0]
     if any(len(t) != len(ts_all) for t in group_ts):
@@ -334,9 +429,13 @@ def _run_traced(preset, cfg, grid, groups, saved, ckpt, dev, checkpoint_every, p
         p = dev.put({k: jnp.asarray(v) for k, v in params.items()}, batch)
         init = jax.jit(dev.vmap(lambda q: preset.init(gcfg, q)))
         treedef = jax.tree.structure(jax.eval_shape(init, p))
-        advance = jax.jit(dev.vmap(lambda q, s, t: preset.advance(gcfg, q, s, t), in_axes=(0, 0, None)))
+        advance = jax.jit(
+            dev.vmap(lambda q, s, t: preset.advance(gcfg, q, s, t), in_axes=(0, 0, None))
+        )
         if saved is not None and g == g0 and c0 > 0:
-            state = dev.put(jax.tree.unflatten(treedef, [jnp.asarray(a) for a in saved.state]), batch)
+            state = dev.put(
+                jax.tree.unflatten(treedef, [jnp.asarray(a) for a in saved.state]), batch
+            )
             recs, start = {n: [a] for n, a in saved.current.items()}, c0
         else:
             state = init(p)
@@ -349,20 +448,30 @@ def _run_traced(preset, cfg, grid, groups, saved, ckpt, dev, checkpoint_every, p
             for n, a in dev.get(rec, batch).items():
                 recs[n].append(a)
             bar.update(1)
-            if calls == 0 and progress:  # the first call includes compilation: keep it out of the ETA
-                bar.set_postfix_str(f"first chunk incl. compile {time.perf_counter() - t_call:.1f} s", refresh=False)
+            if (
+                calls == 0 and progress
+            ):  # the first call includes compilation: keep it out of the ETA
+                bar.set_postfix_str(
+                    f"first chunk incl. compile {time.perf_counter() - t_call:.1f} s", refresh=False
+                )
                 _restart_clock(bar)
             calls += 1
             safe_point("chunk")
             last = c == len(chunks) - 1 and g == len(groups) - 1
-            stop = interrupt_requested()  # Ctrl-C: checkpoint this chunk, then stop (signals module)
+            stop = (
+                interrupt_requested()
+            )  # Ctrl-C: checkpoint this chunk, then stop (signals module)
             pause = max_chunks is not None and calls >= max_chunks and not last
             if (((c + 1) % checkpoint_every == 0 or pause) and not last) or stop:
                 current = {n: np.concatenate(v, axis=1) for n, v in recs.items()}
-                if c + 1 == len(chunks):  # group finished: stored as done, the next group starts from scratch
+                if c + 1 == len(
+                    chunks
+                ):  # group finished: stored as done, the next group starts from scratch
                     ckpt.save_traced(g + 1, 0, done + [current])
                 else:
-                    ckpt.save_traced(g, c + 1, done, dev.get(jax.tree.leaves(state), batch), current)
+                    ckpt.save_traced(
+                        g, c + 1, done, dev.get(jax.tree.leaves(state), batch), current
+                    )
             _stop_or_pause(bar, stop, pause, f"{calls} chunk(s)", "the state", ckpt)
         done.append({n: np.concatenate(v, axis=1) for n, v in recs.items()})
     bar.close()
@@ -376,7 +485,9 @@ def _run_traced(preset, cfg, grid, groups, saved, ckpt, dev, checkpoint_every, p
     ds = preset.dataset(cfg, ts_all, stacked, grid)
     if any(not np.array_equal(t, ts_all) for t in group_ts):
         # swept keys changed the save times (e.g. t1): keep the true times of every point
-        t_pts = np.stack([group_ts[lookup[pt][0]] for pt in grid.points()]).reshape(grid.shape + ts_all.shape)
+        t_pts = np.stack([group_ts[lookup[pt][0]] for pt in grid.points()]).reshape(
+            grid.shape + ts_all.shape
+        )
         ds["t"] = (grid.keys + ("time",), t_pts)
         ds = ds.assign_coords(time=np.arange(len(ts_all)))
         ds["time"].attrs["note"] = "save index; the times of each point are in variable t"
@@ -387,22 +498,28 @@ def _finish(preset, cfg, grid, ds, outdir, ckpt):
     """Describe the Dataset, write DIR/result.nc, drop the checkpoint, draw the figures."""
     result = outdir / "result.nc"
     annotate(ds, preset.variables, cfg)
-    ds.attrs.update({
-        "preset": preset.name,
-        "config": json.dumps(dataclasses.asdict(cfg), sort_keys=True),
-        "grid": json.dumps(dict(zip(grid.keys, grid.values))),
-        "meanfield_version": __version__,
-        "seed": int(getattr(cfg, "seed", 0)),
-        "chunks": cfg.chunks,
-    })
+    ds.attrs.update(
+        {
+            "preset": preset.name,
+            "config": json.dumps(dataclasses.asdict(cfg), sort_keys=True),
+            "grid": json.dumps(dict(zip(grid.keys, grid.values))),
+            "meanfield_version": __version__,
+            "seed": int(getattr(cfg, "seed", 0)),
+            "chunks": cfg.chunks,
+        }
+    )
     if is_writer():
         write_atomic(ds, result)
         ckpt.remove()  # the result is complete: the checkpoint must not block a rerun
         try:
             preset.plot(ds, outdir)
         except OSError as err:  # e.g. a full disk: the result stands, the figures can be redrawn
-            raise RunError(f"{result} is written, but drawing the figures failed ({err.strerror or err}); "
-                           f"redraw them with: meanfield plot {outdir}") from None
+            raise RunError(
+                f"{result} is written, but drawing the figures failed ({err.strerror or err}); "
+                f"redraw them with: meanfield plot {outdir}"
+            ) from None
     if interrupt_requested():  # Ctrl-C while the outputs were written: they are complete, say so
-        raise Interrupted(f"interrupted at the end; {result} is complete (redraw the figures with: meanfield plot {outdir})")
+        raise Interrupted(
+            f"interrupted at the end; {result} is complete (redraw the figures with: meanfield plot {outdir})"
+        )
     return ds

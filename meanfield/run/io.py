@@ -45,7 +45,9 @@ def atomic_path(path):
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    except OSError as err:  # a full disk, a read-only folder: name the file that could not be written
+    except (
+        OSError
+    ) as err:  # a full disk, a read-only folder: name the file that could not be written
         raise OSError(err.errno, err.strerror, str(path)) from None
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs follow the umask like any file
@@ -55,7 +57,11 @@ def atomic_path(path):
     except BaseException as err:
         if os.path.exists(tmp):
             os.remove(tmp)
-        if isinstance(err, OSError) and not isinstance(err, (FileNotFoundError, PermissionError)) and err.errno:
+        if (
+            isinstance(err, OSError)
+            and not isinstance(err, (FileNotFoundError, PermissionError))
+            and err.errno
+        ):
             raise OSError(err.errno, err.strerror, str(path)) from None
         raise
 

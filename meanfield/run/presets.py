@@ -155,7 +155,9 @@ class Step:
 
     def __post_init__(self):
         if not self.name or "::" in self.name:
-            raise ValueError(f"a step name must be non-empty and contain no '::', got {self.name!r}")
+            raise ValueError(
+                f"a step name must be non-empty and contain no '::', got {self.name!r}"
+            )
 
 
 class StepPreset(Preset):
@@ -252,7 +254,9 @@ def parse_grid(cfg, specs: list[str] | None) -> Grid:
             raise ConfigError(f"--grid {key}: no values")
         dup = sorted({v for v in vals if vals.count(v) > 1}, key=str)
         if dup:
-            raise ConfigError(f"--grid {key}: repeated values {dup} (each grid coordinate must be distinct)")
+            raise ConfigError(
+                f"--grid {key}: repeated values {dup} (each grid coordinate must be distinct)"
+            )
         keys.append(key)
         values.append(vals)
     grid = Grid(tuple(keys), tuple(values))

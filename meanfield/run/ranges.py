@@ -36,8 +36,15 @@ import typing
 # hook (@typing.no_type_check), whose per-call check (~0.3 ms) would make one validate() cost
 # hundreds of checked calls.
 
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-        ast.FloorDiv: operator.floordiv, ast.Pow: operator.pow, ast.USub: operator.neg}
+_OPS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Pow: operator.pow,
+    ast.USub: operator.neg,
+}
 _FUNCS = {"max": max, "min": min}
 
 
@@ -45,6 +52,7 @@ _FUNCS = {"max": max, "min": min}
 def evaluate(expr: str, values: dict) -> float:
     """The arithmetic expression ``expr`` (numbers, ``inf``, config keys, + - * / // **, max, min)
     with the config's ``values``."""
+
     def ev(node):
         if isinstance(node, ast.Expression):
             return ev(node.body)
@@ -60,7 +68,11 @@ def evaluate(expr: str, values: dict) -> float:
             return _OPS[type(node.op)](ev(node.left), ev(node.right))
         if isinstance(node, ast.UnaryOp) and type(node.op) in _OPS:
             return _OPS[type(node.op)](ev(node.operand))
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCS:
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in _FUNCS
+        ):
             return _FUNCS[node.func.id](*(ev(a) for a in node.args))
         raise ValueError(f"unsupported expression {expr!r}")
 
@@ -144,15 +156,15 @@ class Range:
             elif q == "distinct":
                 kw["distinct"] = True
             elif q.startswith("multiple of "):
-                kw["multiple_of"] = q[len("multiple of "):]
+                kw["multiple_of"] = q[len("multiple of ") :]
             elif q.startswith("divides "):
-                kw["divides"] = q[len("divides "):]
+                kw["divides"] = q[len("divides ") :]
             elif q.startswith("one of "):
-                kw["one_of"] = q[len("one of "):]
+                kw["one_of"] = q[len("one of ") :]
             elif q.startswith("contains "):
-                kw["contains"] = q[len("contains "):]
+                kw["contains"] = q[len("contains ") :]
             elif q.startswith("length >= "):
-                kw["min_length"] = int(q[len("length >= "):])
+                kw["min_length"] = int(q[len("length >= ") :])
             else:
                 raise ValueError(f"range {text!r}: unknown qualifier {q!r}")
         return cls(text=text, **kw)

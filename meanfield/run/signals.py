@@ -38,7 +38,10 @@ def _handler(signum, frame):
     _STATE["hits"] += 1
     _STATE["flag"] = True
     if _STATE["hits"] >= 2:
-        os.write(2, b"\nmeanfield: interrupted again; stopping at once (the last checkpoint written is kept)\n")
+        os.write(
+            2,
+            b"\nmeanfield: interrupted again; stopping at once (the last checkpoint written is kept)\n",
+        )
         os._exit(130)
 
 
@@ -46,7 +49,10 @@ def _handler(signum, frame):
 def sigint_as_flag():
     """Within the block, SIGINT sets the flag (twice: exit 130 at once). Outside the main thread,
     where handlers cannot be installed, SIGINT keeps Python's behaviour."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is _handler:
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is _handler
+    ):
         yield  # not installable here, or installed already by an enclosing block (the command)
         return
     _STATE.update(flag=False, hits=0)
@@ -69,7 +75,9 @@ def safe_point(kind: str) -> None:
     if not path or spec != f"{kind}={_COUNTS[kind]}":
         return
     Path(path).write_text(f"{kind} {_COUNTS[kind]} pid {os.getpid()}\n")
-    hold = os.environ.get("MEANFIELD_PAUSE_HOLD") == "1"  # stay after the first SIGINT (to test a second)
+    hold = (
+        os.environ.get("MEANFIELD_PAUSE_HOLD") == "1"
+    )  # stay after the first SIGINT (to test a second)
     deadline = time.monotonic() + 120
     while (hold or not _STATE["flag"]) and time.monotonic() < deadline:
         time.sleep(0.01)

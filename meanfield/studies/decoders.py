@@ -44,11 +44,25 @@ class DecoderConfig:
     init_std: float = 0.02
 
     def validate(self):
-        require(self.style in ("gpt2", "qwen2"), f"style must be 'gpt2' or 'qwen2', got {self.style!r}")
-        require(self.depth >= 1 and self.width >= 2 and self.heads >= 1, "depth, width, heads must be positive")
-        require(self.width % self.heads == 0, f"width {self.width} must be divisible by heads {self.heads}")
-        require((self.width // self.heads) % 2 == 0 or not self.use_rope, "the head dimension must be even for RoPE")
-        require(self.heads % self.n_kv == 0, f"heads {self.heads} must be a multiple of kv_heads {self.n_kv}")
+        require(
+            self.style in ("gpt2", "qwen2"), f"style must be 'gpt2' or 'qwen2', got {self.style!r}"
+        )
+        require(
+            self.depth >= 1 and self.width >= 2 and self.heads >= 1,
+            "depth, width, heads must be positive",
+        )
+        require(
+            self.width % self.heads == 0,
+            f"width {self.width} must be divisible by heads {self.heads}",
+        )
+        require(
+            (self.width // self.heads) % 2 == 0 or not self.use_rope,
+            "the head dimension must be even for RoPE",
+        )
+        require(
+            self.heads % self.n_kv == 0,
+            f"heads {self.heads} must be a multiple of kv_heads {self.n_kv}",
+        )
 
     @property
     def use_rope(self) -> bool:
@@ -85,8 +99,17 @@ class _Attention(eqx.Module):
         self.wk = _normal(k[1], (d, cfg.n_kv * hd), cfg.init_std)
         self.wv = _normal(k[2], (d, cfg.n_kv * hd), cfg.init_std)
         self.wo = _normal(k[3], (cfg.heads * hd, d), out_std)
-        self.bq, self.bk, self.bv = jnp.zeros(cfg.heads * hd), jnp.zeros(cfg.n_kv * hd), jnp.zeros(cfg.n_kv * hd)
-        self.heads, self.kv_heads, self.rope, self.rope_base = cfg.heads, cfg.n_kv, cfg.use_rope, cfg.rope_base
+        self.bq, self.bk, self.bv = (
+            jnp.zeros(cfg.heads * hd),
+            jnp.zeros(cfg.n_kv * hd),
+            jnp.zeros(cfg.n_kv * hd),
+        )
+        self.heads, self.kv_heads, self.rope, self.rope_base = (
+            cfg.heads,
+            cfg.n_kv,
+            cfg.use_rope,
+            cfg.rope_base,
+        )
 
     def __call__(self, x):
         n, d = x.shape
@@ -149,9 +172,15 @@ class Decoder(eqx.Module):
     def __init__(self, key, cfg: DecoderConfig):
         cfg.validate()
         k = jax.random.split(key, cfg.depth + 1)
-        self.pos_emb = _normal(k[0], (cfg.max_len, cfg.width), 0.01) if cfg.style == "gpt2" else None
+        self.pos_emb = (
+            _normal(k[0], (cfg.max_len, cfg.width), 0.01) if cfg.style == "gpt2" else None
+        )
         self.blocks = tuple(_Block(k[i + 1], cfg) for i in range(cfg.depth))
-        self.final_norm = eqx.nn.LayerNorm(cfg.width) if cfg.style == "gpt2" else eqx.nn.RMSNorm(cfg.width, eps=1e-6)
+        self.final_norm = (
+            eqx.nn.LayerNorm(cfg.width)
+            if cfg.style == "gpt2"
+            else eqx.nn.RMSNorm(cfg.width, eps=1e-6)
+        )
 
     def __call__(self, emb):
         n = emb.shape[0]

@@ -69,7 +69,10 @@ def fourier_features(s, n_freq: int) -> np.ndarray:
     ``s``: shape (N,) or (N, k), values in [0, 1) (periodic)."""
     s = np.asarray(s, dtype=float)
     s2 = s[:, None] if s.ndim == 1 else s
-    require(s2.ndim == 2 and s2.shape[0] >= 1 and np.all(np.isfinite(s2)), f"s must have shape (N,) or (N, k), finite, got {s.shape}")
+    require(
+        s2.ndim == 2 and s2.shape[0] >= 1 and np.all(np.isfinite(s2)),
+        f"s must have shape (N,) or (N, k), finite, got {s.shape}",
+    )
     phase = 2 * np.pi * s2 @ frequencies(n_freq, s2.shape[1]).T
     return np.concatenate([np.ones((s2.shape[0], 1)), np.cos(phase), np.sin(phase)], axis=1)
 
@@ -104,9 +107,14 @@ class LearnedPE:
     def limit(self, s, x0, t1: float = 30.0, *, rtol: float = 1e-7, atol: float = 1e-9):
         """End state x(t1) of the dynamics from x0 (N, d) or a stack (B, N, d)."""
         x0 = jnp.asarray(x0)
-        require(x0.shape[-1] == np.shape(self.U)[0], f"x0 must have dimension d = {np.shape(self.U)[0]}, got {x0.shape}")
+        require(
+            x0.shape[-1] == np.shape(self.U)[0],
+            f"x0 must have dimension d = {np.shape(self.U)[0]}, got {x0.shape}",
+        )
         attn, aux = self.attention(x0.dtype), self.aux(s, x0.dtype)
-        run = lambda x: simulate(attn, x, jnp.array([0.0, t1], x0.dtype), aux=aux, rtol=rtol, atol=atol).final  # noqa: E731
+        run = lambda x: (
+            simulate(attn, x, jnp.array([0.0, t1], x0.dtype), aux=aux, rtol=rtol, atol=atol).final
+        )  # noqa: E731
         return run(x0) if x0.ndim == 2 else jax.vmap(run)(x0)
 
 
@@ -139,10 +147,25 @@ def _stationarity(U, x, aux, beta):
     return jnp.sum(aux.mass * jnp.sum(v * v, axis=-1))
 
 
-def fit_additive_pe(target, s, beta: float, *, n_freq: int = 6, loss: str = "simulate", n_starts: int = 4,
-                    t1: float = 30.0, steps: int = 200, learning_rate: float = 0.05, init="paired",
-                    init_scale: float = 2.0, sigma: float = 0.3, distance: str = "mmd", seed: int = 0, rtol: float = 1e-6,
-                    atol: float = 1e-8) -> FitResult:
+def fit_additive_pe(
+    target,
+    s,
+    beta: float,
+    *,
+    n_freq: int = 6,
+    loss: str = "simulate",
+    n_starts: int = 4,
+    t1: float = 30.0,
+    steps: int = 200,
+    learning_rate: float = 0.05,
+    init="paired",
+    init_scale: float = 2.0,
+    sigma: float = 0.3,
+    distance: str = "mmd",
+    seed: int = 0,
+    rtol: float = 1e-6,
+    atol: float = 1e-8,
+) -> FitResult:
     r"""Fit u(s) = U phi(s) so that the limit of the additive-PE dynamics is ``target``.
 
     Args:
@@ -177,41 +200,79 @@ def fit_additive_pe(target, s, beta: float, *, n_freq: int = 6, loss: str = "sim
         ```
     """
     target = np.asarray(target, dtype=float)
-    require(target.ndim == 2 and target.shape[1] >= 2, f"target must have shape (M, d), d >= 2, got {target.shape}")
-    require(np.all(np.isfinite(target)) and np.allclose(np.linalg.norm(target, axis=1), 1.0, atol=1e-6),
-            "target must lie on the unit sphere (finite, |x| = 1)")
+    require(
+        target.ndim == 2 and target.shape[1] >= 2,
+        f"target must have shape (M, d), d >= 2, got {target.shape}",
+    )
+    require(
+        np.all(np.isfinite(target)) and np.allclose(np.linalg.norm(target, axis=1), 1.0, atol=1e-6),
+        "target must lie on the unit sphere (finite, |x| = 1)",
+    )
     phi = fourier_features(s, n_freq)
     n, d = phi.shape[0], target.shape[1]
     require(np.isfinite(beta) and beta > 0, f"beta must be finite and > 0, got {beta}")
-    require(loss in ("simulate", "residual"), f"loss must be 'simulate' or 'residual', got {loss!r}")
+    require(
+        loss in ("simulate", "residual"), f"loss must be 'simulate' or 'residual', got {loss!r}"
+    )
     paired = target.shape[0] == n
-    require(loss != "residual" or paired, f"loss='residual' needs one target point per token: target has {target.shape[0]}, s has {n}")
-    require(int(steps) == steps and steps >= 1 and learning_rate > 0, "need steps >= 1 and learning_rate > 0")
+    require(
+        loss != "residual" or paired,
+        f"loss='residual' needs one target point per token: target has {target.shape[0]}, s has {n}",
+    )
+    require(
+        int(steps) == steps and steps >= 1 and learning_rate > 0,
+        "need steps >= 1 and learning_rate > 0",
+    )
     require(int(n_starts) == n_starts and n_starts >= 1 and t1 > 0, "need n_starts >= 1 and t1 > 0")
     require(sigma > 0, f"sigma must be > 0, got {sigma}")
-    require(distance in ("mmd", "circle_w1"), f"distance must be 'mmd' or 'circle_w1', got {distance!r}")
-    require(distance != "circle_w1" or d == 2, f"distance='circle_w1' needs tokens on S^1 (d = 2), got d = {d}")
+    require(
+        distance in ("mmd", "circle_w1"), f"distance must be 'mmd' or 'circle_w1', got {distance!r}"
+    )
+    require(
+        distance != "circle_w1" or d == 2,
+        f"distance='circle_w1' needs tokens on S^1 (d = 2), got d = {d}",
+    )
     key = jax.random.key(seed)
     if isinstance(init, str):
-        require(init in ("paired", "random"), f"init must be 'paired', 'random' or an array, got {init!r}")
+        require(
+            init in ("paired", "random"),
+            f"init must be 'paired', 'random' or an array, got {init!r}",
+        )
         if init == "paired":
-            require(paired, f"init='paired' needs one target point per token: target has {target.shape[0]}, s has {n}")
+            require(
+                paired,
+                f"init='paired' needs one target point per token: target has {target.shape[0]}, s has {n}",
+            )
             u0 = np.linalg.lstsq(phi, init_scale * target, rcond=None)[0].T
         else:
-            u0 = init_scale / np.sqrt(phi.shape[1]) * np.asarray(jax.random.normal(jax.random.fold_in(key, 1), (d, phi.shape[1])))
+            u0 = (
+                init_scale
+                / np.sqrt(phi.shape[1])
+                * np.asarray(jax.random.normal(jax.random.fold_in(key, 1), (d, phi.shape[1])))
+            )
     else:
         u0 = np.asarray(init, dtype=float)
-        require(u0.shape == (d, phi.shape[1]), f"init must have shape {(d, phi.shape[1])}, got {u0.shape}")
+        require(
+            u0.shape == (d, phi.shape[1]),
+            f"init must have shape {(d, phi.shape[1])}, got {u0.shape}",
+        )
     dtype = jnp.result_type(float)
     aux = TokenAux.default(n, dtype, z=jnp.asarray(phi, dtype))
     tgt = jnp.asarray(target, dtype)
     if loss == "simulate":
-        x0s = jnp.stack([sphere_uniform(jax.random.fold_in(key, 100 + i), n, d).astype(dtype) for i in range(n_starts)])
+        x0s = jnp.stack(
+            [
+                sphere_uniform(jax.random.fold_in(key, 100 + i), n, d).astype(dtype)
+                for i in range(n_starts)
+            ]
+        )
         ts = jnp.array([0.0, t1], dtype)
 
         def objective(U):
             attn = _attention(beta, U)
-            ends = jax.vmap(lambda x0: simulate(attn, x0, ts, aux=aux, rtol=rtol, atol=atol).final)(x0s)
+            ends = jax.vmap(lambda x0: simulate(attn, x0, ts, aux=aux, rtol=rtol, atol=atol).final)(
+                x0s
+            )
             if distance == "circle_w1":
                 ang = jnp.arctan2(tgt[:, 1], tgt[:, 0])
                 dist = lambda x: obs.circle_w1(jnp.arctan2(x[:, 1], x[:, 0]), ang)  # noqa: E731
@@ -219,6 +280,7 @@ def fit_additive_pe(target, s, beta: float, *, n_freq: int = 6, loss: str = "sim
                 dist = lambda x: obs.mmd(x, tgt, sigma=sigma)  # noqa: E731
             return jnp.mean(jax.vmap(dist)(ends))
     else:
+
         def objective(U):
             return _stationarity(U, tgt, aux, beta)
 

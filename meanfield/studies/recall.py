@@ -54,11 +54,16 @@ class RecallTask(eqx.Module):
     n_facts: jax.Array
     length: int = eqx.field(static=True)
 
-    def __init__(self, key, n_facts, d: int, length: int, n_noise: int = 4096, max_facts: int | None = None):
+    def __init__(
+        self, key, n_facts, d: int, length: int, n_noise: int = 4096, max_facts: int | None = None
+    ):
         if max_facts is None:
             require(int(n_facts) >= 2, f"n_facts must be >= 2, got {n_facts}")
             max_facts = int(n_facts)
-        require(d >= 1 and length >= 1 and n_noise >= 1, f"need d, length, n_noise >= 1, got {d}, {length}, {n_noise}")
+        require(
+            d >= 1 and length >= 1 and n_noise >= 1,
+            f"need d, length, n_noise >= 1, got {d}, {length}, {n_noise}",
+        )
         kf, kn = jax.random.split(key)
         self.facts = jax.random.normal(kf, (int(max_facts), d)) / np.sqrt(d)
         self.noise = jax.random.normal(kn, (n_noise, d)) / np.sqrt(d)
@@ -110,8 +115,20 @@ def _default_lr(opt: str, n_facts) -> float:
     return 10.0 * n_facts if opt == "gd" else 1e-2
 
 
-def train(key, n_facts, d: int, length: int, n_train: int, *, steps: int = 20, opt: str = "gd", lr=None,
-          n_test: int = 2048, n_noise: int = 4096, max_facts: int | None = None):
+def train(
+    key,
+    n_facts,
+    d: int,
+    length: int,
+    n_train: int,
+    *,
+    steps: int = 20,
+    opt: str = "gd",
+    lr=None,
+    n_test: int = 2048,
+    n_noise: int = 4096,
+    max_facts: int | None = None,
+):
     """Train one model on one random instance; returns (model, train accuracy, test accuracy).
 
     ``lr`` default: 10 M for 'gd' (the gradient in W scales like 1/M at the uniform start),
@@ -141,9 +158,14 @@ def train(key, n_facts, d: int, length: int, n_train: int, *, steps: int = 20, o
 
 
 _accuracy = jax.jit(
-    jax.vmap(lambda k, m, lr, d, L, n, s, o, mx: train(k, m, d, L, n, steps=s, opt=o, lr=lr, max_facts=mx)[1:],
-             in_axes=(0, None, None) + (None,) * 6),
-    static_argnums=(3, 4, 5, 6, 7, 8))
+    jax.vmap(
+        lambda k, m, lr, d, L, n, s, o, mx: train(
+            k, m, d, L, n, steps=s, opt=o, lr=lr, max_facts=mx
+        )[1:],
+        in_axes=(0, None, None) + (None,) * 6,
+    ),
+    static_argnums=(3, 4, 5, 6, 7, 8),
+)
 
 
 def _padded(m: int) -> int:
@@ -155,19 +177,50 @@ def _padded(m: int) -> int:
     return size
 
 
-def accuracy(key, n_facts: int, d: int, length: int, n_train: int, *, seeds: int = 4, steps: int = 20, opt: str = "gd",
-             lr: float | None = None):
+def accuracy(
+    key,
+    n_facts: int,
+    d: int,
+    length: int,
+    n_train: int,
+    *,
+    seeds: int = 4,
+    steps: int = 20,
+    opt: str = "gd",
+    lr: float | None = None,
+):
     """(train, test) accuracies (seeds,) of ``seeds`` independent instances, vmapped."""
     require(int(n_facts) >= 2, f"n_facts must be >= 2, got {n_facts}")
     lr = _default_lr(opt, n_facts) if lr is None else lr
     optimizer(opt, lr)  # validate before compiling
-    tr, te = _accuracy(jax.random.split(key, seeds), jnp.asarray(int(n_facts)), jnp.asarray(float(lr), jnp.float32),
-                       int(d), int(length), int(n_train), int(steps), opt, _padded(int(n_facts)))
+    tr, te = _accuracy(
+        jax.random.split(key, seeds),
+        jnp.asarray(int(n_facts)),
+        jnp.asarray(float(lr), jnp.float32),
+        int(d),
+        int(length),
+        int(n_train),
+        int(steps),
+        opt,
+        _padded(int(n_facts)),
+    )
     return np.asarray(tr), np.asarray(te)
 
 
-def capacity(key, d: int, length: int, n_train: int, *, threshold: float = 0.5, m_min: int = 4, m_max: int = 4096,
-             seeds: int = 4, steps: int = 20, opt: str = "gd", lr: float | None = None):
+def capacity(
+    key,
+    d: int,
+    length: int,
+    n_train: int,
+    *,
+    threshold: float = 0.5,
+    m_min: int = 4,
+    m_max: int = 4096,
+    seeds: int = 4,
+    steps: int = 20,
+    opt: str = "gd",
+    lr: float | None = None,
+):
     """Largest number of facts M stored at mean test accuracy >= ``threshold``: M doubles from
     ``m_min`` until the accuracy falls below it, and log M is interpolated linearly in the
     accuracy between the last two points. Returns (capacity, {M: per-seed test accuracies});
@@ -175,7 +228,17 @@ def capacity(key, d: int, length: int, n_train: int, *, threshold: float = 0.5, 
     require(0 < threshold < 1, f"threshold must be in (0, 1), got {threshold}")
     accs, m, prev = {}, int(m_min), None
     while m <= m_max:
-        _, te = accuracy(jax.random.fold_in(key, m), m, d, length, n_train, seeds=seeds, steps=steps, opt=opt, lr=lr)
+        _, te = accuracy(
+            jax.random.fold_in(key, m),
+            m,
+            d,
+            length,
+            n_train,
+            seeds=seeds,
+            steps=steps,
+            opt=opt,
+            lr=lr,
+        )
         accs[m] = te
         a = float(te.mean())
         if a < threshold:
@@ -200,8 +263,16 @@ def loglog_fit(x, y):
     return float(res.slope), float(res.slope - t * res.stderr), float(res.slope + t * res.stderr)
 
 
-def early_phase_accuracy(n_facts: int, d: int, length: int, n_train: int, *, n_noise: int = 4096, samples: int = 2000,
-                         seed: int = 0) -> float:
+def early_phase_accuracy(
+    n_facts: int,
+    d: int,
+    length: int,
+    n_train: int,
+    *,
+    n_noise: int = 4096,
+    samples: int = 2000,
+    seed: int = 0,
+) -> float:
     r"""Test accuracy of the one-step (early-phase) classifier, from a Gaussian model of its
     scores; independent of the simulation (no embeddings are drawn).
 
@@ -229,7 +300,10 @@ def early_phase_accuracy(n_facts: int, d: int, length: int, n_train: int, *, n_n
     from scipy import special
 
     m, L = int(n_facts), int(length)
-    require(m >= 2 and d >= 1 and L >= 1 and n_train >= 1, f"need n_facts >= 2 and d, length, n_train >= 1, got {m}, {d}, {L}, {n_train}")
+    require(
+        m >= 2 and d >= 1 and L >= 1 and n_train >= 1,
+        f"need n_facts >= 2 and d, length, n_train >= 1, got {m}, {d}, {L}, {n_train}",
+    )
     rng = np.random.default_rng(seed)
     lam = n_train / m
     c = rng.poisson(lam, size=(samples, m)).astype(float)  # column 0: the true label
@@ -246,14 +320,25 @@ def early_phase_accuracy(n_facts: int, d: int, length: int, n_train: int, *, n_n
     return float(np.mean(np.where(cf > 0, np.exp(logp), 0.0)))
 
 
-def early_phase_capacity(d: int, length: int, n_train: int, *, threshold: float = 0.5, n_noise: int = 4096,
-                         samples: int = 2000, m_max: int = 1 << 16, seed: int = 0) -> float:
+def early_phase_capacity(
+    d: int,
+    length: int,
+    n_train: int,
+    *,
+    threshold: float = 0.5,
+    n_noise: int = 4096,
+    samples: int = 2000,
+    m_max: int = 1 << 16,
+    seed: int = 0,
+) -> float:
     """Largest M with [`early_phase_accuracy`][meanfield.studies.recall.early_phase_accuracy] >= ``threshold``: M doubles from 2 until the
     accuracy falls below it, then bisection in log M to 1 % (the accuracy falls with M), and a
     log-linear interpolation between the last two M. nan if already below at M = 2 or still
     above at ``m_max``."""
     require(0 < threshold < 1, f"threshold must be in (0, 1), got {threshold}")
-    acc = lambda mm: early_phase_accuracy(mm, d, length, n_train, n_noise=n_noise, samples=samples, seed=seed)  # noqa: E731
+    acc = lambda mm: early_phase_accuracy(
+        mm, d, length, n_train, n_noise=n_noise, samples=samples, seed=seed
+    )  # noqa: E731
     lo, a_lo = 2, acc(2)
     if a_lo < threshold:
         return float("nan")

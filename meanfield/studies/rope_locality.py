@@ -134,7 +134,9 @@ def _distances(key, n, length, dtype):
     """n pairs 0 <= Delta_1 < Delta_2 < L, uniform over the L (L - 1) / 2 pairs."""
     a = jax.random.randint(key, (n, 2), 0, length)
     ka = jax.random.fold_in(key, 1)
-    b = jax.random.randint(ka, (n,), 1, length)  # resample equal pairs deterministically: (a0 + b) mod L
+    b = jax.random.randint(
+        ka, (n,), 1, length
+    )  # resample equal pairs deterministically: (a0 + b) mod L
     a1 = jnp.where(a[:, 0] == a[:, 1], (a[:, 0] + b) % length, a[:, 1])
     lo, hi = jnp.minimum(a[:, 0], a1), jnp.maximum(a[:, 0], a1)
     return lo.astype(dtype), hi.astype(dtype)
@@ -146,8 +148,16 @@ def _check(length, n_samples, base):
     require(float(base) > 1, f"base must be > 1, got {base}")
 
 
-def locality_probability(key, length: int, dist: QKDistribution, base: Real[ArrayLike, ""] = 10000.0, n_samples: int = 100_000,
-                         *, batch: int = 65_536, dtype=jnp.float32) -> Estimate:
+def locality_probability(
+    key,
+    length: int,
+    dist: QKDistribution,
+    base: Real[ArrayLike, ""] = 10000.0,
+    n_samples: int = 100_000,
+    *,
+    batch: int = 65_536,
+    dtype=jnp.float32,
+) -> Estimate:
     """P(s(q, k, Delta_1) > s(q, k, Delta_2)) for Delta_1 < Delta_2 uniform in [0, L) (see module
     docstring), from ``n_samples`` (rounded up to whole batches) independent draws; compiled once
     per (distribution, batch, dtype): new lengths and bases do not recompile."""
@@ -155,8 +165,16 @@ def locality_probability(key, length: int, dist: QKDistribution, base: Real[Arra
     return _run(_locality_count, key, length, base, dist, n_samples, batch, dtype)
 
 
-def consistency_flip_probability(key, length: int, dist: QKDistribution, base: Real[ArrayLike, ""] = 10000.0,
-                                 n_samples: int = 100_000, *, batch: int = 65_536, dtype=jnp.float32) -> Estimate:
+def consistency_flip_probability(
+    key,
+    length: int,
+    dist: QKDistribution,
+    base: Real[ArrayLike, ""] = 10000.0,
+    n_samples: int = 100_000,
+    *,
+    batch: int = 65_536,
+    dtype=jnp.float32,
+) -> Estimate:
     """P(the ordering of s(q, k1, .) and s(q, k2, .) flips between two distances Delta, Delta'
     uniform in [0, L)) (see module docstring)."""
     _check(length, n_samples, base)
@@ -186,13 +204,23 @@ def _run(count, key, length, base, dist, n_samples, batch, dtype):
     batch = min(int(batch), int(n_samples))
     rounds = -(-int(n_samples) // batch)
     length, base = jnp.asarray(length), jnp.asarray(base, dtype)
-    hits = sum(int(count(k, length, base, dist, batch, dtype)) for k in jax.random.split(key, rounds))
+    hits = sum(
+        int(count(k, length, base, dist, batch, dtype)) for k in jax.random.split(key, rounds)
+    )
     return wilson(hits, rounds * batch)
 
 
 # ------------------------------------------------------------------- score-preserving moves
-def score_preserving_moves(q, k, delta: int, length: int, base: Real[ArrayLike, ""] = 10000.0, *, tol: float = 1e-3,
-                           min_shift: int = 1):
+def score_preserving_moves(
+    q,
+    k,
+    delta: int,
+    length: int,
+    base: Real[ArrayLike, ""] = 10000.0,
+    *,
+    tol: float = 1e-3,
+    min_shift: int = 1,
+):
     """Distances Delta' in [0, L) with |Delta' - Delta| >= ``min_shift`` whose score equals
     s(q, k, Delta) to ``tol`` (absolute): moving the key there leaves the score unchanged.
     Returns (distances (m,), their scores)."""
@@ -205,7 +233,9 @@ def score_preserving_moves(q, k, delta: int, length: int, base: Real[ArrayLike, 
     return idx, np.asarray(s)[idx]
 
 
-def token_swaps(q, k, delta: int, pool, length: int, base: Real[ArrayLike, ""] = 10000.0, *, tol: float = 1e-3):
+def token_swaps(
+    q, k, delta: int, pool, length: int, base: Real[ArrayLike, ""] = 10000.0, *, tol: float = 1e-3
+):
     """Pairs (m, Delta') such that the key pool[m] (another token) at distance Delta' scores
     s(q, k, Delta) to ``tol``: replacing the key by that token and moving it leaves the score
     unchanged. Returns (pool indices (r,), distances (r,))."""
@@ -218,8 +248,17 @@ def token_swaps(q, k, delta: int, pool, length: int, base: Real[ArrayLike, ""] =
     return m, dpos
 
 
-def unchanged_fraction(key, length: int, dist: QKDistribution, base: Real[ArrayLike, ""] = 10000.0, *, tol: float = 1e-2,
-                       min_shift: int | None = None, n_samples: int = 512, dtype=jnp.float32) -> Estimate:
+def unchanged_fraction(
+    key,
+    length: int,
+    dist: QKDistribution,
+    base: Real[ArrayLike, ""] = 10000.0,
+    *,
+    tol: float = 1e-2,
+    min_shift: int | None = None,
+    n_samples: int = 512,
+    dtype=jnp.float32,
+) -> Estimate:
     """Fraction of random (q, k, Delta) for which some distance at least ``min_shift`` (default
     L / 4) away gives the same score to ``tol`` x the score scale (the std of s over
     distances): a position the score cannot tell apart."""
@@ -242,8 +281,18 @@ def unchanged_fraction(key, length: int, dist: QKDistribution, base: Real[ArrayL
 
 
 # ------------------------------------------------------------------------ engine versions
-def engine_locality(attn, key, length: int, *, d: int, signal: float = 1.0, n_layers: int = 0, h: float = 1.0,
-                    n_sequences: int = 8, n_triples: int = 4096) -> tuple[Estimate, Estimate]:
+def engine_locality(
+    attn,
+    key,
+    length: int,
+    *,
+    d: int,
+    signal: float = 1.0,
+    n_layers: int = 0,
+    h: float = 1.0,
+    n_sequences: int = 8,
+    n_triples: int = 4096,
+) -> tuple[Estimate, Estimate]:
     """Locality and token consistency of the engine's own attention (any heads, Q, K; RoPE
     through ``attn.pe``), on ``n_sequences`` random sequences of ``length`` tokens
     x_i = normalise(signal u + g_i / sqrt(d)) after ``n_layers`` post-LN layers of the engine

@@ -9,9 +9,15 @@ from .._errors import require
 
 def _check_kinetic(beta=None, lam=None, M=None, n_max=None):
     if beta is not None:
-        require(np.all(np.isfinite(beta)) and np.all(np.asarray(beta) >= 0), f"beta must be finite and >= 0, got {beta}")
+        require(
+            np.all(np.isfinite(beta)) and np.all(np.asarray(beta) >= 0),
+            f"beta must be finite and >= 0, got {beta}",
+        )
     if lam is not None:
-        require(np.all(np.isfinite(lam)) and np.all(np.asarray(lam) >= 0), f"lam must be finite and >= 0, got {lam}")
+        require(
+            np.all(np.isfinite(lam)) and np.all(np.asarray(lam) >= 0),
+            f"lam must be finite and >= 0, got {lam}",
+        )
     if M is not None:
         require(np.isfinite(M) and M > 0, f"M (the omega bandwidth) must be > 0, got {M}")
     if n_max is not None:

@@ -97,7 +97,9 @@ def mask_walk_drift(alpha: float, lam: float = 0.0, window: float = float("inf")
     Decay and window masks move the influence back additively (linear in H); the plain causal
     mask moves it multiplicatively (``cesaro_mean_position``)."""
     if lam < 0 or alpha < 0 or not window >= 1:
-        raise ValueError(f"need lam >= 0, alpha >= 0, window >= 1; got lam={lam}, alpha={alpha}, window={window}")
+        raise ValueError(
+            f"need lam >= 0, alpha >= 0, window >= 1; got lam={lam}, alpha={alpha}, window={window}"
+        )
     if np.isinf(window):
         if lam == 0:
             return float("inf")

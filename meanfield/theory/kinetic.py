@@ -25,7 +25,7 @@ def kinetic_weights(M: float = 8.0, n_max: int = 20) -> np.ndarray:
     r"""$\omega_{n,M} = e^{-\pi^2 n^2 / (2 M^2)}$, $n = 1, \dots, n_{\max}$ ($M$: the bandwidth, not a cell count)."""
     _check_kinetic(M=M, n_max=n_max)
     n = np.arange(1, int(n_max) + 1)
-    return np.exp(-np.pi**2 * n**2 / (2.0 * M**2))
+    return np.exp(-(np.pi**2) * n**2 / (2.0 * M**2))
 
 
 def kinetic_psi(c, y):
@@ -96,8 +96,16 @@ def kinetic_tcrit(beta: float, lam: float = 1.0, M: float = 8.0, n_max: int = 20
     return float(-2.0 * np.expm1(-lam) * np.sum(w * a) / np.sum(w * a**2))
 
 
-def kinetic_propagator_profile(t: float, beta: float, lam: float, n_s: int, M: float = 8.0, n_max: int = 20, *,
-                               strict: bool = True) -> np.ndarray:
+def kinetic_propagator_profile(
+    t: float,
+    beta: float,
+    lam: float,
+    n_s: int,
+    M: float = 8.0,
+    n_max: int = 20,
+    *,
+    strict: bool = True,
+) -> np.ndarray:
     r"""The discrete counterpart of [`kinetic_profile`][meanfield.theory.kinetic.kinetic_profile] on $S$ cell centres $s_k = (k + 1/2)/S$:
     $S \sum_n \omega_n [\exp(t a_n \tilde C) - I]_{S-1, k}$, with $\tilde C$ the row-normalised (strict by default)
     causal ALiBi coupling of [`causal_coupling`][meanfield.theory.rates.causal_coupling] (the kinetic paper's model). Converges to
@@ -132,8 +140,9 @@ def right_slope_crossing(ts, slope_fn, *, xtol: float = 1e-10) -> float:
     return float("nan")
 
 
-def kinetic_propagator_tcrit(beta: float, lam: float, n_s: int, M: float = 8.0, n_max: int = 20, *,
-                             strict: bool = True) -> float:
+def kinetic_propagator_tcrit(
+    beta: float, lam: float, n_s: int, M: float = 8.0, n_max: int = 20, *, strict: bool = True
+) -> float:
     """t_crit of the discrete propagator at S rows: where the right-end slope of
     [`kinetic_propagator_profile`][meanfield.theory.kinetic.kinetic_propagator_profile], the difference of its last two off-diagonal entries
     (k = S-2 and S-3, the last entry being the target itself), turns negative."""

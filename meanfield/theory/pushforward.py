@@ -91,7 +91,22 @@ def _log_energy_and_grad(w_flat, m, d, u, p, c, rho, beta):
     return -(np.log(e_pair) + shift), -g_w.ravel()
 
 
-def _maximise(u, p, c, beta, rho, *, n_starts, hops, seed, gtol, dist_tol, energy_tol, hessian_tol, x0_extra=()):
+def _maximise(
+    u,
+    p,
+    c,
+    beta,
+    rho,
+    *,
+    n_starts,
+    hops,
+    seed,
+    gtol,
+    dist_tol,
+    energy_tol,
+    hessian_tol,
+    x0_extra=(),
+):
     from scipy.optimize import minimize
 
     ref = u if u is not None else p
@@ -114,7 +129,9 @@ def _maximise(u, p, c, beta, rho, *, n_starts, hops, seed, gtol, dist_tol, energ
     starts = [unit(np.asarray(x, float)) for x in x0_extra]
     n_dirac = max(1, n_starts // 3)
     for _ in range(n_dirac):  # all tokens at one point (a Dirac start), slightly spread
-        starts.append(unit(np.tile(unit(rng.normal(size=d)), (m, 1)) + 0.01 * rng.normal(size=(m, d))))
+        starts.append(
+            unit(np.tile(unit(rng.normal(size=d)), (m, 1)) + 0.01 * rng.normal(size=(m, d)))
+        )
     for _ in range(max(1, n_starts // 3)):  # two groups of consecutive nodes
         cut = rng.integers(1, m) if m > 1 else 1
         a, b = unit(rng.normal(size=(2, d)))
@@ -126,8 +143,13 @@ def _maximise(u, p, c, beta, rho, *, n_starts, hops, seed, gtol, dist_tol, energ
     found = []  # (energy, x)
 
     def solve(x):
-        res = minimize(fun, fixed_point(x).ravel(), jac=True, method="L-BFGS-B",
-                       options={"maxiter": 5000, "gtol": gtol, "ftol": 1e-13})
+        res = minimize(
+            fun,
+            fixed_point(x).ravel(),
+            jac=True,
+            method="L-BFGS-B",
+            options={"maxiter": 5000, "gtol": gtol, "ftol": 1e-13},
+        )
         xs = unit(res.x.reshape(m, d))
         found.append((float(np.exp(-res.fun) / beta), xs))
         return found[-1]
@@ -135,7 +157,7 @@ def _maximise(u, p, c, beta, rho, *, n_starts, hops, seed, gtol, dist_tol, energ
     for x in starts:
         solve(x)
     for it in range(hops):  # basin hopping: perturb a block of consecutive nodes of a top maximiser
-        top = sorted(found, key=lambda t: -t[0])[: 4]
+        top = sorted(found, key=lambda t: -t[0])[:4]
         x = top[it % len(top)][1].copy()
         a, length = rng.integers(0, m), rng.integers(1, max(2, m // 2))
         idx = (a + np.arange(length)) % m
@@ -160,9 +182,17 @@ def _maximise(u, p, c, beta, rho, *, n_starts, hops, seed, gtol, dist_tol, energ
     best = maxima[0]
     tie = len(energies) > 1 and abs(energies[0] - energies[1]) <= energy_tol * abs(energies[0])
     hmax = _tangent_hessian_max(fun, best)
-    return Maximiser(x=best, energy=energies[0], maxima=np.stack(maxima), energies=np.asarray(energies),
-                     counts=np.asarray(counts), n_starts=len(found), tie=bool(tie), hessian_max=hmax,
-                     strict=bool(hmax < -hessian_tol))
+    return Maximiser(
+        x=best,
+        energy=energies[0],
+        maxima=np.stack(maxima),
+        energies=np.asarray(energies),
+        counts=np.asarray(counts),
+        n_starts=len(found),
+        tie=bool(tie),
+        hessian_max=hmax,
+        strict=bool(hmax < -hessian_tol),
+    )
 
 
 def _tangent_hessian_max(fun, x, h=1e-5):
@@ -189,13 +219,26 @@ def _node_weights(m, weights):
     if weights is None:
         return np.full(m, 1.0 / m)
     w = np.asarray(weights, float)
-    require(w.shape == (m,) and np.all(np.isfinite(w)) and np.all(w > 0), f"weights must be {m} positive numbers")
+    require(
+        w.shape == (m,) and np.all(np.isfinite(w)) and np.all(w > 0),
+        f"weights must be {m} positive numbers",
+    )
     return w / w.sum()
 
 
-def additive_pe_pushforward(u, beta: float, weights=None, *, n_starts: int = 48, hops: int = 48, seed: int = 0,
-                            gtol: float = 1e-10, dist_tol: float = 1e-3, energy_tol: float = 1e-9,
-                            hessian_tol: float = 1e-8) -> Maximiser:
+def additive_pe_pushforward(
+    u,
+    beta: float,
+    weights=None,
+    *,
+    n_starts: int = 48,
+    hops: int = 48,
+    seed: int = 0,
+    gtol: float = 1e-10,
+    dist_tol: float = 1e-3,
+    energy_tol: float = 1e-9,
+    hessian_tol: float = 1e-8,
+) -> Maximiser:
     r"""Energy maximiser x*(z_k) of the additive-PE USA energy (see module docstring), by a
     reproducible global search: ``n_starts`` starts (Dirac starts at random points, two groups of
     consecutive nodes, random configurations), each a damped fixed point then L-BFGS on log E, then
@@ -220,13 +263,37 @@ def additive_pe_pushforward(u, beta: float, weights=None, *, n_starts: int = 48,
     rho = _node_weights(u.shape[0], weights)
     mean_dir = u.sum(0)
     extra = [np.tile(mean_dir, (u.shape[0], 1))] if np.linalg.norm(mean_dir) > 0 else []
-    return _maximise(u, None, None, float(beta), rho, n_starts=n_starts, hops=hops, seed=seed, gtol=gtol,
-                     dist_tol=dist_tol, energy_tol=energy_tol, hessian_tol=hessian_tol, x0_extra=extra)
+    return _maximise(
+        u,
+        None,
+        None,
+        float(beta),
+        rho,
+        n_starts=n_starts,
+        hops=hops,
+        seed=seed,
+        gtol=gtol,
+        dist_tol=dist_tol,
+        energy_tol=energy_tol,
+        hessian_tol=hessian_tol,
+        x0_extra=extra,
+    )
 
 
-def prompt_pushforward(p, beta: float, weight=1.0, weights=None, *, n_starts: int = 48, hops: int = 48,
-                       seed: int = 0, gtol: float = 1e-10, dist_tol: float = 1e-3, energy_tol: float = 1e-9,
-                       hessian_tol: float = 1e-8) -> Maximiser:
+def prompt_pushforward(
+    p,
+    beta: float,
+    weight=1.0,
+    weights=None,
+    *,
+    n_starts: int = 48,
+    hops: int = 48,
+    seed: int = 0,
+    gtol: float = 1e-10,
+    dist_tol: float = 1e-3,
+    energy_tol: float = 1e-9,
+    hessian_tol: float = 1e-8,
+) -> Maximiser:
     r"""Energy maximiser x*(s_k) with parallel prompts ([`meanfield.ParallelPrompt`][meanfield.kernel.tokens.ParallelPrompt]):
 
         E(x) = (1 / 2 beta) sum_kl rho_k rho_l e^{beta ⟨x_k, x_l⟩} + (1 / beta) sum_k rho_k weight_k e^{beta ⟨x_k, p_k⟩}
@@ -241,17 +308,37 @@ def prompt_pushforward(p, beta: float, weight=1.0, weights=None, *, n_starts: in
         [`Maximiser`][meanfield.theory.pushforward.Maximiser] (unpacks as ``x_star, energy``).
     """
     p = np.asarray(p, dtype=float)
-    require(p.ndim == 2 and p.shape[0] >= 1 and p.shape[1] >= 2, f"p must have shape (M, d), d >= 2, got {p.shape}")
-    require(np.all(np.isfinite(p)) and np.allclose(np.linalg.norm(p, axis=1), 1.0, atol=1e-6),
-            "p must lie on the unit sphere (finite, |p_k| = 1)")
+    require(
+        p.ndim == 2 and p.shape[0] >= 1 and p.shape[1] >= 2,
+        f"p must have shape (M, d), d >= 2, got {p.shape}",
+    )
+    require(
+        np.all(np.isfinite(p)) and np.allclose(np.linalg.norm(p, axis=1), 1.0, atol=1e-6),
+        "p must lie on the unit sphere (finite, |p_k| = 1)",
+    )
     require(np.isfinite(beta) and beta > 0, f"beta must be finite and > 0, got {beta}")
     m = p.shape[0]
     c = np.broadcast_to(np.asarray(weight, float), (m,)).copy() if np.ndim(weight) <= 1 else None
-    require(c is not None and c.shape == (m,) and np.all(np.isfinite(c)) and np.all(c >= 0),
-            f"weight must be finite and >= 0, a scalar or ({m},), got {weight}")
+    require(
+        c is not None and c.shape == (m,) and np.all(np.isfinite(c)) and np.all(c >= 0),
+        f"weight must be finite and >= 0, a scalar or ({m},), got {weight}",
+    )
     rho = _node_weights(m, weights)
-    return _maximise(None, p, c, float(beta), rho, n_starts=n_starts, hops=hops, seed=seed, gtol=gtol,
-                     dist_tol=dist_tol, energy_tol=energy_tol, hessian_tol=hessian_tol, x0_extra=[p])
+    return _maximise(
+        None,
+        p,
+        c,
+        float(beta),
+        rho,
+        n_starts=n_starts,
+        hops=hops,
+        seed=seed,
+        gtol=gtol,
+        dist_tol=dist_tol,
+        energy_tol=energy_tol,
+        hessian_tol=hessian_tol,
+        x0_extra=[p],
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -297,13 +384,25 @@ def inverse_prompt(target, beta: float, weight=1.0, mass=None) -> InverseDesign:
     from scipy.optimize import brentq
 
     x = np.asarray(target, dtype=float)
-    require(x.ndim == 2 and x.shape[0] >= 1 and x.shape[1] >= 2, f"target must have shape (N, d), d >= 2, got {x.shape}")
-    require(np.all(np.isfinite(x)) and np.allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-8),
-            "target must lie on the unit sphere (finite, |x_i| = 1)")
+    require(
+        x.ndim == 2 and x.shape[0] >= 1 and x.shape[1] >= 2,
+        f"target must have shape (N, d), d >= 2, got {x.shape}",
+    )
+    require(
+        np.all(np.isfinite(x)) and np.allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-8),
+        "target must lie on the unit sphere (finite, |x_i| = 1)",
+    )
     require(np.isfinite(beta) and beta > 0, f"beta must be finite and > 0, got {beta}")
     n, d = x.shape
-    w = np.broadcast_to(np.asarray(weight, float), (n,)).copy() if np.ndim(weight) <= 1 and np.size(weight) in (1, n) else None
-    require(w is not None and np.all(np.isfinite(w)) and np.all(w >= 0), f"weight must be finite and >= 0, a scalar or ({n},)")
+    w = (
+        np.broadcast_to(np.asarray(weight, float), (n,)).copy()
+        if np.ndim(weight) <= 1 and np.size(weight) in (1, n)
+        else None
+    )
+    require(
+        w is not None and np.all(np.isfinite(w)) and np.all(w >= 0),
+        f"weight must be finite and >= 0, a scalar or ({n},)",
+    )
     m = _node_weights(n, mass)
     pull = (m[None, :] * np.exp(beta * (x @ x.T))) @ x
     g = pull - np.sum(pull * x, axis=1, keepdims=True) * x
@@ -314,15 +413,28 @@ def inverse_prompt(target, beta: float, weight=1.0, mass=None) -> InverseDesign:
     fmax = f(d_star)
     need = tau / fmax
     min_weight = float(need.max())
-    require(np.all(w >= need * (1 - 1e-12)),
-            f"weight too small to hold the target: need weight >= {min_weight:.6g} (max_i tau_i / max_delta "
-            f"e^(beta cos delta) sin delta), got {float(w.min()):.6g}")
-    delta = np.array([0.0 if ti == 0 else (d_star if ti >= wi * fmax else brentq(lambda dl: wi * f(dl) - ti, 0.0, d_star,
-                                                                                   xtol=1e-15))
-                      for ti, wi in zip(tau, w)])
+    require(
+        np.all(w >= need * (1 - 1e-12)),
+        f"weight too small to hold the target: need weight >= {min_weight:.6g} (max_i tau_i / max_delta "
+        f"e^(beta cos delta) sin delta), got {float(w.min()):.6g}",
+    )
+    delta = np.array(
+        [
+            0.0
+            if ti == 0
+            else (
+                d_star
+                if ti >= wi * fmax
+                else brentq(lambda dl: wi * f(dl) - ti, 0.0, d_star, xtol=1e-15)
+            )
+            for ti, wi in zip(tau, w)
+        ]
+    )
     t = np.where(tau[:, None] > 0, g / np.where(tau[:, None] > 0, tau[:, None], 1.0), 0.0)
     p = np.cos(delta)[:, None] * x - np.sin(delta)[:, None] * t
     p = p / np.linalg.norm(p, axis=1, keepdims=True)
     fun = lambda wf: _log_energy_and_grad(wf, n, d, None, p, w, m, float(beta))  # noqa: E731
     hmax = _tangent_hessian_max(fun, x)
-    return InverseDesign(p=p, delta=delta, tau=tau, min_weight=min_weight, hessian_max=hmax, stable=bool(hmax < 0))
+    return InverseDesign(
+        p=p, delta=delta, tau=tau, min_weight=min_weight, hessian_max=hmax, stable=bool(hmax < 0)
+    )

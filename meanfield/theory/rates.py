@@ -58,8 +58,14 @@ def sphere_kinetic_rate(ell: int, beta: float) -> float:
     return sphere_growth_rate(ell, beta, a=beta, form="USA")
 
 
-def causal_coupling(n_s: int, lam: float, self_weight: float = 0.5, *, strict: bool = False,
-                    normalized: bool = False) -> np.ndarray:
+def causal_coupling(
+    n_s: int,
+    lam: float,
+    self_weight: float = 0.5,
+    *,
+    strict: bool = False,
+    normalized: bool = False,
+) -> np.ndarray:
     r"""Dense (S, S) causal ALiBi coupling $c_{kj} = w e^{-\lambda (s_k - s_j)}$ ($j < k$), ``self_weight`` $\cdot\, w$
     ($j = k$; 0 when ``strict``), 0 ($j > k$), on the cell centres $s_k = (k + 1/2)/S$ with $w = 1/S$:
     the quadrature of $\int_0^s e^{-\lambda (s - s')} f(s')\, ds'$ that ``meanfield.pde.KineticMeanField``
@@ -75,9 +81,19 @@ def causal_coupling(n_s: int, lam: float, self_weight: float = 0.5, *, strict: b
     return c
 
 
-def causal_mode_propagator(t: float, n: int, beta: float, lam: float, n_s: int, *, form: str = "SA",
-                           value: float = 1.0, normalized: bool | None = None, strict: bool = False,
-                           self_weight: float = 0.5) -> np.ndarray:
+def causal_mode_propagator(
+    t: float,
+    n: int,
+    beta: float,
+    lam: float,
+    n_s: int,
+    *,
+    form: str = "SA",
+    value: float = 1.0,
+    normalized: bool | None = None,
+    strict: bool = False,
+    self_weight: float = 0.5,
+) -> np.ndarray:
     r"""exp(t lambda_n C~): the linear evolution of the Fourier mode n of a small perturbation of
     the uniform state of the causal kinetic equation, f_n(t, .) = P f_n(0, .).
 
@@ -100,7 +116,10 @@ def causal_mode_propagator(t: float, n: int, beta: float, lam: float, n_s: int, 
 
     _check_kinetic(beta=beta, lam=lam)
     check_form(form)
-    require(not (form == "SA" and normalized is False), "normalized=False is not available for SA (the softmax normalises the positions)")
+    require(
+        not (form == "SA" and normalized is False),
+        "normalized=False is not available for SA (the softmax normalises the positions)",
+    )
     norm = True if form == "SA" else bool(normalized)
     c = causal_coupling(n_s, lam, self_weight, strict=strict, normalized=norm)
     return expm(t * circle_growth_rate(n, beta, a=value, form=form) * c)

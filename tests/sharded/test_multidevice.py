@@ -17,7 +17,10 @@ from meanfield.pde import CausalCoupling, KineticMeanField
 from meanfield.run import Paused, execute, get_preset, parse_grid
 
 if jax.device_count() < 8:
-    pytest.skip("needs 8 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8)", allow_module_level=True)
+    pytest.skip(
+        "needs 8 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8)",
+        allow_module_level=True,
+    )
 
 F32 = jnp.float32
 
@@ -29,18 +32,39 @@ def _kernels(n, d):
         "full": mf.Attention(F32(2.0)),
         "causal": mf.Attention(F32(2.0), mask=mf.Causal()),
         "alibi": mf.Attention(F32(2.0), mask=mf.Causal() & mf.ALiBi(F32(0.2))),
-        "multihead": mf.Attention(jnp.array([1.0, 2.0, 4.0], F32), Q=q, K=q[::-1],
-                                  mask=mf.Causal() & mf.ALiBi(jnp.array([0.05, 0.1, 0.2], F32))),
-        "chunked-causal": mf.Attention(F32(2.0), mask=mf.Causal(), backend=mf.kernel.Chunked(block=16)),
-        "window-rope-usa": mf.Attention(F32(1.0), form="USA", mask=mf.Causal() & mf.Window(9), pe=mf.RoPE(100.0)),
-        "paper-usa": mf.Attention(F32(2.0), V=2.0 * jnp.eye(d, dtype=F32), form="USA",  # the kinetic paper's rows
-                                  mask=mf.PositionNormalized(mf.Causal(strict=True) & mf.ALiBi(F32(1.0 / n)))),
+        "multihead": mf.Attention(
+            jnp.array([1.0, 2.0, 4.0], F32),
+            Q=q,
+            K=q[::-1],
+            mask=mf.Causal() & mf.ALiBi(jnp.array([0.05, 0.1, 0.2], F32)),
+        ),
+        "chunked-causal": mf.Attention(
+            F32(2.0), mask=mf.Causal(), backend=mf.kernel.Chunked(block=16)
+        ),
+        "window-rope-usa": mf.Attention(
+            F32(1.0), form="USA", mask=mf.Causal() & mf.Window(9), pe=mf.RoPE(100.0)
+        ),
+        "paper-usa": mf.Attention(
+            F32(2.0),
+            V=2.0 * jnp.eye(d, dtype=F32),
+            form="USA",  # the kinetic paper's rows
+            mask=mf.PositionNormalized(mf.Causal(strict=True) & mf.ALiBi(F32(1.0 / n))),
+        ),
     }
 
 
-@pytest.mark.parametrize("name,n", [("full", 101), ("causal", 96), ("alibi", 101), ("multihead", 101),
-                                    ("chunked-causal", 101), ("window-rope-usa", 96),
-                                    ("paper-usa", 101)])  # 101: padding tokens
+@pytest.mark.parametrize(
+    "name,n",
+    [
+        ("full", 101),
+        ("causal", 96),
+        ("alibi", 101),
+        ("multihead", 101),
+        ("chunked-causal", 101),
+        ("window-rope-usa", 96),
+        ("paper-usa", 101),
+    ],
+)  # 101: padding tokens
 def test_sharded_field_and_solve_equal_single_device_f32(name, n):
     d = 8
     attn = _kernels(n, d)[name]
@@ -79,8 +103,14 @@ def test_mesh_specs_on_eight_devices():
     assert shape(sharding.make_mesh("tokens")) == (1, 8)
     assert shape(sharding.make_mesh("data=2,tokens=4")) == (2, 4)
     assert shape(sharding.make_mesh("auto", batch=16, n_tokens=64)) == (8, 1)  # sweeps: data
-    assert shape(sharding.make_mesh("auto", batch=1, n_tokens=10**6)) == (1, 8)  # one big run: tokens
-    assert shape(sharding.make_mesh("auto", batch=2, n_tokens=64)) == (2, 1)  # small runs: no token split
+    assert shape(sharding.make_mesh("auto", batch=1, n_tokens=10**6)) == (
+        1,
+        8,
+    )  # one big run: tokens
+    assert shape(sharding.make_mesh("auto", batch=2, n_tokens=64)) == (
+        2,
+        1,
+    )  # small runs: no token split
     assert shape(sharding.make_mesh("data,tokens", batch=6)) == (2, 4)
     with pytest.raises(ValueError, match="needs data x tokens = 16 devices"):
         sharding.make_mesh("data=4,tokens=4")
@@ -91,9 +121,14 @@ def test_parallel_prompt_sharded_equals_single_device():
     device uses its own rows' prompts."""
     n, d = 101, 4
     x = mf.sphere_uniform(jax.random.key(3), n, d, F32)
-    p = mf.ParallelPrompt(mf.sphere_uniform(jax.random.key(4), n, d, F32), jnp.linspace(0.1, 1.0, n, dtype=F32))
+    p = mf.ParallelPrompt(
+        mf.sphere_uniform(jax.random.key(4), n, d, F32), jnp.linspace(0.1, 1.0, n, dtype=F32)
+    )
     shared = mf.Prompt(mf.sphere_uniform(jax.random.key(5), 3, d, F32))
-    for attn in (mf.Attention(F32(2.0), mask=mf.Causal()), mf.Attention(F32(1.0), form="USA", backend=mf.kernel.Chunked(block=16))):
+    for attn in (
+        mf.Attention(F32(2.0), mask=mf.Causal()),
+        mf.Attention(F32(1.0), form="USA", backend=mf.kernel.Chunked(block=16)),
+    ):
         ref = attn(x, prompt=(shared, p))
         with jax.set_mesh(sharding.make_mesh("tokens")):
             v = jax.jit(lambda y: attn(y, prompt=(shared, p)))(x)
@@ -102,8 +137,10 @@ def test_parallel_prompt_sharded_equals_single_device():
 
 def test_kinetic_solver_sharded_over_rows_equals_single_device():
     for n_s in (64, 60):  # 60: padded rows
-        for pde in (KineticMeanField(n_s, 32, beta=2.0, coupling=CausalCoupling(1.5)),
-                    KineticMeanField.paper_model(n_s, 32, beta=2.0, lam=1.5)):  # normalised strict rows
+        for pde in (
+            KineticMeanField(n_s, 32, beta=2.0, coupling=CausalCoupling(1.5)),
+            KineticMeanField.paper_model(n_s, 32, beta=2.0, lam=1.5),
+        ):  # normalised strict rows
             f0 = pde.von_mises(1.0, 3.0 * pde.s)
             ts = jnp.linspace(0, 1, 5)
             ref = pde.solve(f0, ts).f
@@ -125,7 +162,9 @@ def test_sweep_over_the_data_axis_gives_the_same_dataset(tmp_path, betas):
     back = xr.load_dataset(tmp_path / "eight" / "result.nc")
     assert set(ref.data_vars) == set(back.data_vars)
     for name in ref.data_vars:
-        np.testing.assert_allclose(back[name].values, ref[name].values, rtol=0, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(
+            back[name].values, ref[name].values, rtol=0, atol=1e-12, err_msg=name
+        )
     assert out.sizes == ref.sizes
 
 
@@ -139,14 +178,43 @@ def test_checkpoint_saved_on_eight_devices_resumes_on_one(tmp_path):
         execute(preset, cfg, grid, out, progress=False, mesh="data", max_chunks=2)
     assert (out / "checkpoint.npz").exists() and not (out / "result.nc").exists()
     # a fresh process with one device (no XLA flag) finishes it through the command line
-    args = ["sweep", "clustering", "--out", str(out), "--resume", "--no-progress", "--mesh", "none",
-            "--grid", "beta=0.5,1,2,4", "--grid", "seed=0,1", *sum((["--set", s] for s in SWEEP), [])]
-    env = {k: v for k, v in __import__("os").environ.items() if k not in ("XLA_FLAGS", "MEANFIELD_SHARDED_TESTS")}
-    proc = subprocess.run([sys.executable, "-c", "import jax, sys; from meanfield.run.cli import main; "
-                           "assert jax.device_count() == 1; sys.exit(main(sys.argv[1:]))", *args],
-                          env=env, capture_output=True, text=True, timeout=300)
+    args = [
+        "sweep",
+        "clustering",
+        "--out",
+        str(out),
+        "--resume",
+        "--no-progress",
+        "--mesh",
+        "none",
+        "--grid",
+        "beta=0.5,1,2,4",
+        "--grid",
+        "seed=0,1",
+        *sum((["--set", s] for s in SWEEP), []),
+    ]
+    env = {
+        k: v
+        for k, v in __import__("os").environ.items()
+        if k not in ("XLA_FLAGS", "MEANFIELD_SHARDED_TESTS")
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import jax, sys; from meanfield.run.cli import main; "
+            "assert jax.device_count() == 1; sys.exit(main(sys.argv[1:]))",
+            *args,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     back = xr.load_dataset(out / "result.nc")
     for name in ref.data_vars:
-        np.testing.assert_allclose(back[name].values, ref[name].values, rtol=0, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(
+            back[name].values, ref[name].values, rtol=0, atol=1e-12, err_msg=name
+        )
     assert not (out / "checkpoint.npz").exists()

@@ -41,8 +41,11 @@ def block_rows(tree, nb, b, fill="edge"):
 
 def block_own(own: Own, nb, b) -> Own:
     """The own-prompt arrays split into row blocks like the queries (padding rows get mass 0)."""
-    return Own(k=blocks(pad_axis(own.k, nb * b, 1, 0.0), nb, 1), v=blocks(pad_axis(own.v, nb * b, 1, 0.0), nb, 1),
-               logm=blocks(pad_axis(own.logm, nb * b, 0, -jnp.inf), nb, 0))
+    return Own(
+        k=blocks(pad_axis(own.k, nb * b, 1, 0.0), nb, 1),
+        v=blocks(pad_axis(own.v, nb * b, 1, 0.0), nb, 1),
+        logm=blocks(pad_axis(own.logm, nb * b, 0, -jnp.inf), nb, 0),
+    )
 
 
 def active_tile_range(active):
@@ -62,19 +65,26 @@ def lowered_mask(problem: Problem, backend: str) -> Lowered:
     if lowered is None:
         raise ValueError(
             f"the {backend} backend does not support the mask {type(problem.mask).__name__}; use backend=Chunked() "
-            "(supported: Full, Causal, Window, ALiBi, their & compositions and PositionNormalized of those)")
+            "(supported: Full, Causal, Window, ALiBi, their & compositions and PositionNormalized of those)"
+        )
     return lowered
 
 
 def check_supported(problem: Problem, backend: str) -> Lowered:
     """Trace-time refusal of what the fused and splash kernels do not do, naming the fallback; the
     lowered mask otherwise."""
-    require(problem.raw is not None,
-            f"the {backend} backend does not support positional encodings (RoPE, AdditivePE); use backend=Chunked()")
-    require(problem.n_prompt == 0 and problem.own is None,
-            f"the {backend} backend does not support prompts; use backend=Chunked()")
-    require(problem.q.dtype == jnp.float32,
-            f"the {backend} backend computes in float32, got {problem.q.dtype}; use backend=Chunked() or Dense() for float64")
+    require(
+        problem.raw is not None,
+        f"the {backend} backend does not support positional encodings (RoPE, AdditivePE); use backend=Chunked()",
+    )
+    require(
+        problem.n_prompt == 0 and problem.own is None,
+        f"the {backend} backend does not support prompts; use backend=Chunked()",
+    )
+    require(
+        problem.q.dtype == jnp.float32,
+        f"the {backend} backend computes in float32, got {problem.q.dtype}; use backend=Chunked() or Dense() for float64",
+    )
     return lowered_mask(problem, backend)
 
 
@@ -100,4 +110,6 @@ def centred_positions(qpos, kpos):
     if jnp.issubdtype(qpos.dtype, jnp.integer) and jnp.issubdtype(kpos.dtype, jnp.integer):
         return (qpos - ref).astype(jnp.int32), (kpos - ref).astype(jnp.int32)
     dt = jnp.result_type(qpos.dtype, kpos.dtype, jnp.float32)
-    return (qpos.astype(dt) - ref.astype(dt)).astype(jnp.float32), (kpos.astype(dt) - ref.astype(dt)).astype(jnp.float32)
+    return (qpos.astype(dt) - ref.astype(dt)).astype(jnp.float32), (
+        kpos.astype(dt) - ref.astype(dt)
+    ).astype(jnp.float32)

@@ -34,13 +34,18 @@ class Chunked(AbstractBackend):
 
     def __check_init__(self):
         require(int(self.block) > 0, f"block must be a positive integer, got {self.block}")
-        require(int(self.query_batch) > 0, f"query_batch must be a positive integer, got {self.query_batch}")
+        require(
+            int(self.query_batch) > 0,
+            f"query_batch must be a positive integer, got {self.query_batch}",
+        )
 
     def field(self, problem):
         if int(self.query_batch) == 1:
             return chunked_field(problem, int(self.block), 1)
         # its loops have data-dependent lengths, which reverse mode cannot differentiate
-        forward = functools.partial(chunked_field, block=int(self.block), query_batch=int(self.query_batch))
+        forward = functools.partial(
+            chunked_field, block=int(self.block), query_batch=int(self.query_batch)
+        )
         return with_reference_derivative(problem, forward=forward, reference=reference_field)
 
     def memory_bytes(self, n, n_keys, d, heads, itemsize):
@@ -86,7 +91,9 @@ def chunked_field(p: Problem, block: int, query_batch: int) -> Array:
         scale = jnp.exp(mx - m_safe)
         l = l * scale + w.sum(axis=-1)
         acc = acc * scale[..., None] + w @ vj
-        if nrm.positional:  # online positional normaliser sum_j m_j e^{b_ij}, scaled by its running max
+        if (
+            nrm.positional
+        ):  # online positional normaliser sum_j m_j e^{b_ij}, scaled by its running max
             b = jnp.broadcast_to(p.position_logw(qs, ks, fr, lm), (h, bq, bk))
             pm_new = jnp.maximum(pmx, b.max(axis=-1))
             pm_safe = finite(pm_new)
@@ -101,10 +108,20 @@ def chunked_field(p: Problem, block: int, query_batch: int) -> Array:
             so = jnp.broadcast_to(p.own_scores(qi, own), (h, bq))
             w0 = jnp.exp(so - finite(so))
             pl0 = jnp.broadcast_to(jnp.exp(own.logm - finite(own.logm)), (h, bq))
-            return (so, w0, w0[..., None] * jnp.broadcast_to(own.v, (h, bq, d_out)),
-                    jnp.broadcast_to(own.logm, (h, bq)), pl0)
-        return (jnp.full((h, bq), -jnp.inf, dt), jnp.zeros((h, bq), dt), jnp.zeros((h, bq, d_out), dt),
-                jnp.full((h, bq), -jnp.inf, dt), jnp.zeros((h, bq), dt))
+            return (
+                so,
+                w0,
+                w0[..., None] * jnp.broadcast_to(own.v, (h, bq, d_out)),
+                jnp.broadcast_to(own.logm, (h, bq)),
+                pl0,
+            )
+        return (
+            jnp.full((h, bq), -jnp.inf, dt),
+            jnp.zeros((h, bq), dt),
+            jnp.zeros((h, bq, d_out), dt),
+            jnp.full((h, bq), -jnp.inf, dt),
+            jnp.zeros((h, bq), dt),
+        )
 
     def finish(carry):
         mx, l, acc, pmx, pl = carry
@@ -117,7 +134,9 @@ def chunked_field(p: Problem, block: int, query_batch: int) -> Array:
         def body(carry, kb):
             tile, (live, has_free, lo, hi) = kb
             active = (p.mask.block_active(q_lo, q_hi, lo, hi) | has_free) & live
-            return jax.lax.cond(active, lambda c, t: update(c, t, qi, qs), lambda c, _: c, carry, tile), None
+            return jax.lax.cond(
+                active, lambda c, t: update(c, t, qi, qs), lambda c, _: c, carry, tile
+            ), None
 
         tiles = ((k, v, kslots, logm, free), (k_live, k_free, k_lo, k_hi))
         carry, _ = jax.lax.scan(body, init_state(qi, own), tiles)
@@ -126,21 +145,40 @@ def chunked_field(p: Problem, block: int, query_batch: int) -> Array:
     def every_tile(qb):  # no tile can be skipped: a plain scan (under batching a cond is a select)
         qi, qs, own = qb
         tiles = (k, v, kslots, logm, free)
-        carry, _ = jax.lax.scan(lambda c, t: (raw_update(c, t, qi, qs), None), init_state(qi, own), tiles)
+        carry, _ = jax.lax.scan(
+            lambda c, t: (raw_update(c, t, qi, qs), None), init_state(qi, own), tiles
+        )
         return finish(carry)
 
     own = None if p.own is None else block_own(p.own, nq, bq)
     if query_batch == 1:
         out = jax.lax.map(one_query_block, (q, qslots, own))  # (nq, h, bq, d)
     else:
-        mask_active = p.mask.block_active(qslots.pos.min(axis=1)[:, None], qslots.pos.max(axis=1)[:, None],
-                                          k_lo[None, :], k_hi[None, :])
-        if is_concrete(mask_active) and bool(jnp.all(mask_active)):  # e.g. Full, ALiBi: known at trace time
+        mask_active = p.mask.block_active(
+            qslots.pos.min(axis=1)[:, None],
+            qslots.pos.max(axis=1)[:, None],
+            k_lo[None, :],
+            k_hi[None, :],
+        )
+        if is_concrete(mask_active) and bool(
+            jnp.all(mask_active)
+        ):  # e.g. Full, ALiBi: known at trace time
             out = jax.lax.map(every_tile, (q, qslots, own), batch_size=min(query_batch, nq))
         else:
-            active = jnp.broadcast_to((mask_active | k_free[None, :]) & k_live[None, :], (nq, k_lo.shape[0]))
-            out = _paired_blocks(q, qslots, own, (k, v, kslots, logm, free), active, init_state, update, finish,
-                                 min(query_batch, -(-nq // 2)))
+            active = jnp.broadcast_to(
+                (mask_active | k_free[None, :]) & k_live[None, :], (nq, k_lo.shape[0])
+            )
+            out = _paired_blocks(
+                q,
+                qslots,
+                own,
+                (k, v, kslots, logm, free),
+                active,
+                init_state,
+                update,
+                finish,
+                min(query_batch, -(-nq // 2)),
+            )
     out = jnp.moveaxis(out, 0, 1).reshape(h, nq * bq, d_out)
     return out[:, :n]
 

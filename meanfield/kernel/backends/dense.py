@@ -16,7 +16,9 @@ from ._lowering import block_own, block_rows, blocks
 from .base import AbstractBackend, projection_bytes
 
 SLAB_BYTES = 2**24  # the dense backend's default cap on one (heads x rows x keys) score slab
-MASS_COLUMN_MAX_D = 8  # up to this value dimension the row sum rides in the value GEMM (see dense_field)
+MASS_COLUMN_MAX_D = (
+    8  # up to this value dimension the row sum rides in the value GEMM (see dense_field)
+)
 
 
 class Dense(AbstractBackend):
@@ -27,15 +29,20 @@ class Dense(AbstractBackend):
     row_block: int | None = eqx.field(default=None, static=True)
 
     def __check_init__(self):
-        require(self.row_block is None or int(self.row_block) > 0,
-                f"row_block must be a positive integer or None, got {self.row_block}")
+        require(
+            self.row_block is None or int(self.row_block) > 0,
+            f"row_block must be a positive integer or None, got {self.row_block}",
+        )
 
     def field(self, problem):
         return dense_field(problem, self.row_block)
 
     def memory_bytes(self, n, n_keys, d, heads, itemsize):
         rb = self.row_block or default_row_block(heads, n_keys, itemsize)
-        return projection_bytes(n, n_keys, d, heads, itemsize) + 3 * heads * min(rb, n) * n_keys * itemsize
+        return (
+            projection_bytes(n, n_keys, d, heads, itemsize)
+            + 3 * heads * min(rb, n) * n_keys * itemsize
+        )
 
 
 def default_row_block(heads: int, n_keys: int, itemsize: int = 4) -> int:
@@ -76,11 +83,15 @@ def dense_field(p: Problem, row_block: int | None) -> Array:
     mv = p.mass[:, None] * p.v  # the masses enter the value GEMM and the row-sum GEMV
     mv1 = None
     if d_out <= MASS_COLUMN_MAX_D:  # [m_j v_j, m_j]: one GEMM gives the numerator and the row sum
-        mv1 = jnp.concatenate([mv, jnp.broadcast_to(p.mass[:, None], mv.shape[:-1] + (1,))], axis=-1)
+        mv1 = jnp.concatenate(
+            [mv, jnp.broadcast_to(p.mass[:, None], mv.shape[:-1] + (1,))], axis=-1
+        )
 
     def rows(q, qs, own):
         s = p.scores(q, qs)
-        so = None if own is None else p.own_scores(q, own)[..., None]  # (h, rows, 1), log w_i included
+        so = (
+            None if own is None else p.own_scores(q, own)[..., None]
+        )  # (h, rows, 1), log w_i included
         if nrm.positional:
             # sum_j m_j e^{s_ij} v_j / sum_j m_j e^{b_ij}, both shifted by max_j (b_ij + log m_j)
             b = p.position_logw(qs)
@@ -101,7 +112,9 @@ def dense_field(p: Problem, row_block: int | None) -> Array:
         smax = jnp.max(s, axis=-1, keepdims=True)
         if own is not None:
             smax = jnp.maximum(smax, so)
-        if p.mask.may_forbid:  # a row may see no key (max = -inf); without it XLA:CPU keeps one fused kernel
+        if (
+            p.mask.may_forbid
+        ):  # a row may see no key (max = -inf); without it XLA:CPU keeps one fused kernel
             smax = finite(smax)
         e = jnp.exp(s - smax)
         if mv1 is not None:  # small d: numerator and row sum from one GEMM

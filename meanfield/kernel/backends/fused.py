@@ -57,14 +57,21 @@ from ..._errors import require
 from ..._types import Array
 from ..masks import Lowered
 from ..problem import Normaliser, Problem
-from ._lowering import (active_tile_range, centred_positions, check_supported, split3_bf16, split_bf16,
-                        with_reference_derivative)
+from ._lowering import (
+    active_tile_range,
+    centred_positions,
+    check_supported,
+    split3_bf16,
+    split_bf16,
+    with_reference_derivative,
+)
 from .base import AbstractBackend, projection_bytes
 from .chunked import reference_field
 
 LOG2E = 1.4426950408889634
 """log2(e): the kernel works in base 2 (scores, log-masses and slopes scaled by it, exp2)."""
 PRECISIONS = ("highest", "tf32", "bf16")
+
 
 class Fused(AbstractBackend):
     """A fused Pallas kernel (flash-style key tiles with the online normaliser, masks, masses,
@@ -88,7 +95,9 @@ class Fused(AbstractBackend):
         """The per-head field through the kernel; derivatives (jvp, and vjp through it) are those
         of the ``Chunked()`` path, which computes the same field (the kernel has no derivative rule)."""
         check_supported(problem, "Fused")  # refuse before tracing
-        return with_reference_derivative(problem, forward=functools.partial(_forward, self), reference=reference_field)
+        return with_reference_derivative(
+            problem, forward=functools.partial(_forward, self), reference=reference_field
+        )
 
     def memory_bytes(self, n, n_keys, d, heads, itemsize):
         return projection_bytes(n, n_keys, d, heads, itemsize)  # the tiles live on chip
@@ -97,7 +106,6 @@ class Fused(AbstractBackend):
 def default_interpret() -> bool:
     """Interpret mode unless the default JAX backend is a GPU."""
     return jax.default_backend() != "gpu"
-
 
 
 def _pow2(n: int, lo: int = 16) -> int:
@@ -131,8 +139,22 @@ def _operand(x, mode):
     return x.astype(jnp.bfloat16) if mode == "bf16" else x
 
 
-def _kernel(bounds_ref, qpos_ref, kpos_ref, logm_ref, slope_ref, *refs, bk, causal, window, usa, mode,
-            normalized, project, has_alibi):
+def _kernel(
+    bounds_ref,
+    qpos_ref,
+    kpos_ref,
+    logm_ref,
+    slope_ref,
+    *refs,
+    bk,
+    causal,
+    window,
+    usa,
+    mode,
+    normalized,
+    project,
+    has_alibi,
+):
     n_op = 2 if mode == "highest" else 1
     q_refs, refs = refs[:n_op], refs[n_op:]
     k_refs, refs = refs[:n_op], refs[n_op:]
@@ -177,14 +199,21 @@ def _kernel(bounds_ref, qpos_ref, kpos_ref, logm_ref, slope_ref, *refs, bk, caus
         acc = acc * scale[:, None] + _dot(_operand(w, mode), v, mode, ((1,), (0,)))
         return m_new, l, acc, pmx, pl_
 
-    init = (jnp.full((bq,), -jnp.inf, jnp.float32), jnp.zeros((bq,), jnp.float32), jnp.zeros((bq, dv), jnp.float32),
-            jnp.full((bq,), -jnp.inf, jnp.float32), jnp.zeros((bq,), jnp.float32))
+    init = (
+        jnp.full((bq,), -jnp.inf, jnp.float32),
+        jnp.zeros((bq,), jnp.float32),
+        jnp.zeros((bq, dv), jnp.float32),
+        jnp.full((bq,), -jnp.inf, jnp.float32),
+        jnp.zeros((bq,), jnp.float32),
+    )
     # key tiles [lo, a) and [b, hi) may hold forbidden pairs (mask arithmetic); [a, b) are wholly
     # allowed (no mask arithmetic); no control flow around the loads inside any of the loops
     carry = jax.lax.fori_loop(lo, a, lambda j, c: tile(j, c, True), init)
     carry = jax.lax.fori_loop(a, b, lambda j, c: tile(j, c, False), carry)
     mx, l, acc, pmx, pl_ = jax.lax.fori_loop(b, hi, lambda j, c: tile(j, c, True), carry)
-    out = Normaliser(usa=usa, positional=normalized).finish(acc, l, mx, pl_, pmx, exp=jnp.exp2)  # base 2
+    out = Normaliser(usa=usa, positional=normalized).finish(
+        acc, l, mx, pl_, pmx, exp=jnp.exp2
+    )  # base 2
     if project:  # the head's value projection, in-kernel: V_h sum_j w_ij x_j = sum_j w_ij V_h x_j
         pmode = "highest3" if mode == "highest" else mode
         out = _dot(_operand(out, pmode), _operand(vmat_ref[0], pmode), pmode, ((1,), (1,)))
@@ -201,8 +230,9 @@ def tile_bounds(qpos, kpos, logm, bq, bk, causal, window):
     nq, nk = qpos.shape[0] // bq, kpos.shape[0] // bk
     qb, kt = qpos.reshape(nq, bq), kpos.reshape(nk, bk)
     live = (logm.reshape(nk, bk).max(1) > -jnp.inf)[None, :]
-    active, full = Lowered(causal, window).tiles(qb.min(1)[:, None], qb.max(1)[:, None], kt.min(1)[None, :],
-                                                 kt.max(1)[None, :])
+    active, full = Lowered(causal, window).tiles(
+        qb.min(1)[:, None], qb.max(1)[:, None], kt.min(1)[None, :], kt.max(1)[None, :]
+    )
     active = jnp.broadcast_to(active & live, (nq, nk))
     full = jnp.broadcast_to(full, (nq, nk))
     idx = jnp.arange(nk)[None, :]
@@ -215,8 +245,28 @@ def tile_bounds(qpos, kpos, logm, bq, bk, causal, window):
     return jnp.stack([lo, a, b, hi], axis=1).astype(jnp.int32)
 
 
-def fused_field(q, k, v, qpos, kpos, mass, *, causal, window, slopes, usa, precision, block_q, block_k, interpret,
-                num_warps=None, num_stages=None, normalized=False, vmat=None, has_alibi=True):
+def fused_field(
+    q,
+    k,
+    v,
+    qpos,
+    kpos,
+    mass,
+    *,
+    causal,
+    window,
+    slopes,
+    usa,
+    precision,
+    block_q,
+    block_k,
+    interpret,
+    num_warps=None,
+    num_stages=None,
+    normalized=False,
+    vmat=None,
+    has_alibi=True,
+):
     """Per-head field (H, N, dv) of queries q (H, N, d) (beta folded in) over keys k (Hk, M, d)
     and values v (Hv, M, dv) (Hk, Hv in {1, H}: a single copy is shared by every head) with
     positions qpos (N,), kpos (M,), key masses (M,), per-head ALiBi slopes (H,), through the
@@ -235,13 +285,20 @@ def fused_field(q, k, v, qpos, kpos, mass, *, causal, window, slopes, usa, preci
     k = pad_axis(pad_axis(k.astype(f32), dp, 2, 0.0), mp, 1, 0.0)
     v = pad_axis(pad_axis(v.astype(f32), dvp, 2, 0.0), mp, 1, 0.0)
     qpos, kpos = centred_positions(qpos, kpos)
-    qpos, kpos = pad_axis(qpos, np_, 0), pad_axis(kpos, mp, 0)  # edge padding keeps the tile ranges tight
+    qpos, kpos = (
+        pad_axis(qpos, np_, 0),
+        pad_axis(kpos, mp, 0),
+    )  # edge padding keeps the tile ranges tight
     logm = pad_axis(jnp.log(mass.astype(f32)) * LOG2E, mp, 0, -jnp.inf)
     bounds = tile_bounds(qpos, kpos, logm, bq, bk, int(causal), window)
     # longest rows first under a causal mask (the grid runs in ascending program order)
     row = (lambda i: nq - 1 - i) if causal else (lambda i: i)
     shared = lambda a: (lambda hh, i: (0, 0, 0)) if a.shape[0] == 1 else (lambda hh, i: (hh, 0, 0))  # noqa: E731
-    ops = lambda x: split_bf16(x) if precision == "highest" else ((x.astype(jnp.bfloat16),) if precision == "bf16" else (x,))  # noqa: E731
+    ops = lambda x: (
+        split_bf16(x)
+        if precision == "highest"
+        else ((x.astype(jnp.bfloat16),) if precision == "bf16" else (x,))
+    )  # noqa: E731
     qs, ks, vs = ops(q), ops(k), ops(v)
     in_specs = [
         pl.BlockSpec((1, 4), lambda hh, i: (row(i), 0)),
@@ -261,8 +318,17 @@ def fused_field(q, k, v, qpos, kpos, mass, *, causal, window, slopes, usa, preci
         vmat = pad_axis(pad_axis(vmat.astype(f32), dvp, 2, 0.0), doutp, 1, 0.0)
         in_specs.append(pl.BlockSpec((1, doutp, dvp), shared(vmat)))
         args.append(vmat)
-    kernel = functools.partial(_kernel, bk=bk, causal=int(causal), window=window, usa=usa, mode=precision,
-                               normalized=bool(normalized), project=vmat is not None, has_alibi=bool(has_alibi))
+    kernel = functools.partial(
+        _kernel,
+        bk=bk,
+        causal=int(causal),
+        window=window,
+        usa=usa,
+        mode=precision,
+        normalized=bool(normalized),
+        project=vmat is not None,
+        has_alibi=bool(has_alibi),
+    )
     out = pl.pallas_call(
         kernel,
         out_shape=jax.ShapeDtypeStruct((h, np_, doutp), f32),
@@ -270,7 +336,9 @@ def fused_field(q, k, v, qpos, kpos, mass, *, causal, window, slopes, usa, preci
         in_specs=in_specs,
         out_specs=pl.BlockSpec((1, bq, doutp), lambda hh, i: (hh, row(i), 0)),
         interpret=interpret,
-        compiler_params=None if interpret else plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
+        compiler_params=None
+        if interpret
+        else plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
         name="meanfield_fused_attention",
     )(*args)
     return out[:, :n, :dout]
@@ -281,8 +349,24 @@ def _forward(spec: Fused, p: Problem) -> Array:
     q, k, v, vmat = p.folded()  # V_h is applied in-kernel
     interpret = default_interpret() if spec.interpret is None else spec.interpret
     slopes = jnp.zeros((p.heads,), jnp.float32) if lowered.slopes is None else lowered.slopes
-    return fused_field(q, k, v, p.qs.pos, p.ks.pos, p.mass, causal=lowered.causal, window=lowered.window,
-                       slopes=slopes, usa=p.normaliser.usa, precision=p.precision, block_q=int(spec.block_q),
-                       block_k=int(spec.block_k), interpret=interpret, num_warps=spec.num_warps,
-                       num_stages=spec.num_stages, normalized=p.normaliser.positional, vmat=vmat,
-                       has_alibi=lowered.slopes is not None)
+    return fused_field(
+        q,
+        k,
+        v,
+        p.qs.pos,
+        p.ks.pos,
+        p.mass,
+        causal=lowered.causal,
+        window=lowered.window,
+        slopes=slopes,
+        usa=p.normaliser.usa,
+        precision=p.precision,
+        block_q=int(spec.block_q),
+        block_k=int(spec.block_k),
+        interpret=interpret,
+        num_warps=spec.num_warps,
+        num_stages=spec.num_stages,
+        normalized=p.normaliser.positional,
+        vmat=vmat,
+        has_alibi=lowered.slopes is not None,
+    )

@@ -87,13 +87,18 @@ class Splash(AbstractBackend):
     def __check_init__(self):
         for name in ("block_q", "block_k"):
             b = int(getattr(self, name))
-            require(b >= 128 and b % 128 == 0, f"Splash: {name} must be a positive multiple of 128, got {b}")
+            require(
+                b >= 128 and b % 128 == 0,
+                f"Splash: {name} must be a positive multiple of 128, got {b}",
+            )
 
     def field(self, problem):
         """The per-head field through splash attention (module docstring); derivatives through the
         ``Chunked()`` path, which computes the same field."""
         _check(problem)
-        return with_reference_derivative(problem, forward=functools.partial(_forward, self), reference=reference_field)
+        return with_reference_derivative(
+            problem, forward=functools.partial(_forward, self), reference=reference_field
+        )
 
     def memory_bytes(self, n, n_keys, d, heads, itemsize):
         return projection_bytes(n, n_keys, d, heads, itemsize)  # the blocks live on chip
@@ -103,11 +108,18 @@ def _check(p: Problem) -> Lowered:
     """Trace-time refusal of what the splash mapping does not cover, naming the fallback."""
     lowered = check_supported(p, "Splash")
     if lowered.window != math.inf:
-        require(lowered.causal != 2, "the Splash backend does not combine a strict causal mask with a Window; use backend=Chunked()")
-        require(bool(lowered.causal) or lowered.slopes is None,
-                "the Splash backend does not combine a two-sided Window with ALiBi; use backend=Chunked()")
-        require(not position_normalized(p.mask),
-                "the Splash backend does not combine PositionNormalized with a Window; use backend=Chunked()")
+        require(
+            lowered.causal != 2,
+            "the Splash backend does not combine a strict causal mask with a Window; use backend=Chunked()",
+        )
+        require(
+            bool(lowered.causal) or lowered.slopes is None,
+            "the Splash backend does not combine a two-sided Window with ALiBi; use backend=Chunked()",
+        )
+        require(
+            not position_normalized(p.mask),
+            "the Splash backend does not combine PositionNormalized with a Window; use backend=Chunked()",
+        )
     return lowered
 
 
@@ -135,7 +147,9 @@ def _coordinates(q, k, lam, logm, pos, sign, mode):
     lm3 = jnp.stack(split3_bf16(logm), -1)  # (M, 3)
     l3 = jnp.stack(split3_bf16(lam), -1)  # (H, 3)
     p3 = jnp.stack(split3_bf16(sign * pos), -1)  # (M, 3)
-    q_aug = jnp.concatenate([jnp.ones((h, 3), jnp.bfloat16), jnp.repeat(l3, 3, axis=1)], -1)  # (H, 12)
+    q_aug = jnp.concatenate(
+        [jnp.ones((h, 3), jnp.bfloat16), jnp.repeat(l3, 3, axis=1)], -1
+    )  # (H, 12)
     k_aug = jnp.concatenate([lm3, jnp.tile(p3, (1, 3))], -1)  # (M, 12)
     qa = jnp.concatenate([qc, jnp.broadcast_to(q_aug[:, None, :], (h, n, 12))], -1)
     ka = jnp.concatenate([kc, k_aug], -1)
@@ -157,13 +171,21 @@ def _call(qa, ka, v, seg_q, seg_k, mask_kind, window, bq, bk, interpret):
     else:  # "local": (left, right) window in index units
         base = sa.LocalMask(shape, window_size=window, offset=0)
     blocks = sa.BlockSizes(block_q=bq, block_kv=bk, block_kv_compute=bk)
-    kernel = sa.make_splash_mqa(sa.MultiHeadMask([base] * h), block_sizes=blocks, save_residuals=True, head_shards=1,
-                                q_seq_shards=1, interpret=interpret)
+    kernel = sa.make_splash_mqa(
+        sa.MultiHeadMask([base] * h),
+        block_sizes=blocks,
+        save_residuals=True,
+        head_shards=1,
+        q_seq_shards=1,
+        interpret=interpret,
+    )
     out, (lse,) = kernel(qa, ka, v, sa.SegmentIds(q=seg_q, kv=seg_k))
     return out, lse
 
 
-def _directional(q, xk, lam, logm, pos, *, causal, strict, window, reverse, blocks, interpret, mode):
+def _directional(
+    q, xk, lam, logm, pos, *, causal, strict, window, reverse, blocks, interpret, mode
+):
     """Field sums over the keys at or before each query (``reverse=False``), or after it
     (``reverse=True``: the sequence reversed, strict, with -p_j), in sorted order:
     (out (H, N, d), true logsumexp of the scores (H, N))."""
@@ -190,7 +212,9 @@ def _directional(q, xk, lam, logm, pos, *, causal, strict, window, reverse, bloc
     if causal:
         kind, win = ("local", (int(window) - 1, 0)) if window != math.inf else ("causal", None)
     else:
-        kind, win = ("local", (int(window) - 1, int(window) - 1)) if window != math.inf else ("full", None)
+        kind, win = (
+            ("local", (int(window) - 1, int(window) - 1)) if window != math.inf else ("full", None)
+        )
     out, lse = _call(qa, ka, vp, seg_q, seg_k, kind, win, bq, bk, interpret)
     out, lse = out[:, :n, :d], lse[:, :n]
     lse = lse - lam[:, None] * sign * qpos[None, :]  # the row constant lambda_h sign p_i
@@ -202,14 +226,19 @@ def _directional(q, xk, lam, logm, pos, *, causal, strict, window, reverse, bloc
 def _log_normaliser(lam, logm, pos, causal, strict):
     """log Z_i = log sum_{j visible} m_j e^{-lambda_h |p_i - p_j|} per head (H, N), in sorted order,
     by cumulative logsumexps (the positional normaliser of PositionNormalized)."""
+
     def one(lh):
         incl = jax.lax.cumlogsumexp(logm + lh * pos)  # j <= i
-        before = jnp.concatenate([jnp.full((1,), -jnp.inf, incl.dtype), incl[:-1]]) if strict else incl
+        before = (
+            jnp.concatenate([jnp.full((1,), -jnp.inf, incl.dtype), incl[:-1]]) if strict else incl
+        )
         fwd = before - lh * pos
         if causal:
             return fwd
         rincl = jax.lax.cumlogsumexp(logm - lh * pos, reverse=True)  # j >= i
-        after = jnp.concatenate([rincl[1:], jnp.full((1,), -jnp.inf, rincl.dtype)]) + lh * pos  # j > i
+        after = (
+            jnp.concatenate([rincl[1:], jnp.full((1,), -jnp.inf, rincl.dtype)]) + lh * pos
+        )  # j > i
         return jnp.logaddexp(fwd, after)
 
     return jax.vmap(one)(lam)
@@ -227,7 +256,9 @@ def _forward(spec: Splash, p: Problem) -> Array:
     usa, normalized = p.normaliser.usa, p.normaliser.positional
     mode = p.precision
     q, k, v, vmat = p.folded()  # V_h is applied after the kernel
-    require(k.shape[0] == 1 and v.shape[0] == 1, "the Splash backend shares one key copy across heads")
+    require(
+        k.shape[0] == 1 and v.shape[0] == 1, "the Splash backend shares one key copy across heads"
+    )
     xk = k[0]
     vmat = None if vmat is None else jnp.broadcast_to(vmat, (h,) + vmat.shape[-2:])
     q = q.astype(jnp.float32)
@@ -235,11 +266,17 @@ def _forward(spec: Splash, p: Problem) -> Array:
     perm = jnp.argsort(pos)
     ps = pos[perm]
     if causal:
-        ps = check_value(ps, ~jnp.all(jnp.diff(ps) > 0),
-                         "the Splash backend needs distinct positions under a causal mask (tied positions); use backend=Chunked()")
+        ps = check_value(
+            ps,
+            ~jnp.all(jnp.diff(ps) > 0),
+            "the Splash backend needs distinct positions under a causal mask (tied positions); use backend=Chunked()",
+        )
     if window != math.inf:
-        ps = check_value(ps, ~jnp.all(jnp.diff(ps) == 1),
-                         "the Splash backend needs consecutive integer positions under a Window mask; use backend=Chunked()")
+        ps = check_value(
+            ps,
+            ~jnp.all(jnp.diff(ps) == 1),
+            "the Splash backend needs consecutive integer positions under a Window mask; use backend=Chunked()",
+        )
     # centred on the middle: the row constant lambda_h p_i that every score of row i carries (and
     # the logsumexp with it) stays within lambda span / 2, whose float32 rounding is the price
     ps = (ps - 0.5 * (ps[0] + ps[-1])).astype(jnp.float32)
@@ -247,19 +284,31 @@ def _forward(spec: Splash, p: Problem) -> Array:
     qs, xs = q[:, perm], xk[perm].astype(jnp.float32)
     lam = lowered.slopes.astype(jnp.float32) if has_alibi else jnp.zeros((h,), jnp.float32)
     interpret = default_interpret() if spec.interpret is None else spec.interpret
-    common = dict(window=window, blocks=(int(spec.block_q), int(spec.block_k)), interpret=interpret, mode=mode)
+    common = dict(
+        window=window, blocks=(int(spec.block_q), int(spec.block_k)), interpret=interpret, mode=mode
+    )
     if causal or not has_alibi:  # one directional call; two-sided ALiBi needs two
-        out, lse = _directional(qs, xs, lam, logm, ps, causal=bool(causal), strict=causal == 2, reverse=False, **common)
+        out, lse = _directional(
+            qs, xs, lam, logm, ps, causal=bool(causal), strict=causal == 2, reverse=False, **common
+        )
     else:  # two-sided ALiBi: keys at or before, keys after, merged by logsumexp
-        o1, l1 = _directional(qs, xs, lam, logm, ps, causal=True, strict=False, reverse=False, **common)
-        o2, l2 = _directional(qs, xs, lam, logm, ps, causal=True, strict=True, reverse=True, **common)
+        o1, l1 = _directional(
+            qs, xs, lam, logm, ps, causal=True, strict=False, reverse=False, **common
+        )
+        o2, l2 = _directional(
+            qs, xs, lam, logm, ps, causal=True, strict=True, reverse=True, **common
+        )
         lse = jnp.logaddexp(l1, l2)
         out = o1 * jnp.exp(l1 - lse)[..., None] + o2 * jnp.exp(l2 - lse)[..., None]
     if usa:
         out = out * jnp.exp(lse)[..., None]
         if normalized:
             lz = _log_normaliser(lam, logm, ps, bool(causal), causal == 2)
-            out = jnp.where(jnp.isfinite(lz)[..., None], out * jnp.exp(-jnp.where(jnp.isfinite(lz), lz, 0.0))[..., None], 0.0)
+            out = jnp.where(
+                jnp.isfinite(lz)[..., None],
+                out * jnp.exp(-jnp.where(jnp.isfinite(lz), lz, 0.0))[..., None],
+                0.0,
+            )
     inv = jnp.argsort(perm)
     out = out[:, inv]
     if vmat is not None:
