@@ -3,13 +3,13 @@ r"""Metastability with auxiliary variables: where random starts end, against the
 For every (beta, auxiliary strength) of two 4 x 4 grids, ``n_starts`` random starts of N tokens on
 the circle (SA, Q = K = V = I, mask Full) run to ``t1`` (log-spaced saves):
 
-* ``pe``: additive PE u_i = alpha (cos pi s_i, sin pi s_i) ([`meanfield.AdditivePE`][meanfield.kernel.encodings.AdditivePE]),
+* ``pe``: additive PE u_i = alpha (cos pi s_i, sin pi s_i) ([`meanfield.AdditivePE`][meanfield.kernel.AdditivePE]),
   alpha in ``alphas`` (0 = no auxiliary variable);
-* ``prompt``: parallel prompts p_i = (cos pi s_i, sin pi s_i) ([`meanfield.ParallelPrompt`][meanfield.kernel.tokens.ParallelPrompt]),
+* ``prompt``: parallel prompts p_i = (cos pi s_i, sin pi s_i) ([`meanfield.ParallelPrompt`][meanfield.kernel.ParallelPrompt]),
   weight in ``weights`` (0 = none).
 
 Per grid point: the best maximiser found by the global search of
-[`meanfield.theory.additive_pe_pushforward`][meanfield.theory.pushforward.additive_pe_pushforward] / [`prompt_pushforward`][meanfield.theory.pushforward.prompt_pushforward]
+[`meanfield.theory.additive_pe_pushforward`][meanfield.theory.additive_pe_pushforward] / [`prompt_pushforward`][meanfield.theory.prompt_pushforward]
 on the same N nodes (for strength 0: a Dirac mass, energy e^beta / 2 beta), the fraction of starts
 whose end state is that maximiser (max distance < ``tol`` up to a rotation when there is no
 auxiliary variable), the number of distinct end states (same tolerance), and the median length (in

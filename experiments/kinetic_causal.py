@@ -2,7 +2,7 @@
 position-influence profile that turns U-shaped (lost in the middle).
 
 ``kinetic-causal`` runs, for each beta, two things with the same solver
-([`meanfield.pde.KineticMeanField`][meanfield.pde.kinetic.KineticMeanField], causal ALiBi coupling of slope ``lam`` in s units, SA):
+([`meanfield.pde.KineticMeanField`][meanfield.pde.KineticMeanField], causal ALiBi coupling of slope ``lam`` in s units, SA):
 
 * the density f(t, s, theta) from a twisted start (row s concentrated, von Mises ``kappa``,
   around the angle ``twist * s``): causal tokens are dragged towards the first ones;

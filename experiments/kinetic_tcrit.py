@@ -14,7 +14,7 @@ its right-end slope turns negative: the END of the U-shaped (primacy + recency) 
 ``kinetic-tcrit`` computes, for each beta:
 
 * ``tcrit_closed``: the closed form 2 (1 - e^{-lam}) sum omega a / sum omega a^2
-  ([`meanfield.theory.kinetic_tcrit`][meanfield.theory.kinetic.kinetic_tcrit]), also on a fine beta grid for the figure;
+  ([`meanfield.theory.kinetic_tcrit`][meanfield.theory.kinetic_tcrit]), also on a fine beta grid for the figure;
 * ``tcrit_propagator``: the discrete propagator exp(t a_n C~) on S = ``sizes`` rows (cell
   centres s_k = (k + 1/2)/S), its right-end slope from the last two off-diagonal entries: the
   O(1/S) convergence to the closed form;

@@ -5,12 +5,12 @@ of the prompt distribution, while shared prompts collapse to a Dirac mass.
 p_i = (cos pi s_i, sin pi s_i) at the midpoints s_i = (i + 1/2)/N, from the start x_i(0) = p_i,
 in two ways:
 
-* parallel: [`meanfield.ParallelPrompt`][meanfield.kernel.tokens.ParallelPrompt] ``(p, weight)``, token i's own key p_i (mass ``weight``);
-* shared: [`meanfield.Prompt`][meanfield.kernel.tokens.Prompt] ``(p, mass = weight / N)``, every p_j a key of every token
+* parallel: [`meanfield.ParallelPrompt`][meanfield.kernel.ParallelPrompt] ``(p, weight)``, token i's own key p_i (mass ``weight``);
+* shared: [`meanfield.Prompt`][meanfield.kernel.Prompt] ``(p, mass = weight / N)``, every p_j a key of every token
   (the same total prompt mass).
 
 The parallel limit is compared with the energy maximiser on ``quadrature`` nodes
-([`meanfield.theory.prompt_pushforward`][meanfield.theory.pushforward.prompt_pushforward], its search diagnostics in the dataset) by the exact
+([`meanfield.theory.prompt_pushforward`][meanfield.theory.prompt_pushforward], its search diagnostics in the dataset) by the exact
 circle W1, for every N (a midpoint sample of a smooth map is at W1 ~ 1/N: the fitted slope is in
 the dataset); the distance to the nearest Dirac mass is recorded along time for both.
 

@@ -13,7 +13,7 @@ rates, and particles against the PDE.
 * ``sphere-meanfield-rates.png``: growth rates of degrees l = 1..ell_max (m = 0 and m = l) about
   the uniform state, measured by linear response of the solver (forward-mode tangent of the solve
   at ``rate_L``) against a l(l+1) i_l(beta) / (beta i_0(beta)) (SA) and a l(l+1) i_l(beta) / beta
-  (USA) ([`meanfield.theory.sphere_growth_rate`][meanfield.theory.rates.sphere_growth_rate]).
+  (USA) ([`meanfield.theory.sphere_growth_rate`][meanfield.theory.sphere_growth_rate]).
 * ``sphere-meanfield-particles.png``: N particles sampled exactly from rho_0 = (1 + Y_1/2 + 3 Y_3/10)
   / 4 pi and evolved by the particle engine (SA, Q = K = V = I, d = 3) against the PDE at time
   ``pvp_t1``: the MMD with kernel e^{kappa ⟨x, y⟩} versus N (log-log, fitted slope; -1/2 is the

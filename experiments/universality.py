@@ -3,17 +3,17 @@ r"""Universality (Imaizumi, Koyama, Isobe & Hayashi 2026): the limit of the dyna
 best N-point configuration, the N quantile midpoints, to the target):
 
 * quantile prompts (S^1): p_i = T(s_i), T the target's quantile map, s_i = (i + 1/2)/N; SA with
-  Q = K = V = I and [`meanfield.ParallelPrompt`][meanfield.kernel.tokens.ParallelPrompt] ``(p, weight)`` from x(0) = p: the circle W1
+  Q = K = V = I and [`meanfield.ParallelPrompt`][meanfield.kernel.ParallelPrompt] ``(p, weight)`` from x(0) = p: the circle W1
   of the limit to the target (a 16384-point quantile sample) for each weight in ``weights`` (at
   N = ``n``) and for each N in ``ns`` (at ``weight_n``). A heavier weight pins tokens nearer their
   prompts, so W1 falls towards the floor.
-* exact inverse design ([`meanfield.theory.inverse_prompt`][meanfield.theory.pushforward.inverse_prompt]): prompts that make the N quantile
+* exact inverse design ([`meanfield.theory.inverse_prompt`][meanfield.theory.inverse_prompt]): prompts that make the N quantile
   midpoints (S^1), or N draws of the target (S^2), a stationary and stable point; from
   ``n_starts`` random starts, the fraction of runs that end at the target (max distance < 1e-6)
   and their error (solver tolerance, not a floor).
 * a learned positional encoding ([`meanfield.studies.learned_pe`][meanfield.studies.learned_pe]): u(s) = U phi(s) with
   ``n_freq`` Fourier frequencies (a size independent of N), fitted with optax Adam through
-  [`meanfield.simulate`][meanfield.particles.simulate] (MMD of the end states at ``fit_t1`` from 4 random starts), then run
+  [`meanfield.simulate`][meanfield.simulate] (MMD of the end states at ``fit_t1`` from 4 random starts), then run
   to ``t1`` from ``n_starts`` other random starts: W1 vs N (``learned_ns``, fit from the paired
   Fourier start) against the floor, and at N = ``n`` from a random U instead (how the result
   depends on the start). On S^2 (s on a ``s2_side`` x ``s2_side`` grid, 2-D frequencies), the

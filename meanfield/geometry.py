@@ -1,12 +1,12 @@
 r"""Where tokens live (geometry) and how a discrete layer moves them (layer maps).
 
-Continuous time (depth as time) uses a [`AbstractGeometry`][meanfield.geometry.AbstractGeometry]: the velocity field v of the
+Continuous time (depth as time) uses a [`AbstractGeometry`][meanfield.AbstractGeometry]: the velocity field v of the
 kernel is projected on the tangent space,
 
     Sphere S^{d-1}:  dx_i/dt = P_{x_i} v_i,   P_x = I - x x^T   (preserves |x_i| = 1)
     Euclidean R^d:   dx_i/dt = v_i.
 
-Discrete depth uses a [`AbstractLayerMap`][meanfield.geometry.AbstractLayerMap] with step h; n(y) = y / |y| is the
+Discrete depth uses a [`AbstractLayerMap`][meanfield.AbstractLayerMap] with step h; n(y) = y / |y| is the
 normalisation (a LayerNorm without centering or gain, i.e. an RMSNorm up to the factor sqrt(d)):
 
     PostLN:  x <- n(x + h F(x))                          (state on the sphere)

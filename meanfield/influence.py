@@ -98,7 +98,7 @@ def u_shape_end(
     r"""First time the right-end slope of the profiles (T, n) ([`right_end_slope`][meanfield.influence.right_end_slope]) turns from
     positive to non-positive, linearly interpolated between the two saved times; ``nan`` if it
     never does. This is the END of the U-shaped regime: the kinetic paper's t_crit
-    ([`meanfield.theory.kinetic_tcrit`][meanfield.theory.kinetic.kinetic_tcrit]).
+    ([`meanfield.theory.kinetic_tcrit`][meanfield.theory.kinetic_tcrit]).
 
     Two events, two scalings. The START of the U ([`u_shape_onset`][meanfield.influence.u_shape_onset]) is when the interior
     first dips below both ends; the END is when the recency rise at the right end flattens
@@ -134,7 +134,7 @@ def circle_retrieval_profile(
 ) -> Float[Array, "time n"]:
     r"""Retrieval profile of the token ``target`` on the circle S^1 (d = 2) from particle runs with
     i.i.d. uniform initial angles, as a density over source positions (comparable to
-    [`meanfield.theory.kinetic_profile`][meanfield.theory.kinetic.kinetic_profile] with s_k = (k + 1/2)/N):
+    [`meanfield.theory.kinetic_profile`][meanfield.theory.kinetic_profile] with s_k = (k + 1/2)/N):
 
         S^N_t(s_k) = N sum_{n=1}^{n_max} omega_{n,M} Re E[e^{i n theta_T(t)} e^{-i n theta_k(0)}],
 
@@ -149,7 +149,7 @@ def circle_retrieval_profile(
     and d theta_T(t) / d theta_k(0) for every k is one reverse-mode pass per run and save time.
     ``diagonal=False`` removes the identity term of the target itself (N sum_n omega_n), as the
     paper's S_t does. Returns (T, N), the mean over ``n_runs`` runs (``batch`` at a time);
-    ``simulate_kwargs`` go to [`meanfield.simulate`][meanfield.particles.simulate] (``rtol``, ``atol``, ``solver``...)."""
+    ``simulate_kwargs`` go to [`meanfield.simulate`][meanfield.simulate] (``rtol``, ``atol``, ``solver``...)."""
     require(int(n_tokens) >= 2, f"n_tokens must be >= 2, got {n_tokens}")
     require(int(n_runs) >= 1, f"n_runs must be >= 1, got {n_runs}")
     require(

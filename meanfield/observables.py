@@ -70,7 +70,7 @@ def energy(
     $$
 
     the second term with parallel prompts ``prompt`` = p (N, d) only
-    ([`meanfield.ParallelPrompt`][meanfield.kernel.tokens.ParallelPrompt]; ``weight`` a scalar or (N,)). With Q = K = V = I and mask
+    ([`meanfield.ParallelPrompt`][meanfield.kernel.ParallelPrompt]; ``weight`` a scalar or (N,)). With Q = K = V = I and mask
     Full the SA and USA flows never decrease it."""
     n = x.shape[0]
     beta = jnp.asarray(beta, x.dtype)

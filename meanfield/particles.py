@@ -86,7 +86,7 @@ with 8 steps by far less; an adaptive solve is held to its rtol/atol instead).""
 
 
 class RESULTS(diffrax.RESULTS):
-    """Result codes of [`simulate`][meanfield.particles.simulate]: diffrax's, plus the failures of the input
+    """Result codes of [`simulate`][meanfield.simulate]: diffrax's, plus the failures of the input
     and of the fixed-step state."""
 
     invalid_parameter = (
@@ -144,7 +144,7 @@ def linear_stability(
 ) -> float:
     r"""Largest real part of the eigenvalues of the linearised flow at ``x`` (host float).
 
-    With f(x) = P_x v(x) ([`velocity`][meanfield.particles.velocity]) and B an orthonormal basis of the product of tangent
+    With f(x) = P_x v(x) ([`velocity`][meanfield.velocity]) and B an orthonormal basis of the product of tangent
     spaces at x (``geometry.tangent_basis``: N (d - 1) vectors on the sphere, all of R^{N d} in
     Euclidean space), the
     linearisation is B Df(x) B^T (``jax.jacfwd``, dense: for N d up to a few thousand). At a
@@ -286,7 +286,7 @@ def simulate(
     \frac{d x_i}{dt} = P_{x_i} v_i(x), \qquad P_x = I - x x^\top \ \text{(sphere)}, \quad P_x = I \ \text{(Euclidean)},
     $$
 
-    with $v_i$ the field of ``attn`` ([`Attention`][meanfield.kernel.attention.Attention]).
+    with $v_i$ the field of ``attn`` ([`Attention`][meanfield.kernel.Attention]).
 
     Args:
         attn: the attention kernel (beta, Q, K, V, heads, mask, backend).
@@ -294,8 +294,8 @@ def simulate(
         ts: increasing save times, shape (T,), T >= 2; integration runs from ts[0] to ts[-1].
         geometry: ``Sphere()`` (default) or ``Euclidean()``.
         aux: positions / features / masses of the tokens (default positions 0..N-1, mass 1/N).
-        prompt: fixed tokens that never move: a [`Prompt`][meanfield.kernel.tokens.Prompt] (shared keys/values seen by
-            every token), a [`ParallelPrompt`][meanfield.kernel.tokens.ParallelPrompt] (one own key/value per token), or a tuple of
+        prompt: fixed tokens that never move: a [`Prompt`][meanfield.kernel.Prompt] (shared keys/values seen by
+            every token), a [`ParallelPrompt`][meanfield.kernel.ParallelPrompt] (one own key/value per token), or a tuple of
             one of each.
         solver: a name in ``SOLVERS`` ("euler", "rk4", "tsit5", ...) or a diffrax solver.
         dt: fixed step size; ``None`` selects adaptive stepping with ``rtol``/``atol``
@@ -306,7 +306,7 @@ def simulate(
         adjoint: diffrax adjoint for gradients (default: recursive checkpointing).
 
     Returns:
-        [`Trajectory`][meanfield.particles.Trajectory] with ``ts`` (T,) and ``xs`` (T, N, d).
+        [`Trajectory`][meanfield.Trajectory] with ``ts`` (T,) and ``xs`` (T, N, d).
 
     Example:
         ```python
@@ -446,7 +446,7 @@ def layers(
         norm: ``PostLN()``, ``PreLN()``, ``PeriLN()`` or ``NGPT()``.
 
     Returns:
-        [`Trajectory`][meanfield.particles.Trajectory] with ``ts = h * [0, 1, ..., H]`` and ``xs`` of shape (H+1, N, d).
+        [`Trajectory`][meanfield.Trajectory] with ``ts = h * [0, 1, ..., H]`` and ``xs`` of shape (H+1, N, d).
 
     Example:
         ```python

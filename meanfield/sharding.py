@@ -6,13 +6,13 @@ One mesh with two named axes serves every solver:
   batch whose leading axis is placed on it (``shard_leading``) is partitioned by XLA, and
   ``jax.vmap(..., spmd_axis_name="data")`` lets sharded kernels inside the batch know it;
 * ``"tokens"``: the tokens of one run are split over it. Under a mesh context
-  (``with jax.set_mesh(mesh):``) every [`meanfield.Attention`][meanfield.kernel.attention.Attention] whose ``shard_tokens`` is on
+  (``with jax.set_mesh(mesh):``) every [`meanfield.Attention`][meanfield.kernel.Attention] whose ``shard_tokens`` is on
   (the default) evaluates its field with ``jax.shard_map``: each device holds N/P query rows,
   all-gathers the keys/values (positions, masses, features), and runs the dense or chunked
   kernel on its rows (the chunked kernel skips the key blocks a causal or window mask forbids).
   Nothing else changes: ``simulate``, ``layers``, influence profiles and the runner are the same
   code, and the result equals the single-device field up to floating-point reassociation.
-  [`meanfield.pde.KineticMeanField`][meanfield.pde.kinetic.KineticMeanField] splits its rows (the auxiliary variable z) over the
+  [`meanfield.pde.KineticMeanField`][meanfield.pde.KineticMeanField] splits its rows (the auxiliary variable z) over the
   same axis (the causal prefix in s crosses devices by one all-gather of block summaries).
 
 ``make_mesh(spec)`` builds the mesh from a spec string: ``"auto"`` (a sensible default for the

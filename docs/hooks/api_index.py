@@ -46,11 +46,12 @@ def first_line(obj) -> str:
 
 
 def anchor(package: str, name: str, obj) -> str:
-    """The identifier mkdocstrings documents ``obj`` under: its defining module's path."""
+    """The identifier to link: a module's own path, a class's or function's public path (the
+    package that exports it), a constant's defining module."""
     if inspect.ismodule(obj):
         return obj.__name__
     if inspect.isclass(obj) or inspect.isroutine(obj):
-        return f"{obj.__module__}.{obj.__qualname__}"
+        return f"{package}.{obj.__name__}"  # an alias links to the object it names
     # a constant: the module below the package that binds the name to this very object
     owners = [
         m

@@ -15,11 +15,11 @@ identical heads reproduce the single-head field). Q, K, V, W default to the iden
 ``None``, which also skips the projection). The field is the *unprojected* velocity; the
 geometry (e.g. the sphere's tangent projection) is applied by the integrator.
 
-A call builds one [`Problem`][meanfield.kernel.problem.Problem] (the projected rows and keys, the
-mask, the [`Normaliser`][meanfield.kernel.problem.Normaliser], heads and precisions) and hands it
+A call builds one [`Problem`][meanfield.kernel.Problem] (the projected rows and keys, the
+mask, the [`Normaliser`][meanfield.kernel.Normaliser], heads and precisions) and hands it
 to the backend, a strategy module from [`meanfield.kernel.backends`][meanfield.kernel.backends]
 (``Attention(backend=Dense())``, ``Chunked(...)``, ``Fused(...)``, ``Splash(...)``; default
-[`Auto`][meanfield.kernel.backends.auto.Auto]). This module names no backend.
+[`Auto`][meanfield.kernel.backends.Auto]). This module names no backend.
 """
 
 from __future__ import annotations
@@ -78,16 +78,16 @@ class Attention(eqx.Module):
         W: output mixing per head, (heads, d, d); ``None`` = I / heads.
         heads: number of heads (inferred from 3-D matrices or a per-head beta if omitted).
         form: ``"SA"`` (softmax) or ``"USA"`` (unnormalised).
-        mask: a position coupling from [`meanfield.kernel.masks`][meanfield.kernel.masks] (default [`Full`][meanfield.kernel.masks.Full]);
+        mask: a position coupling from [`meanfield.kernel.masks`][meanfield.kernel.masks] (default [`Full`][meanfield.kernel.Full]);
             compose with ``&``, e.g. ``Causal() & ALiBi(0.5)``; ``ZBias(A)`` couples the
             auxiliary variables z (concatenated positional-encoding channel).
         pe: ``AdditivePE(scale, U)`` (y = x + scale U z) or ``RoPE(base, scale)``, or None.
         backend: a strategy module from [`meanfield.kernel.backends`][meanfield.kernel.backends]:
-            [`Dense`][meanfield.kernel.backends.dense.Dense] ``(row_block=None)``,
-            [`Chunked`][meanfield.kernel.backends.chunked.Chunked] ``(block=512, query_batch=1)``,
-            [`Fused`][meanfield.kernel.backends.fused.Fused] ``(block_q=64, block_k=64)`` (a Pallas
-            kernel) or [`Splash`][meanfield.kernel.backends.splash.Splash]; ``None``:
-            [`Auto`][meanfield.kernel.backends.auto.Auto] (``Dense()`` except where a device run
+            [`Dense`][meanfield.kernel.backends.Dense] ``(row_block=None)``,
+            [`Chunked`][meanfield.kernel.backends.Chunked] ``(block=512, query_batch=1)``,
+            [`Fused`][meanfield.kernel.backends.Fused] ``(block_q=64, block_k=64)`` (a Pallas
+            kernel) or [`Splash`][meanfield.kernel.backends.Splash]; ``None``:
+            [`Auto`][meanfield.kernel.backends.Auto] (``Dense()`` except where a device run
             measured another backend faster).
         precision: matmul precision of the scores ⟨Q x_i, K x_j⟩: ``"highest"`` (default: full
             precision of the input dtype), ``"tf32"`` (the backend's fast default: TF32 tensor
@@ -292,7 +292,7 @@ class Attention(eqx.Module):
 
         SA: row-stochastic weights e^{a_ij} / sum_j e^{a_ij}; USA: e^{a_ij} (masses included).
         The field of head h is ``weights[h] @ (V_h keys)``. Key axis: the N tokens, then the P
-        shared prompt tokens, then (with a [`ParallelPrompt`][meanfield.kernel.tokens.ParallelPrompt]) one column holding each row's
+        shared prompt tokens, then (with a [`ParallelPrompt`][meanfield.kernel.ParallelPrompt]) one column holding each row's
         weight on its own prompt p_i (shape (h, N, N + P + 1)).
         """
         shared, parallel = split_prompt(prompt)
@@ -302,7 +302,7 @@ class Attention(eqx.Module):
     def problem(
         self, x: TokensLike, aux: TokenAux | None = None, prompt: PromptArg = None
     ) -> Problem:
-        """The [`Problem`][meanfield.kernel.problem.Problem] the backend evaluates for ``x`` (every
+        """The [`Problem`][meanfield.kernel.Problem] the backend evaluates for ``x`` (every
         token a query row), after the shape checks."""
         shared, parallel = split_prompt(prompt)
         self._validate(x, aux, shared, parallel)

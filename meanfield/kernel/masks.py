@@ -7,12 +7,12 @@ for forbidden pairs. Masks compose by adding their log-weights (``mask1 & mask2`
 Each mask implements:
 
 * ``bias(q, k, heads)``: the (h, nq, nk) log-weights for query slots ``q`` and key slots
-  ``k`` (each a [`Slots`][meanfield.kernel.masks.Slots] of token indices and positions), with h = 1 or ``heads``.
+  ``k`` (each a [`Slots`][meanfield.kernel.Slots] of token indices and positions), with h = 1 or ``heads``.
   Positions arrive relative to the smallest token position of the call (subtracted in their own
   dtype, then cast to the tokens' dtype), so a mask must depend on position differences only
   (every mask here does); integer positions beyond 2^24 then stay exact in float32;
 * ``lower(heads)``: what a tiled kernel needs to evaluate the mask itself, a
-  [`Lowered`][meanfield.kernel.masks.Lowered] (causal kind, window width, per-head ALiBi slopes), or
+  [`Lowered`][meanfield.kernel.Lowered] (causal kind, window width, per-head ALiBi slopes), or
   ``None`` when it cannot (``CustomBias``, ``ZBias``). Everything about tiles derives from it:
   ``block_active`` (the chunked backend skips blocks for which it is False, e.g. the upper
   triangle of a causal mask), the fused kernel's tile bounds and in-kernel mask arithmetic, and
@@ -193,7 +193,7 @@ class ALiBi(AbstractMask):
     """Exponential decay with distance: b_ij = -slope_h |pos_i - pos_j| (ALiBi, Press et al.).
 
     ``slope`` is a scalar or one slope per head (shape (heads,)). Composed with
-    [`Causal`][meanfield.kernel.masks.Causal] this is the usual causal ALiBi b = -lambda (i - j), j <= i. With positions
+    [`Causal`][meanfield.kernel.Causal] this is the usual causal ALiBi b = -lambda (i - j), j <= i. With positions
     s = pos/(N-1) in [0, 1] it reads b = -lambda (N-1) (s_i - s_j).
     """
 
@@ -320,7 +320,7 @@ class PositionNormalized(AbstractMask):
 
 
 def position_normalized(mask: AbstractMask) -> bool:
-    """Whether ``mask`` row-normalises the positional weights ([`PositionNormalized`][meanfield.kernel.masks.PositionNormalized])."""
+    """Whether ``mask`` row-normalises the positional weights ([`PositionNormalized`][meanfield.kernel.PositionNormalized])."""
     return isinstance(mask, PositionNormalized)
 
 

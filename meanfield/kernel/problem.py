@@ -1,11 +1,11 @@
-r"""What a backend evaluates: one [`Problem`][meanfield.kernel.problem.Problem] per field call.
+r"""What a backend evaluates: one [`Problem`][meanfield.kernel.Problem] per field call.
 
 [`Attention`][meanfield.kernel.Attention] builds the problem once per call from the tokens, their
 auxiliary data and the prompt (split once), and hands it to its backend
 ([`meanfield.kernel.backends`][meanfield.kernel.backends]); the sharded path splits its query rows
 over the devices. A backend reads nothing else: the projected queries, keys and values, the
 slots (indices, positions, features), the key masses, the mask, the
-[`Normaliser`][meanfield.kernel.problem.Normaliser], the heads, the precisions and, for the kernels
+[`Normaliser`][meanfield.kernel.Normaliser], the heads, the precisions and, for the kernels
 that apply the heads themselves, the K/V folding ([`Problem.folded`][meanfield.kernel.problem.Problem.folded]).
 
 For head $h$ the scores are $a^h_{ij} = \langle \beta_h q^h_i, k^h_j\rangle + b_h(z_i, z_j) + \log m_j$,
@@ -33,7 +33,7 @@ class Normaliser(eqx.Module):
 
     - SA: $v_i = A / L$;
     - USA: $v_i = A e^{M}$;
-    - USA, position-normalised ([`PositionNormalized`][meanfield.kernel.masks.PositionNormalized]):
+    - USA, position-normalised ([`PositionNormalized`][meanfield.kernel.PositionNormalized]):
       $v_i = A e^{M - M_b} / L_b$.
 
     A row that sees no key gets a zero field under all three.
@@ -160,7 +160,7 @@ class Problem(eqx.Module):
 
     def position_logw(self, qs, ks=None, free=None, logm=None):
         """log(m_j e^{b_ij}): the positional log-weights that
-        [`PositionNormalized`][meanfield.kernel.masks.PositionNormalized] normalises per row (prompt
+        [`PositionNormalized`][meanfield.kernel.PositionNormalized] normalises per row (prompt
         keys that bypass the mask count with b = 0), shape (h, nq, nk)."""
         ks = self.ks if ks is None else ks
         free = self.free if free is None else free

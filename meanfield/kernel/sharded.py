@@ -1,6 +1,6 @@
 """The attention field with its query rows split over the ``"tokens"`` axis of the mesh context.
 
-The [`Problem`][meanfield.kernel.problem.Problem] is sharded: each device evaluates N/P query
+The [`Problem`][meanfield.kernel.Problem] is sharded: each device evaluates N/P query
 rows (queries, their slots and parallel prompts) against every key (the keys, values, masses and
 mask, replicated: XLA all-gathers what it computed sharded) with the attention's own backend; see
 [`meanfield.sharding`][meanfield.sharding] for the meshes.

@@ -2,7 +2,7 @@
 
 Each moving token i carries an auxiliary variable: its sequence position ``pos_i`` (used by
 causal, ALiBi/decay and window masks), an optional feature vector ``z_i`` (e.g. a positional
-encoding), and a mass ``m_i`` (default 1/N). A [`Prompt`][meanfield.kernel.tokens.Prompt] adds P extra *fixed* tokens that
+encoding), and a mass ``m_i`` (default 1/N). A [`Prompt`][meanfield.kernel.Prompt] adds P extra *fixed* tokens that
 act as keys/values for every moving token and are never moved by the dynamics.
 """
 
@@ -125,7 +125,7 @@ class ParallelPrompt(eqx.Module):
     ``weight_i`` and no positional penalty: the own prompt carries its token's position and
     auxiliary variable (ALiBi distance 0, the same RoPE rotation, additive PE with its token's z),
     so it is visible under every mask (strict causal included), and it counts as a key wherever
-    weights are normalised (the softmax denominator, [`PositionNormalized`][meanfield.kernel.masks.PositionNormalized]).
+    weights are normalised (the softmax denominator, [`PositionNormalized`][meanfield.kernel.PositionNormalized]).
 
     With Q = K = V = I and mask ``Full()``, the flows ascend
 
@@ -133,9 +133,9 @@ class ParallelPrompt(eqx.Module):
 
     (grad_{x_i} E = m_i x the USA field; SA divides it by a positive Z_i), whose maximiser over the
     token distribution is a pushforward of the prompt distribution, not a Dirac mass
-    ([`meanfield.theory.prompt_pushforward`][meanfield.theory.pushforward.prompt_pushforward]). A symmetric mask adds its bias inside the first
+    ([`meanfield.theory.prompt_pushforward`][meanfield.theory.prompt_pushforward]). A symmetric mask adds its bias inside the first
     exponent; a causal mask breaks the gradient structure (no energy is known to increase then).
-    Contrast: a shared [`Prompt`][meanfield.kernel.tokens.Prompt] adds a term convex in the token distribution, whose
+    Contrast: a shared [`Prompt`][meanfield.kernel.Prompt] adds a term convex in the token distribution, whose
     maximiser is a Dirac mass. Both may be passed together: ``prompt=(Prompt(y), ParallelPrompt(p))``.
 
     Attributes:
@@ -177,7 +177,7 @@ class ParallelPrompt(eqx.Module):
 
 
 def split_prompt(prompt) -> tuple[Prompt | None, ParallelPrompt | None]:
-    """(shared, parallel) from ``prompt=``: None, a [`Prompt`][meanfield.kernel.tokens.Prompt], a [`ParallelPrompt`][meanfield.kernel.tokens.ParallelPrompt], or a
+    """(shared, parallel) from ``prompt=``: None, a [`Prompt`][meanfield.kernel.Prompt], a [`ParallelPrompt`][meanfield.kernel.ParallelPrompt], or a
     tuple holding at most one of each."""
     if prompt is None:
         return None, None

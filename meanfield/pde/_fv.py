@@ -1,5 +1,5 @@
-r"""The finite-volume base shared by the circle solvers ([`meanfield.pde.CircleMeanField`][meanfield.pde.circle.CircleMeanField],
-[`meanfield.pde.KineticMeanField`][meanfield.pde.kinetic.KineticMeanField]): the theta grid, the attention kernels on it, the periodic
+r"""The finite-volume base shared by the circle solvers ([`meanfield.pde.CircleMeanField`][meanfield.pde.CircleMeanField],
+[`meanfield.pde.KineticMeanField`][meanfield.pde.KineticMeanField]): the theta grid, the attention kernels on it, the periodic
 MUSCL flux divergence and the periodic convolution. Time stepping, failures and the solve are the
 shared integration layer of [`meanfield.pde._integrate`][meanfield.pde._integrate].
 

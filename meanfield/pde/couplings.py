@@ -1,10 +1,10 @@
 """Couplings of the kinetic solver's rows: how row k sees the densities of the rows j
-([`KineticMeanField`][meanfield.pde.kinetic.KineticMeanField]), F_k = sum_j c_kj f_j.
+([`KineticMeanField`][meanfield.pde.KineticMeanField]), F_k = sum_j c_kj f_j.
 
-One strategy per class behind [`AbstractCoupling`][meanfield.pde.couplings.AbstractCoupling]:
-[`CausalCoupling`][meanfield.pde.couplings.CausalCoupling] (Volterra in s with an ALiBi decay, an
-O(S M) scan), [`FullCoupling`][meanfield.pde.couplings.FullCoupling] and
-[`MatrixCoupling`][meanfield.pde.couplings.MatrixCoupling] (explicit weights).
+One strategy per class behind [`AbstractCoupling`][meanfield.pde.AbstractCoupling]:
+[`CausalCoupling`][meanfield.pde.CausalCoupling] (Volterra in s with an ALiBi decay, an
+O(S M) scan), [`FullCoupling`][meanfield.pde.FullCoupling] and
+[`MatrixCoupling`][meanfield.pde.MatrixCoupling] (explicit weights).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class CausalCoupling(AbstractCoupling):
 
     ``strict=True``: no diagonal (a token does not see itself; the first row sees nothing and its
     field is zero). ``normalized=True``: each row's weights divided by their sum (the
-    position-normalised convention of [`meanfield.PositionNormalized`][meanfield.kernel.masks.PositionNormalized]; the row sums come from
+    position-normalised convention of [`meanfield.PositionNormalized`][meanfield.kernel.PositionNormalized]; the row sums come from
     the same scan on a column of ones, still O(S M)). SA is unchanged by ``normalized`` (it divides
     by the content sum too); USA is not. The kinetic paper's model (Duerinckx, Geshkovski & Rossi
     2026) is ``CausalCoupling(lam, strict=True, normalized=True)`` with ``form="USA"`` and the value

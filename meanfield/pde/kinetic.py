@@ -32,12 +32,12 @@ Couplings
 * ``matrix``: an explicit S x S coupling c (any b(z, z'): concatenated encodings ⟨A z, z'⟩,
   windows, custom masks), O(S^2 M).
 
-[`engine_face_velocity`][meanfield.pde.kinetic.engine_face_velocity] computes the same u through the particle engine's own
-[`meanfield.Attention`][meanfield.kernel.attention.Attention] (grid cells become weighted key tokens, faces become massless
+[`engine_face_velocity`][meanfield.pde.engine_face_velocity] computes the same u through the particle engine's own
+[`meanfield.Attention`][meanfield.kernel.Attention] (grid cells become weighted key tokens, faces become massless
 query tokens): O((S M)^2) but valid for any Q, K, V, heads, masks and encodings on S^1. It is the
 direct-quadrature path for general attention and the independent check of the fast path.
 
-Linear theory and the influence of positions ([`meanfield.theory.causal_mode_propagator`][meanfield.theory.rates.causal_mode_propagator]): around
+Linear theory and the influence of positions ([`meanfield.theory.causal_mode_propagator`][meanfield.theory.causal_mode_propagator]): around
 the uniform state f = 1/2pi, the Fourier mode n of a perturbation evolves by
 d_t f_n(s) = lambda_n (C~ f_n)(s) with lambda_n the circle rate and C~ the row-normalised
 coupling (SA; USA uses C unnormalised), so f_n(t) = exp(t lambda_n C~) f_n(0).
@@ -80,14 +80,14 @@ class KineticMeanField(AbstractFiniteVolume):
         s: auxiliary values (positions) of the S rows, shape (S,); for a causal coupling
             increasing in [0, 1]. Default: the S = ``n_s`` cell centres (k + 1/2)/S.
         m: cells in theta.
-        beta: inverse temperature, as in [`meanfield.pde.CircleMeanField`][meanfield.pde.circle.CircleMeanField].
+        beta: inverse temperature, as in [`meanfield.pde.CircleMeanField`][meanfield.pde.CircleMeanField].
         a: value scale (V = a I + b J), as there.
         b: value rotation, as there.
         form: "SA" or "USA", as there.
-        coupling: a strategy module: [`CausalCoupling`][meanfield.pde.couplings.CausalCoupling] ``(lam, self_weight=0.5)``
+        coupling: a strategy module: [`CausalCoupling`][meanfield.pde.CausalCoupling] ``(lam, self_weight=0.5)``
             (default, lam = 0: Volterra in s with ALiBi slope lam in units of s),
-            [`FullCoupling`][meanfield.pde.couplings.FullCoupling] ``(lam)`` (every row sees every row, b = -lam |s - s'|),
-            [`MatrixCoupling`][meanfield.pde.couplings.MatrixCoupling] ``(c)`` or an explicit (S, S) array of weights c(z_k, z_j)
+            [`FullCoupling`][meanfield.pde.FullCoupling] ``(lam)`` (every row sees every row, b = -lam |s - s'|),
+            [`MatrixCoupling`][meanfield.pde.MatrixCoupling] ``(c)`` or an explicit (S, S) array of weights c(z_k, z_j)
             (the z-marginal weights already included).
         w: z-marginal weights (S,), default 1/S each; normalised to sum 1.
         prompt_theta: fixed prompt tokens at angles, shape (P,).
@@ -351,7 +351,7 @@ class KineticMeanField(AbstractFiniteVolume):
         r"""The multi-mode retrieval profile of row ``target`` about the uniform state,
         $\sum_{n=1}^{n_{\max}} \omega_{n,M} R_n(t, s)$ ([`mode_response`][meanfield.pde.kinetic.KineticMeanField.mode_response],
         $\omega_{n,M} = e^{-\pi^2 n^2 / (2 M^2)}$, $M$ the bandwidth): the solver's counterpart of
-        [`meanfield.theory.kinetic_profile`][meanfield.theory.kinetic.kinetic_profile]. ``diagonal=False`` removes the identity term
+        [`meanfield.theory.kinetic_profile`][meanfield.theory.kinetic_profile]. ``diagonal=False`` removes the identity term
         (the recency delta at the target itself, omega_n / w_target per mode), as the paper's
         S_t does."""
         w = kinetic_weights(M, n_max)

@@ -14,7 +14,7 @@ The kernel is zonal, so by Funk-Hecke it is diagonal in spherical harmonics:
 $\int e^{\beta\langle x, y\rangle} Y_{\ell m}(y)\, d\sigma(y) = 4\pi\, i_\ell(\beta)\, Y_{\ell m}(x)$, $i_\ell$ the modified spherical Bessel
 function; G_lm = 4 pi i_l(beta) rho_lm. About the uniform state rho_0 = 1/(4 pi) a degree-l
 perturbation grows at a l(l+1) i_l(beta) / (beta i_0(beta)) (SA) or a l(l+1) i_l(beta) / beta (USA)
-([`meanfield.theory.sphere_growth_rate`][meanfield.theory.rates.sphere_growth_rate]).
+([`meanfield.theory.sphere_growth_rate`][meanfield.theory.sphere_growth_rate]).
 
 Scheme (pseudo-spectral Galerkin). With the potential phi = (a / beta) log G (SA) or
 (a / beta) G (USA), v = grad phi and

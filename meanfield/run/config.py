@@ -72,7 +72,7 @@ def describe(cls, cfg=None) -> str:
 @typing.no_type_check
 def check_ranges(cfg, first=()) -> None:
     """Every key of ``cfg`` against its declared range ([`key_ranges`][meanfield.run.config.key_ranges]); a key without one
-    must at least be finite when it is a float. Raises a one-line [`ConfigError`][meanfield.run.config.ConfigError] naming the
+    must at least be finite when it is a float. Raises a one-line [`ConfigError`][meanfield.run.ConfigError] naming the
     key, the value and the range (and the values of the other keys the range names). The keys in
     ``first`` (those the user set) are checked first, so that the error names the key the user
     typed when a range ties two keys."""

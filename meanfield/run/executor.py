@@ -185,7 +185,7 @@ def execute(
     ``mesh``: a [`meanfield.sharding.make_mesh`][meanfield.sharding.make_mesh] spec (``"auto"``, ``"none"``, ``"data"``,
     ``"tokens"``, ``"data,tokens"``, ``"data=2,tokens=4"``) or a ``jax.sharding.Mesh``.
     ``max_chunks``: stop after that many chunk calls in this call, with the checkpoint written,
-    raising [`Paused`][meanfield.run.executor.Paused] (for time-limited job slots; finish later with ``resume=True``).
+    raising [`Paused`][meanfield.run.Paused] (for time-limited job slots; finish later with ``resume=True``).
     ``invocation``: what made this run (the CLI's overrides and grid), written with the resolved
     config to DIR/run.json once the run owns the folder, so ``--resume`` needs no retyping."""
     outdir = Path(outdir)

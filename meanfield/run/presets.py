@@ -1,11 +1,11 @@
 """Presets: one experiment as pure JAX pieces, found through the ``meanfield.presets`` entry points.
 
-A [`Preset`][meanfield.run.presets.Preset] describes one experiment, in one of two kinds:
-[`TracedPreset`][meanfield.run.presets.TracedPreset] (traced JAX in chunks, batched over swept keys)
-or [`StepPreset`][meanfield.run.presets.StepPreset] (host-side steps, typed
-[`Step`][meanfield.run.presets.Step]s). A traced preset has
+A [`Preset`][meanfield.run.Preset] describes one experiment, in one of two kinds:
+[`TracedPreset`][meanfield.run.TracedPreset] (traced JAX in chunks, batched over swept keys)
+or [`StepPreset`][meanfield.run.StepPreset] (host-side steps, typed
+[`Step`][meanfield.run.Step]s). A traced preset has
 
-* ``Config``: a frozen dataclass deriving from [`RunConfig`][meanfield.run.presets.RunConfig] (``chunks``, ``seed``) with the
+* ``Config``: a frozen dataclass deriving from [`RunConfig`][meanfield.run.RunConfig] (``chunks``, ``seed``) with the
   preset's own keys, each a typed field with a default;
 * ``times(cfg)``: the save times (or depths), shape (T,);
 * ``init(cfg, p)``: the initial state (a pytree), where ``p`` maps every key of ``vmap_keys``
@@ -19,7 +19,7 @@ or [`StepPreset`][meanfield.run.presets.StepPreset] (host-side steps, typed
 Every preset also declares its tiny run for the test suite (``tiny``, ``slow``, ``outputs``), so
 a preset is its module plus its entry point.
 
-Registration: a module of presets decorates each class with [`register`][meanfield.run.presets.register]; the ``meanfield``
+Registration: a module of presets decorates each class with [`register`][meanfield.run.register]; the ``meanfield``
 command imports every module named in the ``meanfield.presets`` entry-point group (this project's
 ``experiments/`` folder, installed as ``meanfield_experiments``, and any other installed package
 that declares presets there). Nothing in the engine knows presets exist.
@@ -44,7 +44,7 @@ ENTRY_POINTS = "meanfield.presets"
 """The entry-point group whose modules register presets when imported."""
 
 PRESETS: dict[str, Preset] = {}
-"""The registry: every registered preset by name (filled by [`register`][meanfield.run.presets.register])."""
+"""The registry: every registered preset by name (filled by [`register`][meanfield.run.register])."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +93,7 @@ def _tuples(value):
 
 class Preset(abc.ABC):
     """One experiment (see the module docstring): the class attributes every preset sets. Subclass
-    [`TracedPreset`][meanfield.run.presets.TracedPreset] or [`StepPreset`][meanfield.run.presets.StepPreset]."""
+    [`TracedPreset`][meanfield.run.TracedPreset] or [`StepPreset`][meanfield.run.StepPreset]."""
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
@@ -110,8 +110,8 @@ class Preset(abc.ABC):
     """Variables (and dimensions, e.g. ``"time"``) the tiny run's Dataset must hold."""
     variables: ClassVar[dict] = {}
     """What each variable and coordinate of the Dataset is, by name: a
-    [`Var`][meanfield.run.variables.Var] ``(long_name, units, description)``, beside the shared
-    [`COMMON`][meanfield.run.variables.COMMON] names ([`meanfield.run.variables`][meanfield.run.variables])."""
+    [`Var`][meanfield.run.Var] ``(long_name, units, description)``, beside the shared
+    [`COMMON`][meanfield.run.COMMON] names ([`meanfield.run.variables`][meanfield.run.variables])."""
 
     @abc.abstractmethod
     def times(self, cfg) -> np.ndarray:
@@ -146,7 +146,7 @@ class TracedPreset(Preset):
 
 @dataclasses.dataclass(frozen=True)
 class Step:
-    """One host-side step of a [`StepPreset`][meanfield.run.presets.StepPreset]: a ``name`` (distinct
+    """One host-side step of a [`StepPreset`][meanfield.run.StepPreset]: a ``name`` (distinct
     within the run: the key of its results and of its checkpoint entry) and the ``params`` it computes
     with, typed values (never parsed back from the name)."""
 
@@ -205,7 +205,7 @@ def load_presets() -> dict[str, Preset]:
 
 def get_preset(name: str) -> Preset:
     """The registered preset called ``name`` (every preset module loaded first); a
-    [`ConfigError`][meanfield.run.config.ConfigError] listing the available ones otherwise."""
+    [`ConfigError`][meanfield.run.ConfigError] listing the available ones otherwise."""
     presets = load_presets()
     if name not in presets:
         close = difflib.get_close_matches(name, list(presets), n=1)

@@ -3,7 +3,7 @@
 Every config class states the range of each of its keys in a class attribute ``ranges`` (merged
 along the class hierarchy, a subclass overriding its bases), and [`RunConfig.validate`][meanfield.run.presets.RunConfig.validate]
 checks every value against it before any compute: a bad value is a one-line
-[`ConfigError`][meanfield.run.config.ConfigError] naming the key, the value and the range. ``meanfield show`` prints the
+[`ConfigError`][meanfield.run.ConfigError] naming the key, the value and the range. ``meanfield show`` prints the
 ranges next to the keys.
 
 The text of a range is an interval, optionally followed by qualifiers, separated by commas:

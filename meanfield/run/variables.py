@@ -4,7 +4,7 @@
 A description is a short text in which ``{key}`` stands for the value of the run's config key
 ``key`` (formatted when the Dataset is annotated, so the file records the values used, e.g.
 ``cluster_tol = 0.01`` for ``n_clusters``). The shared names (the particle observables, ``x``,
-``time``, ...) are described in [`COMMON`][meanfield.run.variables.COMMON]; each preset adds its own in its
+``time``, ...) are described in [`COMMON`][meanfield.run.COMMON]; each preset adds its own in its
 ``variables`` class attribute (a name with ``*`` matches the names a preset makes per config value,
 as ``profile_n*``). A swept key that no table names is described from its config field.
 """
@@ -124,7 +124,7 @@ class _Values(dict):
 
 def annotate(ds: xr.Dataset, table: dict[str, Var], cfg) -> xr.Dataset:
     """Set ``long_name``, ``units`` and ``description`` on every variable and coordinate of ``ds``
-    named in ``table`` (or in [`COMMON`][meanfield.run.variables.COMMON]); a coordinate named after a
+    named in ``table`` (or in [`COMMON`][meanfield.run.COMMON]); a coordinate named after a
     config key is described by that key's field docstring. Attributes a preset already set are kept."""
     values = _Values(dataclasses.asdict(cfg)) if dataclasses.is_dataclass(cfg) else _Values()
     docs = field_docs(type(cfg)) if dataclasses.is_dataclass(cfg) else {}

@@ -12,7 +12,7 @@ projections scaled by 1/sqrt(2 depth)):
 
 ``Decoder(key, cfg)(emb)`` maps input embeddings (n, width) to final hidden states (n, width).
 The influence of input position j on the last position is ||d h_last / d emb_j||_F
-(``meanfield.influence.jacobian_profile``); [`step0_influence`][meanfield.studies.decoders.step0_influence] averages it over random
+(``meanfield.influence.jacobian_profile``); [`step0_influence`][meanfield.studies.step0_influence] averages it over random
 inits and inputs with ``jax.vmap``.
 """
 

@@ -9,25 +9,25 @@ normalised positions s_i = (i + 1/2) / N; k = 2: a grid of s). The positional en
 
 F_K the integer frequencies with 0 < |f|_inf <= K up to sign (K of them for k = 1, (2K+1)^2/2
 for k = 2), U of shape (d, 1 + 2 |F_K|): the number of parameters does not depend on N (a
-per-token table would be inverse design again, [`meanfield.theory.inverse_prompt`][meanfield.theory.pushforward.inverse_prompt]). The
-dynamics are the engine's SA with Q = K = V = I and [`meanfield.AdditivePE`][meanfield.kernel.encodings.AdditivePE] (y = x + u,
+per-token table would be inverse design again, [`meanfield.theory.inverse_prompt`][meanfield.theory.inverse_prompt]). The
+dynamics are the engine's SA with Q = K = V = I and [`meanfield.AdditivePE`][meanfield.kernel.AdditivePE] (y = x + u,
 values included):
 
     dx_i/dt = P_{x_i} sum_j m_j e^{beta ⟨y_i, y_j⟩} y_j / sum_j m_j e^{beta ⟨y_i, y_j⟩},  y = x + u(s).
 
 Their limit is a map s -> x*(s) (the pushforward of the auxiliary distribution,
-[`meanfield.theory.additive_pe_pushforward`][meanfield.theory.pushforward.additive_pe_pushforward]); the fit chooses U so that this pushforward is
+[`meanfield.theory.additive_pe_pushforward`][meanfield.theory.additive_pe_pushforward]); the fit chooses U so that this pushforward is
 the target.
 
 Losses ([`fit_additive_pe`][meanfield.studies.learned_pe.fit_additive_pe], optax Adam, the iterate of lowest loss kept):
 
 * ``"simulate"``: the mean over ``n_starts`` random starts x0 of MMD_sigma(x(t1; U, x0), target)
-  ([`meanfield.observables.mmd`][meanfield.observables.mmd]; on S^1 optionally the exact circle W1), differentiated through [`meanfield.simulate`][meanfield.particles.simulate]
+  ([`meanfield.observables.mmd`][meanfield.observables.mmd]; on S^1 optionally the exact circle W1), differentiated through [`meanfield.simulate`][meanfield.simulate]
   (diffrax's checkpointed adjoint). It asks for the *attractor* the dynamics reach, for any target
   cloud (the target need not have N points).
 * ``"residual"``: sum_i m_i |P_{x*_i} v_i(x*)|^2 at the target configuration x*_i paired with
   s_i (N points): it only asks x* to be *stationary*. It is cheap (no solve), but a stationary
-  target may repel: [`meanfield.linear_stability`][meanfield.particles.linear_stability] at x* tells (``FitResult.stability``).
+  target may repel: [`meanfield.linear_stability`][meanfield.linear_stability] at x* tells (``FitResult.stability``).
   Minimised from a random U it can end at a stationary but unstable target (seen at N = 16, K = 4,
   the von Mises-mixture target of the universality preset, beta = 1: largest eigenvalue +0.76,
   while the paired start gives -0.78), which
@@ -127,7 +127,7 @@ class FitResult:
         losses: the loss at the parameters before each optimiser step; ``pe`` holds the
             parameters of the lowest one.
         init: the initial U.
-        stability: for ``"residual"`` (or a paired target), [`meanfield.linear_stability`][meanfield.particles.linear_stability] at the
+        stability: for ``"residual"`` (or a paired target), [`meanfield.linear_stability`][meanfield.linear_stability] at the
             paired target under the fitted PE (< 0: the target attracts); NaN otherwise.
     """
 
@@ -175,7 +175,7 @@ def fit_additive_pe(
         beta: inverse temperature.
         n_freq: K, the number of Fourier frequencies per axis (fixed, independent of N).
         loss: ``"simulate"`` (MMD of the end states from ``n_starts`` random starts, gradient
-            through [`meanfield.simulate`][meanfield.particles.simulate] over [0, ``t1``]) or ``"residual"`` (stationarity
+            through [`meanfield.simulate`][meanfield.simulate] over [0, ``t1``]) or ``"residual"`` (stationarity
             of the paired target).
         steps: optax Adam steps; the result is the iterate of lowest loss (the loss of a fit
             through simulate is not smooth: an end state can jump to another basin).

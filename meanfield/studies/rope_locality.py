@@ -1,6 +1,6 @@
 r"""RoPE at long context: Monte-Carlo estimates of its two failures (Du et al. 2026).
 
-Scores. With rotary embeddings (the engine's [`meanfield.kernel.rope_rotate`][meanfield.kernel.encodings.rope_rotate], frequencies
+Scores. With rotary embeddings (the engine's [`meanfield.kernel.rope_rotate`][meanfield.kernel.rope_rotate], frequencies
 theta_c = base^{-2c/d}, c = 0..d/2-1) a query at position i and a key at position j score
 
     s(q, k, Delta) = ⟨R(i) q, R(j) k⟩ = sum_c Re( q_c conj(k_c) e^{-i Delta theta_c} ),   Delta = i - j,

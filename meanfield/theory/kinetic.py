@@ -65,8 +65,8 @@ def kinetic_green(s, t, a, lam: float):
 
 def kinetic_profile(s, t, beta: float, lam: float = 1.0, M: float = 8.0, n_max: int = 20):
     r"""The kinetic paper's retrieval profile of the last token,
-    $S_t(s) = \sum_{n=1}^{n_{\max}} \omega_{n,M}\, g_{a_n}(t; s)$ with $a_n = n^2 I_n(\beta)$ ([`kinetic_rates`][meanfield.theory.kinetic.kinetic_rates], [`kinetic_weights`][meanfield.theory.kinetic.kinetic_weights],
-    [`kinetic_green`][meanfield.theory.kinetic.kinetic_green]). ``s`` and ``t`` broadcast. Positions: s in (0, 1) is the source token's
+    $S_t(s) = \sum_{n=1}^{n_{\max}} \omega_{n,M}\, g_{a_n}(t; s)$ with $a_n = n^2 I_n(\beta)$ ([`kinetic_rates`][meanfield.theory.kinetic_rates], [`kinetic_weights`][meanfield.theory.kinetic_weights],
+    [`kinetic_green`][meanfield.theory.kinetic_green]). ``s`` and ``t`` broadcast. Positions: s in (0, 1) is the source token's
     relative position; N discrete tokens j = 0..N-1 map to s = (j + 1/2)/N (cell centres) or
     j/(N - 1), which differ at O(1/N)."""
     a = kinetic_rates(beta, n_max)
@@ -106,9 +106,9 @@ def kinetic_propagator_profile(
     *,
     strict: bool = True,
 ) -> np.ndarray:
-    r"""The discrete counterpart of [`kinetic_profile`][meanfield.theory.kinetic.kinetic_profile] on $S$ cell centres $s_k = (k + 1/2)/S$:
+    r"""The discrete counterpart of [`kinetic_profile`][meanfield.theory.kinetic_profile] on $S$ cell centres $s_k = (k + 1/2)/S$:
     $S \sum_n \omega_n [\exp(t a_n \tilde C) - I]_{S-1, k}$, with $\tilde C$ the row-normalised (strict by default)
-    causal ALiBi coupling of [`causal_coupling`][meanfield.theory.rates.causal_coupling] (the kinetic paper's model). Converges to
+    causal ALiBi coupling of [`causal_coupling`][meanfield.theory.causal_coupling] (the kinetic paper's model). Converges to
     S_t(s_k) at O(1/S)."""
     from scipy.sparse.linalg import expm_multiply
 
@@ -144,7 +144,7 @@ def kinetic_propagator_tcrit(
     beta: float, lam: float, n_s: int, M: float = 8.0, n_max: int = 20, *, strict: bool = True
 ) -> float:
     """t_crit of the discrete propagator at S rows: where the right-end slope of
-    [`kinetic_propagator_profile`][meanfield.theory.kinetic.kinetic_propagator_profile], the difference of its last two off-diagonal entries
+    [`kinetic_propagator_profile`][meanfield.theory.kinetic_propagator_profile], the difference of its last two off-diagonal entries
     (k = S-2 and S-3, the last entry being the target itself), turns negative."""
     tc = kinetic_tcrit(beta, lam, M, n_max)
 

@@ -255,7 +255,7 @@ def additive_pe_pushforward(
         weights: quadrature weights rho_k (default uniform).
 
     Returns:
-        [`Maximiser`][meanfield.theory.pushforward.Maximiser] (unpacks as ``x_star, energy``), energy $E = \frac{1}{2\beta} \sum_{k,l} \rho_k \rho_l e^{\beta\langle y_k, y_l\rangle}$.
+        [`Maximiser`][meanfield.theory.Maximiser] (unpacks as ``x_star, energy``), energy $E = \frac{1}{2\beta} \sum_{k,l} \rho_k \rho_l e^{\beta\langle y_k, y_l\rangle}$.
     """
     u = np.asarray(u, dtype=float)
     require(u.ndim == 2 and u.shape[0] >= 1, f"u must have shape (M, d), got {u.shape}")
@@ -294,7 +294,7 @@ def prompt_pushforward(
     energy_tol: float = 1e-9,
     hessian_tol: float = 1e-8,
 ) -> Maximiser:
-    r"""Energy maximiser x*(s_k) with parallel prompts ([`meanfield.ParallelPrompt`][meanfield.kernel.tokens.ParallelPrompt]):
+    r"""Energy maximiser x*(s_k) with parallel prompts ([`meanfield.ParallelPrompt`][meanfield.kernel.ParallelPrompt]):
 
         E(x) = (1 / 2 beta) sum_kl rho_k rho_l e^{beta ⟨x_k, x_l⟩} + (1 / beta) sum_k rho_k weight_k e^{beta ⟨x_k, p_k⟩}
 
@@ -302,10 +302,10 @@ def prompt_pushforward(
     distribution (weights rho_k, default uniform). Its maximiser is a map s -> x*(s): the limit of
     the tokens is the pushforward of the auxiliary distribution, not a Dirac mass (the second term
     is linear in the token distribution but differs between tokens). Same global search and
-    diagnostics as [`additive_pe_pushforward`][meanfield.theory.pushforward.additive_pe_pushforward] (plus a start at x = p).
+    diagnostics as [`additive_pe_pushforward`][meanfield.theory.additive_pe_pushforward] (plus a start at x = p).
 
     Returns:
-        [`Maximiser`][meanfield.theory.pushforward.Maximiser] (unpacks as ``x_star, energy``).
+        [`Maximiser`][meanfield.theory.Maximiser] (unpacks as ``x_star, energy``).
     """
     p = np.asarray(p, dtype=float)
     require(
@@ -365,7 +365,7 @@ class InverseDesign:
 
 def inverse_prompt(target, beta: float, weight=1.0, mass=None) -> InverseDesign:
     r"""Parallel prompts p_i that make a chosen configuration ``x*_1..x*_N`` (unit vectors) a stationary
-    point of the SA and USA flows with [`meanfield.ParallelPrompt`][meanfield.kernel.tokens.ParallelPrompt] (Q = K = V = I, mask Full):
+    point of the SA and USA flows with [`meanfield.ParallelPrompt`][meanfield.kernel.ParallelPrompt] (Q = K = V = I, mask Full):
     an exact inverse design of the limit.
 
     Per token the tangent balance is one scalar equation. With $t_i$ the unit tangent direction of the
@@ -379,7 +379,7 @@ def inverse_prompt(target, beta: float, weight=1.0, mass=None) -> InverseDesign:
     solvable iff $\mathrm{weight}_i \ge \tau_i / \max_\delta \big(e^{\beta\cos\delta} \sin\delta\big)$, the maximum being at
     $\cos\delta^* = (\sqrt{1 + 4\beta^2} - 1)/(2\beta)$; the root in $[0, \delta^*]$ (the smaller angle)
     is taken. Stability: the Hessian of log E at x* on the tangent spaces (see
-    [`InverseDesign`][meanfield.theory.pushforward.InverseDesign]). ``mass``: token masses m_j (default 1/N); ``weight``: the prompts' key
+    [`InverseDesign`][meanfield.theory.InverseDesign]). ``mass``: token masses m_j (default 1/N); ``weight``: the prompts' key
     mass, a scalar or (N,)."""
     from scipy.optimize import brentq
 

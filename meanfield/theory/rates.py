@@ -44,7 +44,7 @@ def sphere_growth_rate(ell: int, beta: float, a: float = 1.0, form: str = "SA") 
     $$
 
     the analogues of the circle's a n^2 I_n(beta) / (beta I_0(beta)). The kinetic paper's
-    convention (USA, V = beta I) gives [`sphere_kinetic_rate`][meanfield.theory.rates.sphere_kinetic_rate], l(l+1) i_l(beta).
+    convention (USA, V = beta I) gives [`sphere_kinetic_rate`][meanfield.theory.sphere_kinetic_rate], l(l+1) i_l(beta).
     """
     from scipy.special import spherical_in
 
@@ -53,7 +53,7 @@ def sphere_growth_rate(ell: int, beta: float, a: float = 1.0, form: str = "SA") 
 
 
 def sphere_kinetic_rate(ell: int, beta: float) -> float:
-    r"""$a_\ell = \ell(\ell+1)\, i_\ell(\beta)$: [`sphere_growth_rate`][meanfield.theory.rates.sphere_growth_rate] in the kinetic paper's
+    r"""$a_\ell = \ell(\ell+1)\, i_\ell(\beta)$: [`sphere_growth_rate`][meanfield.theory.sphere_growth_rate] in the kinetic paper's
     convention (USA, $V = \beta I$)."""
     return sphere_growth_rate(ell, beta, a=beta, form="USA")
 
@@ -99,13 +99,13 @@ def causal_mode_propagator(
 
     Derivation: at f = 1/2pi the SA denominator is D_0(s) = I_0(beta) sum_j c(s, s_j) and the
     numerator is linear in the perturbation, so the circle computation of
-    [`circle_growth_rate`][meanfield.theory.rates.circle_growth_rate] goes through with the perturbation replaced by its causal average
+    [`circle_growth_rate`][meanfield.theory.circle_growth_rate] goes through with the perturbation replaced by its causal average
     C~ f_n. Content and position normalisation are separate choices:
 
     * ``form`` (content): "SA" gives lambda_n = value n^2 I_n / (beta I_0) and always the
       row-normalised C~ = C / (row sums) (the softmax divides the positional weights too);
       "USA" gives lambda_n = value n^2 I_n / beta with C~ = C, or C / (row sums) when
-      ``normalized`` (positional weights normalised per row, [`meanfield.PositionNormalized`][meanfield.kernel.masks.PositionNormalized]).
+      ``normalized`` (positional weights normalised per row, [`meanfield.PositionNormalized`][meanfield.kernel.PositionNormalized]).
     * ``value``: V = value I (the kinetic paper uses V = beta I, so its rate is n^2 I_n(beta)).
     * ``strict``: no self weight (a token does not see itself; the first row is frozen).
 

@@ -1,11 +1,11 @@
-"""Attention backends: one module per strategy behind [`AbstractBackend`][meanfield.kernel.backends.base.AbstractBackend].
+"""Attention backends: one module per strategy behind [`AbstractBackend`][meanfield.kernel.backends.AbstractBackend].
 
-[`Dense`][meanfield.kernel.backends.dense.Dense] (exact row softmax, row slabs),
-[`Chunked`][meanfield.kernel.backends.chunked.Chunked] (online softmax over tiles),
-[`Auto`][meanfield.kernel.backends.auto.Auto] (the measured default per platform),
-[`Fused`][meanfield.kernel.backends.fused.Fused] (a Pallas kernel, GPU first) and
-[`Splash`][meanfield.kernel.backends.splash.Splash] (jax's TPU splash kernel). Each reads a
-[`Problem`][meanfield.kernel.problem.Problem] and nothing else; adding a backend is one module here
+[`Dense`][meanfield.kernel.backends.Dense] (exact row softmax, row slabs),
+[`Chunked`][meanfield.kernel.backends.Chunked] (online softmax over tiles),
+[`Auto`][meanfield.kernel.backends.Auto] (the measured default per platform),
+[`Fused`][meanfield.kernel.backends.Fused] (a Pallas kernel, GPU first) and
+[`Splash`][meanfield.kernel.backends.Splash] (jax's TPU splash kernel). Each reads a
+[`Problem`][meanfield.kernel.Problem] and nothing else; adding a backend is one module here
 and its export.
 """
 

@@ -31,7 +31,7 @@ def default_backend(n: int, platform: str | None = None) -> AbstractBackend:
 
 
 class Auto(AbstractBackend):
-    """The default backend: [`default_backend`][meanfield.kernel.backends.auto.default_backend] for the number of query tokens and the
+    """The default backend: [`default_backend`][meanfield.kernel.backends.default_backend] for the number of query tokens and the
     platform, resolved when the field is traced."""
 
     def resolve(self, n: int) -> AbstractBackend:

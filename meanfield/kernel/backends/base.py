@@ -1,4 +1,4 @@
-"""The backend contract: how the kernel evaluates the field of a [`Problem`][meanfield.kernel.problem.Problem].
+"""The backend contract: how the kernel evaluates the field of a [`Problem`][meanfield.kernel.Problem].
 
 A backend is a strategy module passed as ``Attention(backend=...)`` (like a diffrax solver). It
 implements two methods and reads nothing but its own settings and the problem:
@@ -6,7 +6,7 @@ implements two methods and reads nothing but its own settings and the problem:
 * ``field(problem)``: the per-head field of the problem's query rows, shape (h, rows, dv), h = 1
   or ``problem.heads`` (the attention mixes the heads);
 * ``memory_bytes(n, n_keys, d, heads, itemsize)``: the peak bytes of one evaluation for n query
-  rows over n_keys keys (what [`simulate`][meanfield.particles.simulate] checks before it starts;
+  rows over n_keys keys (what [`simulate`][meanfield.simulate] checks before it starts;
   no problem needed).
 
 Adding a backend is one module of this package and its export.

@@ -23,7 +23,7 @@ MASS_COLUMN_MAX_D = (
 
 class Dense(AbstractBackend):
     """Exact row softmax over all keys, ``row_block`` query rows per slab (memory heads x
-    row_block x (N + P)); ``None`` picks [`default_row_block`][meanfield.kernel.backends.dense.default_row_block]: 2^21 / (N + P) rows clipped
+    row_block x (N + P)); ``None`` picks [`default_row_block`][meanfield.kernel.backends.default_row_block]: 2^21 / (N + P) rows clipped
     to [128, 1024], then fewer rows if the (heads x rows x keys) slab would pass 16 MiB."""
 
     row_block: int | None = eqx.field(default=None, static=True)
