@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from ..._arrays import pad_axis
 from ..._errors import require
-from ..masks import Lowered
+from ..masks import Compose, Lowered, PositionNormalized
 from ..problem import Own, Problem
 
 
@@ -60,11 +60,29 @@ def active_tile_range(active):
 
 # ----------------------------------------------------------------- Pallas kernels
 def lowered_mask(problem: Problem, backend: str) -> Lowered:
-    """The problem's mask lowered for a tiled kernel; a ValueError naming the fallback otherwise."""
+    """The problem's mask lowered for a tiled kernel; a ValueError naming the part that does not
+    lower and the fallback otherwise."""
     lowered = problem.mask.lower(problem.heads)
     if lowered is None:
+        parts = [problem.mask]
+        while any(isinstance(m, (Compose, PositionNormalized)) for m in parts):
+            parts = [
+                q
+                for m in parts
+                for q in (
+                    m.masks
+                    if isinstance(m, Compose)
+                    else (m.mask,)
+                    if isinstance(m, PositionNormalized)
+                    else (m,)
+                )
+            ]
+        name = next(
+            (type(m).__name__ for m in parts if m.lower(problem.heads) is None),
+            type(problem.mask).__name__,
+        )
         raise ValueError(
-            f"the {backend} backend does not support the mask {type(problem.mask).__name__}; use backend=Chunked() "
+            f"the {backend} backend does not support the mask {name}; use backend=Chunked() "
             "(supported: Full, Causal, Window, ALiBi, their & compositions and PositionNormalized of those)"
         )
     return lowered
