@@ -32,7 +32,7 @@ from meanfield.pde import (
 )
 from meanfield.pde.sphere import UNDERSHOOT
 from meanfield.particles import RESULTS as PRESULTS
-from meanfield.run import executor
+from meanfield.run import checkpoint
 from meanfield.run.cli import main
 
 SETS = ["--set", "n=8", "--set", "t1=3", "--set", "n_save=7", "--set", "chunks=3", "--no-progress"]
@@ -294,7 +294,7 @@ def test_full_disk_at_the_first_checkpoint(tmp_path, monkeypatch, capsys):
     def full(path, arrays):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr(executor, "save_npz_atomic", full)
+    monkeypatch.setattr(checkpoint, "save_npz_atomic", full)  # the checkpoint module writes it
     assert main(["run", "clustering", "--out", str(tmp_path / "o"), *SETS]) == 3
     err = capsys.readouterr().err
     assert (
