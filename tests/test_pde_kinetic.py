@@ -10,7 +10,13 @@ import pytest
 import meanfield as mf
 from meanfield import theory
 from meanfield.influence import bin_profile, u_shape_onset
-from meanfield.pde import CircleMeanField, KineticMeanField, engine_face_velocity
+from meanfield.pde import (
+    CausalCoupling,
+    CircleMeanField,
+    FullCoupling,
+    KineticMeanField,
+    engine_face_velocity,
+)
 from meanfield.pde.circle import density_to_particles
 
 
@@ -25,7 +31,9 @@ def _state(pde, kappa=1.5):
 @pytest.mark.parametrize("form", ["SA", "USA"])
 def test_fast_causal_path_equals_engine_kernel(lam, form):
     """Associative scan in s + FFT in theta == the engine's Attention on the grid as tokens."""
-    pde = KineticMeanField(12, 32, beta=2.0, a=1.0, b=0.3, form=form, lam=lam, self_weight=1.0)
+    pde = KineticMeanField(
+        12, 32, beta=2.0, a=1.0, b=0.3, form=form, coupling=CausalCoupling(lam, 1.0)
+    )
     f = _state(pde)
     V = jnp.array([[1.0, -0.3], [0.3, 1.0]])  # a I + b J
     attn = mf.Attention(2.0, V=V, form=form, mask=mf.Causal() & mf.ALiBi(lam))
@@ -54,7 +62,7 @@ def test_matrix_coupling_equals_engine_with_concatenated_encoding():
 
 
 def test_one_row_full_coupling_is_the_circle_solver():
-    kin = KineticMeanField(1, 64, beta=2.5, b=0.2, coupling="full")
+    kin = KineticMeanField(1, 64, beta=2.5, b=0.2, coupling=FullCoupling(0.0))
     circ = CircleMeanField(64, beta=2.5, b=0.2)
     rho = _state(kin)[0]
     np.testing.assert_allclose(
@@ -67,11 +75,16 @@ def test_prompt_equals_a_frozen_one_cell_row():
     """A prompt token at a cell centre is exactly a row holding all its mass in that cell which
     attends only to itself (such a row never moves: upwind fluxes into empty cells vanish)."""
     S, M, j = 8, 32, 5
-    base = KineticMeanField(S, M, beta=2.0, lam=1.0)
+    base = KineticMeanField(S, M, beta=2.0, coupling=CausalCoupling(1.0))
     theta_p = float(base.theta[j])
     pw = 0.3 * jnp.exp(-0.5 * base.s)  # pi_p(s)
     with_prompt = KineticMeanField(
-        S, M, beta=2.0, lam=1.0, prompt_theta=theta_p, prompt_weight=pw[:, None]
+        S,
+        M,
+        beta=2.0,
+        coupling=CausalCoupling(1.0),
+        prompt_theta=theta_p,
+        prompt_weight=pw[:, None],
     )
     c = np.zeros((S + 1, S + 1))
     c[:S, :S] = np.asarray(base.coupling_matrix())
@@ -88,9 +101,11 @@ def test_prompt_equals_a_frozen_one_cell_row():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("coupling", ["causal", "full"])
+@pytest.mark.parametrize(
+    "coupling", [CausalCoupling(1.0), FullCoupling(1.0)], ids=["causal", "full"]
+)
 def test_mass_per_row_positivity_and_uniform_stationary(coupling):
-    pde = KineticMeanField(16, 64, beta=3.0, b=0.4, lam=1.0, coupling=coupling)
+    pde = KineticMeanField(16, 64, beta=3.0, b=0.4, coupling=coupling)
     np.testing.assert_allclose(pde.rhs(0.0, pde.uniform()), 0.0, atol=1e-14)
     f0 = _state(pde, kappa=0.5)
     f0 = f0 / (jnp.sum(f0, axis=1, keepdims=True) * pde.h)
@@ -105,7 +120,7 @@ def test_causal_modes_follow_linear_theory(form):
     """f = (1 + eps a(s) cos theta)/2pi: the mode-1 amplitudes at time t equal
     exp(t lambda_1 C~) a(0) (theory.causal_mode_propagator), within 1 %."""
     S, beta, lam, eps = 16, 2.0, 1.0, 1e-6
-    pde = KineticMeanField(S, 128, beta=beta, lam=lam, form=form)
+    pde = KineticMeanField(S, 128, beta=beta, coupling=CausalCoupling(lam), form=form)
     a0 = 1.0 + np.cos(3 * np.asarray(pde.s))  # varies in s
     f0 = (1 + eps * jnp.asarray(a0)[:, None] * jnp.cos(pde.theta)[None, :]) / (2 * np.pi)
     t = 3.0
@@ -124,7 +139,7 @@ def test_s_quadrature_order(self_weight, order):
     M, B, ts = 64, 8, jnp.array([0.0, 1.0])
 
     def run(S):
-        pde = KineticMeanField(S, M, beta=2.0, lam=1.0, self_weight=self_weight)
+        pde = KineticMeanField(S, M, beta=2.0, coupling=CausalCoupling(1.0, self_weight))
         f = pde.solve(pde.von_mises(1.0, 1.5 * jnp.pi * pde.s), ts, dt=0.01).f[-1]
         return np.asarray(f).reshape(B, S // B, M).mean(1)
 
@@ -142,7 +157,7 @@ def test_influence_sum_rule_and_u_shape_onset_matches_linear_theory():
     onset of the binned profile equals the linear theory's tau* / lambda_1(beta)."""
     ts = np.linspace(0, 0.6, 61)
     beta = 2.0
-    pde = KineticMeanField(64, 64, beta=beta, lam=1.0)
+    pde = KineticMeanField(64, 64, beta=beta, coupling=CausalCoupling(1.0))
     c = np.asarray(pde.influence(ts, kappa=0.1))
     prof = bin_profile(c * np.asarray(pde.w), 16)
     np.testing.assert_allclose(prof.sum(-1), 1.0, atol=1e-4)
@@ -160,7 +175,7 @@ def test_causal_particles_approach_kinetic_solution():
     """N causal particles (s_i = (i+1/2)/N, ALiBi slope lam in s units) sampled from f_0: the
     per-bin mean of e^{i theta} at t = 2 approaches the kinetic solution like N^{-1/2}."""
     S, M, beta, lam, T, B = 64, 256, 2.0, 1.0, 2.0, 8
-    pde = KineticMeanField(S, M, beta=beta, lam=lam)
+    pde = KineticMeanField(S, M, beta=beta, coupling=CausalCoupling(lam))
     f0 = pde.von_mises(1.0, 1.5 * jnp.pi * pde.s)
     ts = jnp.array([0.0, T])
     mk = np.asarray(pde.solve(f0, ts, cfl=0.3).moment(1))[-1].reshape(B, S // B).mean(-1)

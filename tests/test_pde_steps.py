@@ -144,14 +144,14 @@ def test_command_exits_6_with_one_line_on_a_solver_failure(tmp_path, monkeypatch
     remedy (no JAX traceback); nothing but the run record is left behind."""
     import dataclasses
 
-    from meanfield.run import PRESETS, Preset, RunConfig, cli
+    from meanfield.run import PRESETS, RunConfig, TracedPreset, cli
 
     @dataclasses.dataclass(frozen=True)
     class Cfg(RunConfig):
         dt: float = 0.5
         ranges = {"dt": "(0, 10]"}
 
-    class Failing(Preset):
+    class Failing(TracedPreset):
         name = "test-failing-pde"
         description = "a circle solve with a fixed step past the CFL bound"
         Config = Cfg

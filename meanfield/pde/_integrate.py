@@ -10,25 +10,29 @@ parameter fault); the step rule, the argument checks and the solve are final.
 Time step (``dt=None``): the step adapts throughout the solve, from the current state. Before
 every step
 
-    dt = min(cfl h / max|u|,  accuracy / r),   r = max(r_lin, max_i |u_{i+1} - u_i| / h),
+$$
+\Delta t = \min\Big(\frac{\mathrm{cfl}\, h}{\max|u|},\ \frac{\mathrm{accuracy}}{r}\Big), \qquad
+r = \max\Big(r_{\mathrm{lin}},\ \max_i \frac{|u_{i+1} - u_i|}{h}\Big),
+$$
 
-where r_lin = max_n |lambda_n| is the fastest linear rate about the uniform state, from the
-kernels' Fourier coefficients (SA: lambda_n = -i n (g_n - u_0 K_n) / K_0; USA: lambda_n =
--i n g_n / 2 pi times the coupling's largest row sum; the advection by a uniform drift u_0 is
-left to the CFL bound). The CFL bound keeps positivity; the rate bound keeps accuracy near the
-uniform state, where max|u| -> 0 and the CFL step alone would become the whole save interval. SSP
-Heun integrates e^{lambda t} with a relative error of about (lambda dt)^2 / 6 in the rate, so the
-default ``accuracy`` = 0.05 targets ~4e-4 on the fastest linear mode (less on slower ones).
+where $r_{\mathrm{lin}} = \max_n |\lambda_n|$ is the fastest linear rate about the uniform state, from
+the kernels' Fourier coefficients (SA: $\lambda_n = -i n (g_n - u_0 K_n) / K_0$; USA:
+$\lambda_n = -i n g_n / 2\pi$ times the coupling's largest row sum; the advection by a uniform drift
+$u_0$ is left to the CFL bound). The CFL bound keeps positivity; the rate bound keeps accuracy near
+the uniform state, where $\max|u| \to 0$ and the CFL step alone would become the whole save
+interval. SSP Heun integrates $e^{\lambda t}$ with a relative error of about $(\lambda \Delta t)^2 / 6$
+in the rate, so the default ``accuracy`` = 0.05 targets ~4e-4 on the fastest linear mode (less on
+slower ones).
 
 The rule is applied by a diffrax step-size controller (`CFLController`) at the end of every
 step, on the new state, so the step follows the velocity as clusters form, whatever the save
 times (steps are clipped to land on them). A step is redone with the new dt when its end state
-is non-finite or negative, or when the step already breaks the positivity bound max|u| dt <= h/2
-at its end (the velocity grew within the step); after ``MAX_REDO`` redos in a row it is kept and
+is non-finite or negative, or when the step already breaks the positivity bound
+$\max|u|\, \Delta t \le h/2$ at its end (the velocity grew within the step); after ``MAX_REDO`` redos in a row it is kept and
 the solve fails (below).
 
 Failure: a state the solver cannot stand behind stops the solve (a diffrax event): non-finite
-values, or a negative density beyond round-off, min rho < -NEG_TOL eps max rho, under every solver
+values, or a negative density beyond round-off, $\min \rho < -\mathrm{NEG\_TOL}\, \varepsilon \max \rho$, under every solver
 (the SSP steppers, Euler and Heun, keep the density non-negative within the CFL bound; any other
 solver's undershoot is a failure all the same). ``solve(throw=True)`` (default)
 raises [`meanfield.SolverError`][meanfield.SolverError] naming the time reached and the remedy;
