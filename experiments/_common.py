@@ -122,6 +122,22 @@ def circle_w1_to(theta, theta_ref):
     return np.asarray(jax.vmap(lambda t: obs.circle_w1(t, ref))(flat)).reshape(theta.shape[:-1])
 
 
+PARTICLE_OUTPUTS = frozenset(
+    {
+        "x",
+        "energy",
+        "diameter",
+        "min_cosine",
+        "mean_cosine",
+        "n_clusters",
+        "rank_collapse",
+        "effective_rank",
+    }
+)
+"""What the result of a preset that evolves a token cloud holds: the trajectory ``x`` and the
+collapse observables (``observable_vars``); its tiny test run asserts them."""
+
+
 class ParticlePreset(TracedPreset):
     """Tokens uniform on S^{d-1} (from ``seed``) evolved by ``simulate`` chunk by chunk."""
 

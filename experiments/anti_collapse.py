@@ -41,6 +41,7 @@ from meanfield.run import TracedPreset, Var, grid_param, register
 from meanfield.theory import additive_pe_pushforward, prompt_pushforward
 
 from ._common import (
+    PARTICLE_OUTPUTS,
     SolveConfig,
     circle_w1_to,
     first_point,
@@ -122,18 +123,7 @@ class AntiCollapse(TracedPreset):
     name = "anti-collapse"
     tiny = ("n=8", "t1=5", "n_save=7", "chunks=2", "quadrature=40")
     slow = True
-    outputs = frozenset(
-        {
-            "diameter",
-            "effective_rank",
-            "energy",
-            "mean_cosine",
-            "min_cosine",
-            "n_clusters",
-            "rank_collapse",
-            "x",
-        }
-    )
+    outputs = PARTICLE_OUTPUTS
     description = "no aux variable vs positional encodings (additive, concat, RoPE) vs prompt: Dirac vs pushforward limit"
     variables = {
         "variant": Var(

@@ -23,6 +23,7 @@ import numpy as np
 from meanfield.run import register
 
 from ._common import (
+    PARTICLE_OUTPUTS,
     ParticleConfig,
     ParticlePreset,
     first_point,
@@ -100,18 +101,7 @@ class Clustering(ParticlePreset):
     name = "clustering"
     tiny = ("n=8", "t1=3", "n_save=7", "chunks=2")
     slow = False
-    outputs = frozenset(
-        {
-            "diameter",
-            "effective_rank",
-            "energy",
-            "mean_cosine",
-            "min_cosine",
-            "n_clusters",
-            "rank_collapse",
-            "x",
-        }
-    )
+    outputs = PARTICLE_OUTPUTS
     description = "SA on S^2 with Q=K=V=I: tokens collapse to one point (snapshots, energy, diameter, clusters)"
     Config = Config
 
@@ -121,21 +111,7 @@ class Clustering(ParticlePreset):
 
 @register
 class CausalClustering(Clustering):
-    name = "causal-clustering"
-    tiny = ("n=8", "t1=3", "n_save=7", "chunks=2")
-    slow = False
-    outputs = frozenset(
-        {
-            "diameter",
-            "effective_rank",
-            "energy",
-            "mean_cosine",
-            "min_cosine",
-            "n_clusters",
-            "rank_collapse",
-            "x",
-        }
-    )
+    name = "causal-clustering"  # the tiny run (tiny, slow, outputs) is Clustering's
     description = "causal SA on S^2: token 1 never moves; later tokens form long-lived clusters (one at token 1)"
     Config = CausalConfig
 

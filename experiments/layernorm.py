@@ -24,7 +24,7 @@ import meanfield as mf
 from meanfield.run.io import observable_vars
 from meanfield.run import TracedPreset, Var, grid_param, register
 
-from ._common import MaskConfig, first_point, particle_mask, plt, save_figure
+from ._common import PARTICLE_OUTPUTS, MaskConfig, first_point, particle_mask, plt, save_figure
 
 NORMS = {"post-LN": mf.PostLN(), "pre-LN": mf.PreLN(), "peri-LN": mf.PeriLN(), "nGPT": mf.NGPT()}
 
@@ -56,18 +56,7 @@ class LayerNorm(TracedPreset):
     name = "layernorm"
     tiny = ("n=6", "d=4", "n_layers=6", "chunks=2")
     slow = False
-    outputs = frozenset(
-        {
-            "diameter",
-            "effective_rank",
-            "energy",
-            "mean_cosine",
-            "min_cosine",
-            "n_clusters",
-            "rank_collapse",
-            "x",
-        }
-    )
+    outputs = PARTICLE_OUTPUTS
     description = "post-LN vs pre-LN vs peri-LN vs nGPT discrete layers from one start: collapse speed and norm growth"
     variables = {
         "norm": Var(

@@ -16,6 +16,7 @@ from meanfield import observables as obs
 from meanfield.run import register
 
 from ._common import (
+    PARTICLE_OUTPUTS,
     ParticleConfig,
     ParticlePreset,
     first_point,
@@ -50,18 +51,7 @@ class Metastability(ParticlePreset):
     name = "metastability"
     tiny = ("n=8", "t1=50", "n_save=9", "chunks=2")
     slow = False
-    outputs = frozenset(
-        {
-            "diameter",
-            "effective_rank",
-            "energy",
-            "mean_cosine",
-            "min_cosine",
-            "n_clusters",
-            "rank_collapse",
-            "x",
-        }
-    )
+    outputs = PARTICLE_OUTPUTS
     description = (
         "large beta on the circle: energy staircase and cluster-count plateaus on a log-time axis"
     )

@@ -23,7 +23,7 @@ import meanfield as mf
 from meanfield.run.io import observable_vars
 from meanfield.run import TracedPreset, RunConfig, register
 
-from ._common import first_point, plt, save_figure, simulate_chunk
+from ._common import PARTICLE_OUTPUTS, first_point, plt, save_figure, simulate_chunk
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,18 +74,7 @@ class PhaseDiagram(TracedPreset):
     name = "phase-diagram"
     tiny = ("n=6", "betas=1,8", "n_seeds=2", "t1=2", "n_save=5", "chunks=2")
     slow = True
-    outputs = frozenset(
-        {
-            "diameter",
-            "effective_rank",
-            "energy",
-            "mean_cosine",
-            "min_cosine",
-            "n_clusters",
-            "rank_collapse",
-            "x",
-        }
-    )
+    outputs = PARTICLE_OUTPUTS
     description = (
         "cluster count over beta x time for random Q, K, V (batched over seeds and beta): heatmap"
     )
