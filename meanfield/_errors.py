@@ -2,18 +2,17 @@
 
 Three tiers (see docs/concepts.md): shape problems raise ``ValueError`` at trace time
 naming the argument; value checks that need data raise ``ValueError`` at once when the data
-is concrete (eager call) and go through ``eqx.error_if`` when it is traced (inside a
-user's ``jit``/``vmap``); solver failures are result codes.
+is concrete (eager call) and are flags computed in the graph when it is traced (inside a
+user's ``jit``/``vmap``), which the solves turn into result codes; solver failures are result
+codes. No check puts a host callback inside a jitted field or solve.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import sys
 import warnings
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,29 +27,6 @@ class SolverError(RuntimeError):
 def is_concrete(*arrays) -> bool:
     """True when no argument is a JAX tracer, so its values can be read in Python."""
     return not any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(arrays))
-
-
-def check_value(x, bad, message: str):
-    """Fail with ``message`` where the boolean array ``bad`` has any True entry.
-
-    Eager inputs raise ``ValueError`` immediately (before any compute is launched);
-    traced inputs get an ``eqx.error_if`` guard so that the check still fires at run time.
-    Returns ``x`` (possibly wrapped by the runtime check) so callers can thread it through.
-    """
-    if is_concrete(bad):
-        if bool(np.any(np.asarray(bad))):
-            raise ValueError(message)
-        return x
-    flag = jnp.any(bad)
-    # best effort under a user's own jax.jit: print our one line first, before the runtime's long
-    # callback traceback (which also carries it, but buried); eqx.error_if then stops the program
-    jax.debug.callback(functools.partial(_announce, message), flag)
-    return eqx.error_if(x, flag, message)
-
-
-def _announce(message: str, flag) -> None:
-    if bool(np.any(np.asarray(flag))):
-        traced_failure(f"error: {message}", ValueError)
 
 
 _TRACED = {"announce": True, "last": None}
@@ -174,7 +150,7 @@ def check_param(
 def data_fault(bad, message: str):
     """``bad`` (a boolean array) as a scalar fault flag: a concrete True raises ``ValueError(message)``
     at once; a traced one stays in the graph (the solve then returns its ``invalid_parameter`` code).
-    The callback-free sibling of `check_value`."""
+    No host callback: the flag lowers for every platform."""
     if is_concrete(bad):
         if bool(np.any(np.asarray(bad))):
             raise ValueError(message)

@@ -28,7 +28,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
-from ._errors import check_value
+from ._errors import data_fault
 from ._types import Array, Float
 
 
@@ -51,8 +51,16 @@ class AbstractGeometry(eqx.Module):
         """The nearest point of the manifold."""
 
     @abc.abstractmethod
+    def fault(self, x, name: str = "x0"):
+        """Value check that ``x`` lies on the manifold: concrete values raise ``ValueError`` naming
+        ``name`` at once; traced ones give a scalar flag computed in the graph (no host callback),
+        which a solve turns into its result code."""
+
     def check(self, x, name: str = "x0"):
-        """Value check that ``x`` lies on the manifold (eager raise / traced error_if); returns x."""
+        """The eager form of [`fault`][meanfield.geometry.AbstractGeometry.fault]: raises on concrete
+        bad values; returns ``x``."""
+        self.fault(x, name)
+        return x
 
     @abc.abstractmethod
     def tangent_basis(self, x) -> np.ndarray:
@@ -78,14 +86,13 @@ class Sphere(AbstractGeometry):
     def retract(self, x: Float[Array, "*batch d"]) -> Float[Array, "*batch d"]:
         return normalise(x)
 
-    def check(self, x, name: str = "x0"):
+    def fault(self, x, name: str = "x0"):
         tol = (
             self.tol if self.tol is not None else (1e-6 if jnp.finfo(x.dtype).eps < 1e-10 else 1e-3)
         )
-        x = check_value(x, ~jnp.isfinite(x), f"{name}: tokens must be finite (found NaN or inf)")
+        bad = data_fault(~jnp.isfinite(x), f"{name}: tokens must be finite (found NaN or inf)")
         err = jnp.abs(jnp.linalg.norm(x, axis=-1) - 1.0)
-        return check_value(
-            x,
+        return bad | data_fault(
             ~(err <= tol),
             f"{name}: tokens must lie on the unit sphere for the Sphere geometry "
             f"(| |x_i| - 1 | <= {tol:g}); normalise them, e.g. x / |x|",
@@ -113,8 +120,8 @@ class Euclidean(AbstractGeometry):
     def retract(self, x: Float[Array, "*batch d"]) -> Float[Array, "*batch d"]:
         return x
 
-    def check(self, x, name: str = "x0"):
-        return check_value(x, ~jnp.isfinite(x), f"{name}: tokens must be finite")
+    def fault(self, x, name: str = "x0"):
+        return data_fault(~jnp.isfinite(x), f"{name}: tokens must be finite")
 
     def tangent_basis(self, x) -> np.ndarray:
         """The identity of R^{N d}."""

@@ -18,64 +18,30 @@ x <- step(F, x, h), saved after every layer.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from typing import ClassVar
 
 import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from diffrax import AbstractERK, ButcherTableau, ThirdOrderHermitePolynomialInterpolation
 
-from ._errors import SolverError, check_param, check_value, is_concrete, param_fault, require
+from ._errors import (
+    SolverError,
+    check_param,
+    data_fault,
+    is_concrete,
+    param_fault,
+    require,
+    traced_failure,
+)
 from ._types import Array, Float, PRNGKeyArray, Times, TokensLike
 from .geometry import AbstractGeometry, AbstractLayerMap, PostLN, Sphere
 from .kernel import Attention, Chunked, TokenAux
 from .kernel.attention import PromptArg
 from .kernel.tokens import split_prompt
-
-
-_rk4_tableau = ButcherTableau(
-    a_lower=(np.array([0.5]), np.array([0.0, 0.5]), np.array([0.0, 0.0, 1.0])),
-    b_sol=np.array([1 / 6, 1 / 3, 1 / 3, 1 / 6]),
-    # Embedded Euler estimate (RK4 minus Euler); only used if RK4 is run adaptively.
-    b_error=np.array([1 / 6 - 1.0, 1 / 3, 1 / 3, 1 / 6]),
-    c=np.array([0.5, 0.5, 1.0]),
-)
-
-
-class RK4(AbstractERK):
-    """The classical 4th-order Runge--Kutta method, as a diffrax explicit RK tableau.
-
-    Intended for fixed steps (layer-like depth); its embedded error estimate is the crude
-    RK4 - Euler difference.
-    """
-
-    tableau: ClassVar[ButcherTableau] = _rk4_tableau
-    interpolation_cls: ClassVar[Callable[..., ThirdOrderHermitePolynomialInterpolation]] = (
-        ThirdOrderHermitePolynomialInterpolation.from_k
-    )
-
-    def order(self, terms):
-        del terms
-        return 4
-
-
-SOLVERS: dict[str, Callable[[], diffrax.AbstractSolver]] = {
-    "euler": diffrax.Euler,
-    "heun": diffrax.Heun,
-    "midpoint": diffrax.Midpoint,
-    "rk4": RK4,
-    "tsit5": diffrax.Tsit5,
-    "dopri5": diffrax.Dopri5,
-    "dopri8": diffrax.Dopri8,
-    "kvaerno5": diffrax.Kvaerno5,
-}
-"""Solvers by name; any diffrax ODE solver instance is accepted as well. ``kvaerno5`` is
-implicit (ESDIRK, adaptive only), for stiff problems. (On the USA additive-PE run of the tests it
-takes 3.8k steps to Tsit5's 6.4k, each costlier: there the fast rates are real motion, not just
-stiffness, and SA with the same fixed points is the cheaper route.)"""
+from .solvers import RK4 as RK4
+from .solvers import SOLVERS as SOLVERS
+from .solvers import resolve_solver
 
 
 SPHERE_TOL = 1e-2
@@ -92,6 +58,19 @@ class RESULTS(diffrax.RESULTS):
     invalid_parameter = (
         "a parameter of the attention (beta, Q, K, V, W, a mask or encoding parameter) or dt is "
         "NaN, infinite or out of range (a traced value, checked in the graph)"
+    )
+    invalid_tokens = (
+        "x0 or prompt.p holds NaN or inf, or (Sphere) tokens off the unit sphere (a traced value, "
+        "checked in the graph)"
+    )
+    invalid_times = "ts must be strictly increasing (a traced value, checked in the graph)"
+    invalid_tolerance = (
+        "rtol and atol must be finite and >= 0, not both 0 (a traced value, checked in the graph)"
+    )
+    unsupported_data = (
+        "the backend cannot serve these token positions (Splash: distinct under a causal mask, "
+        "consecutive integers under a Window; a traced value, checked in the graph); use "
+        "backend=Chunked()"
     )
     left_sphere = (
         f"tokens left the unit sphere by more than SPHERE_TOL = {SPHERE_TOL:g}: the fixed step dt is too "
@@ -170,28 +149,13 @@ def linear_stability(
     return float(np.linalg.eigvals(basis @ jac @ basis.T).real.max())
 
 
-def _resolve_solver(solver) -> diffrax.AbstractSolver:
-    if isinstance(solver, str):
-        require(
-            solver in SOLVERS,
-            f"solver must be one of {sorted(SOLVERS)} or a diffrax solver, got {solver!r}",
-        )
-        return SOLVERS[solver]()
-    require(
-        isinstance(solver, diffrax.AbstractSolver),
-        f"solver must be a name in {sorted(SOLVERS)} or a diffrax solver instance, got {solver!r}",
-    )
-    return solver
-
-
-def _check_parallel(geometry, prompt):
-    """A parallel prompt lives on the tokens' geometry (e.g. on the sphere); checked like x0. The
-    prompt is returned with the checked array in it, so a traced check stays in the computation."""
-    shared, parallel = split_prompt(prompt)
+def _parallel_fault(geometry, prompt):
+    """A parallel prompt lives on the tokens' geometry (e.g. on the sphere): checked like x0 (a
+    concrete one raises now; a traced one gives a flag in the graph)."""
+    _, parallel = split_prompt(prompt)
     if parallel is None:
-        return prompt
-    parallel = eqx.tree_at(lambda pp: pp.p, parallel, geometry.check(parallel.p, "prompt.p"))
-    return parallel if shared is None else (shared, parallel)
+        return jnp.zeros((), bool)
+    return geometry.fault(parallel.p, "prompt.p")
 
 
 def available_memory() -> int | None:
@@ -302,7 +266,10 @@ def simulate(
             (requires a solver with an error estimate, e.g. Tsit5/Dopri5/Dopri8). Saves off the
             fixed step grid are interpolated by the solver's dense output.
         max_steps: step budget (static; also bounds reverse-mode memory).
-        throw: raise if the solver fails; otherwise inspect ``result``.
+        throw: raise if the solve fails ([`SolverError`][meanfield.SolverError], from the result
+            code on the host after the solve); otherwise inspect ``result``. The solve holds no
+            host callback either way; under your own ``jit`` use ``throw=False`` (with
+            ``throw=True`` one check runs after the solve), e.g. to lower for a TPU.
         adjoint: diffrax adjoint for gradients (default: recursive checkpointing).
 
     Returns:
@@ -330,7 +297,7 @@ def simulate(
         ts.ndim == 1 and ts.shape[0] >= 2,
         f"ts must be a 1-D array of at least 2 save times, got shape {ts.shape}",
     )
-    solver = _resolve_solver(solver)
+    solver = resolve_solver(solver)
     if dt is None:
         require(
             not isinstance(solver, (diffrax.Euler, RK4)),
@@ -341,28 +308,44 @@ def simulate(
         dt = _as_float("dt", dt, x0.dtype)
         check_param("dt", dt, lo=0, lo_open=True)
     _check_memory(attn, x0, ts.shape[0], prompt, "simulate")
-    x0 = geometry.check(x0, "x0")
-    prompt = _check_parallel(geometry, prompt)
-    x0 = check_value(x0, ~jnp.all(jnp.diff(ts) > 0), "ts must be strictly increasing")
+    # data checks: concrete values raise ValueError now; traced ones (under a caller's jit or
+    # vmap) are flags in the graph that become the result code: no host callback in the solve
+    bad_tokens = geometry.fault(x0, "x0") | _parallel_fault(geometry, prompt)
+    bad_times = data_fault(~jnp.all(jnp.diff(ts) > 0), "ts must be strictly increasing")
     rtol = _as_float("rtol", rtol, x0.dtype)
     atol = _as_float("atol", atol, x0.dtype)
-    if (
-        dt is None
-    ):  # the tolerances drive the step: negative, NaN or both zero would silently mislead it
-        bad_tol = ~(
-            jnp.isfinite(rtol) & jnp.isfinite(atol) & (rtol >= 0) & (atol >= 0) & (rtol + atol > 0)
-        )
+    bad_tol = jnp.zeros((), bool)
+    if dt is None:  # the tolerances drive the step: negative, NaN or both zero would mislead it
         got = (
             f" (got rtol = {float(rtol):g}, atol = {float(atol):g})"
             if is_concrete(rtol, atol)
             else ""
         )
-        x0 = check_value(x0, bad_tol, "rtol and atol must be finite and >= 0, not both 0" + got)
+        bad_tol = data_fault(
+            ~(
+                jnp.isfinite(rtol)
+                & jnp.isfinite(atol)
+                & (rtol >= 0)
+                & (atol >= 0)
+                & (rtol + atol > 0)
+            ),
+            "rtol and atol must be finite and >= 0, not both 0" + got,
+        )
     attn.check_parameters()  # concrete values: refused now, before any solve
-    # traced parameters out of range: the point's result is RESULTS.invalid_parameter (no host callback)
-    fault = attn.parameter_fault() | (
+    bad_data = attn.data_fault(x0, aux, prompt)
+    # traced parameters out of range: the point's result is RESULTS.invalid_parameter
+    bad_param = attn.parameter_fault() | (
         jnp.zeros((), bool) if dt is None else param_fault(dt, lo=0, lo_open=True)
     )
+    fault = RESULTS.successful
+    for flag, code in (
+        (bad_data, RESULTS.unsupported_data),
+        (bad_tol, RESULTS.invalid_tolerance),
+        (bad_times, RESULTS.invalid_times),
+        (bad_tokens, RESULTS.invalid_tokens),
+        (bad_param, RESULTS.invalid_parameter),
+    ):  # the first in the order of the eager checks wins
+        fault = RESULTS.where(flag, code, fault)
     traj = _simulate(
         attn,
         x0,
@@ -375,24 +358,66 @@ def simulate(
         rtol,
         atol,
         int(max_steps),
-        throw,
         adjoint,
         fault,
     )
-    if throw and is_concrete(traj.result._value) and bool(traj.result != RESULTS.successful):
-        raise SolverError(f"simulate failed: {RESULTS[traj.result]}")
-    return traj
+    return _raise_on_failure(traj) if throw else traj
+
+
+_INPUT_CODES = (
+    "invalid_parameter",
+    "invalid_tokens",
+    "invalid_times",
+    "invalid_tolerance",
+    "unsupported_data",
+)
+
+
+def _raise_on_failure(traj: Trajectory) -> Trajectory:
+    """``throw=True``, after the solve: a concrete failed result raises
+    [`SolverError`][meanfield.SolverError] on the host. Under a caller's ``jit``/``vmap`` (a traced
+    result) one check runs after the solve: the line is printed (``meanfield: ...``) and
+    ``eqx.branched_error_if`` stops the program with it; a traced parameter out of range stays its
+    point's ``invalid_parameter`` code, so one bad point of a batch does not stop the others. The
+    solve itself holds no host callback (``throw=False`` has none at all, so it lowers for every
+    platform)."""
+    if is_concrete(traj.result._value):
+        if bool(traj.result != RESULTS.successful):
+            raise SolverError(f"simulate failed: {RESULTS[traj.result]}")
+        return traj
+    failed = (traj.result != RESULTS.successful) & (traj.result != RESULTS.invalid_parameter)
+    messages = [_failure_line(i) for i in range(len(RESULTS._index_to_message))]
+    jax.debug.callback(_announce_failure, failed, traj.result._value)
+    code = jnp.max(jnp.where(failed, traj.result._value, 0))
+    xs = eqx.branched_error_if(traj.xs, jnp.any(failed), code, messages)
+    return eqx.tree_at(lambda t: t.xs, traj, xs)
+
+
+def _failure_line(index: int) -> str:
+    message = RESULTS._index_to_message[index]
+    if any(message == RESULTS._index_to_message[getattr(RESULTS, c)._value] for c in _INPUT_CODES):
+        return "error: " + message.replace(" (a traced value, checked in the graph)", "")
+    return "simulate failed: " + message
+
+
+def _announce_failure(failed, code) -> None:
+    failed, code = np.asarray(failed), np.asarray(code)
+    for i in zip(*np.nonzero(failed)) if failed.ndim else ([()] if failed else []):
+        line = _failure_line(int(code[i]))
+        traced_failure(line, ValueError if line.startswith("error: ") else SolverError)
 
 
 @eqx.filter_jit
 @eqx.debug.assert_max_traces(max_traces=None)  # counts traces: eqx.debug.get_num_traces(_simulate)
 def _simulate(
-    attn, x0, ts, geometry, aux, prompt, solver, dt, rtol, atol, max_steps, throw, adjoint, fault
+    attn, x0, ts, geometry, aux, prompt, solver, dt, rtol, atol, max_steps, adjoint, fault
 ):
+
+    bad = fault != RESULTS.successful
 
     def rhs(t, y, args):  # a faulty point is not integrated (its result says why)
         v = velocity(attn, y, geometry=geometry, aux=aux, prompt=prompt)
-        return jnp.where(fault, jnp.zeros_like(v), v)
+        return jnp.where(bad, jnp.zeros_like(v), v)
 
     if dt is None:
         controller = diffrax.PIDController(rtol=rtol, atol=atol)
@@ -408,10 +433,10 @@ def _simulate(
         saveat=diffrax.SaveAt(ts=ts),
         stepsize_controller=controller,
         max_steps=max_steps,
-        throw=throw,
+        throw=False,  # the result code, raised on the host after the solve (no callback inside)
         adjoint=diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint,
     )
-    result = RESULTS.where(fault, RESULTS.invalid_parameter, RESULTS.promote(sol.result))
+    result = RESULTS.where(bad, fault, RESULTS.promote(sol.result))
     xs = sol.ys
     if dt is not None and isinstance(geometry, Sphere):  # fixed steps: hold the state to the sphere
         off = ~(
@@ -422,7 +447,7 @@ def _simulate(
         )
         gone = jnp.cumsum(off) > 0  # NaN from the first save off the sphere on
         xs = jnp.where(gone[:, None, None], jnp.nan, xs)
-    xs = jnp.where(fault, jnp.nan, xs)
+    xs = jnp.where(bad, jnp.nan, xs)
     return Trajectory(ts=sol.ts, xs=xs, result=result, stats=dict(sol.stats))
 
 
@@ -468,15 +493,19 @@ def layers(
     check_param("h", h, lo=0, lo_open=True)
     attn.check_parameters()
     _check_memory(attn, x0, int(n_layers) + 1, prompt, "layers")
-    x0 = norm.geometry.check(x0, "x0")
-    prompt = _check_parallel(norm.geometry, prompt)
-    x0 = check_value(x0, ~(h > 0), "h must be > 0")
-    return _layers(attn, x0, int(n_layers), h, norm, aux, prompt)
+    fault = (
+        norm.geometry.fault(x0, "x0")
+        | _parallel_fault(norm.geometry, prompt)
+        | data_fault(~(h > 0), "h must be > 0")
+        | attn.data_fault(x0, aux, prompt)
+        | attn.parameter_fault()
+    )  # traced: the result code (RESULTS.invalid_parameter) and NaN layers, no host callback
+    return _layers(attn, x0, int(n_layers), h, norm, aux, prompt, fault)
 
 
 @eqx.filter_jit
 @eqx.debug.assert_max_traces(max_traces=None)  # counts traces: eqx.debug.get_num_traces(_layers)
-def _layers(attn, x0, n_layers, h, norm, aux, prompt):
+def _layers(attn, x0, n_layers, h, norm, aux, prompt, fault):
 
     def field(y):
         return attn(y, aux, prompt)
@@ -488,7 +517,8 @@ def _layers(attn, x0, n_layers, h, norm, aux, prompt):
     _, xs = jax.lax.scan(body, x0, None, length=n_layers)
     xs = jnp.concatenate([x0[None], xs], axis=0)
     ts = h * jnp.arange(n_layers + 1, dtype=x0.dtype)
-    return Trajectory(ts=ts, xs=xs, result=RESULTS.successful, stats={})
+    result = RESULTS.where(fault, RESULTS.invalid_parameter, RESULTS.successful)
+    return Trajectory(ts=ts, xs=jnp.where(fault, jnp.nan, xs), result=result, stats={})
 
 
 def sphere_uniform(key: PRNGKeyArray, n: int, d: int, dtype=None) -> Float[Array, "n d"]:

@@ -264,6 +264,14 @@ class Attention(eqx.Module):
                 fault = fault | hook()
         return fault
 
+    def data_fault(self, x: TokensLike, aux: TokenAux | None = None, prompt: PromptArg = None):
+        """True (a scalar computed in the graph) when the tokens' data break a condition of the
+        backend (Splash: distinct positions under a causal mask); concrete data raise
+        ``ValueError`` naming it instead. No host callback: [`simulate`][meanfield.simulate] calls
+        it before the solve and turns a traced fault into its result code. A bare field call
+        checks concrete data the same way; under your own ``jax.jit`` call this first, eagerly."""
+        return self.backend.data_fault(self.problem(x, aux, prompt))
+
     # ------------------------------------------------------------- evaluation
     def __call__(
         self, x: TokensLike, aux: TokenAux | None = None, prompt: PromptArg = None
@@ -272,6 +280,7 @@ class Attention(eqx.Module):
         shared, parallel = split_prompt(prompt)
         self._validate(x, aux, shared, parallel)
         p = self._problem(x, aux, shared, parallel)
+        self.backend.data_fault(p)  # concrete data the backend cannot serve: ValueError now
         if self.shard_tokens and token_shards() > 1:
             return self._mix(sharded_field(self.backend, p), p.q.dtype)
         return self._mix(self.backend.field(p), p.q.dtype)

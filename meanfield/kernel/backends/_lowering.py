@@ -3,12 +3,14 @@ tile ranges, bf16 splits, centred positions, and the trace-time refusals of the 
 
 from __future__ import annotations
 
+import math
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
 from ..._arrays import pad_axis
-from ..._errors import require
+from ..._errors import data_fault, require
 from ..masks import Compose, Lowered, PositionNormalized
 from ..problem import Own, Problem
 
@@ -131,3 +133,26 @@ def centred_positions(qpos, kpos):
     return (qpos.astype(dt) - ref.astype(dt)).astype(jnp.float32), (
         kpos.astype(dt) - ref.astype(dt)
     ).astype(jnp.float32)
+
+
+# ----------------------------------------------------------------- data conditions
+def sorted_position_fault(problem: Problem, lowered: Lowered, name: str):
+    """The data conditions of a kernel that sorts the tokens by position and masks by index
+    (Splash, the cuDNN route): distinct positions under a causal mask, consecutive integers under a
+    Window. Concrete positions that break one raise ``ValueError`` naming ``name`` and the
+    fallback; traced ones give a scalar flag (no host callback)."""
+    ps = jnp.sort(problem.qs.pos)
+    fault = jnp.zeros((), bool)
+    if lowered.causal:
+        fault = fault | data_fault(
+            ~jnp.all(jnp.diff(ps) > 0),
+            f"the {name} backend needs distinct positions under a causal mask (tied positions); "
+            "use backend=Chunked()",
+        )
+    if lowered.window != math.inf:
+        fault = fault | data_fault(
+            ~jnp.all(jnp.diff(ps) == 1),
+            f"the {name} backend needs consecutive integer positions under a Window mask; "
+            "use backend=Chunked()",
+        )
+    return fault

@@ -40,5 +40,8 @@ class Auto(AbstractBackend):
     def field(self, problem):
         return self.resolve(problem.rows).field(problem)
 
+    def data_fault(self, problem):
+        return self.resolve(problem.rows).data_fault(problem)
+
     def memory_bytes(self, n, n_keys, d, heads, itemsize):
         return self.resolve(n).memory_bytes(n, n_keys, d, heads, itemsize)

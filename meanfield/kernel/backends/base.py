@@ -7,7 +7,12 @@ implements two methods and reads nothing but its own settings and the problem:
   or ``problem.heads`` (the attention mixes the heads);
 * ``memory_bytes(n, n_keys, d, heads, itemsize)``: the peak bytes of one evaluation for n query
   rows over n_keys keys (what [`simulate`][meanfield.simulate] checks before it starts;
-  no problem needed).
+  no problem needed);
+* ``data_fault(problem)``: the data-dependent conditions the backend needs of the problem's
+  values (Splash: distinct positions under a causal mask). Concrete values that break them raise
+  ``ValueError`` at once; traced ones give a scalar flag computed in the graph, which
+  [`simulate`][meanfield.simulate] turns into its result code. ``field`` checks nothing on data:
+  no host callback runs inside a jitted field, so it lowers for every platform.
 
 Adding a backend is one module of this package and its export.
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 import abc
 
 import equinox as eqx
+import jax.numpy as jnp
 
 from ..._types import Array
 from ..problem import Problem
@@ -32,6 +38,16 @@ class AbstractBackend(eqx.Module):
     @abc.abstractmethod
     def memory_bytes(self, n: int, n_keys: int, d: int, heads: int, itemsize: int) -> int:
         """Peak bytes of one field evaluation for n query rows over n_keys keys (an estimate)."""
+
+    @abc.abstractmethod
+    def data_fault(self, problem: Problem) -> Array:
+        """A scalar flag: True when the problem's values break a condition of this backend
+        (concrete values raise ``ValueError`` naming it instead)."""
+
+
+def no_fault() -> Array:
+    """The flag of a backend that needs nothing of the data."""
+    return jnp.zeros((), bool)
 
 
 def projection_bytes(n: int, n_keys: int, d: int, heads: int, itemsize: int) -> int:

@@ -15,7 +15,7 @@ from ..._errors import is_concrete, require
 from ..._types import Array
 from ..problem import Problem, finite
 from ._lowering import active_tile_range, block_own, block_rows, blocks, with_reference_derivative
-from .base import AbstractBackend, projection_bytes
+from .base import AbstractBackend, projection_bytes, no_fault
 
 
 class Chunked(AbstractBackend):
@@ -47,6 +47,9 @@ class Chunked(AbstractBackend):
             chunked_field, block=int(self.block), query_batch=int(self.query_batch)
         )
         return with_reference_derivative(problem, forward=forward, reference=reference_field)
+
+    def data_fault(self, problem):
+        return no_fault()  # any positions, masses and values
 
     def memory_bytes(self, n, n_keys, d, heads, itemsize):
         slab = heads * min(self.block, n) * min(self.block, n_keys) * self.query_batch

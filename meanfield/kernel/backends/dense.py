@@ -13,7 +13,7 @@ from ..._errors import require
 from ..._types import Array
 from ..problem import Problem, finite
 from ._lowering import block_own, block_rows, blocks
-from .base import AbstractBackend, projection_bytes
+from .base import AbstractBackend, projection_bytes, no_fault
 
 SLAB_BYTES = 2**24  # the dense backend's default cap on one (heads x rows x keys) score slab
 MASS_COLUMN_MAX_D = (
@@ -36,6 +36,9 @@ class Dense(AbstractBackend):
 
     def field(self, problem):
         return dense_field(problem, self.row_block)
+
+    def data_fault(self, problem):
+        return no_fault()  # any positions, masses and values
 
     def memory_bytes(self, n, n_keys, d, heads, itemsize):
         rb = self.row_block or default_row_block(heads, n_keys, itemsize)

@@ -65,7 +65,7 @@ from ._lowering import (
     split_bf16,
     with_reference_derivative,
 )
-from .base import AbstractBackend, projection_bytes
+from .base import AbstractBackend, projection_bytes, no_fault
 from .chunked import reference_field
 
 LOG2E = 1.4426950408889634
@@ -98,6 +98,9 @@ class Fused(AbstractBackend):
         return with_reference_derivative(
             problem, forward=functools.partial(_forward, self), reference=reference_field
         )
+
+    def data_fault(self, problem):
+        return no_fault()  # any positions, masses and values
 
     def memory_bytes(self, n, n_keys, d, heads, itemsize):
         return projection_bytes(n, n_keys, d, heads, itemsize)  # the tiles live on chip

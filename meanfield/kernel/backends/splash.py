@@ -54,11 +54,17 @@ import jax
 import jax.numpy as jnp
 
 from ..._arrays import pad_axis
-from ..._errors import check_value, require
+from ..._errors import require
 from ..._types import Array
 from ..masks import Lowered, position_normalized
 from ..problem import Problem
-from ._lowering import check_supported, split3_bf16, split_bf16, with_reference_derivative
+from ._lowering import (
+    check_supported,
+    sorted_position_fault,
+    split3_bf16,
+    split_bf16,
+    with_reference_derivative,
+)
 from .base import AbstractBackend, projection_bytes
 from .chunked import reference_field
 
@@ -99,6 +105,11 @@ class Splash(AbstractBackend):
         return with_reference_derivative(
             problem, forward=functools.partial(_forward, self), reference=reference_field
         )
+
+    def data_fault(self, problem):
+        """Distinct positions under a causal mask, consecutive integers under a Window (the kernel
+        masks by index after sorting by position)."""
+        return sorted_position_fault(problem, _check(problem), "Splash")
 
     def memory_bytes(self, n, n_keys, d, heads, itemsize):
         return projection_bytes(n, n_keys, d, heads, itemsize)  # the blocks live on chip
@@ -265,18 +276,6 @@ def _forward(spec: Splash, p: Problem) -> Array:
     pos = p.qs.pos
     perm = jnp.argsort(pos)
     ps = pos[perm]
-    if causal:
-        ps = check_value(
-            ps,
-            ~jnp.all(jnp.diff(ps) > 0),
-            "the Splash backend needs distinct positions under a causal mask (tied positions); use backend=Chunked()",
-        )
-    if window != math.inf:
-        ps = check_value(
-            ps,
-            ~jnp.all(jnp.diff(ps) == 1),
-            "the Splash backend needs consecutive integer positions under a Window mask; use backend=Chunked()",
-        )
     # centred on the middle: the row constant lambda_h p_i that every score of row i carries (and
     # the logsumexp with it) stays within lambda span / 2, whose float32 rounding is the price
     ps = (ps - 0.5 * (ps[0] + ps[-1])).astype(jnp.float32)
