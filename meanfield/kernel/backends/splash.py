@@ -65,18 +65,13 @@ from ._lowering import (
     split_bf16,
     with_reference_derivative,
 )
+from ._tpu_kernel import flash_forward
 from .base import AbstractBackend, projection_bytes
 from .chunked import reference_field
 
 DUMMY_LOGM = -1.0e4
 """Log-mass of the dummy key that gives strict-causal rows a finite normaliser."""
 LANES = 128
-
-
-def _splash():
-    from jax.experimental.pallas.ops.tpu import splash_attention as sa  # noqa: PLC0415 (jax's own, heavy)
-
-    return sa
 
 
 class Splash(AbstractBackend):
@@ -164,34 +159,17 @@ def _coordinates(q, k, lam, logm, pos, sign, mode):
     k_aug = jnp.concatenate([lm3, jnp.tile(p3, (1, 3))], -1)  # (M, 12)
     qa = jnp.concatenate([qc, jnp.broadcast_to(q_aug[:, None, :], (h, n, 12))], -1)
     ka = jnp.concatenate([kc, k_aug], -1)
-    # float32 arrays holding bf16 values: the kernel's output takes the queries' dtype (float32),
-    # and a matrix unit that rounds float32 inputs to bf16 multiplies these exactly
-    return qa.astype(jnp.float32), ka.astype(jnp.float32)
+    return qa.astype(jnp.bfloat16), ka.astype(jnp.bfloat16)  # bf16 x bf16 on the matrix unit
 
 
-def _call(qa, ka, v, seg_q, seg_k, mask_kind, window, bq, bk, interpret):
-    """One splash MQA call with the logsumexp residual: (out (H, Nq, dv), lse (H, Nq))."""
-    sa = _splash()
-    h, nq, _ = qa.shape
-    nk = ka.shape[0]
-    shape = (nq, nk)
-    if mask_kind == "full":
-        base = sa.FullMask(shape)
-    elif mask_kind == "causal":
-        base = sa.CausalMask(shape, offset=0)
-    else:  # "local": (left, right) window in index units
-        base = sa.LocalMask(shape, window_size=window, offset=0)
-    blocks = sa.BlockSizes(block_q=bq, block_kv=bk, block_kv_compute=bk)
-    kernel = sa.make_splash_mqa(
-        sa.MultiHeadMask([base] * h),
-        block_sizes=blocks,
-        save_residuals=True,
-        head_shards=1,
-        q_seq_shards=1,
-        interpret=interpret,
-    )
-    out, (lse,) = kernel(qa, ka, v, sa.SegmentIds(q=seg_q, kv=seg_k))
-    return out, lse
+def _values(v, mode):
+    """The values as the kernel takes them: float32 (``"tf32"``), one bf16 part (``"bf16"``) or
+    the hi/lo bf16 split (``"highest"``, P V then float32-accurate)."""
+    if mode == "tf32":
+        return (v,)
+    if mode == "bf16":
+        return (v.astype(jnp.bfloat16),)
+    return split_bf16(v)
 
 
 def _directional(
@@ -218,15 +196,23 @@ def _directional(
     qa = pad_axis(pad_axis(qa, dpad, 2, 0.0), npad, 1, 0.0)
     ka = pad_axis(pad_axis(ka, dpad, 1, 0.0), mpad, 0, 0.0)
     vp = pad_axis(pad_axis(xk.astype(jnp.float32), dvpad, 1, 0.0), mpad, 0, 0.0)
-    seg_q = (jnp.arange(npad) >= n).astype(jnp.int32)  # padding: its own segment, never seen
-    seg_k = (jnp.arange(mpad) >= m).astype(jnp.int32)
     if causal:
         kind, win = ("local", (int(window) - 1, 0)) if window != math.inf else ("causal", None)
     else:
         kind, win = (
             ("local", (int(window) - 1, int(window) - 1)) if window != math.inf else ("full", None)
         )
-    out, lse = _call(qa, ka, vp, seg_q, seg_k, kind, win, bq, bk, interpret)
+    out, lse = flash_forward(
+        qa,
+        ka,
+        _values(vp, mode),
+        n_keys=m,  # the padding keys past m are never seen
+        kind=kind,
+        window=win,
+        bq=bq,
+        bk=bk,
+        interpret=interpret,
+    )
     out, lse = out[:, :n, :d], lse[:, :n]
     lse = lse - lam[:, None] * sign * qpos[None, :]  # the row constant lambda_h sign p_i
     if reverse:
