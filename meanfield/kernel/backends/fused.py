@@ -158,12 +158,13 @@ def _kernel(
     project,
     has_alibi,
 ):
-    n_op = 2 if mode == "highest" else 1
-    q_refs, refs = refs[:n_op], refs[n_op:]
-    k_refs, refs = refs[:n_op], refs[n_op:]
-    v_refs, refs = refs[:n_op], refs[n_op:]
+    n_qk, n_v = (3, 2) if mode == "highest" else (1, 1)
+    smode = "highest3" if mode == "highest" else mode  # the scores: three-part splits, six products
+    q_refs, refs = refs[:n_qk], refs[n_qk:]
+    k_refs, refs = refs[:n_qk], refs[n_qk:]
+    v_refs, refs = refs[:n_v], refs[n_v:]
     vmat_ref, o_ref = refs if project else (None, refs[0])
-    q = tuple(r[0] for r in q_refs) if n_op == 2 else q_refs[0][0]  # (bq, D), scores in log2 units
+    q = tuple(r[0] for r in q_refs) if n_qk > 1 else q_refs[0][0]  # (bq, D), scores in log2 units
     qp = qpos_ref[...]  # (bq,) int32 or float32, centred
     slope = slope_ref[0]  # log2 units
     bq, dv = qp.shape[0], v_refs[0].shape[-1]
@@ -173,9 +174,9 @@ def _kernel(
     def tile(j, carry, masked):
         mx, l, acc, pmx, pl_ = carry
         sl = pl.ds(pl.multiple_of(j * bk, bk), bk)
-        k = tuple(r[0, sl, :] for r in k_refs) if n_op == 2 else k_refs[0][0, sl, :]
-        v = tuple(r[0, sl, :] for r in v_refs) if n_op == 2 else v_refs[0][0, sl, :]
-        s = _dot(q, k, mode, ((1,), (1,)))
+        k = tuple(r[0, sl, :] for r in k_refs) if n_qk > 1 else k_refs[0][0, sl, :]
+        v = tuple(r[0, sl, :] for r in v_refs) if n_v > 1 else v_refs[0][0, sl, :]
+        s = _dot(q, k, smode, ((1,), (1,)))
         bias = logm_ref[sl][None, :]  # log2 m_j
         if has_alibi or masked:
             diff = qp[:, None] - kpos_ref[sl][None, :]  # exact: int32, or float32 centred positions
@@ -297,12 +298,14 @@ def fused_field(
     # longest rows first under a causal mask (the grid runs in ascending program order)
     row = (lambda i: nq - 1 - i) if causal else (lambda i: i)
     shared = lambda a: (lambda hh, i: (0, 0, 0)) if a.shape[0] == 1 else (lambda hh, i: (hh, 0, 0))  # noqa: E731
-    ops = lambda x: (
-        split_bf16(x)
+    ops = lambda x, split: (
+        split(x)
         if precision == "highest"
         else ((x.astype(jnp.bfloat16),) if precision == "bf16" else (x,))
     )  # noqa: E731
-    qs, ks, vs = ops(q), ops(k), ops(v)
+    # "highest": scores from three-part splits (float32-accurate: beta amplifies their error),
+    # P V from hi/lo splits (the weights lie in [0, 1])
+    qs, ks, vs = ops(q, split3_bf16), ops(k, split3_bf16), ops(v, split_bf16)
     in_specs = [
         pl.BlockSpec((1, 4), lambda hh, i: (row(i), 0)),
         pl.BlockSpec((bq,), lambda hh, i: (row(i),)),

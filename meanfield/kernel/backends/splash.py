@@ -142,10 +142,11 @@ def _coordinates(q, k, lam, logm, pos, sign, mode):
         qa = jnp.concatenate([q, ones, jnp.broadcast_to(lam[:, None, None], (h, n, 1))], -1)
         ka = jnp.concatenate([k, logm[:, None], sign * pos[:, None]], -1)
         return qa, ka
-    if mode == "highest":
-        qh, ql = split_bf16(q)
-        kh, kl = split_bf16(k)
-        qc, kc = jnp.concatenate([qh, qh, ql], -1), jnp.concatenate([kh, kl, kh], -1)
+    if mode == "highest":  # three-part splits, the six products above float32 rounding
+        q1, q2, q3 = split3_bf16(q)
+        k1, k2, k3 = split3_bf16(k)
+        qc = jnp.concatenate([q1, q1, q2, q1, q2, q3], -1)
+        kc = jnp.concatenate([k1, k2, k1, k3, k2, k1], -1)
     else:
         qc, kc = q.astype(jnp.bfloat16), k.astype(jnp.bfloat16)
     # log m_j: three parts against a query coordinate 1; lambda_h p_j: every cross product of the
