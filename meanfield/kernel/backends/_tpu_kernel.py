@@ -4,11 +4,16 @@ r"""The project's TPU flash-attention forward kernel (Pallas/Mosaic), which the
 Written for the project (not a copy of jax's splash kernel) because the splash mapping needs three
 things jax's kernel does not give:
 
+* **ALiBi in the kernel, centred per query block.** The bias lambda_h (p_j - c_b), with c_b the
+  position at the middle of query block b, is added to the scores on the vector unit; the
+  logsumexp then carries the row constant lambda_h (p_i - c_b), of size lambda_h times half the
+  block's position span, not lambda N / 2 as with positions in the augmented keys (whose float32
+  rounding, 2^-24 lambda N / 2, reached 2e-4 of the USA field at lambda N = 10^4).
 * **O(N/b) mask metadata.** Every mask the mapping uses is an index mask (causal, local window,
   full, with padding keys past ``n_keys``), so the key tiles a query block needs are one
   contiguous range: the first tile ``lo[i]`` and the count ``cnt[i]``, computed in vectorised
-  NumPy from the static sizes (`index_tile_bounds`). They are the kernel's only scalar-prefetch
-  (SMEM) data: 8 bytes per query block, 16 KiB at N = 2^20 with 512-row blocks, where splash's
+  NumPy from the static sizes (`index_tile_bounds`). With the block centres they are the kernel's
+  scalar-prefetch (SMEM) data, with the per-head slopes: 12 bytes per query block, 24 KiB at N = 2^20 with 512-row blocks, where splash's
   block mask (three int8/int16 arrays of (N/b)^2 entries) holds megabytes and is built by a
   quadratic Python loop. The grid is (heads, query blocks, max cnt): a query block that needs
   fewer tiles repeats its last one (the same block index, so no new copy) and skips the compute.
@@ -72,17 +77,21 @@ def index_tile_bounds(n: int, m: int, bq: int, bk: int, kind: str, window=None):
     return lo.astype(np.int32), cnt.astype(np.int32)
 
 
-def smem_bytes(n: int, m: int, bq: int, bk: int, kind: str, window=None) -> int:
-    """The kernel's scalar-prefetch (SMEM) bytes: the two int32 arrays of `index_tile_bounds`."""
+def smem_bytes(n: int, m: int, bq: int, bk: int, kind: str, window=None, heads: int = 1) -> int:
+    """The kernel's scalar-prefetch (SMEM) bytes: the two int32 arrays of `index_tile_bounds`, the
+    float32 block centres and the float32 per-head slopes."""
     lo, cnt = index_tile_bounds(n, m, bq, bk, kind, window)
-    return int(lo.nbytes + cnt.nbytes)
+    return int(lo.nbytes + cnt.nbytes + 4 * lo.shape[0] + 4 * heads)
 
 
 def _kernel(
     lo_ref,
     cnt_ref,
+    centre_ref,
+    slope_ref,
     q_ref,
     k_ref,
+    kpos_ref,
     *refs,
     n_v,
     bq,
@@ -91,9 +100,10 @@ def _kernel(
     kind,
     window,
     width,
+    alibi,
 ):
     v_refs, (o_ref, lse_ref, m_sc, l_sc, o_sc) = refs[: max(n_v, 1)], refs[max(n_v, 1) :]
-    i, j = pl.program_id(1), pl.program_id(2)
+    hh, i, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     f32 = jnp.float32
 
     @pl.when(j == 0)
@@ -113,6 +123,8 @@ def _kernel(
             keep = keep & (kj <= qi)
         elif kind == "local":
             keep = keep & (kj >= qi - window[0]) & (kj <= qi + window[1])
+        if alibi:  # lambda_h (p_j - c_i): the row constant -lambda_h (p_i - c_i) stays O(block)
+            s = s + slope_ref[hh] * (kpos_ref[...] - centre_ref[i])
         s = jnp.where(keep, s, MASK_VALUE)
         m_prev = m_sc[...]
         m_next = jnp.maximum(m_prev, jnp.max(s, axis=-1, keepdims=True))
@@ -139,9 +151,23 @@ def _kernel(
 
 
 def flash_forward(
-    q, k, vs, *, n_keys: int, kind: str, window=None, bq: int, bk: int, interpret: bool
+    q,
+    k,
+    vs,
+    *,
+    n_keys: int,
+    kind: str,
+    window=None,
+    bq: int,
+    bk: int,
+    interpret: bool,
+    kpos=None,
+    centre=None,
+    slopes=None,
 ):
-    """Masked softmax attention with the logsumexp residual, heads sharing one key copy.
+    """Masked softmax attention with the logsumexp residual, heads sharing one key copy; with
+    ``slopes``, ALiBi scores s_ij = q_i . k_j + lambda_h (p_j - c_b), c_b the centre of the query
+    block (the caller subtracts the row constant lambda_h (p_i - c_b) from the logsumexp).
 
     Args:
         q: (H, Np, D) queries (bf16 or float32), Np a multiple of ``bq``, D of 128.
@@ -150,6 +176,8 @@ def flash_forward(
         n_keys: the real keys (the rest is padding, never seen).
         kind, window: the index mask (`index_tile_bounds`).
         bq, bk: query block and key tile (multiples of 128).
+        kpos: (Mp,) float32 key positions; centre: (Np / bq,) float32 per query block;
+        slopes: (H,) float32 (all three or none).
 
     Returns:
         (out (H, Np, Dv) float32, lse (H, Np) float32).
@@ -159,14 +187,22 @@ def flash_forward(
     lo, cnt = index_tile_bounds(n_pad, n_keys, bq, bk, kind, window)
     width = int(cnt.max())
     n_v = 0 if vs[0].dtype == jnp.float32 else len(vs)
+    alibi = slopes is not None
+    if not alibi:
+        kpos = jnp.zeros((m_pad,), jnp.float32)
+        centre, slopes = jnp.zeros((n_pad // bq,), jnp.float32), jnp.zeros((h,), jnp.float32)
     assert m_pad % bk == 0 and n_pad % bq == 0 and dim % LANES == 0 and dv % LANES == 0
 
-    def kv_map(hh, i, j, lo_ref, cnt_ref):
+    def kv_map(hh, i, j, lo_ref, cnt_ref, *_):
         return lo_ref[i] + jnp.minimum(j, cnt_ref[i] - 1), 0
+
+    def kpos_map(hh, i, j, lo_ref, cnt_ref, *_):
+        return 0, lo_ref[i] + jnp.minimum(j, cnt_ref[i] - 1)
 
     in_specs = [
         pl.BlockSpec((None, bq, dim), lambda hh, i, j, *_: (hh, i, 0)),
         pl.BlockSpec((bk, dim), kv_map),
+        pl.BlockSpec((1, bk), kpos_map),
     ] + [pl.BlockSpec((bk, dv), kv_map) for _ in vs]
     out_specs = [
         pl.BlockSpec((None, bq, dv), lambda hh, i, j, *_: (hh, i, 0)),
@@ -181,11 +217,12 @@ def flash_forward(
         kind=kind,
         window=window,
         width=width,
+        alibi=alibi,
     )
     out, lse = pl.pallas_call(
         kernel,
         grid_spec=pltpu.PrefetchScalarGridSpec(
-            num_scalar_prefetch=2,
+            num_scalar_prefetch=4,
             grid=(h, n_pad // bq, width),
             in_specs=in_specs,
             out_specs=out_specs,
@@ -204,7 +241,16 @@ def flash_forward(
         ),
         interpret=interpret,
         name="meanfield_splash_fwd",
-    )(jnp.asarray(lo), jnp.asarray(cnt), q, k, *vs)
+    )(
+        jnp.asarray(lo),
+        jnp.asarray(cnt),
+        centre.astype(jnp.float32),
+        slopes.astype(jnp.float32),
+        q,
+        k,
+        kpos.astype(jnp.float32)[None, :],
+        *vs,
+    )
     return out, lse[..., 0]
 
 

@@ -133,15 +133,13 @@ def _round_up(n: int, k: int) -> int:
     return -(-int(n) // k) * k
 
 
-def _coordinates(q, k, lam, logm, pos, sign, mode):
-    """Augmented queries (H, N, D) and keys (M, D) whose products are the scores plus a row constant
-    (module docstring): content part and the (log m, lambda p) part, split as ``mode`` needs."""
+def _coordinates(q, k, logm, mode):
+    """Augmented queries (H, N, D) and keys (M, D) whose products are the content scores plus
+    log m_j (module docstring), split as ``mode`` needs."""
     h, n, _ = q.shape
     if mode == "tf32":
-        ones = jnp.ones((h, n, 1), jnp.float32)
-        qa = jnp.concatenate([q, ones, jnp.broadcast_to(lam[:, None, None], (h, n, 1))], -1)
-        ka = jnp.concatenate([k, logm[:, None], sign * pos[:, None]], -1)
-        return qa, ka
+        qa = jnp.concatenate([q, jnp.ones((h, n, 1), jnp.float32)], -1)
+        return qa, jnp.concatenate([k, logm[:, None]], -1)
     if mode == "highest":  # three-part splits, the six products above float32 rounding
         q1, q2, q3 = split3_bf16(q)
         k1, k2, k3 = split3_bf16(k)
@@ -149,17 +147,10 @@ def _coordinates(q, k, lam, logm, pos, sign, mode):
         kc = jnp.concatenate([k1, k2, k1, k3, k2, k1], -1)
     else:
         qc, kc = q.astype(jnp.bfloat16), k.astype(jnp.bfloat16)
-    # log m_j: three parts against a query coordinate 1; lambda_h p_j: every cross product of the
-    # three parts of lambda_h and of (sign p_j), exact to float32 rounding
+    # log m_j: three parts against query coordinates 1, exact to float32 rounding
     lm3 = jnp.stack(split3_bf16(logm), -1)  # (M, 3)
-    l3 = jnp.stack(split3_bf16(lam), -1)  # (H, 3)
-    p3 = jnp.stack(split3_bf16(sign * pos), -1)  # (M, 3)
-    q_aug = jnp.concatenate(
-        [jnp.ones((h, 3), jnp.bfloat16), jnp.repeat(l3, 3, axis=1)], -1
-    )  # (H, 12)
-    k_aug = jnp.concatenate([lm3, jnp.tile(p3, (1, 3))], -1)  # (M, 12)
-    qa = jnp.concatenate([qc, jnp.broadcast_to(q_aug[:, None, :], (h, n, 12))], -1)
-    ka = jnp.concatenate([kc, k_aug], -1)
+    qa = jnp.concatenate([qc, jnp.ones((h, n, 3), jnp.bfloat16)], -1)
+    ka = jnp.concatenate([kc, lm3], -1)
     return qa.astype(jnp.bfloat16), ka.astype(jnp.bfloat16)  # bf16 x bf16 on the matrix unit
 
 
@@ -174,7 +165,7 @@ def _values(v, mode):
 
 
 def _directional(
-    q, xk, lam, logm, pos, *, causal, strict, window, reverse, blocks, interpret, mode
+    q, xk, lam, logm, pos, *, causal, strict, window, reverse, blocks, interpret, mode, has_alibi
 ):
     """Field sums over the keys at or before each query (``reverse=False``), or after it
     (``reverse=True``: the sequence reversed, strict, with -p_j), in sorted order:
@@ -189,7 +180,7 @@ def _directional(
         logm = jnp.concatenate([jnp.full((1,), DUMMY_LOGM, logm.dtype), logm])
         pos = jnp.concatenate([jnp.min(sign * pos, keepdims=True) * sign, pos])
     m = xk.shape[0]
-    qa, ka = _coordinates(q, xk, lam, logm, pos, sign, mode)
+    qa, ka = _coordinates(q, xk, logm, mode)
     bq = min(blocks[0], _round_up(n, LANES))
     bk = min(blocks[1], _round_up(m, LANES))
     npad, mpad = _round_up(n, bq), _round_up(m, bk)
@@ -197,6 +188,9 @@ def _directional(
     qa = pad_axis(pad_axis(qa, dpad, 2, 0.0), npad, 1, 0.0)
     ka = pad_axis(pad_axis(ka, dpad, 1, 0.0), mpad, 0, 0.0)
     vp = pad_axis(pad_axis(xk.astype(jnp.float32), dvpad, 1, 0.0), mpad, 0, 0.0)
+    big_p = sign * pos  # ascending: the directional positions
+    row_p = sign * qpos
+    centre = row_p[jnp.minimum(jnp.arange(npad // bq) * bq + bq // 2, n - 1)]
     if causal:
         kind, win = ("local", (int(window) - 1, 0)) if window != math.inf else ("causal", None)
     else:
@@ -213,9 +207,13 @@ def _directional(
         bq=bq,
         bk=bk,
         interpret=interpret,
+        kpos=pad_axis(big_p, mpad, 0),
+        centre=centre,
+        slopes=lam if has_alibi else None,
     )
     out, lse = out[:, :n, :d], lse[:, :n]
-    lse = lse - lam[:, None] * sign * qpos[None, :]  # the row constant lambda_h sign p_i
+    if has_alibi:  # the row constant lambda_h (P_i - c_b), c_b the centre of i's query block
+        lse = lse - lam[:, None] * (row_p - jnp.repeat(centre, bq)[:n])[None, :]
     if reverse:
         out, lse = out[:, ::-1], lse[:, ::-1]
     return out, lse
@@ -271,7 +269,11 @@ def _forward(spec: Splash, p: Problem) -> Array:
     lam = lowered.slopes.astype(jnp.float32) if has_alibi else jnp.zeros((h,), jnp.float32)
     interpret = default_interpret() if spec.interpret is None else spec.interpret
     common = dict(
-        window=window, blocks=(int(spec.block_q), int(spec.block_k)), interpret=interpret, mode=mode
+        window=window,
+        blocks=(int(spec.block_q), int(spec.block_k)),
+        interpret=interpret,
+        mode=mode,
+        has_alibi=has_alibi,
     )
     if causal or not has_alibi:  # one directional call; two-sided ALiBi needs two
         out, lse = _directional(
