@@ -15,6 +15,10 @@ from ..masks import Compose, Lowered, PositionNormalized
 from ..problem import Own, Problem
 
 
+DUMMY_LOGM = -1.0e4
+"""Log-mass of the dummy key that gives strict-causal rows a finite normaliser."""
+
+
 # ----------------------------------------------------------------- derivatives
 @eqx.filter_custom_jvp
 def with_reference_derivative(problem, *, forward, reference):

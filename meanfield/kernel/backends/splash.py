@@ -65,12 +65,11 @@ from ._lowering import (
     split_bf16,
     with_reference_derivative,
 )
+from ._sorted import index_mask, sorted_field, with_dummy
 from ._tpu_kernel import flash_forward
 from .base import AbstractBackend, projection_bytes
 from .chunked import reference_field
 
-DUMMY_LOGM = -1.0e4
-"""Log-mass of the dummy key that gives strict-causal rows a finite normaliser."""
 LANES = 128
 
 
@@ -175,10 +174,8 @@ def _directional(
     if reverse:
         q, xk, logm, pos = q[:, ::-1], xk[::-1], logm[::-1], pos[::-1]
     qpos = pos
-    if strict:  # the dummy key: value 0, log-mass -1e4, at the smallest sign * p (its score stays far below)
-        xk = jnp.concatenate([jnp.zeros((1, d), xk.dtype), xk])
-        logm = jnp.concatenate([jnp.full((1,), DUMMY_LOGM, logm.dtype), logm])
-        pos = jnp.concatenate([jnp.min(sign * pos, keepdims=True) * sign, pos])
+    if strict:
+        xk, logm, pos = with_dummy(xk, logm, pos, sign)
     m = xk.shape[0]
     qa, ka = _coordinates(q, xk, logm, mode)
     bq = min(blocks[0], _round_up(n, LANES))
@@ -191,12 +188,7 @@ def _directional(
     big_p = sign * pos  # ascending: the directional positions
     row_p = sign * qpos
     centre = row_p[jnp.minimum(jnp.arange(npad // bq) * bq + bq // 2, n - 1)]
-    if causal:
-        kind, win = ("local", (int(window) - 1, 0)) if window != math.inf else ("causal", None)
-    else:
-        kind, win = (
-            ("local", (int(window) - 1, int(window) - 1)) if window != math.inf else ("full", None)
-        )
+    kind, win = index_mask(causal, window)
     out, lse = flash_forward(
         qa,
         ka,
@@ -219,27 +211,6 @@ def _directional(
     return out, lse
 
 
-def _log_normaliser(lam, logm, pos, causal, strict):
-    """log Z_i = log sum_{j visible} m_j e^{-lambda_h |p_i - p_j|} per head (H, N), in sorted order,
-    by cumulative logsumexps (the positional normaliser of PositionNormalized)."""
-
-    def one(lh):
-        incl = jax.lax.cumlogsumexp(logm + lh * pos)  # j <= i
-        before = (
-            jnp.concatenate([jnp.full((1,), -jnp.inf, incl.dtype), incl[:-1]]) if strict else incl
-        )
-        fwd = before - lh * pos
-        if causal:
-            return fwd
-        rincl = jax.lax.cumlogsumexp(logm - lh * pos, reverse=True)  # j >= i
-        after = (
-            jnp.concatenate([rincl[1:], jnp.full((1,), -jnp.inf, rincl.dtype)]) + lh * pos
-        )  # j > i
-        return jnp.logaddexp(fwd, after)
-
-    return jax.vmap(one)(lam)
-
-
 def default_interpret() -> bool:
     """Interpret mode unless the default JAX backend is a TPU."""
     return jax.default_backend() != "tpu"
@@ -247,58 +218,13 @@ def default_interpret() -> bool:
 
 def _forward(spec: Splash, p: Problem) -> Array:
     lowered = _check(p)
-    causal, window, has_alibi = lowered.causal, lowered.window, lowered.slopes is not None
-    h = p.heads
-    usa, normalized = p.normaliser.usa, p.normaliser.positional
-    mode = p.precision
-    q, k, v, vmat = p.folded()  # V_h is applied after the kernel
-    require(
-        k.shape[0] == 1 and v.shape[0] == 1, "the Splash backend shares one key copy across heads"
-    )
-    xk = k[0]
-    vmat = None if vmat is None else jnp.broadcast_to(vmat, (h,) + vmat.shape[-2:])
-    q = q.astype(jnp.float32)
-    pos = p.qs.pos
-    perm = jnp.argsort(pos)
-    ps = pos[perm]
-    # centred on the middle: the row constant lambda_h p_i that every score of row i carries (and
-    # the logsumexp with it) stays within lambda span / 2, whose float32 rounding is the price
-    ps = (ps - 0.5 * (ps[0] + ps[-1])).astype(jnp.float32)
-    logm = jnp.maximum(jnp.log(p.mass[perm].astype(jnp.float32)), DUMMY_LOGM)
-    qs, xs = q[:, perm], xk[perm].astype(jnp.float32)
-    lam = lowered.slopes.astype(jnp.float32) if has_alibi else jnp.zeros((h,), jnp.float32)
     interpret = default_interpret() if spec.interpret is None else spec.interpret
-    common = dict(
-        window=window,
+    directional = functools.partial(
+        _directional,
+        window=lowered.window,
         blocks=(int(spec.block_q), int(spec.block_k)),
         interpret=interpret,
-        mode=mode,
-        has_alibi=has_alibi,
+        mode=p.precision,
+        has_alibi=lowered.slopes is not None,
     )
-    if causal or not has_alibi:  # one directional call; two-sided ALiBi needs two
-        out, lse = _directional(
-            qs, xs, lam, logm, ps, causal=bool(causal), strict=causal == 2, reverse=False, **common
-        )
-    else:  # two-sided ALiBi: keys at or before, keys after, merged by logsumexp
-        o1, l1 = _directional(
-            qs, xs, lam, logm, ps, causal=True, strict=False, reverse=False, **common
-        )
-        o2, l2 = _directional(
-            qs, xs, lam, logm, ps, causal=True, strict=True, reverse=True, **common
-        )
-        lse = jnp.logaddexp(l1, l2)
-        out = o1 * jnp.exp(l1 - lse)[..., None] + o2 * jnp.exp(l2 - lse)[..., None]
-    if usa:
-        out = out * jnp.exp(lse)[..., None]
-        if normalized:
-            lz = _log_normaliser(lam, logm, ps, bool(causal), causal == 2)
-            out = jnp.where(
-                jnp.isfinite(lz)[..., None],
-                out * jnp.exp(-jnp.where(jnp.isfinite(lz), lz, 0.0))[..., None],
-                0.0,
-            )
-    inv = jnp.argsort(perm)
-    out = out[:, inv]
-    if vmat is not None:
-        out = jnp.einsum("hed,hnd->hne", vmat, out, precision=jax.lax.Precision.HIGHEST)
-    return out
+    return sorted_field(p, lowered, "Splash", directional)
