@@ -59,7 +59,9 @@ def run(n: int, precision: str, backends=None, d_list=None, verbose=True):
         key = jax.random.key(case["d"] + case["heads"])
         kx, km, kq = jax.random.split(key, 3)
         x = mf.sphere_uniform(kx, n, case["d"], jnp.float64)
-        aux = mf.TokenAux.default(n, jnp.float64, mass=jax.random.uniform(km, (n,), minval=0.5, maxval=1.5) / n)
+        aux = mf.TokenAux.default(
+            n, jnp.float64, mass=jax.random.uniform(km, (n,), minval=0.5, maxval=1.5) / n
+        )
         kw = dict(beta=case["beta"], mask=mask, form=case["form"])
         if case["heads"] > 1:
             q = jax.random.normal(kq, (case["heads"], case["d"], case["d"])) / case["d"] ** 0.5

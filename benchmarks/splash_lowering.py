@@ -37,14 +37,19 @@ def ours(n: int, d: int = 64):
     )
     seconds = time.perf_counter() - t0
     kernel = next(
-        line for line in mosaic_modules(text)[0].splitlines() if "func.func @meanfield_splash_fwd" in line
+        line
+        for line in mosaic_modules(text)[0].splitlines()
+        if "func.func @meanfield_splash_fwd" in line
     )  # its signature: the scalar-prefetch operands in SMEM
     smem = sum(
         int(n_) * {"i32": 4, "f32": 4}[t]
         for n_, t in re.findall(r"memref<(\d+)x(\w+), #tpu.memory_space<smem>>", kernel)
     )
     # the dummy key of a strict mask adds one key; here m = n
-    assert smem == smem_bytes(n, n, 512, 512, "causal"), (smem, smem_bytes(n, n, 512, 512, "causal"))
+    assert smem == smem_bytes(n, n, 512, 512, "causal"), (
+        smem,
+        smem_bytes(n, n, 512, 512, "causal"),
+    )
     return seconds, smem
 
 
@@ -60,7 +65,9 @@ def jax_splash(n: int):
     )
     seconds = time.perf_counter() - t0
     info = kernel.fwd_mask_info
-    smem = sum(int(a.nbytes) for a in (info.data_next, info.mask_next, info.block_mask) if a is not None)
+    smem = sum(
+        int(a.nbytes) for a in (info.data_next, info.mask_next, info.block_mask) if a is not None
+    )
     return seconds, smem
 
 

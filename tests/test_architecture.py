@@ -252,7 +252,14 @@ def test_strategy_hooks_are_abstract_or_final():
     )
     kernels = _concrete_overrides(
         backends.AbstractBackend,
-        [backends.Dense, backends.Chunked, backends.Auto, backends.Fused, backends.Splash],
+        [
+            backends.Dense,
+            backends.Chunked,
+            backends.Auto,
+            backends.Fused,
+            backends.Splash,
+            backends.Cudnn,
+        ],
     )
     assert solvers == [] and kernels == [], solvers + kernels
     base = type("Base", (), {"step": lambda self: 1})

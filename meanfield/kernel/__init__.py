@@ -7,6 +7,7 @@ from .backends import Auto as Auto
 from .backends import Chunked as Chunked
 from .backends import Dense as Dense
 from .backends import Fused as Fused
+from .backends import Cudnn as Cudnn
 from .backends import Splash as Splash
 from .backends import default_backend as default_backend
 from .encodings import AbstractPE as AbstractPE
@@ -42,6 +43,7 @@ __all__ = [
     "Fused",
     "default_backend",
     "Splash",
+    "Cudnn",
     "precision_report",
     "AbstractPE",
     "AdditivePE",
