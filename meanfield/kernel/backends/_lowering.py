@@ -126,6 +126,20 @@ def split3_bf16(x):
     return hi, mid, (r - mid.astype(jnp.float32)).astype(jnp.bfloat16)
 
 
+def tf32(x):
+    """x (float32) truncated to TF32 (10 explicit mantissa bits, the low 13 bits cleared): a value
+    a TF32 tensor core reads exactly, so a product of two of them is exact in float32."""
+    bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+    return jax.lax.bitcast_convert_type(bits & jnp.uint32(0xFFFFE000), jnp.float32)
+
+
+def split_tf32(x):
+    """x = hi + lo + O(2^-21 |x|) with hi and lo TF32 values (``tf32``): three TF32 products
+    hi hi + hi lo + lo hi ("3xTF32") keep about 21 bits of each operand."""
+    hi = tf32(x)
+    return hi, tf32(x - hi)
+
+
 def centred_positions(qpos, kpos):
     """Query and key positions relative to their common minimum: int32 when the positions are
     integers (exact comparisons and differences at any magnitude, 2^24 and beyond), float32

@@ -63,6 +63,7 @@ from ._lowering import (
     check_supported,
     split3_bf16,
     split_bf16,
+    split_tf32,
     with_reference_derivative,
 )
 from .base import AbstractBackend, projection_bytes, no_fault
@@ -121,6 +122,12 @@ def _dot(a, b, mode, contract):
     below float32 rounding), one bf16 array for "bf16", one float32 array for "tf32"; a triple
     (hi, mid, lo) for "highest3" (six products, float32 accuracy; for the once-per-row projection)."""
     dims = (contract, ((), ()))
+    if mode == "3xtf32":  # TF32 values: each product exact in float32, on TF32 tensor cores
+        (ah, al), (bh, bl) = a, b
+        f = lambda x, y: jax.lax.dot_general(  # noqa: E731
+            x, y, dims, precision=jax.lax.Precision.DEFAULT, preferred_element_type=jnp.float32
+        )
+        return f(ah, bh) + (f(ah, bl) + f(al, bh))
     if mode == "highest3":
         (ah, am, al), (bh, bm, bl) = a, b
         f = lambda x, y: jax.lax.dot_general(x, y, dims, preferred_element_type=jnp.float32)  # noqa: E731
@@ -158,8 +165,8 @@ def _kernel(
     project,
     has_alibi,
 ):
-    n_qk, n_v = (3, 2) if mode == "highest" else (1, 1)
-    smode = "highest3" if mode == "highest" else mode  # the scores: three-part splits, six products
+    n_qk, n_v = (2, 2) if mode == "highest" else (1, 1)
+    smode = "3xtf32" if mode == "highest" else mode  # the scores: 3xTF32 (beta amplifies their error)
     q_refs, refs = refs[:n_qk], refs[n_qk:]
     k_refs, refs = refs[:n_qk], refs[n_qk:]
     v_refs, refs = refs[:n_v], refs[n_v:]
@@ -303,9 +310,9 @@ def fused_field(
         if precision == "highest"
         else ((x.astype(jnp.bfloat16),) if precision == "bf16" else (x,))
     )  # noqa: E731
-    # "highest": scores from three-part splits (float32-accurate: beta amplifies their error),
-    # P V from hi/lo splits (the weights lie in [0, 1])
-    qs, ks, vs = ops(q, split3_bf16), ops(k, split3_bf16), ops(v, split_bf16)
+    # "highest": scores from TF32 hi/lo splits, three TF32 products (~21 bits: beta amplifies the
+    # scores' error), P V from bf16 hi/lo splits (the weights lie in [0, 1])
+    qs, ks, vs = ops(q, split_tf32), ops(k, split_tf32), ops(v, split_bf16)
     in_specs = [
         pl.BlockSpec((1, 4), lambda hh, i: (row(i), 0)),
         pl.BlockSpec((bq,), lambda hh, i: (row(i),)),
