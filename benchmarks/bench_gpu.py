@@ -1,7 +1,10 @@
 """One accelerator: the causal SA field of N tokens (d = 64) through the backends — dense XLA
 (``Dense()``), chunked XLA (``Chunked(block, query_batch)``), the fused Pallas-Triton kernel
-(``Fused(block_q, block_k)``, GPU) and jax's splash attention (``Splash(block_q, block_k)``, TPU)
-— at N = 4k ... 1M in each precision ("highest", "tf32", "bf16"), each configuration time-boxed.
+(``Fused(block_q, block_k)``, GPU; the old defaults 64:64 and the candidate 128:64 with 8 warps),
+the cuDNN route (``Cudnn()``, precision "bf16" only, augmented coordinates) and the splash mapping
+(``Splash(block_q, block_k)``, TPU) — at N = 4k ... 1M in each precision ("highest", "tf32",
+"bf16"), each configuration time-boxed. Unmeasured until a device runs it: the numbers in
+results_h200_*.txt predate the 3xTF32 "highest", the Cudnn route and the 128:64:8 candidate.
 On a GPU, cuDNN's fused attention (bf16) runs first at each N, and every row states its speed as
 a fraction of cuDNN's in the same run ("of cuDNN"); up to ``--check-max`` tokens (16k) every
 field is compared with the dense backend in float64 ("rel err": max |v - v64| / max |v64|). The
@@ -94,6 +97,12 @@ def main():
         "(default 64:64,128:64 on a GPU, none elsewhere)",
     )
     ap.add_argument(
+        "--cudnn-route",
+        default=None,
+        choices=("on", "off"),
+        help="the Cudnn backend (bf16 rows only; default on on a GPU)",
+    )
+    ap.add_argument(
         "--splash",
         default=None,
         help="block_q:block_k of the splash backend (default 512:512 on a TPU, none elsewhere)",
@@ -134,7 +143,7 @@ def main():
     import jax.numpy as jnp
 
     import meanfield as mf
-    from meanfield.kernel import Chunked, Dense, Fused, Splash
+    from meanfield.kernel import Chunked, Cudnn, Dense, Fused, Splash
 
     dev = jax.devices()[0]
     try:
@@ -187,7 +196,9 @@ def main():
         blk, qb = (int(v) for v in spec.split(":"))
         backends.append((f"chunked {blk}:{qb}", Chunked(blk, qb)))
     fused = (
-        args.fused if args.fused is not None else ("64:64,128:64" if dev.platform == "gpu" else "")
+        args.fused
+        if args.fused is not None
+        else ("64:64,128:64:8" if dev.platform == "gpu" else "")
     )
     for spec in filter(None, fused.split(",")):
         vals = [int(v) for v in spec.split(":")] + [None, None]
@@ -200,6 +211,10 @@ def main():
     for spec in filter(None, splash.split(",")):
         bq, bk = (int(v) for v in spec.split(":"))
         backends.append((f"splash {spec}", Splash(bq, bk)))
+
+    route = args.cudnn_route or ("on" if dev.platform == "gpu" else "off")
+    if route == "on":
+        backends.append(("cudnn route", Cudnn()))
 
     rows, last = [], {}
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -241,6 +256,8 @@ def main():
         for prec in args.precisions.split(","):
             for name, backend in backends:
                 key = (name, prec)
+                if name == "cudnn route" and prec != "bf16":
+                    continue  # the route serves precision="bf16" only
                 if time.perf_counter() - t_start > args.budget:
                     emit(
                         f"{name:>18} {prec:>7} {n:>8} | not run: budget of {args.budget:.0f} s spent"
