@@ -10,8 +10,9 @@ import meanfield as mf
 from meanfield.kernel import Splash
 
 F32 = jnp.float32
-# content scores as three bf16 products of hi/lo splits (16 bits each side): ~1e-5 relative
-TOL = 2e-5
+# "highest": content scores from three-part bf16 splits (six products, float32-accurate), P V from
+# hi/lo splits: the issue-36 bound, 1e-5 relative (benchmarks/highest_precision.py: worst 7e-6)
+TOL = 1e-5
 MASKS = {
     "full": mf.Full(),
     "causal": mf.Causal(),
@@ -71,7 +72,7 @@ def test_splash_heads_share_one_key_copy(form, key):
         form=form,
         mask=mf.Causal() & mf.ALiBi(jnp.asarray([0.02, 0.05, 0.1], F32)),
     )
-    assert _err(kw, x, mf.TokenAux.default(n, F32), mats) < 2 * TOL
+    assert _err(kw, x, mf.TokenAux.default(n, F32), mats) < TOL
 
 
 def test_splash_refusals(key):
