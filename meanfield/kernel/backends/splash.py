@@ -1,19 +1,22 @@
-r"""The TPU backend: the engine's attention field through jax's splash attention kernel.
+r"""The TPU backend: the engine's attention field as "splash" attention, plain masked softmax
+attention with the logsumexp residual on index masks (causal, local, full), run by the project's
+TPU kernel (``backends._tpu_kernel``; jax's splash kernel is the reference it is benchmarked
+against).
 
-Splash attention (``jax.experimental.pallas.ops.tpu.splash_attention``) computes standard
-(causal, local, full) softmax attention with the logsumexp residual. The field maps onto it
-through augmented coordinates. For head h with ALiBi slope lambda_h, set
+The field maps onto it through augmented coordinates. For head h with ALiBi slope lambda_h, set
 
-    q'_i = [beta_h Q_h x_i, 1, lambda_h],      k'_j = [K_h x_j, log m_j, p_j],
+    q'_i = [beta_h Q_h x_i, 1],      k'_j = [K_h x_j, log m_j],
 
-so that q'_i . k'_j = a_ij + lambda_h p_i for every key at or before the query (p_j <= p_i), with
-a_ij = beta_h ⟨Q_h x_i, K_h x_j⟩ + log m_j - lambda_h (p_i - p_j) the engine's score. The extra
-term is constant along a row, so the softmax cancels it: SA with causal ALiBi and masses is one
-causal splash call on (d + 2)-dimensional queries and keys. K_h is folded into the queries
-(⟨Q_h x, K_h y⟩ = ⟨K_h^T Q_h x, y⟩) and V_h applied to each row's weighted sum of raw tokens, so
-all heads share one key and value copy (``make_splash_mqa``). The rest follows:
+and let the kernel add lambda_h (p_j - c_b) to each score, c_b the position at the middle of the
+query block of row i: then q'_i . k'_j + lambda_h (p_j - c_b) = a_ij + lambda_h (p_i - c_b) for
+every key at or before the query (p_j <= p_i), with a_ij = beta_h ⟨Q_h x_i, K_h x_j⟩ + log m_j -
+lambda_h (p_i - p_j) the engine's score. The extra term is constant along a row, so the softmax
+cancels it: SA with causal ALiBi and masses is one causal call, and the logsumexp is corrected by
+lambda_h (p_i - c_b). K_h is folded into the queries (⟨Q_h x, K_h y⟩ = ⟨K_h^T Q_h x, y⟩) and V_h
+applied to each row's weighted sum of raw tokens, so all heads share one key and value copy. The
+rest follows (``backends._sorted``, shared with the cuDNN route):
 
-* USA: v = out exp(lse - lambda_h p_i), with lse the logsumexp residual (``save_residuals``).
+* USA: v = out exp(lse), with lse the corrected logsumexp.
 * Strict causal (a token does not see itself): one dummy key in front, value 0, log-mass
   -1e4; query i then sees the dummy and the keys before it, and the first row (only the dummy)
   gets a zero field with a finite lse (a true zero mass would give 0/0).
@@ -24,16 +27,22 @@ all heads share one key and value copy (``make_splash_mqa``). The rest follows:
 * Causal and Window masks are index masks in splash: the tokens are sorted by position first
   (and the field unsorted after); causal needs distinct positions, a window consecutive integers.
 
-Float32 accuracy on a matrix unit whose inputs are bf16: with ``precision="highest"`` (default)
-queries and keys enter as bf16 hi/lo splits laid side by side ([q_hi, q_hi, q_lo] . [k_hi, k_lo,
-k_hi]: three bf16 products in one), and the coordinates that must keep float32 accuracy
-(log m_j, lambda_h p_j, with positions centred) as three-part splits with every cross product.
-They are passed as float32 arrays holding bf16 values (the kernel's output takes the queries'
-dtype), which a matrix unit that rounds float32 inputs to bf16 multiplies exactly, so interpret
-mode on a CPU computes the scores a TPU's matrix unit would. ``"bf16"``: one bf16 product for the
-content scores (the coordinates still split). ``"tf32"``: float32 inputs as they are. The P . V
-product is the kernel's own on float32 values: exact in interpret mode; on a TPU its precision is
-the kernel's (unmeasured here).
+The kernel (``backends._tpu_kernel``): the project's own Pallas TPU forward kernel, with O(N/b)
+tile-range metadata in SMEM, the query-block axis parallel (two TensorCores share one head), ALiBi
+added as lambda_h (p_j - c_b) with c_b the centre of the query block (the logsumexp then carries
+the row constant lambda_h (p_i - c_b), of size lambda b_q / 2), and bf16 operands with float32
+output and logsumexp.
+
+Precision on a matrix unit whose inputs are bf16: with ``precision="highest"`` (default) queries
+and keys enter as three-part bf16 splits laid side by side ([q1, q1, q2, q1, q2, q3] . [k1, k2,
+k1, k3, k2, k1]: the six products above float32 rounding, in one), log m_j as a three-part split
+against query coordinates 1, and P V as three bf16 products of hi/lo splits. Worst relative field
+error against float64 over d = 16, 64, beta = 1, 4, SA/USA, masses, heads, windows, ALiBi up to
+lambda N = 100 and PositionNormalized: 6.9e-6 (``benchmarks/highest_precision.py``); under USA
+with ALiBi the bound holds while lambda b_q <= 256 (``benchmarks/splash_error.py``). ``"bf16"``:
+one bf16 product for the content scores and for P V. ``"tf32"``: float32 operands as they are (on
+a TPU, the MXU's float32 handling: whether that is one pass is a row of ``bench_tpu.py``).
+Interpret mode on a CPU computes the bf16 products a TPU's matrix unit would.
 
 Supported: Full, Causal (also strict), Window (with Causal or alone, without ALiBi unless causal),
 ALiBi (scalar or per-head), their compositions, PositionNormalized of causal or full ones, SA
@@ -74,10 +83,11 @@ LANES = 128
 
 
 class Splash(AbstractBackend):
-    """jax's TPU splash attention kernel through augmented coordinates (causal/strict/window/ALiBi
-    masks, masses, SA/USA, PositionNormalized, heads sharing one key copy): see
-    [`meanfield.kernel.backends.splash`][meanfield.kernel.backends.splash]. ``block_q``/``block_k``: splash block sizes (multiples of 128;
-    sequences are padded to them); ``interpret``: Pallas interpret mode (``None``: on unless the
+    """Splash attention on the project's TPU kernel through augmented coordinates (causal/strict/
+    window/ALiBi masks, masses, SA/USA, PositionNormalized, heads sharing one key copy): see
+    [`meanfield.kernel.backends.splash`][meanfield.kernel.backends.splash]. ``block_q``/``block_k``: query block and key tile (multiples of 128;
+    sequences are padded to them; under USA with ALiBi, ``"highest"`` holds 1e-5 while
+    lambda block_q <= 256); ``interpret``: Pallas interpret mode (``None``: on unless the
     default backend is a TPU)."""
 
     block_q: int = eqx.field(default=512, static=True)
