@@ -36,6 +36,8 @@ from meanfield.kernel.backends.fused import PRECISIONS
 
 DEFAULT = "64:64:4:3"
 """The defaults: Fused(block_q=64, block_k=64) with Pallas' launch settings (4 warps, 3 stages)."""
+H100_SMEM = 227 * 1024
+"""The largest dynamic shared memory of one block on sm_90."""
 CANDIDATES = ("64:64:4:3", "128:64:8:3", "128:64:8:2", "128:128:8:2", "64:128:4:3")
 
 
@@ -136,9 +138,16 @@ def main(argv=None):
     )
     print(head)
     print("-" * len(head))
+    fails = {}
     for precision in args.precisions.split(","):
         for tile in args.tiles.split(","):
             r = compile_sm90(precision, *parse_tile(tile))
+            if r["spill_stores"] or r["spill_loads"] or r["mma"] != "wgmma":
+                fails.setdefault(tile, []).append(f"{precision} spills or falls back")
+            if r["shared"] > H100_SMEM:
+                fails.setdefault(tile, []).append(
+                    f"{precision} needs {r['shared']} B of shared memory"
+                )
             mark = " (default)" if tile == DEFAULT else ""
             print(
                 f"{precision:>9} {tile:>11} | {r['mma']:>5} {r['mma_per_tile']:>8.1f} | "

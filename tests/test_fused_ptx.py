@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import fused_ptx  # noqa: E402
 
-H100_SMEM = 227 * 1024  # the largest dynamic shared memory per block on sm_90
+H100_SMEM = fused_ptx.H100_SMEM  # the largest dynamic shared memory per block on sm_90
 
 
 @pytest.mark.parametrize("precision", ["highest", "tf32", "bf16"])

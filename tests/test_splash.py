@@ -109,3 +109,37 @@ def test_splash_grad(key):
         jax.grad(loss)(F32(1.5), mf.kernel.Dense()),
     )
     assert abs(float(g_s - g_d)) < 1e-4 * abs(float(g_d))
+
+
+@pytest.mark.parametrize("causal, strict", [(True, False), (True, True), (False, False)])
+def test_positional_normaliser_against_the_direct_sum(causal, strict):
+    """log Z_i = log sum_{j visible} m_j e^{-lambda |p_i - p_j|} (PositionNormalized's normaliser,
+    the cuDNN route's row shift) by decayed cumulative logsumexps: equal to the direct float64 sum
+    to round-off, and in float32 at lambda N = 10^4 to 1e-5 absolute (no term carries lambda p_j,
+    whose float32 rounding would be 2^-24 lambda N / 2 ~ 3e-4)."""
+    from meanfield.kernel.backends._sorted import log_normaliser
+
+    r = np.random.default_rng(0)
+    n = 400
+    pos = np.sort(r.choice(4 * n, n, replace=False)).astype(float)
+    logm = np.log(r.uniform(0.5, 1.5, n) / n)
+    lam = np.array([0.01, 2.5, 25.0 / 4])  # lambda N up to 10^4 (positions span 4N)
+    d = pos[:, None] - pos[None, :]
+    vis = (d > 0) if strict else (d >= 0)
+    vis = vis if causal else np.ones_like(vis)
+    w = np.where(vis[None], np.exp(logm[None, None] - lam[:, None, None] * np.abs(d)[None]), 0.0)
+    with np.errstate(divide="ignore"):
+        ref = np.log(w.sum(-1))
+    for dt, tol in ((jnp.float64, 1e-12), (jnp.float32, 1e-5)):
+        got = np.asarray(
+            log_normaliser(
+                jnp.asarray(lam, dt),
+                jnp.asarray(logm, dt),
+                jnp.asarray(pos - pos.mean(), dt),
+                causal,
+                strict,
+            )
+        )
+        assert np.array_equal(np.isfinite(got), np.isfinite(ref))
+        fin = np.isfinite(ref)
+        assert np.max(np.abs(got[fin] - ref[fin])) < tol, dt

@@ -41,22 +41,37 @@ def index_mask(causal, window):
     return "full", None
 
 
+def _decayed_logsumexp(logm, gaps):
+    """L_i = log sum_{j <= i} m_j e^{-(g_{j+1} + ... + g_i)} for decay gaps g_i >= 0 (g_0 unused),
+    by an associative scan of the recurrence L_i = logaddexp(log m_i, L_{i-1} - g_i): the pair
+    (a, b) stands for L -> logaddexp(b, L + a), and two compose as (a1 + a2, logaddexp(b1 + a2,
+    b2)). No term carries a position itself (as log m_j + lambda p_j would, with float32 rounding
+    2^-24 lambda N / 2): only decays, whose rounding matters only where the weight is not
+    negligible."""
+
+    def combine(first, second):
+        a1, b1 = first
+        a2, b2 = second
+        return a1 + a2, jnp.logaddexp(b1 + a2, b2)
+
+    return jax.lax.associative_scan(combine, (-gaps, logm))[1]
+
+
 def log_normaliser(lam, logm, pos, causal, strict):
-    """log Z_i = log sum_{j visible} m_j e^{-lambda_h |p_i - p_j|} per head (H, N), in sorted order,
-    by cumulative logsumexps (the positional normaliser of PositionNormalized)."""
+    """log Z_i = log sum_{j visible} m_j e^{-lambda_h |p_i - p_j|} per head (H, N), in sorted order
+    (the positional normaliser of PositionNormalized, and the cuDNN route's row shift), by
+    decayed cumulative logsumexps (`_decayed_logsumexp`)."""
+    gap = jnp.concatenate([jnp.zeros((1,), pos.dtype), jnp.diff(pos)])  # >= 0: sorted
+    neg_inf = jnp.full((1,), -jnp.inf, logm.dtype)
 
     def one(lh):
-        incl = jax.lax.cumlogsumexp(logm + lh * pos)  # j <= i
-        before = (
-            jnp.concatenate([jnp.full((1,), -jnp.inf, incl.dtype), incl[:-1]]) if strict else incl
-        )
-        fwd = before - lh * pos
+        incl = _decayed_logsumexp(logm, lh * gap)  # j <= i
+        fwd = jnp.concatenate([neg_inf, incl[:-1] - lh * gap[1:]]) if strict else incl
         if causal:
             return fwd
-        rincl = jax.lax.cumlogsumexp(logm - lh * pos, reverse=True)  # j >= i
-        after = (
-            jnp.concatenate([rincl[1:], jnp.full((1,), -jnp.inf, rincl.dtype)]) + lh * pos
-        )  # j > i
+        rgap = jnp.concatenate([gap[:1] * 0, gap[::-1][:-1]])  # the gaps of the reversed sequence
+        rincl = _decayed_logsumexp(logm[::-1], lh * rgap)[::-1]  # j >= i
+        after = jnp.concatenate([rincl[1:] - lh * gap[1:], neg_inf])  # j > i
         return jnp.logaddexp(fwd, after)
 
     return jax.vmap(one)(lam)
