@@ -116,7 +116,10 @@ class Splash(AbstractBackend):
         return sorted_position_fault(problem, _check(problem), "Splash")
 
     def memory_bytes(self, n, n_keys, d, heads, itemsize):
-        return projection_bytes(n, n_keys, d, heads, itemsize)  # the blocks live on chip
+        """The projections, plus per directional call (two for two-sided ALiBi: the bound) the
+        kernel's float32 outputs: the field padded to 128 lanes and the lane-wide logsumexp."""
+        lanes = _round_up(d, LANES) + LANES
+        return projection_bytes(n, n_keys, d, heads, itemsize) + 2 * 4 * heads * n * lanes
 
 
 def _check(p: Problem) -> Lowered:
