@@ -46,7 +46,8 @@ from .particles import RK4 as RK4
 from .particles import SOLVERS as SOLVERS
 from .particles import Trajectory as Trajectory
 from .particles import layers as layers
-from .particles import linear_stability as linear_stability
+from .stability import linear_stability as linear_stability
+from .noise import Noise as Noise
 from .particles import simulate as simulate
 from .particles import sphere_uniform as sphere_uniform
 from .particles import velocity as velocity
@@ -89,6 +90,7 @@ __all__ = [
     "Trajectory",
     "layers",
     "linear_stability",
+    "Noise",
     "simulate",
     "sphere_uniform",
     "velocity",

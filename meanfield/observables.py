@@ -168,6 +168,15 @@ def _weights(n, w, dtype):
 
 
 @_per_cloud
+def order_parameter(x: Clouds, mass: Float[ArrayLike, "*#batch n"] | None = None) -> PerCloud:
+    r"""$R = \lVert \sum_i m_i x_i \rVert$ (weights ``mass``, default uniform): 0 for a cloud
+    spread evenly over the sphere, 1 for a single point; the order parameter of the noisy phase
+    transition (its density analogue is ``DensitySolution.order_parameter()``)."""
+    m = _weights(x.shape[0], mass, x.dtype)
+    return jnp.linalg.norm(m @ x)
+
+
+@_per_cloud
 def dirac_distance(x: Clouds, mass: Float[ArrayLike, "*#batch n"] | None = None) -> PerCloud:
     """W2 distance from the cloud (weights ``mass``, default uniform) to the nearest Dirac mass
     on the unit sphere. For unit tokens, sum_i m_i |x_i - c|^2 = 2 - 2 ⟨xbar, c⟩ is minimised

@@ -41,6 +41,7 @@ from .kernel.attention import PromptArg
 from .kernel.tokens import split_prompt
 from .solvers import RK4 as RK4
 from .solvers import SOLVERS as SOLVERS
+from .noise import Noise, check_solver, solve_sde
 from .solvers import resolve_solver
 
 
@@ -111,42 +112,6 @@ def velocity(
     """The right-hand side P_x v(x) of the continuous dynamics, shape (N, d)."""
     x = jnp.asarray(x)
     return geometry.project(x, attn(x, aux, prompt))
-
-
-def linear_stability(
-    attn: Attention,
-    x: TokensLike,
-    *,
-    geometry: AbstractGeometry = Sphere(),
-    aux: TokenAux | None = None,
-    prompt: PromptArg = None,
-) -> float:
-    r"""Largest real part of the eigenvalues of the linearised flow at ``x`` (host float).
-
-    With f(x) = P_x v(x) ([`velocity`][meanfield.velocity]) and B an orthonormal basis of the product of tangent
-    spaces at x (``geometry.tangent_basis``: N (d - 1) vectors on the sphere, all of R^{N d} in
-    Euclidean space), the
-    linearisation is B Df(x) B^T (``jax.jacfwd``, dense: for N d up to a few thousand). At a
-    stationary point (f(x) = 0) it is the flow's Jacobian on the manifold (on the sphere
-    Df[t] = P_x Dv[t] - ⟨x, v⟩ t is tangent there): a negative value means x attracts every
-    nearby start, a positive one that x is unstable. Away from a stationary point it is only the
-    local growth rate of the tangent-projected Jacobian.
-
-    Example:
-        ```python
-        x = jnp.array([[1.0, 0.0], [-1.0, 0.0]])                 # two antipodal tokens on S^1
-        linear_stability(Attention(1.0, form="USA"), x)          # e^{-1} = 0.3679: they attract
-        ```
-    """
-    x = jnp.asarray(x)
-    require(x.ndim == 2, f"x must have shape (N, d), got {x.shape}")
-    n, d = x.shape
-    jac = jax.jacfwd(
-        lambda y: velocity(attn, y, geometry=geometry, aux=aux, prompt=prompt).ravel()
-    )(x).reshape(n * d, n * d)
-    jac = np.asarray(jac, dtype=np.float64)
-    basis = geometry.tangent_basis(x)
-    return float(np.linalg.eigvals(basis @ jac @ basis.T).real.max())
 
 
 def _parallel_fault(geometry, prompt):
@@ -243,6 +208,8 @@ def simulate(
     max_steps: int = 100_000,
     throw: bool = True,
     adjoint: diffrax.AbstractAdjoint | None = None,
+    noise: Noise | None = None,
+    key=None,
 ) -> Trajectory:
     r"""Integrate dx/dt = P_x Attention(x) from ``ts[0]`` to ``ts[-1]``, saving at ``ts``.
 
@@ -271,6 +238,12 @@ def simulate(
             host callback either way; under your own ``jit`` use ``throw=False`` (with
             ``throw=True`` one check runs after the solve), e.g. to lower for a TPU.
         adjoint: diffrax adjoint for gradients (default: recursive checkpointing).
+        noise: a [`Noise`][meanfield.noise.Noise]: the Stratonovich SDE
+            $dx_i = P_{x_i} v_i\,dt + \sigma P_{x_i} \circ dW_i + c \sum_k P_{x_i} B_k x_i \circ dW^k$
+            ([`meanfield.noise`][meanfield.noise]); the solver then defaults to ``diffrax.Heun()``
+            and must be a Stratonovich solver; fixed ``dt`` (exact Brownian increments) or
+            ``dt=None`` (adaptive, on a virtual Brownian tree).
+        key: the PRNG key of the noise (required with ``noise``): the same key gives the same path.
 
     Returns:
         [`Trajectory`][meanfield.Trajectory] with ``ts`` (T,) and ``xs`` (T, N, d).
@@ -297,8 +270,21 @@ def simulate(
         ts.ndim == 1 and ts.shape[0] >= 2,
         f"ts must be a 1-D array of at least 2 save times, got shape {ts.shape}",
     )
+    if noise is not None:
+        require(
+            isinstance(noise, Noise), f"noise must be a meanfield.Noise, got {type(noise).__name__}"
+        )
+        require(key is not None, "key: a noisy solve needs a PRNG key (jax.random.key(seed))")
+        solver = diffrax.Heun() if isinstance(solver, str) and solver == "tsit5" else solver
     solver = resolve_solver(solver)
-    if dt is None:
+    if noise is not None:
+        check_solver(solver)
+        require(
+            dt is not None or isinstance(solver, diffrax.AbstractAdaptiveSolver),
+            f"dt: adaptive noisy stepping needs a solver with an error estimate (Heun, SPaRK); "
+            f"give a fixed step dt for {type(solver).__name__}",
+        )
+    if dt is None and noise is None:
         require(
             not isinstance(solver, (diffrax.Euler, RK4)),
             f"dt: adaptive stepping (dt=None) needs a solver with an error estimate; "
@@ -346,6 +332,27 @@ def simulate(
         (bad_param, RESULTS.invalid_parameter),
     ):  # the first in the order of the eager checks wins
         fault = RESULTS.where(flag, code, fault)
+    if noise is not None:
+        sts, xs, res, stats = solve_sde(
+            attn,
+            x0,
+            ts,
+            geometry,
+            aux,
+            prompt,
+            noise,
+            key,
+            solver,
+            dt,
+            rtol,
+            atol,
+            int(max_steps),
+            fault != RESULTS.successful,
+        )
+        bad = fault != RESULTS.successful
+        result = RESULTS.where(bad, fault, RESULTS.promote(res))
+        traj = Trajectory(ts=sts, xs=jnp.where(bad, jnp.nan, xs), result=result, stats=stats)
+        return _raise_on_failure(traj) if throw else traj
     traj = _simulate(
         attn,
         x0,

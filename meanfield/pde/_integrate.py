@@ -61,6 +61,7 @@ from .._errors import (
     traced_failure,
 )
 from .._types import Array
+from ._s2 import grid_points, quadrature_weights
 
 CFL = 0.4
 """Default CFL number of the finite-volume solvers."""
@@ -204,6 +205,18 @@ class DensitySolution(eqx.Module):
         raise AttributeError(
             f"{type(self).__name__} has no attribute {name!r} (grid: {sorted(grid)})"
         )
+
+    def order_parameter(self) -> Array:
+        r"""$R = \lVert \int x\, d\rho \rVert$, the density analogue of
+        [`order_parameter`][meanfield.observables.order_parameter]: $|\int e^{i\theta}\rho\, d\theta|$
+        on the circle (per row s for the kinetic solver, shape (T,) or (T, S)), and on $S^2$ the
+        norm of the first moment by the grid's exact quadrature, shape (T,)."""
+        if "phi" not in self.grid:
+            return jnp.abs(self.moment(1))
+        band = self.rho.shape[-2]
+        w = quadrature_weights(band).astype(self.rho.dtype)
+        xg = grid_points(band).astype(self.rho.dtype)
+        return jnp.linalg.norm(jnp.einsum("...ab,ab,abk->...k", self.rho, w, xg), axis=-1)
 
     def moment(self, n: int = 1) -> Array:
         r"""Circular moment $\int e^{i n \theta} \rho\, d\theta$ over the last (theta) axis of a

@@ -52,7 +52,8 @@ import optax
 from .. import observables as obs
 from .._errors import require
 from ..kernel import AdditivePE, Attention, TokenAux
-from ..particles import linear_stability, simulate, sphere_uniform, velocity
+from ..particles import simulate, sphere_uniform, velocity
+from ..stability import linear_stability
 
 
 def frequencies(n_freq: int, k: int = 1) -> np.ndarray:

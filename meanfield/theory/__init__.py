@@ -7,7 +7,9 @@ One module per subject:
   limit of additive PEs and prompts) and inverse prompt design;
 * [`rates`][meanfield.theory.rates]: linear growth rates about the uniform state (circle, sphere, causal coupling);
 * [`kinetic`][meanfield.theory.kinetic]: the kinetic lost-in-the-middle paper's closed forms;
-* [`cesaro`][meanfield.theory.cesaro]: Cesàro theory of position bias and masks as graphs.
+* [`cesaro`][meanfield.theory.cesaro]: Cesàro theory of position bias and masks as graphs;
+* [`noise`][meanfield.theory.noise]: noisy dynamics on S^{d-1}: critical noise, the tricritical beta,
+  zonal stationary states.
 
 Every name is available here as ``meanfield.theory.<name>``."""
 
@@ -36,6 +38,11 @@ from .cesaro import cesaro_density as cesaro_density
 from .cesaro import cesaro_recency as cesaro_recency
 from .cesaro import cesaro_mean_position as cesaro_mean_position
 from .cesaro import mask_walk_drift as mask_walk_drift
+from .noise import critical_noise as critical_noise
+from .noise import funk_hecke as funk_hecke
+from .noise import noisy_growth_rate as noisy_growth_rate
+from .noise import stationary_states as stationary_states
+from .noise import tricritical_beta as tricritical_beta
 
 __all__ = [
     "Maximiser",
@@ -63,4 +70,9 @@ __all__ = [
     "cesaro_recency",
     "cesaro_mean_position",
     "mask_walk_drift",
+    "critical_noise",
+    "funk_hecke",
+    "noisy_growth_rate",
+    "stationary_states",
+    "tricritical_beta",
 ]

@@ -1,0 +1,245 @@
+r"""Noisy attention dynamics on the sphere $S^{d-1}$: the critical noise of the uniform state, the
+tricritical $\beta_*^{(d)}$ of Mun & Rosenzweig (arXiv 2606.05140; the circle: 2604.16288) and the
+zonal stationary states of the McKean--Vlasov equation.
+
+The model (ours, with $Q = K = I$, $V = a I$, masses $1/N$): each token follows
+$dx_i = P_{x_i} v_i\, dt + \sigma P_{x_i} \circ dW_i$, so the density solves
+
+$$
+\partial_t \rho + \operatorname{div}(\rho\, P_x \nabla \Phi[\rho]) = \frac{\sigma^2}{2} \Delta \rho,
+\qquad \Phi[\rho](x) = \frac{a}{\beta} \int e^{\beta \langle x, y\rangle}\, d\rho(y) \ \text{(USA)},
+$$
+
+the Wasserstein gradient flow of $F[\rho] = \frac{\sigma^2}{2} \int \rho \log \rho - \frac{a}{2\beta}
+\iint e^{\beta\langle x, y\rangle}\, d\rho\, d\rho$ (densities against the uniform probability
+measure). Funk--Hecke on $S^{d-1}$ gives the eigenvalues of $e^{\beta \langle x, y\rangle}$ on the
+degree-$\ell$ harmonics, $\lambda_\ell(\beta) = \Gamma(d/2) (2/\beta)^{d/2 - 1} I_{\ell + d/2 - 1}(\beta)$,
+and a degree-$\ell$ perturbation of the uniform state grows at
+
+$$
+r_\ell(\beta) - \frac{\sigma^2}{2} \ell(\ell + d - 2), \qquad
+r_\ell = \frac{a\, \ell(\ell + d - 2)\, \lambda_\ell(\beta)}{\beta} \ \text{(USA)}, \quad
+r_\ell = \frac{a\, \ell(\ell + d - 2)\, \lambda_\ell(\beta)}{\beta\, \lambda_0(\beta)} \ \text{(SA)},
+$$
+
+(for $d = 2$, 3 these are `circle_growth_rate` and `sphere_growth_rate`). The paper's coupling is
+$K = a / \sigma^2$: its linear threshold $K_\#^{(d)}(\beta) = \beta^{d/2} / (2^{d/2}\Gamma(d/2)
+I_{d/2}(\beta))$ is $a / \sigma_c^2$ with our $\sigma_c$ at $a = 1$.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._errors import check_form, check_param, require
+
+
+def funk_hecke(ell: int, beta: float, d: int) -> float:
+    r"""$\lambda_\ell(\beta) = \Gamma(d/2) (2/\beta)^{d/2-1} I_{\ell + d/2 - 1}(\beta)$: the eigenvalue of the
+    kernel $e^{\beta \langle x, y\rangle}$ on the degree-$\ell$ harmonics of $S^{d-1}$ (uniform
+    probability measure); $\lambda_0 = \int e^{\beta \langle x, y\rangle} dy$."""
+    from scipy.special import gammaln, ive
+
+    nu = ell + d / 2 - 1
+    return float(np.exp(gammaln(d / 2) + (d / 2 - 1) * np.log(2 / beta) + beta) * ive(nu, beta))
+
+
+def noisy_growth_rate(
+    ell: int, beta: float, sigma: float, d: int = 3, a: float = 1.0, form: str = "USA"
+) -> float:
+    r"""Growth rate of a degree-``ell`` perturbation of the uniform state with noise:
+    $r_\ell(\beta) - (\sigma^2/2)\, \ell(\ell + d - 2)$ (module docstring)."""
+    check_form(form)
+    lam = funk_hecke(ell, beta, d)
+    rate = a * ell * (ell + d - 2) * lam / beta
+    if form == "SA":
+        rate = rate / funk_hecke(0, beta, d)
+    return float(rate - 0.5 * sigma**2 * ell * (ell + d - 2))
+
+
+def critical_noise(beta: float, d: int = 3, a: float = 1.0, form: str = "USA") -> float:
+    r"""The noise $\sigma_c$ at which the uniform state loses stability (its degree-1 mode first):
+    $\sigma_c^2 = 2 r_1(\beta) / (d - 1)$, i.e.
+
+    $$
+    \sigma_c^2 = \frac{2 a\, \lambda_1(\beta)}{\beta} = \frac{a\, 2^{d/2}\, \Gamma(d/2)\, I_{d/2}(\beta)}{\beta^{d/2}}
+    \ \text{(USA)}, \qquad \sigma_c^2 = \frac{2 a\, I_{d/2}(\beta)}{\beta\, I_{d/2-1}(\beta)} \ \text{(SA)},
+    $$
+
+    so the paper's linear threshold is $K_\# = a / \sigma_c^2$. Every degree $\ell \ge 2$ is more
+    stable ($r_\ell / (\ell(\ell + d - 2))$ falls with $\ell$)."""
+    check_form(form)
+    check_param("beta", beta, lo=0, lo_open=True)
+    require(int(d) >= 2, f"d must be >= 2, got {d}")
+    return float(np.sqrt(2 * noisy_growth_rate(1, beta, 0.0, d, a, form) / (d - 1)))
+
+
+def tricritical_beta(d: int) -> float:
+    r"""$\beta_*^{(d)}$, the unique root of $I_{d/2+1}(\beta) / I_{d/2}(\beta) = 1/d$ (Mun & Rosenzweig
+    2026): USA's transition at $\sigma_c$ is continuous for $\beta \le \beta_*$ and discontinuous,
+    with hysteresis, above. The ratio rises from 0 to 1 monotonically, so the root is bracketed in
+    $(0, \infty)$ and found by Brent's method to round-off."""
+    from scipy.optimize import brentq
+    from scipy.special import ive
+
+    require(int(d) >= 2, f"d must be >= 2, got {d}")
+    d = int(d)
+    return float(
+        brentq(
+            lambda b: ive(d / 2 + 1, b) / ive(d / 2, b) - 1 / d, 1e-6, 50.0, xtol=1e-14, rtol=1e-15
+        )
+    )
+
+
+def _zonal_setup(beta, d, a, n):
+    """Gauss--Jacobi nodes t_i (weights w_i summing to 1: the law of <x, e> under the uniform
+    measure, density prop. to (1 - t^2)^{(d-3)/2}) and the zonal kernel
+    Wbar_ij = (a / beta) e^{beta t_i t_j} J(beta s_i s_j), s = sqrt(1 - t^2), J(z) the mean of
+    e^{z cos phi} over S^{d-2}: Gamma((d-1)/2) (2/z)^{(d-3)/2} I_{(d-3)/2}(z)."""
+    from scipy.special import gammaln, ive, roots_jacobi
+
+    alpha = (d - 3) / 2
+    t, w = roots_jacobi(n, alpha, alpha)
+    w = w / w.sum()
+    s = np.sqrt(1 - t**2)
+    z = beta * np.outer(s, s)
+    nu = (d - 3) / 2
+    zs = np.maximum(z, 1e-300)
+    log_j = gammaln((d - 1) / 2) + nu * np.log(2 / zs) + zs + np.log(ive(nu, zs))
+    log_j = np.where(z > 1e-12, log_j, 0.0)  # J(0) = 1
+    wbar = (a / beta) * np.exp(beta * np.outer(t, t) + log_j)
+    return t, w, wbar
+
+
+def _potential(u, w, wbar, form, beta, a):
+    """Phi_i at the zonal density f = e^u: (a / beta) G (USA) or (a / beta) log G (SA), with
+    G_i = sum_j w_j e^{beta <x_i, y_j>} f_j, and dPhi/du."""
+    f = np.exp(u)
+    g = wbar @ (w * f)  # (a / beta) G
+    dg = wbar * (w * f)[None, :]
+    if form == "USA":
+        return g, dg
+    return (a / beta) * np.log(g * beta / a), (a / beta) * dg / g[:, None]
+
+
+def stationary_states(
+    beta: float,
+    sigma: float,
+    d: int = 3,
+    form: str = "USA",
+    *,
+    a: float = 1.0,
+    nodes: int = 96,
+    max_order: float = 0.97,
+) -> list[dict]:
+    r"""The zonal stationary states of the noisy mean-field dynamics (module docstring) at noise
+    ``sigma``: the densities $\rho = e^{2\Phi[\rho]/\sigma^2} / Z$ with $\rho$ a function of
+    $t = \langle x, e\rangle$, each with its order parameter $R = \lVert \int x\, d\rho \rVert$ and
+    whether it is stable.
+
+    Zero flux, $\rho \nabla\Phi - (\sigma^2/2)\nabla\rho = 0$, makes every such $\rho$ stationary, in
+    both forms (SA: $\Phi = (a/\beta)\log G$, USA: $\Phi = (a/\beta) G$, $G = \int e^{\beta\langle x,
+    y\rangle} d\rho(y)$). Method: $u = \log\rho$ on ``nodes`` Gauss--Jacobi nodes in $t$ (the law of
+    $t$ is $\propto (1 - t^2)^{(d-3)/2}$; the other coordinates enter through the mean $J$ of
+    $e^{z\cos\phi}$ over $S^{d-2}$), the equation $u - p\Phi[e^u] + \log \int e^{p\Phi} = 0$ in
+    $p = 2/\sigma^2$, followed by pseudo-arclength continuation from the bifurcation at
+    $\sigma_c$ (`critical_noise`) along the degree-1 mode, through folds, until $R$ reaches
+    ``max_order``; the states at ``sigma`` are the branch's crossings of $p = 2/\sigma^2$,
+    refined by Newton's method, plus the uniform state ($R = 0$).
+
+    Stability (USA, the Wasserstein gradient flow of $F$): the Hessian of the discretised $F$ on
+    zonal, mass-preserving perturbations, $(\sigma^2/2)\,\mathrm{diag}(w/f) - (w w^\top)\circ
+    \bar W$, is positive definite (rotations, the neutral non-zonal modes, are not tested). For SA
+    there is no free energy; ``stable`` is then None.
+
+    Returns:
+        a list of {"order": R, "stable": bool | None, "t": nodes, "density": rho(t)} sorted by R.
+    """
+    check_form(form)
+    check_param("beta", beta, lo=0, lo_open=True)
+    check_param("sigma", sigma, lo=0, lo_open=True)
+    d = int(d)
+    require(d >= 2, f"d must be >= 2, got {d}")
+    t, w, wbar = _zonal_setup(beta, d, a, int(nodes))
+    n = t.shape[0]
+
+    def residual(u, p):
+        phi, dphi = _potential(u, w, wbar, form, beta, a)
+        e = p * phi
+        q = w * np.exp(e - e.max())
+        q = q / q.sum()
+        logz = e.max() + np.log(np.sum(w * np.exp(e - e.max())))
+        g = u - e + logz
+        ju = np.eye(n) - p * (dphi - q[None, :] @ dphi)
+        jp = -phi + q @ phi
+        return g, ju, jp
+
+    def newton(u, p, fix_p=True, tangent=None, anchor=None, ds=0.0):
+        for _ in range(50):
+            g, ju, jp = residual(u, p)
+            if fix_p:
+                step = np.linalg.solve(ju, -g)
+                u = u + step
+                dp = 0.0
+            else:  # pseudo-arclength: (u, p) - anchor along the tangent equals ds
+                ext = np.block([[ju, jp[:, None]], [tangent[None, :n], tangent[None, n:]]])
+                arc = tangent @ (np.concatenate([u, [p]]) - anchor) - ds
+                sol = np.linalg.solve(ext, -np.concatenate([g, [arc]]))
+                u, dp = u + sol[:n], sol[n]
+                p = p + dp
+                step = sol[:n]
+            if np.max(np.abs(step)) < 1e-12 and abs(dp) < 1e-12:
+                return u, p, True
+        return u, p, False
+
+    def order(u):
+        f = np.exp(u)
+        f = f / np.sum(w * f)
+        return float(abs(np.sum(w * f * t))), f
+
+    sig_c = critical_noise(beta, d, a, form)
+    p_target = 2 / sigma**2
+    states = [{"order": 0.0, "uniform": True, "u": np.zeros(n)}]
+    # continuation from the bifurcation along the degree-1 mode
+    p0 = 2 / sig_c**2
+    tangent = np.concatenate([t / np.linalg.norm(t), [0.0]])
+    point = np.concatenate([np.zeros(n), [p0]])
+    ds = 0.02
+    branch = [point.copy()]
+    for _ in range(4000):
+        guess = point + ds * tangent
+        u, p, ok = newton(guess[:n], guess[n], fix_p=False, tangent=tangent, anchor=point, ds=ds)
+        if not ok or not np.all(np.isfinite(u)):
+            ds /= 2
+            if ds < 1e-6:
+                break
+            continue
+        new = np.concatenate([u, [p]])
+        tangent_new = (new - point) / np.linalg.norm(new - point)
+        tangent, point = tangent_new, new
+        branch.append(point.copy())
+        if order(u)[0] > max_order or p <= 0:
+            break
+        ds = min(ds * 1.3, 0.5)
+    branch = np.array(branch)
+    for k in range(1, len(branch)):
+        p1, p2 = branch[k - 1, n], branch[k, n]
+        if (p1 - p_target) * (p2 - p_target) <= 0 and p1 != p2 and k > 1:
+            theta = (p_target - p1) / (p2 - p1)
+            u0 = branch[k - 1, :n] + theta * (branch[k, :n] - branch[k - 1, :n])
+            u, _, ok = newton(u0, p_target)
+            if ok and order(u)[0] > 1e-6:
+                states.append({"order": order(u)[0], "uniform": False, "u": u})
+    out = []
+    for st in states:
+        r, f = order(st["u"])
+        r = 0.0 if st["uniform"] else r  # exactly: the uniform state's first moment vanishes
+        if any(abs(r - o["order"]) < 1e-8 for o in out):
+            continue
+        stable = None
+        if form == "USA":
+            h = 0.5 * sigma**2 * np.diag(w / f) - np.outer(w, w) * wbar
+            basis = np.linalg.svd(w[None, :])[2][1:]  # mass-preserving perturbations
+            stable = bool(np.linalg.eigvalsh(basis @ h @ basis.T).min() > 0)
+        out.append({"order": r, "stable": stable, "t": t, "density": f})
+    return sorted(out, key=lambda s: s["order"])
