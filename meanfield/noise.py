@@ -137,7 +137,13 @@ class Retracted(diffrax.AbstractWrappedSolver):
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         y1, err, dense, state, result = self.solver.step(
-            terms, t0, t1, y0, args, solver_state, made_jump
+            terms,
+            t0,
+            t1,
+            y0,
+            args,
+            solver_state,
+            True,  # no stage reused across the retraction
         )
         return self.retract(y1), err, dense, state, result
 

@@ -110,6 +110,11 @@ class AbstractDensitySolver(eqx.Module):
         """How far below zero an initial state may dip (0: none)."""
 
     @abc.abstractmethod
+    @abc.abstractmethod
+    def heat(self, y, h) -> Array:
+        """The exact heat flow e^{h (sigma^2 / 2) Laplacian} of the state, diagonal in the solver's
+        Fourier or spherical-harmonic basis (the identity when sigma = 0)."""
+
     def parameter_fault(self) -> Array:
         """True (a scalar computed in the graph) when a parameter of the solver is NaN, infinite or out
         of range. Concrete parameters are refused by the constructor; traced ones (under a user's
@@ -173,12 +178,63 @@ class AbstractDensitySolver(eqx.Module):
             isinstance(solver, diffrax.AbstractSolver),
             f"solver must be a diffrax solver, got {type(solver).__name__}",
         )
+        if not (is_concrete(self.sigma) and float(self.sigma) == 0.0):
+            solver = Diffused(solver, self)
         ys, result, t_end, stats = cfl_solve(
             self, y0, ts, step, dt is None, solver, int(max_steps), adjoint, fault
         )
         if throw:
             ys = raise_on_failure(type(self).__name__, ys, result, t_end, ts[-1], self.advice)
         return ts, ys, result, stats
+
+
+class Diffused(diffrax.AbstractWrappedSolver):
+    r"""Strang splitting of the diffusion $(\sigma^2/2)\Delta\rho$ around ``solver``'s transport
+    step: half a step of the exact heat flow (`AbstractDensitySolver.heat`, diagonal in the
+    Fourier or spherical-harmonic basis), the transport step, half a step of heat. The heat flow
+    is exact, so diffusion never limits the step (the CFL and accuracy rules see the transport
+    only); it keeps positivity (a positive kernel) and the mass (the mean mode is untouched); the
+    splitting is second order, and exact for the linear response about the uniform state (both
+    parts are diagonal there). The wrapped step starts afresh each time (``made_jump``): a
+    first-same-as-last solver does not reuse a stage of the state before the heat."""
+
+    solver: diffrax.AbstractSolver
+    pde: AbstractDensitySolver
+
+    @property
+    def term_structure(self):
+        return self.solver.term_structure
+
+    # linear between the step's own ends: every step ends on a save time (`CFLController`), so
+    # the saves are the split states themselves, not the transport's interpolant
+    interpolation_cls = diffrax.LocalLinearInterpolation
+
+    @property
+    def term_compatible_contr_kwargs(self):
+        return self.solver.term_compatible_contr_kwargs
+
+    def order(self, terms):
+        return self.solver.order(terms)
+
+    def strong_order(self, terms):
+        return self.solver.strong_order(terms)
+
+    def error_order(self, terms):
+        return self.solver.error_order(terms)
+
+    def init(self, terms, t0, t1, y0, args):
+        return self.solver.init(terms, t0, t1, y0, args)
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        half = 0.5 * (t1 - t0)
+        y1, err, _, state, result = self.solver.step(
+            terms, t0, t1, self.pde.heat(y0, half), args, solver_state, True
+        )
+        y1 = self.pde.heat(y1, half)
+        return y1, err, dict(y0=y0, y1=y1), state, result
+
+    def func(self, terms, t0, y0, args):
+        return self.solver.func(terms, t0, y0, args)
 
 
 class DensitySolution(eqx.Module):

@@ -30,7 +30,7 @@ import numpy as np
 
 from .._errors import check_form, check_param, param_fault
 from .._types import Array, ArrayLike, Density, Float, PRNGKeyArray, Real, Times
-from ._fv import AbstractFiniteVolume, periodic_conv, sa_finish
+from ._fv import AbstractFiniteVolume, fourier_heat, periodic_conv, sa_finish
 from ._integrate import ACCURACY, CFL, DensitySolution, cell_count
 
 
@@ -67,8 +67,9 @@ class CircleMeanField(AbstractFiniteVolume):
     a: Array
     b: Array
     form: str = eqx.field(static=True)
+    sigma: Array
 
-    def __init__(self, m: int, beta=1.0, a=1.0, b=0.0, form: str = "SA"):
+    def __init__(self, m: int, beta=1.0, a=1.0, b=0.0, form: str = "SA", *, sigma=0.0):
         self.m = cell_count("m", m)
         check_form(form)
         for name, value in (
@@ -79,9 +80,19 @@ class CircleMeanField(AbstractFiniteVolume):
             check_param(name, value)
         self.beta, self.a, self.b = (jnp.asarray(v, dtype=float) for v in (beta, a, b))
         self.form = form
+        check_param("sigma", sigma, lo=0)
+        self.sigma = jnp.asarray(sigma, dtype=float)
 
     def parameter_fault(self) -> Array:
-        return param_fault(self.beta) | param_fault(self.a) | param_fault(self.b)
+        return (
+            param_fault(self.beta)
+            | param_fault(self.a)
+            | param_fault(self.b)
+            | param_fault(self.sigma, lo=0)
+        )
+
+    def heat(self, y, h) -> Array:
+        return fourier_heat(y, h, self.sigma, self.m)
 
     def uniform(self, dtype=float) -> Array:
         return jnp.full((self.m,), 1.0 / (2 * np.pi), dtype)

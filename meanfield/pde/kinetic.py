@@ -58,7 +58,7 @@ from .._errors import check_form, check_param, is_concrete, param_fault, require
 from .._types import Array, ArrayLike, Float, KineticDensity, Real, Times
 from ..kernel.tokens import Prompt, TokenAux
 from ..theory import kinetic_weights
-from ._fv import AbstractFiniteVolume, periodic_conv, sa_finish
+from ._fv import AbstractFiniteVolume, fourier_heat, periodic_conv, sa_finish
 from .couplings import AbstractCoupling, CausalCoupling, _coupling
 from .couplings import FullCoupling as FullCoupling
 from .couplings import MatrixCoupling as MatrixCoupling
@@ -110,6 +110,7 @@ class KineticMeanField(AbstractFiniteVolume):
     coupling: AbstractCoupling
     prompt_theta: Array | None
     prompt_weight: Array | None
+    sigma: Array
 
     def __init__(
         self,
@@ -125,8 +126,11 @@ class KineticMeanField(AbstractFiniteVolume):
         w=None,
         prompt_theta=None,
         prompt_weight=None,
+        sigma=0.0,
     ):
         m = cell_count("m", m)
+        check_param("sigma", sigma, lo=0)
+        self.sigma = jnp.asarray(sigma, dtype=float)
         check_form(form)
         for name, value in (
             ("beta", beta),
@@ -248,9 +252,14 @@ class KineticMeanField(AbstractFiniteVolume):
             den = den + pw @ kp.T
         return num if self.form == "USA" else sa_finish(num, den)
 
+    def heat(self, y, h) -> Array:
+        """Diffusion in theta only (each row s its own heat flow)."""
+        return fourier_heat(y, h, self.sigma, self.m)
+
     def parameter_fault(self) -> Array:
         fault = (
-            param_fault(self.beta)
+            param_fault(self.sigma, lo=0)
+            | param_fault(self.beta)
             | param_fault(self.a)
             | param_fault(self.b)
             | param_fault(self.w, lo=0)

@@ -144,8 +144,9 @@ class SphereMeanField(AbstractDensitySolver):
     a: Array
     form: str = eqx.field(static=True)
     tail: float = eqx.field(static=True)
+    sigma: Array
 
-    def __init__(self, L: int, beta=1.0, a=1.0, form: str = "SA", *, tail: float = TAIL):
+    def __init__(self, L: int, beta=1.0, a=1.0, form: str = "SA", *, tail: float = TAIL, sigma=0.0):
         self.L = cell_count("L", L, 4)
         check_form(form)
         require(is_real_in(tail, 0, 1) and float(tail) < 1, f"tail must be in (0, 1), got {tail}")
@@ -155,6 +156,8 @@ class SphereMeanField(AbstractDensitySolver):
         self.beta, self.a = jnp.asarray(beta, dtype=float), jnp.asarray(a, dtype=float)
         self.form = form
         self.tail = float(tail)
+        check_param("sigma", sigma, lo=0)
+        self.sigma = jnp.asarray(sigma, dtype=float)
 
     # ------------------------------------------------------------------ grid and transforms
     @property
@@ -273,7 +276,17 @@ class SphereMeanField(AbstractDensitySolver):
         return UNDERSHOOT * jnp.max(y0)
 
     def parameter_fault(self) -> Array:
-        return param_fault(self.beta, nonzero=True) | param_fault(self.a)
+        return (
+            param_fault(self.beta, nonzero=True)
+            | param_fault(self.a)
+            | param_fault(self.sigma, lo=0)
+        )
+
+    def heat(self, y, h) -> Array:
+        """Degree l times e^{-h sigma^2 l (l + 1) / 2} (exact for the band-limited state)."""
+        ell = jnp.arange(self.L, dtype=y.dtype)[:, None]
+        factor = jnp.exp(-h * 0.5 * self.sigma**2 * ell * (ell + 1)).astype(y.dtype)
+        return sh_inverse(sh_forward(y, self.L) * factor, self.L).astype(y.dtype)
 
     # ------------------------------------------------------------------ solve
     def solve(
