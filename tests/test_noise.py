@@ -249,7 +249,7 @@ def test_sphere_linear_response_and_step_count_with_diffusion(L):
     steps = [
         int(
             SphereMeanField(L, beta=beta, sigma=s)
-            .solve(rho0, jnp.array([0.0, 2.0]))
+            .solve(rho0, jnp.array([0.0, 0.25]))
             .stats["num_steps"]
         )
         for s in (0.0, sigma)
