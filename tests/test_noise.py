@@ -235,7 +235,8 @@ def test_circle_and_kinetic_linear_response_with_diffusion(form):
 def test_sphere_linear_response_and_step_count_with_diffusion(L):
     """Degree l on S^2 grows at r_l - (sigma^2/2) l (l + 1) to 1e-3 (l = 1..6, SA); the diffusion is
     exact (Strang splitting with the heat flow in the harmonic basis), so the adaptive solve to
-    T = 0.25 takes at most 1.2x the steps of the same solve without noise."""
+    T = 1 at beta = 4 takes at most 1.2x the steps of the same solve without noise (measured: 14
+    and 14 at every L)."""
     from meanfield.pde import SphereMeanField
 
     beta, sigma = 2.0, 0.4
@@ -248,8 +249,8 @@ def test_sphere_linear_response_and_step_count_with_diffusion(L):
     rho0 = pde.uniform() * (1 + 0.5 * jnp.cos(pde.theta))[:, None]
     steps = [
         int(
-            SphereMeanField(L, beta=beta, sigma=s)
-            .solve(rho0, jnp.array([0.0, 0.25]))
+            SphereMeanField(L, beta=4.0, sigma=s)
+            .solve(rho0, jnp.array([0.0, 1.0]))
             .stats["num_steps"]
         )
         for s in (0.0, sigma)
