@@ -110,11 +110,11 @@ class AbstractDensitySolver(eqx.Module):
         """How far below zero an initial state may dip (0: none)."""
 
     @abc.abstractmethod
-    @abc.abstractmethod
     def heat(self, y, h) -> Array:
         """The exact heat flow e^{h (sigma^2 / 2) Laplacian} of the state, diagonal in the solver's
         Fourier or spherical-harmonic basis (the identity when sigma = 0)."""
 
+    @abc.abstractmethod
     def parameter_fault(self) -> Array:
         """True (a scalar computed in the graph) when a parameter of the solver is NaN, infinite or out
         of range. Concrete parameters are refused by the constructor; traced ones (under a user's
