@@ -323,6 +323,8 @@ def simulate(
     bad_param = attn.parameter_fault() | (
         jnp.zeros((), bool) if dt is None else param_fault(dt, lo=0, lo_open=True)
     )
+    if noise is not None:  # a traced noise amplitude out of range: that point's invalid_parameter
+        bad_param = bad_param | param_fault(noise.sigma, lo=0) | param_fault(noise.common, lo=0)
     fault = RESULTS.successful
     for flag, code in (
         (bad_data, RESULTS.unsupported_data),

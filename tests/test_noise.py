@@ -272,3 +272,26 @@ def test_diffusion_keeps_mass_and_positivity():
     assert float(sol.rho.min()) >= 0.0
     r = np.asarray(sol.order_parameter())
     assert np.all(np.diff(r) < 0) and r[-1] < 0.1 * r[0]
+
+
+def test_traced_noise_amplitudes_fail_their_own_point_only():
+    """Under vmap over sigma, a negative or NaN amplitude makes that point's result
+    RESULTS.invalid_parameter with NaN states; the other points run (no host callback)."""
+    from meanfield.particles import RESULTS
+
+    x0 = mf.sphere_uniform(jax.random.key(0), 8, 3)
+    ts = jnp.linspace(0.0, 0.2, 2)
+    run = jax.vmap(
+        lambda s: mf.simulate(
+            mf.Attention(1.0),
+            x0,
+            ts,
+            noise=mf.Noise(s),
+            key=jax.random.key(1),
+            dt=0.05,
+            throw=False,
+        )
+    )
+    out = run(jnp.array([0.3, -0.3, jnp.nan]))
+    assert out.result._value.tolist() == [0] + [RESULTS.invalid_parameter._value] * 2
+    assert bool(jnp.all(jnp.isfinite(out.xs[0]))) and bool(jnp.all(jnp.isnan(out.xs[1:])))
