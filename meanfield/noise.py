@@ -135,6 +135,10 @@ class Retracted(diffrax.AbstractWrappedSolver):
     def init(self, terms, t0, t1, y0, args):
         return self.solver.init(terms, t0, t1, y0, args)
 
+    @property
+    def scan_kind(self):
+        return self.solver.scan_kind
+
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         y1, err, dense, state, result = self.solver.step(
             terms,

@@ -136,9 +136,9 @@ def sa_finish(num: Array, den: Array) -> Array:
 
 
 def fourier_heat(y, h, sigma, m: int):
-    """e^{h (sigma^2 / 2) d^2/dtheta^2} of cell averages on the last axis (M cells of [0, 2 pi)):
-    Fourier mode k times e^{-h sigma^2 k^2 / 2}, exact for cell averages (averaging commutes with
-    the heat kernel's convolution)."""
+    r"""$e^{h (\sigma^2/2)\, \partial_\theta^2}$ of cell averages on the last axis (M cells of
+    $[0, 2\pi)$): Fourier mode $k$ times $e^{-h \sigma^2 k^2/2}$, exact for cell averages (averaging
+    commutes with the heat kernel's convolution)."""
     k = jnp.arange(m // 2 + 1, dtype=y.dtype)
     factor = jnp.exp(-h * 0.5 * sigma**2 * k**2).astype(y.dtype)
     return jnp.fft.irfft(jnp.fft.rfft(y, axis=-1) * factor, n=m, axis=-1).astype(y.dtype)

@@ -111,8 +111,8 @@ class AbstractDensitySolver(eqx.Module):
 
     @abc.abstractmethod
     def heat(self, y, h) -> Array:
-        """The exact heat flow e^{h (sigma^2 / 2) Laplacian} of the state, diagonal in the solver's
-        Fourier or spherical-harmonic basis (the identity when sigma = 0)."""
+        r"""The exact heat flow $e^{h (\sigma^2/2) \Delta}$ of the state, diagonal in the solver's
+        Fourier or spherical-harmonic basis (the identity when $\sigma = 0$)."""
 
     @abc.abstractmethod
     def parameter_fault(self) -> Array:
@@ -224,6 +224,10 @@ class Diffused(diffrax.AbstractWrappedSolver):
 
     def init(self, terms, t0, t1, y0, args):
         return self.solver.init(terms, t0, t1, y0, args)
+
+    @property
+    def scan_kind(self):
+        return self.solver.scan_kind
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         half = 0.5 * (t1 - t0)

@@ -283,7 +283,7 @@ class SphereMeanField(AbstractDensitySolver):
         )
 
     def heat(self, y, h) -> Array:
-        """Degree l times e^{-h sigma^2 l (l + 1) / 2} (exact for the band-limited state)."""
+        r"""Degree $\ell$ times $e^{-h \sigma^2 \ell(\ell + 1)/2}$ (exact for the band-limited state)."""
         ell = jnp.arange(self.L, dtype=y.dtype)[:, None]
         factor = jnp.exp(-h * 0.5 * self.sigma**2 * ell * (ell + 1)).astype(y.dtype)
         return sh_inverse(sh_forward(y, self.L) * factor, self.L).astype(y.dtype)

@@ -8,7 +8,7 @@ One module per subject:
 * [`rates`][meanfield.theory.rates]: linear growth rates about the uniform state (circle, sphere, causal coupling);
 * [`kinetic`][meanfield.theory.kinetic]: the kinetic lost-in-the-middle paper's closed forms;
 * [`cesaro`][meanfield.theory.cesaro]: Cesàro theory of position bias and masks as graphs;
-* [`noise`][meanfield.theory.noise]: noisy dynamics on S^{d-1}: critical noise, the tricritical beta,
+* [`noise`][meanfield.theory.noise]: noisy dynamics on the sphere: critical noise, the tricritical beta,
   zonal stationary states.
 
 Every name is available here as ``meanfield.theory.<name>``."""

@@ -23,7 +23,7 @@ r_\ell = \frac{a\, \ell(\ell + d - 2)\, \lambda_\ell(\beta)}{\beta\, \lambda_0(\
 $$
 
 (for $d = 2$, 3 these are `circle_growth_rate` and `sphere_growth_rate`). The paper's coupling is
-$K = a / \sigma^2$: its linear threshold $K_\#^{(d)}(\beta) = \beta^{d/2} / (2^{d/2}\Gamma(d/2)
+$K = a / \sigma^2$: its linear threshold $K_{\sharp}^{(d)}(\beta) = \beta^{d/2} / (2^{d/2}\Gamma(d/2)
 I_{d/2}(\beta))$ is $a / \sigma_c^2$ with our $\sigma_c$ at $a = 1$.
 """
 
@@ -66,7 +66,7 @@ def critical_noise(beta: float, d: int = 3, a: float = 1.0, form: str = "USA") -
     \ \text{(USA)}, \qquad \sigma_c^2 = \frac{2 a\, I_{d/2}(\beta)}{\beta\, I_{d/2-1}(\beta)} \ \text{(SA)},
     $$
 
-    so the paper's linear threshold is $K_\# = a / \sigma_c^2$. Every degree $\ell \ge 2$ is more
+    so the paper's linear threshold is $K_{\sharp} = a / \sigma_c^2$. Every degree $\ell \ge 2$ is more
     stable ($r_\ell / (\ell(\ell + d - 2))$ falls with $\ell$)."""
     check_form(form)
     check_param("beta", beta, lo=0, lo_open=True)
@@ -92,10 +92,10 @@ def tricritical_beta(d: int) -> float:
 
 
 def _zonal_setup(beta, d, a, n):
-    """Gauss--Jacobi nodes t_i (weights w_i summing to 1: the law of <x, e> under the uniform
-    measure, density prop. to (1 - t^2)^{(d-3)/2}) and the zonal kernel
-    Wbar_ij = (a / beta) e^{beta t_i t_j} J(beta s_i s_j), s = sqrt(1 - t^2), J(z) the mean of
-    e^{z cos phi} over S^{d-2}: Gamma((d-1)/2) (2/z)^{(d-3)/2} I_{(d-3)/2}(z)."""
+    r"""Gauss--Jacobi nodes $t_i$ (weights $w_i$ summing to 1: the law of $\langle x, e\rangle$ under
+    the uniform measure, density $\propto (1 - t^2)^{(d-3)/2}$) and the zonal kernel
+    $\bar W_{ij} = (a/\beta) e^{\beta t_i t_j} J(\beta s_i s_j)$, $s = \sqrt{1 - t^2}$, $J(z)$ the mean of
+    $e^{z\cos\phi}$ over $S^{d-2}$: $\Gamma((d-1)/2) (2/z)^{(d-3)/2} I_{(d-3)/2}(z)$."""
     from scipy.special import gammaln, ive, roots_jacobi
 
     alpha = (d - 3) / 2
@@ -112,8 +112,8 @@ def _zonal_setup(beta, d, a, n):
 
 
 def _potential(u, w, wbar, form, beta, a):
-    """Phi_i at the zonal density f = e^u: (a / beta) G (USA) or (a / beta) log G (SA), with
-    G_i = sum_j w_j e^{beta <x_i, y_j>} f_j, and dPhi/du."""
+    r"""$\Phi_i$ at the zonal density $f = e^u$: $(a/\beta) G$ (USA) or $(a/\beta)\log G$ (SA), with
+    $G_i = \sum_j w_j e^{\beta\langle x_i, y_j\rangle} f_j$, and $d\Phi/du$."""
     f = np.exp(u)
     g = wbar @ (w * f)  # (a / beta) G
     dg = wbar * (w * f)[None, :]
