@@ -16,6 +16,13 @@ $(\sigma^2/2)\Delta_{S^{d-1}}$, so the density follows $\partial_t\rho + \operat
 $K = a/\sigma^2$). With ``rotation=True`` the $B_k$ are skew, $P_x B_k x = B_k x$, and the common noise
 rotates all tokens together: $\langle x_i, x_j\rangle$ is unchanged (the control experiment).
 
+Engel & Shalova's Random Quadratic Form (``model="rqf"``): $dX = -P_X \circ dQ_t\, X$ with
+$Q_t = (B_t + B_t^\top)/2$, $B_t$ a $d \times d$ matrix of independent standard Brownian motions.
+It is the common term above with the $K = d^2$ maps $(E_{ij} + E_{ji})/2$, one Brownian motion
+$W^{ij}$ each, and amplitude ``common`` $= c$ (the sign is immaterial in law); with
+``rotation=True`` the maps are $(E_{ij} - E_{ji})/2$. The tokens then synchronise up to sign at
+the almost-sure rate $c^2$ for every $d$ (`meanfield.theory.rqf_synchronisation_rate`).
+
 Staying on the sphere: a Stratonovich scheme's step leaves the sphere by $O(\Delta t^{3/2})$ (the
 tangent increments add $|P_x \Delta W|^2$ to $|x|^2$ at second order); each step is followed by the
 retraction $x \mapsto x/|x|$ (`Retracted`), a projection method whose correction is of the order of
@@ -34,6 +41,7 @@ import lineax as lx
 
 from ._errors import check_param, require
 from ._types import Array
+from .solvers import DelegatingSolver
 
 STRATONOVICH_ERK = (diffrax.Heun, diffrax.Midpoint, diffrax.Ralston)
 """Explicit Runge--Kutta solvers that converge to the Stratonovich solution of an SDE (diffrax's
@@ -45,18 +53,32 @@ class Noise(eqx.Module):
     """Noise of the particle dynamics (module docstring): idiosyncratic amplitude ``sigma``,
     common-noise amplitude ``common`` through ``n_common`` linear maps ``maps`` (K, d, d) (drawn
     from the key, entries N(0, 1/d), when None); ``rotation``: skew maps (rotations, the control
-    that leaves every inner product unchanged)."""
+    that leaves every inner product unchanged).
+
+    ``model`` names the common noise's convention: ``"layers"`` (the maps above, random linear
+    layers) or ``"rqf"`` (Engel & Shalova's Random Quadratic Form, arXiv 2603.06187: the d^2 maps
+    (E_ij + E_ji)/2, so the noise is P_x dQ_t x with Q_t a symmetric matrix Brownian motion;
+    ``maps`` and ``n_common`` unused)."""
 
     sigma: float | Array = 0.0
     common: float | Array = 0.0
     n_common: int = eqx.field(default=1, static=True)
     maps: Array | None = None
     rotation: bool = eqx.field(default=False, static=True)
+    model: str = eqx.field(default="layers", static=True)
 
     def __check_init__(self):
         check_param("sigma", self.sigma, lo=0)
         check_param("common", self.common, lo=0)
         require(int(self.n_common) >= 1, f"n_common must be >= 1, got {self.n_common}")
+        require(
+            self.model in ("layers", "rqf"),
+            f"model must be 'layers' or 'rqf' (Engel & Shalova), got {self.model!r}",
+        )
+        require(
+            self.model == "layers" or self.maps is None,
+            "maps must be None with model='rqf' (its maps are fixed by the model)",
+        )
         if self.maps is not None:
             require(
                 jnp.ndim(self.maps) == 3 and self.maps.shape[1] == self.maps.shape[2],
@@ -66,6 +88,10 @@ class Noise(eqx.Module):
     def linear_maps(self, key, d: int, dtype) -> Array:
         """The common-noise maps B_k, (K, d, d): ``maps``, or drawn from ``key``; skew under
         ``rotation``."""
+        if self.model == "rqf":
+            e = jnp.eye(d * d, dtype=dtype).reshape(d * d, d, d)
+            sign = -1.0 if self.rotation else 1.0
+            return (e + sign * jnp.swapaxes(e, 1, 2)) / 2
         if self.maps is not None:
             b = jnp.asarray(self.maps, dtype)
             require(b.shape[1] == d, f"maps have dimension {b.shape[1]}, the tokens d = {d}")
@@ -75,7 +101,10 @@ class Noise(eqx.Module):
 
     def control_shape(self, n: int, d: int, dtype) -> dict:
         """The Brownian motion's structure: one d-vector per token and K shared scalars."""
-        k = self.n_common if self.maps is None else int(self.maps.shape[0])
+        if self.model == "rqf":
+            k = d * d
+        else:
+            k = self.n_common if self.maps is None else int(self.maps.shape[0])
         return {
             "tokens": jax.ShapeDtypeStruct((n, d), dtype),
             "common": jax.ShapeDtypeStruct((k,), dtype),
@@ -104,40 +133,11 @@ def check_solver(solver) -> None:
     )
 
 
-class Retracted(diffrax.AbstractWrappedSolver):
+class Retracted(DelegatingSolver):
     """``solver``'s step followed by the retraction onto the sphere (module docstring); every other
     property is the wrapped solver's."""
 
-    solver: diffrax.AbstractSolver
     retract: object = eqx.field(static=True)
-
-    @property
-    def term_structure(self):
-        return self.solver.term_structure
-
-    @property
-    def interpolation_cls(self):  # pyright: ignore
-        return self.solver.interpolation_cls
-
-    @property
-    def term_compatible_contr_kwargs(self):
-        return self.solver.term_compatible_contr_kwargs
-
-    def order(self, terms):
-        return self.solver.order(terms)
-
-    def strong_order(self, terms):
-        return self.solver.strong_order(terms)
-
-    def error_order(self, terms):
-        return self.solver.error_order(terms)
-
-    def init(self, terms, t0, t1, y0, args):
-        return self.solver.init(terms, t0, t1, y0, args)
-
-    @property
-    def scan_kind(self):
-        return self.solver.scan_kind
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         y1, err, dense, state, result = self.solver.step(
@@ -150,9 +150,6 @@ class Retracted(diffrax.AbstractWrappedSolver):
             True,  # no stage reused across the retraction
         )
         return self.retract(y1), err, dense, state, result
-
-    def func(self, terms, t0, y0, args):
-        return self.solver.func(terms, t0, y0, args)
 
 
 def brownian_motion(noise: Noise, key, ts, n: int, d: int, dtype, dt):
@@ -204,5 +201,4 @@ def solve_sde(
         max_steps=max_steps,
         throw=False,
     )
-    stats = {k: sol.stats[k] for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")}
-    return sol.ts, geometry.retract(sol.ys), sol.result, stats
+    return sol.ts, geometry.retract(sol.ys), sol.result, sol.stats

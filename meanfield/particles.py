@@ -351,9 +351,7 @@ def simulate(
             int(max_steps),
             fault != RESULTS.successful,
         )
-        bad = fault != RESULTS.successful
-        result = RESULTS.where(bad, fault, RESULTS.promote(res))
-        traj = Trajectory(ts=sts, xs=jnp.where(bad, jnp.nan, xs), result=result, stats=stats)
+        traj = _finish(sts, xs, RESULTS.promote(res), stats, fault)
         return _raise_on_failure(traj) if throw else traj
     traj = _simulate(
         attn,
@@ -445,7 +443,7 @@ def _simulate(
         throw=False,  # the result code, raised on the host after the solve (no callback inside)
         adjoint=diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint,
     )
-    result = RESULTS.where(bad, fault, RESULTS.promote(sol.result))
+    result = RESULTS.promote(sol.result)
     xs = sol.ys
     if dt is not None and isinstance(geometry, Sphere):  # fixed steps: hold the state to the sphere
         off = ~(
@@ -456,8 +454,15 @@ def _simulate(
         )
         gone = jnp.cumsum(off) > 0  # NaN from the first save off the sphere on
         xs = jnp.where(gone[:, None, None], jnp.nan, xs)
-    xs = jnp.where(bad, jnp.nan, xs)
-    return Trajectory(ts=sol.ts, xs=xs, result=result, stats=dict(sol.stats))
+    return _finish(sol.ts, xs, result, sol.stats, fault)
+
+
+def _finish(ts, xs, result, stats, fault) -> Trajectory:
+    """The trajectory of a solve (ODE or SDE): a point with an input ``fault`` keeps that code
+    and NaN states; the others keep the solve's ``result``."""
+    bad = fault != RESULTS.successful
+    result = RESULTS.where(bad, fault, result)
+    return Trajectory(ts=ts, xs=jnp.where(bad, jnp.nan, xs), result=result, stats=dict(stats))
 
 
 def layers(

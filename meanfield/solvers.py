@@ -67,3 +67,43 @@ def resolve_solver(solver) -> diffrax.AbstractSolver:
         f"solver must be a name in {sorted(SOLVERS)} or a diffrax solver instance, got {solver!r}",
     )
     return solver
+
+
+class DelegatingSolver(diffrax.AbstractWrappedSolver):
+    """A diffrax solver that is ``solver`` in every property (term structure, orders, state,
+    interpolation, ``scan_kind``) except the step a subclass overrides: the base of the wrappers
+    that add an exact operation around each step (the noise's retraction onto the sphere, the
+    density solvers' heat flow)."""
+
+    solver: diffrax.AbstractSolver
+
+    @property
+    def term_structure(self):
+        return self.solver.term_structure
+
+    @property
+    def interpolation_cls(self):  # pyright: ignore
+        return self.solver.interpolation_cls
+
+    @property
+    def term_compatible_contr_kwargs(self):
+        return self.solver.term_compatible_contr_kwargs
+
+    def order(self, terms):
+        return self.solver.order(terms)
+
+    def strong_order(self, terms):
+        return self.solver.strong_order(terms)
+
+    def error_order(self, terms):
+        return self.solver.error_order(terms)
+
+    def init(self, terms, t0, t1, y0, args):
+        return self.solver.init(terms, t0, t1, y0, args)
+
+    @property
+    def scan_kind(self):
+        return self.solver.scan_kind
+
+    def func(self, terms, t0, y0, args):
+        return self.solver.func(terms, t0, y0, args)

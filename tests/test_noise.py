@@ -79,6 +79,49 @@ def test_rotation_noise_keeps_the_inner_products_general_common_noise_does_not()
     assert fine < 0.05 * general and 1.5 < coarse / fine < 2.7, (coarse, fine, general)
 
 
+@pytest.mark.parametrize("d,c", [(2, 1.0), (5, 1.5)])
+def test_rqf_common_noise_synchronises_at_rate_c_squared(d, c):
+    """Engel & Shalova's Random Quadratic Form, attention off: the mean over pairs of
+    log sqrt(1 - <x_i, x_j>^2) falls at the almost-sure rate c^2 for every d
+    (theory.rqf_synchronisation_rate: the gap lambda_1 - lambda_2 of the linear flow), within 3
+    standard errors over 48 independent paths (slopes fitted on t in [1, 4]; 1 / (c^2) of e-folding
+    is enough for the transient from a uniform start to pass)."""
+    attn = mf.Attention(1.0, V=jnp.zeros((d, d)))
+    x0 = mf.sphere_uniform(jax.random.key(8), 8, d)
+    ts = jnp.linspace(0.0, 4.0 / c**2, 9)
+    iu = np.triu_indices(8, 1)
+    noise = mf.Noise(0.0, common=c, model="rqf")
+
+    def log_sine(k):
+        xs = mf.simulate(attn, x0, ts, noise=noise, key=k, dt=0.01 / c**2).xs
+        g = jnp.einsum("tnd,tmd->tnm", xs, xs)[:, iu[0], iu[1]]
+        return 0.5 * jnp.mean(jnp.log(jnp.clip(1 - g**2, 1e-300)), -1)
+
+    v = np.asarray(jax.jit(jax.vmap(log_sine))(jax.random.split(jax.random.key(9), 48)))
+    fit = np.asarray(ts) >= 1.0 / c**2
+    slopes = np.array([np.polyfit(np.asarray(ts)[fit], r[fit], 1)[0] for r in v])
+    rate = theory.rqf_synchronisation_rate(c, d)
+    assert rate == c**2
+    se = slopes.std(ddof=1) / np.sqrt(slopes.size)
+    assert abs(-slopes.mean() - rate) < 3 * se, (-slopes.mean(), se, rate)
+    assert se < 0.15 * rate  # the test can tell the rate from half or twice it
+
+
+def test_rqf_model_maps_and_refusals():
+    """model='rqf': the d^2 maps (E_ij + E_ji)/2 (their weighted sum is (B + B^T)/2), skew under
+    rotation; no user maps with it; an unknown model is refused by name."""
+    m = mf.Noise(0.0, common=1.0, model="rqf").linear_maps(jax.random.key(0), 3, jnp.float64)
+    w = jax.random.normal(jax.random.key(1), (9,))
+    b = w.reshape(3, 3)
+    np.testing.assert_allclose(jnp.einsum("k,kde->de", w, m), (b + b.T) / 2, atol=1e-15)
+    r = mf.Noise(0.0, common=1.0, model="rqf", rotation=True).linear_maps(None, 3, jnp.float64)
+    np.testing.assert_allclose(jnp.einsum("k,kde->de", w, r), (b - b.T) / 2, atol=1e-15)
+    with pytest.raises(ValueError, match="model must be 'layers' or 'rqf'"):
+        mf.Noise(0.1, model="RQF")
+    with pytest.raises(ValueError, match="maps must be None with model='rqf'"):
+        mf.Noise(0.1, model="rqf", maps=jnp.zeros((1, 3, 3)))
+
+
 def test_noise_with_masks_heads_prompts_and_backends():
     x0 = mf.sphere_uniform(jax.random.key(6), 12, 4)
     ts = jnp.linspace(0.0, 0.2, 2)
@@ -181,6 +224,29 @@ def test_stationary_states_continuous_below_and_hysteresis_above_beta_star():
     assert [s["order"] for s in theory.stationary_states(3.0, 1.1 * sc, 3)] == [0.0]
     for s in band:  # each is a probability density on the nodes' law
         assert abs(np.sum(theory.noise._zonal_setup(3.0, 3, 1.0, 96)[1] * s["density"]) - 1) < 1e-12
+
+
+def test_stationary_branch_folds_above_beta_star_only():
+    """The branch as a curve: below beta_* (beta = 1) it never passes sigma_c (no band), above
+    (beta = 3, 4) it folds at sigma_fold > sigma_c, wider for larger beta; its stable part holds the
+    concentrated states of stationary_states (same R at the same sigma, to the continuation's
+    interpolation error), and it changes stability at the fold."""
+    low = theory.stationary_branch(1.0, 3, max_order=0.9)
+    assert low["sigma_fold"] <= low["sigma_c"] * (1 + 1e-6)
+    folds = []
+    for beta in (3.0, 4.0):
+        br = theory.stationary_branch(beta, 3)
+        sc = br["sigma_c"]
+        folds.append(br["sigma_fold"] / sc)
+        top = np.argmax(br["sigma"])
+        assert not br["stable"][:top].any() and br["stable"][top + 1 :].all()
+        state = theory.stationary_states(beta, 1.03 * sc, 3)[-1]
+        on = br["stable"] & (br["sigma"] < 1.06 * sc)
+        assert (
+            abs(np.interp(1.03 * sc, br["sigma"][on][::-1], br["order"][on][::-1]) - state["order"])
+            < 5e-3
+        )
+    assert 1.04 < folds[0] < folds[1]
 
 
 def test_order_parameter_of_clouds_and_densities():

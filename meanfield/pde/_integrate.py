@@ -61,6 +61,7 @@ from .._errors import (
     traced_failure,
 )
 from .._types import Array
+from ..solvers import DelegatingSolver
 from ._s2 import grid_points, quadrature_weights
 
 CFL = 0.4
@@ -188,7 +189,7 @@ class AbstractDensitySolver(eqx.Module):
         return ts, ys, result, stats
 
 
-class Diffused(diffrax.AbstractWrappedSolver):
+class Diffused(DelegatingSolver):
     r"""Strang splitting of the diffusion $(\sigma^2/2)\Delta\rho$ around ``solver``'s transport
     step: half a step of the exact heat flow (`AbstractDensitySolver.heat`, diagonal in the
     Fourier or spherical-harmonic basis), the transport step, half a step of heat. The heat flow
@@ -198,36 +199,11 @@ class Diffused(diffrax.AbstractWrappedSolver):
     parts are diagonal there). The wrapped step starts afresh each time (``made_jump``): a
     first-same-as-last solver does not reuse a stage of the state before the heat."""
 
-    solver: diffrax.AbstractSolver
     pde: AbstractDensitySolver
-
-    @property
-    def term_structure(self):
-        return self.solver.term_structure
 
     # linear between the step's own ends: every step ends on a save time (`CFLController`), so
     # the saves are the split states themselves, not the transport's interpolant
     interpolation_cls = diffrax.LocalLinearInterpolation
-
-    @property
-    def term_compatible_contr_kwargs(self):
-        return self.solver.term_compatible_contr_kwargs
-
-    def order(self, terms):
-        return self.solver.order(terms)
-
-    def strong_order(self, terms):
-        return self.solver.strong_order(terms)
-
-    def error_order(self, terms):
-        return self.solver.error_order(terms)
-
-    def init(self, terms, t0, t1, y0, args):
-        return self.solver.init(terms, t0, t1, y0, args)
-
-    @property
-    def scan_kind(self):
-        return self.solver.scan_kind
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         half = 0.5 * (t1 - t0)
@@ -236,9 +212,6 @@ class Diffused(diffrax.AbstractWrappedSolver):
         )
         y1 = self.pde.heat(y1, half)
         return y1, err, dict(y0=y0, y1=y1), state, result
-
-    def func(self, terms, t0, y0, args):
-        return self.solver.func(terms, t0, y0, args)
 
 
 class DensitySolution(eqx.Module):

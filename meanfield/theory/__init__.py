@@ -41,6 +41,8 @@ from .cesaro import mask_walk_drift as mask_walk_drift
 from .noise import critical_noise as critical_noise
 from .noise import funk_hecke as funk_hecke
 from .noise import noisy_growth_rate as noisy_growth_rate
+from .noise import rqf_synchronisation_rate as rqf_synchronisation_rate
+from .noise import stationary_branch as stationary_branch
 from .noise import stationary_states as stationary_states
 from .noise import tricritical_beta as tricritical_beta
 
@@ -71,6 +73,8 @@ __all__ = [
     "cesaro_mean_position",
     "mask_walk_drift",
     "critical_noise",
+    "rqf_synchronisation_rate",
+    "stationary_branch",
     "funk_hecke",
     "noisy_growth_rate",
     "stationary_states",

@@ -122,44 +122,9 @@ def _potential(u, w, wbar, form, beta, a):
     return (a / beta) * np.log(g * beta / a), (a / beta) * dg / g[:, None]
 
 
-def stationary_states(
-    beta: float,
-    sigma: float,
-    d: int = 3,
-    form: str = "USA",
-    *,
-    a: float = 1.0,
-    nodes: int = 96,
-    max_order: float = 0.97,
-) -> list[dict]:
-    r"""The zonal stationary states of the noisy mean-field dynamics (module docstring) at noise
-    ``sigma``: the densities $\rho = e^{2\Phi[\rho]/\sigma^2} / Z$ with $\rho$ a function of
-    $t = \langle x, e\rangle$, each with its order parameter $R = \lVert \int x\, d\rho \rVert$ and
-    whether it is stable.
-
-    Zero flux, $\rho \nabla\Phi - (\sigma^2/2)\nabla\rho = 0$, makes every such $\rho$ stationary, in
-    both forms (SA: $\Phi = (a/\beta)\log G$, USA: $\Phi = (a/\beta) G$, $G = \int e^{\beta\langle x,
-    y\rangle} d\rho(y)$). Method: $u = \log\rho$ on ``nodes`` Gauss--Jacobi nodes in $t$ (the law of
-    $t$ is $\propto (1 - t^2)^{(d-3)/2}$; the other coordinates enter through the mean $J$ of
-    $e^{z\cos\phi}$ over $S^{d-2}$), the equation $u - p\Phi[e^u] + \log \int e^{p\Phi} = 0$ in
-    $p = 2/\sigma^2$, followed by pseudo-arclength continuation from the bifurcation at
-    $\sigma_c$ (`critical_noise`) along the degree-1 mode, through folds, until $R$ reaches
-    ``max_order``; the states at ``sigma`` are the branch's crossings of $p = 2/\sigma^2$,
-    refined by Newton's method, plus the uniform state ($R = 0$).
-
-    Stability (USA, the Wasserstein gradient flow of $F$): the Hessian of the discretised $F$ on
-    zonal, mass-preserving perturbations, $(\sigma^2/2)\,\mathrm{diag}(w/f) - (w w^\top)\circ
-    \bar W$, is positive definite (rotations, the neutral non-zonal modes, are not tested). For SA
-    there is no free energy; ``stable`` is then None.
-
-    Returns:
-        a list of {"order": R, "stable": bool | None, "t": nodes, "density": rho(t)} sorted by R.
-    """
-    check_form(form)
-    check_param("beta", beta, lo=0, lo_open=True)
-    check_param("sigma", sigma, lo=0, lo_open=True)
-    d = int(d)
-    require(d >= 2, f"d must be >= 2, got {d}")
+def _zonal_solver(beta, d, a, form, nodes):
+    """The discretised self-consistency equation of `stationary_states` (nodes, weights, Newton's
+    method at fixed or arclength-constrained p = 2/sigma^2, the order parameter)."""
     t, w, wbar = _zonal_setup(beta, d, a, int(nodes))
     n = t.shape[0]
 
@@ -197,11 +162,21 @@ def stationary_states(
         f = f / np.sum(w * f)
         return float(abs(np.sum(w * f * t))), f
 
-    sig_c = critical_noise(beta, d, a, form)
-    p_target = 2 / sigma**2
-    states = [{"order": 0.0, "uniform": True, "u": np.zeros(n)}]
-    # continuation from the bifurcation along the degree-1 mode
-    p0 = 2 / sig_c**2
+    def stable(f, sigma):
+        if form != "USA":
+            return None
+        h = 0.5 * sigma**2 * np.diag(w / f) - np.outer(w, w) * wbar
+        basis = np.linalg.svd(w[None, :])[2][1:]  # mass-preserving perturbations
+        return bool(np.linalg.eigvalsh(basis @ h @ basis.T).min() > 0)
+
+    return t, newton, order, stable
+
+
+def _branch(beta, d, a, form, newton, order, n, max_order):
+    """Pseudo-arclength continuation of the non-uniform branch from the bifurcation at sigma_c
+    along the degree-1 mode, through folds, until R reaches max_order: rows (u, p)."""
+    t = _zonal_setup(beta, d, a, n)[0]
+    p0 = 2 / critical_noise(beta, d, a, form) ** 2
     tangent = np.concatenate([t / np.linalg.norm(t), [0.0]])
     point = np.concatenate([np.zeros(n), [p0]])
     ds = 0.02
@@ -215,13 +190,61 @@ def stationary_states(
                 break
             continue
         new = np.concatenate([u, [p]])
-        tangent_new = (new - point) / np.linalg.norm(new - point)
-        tangent, point = tangent_new, new
+        tangent, point = (new - point) / np.linalg.norm(new - point), new
         branch.append(point.copy())
         if order(u)[0] > max_order or p <= 0:
             break
         ds = min(ds * 1.3, 0.5)
-    branch = np.array(branch)
+    return np.array(branch)
+
+
+def _check_state_args(beta, d, form):
+    check_form(form)
+    check_param("beta", beta, lo=0, lo_open=True)
+    require(int(d) >= 2, f"d must be >= 2, got {d}")
+
+
+def stationary_states(
+    beta: float,
+    sigma: float,
+    d: int = 3,
+    form: str = "USA",
+    *,
+    a: float = 1.0,
+    nodes: int = 96,
+    max_order: float = 0.97,
+) -> list[dict]:
+    r"""The zonal stationary states of the noisy mean-field dynamics (module docstring) at noise
+    ``sigma``: the densities $\rho = e^{2\Phi[\rho]/\sigma^2} / Z$ with $\rho$ a function of
+    $t = \langle x, e\rangle$, each with its order parameter $R = \lVert \int x\, d\rho \rVert$ and
+    whether it is stable.
+
+    Zero flux, $\rho \nabla\Phi - (\sigma^2/2)\nabla\rho = 0$, makes every such $\rho$ stationary, in
+    both forms (SA: $\Phi = (a/\beta)\log G$, USA: $\Phi = (a/\beta) G$, $G = \int e^{\beta\langle x,
+    y\rangle} d\rho(y)$). Method: $u = \log\rho$ on ``nodes`` Gauss--Jacobi nodes in $t$ (the law of
+    $t$ is $\propto (1 - t^2)^{(d-3)/2}$; the other coordinates enter through the mean $J$ of
+    $e^{z\cos\phi}$ over $S^{d-2}$), the equation $u - p\Phi[e^u] + \log \int e^{p\Phi} = 0$ in
+    $p = 2/\sigma^2$, followed by pseudo-arclength continuation from the bifurcation at
+    $\sigma_c$ (`critical_noise`) along the degree-1 mode, through folds, until $R$ reaches
+    ``max_order``; the states at ``sigma`` are the branch's crossings of $p = 2/\sigma^2$,
+    refined by Newton's method, plus the uniform state ($R = 0$).
+
+    Stability (USA, the Wasserstein gradient flow of $F$): the Hessian of the discretised $F$ on
+    zonal, mass-preserving perturbations, $(\sigma^2/2)\,\mathrm{diag}(w/f) - (w w^\top)\circ
+    \bar W$, is positive definite (rotations, the neutral non-zonal modes, are not tested). For SA
+    there is no free energy; ``stable`` is then None.
+
+    Returns:
+        a list of {"order": R, "stable": bool | None, "t": nodes, "density": rho(t)} sorted by R.
+    """
+    _check_state_args(beta, d, form)
+    check_param("sigma", sigma, lo=0, lo_open=True)
+    d = int(d)
+    t, newton, order, stable = _zonal_solver(beta, d, a, form, nodes)
+    n = t.shape[0]
+    branch = _branch(beta, d, a, form, newton, order, n, max_order)
+    p_target = 2 / sigma**2
+    states = [{"order": 0.0, "uniform": True, "u": np.zeros(n)}]
     for k in range(1, len(branch)):
         p1, p2 = branch[k - 1, n], branch[k, n]
         if (p1 - p_target) * (p2 - p_target) <= 0 and p1 != p2 and k > 1:
@@ -236,10 +259,65 @@ def stationary_states(
         r = 0.0 if st["uniform"] else r  # exactly: the uniform state's first moment vanishes
         if any(abs(r - o["order"]) < 1e-8 for o in out):
             continue
-        stable = None
-        if form == "USA":
-            h = 0.5 * sigma**2 * np.diag(w / f) - np.outer(w, w) * wbar
-            basis = np.linalg.svd(w[None, :])[2][1:]  # mass-preserving perturbations
-            stable = bool(np.linalg.eigvalsh(basis @ h @ basis.T).min() > 0)
-        out.append({"order": r, "stable": stable, "t": t, "density": f})
+        out.append({"order": r, "stable": stable(f, sigma), "t": t, "density": f})
     return sorted(out, key=lambda s: s["order"])
+
+
+def stationary_branch(
+    beta: float,
+    d: int = 3,
+    form: str = "USA",
+    *,
+    a: float = 1.0,
+    nodes: int = 96,
+    max_order: float = 0.99,
+) -> dict:
+    r"""The whole non-uniform branch of zonal stationary states (`stationary_states`) as a curve,
+    for plotting $R$ against $\sigma$: the continuation from the bifurcation at $\sigma_c$ through
+    its folds until $R$ reaches ``max_order``. Below $\beta_*$ the branch leaves $\sigma_c$ towards
+    smaller $\sigma$ (a continuous transition); above, towards larger $\sigma$, turning back at a
+    fold $\sigma_{\mathrm{fold}} > \sigma_c$: between the two, a concentrated state and the uniform
+    state are both stable (hysteresis).
+
+    Returns:
+        {"sigma": (M,), "order": (M,), "stable": (M,) bool (USA; None for SA), "sigma_c": float,
+        "sigma_fold": the largest sigma on the branch}.
+    """
+    _check_state_args(beta, d, form)
+    t, newton, order, stable = _zonal_solver(beta, int(d), a, form, nodes)
+    n = t.shape[0]
+    branch = _branch(beta, int(d), a, form, newton, order, n, max_order)[1:]
+    sigma = np.sqrt(2 / branch[:, n])
+    rows = [order(u) for u in branch[:, :n]]
+    flags = [stable(f, s) for (_, f), s in zip(rows, sigma)]
+    return {
+        "sigma": sigma,
+        "order": np.array([r for r, _ in rows]),
+        "stable": None if form != "USA" else np.array(flags, bool),
+        "sigma_c": critical_noise(beta, int(d), a, form),
+        "sigma_fold": float(sigma.max()),
+    }
+
+
+def rqf_synchronisation_rate(common: float = 1.0, d: int = 3) -> float:
+    r"""The rate at which common noise alone synchronises tokens up to sign, in Engel & Shalova's
+    Random Quadratic Form (arXiv 2603.06187; ``Noise(common=c, model="rqf")``):
+    $dX = c\, P_X \circ dQ_t\, X$, $Q_t = (B_t + B_t^\top)/2$. Returns $c^2$, for every $d \ge 2$.
+
+    Derivation: the flow is the projection $X_t = Z_t X_0 / |Z_t X_0|$ of the linear flow
+    $dZ = c \circ dQ_t\, Z$ on $\mathbb{R}^d$. In Itô form $dZ = c\, dQ\, Z + \frac{c^2}{2}
+    E[dQ^2] Z$, with $E[dQ^2] = \frac{d+1}{2} I\, dt$ (variances 1 on the diagonal of $Q$, 1/2 off
+    it). For a $k$-frame with Gram matrix $V = Z^\top Z$, Itô's formula and the isotropy of $Q$
+    ($S = U^\top dQ\, U$ has the same law for every orthonormal $U$, with $E\,\mathrm{tr}\,S^2 =
+    k(k+1)/2\, dt$) give $d \log\det V = 2c\,\mathrm{tr}\, S + c^2 k(d - k)\, dt$, so the sum of the
+    top $k$ Lyapunov exponents is $c^2 k (d - k)/2$ and $\lambda_k = c^2 (d + 1 - 2k)/2$. Two tokens
+    $x, y$ have $s_t = \sqrt{1 - \langle x_t, y_t\rangle^2} = \lvert Z x \wedge Z y\rvert /
+    (\lvert Z x\rvert \lvert Z y\rvert)$. The drifts above do not depend on the frame (isotropy),
+    so $d \log s_t = -c^2\, dt + dM_t$ with $M$ a martingale, at every angle: $E[\log s_t - \log
+    s_0] = -c^2 t$ exactly, and $\frac{1}{t} \log s_t \to \lambda_2 - \lambda_1 = -c^2$ almost surely
+    (measured in the tests and the ``noise-transition`` preset). The limit points are $\pm v_t$, so
+    the tokens cluster in two antipodal groups, and the order parameter $R$ tends to the difference
+    of their fractions, not to 1."""
+    check_param("common", common, lo=0)
+    require(int(d) >= 2, f"d must be >= 2, got {d}")
+    return float(common) ** 2

@@ -97,6 +97,28 @@ def test_ensemble_over_data_and_tokens_axes_equals_vmap():
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-6)
 
 
+def test_noisy_solve_on_the_token_and_data_axes_equals_single_device():
+    """The noisy solve (idiosyncratic and common noise, 101 tokens: padded rows) on the tokens axis,
+    and an ensemble of keys on data x tokens, equal the single-device result: the Brownian path
+    depends on the key only, not on the placement."""
+    n, d = 101, 4
+    attn = mf.Attention(F32(2.0), mask=mf.Causal(), form="USA")
+    x0 = mf.sphere_uniform(jax.random.key(6), n, d, F32)
+    ts = jnp.linspace(0, 0.5, 3, dtype=F32)
+    noise = mf.Noise(F32(0.4), common=F32(0.3), n_common=2)
+    run = lambda k: mf.simulate(attn, x0, ts, noise=noise, key=k, dt=0.05).xs  # noqa: E731
+    keys = jax.random.split(jax.random.key(7), 4)
+    ref = jax.vmap(run)(keys)
+    with jax.set_mesh(sharding.make_mesh("tokens")):
+        one = jax.jit(run)(keys[0])
+    np.testing.assert_allclose(one, ref[0], rtol=0, atol=1e-5)
+    mesh = sharding.make_mesh("data,tokens", batch=4)
+    with jax.set_mesh(mesh):
+        out = jax.jit(jax.vmap(run, spmd_axis_name="data"))(sharding.shard_leading(keys, mesh))
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5)
+    assert float(jnp.max(jnp.abs(ref[0] - ref[1]))) > 1e-2  # the keys give different paths
+
+
 def test_mesh_specs_on_eight_devices():
     shape = lambda m: (m.shape["data"], m.shape["tokens"])  # noqa: E731
     assert shape(sharding.make_mesh("data")) == (8, 1)
