@@ -16,7 +16,7 @@ import xarray as xr
 import meanfield as mf
 from meanfield.particles import _simulate
 from meanfield.run.cli import main
-from meanfield.run.executor import Locked, folder_lock
+from meanfield.run.folders import Locked, folder_lock
 
 TINY = ["--set", "n=6", "--set", "t1=1", "--set", "n_save=3", "--set", "chunks=1", "--no-progress"]
 

@@ -27,6 +27,9 @@ from .presets import grid_param as grid_param
 from .presets import load_presets as load_presets
 from .presets import parse_grid as parse_grid
 from .presets import register as register
+from .sweeps import merge as merge
+from .sweeps import run_shard as run_shard
+from .sweeps import sweep_points as sweep_points
 from .variables import COMMON as COMMON
 from .variables import Var as Var
 
@@ -54,4 +57,7 @@ __all__ = [
     "load_presets",
     "parse_grid",
     "register",
+    "merge",
+    "run_shard",
+    "sweep_points",
 ]

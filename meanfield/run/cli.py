@@ -3,7 +3,8 @@
     meanfield list                                    presets with one-line descriptions
     meanfield show PRESET                             its config keys, types, defaults and valid ranges
     meanfield run PRESET [--set key=value|file.toml ...] [--out DIR] [--resume] [--force]
-    meanfield sweep PRESET --grid key=v1,v2,... [--grid ...] [--set ...] [--out DIR]
+    meanfield sweep PRESET --grid key=v1,v2,... [--grid ...] [--set ...] [--out DIR] [--shard I/N|auto]
+    meanfield merge OUT                               combine OUT/shards/* into OUT/result.nc
     meanfield plot DIR                                redraw the figures of a finished run
     meanfield figures [PRESET ...] [--docs DIR]       rerun presets at their defaults, copy the PNGs to docs/figures
 
@@ -38,10 +39,13 @@ import xarray as xr
 from .. import __version__
 from .._errors import SolverError, last_traced_failure, quiet_traced_failures
 from .config import ConfigError, apply_overrides, describe, override_keys
-from .executor import Locked, Paused, RunError, execute
+from .executor import Paused, RunError, execute
+from .folders import Locked
 from .signals import Interrupted, sigint_as_flag
 from .signals import requested as interrupt_requested
 from .presets import get_preset, load_presets, parse_grid
+from .shards import SHARD_FILE, check_shard, parse_shard, shard_dir, shard_dirs
+from .sweeps import merge
 
 
 def _parser():
@@ -73,6 +77,13 @@ def _parser():
         if name == "sweep":
             p.add_argument(
                 "--grid", action="append", required=True, metavar="KEY=V1,V2,...", help="swept key"
+            )
+            p.add_argument(
+                "--shard",
+                default=None,
+                metavar="I/N|auto",
+                help="run part I of N of the grid into OUT/shards/I-of-N (auto: the SLURM array "
+                "task's rank); combine the parts with meanfield merge OUT",
             )
         else:  # accepted only to answer it: sweeps are `meanfield sweep`
             p.add_argument("--grid", action="append", default=None, help=argparse.SUPPRESS)
@@ -109,6 +120,10 @@ def _parser():
             metavar="K",
             help="stop after K chunks with a checkpoint (exit 4); continue with --resume",
         )
+    mg = sub.add_parser(
+        "merge", help="combine the shards OUT/shards/* of a sweep into OUT/result.nc"
+    )
+    mg.add_argument("out")
     pl = sub.add_parser("plot", help="redraw figures from DIR/result.nc")
     pl.add_argument("dir")
     fg = sub.add_parser(
@@ -237,6 +252,13 @@ def _main(argv=None) -> int:
             return 0
         if args.cmd == "figures":
             return _figures(args)
+        if args.cmd == "merge":
+            ds = merge(args.out)
+            print(
+                f"{ds.attrs['preset']}: merged {len(shard_dirs(args.out))} shard folder(s); dims {dict(ds.sizes)}"
+            )
+            print(f"wrote {Path(args.out) / 'result.nc'}")
+            return 0
         if args.cmd == "plot":
             path = Path(args.dir) / "result.nc"
             if not path.exists():
@@ -282,12 +304,17 @@ def _main(argv=None) -> int:
         both = sorted(set(grid.keys) & override_keys(args.set))
         if both:
             raise ConfigError(f"{both} both set (--set) and swept (--grid); give each key one way")
+        shard = None
+        if getattr(args, "shard", None) is not None:
+            shard = check_shard(parse_shard(args.shard), len(grid.points()))
+            out = shard_dir(out, shard)
         t0 = time.perf_counter()
         ds = execute(
             preset,
             cfg,
             grid,
             out,
+            shard=shard,
             resume=args.resume,
             force=args.force,
             checkpoint_every=args.checkpoint_every,
@@ -302,7 +329,8 @@ def _main(argv=None) -> int:
         print(f"{preset.name}: done in {time.perf_counter() - t0:.1f} s; dims {dict(ds.sizes)}")
         if jax.process_index() == 0:  # the writer (multi-host: the other processes write nothing)
             figs = sorted(str(p) for p in out.glob("*.png"))
-            print(f"wrote {out / 'result.nc'}" + "".join(f"\nwrote {f}" for f in figs))
+            name = "result.nc" if shard is None else SHARD_FILE
+            print(f"wrote {out / name}" + "".join(f"\nwrote {f}" for f in figs))
         return 0
     except ConfigError as err:
         print(f"meanfield: error: {err}", file=sys.stderr)

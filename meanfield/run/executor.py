@@ -17,13 +17,8 @@ layout, so it resumes on any number of devices.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import json
-import os
-import shutil
-import socket
 import sys
 import time
 from pathlib import Path
@@ -31,6 +26,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import xarray as xr
 from tqdm import tqdm
 
 from .. import __version__
@@ -38,8 +34,11 @@ from ..kernel import default_backend
 from ..sharding import BatchPlacement, is_writer
 from .config import ConfigError
 from .checkpoint import Checkpoint, CheckpointError
+from .folders import RUN_RECORD, folder_lock
+from .folders import _make_outdir, _remove_if_empty
 from .io import atomic_path, write_atomic
 from .presets import Grid, Preset, StepPreset
+from .shards import SHARD_FILE, check_shard, shard_dataset, shard_points
 from .signals import Interrupted, safe_point, sigint_as_flag
 from .signals import requested as interrupt_requested
 from .variables import annotate
@@ -49,17 +48,16 @@ class RunError(RuntimeError):
     """A refused run (existing result, unfinished checkpoint, mismatched resume): exit status 3."""
 
 
-def _meta(preset, cfg, grid) -> str:
-    return json.dumps(
-        {
-            "preset": preset.name,
-            "config": dataclasses.asdict(cfg),
-            "grid": [grid.keys, grid.values],
-            "version": __version__,
-        },
-        sort_keys=True,
-        default=list,
-    )
+def _meta(preset, cfg, grid, shard=None) -> str:
+    meta = {
+        "preset": preset.name,
+        "config": dataclasses.asdict(cfg),
+        "grid": [grid.keys, grid.values],
+        "version": __version__,
+    }
+    if shard is not None:
+        meta["shard"] = list(shard)
+    return json.dumps(meta, sort_keys=True, default=list)
 
 
 def _meta_diff(old: str, new: str) -> str:
@@ -69,7 +67,7 @@ def _meta_diff(old: str, new: str) -> str:
     except ValueError:
         return "unreadable metadata"
     parts = []
-    for top in ("preset", "version", "grid"):
+    for top in ("preset", "version", "grid", "shard"):
         if a.get(top) != b.get(top):
             parts.append(f"{top}: {a.get(top)!r} then, {b.get(top)!r} now")
     ca, cb = a.get("config", {}), b.get("config", {})
@@ -79,13 +77,14 @@ def _meta_diff(old: str, new: str) -> str:
     return "; ".join(parts) or "same settings"
 
 
-def _groups(preset, cfg, grid):
-    """Split the grid into groups of equal static keys; vmapped keys vary inside a group."""
+def _groups(preset, cfg, grid, points=None):
+    """Split the grid (or its ``points``, the tuples of one shard) into groups of equal static
+    keys; vmapped keys vary inside a group."""
     static = [k for k in grid.keys if k not in preset.vmap_keys]
     batched = [k for k in grid.keys if k in preset.vmap_keys]
     index = {k: i for i, k in enumerate(grid.keys)}
     groups = {}
-    for point in grid.points():
+    for point in grid.points() if points is None else points:
         skey = tuple(point[index[k]] for k in static)
         groups.setdefault(skey, []).append(point)
     out = []
@@ -102,70 +101,6 @@ class Paused(Exception):
     """``max_chunks`` reached: the state is in DIR/checkpoint.npz; continue with ``resume=True``."""
 
 
-class Locked(RuntimeError):
-    """Another run holds the output folder's lock: exit status 5."""
-
-
-LOCK_NAME = ".meanfield.lock"
-RUN_RECORD = "run.json"  # the resolved config and the overrides that made it
-
-
-@contextlib.contextmanager
-def folder_lock(outdir: Path):
-    """An exclusive ``fcntl.flock`` on DIR/.meanfield.lock for the whole run (the kernel releases it
-    on any death of the process, SIGKILL included). The file records the holder's host and pid for
-    the message a second writer gets ([`Locked`][meanfield.run.executor.Locked]). Only the writing process locks."""
-    if not is_writer():
-        yield
-        return
-    fh = open(outdir / LOCK_NAME, "a+")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.seek(0)
-        who = fh.read().strip() or "unknown process"
-        fh.close()
-        raise Locked(
-            f"{outdir} is being written by another meanfield run ({who}); wait for it or pass another --out"
-        ) from None
-    try:
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"host {socket.gethostname()} pid {os.getpid()}\n")
-        fh.flush()
-        yield
-    finally:
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        fh.close()
-
-
-def _make_outdir(outdir: Path) -> bool:
-    """Create the output folder (one-line ConfigError if impossible); True if it was created here."""
-    try:
-        existed = outdir.is_dir()
-        outdir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(
-            f"--out {outdir}: cannot create the output folder ({err.strerror or err})"
-        ) from None
-    if not os.access(outdir, os.W_OK | os.X_OK):
-        raise ConfigError(f"--out {outdir}: the output folder is not writable")
-    return not existed
-
-
-def _remove_if_empty(outdir: Path, keep_record: bool = False) -> None:
-    """Remove a folder this run created when nothing but its lock file and run record is in it
-    (``keep_record``: when nothing but its lock file is, so an interrupted run's record stays for
-    ``--resume``)."""
-    try:
-        if {p.name for p in outdir.iterdir()} <= (
-            {LOCK_NAME} if keep_record else {LOCK_NAME, RUN_RECORD}
-        ):
-            shutil.rmtree(outdir)
-    except OSError:
-        pass
-
-
 def execute(
     preset: Preset,
     cfg,
@@ -179,8 +114,12 @@ def execute(
     mesh="auto",
     max_chunks=None,
     invocation: dict | None = None,
+    shard: tuple[int, int] | None = None,
 ):
     """Run (or sweep) ``preset`` and write DIR/result.nc and DIR/*.png; returns the Dataset.
+
+    ``shard=(i, n)``: run only part i of n of the grid ([`meanfield.run.shards`][meanfield.run.shards]) and write
+    its per-point records to DIR/shard.nc (no figures); ``meanfield merge`` combines the parts.
 
     ``mesh``: a [`meanfield.sharding.make_mesh`][meanfield.sharding.make_mesh] spec (``"auto"``, ``"none"``, ``"data"``,
     ``"tokens"``, ``"data,tokens"``, ``"data=2,tokens=4"``) or a ``jax.sharding.Mesh``.
@@ -193,6 +132,13 @@ def execute(
         raise ConfigError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     if max_chunks is not None and max_chunks < 1:
         raise ConfigError(f"max_chunks must be >= 1, got {max_chunks}")
+    if shard is not None:
+        if isinstance(preset, StepPreset) or not preset.sweepable:
+            raise ConfigError(
+                f"{preset.name} runs one configuration per run (host steps): --shard applies to "
+                "sweepable presets"
+            )
+        shard = check_shard(shard, len(grid.points()))
     check_run(preset, cfg, grid)
     created = _make_outdir(outdir)
     try:
@@ -210,6 +156,7 @@ def execute(
                 mesh,
                 max_chunks,
                 invocation,
+                shard,
             )
     except BaseException as err:
         if created:
@@ -229,9 +176,22 @@ def _locked_execute(
     mesh,
     max_chunks,
     invocation,
+    shard,
 ):
-    result = outdir / "result.nc"
-    ckpt = Checkpoint(outdir, _meta(preset, cfg, grid))
+    result = outdir / ("result.nc" if shard is None else SHARD_FILE)
+    ckpt = Checkpoint(outdir, _meta(preset, cfg, grid, shard))
+    points = None if shard is None else shard_points(grid, shard)
+    if shard is not None and resume and not force and not ckpt.exists():
+        # a requeued or retried job: a finished shard stands, a fresh one starts
+        if result.exists():
+            return _finished_shard(result, preset, cfg, grid, shard, progress)
+        if progress and is_writer():
+            print(
+                f"meanfield: nothing checkpointed in {outdir}; running the shard from the start",
+                file=sys.stderr,
+                flush=True,
+            )
+        resume = False
     if resume and not force and not ckpt.exists():
         if result.exists():
             raise RunError(
@@ -260,9 +220,9 @@ def _locked_execute(
     if is_writer() and not (
         resume and ckpt.exists()
     ):  # a resumed run keeps the record of the run it continues
-        _write_run_record(preset, cfg, grid, outdir, invocation)
+        _write_run_record(preset, cfg, grid, outdir, dict(invocation or {}, shard=shard))
     stepped = isinstance(preset, StepPreset)
-    groups = [] if stepped else _groups(preset, cfg, grid)
+    groups = [] if stepped else _groups(preset, cfg, grid, points)
     try:
         dev = BatchPlacement.make(
             mesh, max([len(pts) for _, pts, _ in groups] or [1]), int(getattr(cfg, "n", 0) or 0)
@@ -281,10 +241,42 @@ def _locked_execute(
         if stepped:
             ds = _run_steps(preset, cfg, saved, ckpt, progress, checkpoint_every, max_chunks)
         else:
-            ds = _run_traced(
-                preset, cfg, grid, groups, saved, ckpt, dev, checkpoint_every, progress, max_chunks
+            recs, point_ts = _run_traced(
+                preset,
+                cfg,
+                groups,
+                points or grid.points(),
+                saved,
+                ckpt,
+                dev,
+                checkpoint_every,
+                progress,
+                max_chunks,
             )
+            if shard is not None:
+                ds = shard_dataset(preset, cfg, grid, shard, recs, point_ts)
+                return _finish(preset, cfg, grid, ds, outdir, ckpt, result=result, figures=False)
+            ds = grid_dataset(preset, cfg, grid, recs, point_ts)
         return _finish(preset, cfg, grid, ds, outdir, ckpt)
+
+
+def _finished_shard(path, preset, cfg, grid, shard, progress):
+    """``--resume`` on a finished shard: its Dataset, if it is this shard of this run."""
+    ds = xr.load_dataset(path)
+    want = {
+        "preset": preset.name,
+        "config": json.dumps(dataclasses.asdict(cfg), sort_keys=True),
+        "grid": json.dumps(dict(zip(grid.keys, grid.values))),
+        "shard": f"{shard[0]}/{shard[1]}",
+    }
+    wrong = [k for k, v in want.items() if ds.attrs.get(k) != v]
+    if wrong:
+        raise RunError(
+            f"{path} is a shard of another run (its {', '.join(wrong)} differ); --force reruns it"
+        )
+    if progress and is_writer():
+        print(f"meanfield: {path} is complete; nothing to resume", file=sys.stderr, flush=True)
+    return ds
 
 
 def _write_run_record(preset, cfg, grid, outdir, invocation) -> None:
@@ -402,9 +394,10 @@ def check_run(preset: Preset, cfg, grid: Grid) -> None:
 
 
 def _run_traced(
-    preset, cfg, grid, groups, saved, ckpt, dev, checkpoint_every, progress, max_chunks
+    preset, cfg, groups, points, saved, ckpt, dev, checkpoint_every, progress, max_chunks
 ):
-    """The chunk calls of every group (module docstring), then the preset's Dataset."""
+    """The chunk calls of every group (module docstring): each record stacked over ``points`` (in
+    their order; leading axis), and the save times of each point (P, T)."""
     n_chunks = cfg.chunks
     done: list[dict] = list(saved.done) if saved is not None else []
     g0, c0 = (saved.group, saved.chunk) if saved is not None else (0, 0)
@@ -418,8 +411,7 @@ def _run_traced(
         disable=not progress,
     )
     group_ts = [np.asarray(preset.times(gc)) for gc, _, _ in groups]
-    ts_all = group_ts[0]
-    if any(len(t) != len(ts_all) for t in group_ts):
+    if any(len(t) != len(group_ts[0]) for t in group_ts):
         raise ConfigError("swept keys may not change the number of saved times (n_save)")
     calls = 0
     for g in range(g0, len(groups)):
@@ -476,28 +468,30 @@ def _run_traced(
         done.append({n: np.concatenate(v, axis=1) for n, v in recs.items()})
     bar.close()
     _post_processing(preset, progress)
-    # stack per-point records into the grid shape, in the user's grid order
     lookup = {pt: (g, b) for g, (_gcfg, pts, _p) in enumerate(groups) for b, pt in enumerate(pts)}
-    stacked = {}
-    for n in done[0]:
-        arrs = [done[lookup[pt][0]][n][lookup[pt][1]] for pt in grid.points()]
-        stacked[n] = np.stack(arrs).reshape(grid.shape + arrs[0].shape)
+    recs = {n: np.stack([done[lookup[pt][0]][n][lookup[pt][1]] for pt in points]) for n in done[0]}
+    return recs, np.stack([group_ts[lookup[pt][0]] for pt in points])
+
+
+def grid_dataset(preset, cfg, grid, recs, point_ts):
+    """The preset's Dataset of a whole grid from each record stacked over ``grid.points()`` (the
+    unsharded sweep and ``meanfield merge`` both end here, so their results are the same)."""
+    stacked = {n: a.reshape(grid.shape + a.shape[1:]) for n, a in recs.items()}
+    ts_all = point_ts[0]
     ds = preset.dataset(cfg, ts_all, stacked, grid)
-    if any(not np.array_equal(t, ts_all) for t in group_ts):
+    if any(not np.array_equal(t, ts_all) for t in point_ts):
         # swept keys changed the save times (e.g. t1): keep the true times of every point
-        t_pts = np.stack([group_ts[lookup[pt][0]] for pt in grid.points()]).reshape(
-            grid.shape + ts_all.shape
-        )
-        ds["t"] = (grid.keys + ("time",), t_pts)
+        ds["t"] = (grid.keys + ("time",), point_ts.reshape(grid.shape + ts_all.shape))
         ds = ds.assign_coords(time=np.arange(len(ts_all)))
         ds["time"].attrs["note"] = "save index; the times of each point are in variable t"
     return ds
 
 
-def _finish(preset, cfg, grid, ds, outdir, ckpt):
+def _finish(preset, cfg, grid, ds, outdir, ckpt, result=None, figures=True):
     """Describe the Dataset, write DIR/result.nc, drop the checkpoint, draw the figures."""
-    result = outdir / "result.nc"
-    annotate(ds, preset.variables, cfg)
+    result = outdir / "result.nc" if result is None else result
+    if figures:
+        annotate(ds, preset.variables, cfg)
     ds.attrs.update(
         {
             "preset": preset.name,
@@ -510,7 +504,10 @@ def _finish(preset, cfg, grid, ds, outdir, ckpt):
     )
     if is_writer():
         write_atomic(ds, result)
-        ckpt.remove()  # the result is complete: the checkpoint must not block a rerun
+        if ckpt is not None:
+            ckpt.remove()  # the result is complete: the checkpoint must not block a rerun
+        if not figures:
+            return ds
         try:
             preset.plot(ds, outdir)
         except OSError as err:  # e.g. a full disk: the result stands, the figures can be redrawn
