@@ -62,7 +62,11 @@ def test_preset_runs_tiny(name, tmp_path):
         np.all(np.isfinite(back[v].values))
         for v in back.data_vars
         if back[v].dtype.kind == "f"
-        and not v.startswith(("pushforward", "closed_form", "error_rate", "tcrit_particles"))
+        and not v.startswith(
+            # NaN by design: absent states, unresolved densities, padding of a shorter branch
+            ("pushforward", "closed_form", "error_rate", "tcrit_particles", "order_theory")
+        )
+        and v not in ("order_pde", "branch_sigma", "branch_order", "branch_stable")
     )
     pngs = list(tmp_path.glob("*.png"))
     assert pngs and all(p.stat().st_size > 10_000 for p in pngs)

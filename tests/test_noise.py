@@ -93,7 +93,7 @@ def test_rqf_common_noise_synchronises_at_rate_c_squared(d, c):
     noise = mf.Noise(0.0, common=c, model="rqf")
 
     def log_sine(k):
-        xs = mf.simulate(attn, x0, ts, noise=noise, key=k, dt=0.01 / c**2).xs
+        xs = mf.simulate(attn, x0, ts, noise=noise, key=k, dt=0.005 / c**2).xs
         g = jnp.einsum("tnd,tmd->tnm", xs, xs)[:, iu[0], iu[1]]
         return 0.5 * jnp.mean(jnp.log(jnp.clip(1 - g**2, 1e-300)), -1)
 
