@@ -315,7 +315,6 @@ class NoiseTransitionPreset(StepPreset):
         return {"log_sine": np.stack(out), "time": np.asarray(ts)}
 
     def step_dataset(self, cfg, results):
-        nb, nr = len(cfg.betas), len(cfg.ratios)
         parts = np.stack(
             [
                 np.stack([results[f"particles beta={b!r} {w}"]["order"] for w in DIRECTIONS], 1)
@@ -361,7 +360,6 @@ class NoiseTransitionPreset(StepPreset):
         ds.attrs["sync_rate_theory"] = rqf_synchronisation_rate(cfg.common, 3)
         ds.attrs["sync_rate_measured"] = float(-slopes.mean())
         ds.attrs["sync_rate_se"] = float(slopes.std(ddof=1) / np.sqrt(len(slopes)))
-        del nb, nr
         return ds
 
     def plot(self, ds, outdir):

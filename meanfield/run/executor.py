@@ -263,11 +263,9 @@ def _locked_execute(
 def _finished_shard(path, preset, cfg, grid, shard, progress):
     """``--resume`` on a finished shard: its Dataset, if it is this shard of this run."""
     ds = xr.load_dataset(path)
-    want = {
-        "preset": preset.name,
-        "config": json.dumps(dataclasses.asdict(cfg), sort_keys=True),
-        "grid": json.dumps(dict(zip(grid.keys, grid.values))),
-        "shard": f"{shard[0]}/{shard[1]}",
+    labels = _labels(preset, cfg, grid)
+    want = {k: labels[k] for k in ("preset", "config", "grid")} | {
+        "shard": f"{shard[0]}/{shard[1]}"
     }
     wrong = [k for k, v in want.items() if ds.attrs.get(k) != v]
     if wrong:
@@ -487,21 +485,24 @@ def grid_dataset(preset, cfg, grid, recs, point_ts):
     return ds
 
 
+def _labels(preset, cfg, grid) -> dict:
+    """The attrs that say which run made a result (or a shard): preset, config, grid, version."""
+    return {
+        "preset": preset.name,
+        "config": json.dumps(dataclasses.asdict(cfg), sort_keys=True),
+        "grid": json.dumps(dict(zip(grid.keys, grid.values))),
+        "meanfield_version": __version__,
+        "seed": int(getattr(cfg, "seed", 0)),
+        "chunks": cfg.chunks,
+    }
+
+
 def _finish(preset, cfg, grid, ds, outdir, ckpt, result=None, figures=True):
     """Describe the Dataset, write DIR/result.nc, drop the checkpoint, draw the figures."""
     result = outdir / "result.nc" if result is None else result
     if figures:
         annotate(ds, preset.variables, cfg)
-    ds.attrs.update(
-        {
-            "preset": preset.name,
-            "config": json.dumps(dataclasses.asdict(cfg), sort_keys=True),
-            "grid": json.dumps(dict(zip(grid.keys, grid.values))),
-            "meanfield_version": __version__,
-            "seed": int(getattr(cfg, "seed", 0)),
-            "chunks": cfg.chunks,
-        }
-    )
+    ds.attrs.update(_labels(preset, cfg, grid))
     if is_writer():
         write_atomic(ds, result)
         if ckpt is not None:

@@ -172,11 +172,11 @@ def _zonal_solver(beta, d, a, form, nodes):
     return t, newton, order, stable
 
 
-def _branch(beta, d, a, form, newton, order, n, max_order):
-    """Pseudo-arclength continuation of the non-uniform branch from the bifurcation at sigma_c
-    along the degree-1 mode, through folds, until R reaches max_order: rows (u, p)."""
-    t = _zonal_setup(beta, d, a, n)[0]
-    p0 = 2 / critical_noise(beta, d, a, form) ** 2
+def _branch(t, p0, newton, order, max_order):
+    """Pseudo-arclength continuation of the non-uniform branch from the bifurcation at
+    p0 = 2 / sigma_c^2 along the degree-1 mode (``t``, the nodes), through folds, until R reaches
+    max_order: rows (u, p)."""
+    n = t.shape[0]
     tangent = np.concatenate([t / np.linalg.norm(t), [0.0]])
     point = np.concatenate([np.zeros(n), [p0]])
     ds = 0.02
@@ -242,7 +242,7 @@ def stationary_states(
     d = int(d)
     t, newton, order, stable = _zonal_solver(beta, d, a, form, nodes)
     n = t.shape[0]
-    branch = _branch(beta, d, a, form, newton, order, n, max_order)
+    branch = _branch(t, 2 / critical_noise(beta, d, a, form) ** 2, newton, order, max_order)
     p_target = 2 / sigma**2
     states = [{"order": 0.0, "uniform": True, "u": np.zeros(n)}]
     for k in range(1, len(branch)):
@@ -286,7 +286,8 @@ def stationary_branch(
     _check_state_args(beta, d, form)
     t, newton, order, stable = _zonal_solver(beta, int(d), a, form, nodes)
     n = t.shape[0]
-    branch = _branch(beta, int(d), a, form, newton, order, n, max_order)[1:]
+    p0 = 2 / critical_noise(beta, int(d), a, form) ** 2
+    branch = _branch(t, p0, newton, order, max_order)[1:]  # without the bifurcation point
     sigma = np.sqrt(2 / branch[:, n])
     rows = [order(u) for u in branch[:, :n]]
     flags = [stable(f, s) for (_, f), s in zip(rows, sigma)]
